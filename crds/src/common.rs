@@ -1,0 +1,15 @@
+//! Types shared by several kinds: references to Secrets and status conditions.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// A reference to a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("secret name must not be empty"))]
+    pub name: String,
+}

@@ -1,0 +1,270 @@
+//! `Organization`: the relay instance of one namespace: its domains, users, licences and
+//! the shape of the relay workload the operator runs for it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretRef};
+
+/// One organization (the "customer"): mail domains, registered users, licences, billing
+/// state, optional limit overrides and the relay deployment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "smtprelay.dev",
+    version = "v1alpha1",
+    kind = "Organization",
+    namespaced,
+    cel,
+    status = "OrganizationStatus",
+    shortname = "smtporg",
+    category = "smtprelay",
+    doc = "An organization's SMTP relay instance: domains, users, licences and relay workload",
+    printcolumn(name = "Licenses", type_ = "integer", json_path = ".spec.licenses"),
+    printcolumn(name = "Billing", type_ = "string", json_path = ".spec.billing"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Config", type_ = "string", json_path = ".status.configHash"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrganizationSpec {
+    /// Mail domains of the organization. A domain belongs to the organization when it
+    /// equals one of these or is a subdomain of one.
+    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of domains must be a valid domain name such as example.com (letters, digits and hyphens, dot-separated, no wildcard)"))]
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("domains must list at least one mail domain of the organization"))]
+    pub domains: Vec<String>,
+
+    /// Registered user addresses (the `RegisteredUsers` sender mode and per-user limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new(r"self.all(u, u.matches('^[^@\\s]+@([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$'))").message("every entry of users must be a mail address such as alice@example.com"))]
+    pub users: Vec<String>,
+
+    /// Secret holding SMTP AUTH credentials: one key per user address, each value an
+    /// argon2id PHC string (`$argon2id$v=19$...`). Never plain-text passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<SecretRef>,
+
+    /// Number of licences; sets the customer limits.
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("licenses must be at least 1"))]
+    pub licenses: i64,
+
+    /// Billing state; unpaid organizations get the small trial limits.
+    #[serde(default)]
+    pub billing: Billing,
+
+    /// Overrides of the relay limits (tests and small deployments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitOverrides>,
+
+    /// The relay workload.
+    #[serde(default)]
+    pub relay: RelaySpec,
+}
+
+/// Billing state of an organization.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum Billing {
+    #[default]
+    Paid,
+    Unpaid,
+}
+
+/// Overrides of the limits of SPEC §3.4 and §3.6. Every field is optional; unset fields
+/// keep the defaults derived from licences and billing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Messages per user per rolling 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("userMessagesPerDay must not be negative"))]
+    pub user_messages_per_day: Option<i64>,
+    /// Unique recipients per user per rolling 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("userRecipientsPerDay must not be negative"))]
+    pub user_recipients_per_day: Option<i64>,
+    /// Recipients per organization per rolling 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("customerRecipientsPerDay must not be negative"))]
+    pub customer_recipients_per_day: Option<i64>,
+    /// Recipients per organization per rolling 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0").message("customerRecipientsPer10Minutes must not be negative"))]
+    pub customer_recipients_per10_minutes: Option<i64>,
+    /// Recipients accepted in one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("recipientsPerMessage must be at least 1"))]
+    pub recipients_per_message: Option<i64>,
+    /// Largest message in bytes (advertised with SIZE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1024").message("maxMessageBytes must be at least 1024"))]
+    pub max_message_bytes: Option<i64>,
+    /// Concurrent connections from one client IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("connectionsPerIp must be at least 1"))]
+    pub connections_per_ip: Option<i64>,
+    /// Seconds a session may wait for the next command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("idleTimeoutSeconds must be at least 1"))]
+    pub idle_timeout_seconds: Option<i64>,
+    /// Seconds a whole session may last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("sessionTimeoutSeconds must be at least 1"))]
+    pub session_timeout_seconds: Option<i64>,
+    /// Bad commands tolerated before `421` and close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("maxErrors must be at least 1"))]
+    pub max_errors: Option<i64>,
+}
+
+/// The relay workload of an organization.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelaySpec {
+    /// Number of relay pods (default 1). More than one needs a Redis limit store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("relay.replicas must be at least 1"))]
+    pub replicas: Option<i32>,
+    /// Relay container image (default: the operator's own version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Listener ports of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<ListenerPorts>,
+    /// A `kubernetes.io/tls` Secret (as cert-manager writes it) for STARTTLS and port 465.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
+    /// Host name the relay announces in its greeting and `Received:` headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(r"self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("relay.hostname must be a host name such as relay.example.com"))]
+    pub hostname: Option<String>,
+    /// Service type (default ClusterIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+    /// Resource requests and limits of the relay container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Spool volume (default: an emptyDir; set a size for a PersistentVolumeClaim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolSpec>,
+    /// Where rate-limit counters live (default Memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_store: Option<LimitStoreSpec>,
+}
+
+/// Listener ports of the relay Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerPorts {
+    /// Plain SMTP with STARTTLS (default 25).
+    #[serde(default = "default_smtp")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("ports.smtp must be 1–65535"))]
+    pub smtp: i32,
+    /// Submission with STARTTLS (default 587).
+    #[serde(default = "default_submission")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("ports.submission must be 1–65535"))]
+    pub submission: i32,
+    /// Implicit TLS (default 465).
+    #[serde(default = "default_smtps")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("ports.smtps must be 1–65535"))]
+    pub smtps: i32,
+}
+
+fn default_smtp() -> i32 {
+    25
+}
+fn default_submission() -> i32 {
+    587
+}
+fn default_smtps() -> i32 {
+    465
+}
+
+impl Default for ListenerPorts {
+    fn default() -> Self {
+        Self {
+            smtp: 25,
+            submission: 587,
+            smtps: 465,
+        }
+    }
+}
+
+/// Kubernetes Service type of the relay.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// Spool volume of the relay pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpoolSpec {
+    /// Size of a PersistentVolumeClaim per pod, e.g. `10Gi`; unset means an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// StorageClass of the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// Where rate-limit counters live.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("self.type != 'Redis' || (has(self.url) && self.url.startsWith('redis'))").message("limitStore type Redis needs a url such as redis://redis:6379"))]
+#[x_kube(validation = kube::core::Rule::new("self.type != 'Memory' || !has(self.url)").message("limitStore type Memory takes no url"))]
+pub struct LimitStoreSpec {
+    /// `Memory` (one replica) or `Redis` (shared by replicas).
+    #[serde(rename = "type")]
+    pub kind: LimitStoreKind,
+    /// Redis URL, for `type: Redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Kind of limit store.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitStoreKind {
+    Memory,
+    Redis,
+}
+
+/// Observed state of an Organization.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationStatus {
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Hash of the RelayConfig in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Ready relay replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}

@@ -1,0 +1,180 @@
+//! `MailRoute`: where accepted mail goes: one host, or weighted primary and secondary
+//! pools, optionally through MX lookup, with the TLS checks delivery must pass.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretRef};
+
+/// Where mail for some recipient domains (or all others, for the default route) goes.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "smtprelay.dev",
+    version = "v1alpha1",
+    kind = "MailRoute",
+    namespaced,
+    cel,
+    status = "MailRouteStatus",
+    shortname = "mailroute",
+    category = "smtprelay",
+    doc = "Where relayed mail goes: one host or weighted primary/secondary hosts, MX lookup and TLS checks",
+    printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.match.default"),
+    printcolumn(name = "MX", type_ = "boolean", json_path = ".spec.mxLookup"),
+    printcolumn(
+        name = "TLS",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"TlsConnectionVerified\")].status"
+    ),
+    printcolumn(
+        name = "Description",
+        type_ = "string",
+        json_path = ".spec.description"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("has(self.singleHost) != has(self.multipleHosts)").message("set exactly one of singleHost and multipleHosts"))]
+pub struct MailRouteSpec {
+    /// What the route is for. Required.
+    #[x_kube(validation = kube::core::Rule::new("self.trim() != ''").message("description must not be empty"))]
+    pub description: String,
+    /// Which recipients take this route.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// One destination host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_host: Option<HostSpec>,
+    /// Weighted primary hosts and optional secondary (fallback) hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiple_hosts: Option<MultipleHosts>,
+    /// Treat each host as a domain and deliver to its MX hosts in preference order.
+    #[serde(default)]
+    pub mx_lookup: bool,
+    /// TLS checks for delivery on this route.
+    #[serde(default)]
+    pub tls: RouteTls,
+}
+
+/// Which recipients take a route: listed domains, or everything else (`default: true`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("(has(self.recipientDomains) && size(self.recipientDomains) > 0) != (has(self.default) && self.default)").message("match needs exactly one of: a non-empty recipientDomains list, or default: true"))]
+pub struct RouteMatch {
+    /// Recipient domains, exact (`example.com`) or wildcard (`*.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of recipientDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
+    pub recipient_domains: Option<Vec<String>>,
+    /// The route for recipients no other route matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+}
+
+/// One destination host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostSpec {
+    /// Host name (recommended) or IP literal.
+    #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
+    pub host: String,
+    /// 25, 587 or 1024–65535 (465 is not supported).
+    #[serde(default = "default_port")]
+    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || (self >= 1024 && self <= 65535)").message("port must be 25, 587 or 1024–65535 (465, implicit TLS, is not supported for delivery)"))]
+    pub port: i32,
+}
+
+/// A host of a weighted pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedHost {
+    /// Host name (recommended) or IP literal.
+    #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
+    pub host: String,
+    /// 25, 587 or 1024–65535 (465 is not supported).
+    #[serde(default = "default_port")]
+    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || (self >= 1024 && self <= 65535)").message("port must be 25, 587 or 1024–65535 (465, implicit TLS, is not supported for delivery)"))]
+    pub port: i32,
+    /// Share of the pool's traffic, in percent.
+    #[x_kube(validation = kube::core::Rule::new("self >= 0 && self <= 100").message("loadPercent must be between 0 and 100"))]
+    pub load_percent: i32,
+}
+
+fn default_port() -> i32 {
+    25
+}
+
+/// Primary hosts share traffic by `loadPercent`; secondary hosts take it when every
+/// primary fails.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("size(self.primary) > 0").message("multipleHosts.primary must list at least one host"))]
+#[x_kube(validation = kube::core::Rule::new("size(self.primary) == 0 || self.primary.map(h, h.loadPercent).sum() == 100").message("the loadPercent values of multipleHosts.primary must total exactly 100"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.secondary) || size(self.secondary) == 0 || self.secondary.map(h, h.loadPercent).sum() == 100").message("the loadPercent values of multipleHosts.secondary must total exactly 100"))]
+pub struct MultipleHosts {
+    /// Hosts that share traffic.
+    pub primary: Vec<WeightedHost>,
+    /// Fallback hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondary: Vec<WeightedHost>,
+}
+
+/// TLS checks of a route; each defaults to on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTls {
+    /// Deliver only over TLS; off means opportunistic STARTTLS.
+    #[serde(default = "yes")]
+    pub require_tls: bool,
+    /// The certificate chain must verify against public roots plus `trustedCaSecretRef`.
+    #[serde(default = "yes")]
+    pub require_ca_signed: bool,
+    /// The certificate must name the host connected to (the MX host for MX lookup).
+    #[serde(default = "yes")]
+    pub validate_hostname: bool,
+    /// Secret with extra CA roots (key `ca.crt`), for private CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_secret_ref: Option<SecretRef>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RouteTls {
+    fn default() -> Self {
+        Self {
+            require_tls: true,
+            require_ca_signed: true,
+            validate_hostname: true,
+            trusted_ca_secret_ref: None,
+        }
+    }
+}
+
+/// Observed state of a route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MailRouteStatus {
+    /// `Accepted` and `TlsConnectionVerified`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the hosts were last probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Result of the last probe, per host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostProbe>,
+}
+
+/// The TLS probe result of one host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostProbe {
+    /// Host and port probed.
+    pub host: String,
+    /// Whether the host passed the route's TLS checks.
+    pub verified: bool,
+    /// `Verified`, or the verifier's message.
+    pub message: String,
+}

@@ -1,0 +1,360 @@
+//! `RelayConfig`: the one document that fully describes a relay's behaviour.
+//!
+//! `render` (in the operator crate) produces it from the CRD objects; the operator writes
+//! it to a ConfigMap; relay pods and `relayctl run` load it. It is deterministic: lists are
+//! sorted by `render`, maps are `BTreeMap`s, and [`RelayConfig::compute_hash`] hashes the
+//! canonical JSON form (with `hash` left empty), so equal behaviour gives an equal hash.
+//! Secrets (TLS key, password hashes, CA roots) are not inlined: the document names files,
+//! which in a pod are Secret volume mounts and under `relayctl run` are written by the run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the document format. Bumped on incompatible changes.
+pub const CONFIG_FORMAT: u32 = 1;
+
+/// Everything a relay needs to know to behave as the organization declared.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Document format, [`CONFIG_FORMAT`].
+    pub format: u32,
+    /// SHA-256 (hex) of the canonical document with this field empty.
+    #[serde(default)]
+    pub hash: String,
+    /// The organization this relay serves.
+    pub organization: OrganizationConfig,
+    /// Name announced in the greeting, EHLO reply and `Received:` headers.
+    pub hostname: String,
+    /// Where the relay listens.
+    pub listeners: ListenerConfig,
+    /// TLS material for STARTTLS and implicit TLS; `None` disables both (and so every
+    /// setting that requires TLS refuses mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// Who may relay. A message is accepted when at least one setting accepts it.
+    pub settings: Vec<SettingConfig>,
+    /// Where mail goes.
+    pub routes: Vec<RouteConfig>,
+    /// Limits and protocol bounds.
+    pub limits: LimitsConfig,
+    /// Where limit counters live.
+    pub limit_store: LimitStoreConfig,
+    /// Delivery behaviour.
+    pub delivery: DeliveryConfig,
+    /// Spool directory.
+    pub spool_dir: String,
+    /// Address of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+    pub admin_listen: SocketAddr,
+}
+
+/// The organization (customer) a relay serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrganizationConfig {
+    /// `namespace/name` of the Organization object.
+    pub name: String,
+    /// Lower-case mail domains; subdomains belong to the organization too.
+    pub domains: Vec<String>,
+    /// Lower-case registered user addresses.
+    pub users: Vec<String>,
+    /// File of SMTP AUTH credentials: a directory with one file per user address whose
+    /// content is an argon2id PHC string (a mounted Secret). `None`: AUTH always fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<String>,
+}
+
+/// Listening sockets. Port 0 means "pick a free port" (tests, `relayctl run`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Plain SMTP with STARTTLS (25 in a pod).
+    pub smtp: SocketAddr,
+    /// Submission with STARTTLS (587 in a pod).
+    pub submission: SocketAddr,
+    /// Implicit TLS (465 in a pod).
+    pub smtps: SocketAddr,
+}
+
+/// PEM files of the relay's own certificate chain and key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM (`tls.crt` of a `kubernetes.io/tls` Secret).
+    pub cert_file: String,
+    /// Private key, PEM (`tls.key`).
+    pub key_file: String,
+}
+
+/// One SmtpRelaySetting, resolved: its IP ranges are the enabled ranges its selector chose.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingConfig {
+    /// `namespace/name` of the SmtpRelaySetting.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Which envelope senders it allows.
+    pub allowed_senders: AllowedSenders,
+    /// `Some(ranges)` when the IP allow list is on: the client IP must lie in one of them
+    /// (an empty list then matches nobody). `None` when the IP check is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_ranges: Option<Vec<RangeConfig>>,
+    /// The client must have authenticated with SMTP AUTH.
+    pub require_smtp_auth: bool,
+    /// The client must have started TLS before MAIL FROM.
+    pub require_tls: bool,
+}
+
+/// Sender modes of SPEC §3.3.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllowedSenders {
+    RegisteredUsers,
+    OrganizationDomains,
+    AnyAddress,
+}
+
+/// One enabled IpAllowRange.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RangeConfig {
+    /// `namespace/name` of the IpAllowRange.
+    pub name: String,
+    /// Canonical network (a single address is a /32 or /128).
+    pub network: IpNet,
+}
+
+/// One MailRoute.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `namespace/name` of the MailRoute.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Which recipients take it.
+    pub matcher: RouteMatcher,
+    /// Where the mail goes.
+    pub hosts: RouteHosts,
+    /// Hosts are domains whose MX records give the real hosts.
+    pub mx_lookup: bool,
+    /// TLS checks of delivery.
+    pub tls: RouteTlsConfig,
+}
+
+/// Which recipients take a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RouteMatcher {
+    /// Lower-case domains, exact or `*.`-wildcard.
+    Domains(Vec<String>),
+    /// Everything no other route matches.
+    Default,
+}
+
+/// The hosts of a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RouteHosts {
+    /// One host.
+    Single(HostConfig),
+    /// Weighted primaries, then weighted secondaries.
+    Pool {
+        primary: Vec<WeightedHostConfig>,
+        secondary: Vec<WeightedHostConfig>,
+    },
+}
+
+/// A destination host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostConfig {
+    /// Host name or IP literal.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// A host with its share of a pool's traffic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedHostConfig {
+    /// Host name or IP literal.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Share in percent; the shares of a pool total 100.
+    pub load_percent: u8,
+}
+
+/// TLS checks of a route (SPEC §3.5).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTlsConfig {
+    /// No TLS, no delivery. Off: opportunistic STARTTLS.
+    pub require_tls: bool,
+    /// Chain must verify against webpki roots plus `extra_ca_file`.
+    pub require_ca_signed: bool,
+    /// Certificate must name the host connected to.
+    pub validate_hostname: bool,
+    /// PEM file of extra CA roots (a mounted Secret's `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<String>,
+}
+
+/// Limits of SPEC §3.4 and §3.6, resolved from licences, billing and overrides.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Messages per user per rolling 24 h.
+    pub user_messages_per_day: u64,
+    /// Unique recipients per user per rolling 24 h.
+    pub user_recipients_per_day: u64,
+    /// Recipients per organization per rolling 24 h.
+    pub customer_recipients_per_day: u64,
+    /// Recipients per organization per rolling 10 min.
+    pub customer_recipients_per10_minutes: u64,
+    /// RCPT commands accepted per message.
+    pub recipients_per_message: u32,
+    /// Largest message accepted, in bytes (SIZE).
+    pub max_message_bytes: u64,
+    /// Concurrent connections per client IP.
+    pub connections_per_ip: u32,
+    /// Seconds to wait for the next command or data line.
+    pub idle_timeout_seconds: u64,
+    /// Seconds a session may last in all.
+    pub session_timeout_seconds: u64,
+    /// Bad commands before `421` and close.
+    pub max_errors: u32,
+}
+
+impl LimitsConfig {
+    /// The limits for an organization with `licenses` licences, before overrides.
+    pub fn for_customer(licenses: u64, paid: bool) -> Self {
+        let (day, peak) = if paid {
+            ((130 * licenses).min(4_600_000), (9 * licenses).min(319_444))
+        } else {
+            (100, 50)
+        };
+        Self {
+            user_messages_per_day: 10_000,
+            user_recipients_per_day: 10_000,
+            customer_recipients_per_day: day,
+            customer_recipients_per10_minutes: peak,
+            recipients_per_message: 100,
+            max_message_bytes: 35 * 1024 * 1024,
+            connections_per_ip: 20,
+            idle_timeout_seconds: 300,
+            session_timeout_seconds: 1800,
+            max_errors: 10,
+        }
+    }
+}
+
+/// Where limit counters live.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum LimitStoreConfig {
+    /// In this process (one replica).
+    Memory,
+    /// Shared by all replicas.
+    Redis { url: String },
+}
+
+/// Delivery behaviour.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Delays before the first retries, in seconds; after the last one the delay doubles.
+    pub retry_schedule_seconds: Vec<u64>,
+    /// Largest delay between retries, in seconds.
+    pub max_retry_delay_seconds: u64,
+    /// After this many seconds in the queue a message bounces.
+    pub max_queue_lifetime_seconds: u64,
+    /// Concurrent outbound deliveries.
+    pub concurrency: u32,
+    /// Seconds to wait for a TCP connect and for each reply.
+    pub connect_timeout_seconds: u64,
+    /// Seconds an idle cached connection is kept.
+    pub connection_idle_seconds: u64,
+    /// DNS servers for MX lookup; empty means the system resolver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<SocketAddr>,
+    /// Static host-name → address overrides consulted before DNS (tests, split horizon).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_overrides: BTreeMap<String, std::net::IpAddr>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule_seconds: vec![60, 60, 180, 300],
+            max_retry_delay_seconds: 4 * 3600,
+            max_queue_lifetime_seconds: 5 * 24 * 3600,
+            concurrency: 64,
+            connect_timeout_seconds: 30,
+            connection_idle_seconds: 30,
+            nameservers: Vec::new(),
+            host_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// Errors loading a RelayConfig document.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("config format {found} is not supported (this relay reads format {CONFIG_FORMAT})")]
+    Format { found: u32 },
+    #[error(
+        "config hash {stated} does not match its content (computed {computed}); the file was edited by hand or truncated"
+    )]
+    Hash { stated: String, computed: String },
+}
+
+impl RelayConfig {
+    /// SHA-256 of the canonical JSON form with `hash` empty.
+    pub fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash.clear();
+        // Serializing plain structs, Vecs and BTreeMaps cannot fail.
+        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// Sets `hash` from the content.
+    pub fn seal(mut self) -> Self {
+        self.hash = self.compute_hash();
+        self
+    }
+
+    /// Canonical pretty JSON, as written to the ConfigMap.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses a document and checks its format and hash (an empty hash is accepted and
+    /// filled in, for hand-written test configs).
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let cfg: RelayConfig = serde_json::from_str(text)?;
+        if cfg.format != CONFIG_FORMAT {
+            return Err(ConfigError::Format { found: cfg.format });
+        }
+        let computed = cfg.compute_hash();
+        if cfg.hash.is_empty() {
+            return Ok(cfg.seal());
+        }
+        if cfg.hash != computed {
+            return Err(ConfigError::Hash {
+                stated: cfg.hash,
+                computed,
+            });
+        }
+        Ok(cfg)
+    }
+}

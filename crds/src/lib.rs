@@ -8,6 +8,9 @@
 //! feature. Cross-object checks (a selector that matches nothing, a missing Secret) are not
 //! validation errors; `render` and the operator report them as status conditions.
 
+// kube's `printcolumn(...)` attributes repeat keys such as `type_ = "string"` by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod manifest;
 pub mod organization;

@@ -16,6 +16,7 @@ use crate::common::{Condition, SecretRef};
     kind = "Organization",
     namespaced,
     cel,
+    derive = "PartialEq",
     status = "OrganizationStatus",
     shortname = "smtporg",
     category = "smtprelay",

@@ -13,6 +13,7 @@ use crate::common::Condition;
     kind = "IpAllowRange",
     namespaced,
     cel,
+    derive = "PartialEq",
     status = "IpAllowRangeStatus",
     shortname = "iprange",
     category = "smtprelay",

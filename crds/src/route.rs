@@ -14,6 +14,7 @@ use crate::common::{Condition, SecretRef};
     kind = "MailRoute",
     namespaced,
     cel,
+    derive = "PartialEq",
     status = "MailRouteStatus",
     shortname = "mailroute",
     category = "smtprelay",

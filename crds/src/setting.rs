@@ -15,6 +15,7 @@ use crate::common::Condition;
     kind = "SmtpRelaySetting",
     namespaced,
     cel,
+    derive = "PartialEq",
     status = "SmtpRelaySettingStatus",
     shortname = "relaysetting",
     category = "smtprelay",

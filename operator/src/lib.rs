@@ -1,1 +1,6 @@
+//! The control side of the relay: [`render`] turns SmtpRelay objects into a `RelayConfig`,
+//! [`manifests`] loads them from files for `relayctl`, and the controller reconciles them
+//! on a cluster. Nothing here speaks SMTP; the `relay` crate does.
 
+pub mod manifests;
+pub mod render;

@@ -1,0 +1,55 @@
+//! Rendering straight from manifest files: picks the one organization of a manifest set and
+//! hands its objects to [`crate::render::render`]. Used by `relayctl render`, `run` and `plan`.
+
+use std::collections::BTreeSet;
+
+use crds::manifest::ManifestSet;
+use kube::ResourceExt;
+
+use crate::render::{Objects, RenderEnv, RenderError, Rendered, render};
+
+/// The namespace of the single Organization in `set`.
+pub fn organization_namespace(set: &ManifestSet) -> Result<String, RenderError> {
+    let namespaces: BTreeSet<String> = set
+        .organizations
+        .iter()
+        .map(|o| o.object.namespace().unwrap_or_else(|| "default".into()))
+        .collect();
+    match namespaces.len() {
+        0 => Err(RenderError::NoOrganization {
+            namespace: "(any)".into(),
+        }),
+        1 => Ok(namespaces.into_iter().next().unwrap_or_default()),
+        n => Err(RenderError::SeveralOrganizations {
+            namespace: "(several namespaces)".into(),
+            count: n,
+            names: namespaces.into_iter().collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// Renders the organization of a manifest set (exactly one namespace with an Organization).
+pub fn render_set(set: &ManifestSet, env: &RenderEnv) -> Result<Rendered, RenderError> {
+    let namespace = organization_namespace(set)?;
+    let organizations: Vec<_> = set.organizations.iter().map(|l| l.object.clone()).collect();
+    let settings: Vec<_> = set.settings.iter().map(|l| l.object.clone()).collect();
+    let ranges: Vec<_> = set.ranges.iter().map(|l| l.object.clone()).collect();
+    let routes: Vec<_> = set.routes.iter().map(|l| l.object.clone()).collect();
+    let secrets: BTreeSet<String> = set
+        .secrets
+        .iter()
+        .filter(|s| s.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
+        .map(|s| s.object.name_any())
+        .collect();
+    render(
+        &namespace,
+        Objects {
+            organizations: &organizations,
+            settings: &settings,
+            ranges: &ranges,
+            routes: &routes,
+            secrets: &secrets,
+        },
+        env,
+    )
+}

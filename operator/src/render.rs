@@ -1,0 +1,608 @@
+//! `render`: the one place where SmtpRelay objects become relay behaviour.
+//!
+//! A pure, deterministic function from the objects of one namespace (one Organization and
+//! its settings, ranges and routes) plus a [`RenderEnv`] (where the relay listens and where
+//! its Secrets are mounted) to a sealed [`RelayConfig`]. Lists are sorted and names are
+//! lower-cased, so reordering or reformatting manifests never changes the hash.
+//!
+//! Problems that make a configuration impossible (two default routes, two routes claiming
+//! one domain, no Organization) are [`RenderError`]s naming the objects. Problems that leave
+//! a working but surprising configuration (a selector that matches no range, a missing
+//! Secret) are [`Finding`]s, which the operator turns into status conditions and Events
+//! and `relayctl` prints as warnings. The operator, `relayctl` and the conformance harness
+//! all call this function.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use crds::{
+    AllowedSenders as CrdSenders, Billing, IpAllowRange, LimitStoreKind, MailRoute, Organization,
+    SmtpRelaySetting,
+};
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use relay::config::{
+    AllowedSenders, CONFIG_FORMAT, DeliveryConfig, HostConfig, LimitStoreConfig, LimitsConfig,
+    ListenerConfig, OrganizationConfig, RangeConfig, RelayConfig, RouteConfig, RouteHosts,
+    RouteMatcher, RouteTlsConfig, SettingConfig, TlsFiles, WeightedHostConfig,
+};
+
+/// Where the rendered relay runs: listeners and the paths at which Secrets are mounted.
+/// Part of the rendered document, so the same objects under two environments hash
+/// differently, and the same environment makes `render` comparable across revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderEnv {
+    pub listeners: ListenerConfig,
+    pub admin_listen: SocketAddr,
+    pub spool_dir: String,
+    /// Directory holding `tls.crt` and `tls.key` of the Organization's TLS Secret.
+    pub tls_dir: String,
+    /// Directory holding the `credentials` key of the Organization's auth Secret.
+    pub credentials_dir: String,
+    /// Directory under which each route's CA Secret is mounted as `<secret>/ca.crt`.
+    pub ca_dir: String,
+    /// Delivery settings that are not part of the API (nameservers, schedule).
+    pub delivery: DeliveryConfig,
+}
+
+impl RenderEnv {
+    /// The layout of a relay pod, as the operator's Deployment mounts it.
+    pub fn pod() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Self {
+            listeners: ListenerConfig {
+                smtp: any(2525),
+                submission: any(5587),
+                smtps: any(4465),
+            },
+            admin_listen: any(9090),
+            spool_dir: "/var/spool/smtprelay".into(),
+            tls_dir: "/etc/smtprelay/tls".into(),
+            credentials_dir: "/etc/smtprelay/auth".into(),
+            ca_dir: "/etc/smtprelay/ca".into(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+/// The kind of object a [`Finding`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Organization,
+    SmtpRelaySetting,
+    IpAllowRange,
+    MailRoute,
+}
+
+/// A cross-object problem that leaves a working configuration: reported, not fatal.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    pub kind: ObjectKind,
+    /// Object name (the namespace is the Organization's).
+    pub name: String,
+    /// Machine-readable reason, used as a condition reason.
+    pub reason: &'static str,
+    /// What happens and what to do.
+    pub message: String,
+}
+
+/// A rendered configuration and what render noticed on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub config: RelayConfig,
+    pub findings: Vec<Finding>,
+}
+
+/// Why objects could not be rendered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("no Organization in namespace {namespace}: every relay needs exactly one")]
+    NoOrganization { namespace: String },
+    #[error(
+        "namespace {namespace} has {count} Organizations ({names}); a namespace is one organization"
+    )]
+    SeveralOrganizations {
+        namespace: String,
+        count: usize,
+        names: String,
+    },
+    #[error(
+        "MailRoute {first} and MailRoute {second} are both default routes; keep one `default: true`"
+    )]
+    TwoDefaultRoutes { first: String, second: String },
+    #[error(
+        "MailRoute {first} and MailRoute {second} both match recipient domain {domain}; a domain belongs to one route"
+    )]
+    DomainClaimedTwice {
+        domain: String,
+        first: String,
+        second: String,
+    },
+    #[error("{kind:?} {name}: {message}")]
+    Invalid {
+        kind: ObjectKind,
+        name: String,
+        message: String,
+    },
+}
+
+/// The objects of one namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Objects<'a> {
+    pub organizations: &'a [Organization],
+    pub settings: &'a [SmtpRelaySetting],
+    pub ranges: &'a [IpAllowRange],
+    pub routes: &'a [MailRoute],
+    /// Names of the Secrets that exist in the namespace.
+    pub secrets: &'a BTreeSet<String>,
+}
+
+/// Renders the objects of `namespace` into a sealed RelayConfig.
+pub fn render(
+    namespace: &str,
+    objects: Objects<'_>,
+    env: &RenderEnv,
+) -> Result<Rendered, RenderError> {
+    let in_ns = |ns: Option<String>| ns.as_deref().unwrap_or("default") == namespace;
+    let orgs: Vec<&Organization> = objects
+        .organizations
+        .iter()
+        .filter(|o| in_ns(o.namespace()))
+        .collect();
+    let org = match orgs.as_slice() {
+        [] => {
+            return Err(RenderError::NoOrganization {
+                namespace: namespace.into(),
+            });
+        }
+        [one] => *one,
+        many => {
+            let mut names: Vec<String> = many.iter().map(|o| o.name_any()).collect();
+            names.sort();
+            return Err(RenderError::SeveralOrganizations {
+                namespace: namespace.into(),
+                count: many.len(),
+                names: names.join(", "),
+            });
+        }
+    };
+    let mut settings: Vec<&SmtpRelaySetting> = objects
+        .settings
+        .iter()
+        .filter(|o| in_ns(o.namespace()))
+        .collect();
+    let mut ranges: Vec<&IpAllowRange> = objects
+        .ranges
+        .iter()
+        .filter(|o| in_ns(o.namespace()))
+        .collect();
+    let mut routes: Vec<&MailRoute> = objects
+        .routes
+        .iter()
+        .filter(|o| in_ns(o.namespace()))
+        .collect();
+    settings.sort_by_key(|s| s.name_any());
+    ranges.sort_by_key(|r| r.name_any());
+    routes.sort_by_key(|r| r.name_any());
+
+    let mut findings = Vec::new();
+    let qualified = |name: String| format!("{namespace}/{name}");
+    let secret_exists = |name: &str| objects.secrets.contains(name);
+
+    // Organization.
+    let spec = &org.spec;
+    let mut domains: Vec<String> = spec
+        .domains
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    let mut users: Vec<String> = spec.users.iter().map(|u| u.to_ascii_lowercase()).collect();
+    users.sort();
+    users.dedup();
+    let org_finding = |reason, message: String| Finding {
+        kind: ObjectKind::Organization,
+        name: org.name_any(),
+        reason,
+        message,
+    };
+    let credentials_file = match &spec.auth_secret_ref {
+        Some(r) if secret_exists(&r.name) => Some(format!("{}/credentials", env.credentials_dir)),
+        Some(r) => {
+            findings.push(org_finding(
+                "AuthSecretMissing",
+                format!("authSecretRef names Secret {} which does not exist: SMTP AUTH fails for every user until it is created", r.name),
+            ));
+            None
+        }
+        None => None,
+    };
+    let tls = match &spec.relay.tls_secret_ref {
+        Some(r) if secret_exists(&r.name) => Some(TlsFiles {
+            cert_file: format!("{}/tls.crt", env.tls_dir),
+            key_file: format!("{}/tls.key", env.tls_dir),
+        }),
+        Some(r) => {
+            findings.push(org_finding(
+                "TlsSecretMissing",
+                format!("relay.tlsSecretRef names Secret {} which does not exist: STARTTLS is not offered and settings that require TLS refuse mail", r.name),
+            ));
+            None
+        }
+        None => None,
+    };
+    let limit_store = match &spec.relay.limit_store {
+        Some(s) if s.kind == LimitStoreKind::Redis => LimitStoreConfig::Redis {
+            url: s.url.clone().unwrap_or_default(),
+        },
+        _ => LimitStoreConfig::Memory,
+    };
+    if spec.relay.replicas.unwrap_or(1) > 1 && limit_store == LimitStoreConfig::Memory {
+        findings.push(org_finding(
+            "RedisRequired",
+            format!(
+                "relay.replicas is {} but limitStore is Memory: each replica would count limits on its own; set relay.limitStore to type Redis",
+                spec.relay.replicas.unwrap_or(1)
+            ),
+        ));
+    }
+    let limits = resolve_limits(org);
+
+    // Ranges: canonical networks of enabled ranges.
+    let mut networks: BTreeMap<String, IpNet> = BTreeMap::new();
+    for range in &ranges {
+        let net = parse_network(&range.spec.cidr).ok_or_else(|| RenderError::Invalid {
+            kind: ObjectKind::IpAllowRange,
+            name: range.name_any(),
+            message: format!("cidr {:?} is not an address or network", range.spec.cidr),
+        })?;
+        if range.spec.enabled {
+            networks.insert(range.name_any(), net);
+        }
+    }
+
+    // Settings.
+    let mut selected_ranges = BTreeSet::new();
+    let mut setting_configs = Vec::with_capacity(settings.len());
+    for setting in &settings {
+        let s = &setting.spec;
+        let ip_ranges = if s.authentication.ip_allow_ranges.enabled {
+            let selector = s.authentication.ip_allow_ranges.selector.as_ref();
+            let mut chosen: Vec<RangeConfig> = Vec::new();
+            for range in &ranges {
+                if !selector_matches(selector, range.labels()) {
+                    continue;
+                }
+                selected_ranges.insert(range.name_any());
+                if let Some(net) = networks.get(&range.name_any()) {
+                    chosen.push(RangeConfig {
+                        name: qualified(range.name_any()),
+                        network: *net,
+                    });
+                }
+            }
+            chosen.sort_by(|a, b| (a.network, &a.name).cmp(&(b.network, &b.name)));
+            if chosen.is_empty() {
+                findings.push(Finding {
+                    kind: ObjectKind::SmtpRelaySetting,
+                    name: setting.name_any(),
+                    reason: "NoRangesSelected",
+                    message: "authentication.ipAllowRanges is enabled but its selector matches no enabled IpAllowRange: this setting accepts no client".into(),
+                });
+            }
+            Some(chosen)
+        } else {
+            None
+        };
+        if s.authentication.require_smtp_auth && spec.auth_secret_ref.is_none() {
+            findings.push(Finding {
+                kind: ObjectKind::SmtpRelaySetting,
+                name: setting.name_any(),
+                reason: "NoCredentials",
+                message: "requireSmtpAuth is on but the Organization has no authSecretRef: no client can authenticate".into(),
+            });
+        }
+        if s.encryption.require_tls && tls.is_none() {
+            findings.push(Finding {
+                kind: ObjectKind::SmtpRelaySetting,
+                name: setting.name_any(),
+                reason: "NoRelayCertificate",
+                message: "encryption.requireTls is on but the relay has no TLS certificate (relay.tlsSecretRef): this setting accepts no mail".into(),
+            });
+        }
+        setting_configs.push(SettingConfig {
+            name: qualified(setting.name_any()),
+            description: s.description.trim().to_string(),
+            allowed_senders: match s.allowed_senders {
+                CrdSenders::RegisteredUsers => AllowedSenders::RegisteredUsers,
+                CrdSenders::OrganizationDomains => AllowedSenders::OrganizationDomains,
+                CrdSenders::AnyAddress => AllowedSenders::AnyAddress,
+            },
+            ip_ranges,
+            require_smtp_auth: s.authentication.require_smtp_auth,
+            require_tls: s.encryption.require_tls || s.authentication.require_smtp_auth,
+        });
+    }
+    for range in &ranges {
+        if !selected_ranges.contains(&range.name_any()) {
+            findings.push(Finding {
+                kind: ObjectKind::IpAllowRange,
+                name: range.name_any(),
+                reason: "NotSelected",
+                message: "no SmtpRelaySetting with ipAllowRanges enabled selects this range: it allows nothing".into(),
+            });
+        }
+    }
+
+    // Routes.
+    let mut route_configs = Vec::with_capacity(routes.len());
+    let mut default_route: Option<String> = None;
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    for route in &routes {
+        let r = &route.spec;
+        let name = route.name_any();
+        let invalid = |message: String| RenderError::Invalid {
+            kind: ObjectKind::MailRoute,
+            name: name.clone(),
+            message,
+        };
+        let matcher = match (&r.matcher.recipient_domains, r.matcher.default) {
+            (Some(domains), _) if !domains.is_empty() => {
+                let mut domains: Vec<String> =
+                    domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+                domains.sort();
+                domains.dedup();
+                for d in &domains {
+                    if let Some(first) = claimed.insert(d.clone(), name.clone()) {
+                        return Err(RenderError::DomainClaimedTwice {
+                            domain: d.clone(),
+                            first,
+                            second: name,
+                        });
+                    }
+                }
+                RouteMatcher::Domains(domains)
+            }
+            (_, Some(true)) => {
+                if let Some(first) = default_route.replace(name.clone()) {
+                    return Err(RenderError::TwoDefaultRoutes {
+                        first,
+                        second: name,
+                    });
+                }
+                RouteMatcher::Default
+            }
+            _ => {
+                return Err(invalid(
+                    "match needs recipientDomains or default: true".into(),
+                ));
+            }
+        };
+        let port =
+            |p: i32| u16::try_from(p).map_err(|_| invalid(format!("port {p} is out of range")));
+        let weighted =
+            |hosts: &[crds::WeightedHost]| -> Result<Vec<WeightedHostConfig>, RenderError> {
+                let mut out = hosts
+                    .iter()
+                    .map(|h| {
+                        Ok(WeightedHostConfig {
+                            host: h.host.to_ascii_lowercase(),
+                            port: port(h.port)?,
+                            load_percent: u8::try_from(h.load_percent.clamp(0, 100)).unwrap_or(100),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, RenderError>>()?;
+                out.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+                Ok(out)
+            };
+        let hosts = match (&r.single_host, &r.multiple_hosts) {
+            (Some(h), None) => RouteHosts::Single(HostConfig {
+                host: h.host.to_ascii_lowercase(),
+                port: port(h.port)?,
+            }),
+            (None, Some(m)) => RouteHosts::Pool {
+                primary: weighted(&m.primary)?,
+                secondary: weighted(&m.secondary)?,
+            },
+            _ => {
+                return Err(invalid(
+                    "set exactly one of singleHost and multipleHosts".into(),
+                ));
+            }
+        };
+        let extra_ca_file = match &r.tls.trusted_ca_secret_ref {
+            Some(s) if secret_exists(&s.name) => Some(format!("{}/{}/ca.crt", env.ca_dir, s.name)),
+            Some(s) => {
+                findings.push(Finding {
+                    kind: ObjectKind::MailRoute,
+                    name: name.clone(),
+                    reason: "CaSecretMissing",
+                    message: format!("tls.trustedCaSecretRef names Secret {} which does not exist: only public roots are trusted", s.name),
+                });
+                None
+            }
+            None => None,
+        };
+        if !r.tls.require_ca_signed || !r.tls.validate_hostname || !r.tls.require_tls {
+            findings.push(Finding {
+                kind: ObjectKind::MailRoute,
+                name: name.clone(),
+                reason: "TlsChecksRelaxed",
+                message: format!(
+                    "TLS checks relaxed: requireTls={}, requireCaSigned={}, validateHostname={}",
+                    r.tls.require_tls, r.tls.require_ca_signed, r.tls.validate_hostname
+                ),
+            });
+        }
+        route_configs.push(RouteConfig {
+            name: qualified(name.clone()),
+            description: r.description.trim().to_string(),
+            matcher,
+            hosts,
+            mx_lookup: r.mx_lookup,
+            tls: RouteTlsConfig {
+                require_tls: r.tls.require_tls,
+                require_ca_signed: r.tls.require_ca_signed,
+                validate_hostname: r.tls.validate_hostname,
+                extra_ca_file,
+            },
+        });
+    }
+
+    let hostname = spec
+        .relay
+        .hostname
+        .clone()
+        .map(|h| h.to_ascii_lowercase())
+        .or_else(|| domains.first().map(|d| format!("relay.{d}")))
+        .unwrap_or_else(|| "relay".into());
+    let config = RelayConfig {
+        format: CONFIG_FORMAT,
+        hash: String::new(),
+        organization: OrganizationConfig {
+            name: qualified(org.name_any()),
+            domains,
+            users,
+            credentials_file,
+        },
+        hostname,
+        listeners: env.listeners.clone(),
+        tls,
+        settings: setting_configs,
+        routes: route_configs,
+        limits,
+        limit_store,
+        delivery: env.delivery.clone(),
+        spool_dir: env.spool_dir.clone(),
+        admin_listen: env.admin_listen,
+    }
+    .seal();
+    findings.sort();
+    Ok(Rendered { config, findings })
+}
+
+/// Customer limits from licences and billing, then the Organization's overrides.
+fn resolve_limits(org: &Organization) -> LimitsConfig {
+    let spec = &org.spec;
+    let mut limits = LimitsConfig::for_customer(
+        u64::try_from(spec.licenses.max(1)).unwrap_or(1),
+        spec.billing == Billing::Paid,
+    );
+    if let Some(o) = &spec.limits {
+        let u64_of = |v: Option<i64>, into: &mut u64| {
+            if let Some(v) = v.and_then(|v| u64::try_from(v).ok()) {
+                *into = v;
+            }
+        };
+        let u32_of = |v: Option<i64>, into: &mut u32| {
+            if let Some(v) = v.and_then(|v| u32::try_from(v).ok()) {
+                *into = v;
+            }
+        };
+        u64_of(o.user_messages_per_day, &mut limits.user_messages_per_day);
+        u64_of(
+            o.user_recipients_per_day,
+            &mut limits.user_recipients_per_day,
+        );
+        u64_of(
+            o.customer_recipients_per_day,
+            &mut limits.customer_recipients_per_day,
+        );
+        u64_of(
+            o.customer_recipients_per10_minutes,
+            &mut limits.customer_recipients_per10_minutes,
+        );
+        u32_of(o.recipients_per_message, &mut limits.recipients_per_message);
+        u64_of(o.max_message_bytes, &mut limits.max_message_bytes);
+        u32_of(o.connections_per_ip, &mut limits.connections_per_ip);
+        u64_of(o.idle_timeout_seconds, &mut limits.idle_timeout_seconds);
+        u64_of(
+            o.session_timeout_seconds,
+            &mut limits.session_timeout_seconds,
+        );
+        u32_of(o.max_errors, &mut limits.max_errors);
+    }
+    limits
+}
+
+/// Parses an address or CIDR in any textual form into its canonical network.
+pub fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// Kubernetes label-selector semantics; no selector (or an empty one) selects everything.
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let expressions_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn ipv6_spellings_render_to_one_network() {
+        let a = parse_network("1050:0000:0000:0000:0005:0600:300c:326b").unwrap();
+        let b = parse_network("1050:0:0:0:5:600:300c:326b").unwrap();
+        let c = parse_network("1050::5:600:300c:326b/128").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(a.to_string(), "1050::5:600:300c:326b/128");
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let labels: BTreeMap<String, String> = [("site".to_string(), "hq".to_string())].into();
+        let req = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "site".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(None, &labels));
+        assert!(selector_matches(Some(&LabelSelector::default()), &labels));
+        assert!(selector_matches(
+            Some(&req("In", &["hq", "branch"])),
+            &labels
+        ));
+        assert!(!selector_matches(Some(&req("NotIn", &["hq"])), &labels));
+        assert!(selector_matches(Some(&req("Exists", &[])), &labels));
+        assert!(!selector_matches(Some(&req("DoesNotExist", &[])), &labels));
+        let by_label = LabelSelector {
+            match_labels: Some([("site".into(), "branch".into())].into()),
+            ..Default::default()
+        };
+        assert!(!selector_matches(Some(&by_label), &labels));
+    }
+}

@@ -1,0 +1,801 @@
+//! `relayctl plan`: what changes in relay behaviour between two rendered configurations.
+//!
+//! The diff is over [`RelayConfig`], not over YAML, so reordering or reformatting manifests
+//! is "no behavioural change". Each line has a [`Severity`]: a loosening (a sender policy
+//! widened to `AnyAddress`, a TLS check turned off, IP coverage gained) is a warning,
+//! everything else a notice. The diff is complete: whenever two configurations differ,
+//! at least one line says where, falling back to a field-by-field JSON comparison for
+//! anything without a dedicated sentence.
+//!
+//! Reading the two revisions from Git lives in [`crate::git`]; printing in [`format`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+use relay::config::{AllowedSenders, RelayConfig, RouteConfig, RouteHosts, SettingConfig};
+use serde::Serialize;
+
+/// How much a reviewer should care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A change that keeps or tightens the policy.
+    Notice,
+    /// A loosening: more clients, more senders, fewer checks.
+    Warning,
+}
+
+/// One behavioural change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub severity: Severity,
+    /// `Kind namespace/name` of the object the change is about.
+    pub object: String,
+    /// The change in words.
+    pub change: String,
+}
+
+/// The changes from `base` to `head`, in a stable order (by object, then as found).
+pub fn plan(base: &RelayConfig, head: &RelayConfig) -> Vec<Change> {
+    let mut out = Vec::new();
+    if base.compute_hash() == head.compute_hash() {
+        return out;
+    }
+    organization(base, head, &mut out);
+    settings(base, head, &mut out);
+    routes(base, head, &mut out);
+    limits(base, head, &mut out);
+    rest(base, head, &mut out);
+    out
+}
+
+fn push(out: &mut Vec<Change>, severity: Severity, object: &str, change: String) {
+    out.push(Change {
+        severity,
+        object: object.to_string(),
+        change,
+    });
+}
+
+fn organization(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
+    let object = format!("Organization {}", head.organization.name);
+    let (b, h) = (&base.organization, &head.organization);
+    for d in h.domains.iter().filter(|d| !b.domains.contains(d)) {
+        push(
+            out,
+            Severity::Warning,
+            &object,
+            format!("domain {d} added: its addresses and subdomains become organization senders"),
+        );
+    }
+    for d in b.domains.iter().filter(|d| !h.domains.contains(d)) {
+        push(
+            out,
+            Severity::Notice,
+            &object,
+            format!("domain {d} removed"),
+        );
+    }
+    for u in h.users.iter().filter(|u| !b.users.contains(u)) {
+        push(
+            out,
+            Severity::Warning,
+            &object,
+            format!("registered user {u} added"),
+        );
+    }
+    for u in b.users.iter().filter(|u| !h.users.contains(u)) {
+        push(
+            out,
+            Severity::Notice,
+            &object,
+            format!("registered user {u} removed"),
+        );
+    }
+    match (&b.credentials_file, &h.credentials_file) {
+        (None, Some(_)) => push(
+            out,
+            Severity::Notice,
+            &object,
+            "SMTP AUTH credentials now available".into(),
+        ),
+        (Some(_), None) => push(
+            out,
+            Severity::Notice,
+            &object,
+            "SMTP AUTH credentials no longer available: AUTH fails".into(),
+        ),
+        _ => {}
+    }
+    match (&base.tls, &head.tls) {
+        (None, Some(_)) => push(
+            out,
+            Severity::Notice,
+            &object,
+            "relay certificate added: STARTTLS and port 465 offered".into(),
+        ),
+        (Some(_), None) => push(
+            out,
+            Severity::Warning,
+            &object,
+            "relay certificate removed: no STARTTLS, settings requiring TLS refuse mail".into(),
+        ),
+        _ => {}
+    }
+    if base.hostname != head.hostname {
+        push(
+            out,
+            Severity::Notice,
+            &object,
+            format!("hostname {} → {}", base.hostname, head.hostname),
+        );
+    }
+}
+
+fn senders_rank(s: AllowedSenders) -> u8 {
+    match s {
+        AllowedSenders::RegisteredUsers => 0,
+        AllowedSenders::OrganizationDomains => 1,
+        AllowedSenders::AnyAddress => 2,
+    }
+}
+
+fn describe_setting(s: &SettingConfig) -> String {
+    let ip = match &s.ip_ranges {
+        None => "any IP".to_string(),
+        Some(r) => {
+            let (count, _) = coverage(r.iter().map(|r| r.network));
+            format!("{} range(s), {} address(es)", r.len(), count)
+        }
+    };
+    format!(
+        "allowedSenders {:?}, {ip}, SMTP AUTH {}, TLS {}",
+        s.allowed_senders,
+        if s.require_smtp_auth {
+            "required"
+        } else {
+            "not required"
+        },
+        if s.require_tls {
+            "required"
+        } else {
+            "not required"
+        }
+    )
+}
+
+fn settings(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
+    let b: BTreeMap<&str, &SettingConfig> =
+        base.settings.iter().map(|s| (s.name.as_str(), s)).collect();
+    let h: BTreeMap<&str, &SettingConfig> =
+        head.settings.iter().map(|s| (s.name.as_str(), s)).collect();
+    let names: std::collections::BTreeSet<&str> = b.keys().chain(h.keys()).copied().collect();
+    for name in names {
+        let object = format!("SmtpRelaySetting {name}");
+        match (b.get(name), h.get(name)) {
+            (None, Some(s)) => push(
+                out,
+                Severity::Warning,
+                &object,
+                format!("added: {}", describe_setting(s)),
+            ),
+            (Some(s), None) => push(
+                out,
+                Severity::Notice,
+                &object,
+                format!(
+                    "removed (was: {}); clients it allowed lose the right to relay unless another setting allows them",
+                    describe_setting(s)
+                ),
+            ),
+            (Some(bs), Some(hs)) if bs != hs => setting_changes(&object, bs, hs, out),
+            _ => {}
+        }
+    }
+}
+
+fn setting_changes(object: &str, b: &SettingConfig, h: &SettingConfig, out: &mut Vec<Change>) {
+    let before = out.len();
+    if b.allowed_senders != h.allowed_senders {
+        let loosened = senders_rank(h.allowed_senders) > senders_rank(b.allowed_senders);
+        push(
+            out,
+            if loosened {
+                Severity::Warning
+            } else {
+                Severity::Notice
+            },
+            object,
+            format!(
+                "allowedSenders {:?} → {:?}{}",
+                b.allowed_senders,
+                h.allowed_senders,
+                if loosened {
+                    " (sender policy loosened)"
+                } else {
+                    " (sender policy tightened)"
+                }
+            ),
+        );
+    }
+    for (label, was, now) in [
+        ("requireSmtpAuth", b.require_smtp_auth, h.require_smtp_auth),
+        ("requireTls", b.require_tls, h.require_tls),
+    ] {
+        if was != now {
+            let sev = if was {
+                Severity::Warning
+            } else {
+                Severity::Notice
+            };
+            let words = if was { "turned off" } else { "turned on" };
+            push(out, sev, object, format!("{label} {words}"));
+        }
+    }
+    match (&b.ip_ranges, &h.ip_ranges) {
+        (Some(_), None) => push(
+            out,
+            Severity::Warning,
+            object,
+            "IP allow list turned off: clients are no longer checked by address".into(),
+        ),
+        (None, Some(r)) => {
+            let (count, _) = coverage(r.iter().map(|r| r.network));
+            push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "IP allow list turned on: {count} address(es) in {} range(s)",
+                    r.len()
+                ),
+            );
+        }
+        (Some(br), Some(hr)) => {
+            let bn: Vec<IpNet> = br.iter().map(|r| r.network).collect();
+            let hn: Vec<IpNet> = hr.iter().map(|r| r.network).collect();
+            let (gained_count, gained) = difference(&hn, &bn);
+            let (lost_count, lost) = difference(&bn, &hn);
+            if gained_count > 0 {
+                push(
+                    out,
+                    Severity::Warning,
+                    object,
+                    format!(
+                        "IP coverage gained {gained_count} address(es): {}",
+                        join_nets(&gained)
+                    ),
+                );
+            }
+            if lost_count > 0 {
+                push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!(
+                        "IP coverage lost {lost_count} address(es): {}",
+                        join_nets(&lost)
+                    ),
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    if b.description != h.description {
+        push(
+            out,
+            Severity::Notice,
+            object,
+            format!("description {:?} → {:?}", b.description, h.description),
+        );
+    }
+    if out.len() == before {
+        json_diff(object, &to_value(b), &to_value(h), "", out);
+    }
+}
+
+fn join_nets(nets: &[IpNet]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = nets
+        .iter()
+        .take(SHOWN)
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if nets.len() > SHOWN {
+        let _ = write!(s, " and {} more", nets.len() - SHOWN);
+    }
+    s
+}
+
+fn host_shares(route: &RouteConfig) -> (BTreeMap<String, u8>, BTreeMap<String, u8>) {
+    match &route.hosts {
+        RouteHosts::Single(h) => (
+            [(format!("{}:{}", h.host, h.port), 100)].into(),
+            BTreeMap::new(),
+        ),
+        RouteHosts::Pool { primary, secondary } => {
+            let m = |hs: &[relay::config::WeightedHostConfig]| {
+                hs.iter()
+                    .map(|h| (format!("{}:{}", h.host, h.port), h.load_percent))
+                    .collect()
+            };
+            (m(primary), m(secondary))
+        }
+    }
+}
+
+fn describe_route(r: &RouteConfig) -> String {
+    let (p, s) = host_shares(r);
+    let fmt = |m: &BTreeMap<String, u8>| {
+        m.iter()
+            .map(|(h, w)| format!("{h} {w}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut d = format!("{} → {}", matcher_words(r), fmt(&p));
+    if !s.is_empty() {
+        let _ = write!(d, "; secondary {}", fmt(&s));
+    }
+    if r.mx_lookup {
+        d.push_str(" (MX lookup)");
+    }
+    d
+}
+
+fn matcher_words(r: &RouteConfig) -> String {
+    match &r.matcher {
+        relay::config::RouteMatcher::Default => "all other recipients".into(),
+        relay::config::RouteMatcher::Domains(d) => d.join(", "),
+    }
+}
+
+fn routes(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
+    let b: BTreeMap<&str, &RouteConfig> =
+        base.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    let h: BTreeMap<&str, &RouteConfig> =
+        head.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    let names: std::collections::BTreeSet<&str> = b.keys().chain(h.keys()).copied().collect();
+    for name in names {
+        let object = format!("MailRoute {name}");
+        match (b.get(name), h.get(name)) {
+            (None, Some(r)) => {
+                push(
+                    out,
+                    Severity::Notice,
+                    &object,
+                    format!("added: {}", describe_route(r)),
+                );
+                tls_lines(&object, None, r, out);
+            }
+            (Some(r), None) => push(
+                out,
+                Severity::Notice,
+                &object,
+                format!(
+                    "removed (was: {}); its mail now takes the default route or MX",
+                    describe_route(r)
+                ),
+            ),
+            (Some(br), Some(hr)) if br != hr => route_changes(&object, br, hr, out),
+            _ => {}
+        }
+    }
+}
+
+fn route_changes(object: &str, b: &RouteConfig, h: &RouteConfig, out: &mut Vec<Change>) {
+    let before = out.len();
+    if b.matcher != h.matcher {
+        push(
+            out,
+            Severity::Notice,
+            object,
+            format!(
+                "now matches {} (was {})",
+                matcher_words(h),
+                matcher_words(b)
+            ),
+        );
+    }
+    let (bp, bs) = host_shares(b);
+    let (hp, hs) = host_shares(h);
+    for (tier, bm, hm) in [("primary", &bp, &hp), ("secondary", &bs, &hs)] {
+        let hosts: std::collections::BTreeSet<&String> = bm.keys().chain(hm.keys()).collect();
+        for host in hosts {
+            match (bm.get(host), hm.get(host)) {
+                (None, Some(w)) => push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!("{tier} host {host} added with {w}% of the traffic"),
+                ),
+                (Some(w), None) => push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!("{tier} host {host} removed (had {w}%)"),
+                ),
+                (Some(bw), Some(hw)) if bw != hw => push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!("{tier} host {host} load share {bw}% → {hw}%"),
+                ),
+                _ => {}
+            }
+        }
+    }
+    if b.mx_lookup != h.mx_lookup {
+        let words = if h.mx_lookup {
+            "turned on: mail goes to the MX hosts of the route's host"
+        } else {
+            "turned off"
+        };
+        push(out, Severity::Notice, object, format!("MX lookup {words}"));
+    }
+    tls_lines(object, Some(b), h, out);
+    if out.len() == before {
+        json_diff(object, &to_value(b), &to_value(h), "", out);
+    }
+}
+
+fn tls_lines(object: &str, b: Option<&RouteConfig>, h: &RouteConfig, out: &mut Vec<Change>) {
+    let checks = |r: &RouteConfig| {
+        [
+            ("requireTls", r.tls.require_tls),
+            ("requireCaSigned", r.tls.require_ca_signed),
+            ("validateHostname", r.tls.validate_hostname),
+        ]
+    };
+    let before = b.map(checks).unwrap_or([
+        ("requireTls", true),
+        ("requireCaSigned", true),
+        ("validateHostname", true),
+    ]);
+    for ((label, was), (_, now)) in before.into_iter().zip(checks(h)) {
+        if was && !now {
+            push(
+                out,
+                Severity::Warning,
+                object,
+                format!("TLS check {label} turned off"),
+            );
+        } else if !was && now {
+            push(
+                out,
+                Severity::Notice,
+                object,
+                format!("TLS check {label} turned on"),
+            );
+        }
+    }
+    if let Some(b) = b
+        && b.tls.extra_ca_file != h.tls.extra_ca_file
+    {
+        push(
+            out,
+            Severity::Notice,
+            object,
+            "trusted CA roots changed".into(),
+        );
+    }
+}
+
+fn limits(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
+    if base.limits == head.limits {
+        return;
+    }
+    let object = format!("Organization {}", head.organization.name);
+    let b = to_value(&base.limits);
+    let h = to_value(&head.limits);
+    if let (Some(b), Some(h)) = (b.as_object(), h.as_object()) {
+        for (k, hv) in h {
+            let bv = b.get(k).cloned().unwrap_or_default();
+            if &bv != hv {
+                let raised = hv.as_u64().unwrap_or(0) > bv.as_u64().unwrap_or(0);
+                push(
+                    out,
+                    if raised {
+                        Severity::Warning
+                    } else {
+                        Severity::Notice
+                    },
+                    &object,
+                    format!(
+                        "limit {k} {bv} → {hv}{}",
+                        if raised { " (raised)" } else { " (lowered)" }
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Everything without a dedicated sentence: listeners, limit store, delivery, spool.
+fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
+    let strip = |c: &RelayConfig| {
+        let mut v = to_value(c);
+        if let Some(o) = v.as_object_mut() {
+            for k in [
+                "hash",
+                "organization",
+                "settings",
+                "routes",
+                "limits",
+                "tls",
+                "hostname",
+            ] {
+                o.remove(k);
+            }
+        }
+        v
+    };
+    let object = format!("Organization {}", head.organization.name);
+    json_diff(&object, &strip(base), &strip(head), "", out);
+    if base.organization.name != head.organization.name {
+        push(
+            out,
+            Severity::Notice,
+            &object,
+            format!(
+                "organization {} → {}",
+                base.organization.name, head.organization.name
+            ),
+        );
+    }
+    if base.tls != head.tls && base.tls.is_some() && head.tls.is_some() {
+        push(
+            out,
+            Severity::Notice,
+            &object,
+            "relay certificate location changed".into(),
+        );
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Field-by-field comparison of two JSON values, one notice per differing leaf.
+fn json_diff(
+    object: &str,
+    b: &serde_json::Value,
+    h: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<Change>,
+) {
+    use serde_json::Value;
+    match (b, h) {
+        (Value::Object(bo), Value::Object(ho)) => {
+            let keys: std::collections::BTreeSet<&String> = bo.keys().chain(ho.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                json_diff(
+                    object,
+                    bo.get(k).unwrap_or(&Value::Null),
+                    ho.get(k).unwrap_or(&Value::Null),
+                    &p,
+                    out,
+                );
+            }
+        }
+        _ if b != h => push(out, Severity::Notice, object, format!("{path}: {b} → {h}")),
+        _ => {}
+    }
+}
+
+// ---- IP coverage as interval arithmetic --------------------------------------------------
+
+/// An inclusive interval of addresses of one family (4 or 6), as u128.
+type Interval = (u8, u128, u128);
+
+fn interval(net: IpNet) -> Interval {
+    match net {
+        IpNet::V4(n) => (
+            4,
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (6, u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+fn merged(nets: impl IntoIterator<Item = IpNet>) -> Vec<Interval> {
+    let mut v: Vec<Interval> = nets.into_iter().map(interval).collect();
+    v.sort();
+    let mut out: Vec<Interval> = Vec::with_capacity(v.len());
+    for (f, s, e) in v {
+        match out.last_mut() {
+            Some((lf, _, le)) if *lf == f && s <= le.saturating_add(1) => *le = (*le).max(e),
+            _ => out.push((f, s, e)),
+        }
+    }
+    out
+}
+
+/// Number of addresses covered and the merged networks.
+pub fn coverage(nets: impl IntoIterator<Item = IpNet>) -> (u128, Vec<IpNet>) {
+    let m = merged(nets);
+    let count = m.iter().map(|(_, s, e)| e - s + 1).sum();
+    (count, m.into_iter().flat_map(to_networks).collect())
+}
+
+/// Addresses in `a` but not in `b`: count and minimal networks.
+pub fn difference(a: &[IpNet], b: &[IpNet]) -> (u128, Vec<IpNet>) {
+    let a = merged(a.iter().copied());
+    let b = merged(b.iter().copied());
+    let mut result = Vec::new();
+    for (f, s, e) in a {
+        let mut pieces = vec![(s, e)];
+        for &(_, bs, be) in b.iter().filter(|x| x.0 == f) {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(ps, pe)| {
+                    let mut keep = Vec::new();
+                    if be < ps || bs > pe {
+                        keep.push((ps, pe));
+                    } else {
+                        if bs > ps {
+                            keep.push((ps, bs - 1));
+                        }
+                        if be < pe {
+                            keep.push((be + 1, pe));
+                        }
+                    }
+                    keep
+                })
+                .collect();
+        }
+        result.extend(pieces.into_iter().map(|(s, e)| (f, s, e)));
+    }
+    let count = result.iter().map(|(_, s, e)| e - s + 1).sum();
+    (count, result.into_iter().flat_map(to_networks).collect())
+}
+
+/// The last address of the aligned block of `2^size` addresses starting at `start`.
+fn block_last(start: u128, size: u32) -> Option<u128> {
+    if size >= 128 {
+        (start == 0).then_some(u128::MAX)
+    } else {
+        start.checked_add((1u128 << size) - 1)
+    }
+}
+
+/// The fewest CIDR blocks covering an interval exactly.
+fn to_networks((family, mut start, end): Interval) -> Vec<IpNet> {
+    let bits: u32 = if family == 4 { 32 } else { 128 };
+    let mut out = Vec::new();
+    loop {
+        // The largest block aligned at `start` that ends at or before `end`.
+        let mut size = if start == 0 {
+            bits
+        } else {
+            start.trailing_zeros().min(bits)
+        };
+        while size > 0 && block_last(start, size).is_none_or(|last| last > end) {
+            size -= 1;
+        }
+        let last = block_last(start, size).unwrap_or(start);
+        let prefix = u8::try_from(bits - size).unwrap_or(0);
+        let net = if family == 4 {
+            let addr = std::net::Ipv4Addr::from(u32::try_from(start).unwrap_or(0));
+            ipnet::Ipv4Net::new(addr, prefix).map(IpNet::V4).ok()
+        } else {
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(start), prefix)
+                .map(IpNet::V6)
+                .ok()
+        };
+        out.extend(net);
+        if last >= end {
+            break;
+        }
+        start = last + 1;
+    }
+    out
+}
+
+// ---- output ------------------------------------------------------------------------------
+
+/// Output formats of `relayctl plan`.
+pub mod format {
+    use super::{Change, Severity};
+
+    fn counts(changes: &[Change]) -> (usize, usize) {
+        let warnings = changes
+            .iter()
+            .filter(|c| c.severity == Severity::Warning)
+            .count();
+        (changes.len(), warnings)
+    }
+
+    /// Plain text, one line per change.
+    pub fn text(changes: &[Change]) -> String {
+        if changes.is_empty() {
+            return "No behavioural change.\n".into();
+        }
+        let (n, w) = counts(changes);
+        let mut s = format!("{n} behavioural change(s), {w} warning(s):\n");
+        for c in changes {
+            let tag = match c.severity {
+                Severity::Warning => "warning",
+                Severity::Notice => "notice ",
+            };
+            s.push_str(&format!("  {tag}  {}: {}\n", c.object, c.change));
+        }
+        s
+    }
+
+    /// Markdown for a pull-request comment.
+    pub fn markdown(changes: &[Change]) -> String {
+        if changes.is_empty() {
+            return "### relayctl plan\n\nNo behavioural change.\n".into();
+        }
+        let (n, w) = counts(changes);
+        let mut s = format!(
+            "### relayctl plan\n\n**{n} behavioural change(s), {w} warning(s)**\n\n| | Object | Change |\n| --- | --- | --- |\n"
+        );
+        for c in changes {
+            let tag = match c.severity {
+                Severity::Warning => "⚠️ warning",
+                Severity::Notice => "notice",
+            };
+            let esc = |t: &str| t.replace('|', "\\|");
+            s.push_str(&format!(
+                "| {tag} | `{}` | {} |\n",
+                esc(&c.object),
+                esc(&c.change)
+            ));
+        }
+        s
+    }
+
+    /// JSON array of changes.
+    pub fn json(changes: &[Change]) -> String {
+        serde_json::to_string_pretty(changes).unwrap_or_else(|_| "[]".into()) + "\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn coverage_merges_overlaps_and_counts() {
+        let (count, merged) = coverage(nets(&["10.0.0.0/25", "10.0.0.128/25", "10.0.0.7/32"]));
+        assert_eq!(count, 256);
+        assert_eq!(merged, nets(&["10.0.0.0/24"]));
+    }
+
+    #[test]
+    fn difference_splits_into_minimal_blocks() {
+        let (count, gained) = difference(&nets(&["10.0.0.0/24"]), &nets(&["10.0.0.0/25"]));
+        assert_eq!((count, gained), (128, nets(&["10.0.0.128/25"])));
+        let (count, lost) = difference(&nets(&["10.0.0.0/24"]), &nets(&["10.0.0.1/32"]));
+        assert_eq!(count, 255);
+        assert_eq!(
+            lost,
+            nets(&[
+                "10.0.0.0/32",
+                "10.0.0.2/31",
+                "10.0.0.4/30",
+                "10.0.0.8/29",
+                "10.0.0.16/28",
+                "10.0.0.32/27",
+                "10.0.0.64/26",
+                "10.0.0.128/25"
+            ])
+        );
+        let (count, _) = difference(&nets(&["2001:db8::/112"]), &nets(&["10.0.0.0/16"]));
+        assert_eq!(count, 65_536, "families never cancel out");
+    }
+}

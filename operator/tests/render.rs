@@ -1,0 +1,247 @@
+//! `render`: every example renders, the result does not depend on object order, limits
+//! follow licences, billing and overrides, and impossible configurations name the objects.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crds::manifest::{ManifestSet, load_paths};
+use operator::manifests::render_set;
+use operator::render::{Objects, RenderEnv, RenderError, render};
+use relay::config::{AllowedSenders, RouteMatcher};
+
+fn example(name: &str) -> ManifestSet {
+    load_paths(&[Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)])
+    .unwrap()
+}
+
+#[test]
+fn quickstart_renders_loopback_ranges_and_one_default_route() {
+    let r = render_set(&example("quickstart"), &RenderEnv::pod()).unwrap();
+    let c = &r.config;
+    let reasons: Vec<&str> = r.findings.iter().map(|f| f.reason).collect();
+    assert_eq!(
+        reasons,
+        ["TlsChecksRelaxed"],
+        "the local sink has no certificate"
+    );
+    assert_eq!(c.organization.domains, ["acme.example"]);
+    assert_eq!(c.settings.len(), 1);
+    let nets: Vec<String> = c.settings[0]
+        .ip_ranges
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|r| r.network.to_string())
+        .collect();
+    assert_eq!(nets, ["127.0.0.1/32", "::1/128"]);
+    assert_eq!(
+        c.settings[0].allowed_senders,
+        AllowedSenders::OrganizationDomains
+    );
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].matcher, RouteMatcher::Default);
+    assert_eq!(c.limits.customer_recipients_per_day, 1300);
+    assert_eq!(c.limits.customer_recipients_per10_minutes, 90);
+    assert_eq!(c.hash, c.compute_hash());
+}
+
+#[test]
+fn every_example_renders_with_the_expected_findings() {
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "on-premise-ip-range",
+            &["TlsSecretMissing", "NoRelayCertificate"],
+        ),
+        (
+            "applications-smtp-auth",
+            &["TlsSecretMissing", "NoRelayCertificate"],
+        ),
+        ("multi-host-route", &[]),
+        ("mx-lookup-route", &[]),
+        ("tls-relaxed-route", &["TlsChecksRelaxed"]),
+    ];
+    for (name, expected) in cases {
+        let r =
+            render_set(&example(name), &RenderEnv::pod()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let reasons: BTreeSet<&str> = r.findings.iter().map(|f| f.reason).collect();
+        let expected: BTreeSet<&str> = expected.iter().copied().collect();
+        assert_eq!(reasons, expected, "{name}: {:#?}", r.findings);
+    }
+}
+
+#[test]
+fn disabled_ranges_are_left_out() {
+    let r = render_set(&example("on-premise-ip-range"), &RenderEnv::pod()).unwrap();
+    let nets: Vec<String> = r.config.settings[0]
+        .ip_ranges
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|r| r.network.to_string())
+        .collect();
+    assert_eq!(
+        nets,
+        ["203.0.113.0/24", "2001:db8:0:10::/120"],
+        "198.51.100.7 is disabled"
+    );
+}
+
+#[test]
+fn object_order_does_not_change_the_hash() {
+    let set = example("multi-host-route");
+    let a = render_set(&set, &RenderEnv::pod()).unwrap().config;
+    let mut reversed = set.clone();
+    reversed.settings.reverse();
+    reversed.ranges.reverse();
+    reversed.routes.reverse();
+    let b = render_set(&reversed, &RenderEnv::pod()).unwrap().config;
+    assert_eq!(a.hash, b.hash);
+}
+
+fn objects_of(
+    set: &ManifestSet,
+) -> (
+    Vec<crds::Organization>,
+    Vec<crds::SmtpRelaySetting>,
+    Vec<crds::IpAllowRange>,
+    Vec<crds::MailRoute>,
+) {
+    (
+        set.organizations.iter().map(|l| l.object.clone()).collect(),
+        set.settings.iter().map(|l| l.object.clone()).collect(),
+        set.ranges.iter().map(|l| l.object.clone()).collect(),
+        set.routes.iter().map(|l| l.object.clone()).collect(),
+    )
+}
+
+#[test]
+fn limits_from_licences_billing_and_overrides() {
+    let set = example("quickstart");
+    let (mut orgs, settings, ranges, routes) = objects_of(&set);
+    let secrets = BTreeSet::new();
+    let limits = |orgs: &[crds::Organization]| {
+        render(
+            "acme",
+            Objects {
+                organizations: orgs,
+                settings: &settings,
+                ranges: &ranges,
+                routes: &routes,
+                secrets: &secrets,
+            },
+            &RenderEnv::pod(),
+        )
+        .unwrap()
+        .config
+        .limits
+    };
+    orgs[0].spec.licenses = 1_000_000;
+    let big = limits(&orgs);
+    assert_eq!(
+        (
+            big.customer_recipients_per_day,
+            big.customer_recipients_per10_minutes
+        ),
+        (4_600_000, 319_444)
+    );
+    orgs[0].spec.billing = crds::Billing::Unpaid;
+    let unpaid = limits(&orgs);
+    assert_eq!(
+        (
+            unpaid.customer_recipients_per_day,
+            unpaid.customer_recipients_per10_minutes
+        ),
+        (100, 50)
+    );
+    orgs[0].spec.limits = Some(crds::LimitOverrides {
+        user_messages_per_day: Some(3),
+        recipients_per_message: Some(2),
+        ..Default::default()
+    });
+    let over = limits(&orgs);
+    assert_eq!(
+        (
+            over.user_messages_per_day,
+            over.recipients_per_message,
+            over.user_recipients_per_day
+        ),
+        (3, 2, 10_000)
+    );
+}
+
+#[test]
+fn two_default_routes_and_a_domain_on_two_routes_are_errors() {
+    let set = example("multi-host-route");
+    let (orgs, settings, ranges, mut routes) = objects_of(&set);
+    let secrets = BTreeSet::new();
+    let mut second = routes[0].clone();
+    second.metadata.name = Some("partner-copy".into());
+    routes.push(second);
+    let err = render(
+        "acme",
+        Objects {
+            organizations: &orgs,
+            settings: &settings,
+            ranges: &ranges,
+            routes: &routes,
+            secrets: &secrets,
+        },
+        &RenderEnv::pod(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "MailRoute partner and MailRoute partner-copy both match recipient domain *.partner.example; a domain belongs to one route"
+    );
+
+    for r in &mut routes {
+        r.spec.matcher = crds::RouteMatch {
+            recipient_domains: None,
+            default: Some(true),
+        };
+    }
+    let err = render(
+        "acme",
+        Objects {
+            organizations: &orgs,
+            settings: &settings,
+            ranges: &ranges,
+            routes: &routes,
+            secrets: &secrets,
+        },
+        &RenderEnv::pod(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        RenderError::TwoDefaultRoutes {
+            first: "partner".into(),
+            second: "partner-copy".into()
+        }
+    );
+}
+
+#[test]
+fn a_namespace_without_organization_is_an_error() {
+    let set = example("quickstart");
+    let (_, settings, ranges, routes) = objects_of(&set);
+    let secrets = BTreeSet::new();
+    let err = render(
+        "acme",
+        Objects {
+            organizations: &[],
+            settings: &settings,
+            ranges: &ranges,
+            routes: &routes,
+            secrets: &secrets,
+        },
+        &RenderEnv::pod(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no Organization in namespace acme: every relay needs exactly one"
+    );
+}

@@ -1,0 +1,1 @@
+//! Test support, always compiled: placeholder.

@@ -25,10 +25,25 @@ fn name(s: &str) -> Name {
 }
 
 /// The zone `dest.test.` with the given MX (preference, host) and address records.
-async fn dns_server(mx: &[(u16, &str)], addresses: &[(&str, IpAddr)]) -> (SocketAddr, Server<Catalog>) {
+async fn dns_server(
+    mx: &[(u16, &str)],
+    addresses: &[(&str, IpAddr)],
+) -> (SocketAddr, Server<Catalog>) {
     let origin = name("dest.test.");
-    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-    let soa = SOA::new(name("ns.dest.test."), name("hostmaster.dest.test."), 1, 3600, 600, 86400, 60);
+    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+        origin.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    );
+    let soa = SOA::new(
+        name("ns.dest.test."),
+        name("hostmaster.dest.test."),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
     zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
     for (pref, host) in mx {
         let rdata = RData::MX(MX::new(*pref, name(host)));
@@ -55,7 +70,11 @@ async fn dns_server(mx: &[(u16, &str)], addresses: &[(&str, IpAddr)]) -> (Socket
 #[tokio::test]
 async fn mx_hosts_come_back_in_preference_order() {
     let (ns, _server) = dns_server(
-        &[(30, "mx3.dest.test."), (10, "mx1.dest.test."), (20, "mx2.dest.test.")],
+        &[
+            (30, "mx3.dest.test."),
+            (10, "mx1.dest.test."),
+            (20, "mx2.dest.test."),
+        ],
         &[],
     )
     .await;
@@ -78,17 +97,30 @@ async fn delivery_falls_back_to_the_next_mx_when_the_first_fails() {
         ],
     )
     .await;
-    let mut r = route("mx", RouteMatcher::Default, "dest.test", sink.port(), no_tls());
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[]);
     cfg.nameservers = vec![ns];
     let h = Harness::new(vec![r], cfg);
-    h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", "mx"));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "mx"),
+    );
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, 1);
     assert_eq!(sink.messages().len(), 1);
     let metrics = h.metrics_text();
-    let line = format!("host=\"mx2.dest.test:{}\",result=\"delivered\"", sink.port());
+    let line = format!(
+        "host=\"mx2.dest.test:{}\",result=\"delivered\"",
+        sink.port()
+    );
     assert!(metrics.contains(&line), "{metrics}");
 }
 
@@ -100,12 +132,22 @@ async fn host_overrides_are_consulted_before_dns() {
         &[("mx1.dest.test.", IpAddr::V6(Ipv6Addr::LOCALHOST))],
     )
     .await;
-    let mut r = route("mx", RouteMatcher::Default, "dest.test", sink.port(), no_tls());
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[("mx1.dest.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
     cfg.nameservers = vec![ns];
     let h = Harness::new(vec![r], cfg);
-    h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", "override"));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "override"),
+    );
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, 1);
     assert_eq!(sink.messages().len(), 1);

@@ -20,7 +20,13 @@ fn text(data: &[u8]) -> String {
 #[tokio::test]
 async fn single_host_delivery_reaches_the_sink_and_leaves_the_queue() {
     let sink = TestSink::start(SinkConfig::default()).await.unwrap();
-    let routes = vec![route("all", RouteMatcher::Default, "127.0.0.1", sink.port(), no_tls())];
+    let routes = vec![route(
+        "all",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        sink.port(),
+        no_tls(),
+    )];
     let h = Harness::new(routes, delivery_config(&[]));
     let data = message("alice@acme.test", "bob@dest.test", "m1");
     let id = h.send("alice@acme.test", &["bob@dest.test"], &data);
@@ -32,8 +38,14 @@ async fn single_host_delivery_reaches_the_sink_and_leaves_the_queue() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].mail_from, "alice@acme.test");
     assert_eq!(got[0].rcpt_to, ["bob@dest.test"]);
-    assert_eq!(got[0].data, data, "content arrives byte for byte (dot-stuffing undone)");
-    assert!(h.store.list().unwrap().is_empty(), "delivered message left the spool");
+    assert_eq!(
+        got[0].data, data,
+        "content arrives byte for byte (dot-stuffing undone)"
+    );
+    assert!(
+        h.store.list().unwrap().is_empty(),
+        "delivered message left the spool"
+    );
     assert!(h.manager.state(&id).is_none(), "state file removed");
     let metrics = h.metrics_text();
     let line = format!(
@@ -49,7 +61,13 @@ async fn recipients_sharing_a_route_share_one_delivery() {
     let a = TestSink::start(SinkConfig::default()).await.unwrap();
     let b = TestSink::start(SinkConfig::default()).await.unwrap();
     let routes = vec![
-        route("a", domains(&["a.test", "*.a.test"]), "127.0.0.1", a.port(), no_tls()),
+        route(
+            "a",
+            domains(&["a.test", "*.a.test"]),
+            "127.0.0.1",
+            a.port(),
+            no_tls(),
+        ),
         route("b", RouteMatcher::Default, "127.0.0.1", b.port(), no_tls()),
     ];
     let h = Harness::new(routes, delivery_config(&[]));
@@ -60,7 +78,11 @@ async fn recipients_sharing_a_route_share_one_delivery() {
     );
     bounded(h.manager.run_due()).await;
     let got_a = a.messages();
-    assert_eq!(got_a.len(), 1, "one delivery for both recipients of route a");
+    assert_eq!(
+        got_a.len(),
+        1,
+        "one delivery for both recipients of route a"
+    );
     assert_eq!(got_a[0].rcpt_to, ["x@a.test", "z@sub.a.test"]);
     let got_b = b.messages();
     assert_eq!(got_b.len(), 1);
@@ -70,7 +92,10 @@ async fn recipients_sharing_a_route_share_one_delivery() {
 #[tokio::test]
 async fn five_xx_bounces_at_once_with_an_rfc3464_dsn_to_the_sender() {
     let dest = TestSink::start(SinkConfig {
-        rcpt_replies: HashMap::from([("nobody@dest.test".to_string(), "550 5.1.1 <nobody@dest.test>: no such user".to_string())]),
+        rcpt_replies: HashMap::from([(
+            "nobody@dest.test".to_string(),
+            "550 5.1.1 <nobody@dest.test>: no such user".to_string(),
+        )]),
         pipelining: true,
         ..SinkConfig::default()
     })
@@ -78,15 +103,34 @@ async fn five_xx_bounces_at_once_with_an_rfc3464_dsn_to_the_sender() {
     .unwrap();
     let home = TestSink::start(SinkConfig::default()).await.unwrap();
     let routes = vec![
-        route("home", domains(&["acme.test"]), "127.0.0.1", home.port(), no_tls()),
-        route("out", RouteMatcher::Default, "127.0.0.1", dest.port(), no_tls()),
+        route(
+            "home",
+            domains(&["acme.test"]),
+            "127.0.0.1",
+            home.port(),
+            no_tls(),
+        ),
+        route(
+            "out",
+            RouteMatcher::Default,
+            "127.0.0.1",
+            dest.port(),
+            no_tls(),
+        ),
     ];
     let h = Harness::new(routes, delivery_config(&[]));
     let original = message("alice@acme.test", "nobody@dest.test", "bounce-me");
-    h.send("alice@acme.test", &["nobody@dest.test", "bob@dest.test"], &original);
+    h.send(
+        "alice@acme.test",
+        &["nobody@dest.test", "bob@dest.test"],
+        &original,
+    );
 
     let first = bounded(h.manager.run_due()).await;
-    assert_eq!((first.delivered, first.bounced, first.dsns_queued), (1, 1, 1));
+    assert_eq!(
+        (first.delivered, first.bounced, first.dsns_queued),
+        (1, 1, 1)
+    );
     assert_eq!(dest.messages().len(), 1);
     assert_eq!(dest.messages()[0].rcpt_to, ["bob@dest.test"]);
 
@@ -105,7 +149,9 @@ async fn five_xx_bounces_at_once_with_an_rfc3464_dsn_to_the_sender() {
     assert_eq!(dsn.recipients[0].action, "failed");
     assert_eq!(dsn.recipients[0].status, "5.1.1");
     assert!(
-        dsn.recipients[0].diagnostic.ends_with("550 5.1.1 <nobody@dest.test>: no such user"),
+        dsn.recipients[0]
+            .diagnostic
+            .ends_with("550 5.1.1 <nobody@dest.test>: no such user"),
         "{}",
         dsn.recipients[0].diagnostic
     );
@@ -116,17 +162,36 @@ async fn five_xx_bounces_at_once_with_an_rfc3464_dsn_to_the_sender() {
 #[tokio::test]
 async fn null_sender_message_is_never_bounced() {
     let dest = TestSink::start(SinkConfig {
-        rcpt_replies: HashMap::from([("nobody@dest.test".to_string(), "550 5.1.1 no such user".to_string())]),
+        rcpt_replies: HashMap::from([(
+            "nobody@dest.test".to_string(),
+            "550 5.1.1 no such user".to_string(),
+        )]),
         ..SinkConfig::default()
     })
     .await
     .unwrap();
-    let routes = vec![route("out", RouteMatcher::Default, "127.0.0.1", dest.port(), no_tls())];
+    let routes = vec![route(
+        "out",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        dest.port(),
+        no_tls(),
+    )];
     let h = Harness::new(routes, delivery_config(&[]));
-    h.send("", &["nobody@dest.test"], &message("", "nobody@dest.test", "auto-reply"));
+    h.send(
+        "",
+        &["nobody@dest.test"],
+        &message("", "nobody@dest.test", "auto-reply"),
+    );
     let report = bounded(h.manager.run_due()).await;
-    assert_eq!((report.bounced, report.dsns_queued, report.completed), (1, 0, 1));
-    assert!(h.store.list().unwrap().is_empty(), "no DSN was queued and the message is gone");
+    assert_eq!(
+        (report.bounced, report.dsns_queued, report.completed),
+        (1, 0, 1)
+    );
+    assert!(
+        h.store.list().unwrap().is_empty(),
+        "no DSN was queued and the message is gone"
+    );
     let again = bounded(h.manager.run_due()).await;
     assert_eq!(again.messages, 0);
     assert!(dest.messages().is_empty());
@@ -135,14 +200,27 @@ async fn null_sender_message_is_never_bounced() {
 #[tokio::test]
 async fn four_xx_is_retried_on_the_schedule_then_doubling() {
     let dest = TestSink::start(SinkConfig {
-        rcpt_replies: HashMap::from([("later@dest.test".to_string(), "451 4.2.0 mailbox busy".to_string())]),
+        rcpt_replies: HashMap::from([(
+            "later@dest.test".to_string(),
+            "451 4.2.0 mailbox busy".to_string(),
+        )]),
         ..SinkConfig::default()
     })
     .await
     .unwrap();
-    let routes = vec![route("out", RouteMatcher::Default, "127.0.0.1", dest.port(), no_tls())];
+    let routes = vec![route(
+        "out",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        dest.port(),
+        no_tls(),
+    )];
     let h = Harness::new(routes, delivery_config(&[]));
-    let id = h.send("alice@acme.test", &["later@dest.test"], &message("alice@acme.test", "later@dest.test", "retry"));
+    let id = h.send(
+        "alice@acme.test",
+        &["later@dest.test"],
+        &message("alice@acme.test", "later@dest.test", "retry"),
+    );
 
     let mut delays = Vec::new();
     for _ in 0..7 {
@@ -166,33 +244,64 @@ async fn four_xx_is_retried_on_the_schedule_then_doubling() {
 #[tokio::test]
 async fn temporary_failures_bounce_with_5_4_7_after_the_queue_lifetime() {
     let dest = TestSink::start(SinkConfig {
-        rcpt_replies: HashMap::from([("later@dest.test".to_string(), "451 4.2.0 mailbox busy".to_string())]),
+        rcpt_replies: HashMap::from([(
+            "later@dest.test".to_string(),
+            "451 4.2.0 mailbox busy".to_string(),
+        )]),
         ..SinkConfig::default()
     })
     .await
     .unwrap();
     let home = TestSink::start(SinkConfig::default()).await.unwrap();
     let routes = vec![
-        route("home", domains(&["acme.test"]), "127.0.0.1", home.port(), no_tls()),
-        route("out", RouteMatcher::Default, "127.0.0.1", dest.port(), no_tls()),
+        route(
+            "home",
+            domains(&["acme.test"]),
+            "127.0.0.1",
+            home.port(),
+            no_tls(),
+        ),
+        route(
+            "out",
+            RouteMatcher::Default,
+            "127.0.0.1",
+            dest.port(),
+            no_tls(),
+        ),
     ];
     let mut cfg = delivery_config(&[]);
     cfg.max_queue_lifetime_seconds = 100;
     let h = Harness::new(routes, cfg);
-    let id = h.send("alice@acme.test", &["later@dest.test"], &message("alice@acme.test", "later@dest.test", "expire"));
+    let id = h.send(
+        "alice@acme.test",
+        &["later@dest.test"],
+        &message("alice@acme.test", "later@dest.test", "expire"),
+    );
     bounded(h.manager.run_due()).await;
-    assert_eq!(h.manager.next_attempt(&id), Some(t0() + Duration::from_secs(60)));
+    assert_eq!(
+        h.manager.next_attempt(&id),
+        Some(t0() + Duration::from_secs(60))
+    );
     h.clock.set(t0() + Duration::from_secs(60));
     bounded(h.manager.run_due()).await;
     // The second delay (60 s) would pass the lifetime: the last try is at expiry.
-    assert_eq!(h.manager.next_attempt(&id), Some(t0() + Duration::from_secs(100)));
+    assert_eq!(
+        h.manager.next_attempt(&id),
+        Some(t0() + Duration::from_secs(100))
+    );
     h.clock.set(t0() + Duration::from_secs(100));
     let report = bounded(h.manager.run_due()).await;
     assert_eq!((report.bounced, report.dsns_queued), (1, 1));
     bounded(h.manager.run_due()).await;
     let dsn = parse_dsn(&home.messages()[0].data).unwrap();
     assert_eq!(dsn.recipients[0].status, "5.4.7");
-    assert!(dsn.recipients[0].diagnostic.contains("451 4.2.0 mailbox busy"), "{}", dsn.recipients[0].diagnostic);
+    assert!(
+        dsn.recipients[0]
+            .diagnostic
+            .contains("451 4.2.0 mailbox busy"),
+        "{}",
+        dsn.recipients[0].diagnostic
+    );
 }
 
 #[tokio::test]
@@ -203,23 +312,42 @@ async fn messages_to_one_host_reuse_connections() {
     })
     .await
     .unwrap();
-    let routes = vec![route("all", RouteMatcher::Default, "127.0.0.1", sink.port(), no_tls())];
+    let routes = vec![route(
+        "all",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        sink.port(),
+        no_tls(),
+    )];
     let mut cfg = delivery_config(&[]);
     cfg.concurrency = 2;
     let h = Harness::new(routes, cfg);
     const N: usize = 12;
     for i in 0..N {
-        h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", &format!("m{i}")));
+        h.send(
+            "alice@acme.test",
+            &["bob@dest.test"],
+            &message("alice@acme.test", "bob@dest.test", &format!("m{i}")),
+        );
     }
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, N);
     // A second batch reuses the idle sessions too.
     for i in 0..N {
-        h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", &format!("n{i}")));
+        h.send(
+            "alice@acme.test",
+            &["bob@dest.test"],
+            &message("alice@acme.test", "bob@dest.test", &format!("n{i}")),
+        );
     }
     bounded(h.manager.run_due()).await;
     assert_eq!(sink.messages().len(), 2 * N);
-    assert!(sink.connections() <= 2, "{} connections for {} messages", sink.connections(), 2 * N);
+    assert!(
+        sink.connections() <= 2,
+        "{} connections for {} messages",
+        sink.connections(),
+        2 * N
+    );
 }
 
 #[tokio::test]
@@ -228,13 +356,29 @@ async fn both_primaries_down_sends_to_the_secondary() {
     let mut r = route("pool", RouteMatcher::Default, "unused", 25, no_tls());
     r.hosts = RouteHosts::Pool {
         primary: vec![
-            WeightedHostConfig { host: "127.0.0.1".into(), port: closed_port(), load_percent: 70 },
-            WeightedHostConfig { host: "127.0.0.1".into(), port: closed_port(), load_percent: 30 },
+            WeightedHostConfig {
+                host: "127.0.0.1".into(),
+                port: closed_port(),
+                load_percent: 70,
+            },
+            WeightedHostConfig {
+                host: "127.0.0.1".into(),
+                port: closed_port(),
+                load_percent: 30,
+            },
         ],
-        secondary: vec![WeightedHostConfig { host: "127.0.0.1".into(), port: secondary.port(), load_percent: 100 }],
+        secondary: vec![WeightedHostConfig {
+            host: "127.0.0.1".into(),
+            port: secondary.port(),
+            load_percent: 100,
+        }],
     };
     let h = Harness::new(vec![r], delivery_config(&[]));
-    h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", "failover"));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "failover"),
+    );
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, 1);
     assert_eq!(secondary.messages().len(), 1);
@@ -250,7 +394,13 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     })
     .await
     .unwrap();
-    let routes = vec![route("all", RouteMatcher::Default, "127.0.0.1", sink.port(), no_tls())];
+    let routes = vec![route(
+        "all",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        sink.port(),
+        no_tls(),
+    )];
     let mut cfg = delivery_config(&[]);
     cfg.concurrency = 1;
     let h = Harness::new(routes.clone(), cfg.clone());
@@ -258,12 +408,22 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     for i in 0..5 {
         let subject = format!("msg{i}");
         let rcpts = [format!("r{i}a@dest.test"), format!("r{i}b@dest.test")];
-        h.send("alice@acme.test", &[&rcpts[0], &rcpts[1]], &message("alice@acme.test", &rcpts[0], &subject));
+        h.send(
+            "alice@acme.test",
+            &[&rcpts[0], &rcpts[1]],
+            &message("alice@acme.test", &rcpts[0], &subject),
+        );
         for r in rcpts {
             expected.insert((subject.clone(), r));
         }
     }
-    let Harness { dir, store, clock, manager, .. } = h;
+    let Harness {
+        dir,
+        store,
+        clock,
+        manager,
+        ..
+    } = h;
     let manager = Arc::new(manager);
     let running = {
         let m = manager.clone();
@@ -274,7 +434,10 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     running.abort();
     let _ = running.await;
     drop(manager);
-    assert!(!store.list().unwrap().is_empty(), "undelivered messages are still spooled");
+    assert!(
+        !store.list().unwrap().is_empty(),
+        "undelivered messages are still spooled"
+    );
 
     sink.release();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -295,6 +458,9 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     }
     let missing: Vec<_> = expected.difference(&got).collect();
     assert!(missing.is_empty(), "lost recipients: {missing:?}");
-    assert!(store.list().unwrap().is_empty(), "everything delivered and removed");
+    assert!(
+        store.list().unwrap().is_empty(),
+        "everything delivered and removed"
+    );
     assert!(restarted.queued().is_empty());
 }

@@ -65,11 +65,21 @@ async fn deliver(cert: Option<&TestCert>, policy: RouteTlsConfig) -> Outcome {
     .unwrap();
     let home = TestSink::start(SinkConfig::default()).await.unwrap();
     let routes = vec![
-        route("home", domains(&["acme.test"]), "127.0.0.1", home.port(), no_tls()),
+        route(
+            "home",
+            domains(&["acme.test"]),
+            "127.0.0.1",
+            home.port(),
+            no_tls(),
+        ),
         route("secure", RouteMatcher::Default, MX, sink.port(), policy),
     ];
     let h = Harness::new(routes, delivery_config(&[(MX, LOOPBACK)]));
-    h.send("alice@acme.test", &["bob@dest.test"], &message("alice@acme.test", "bob@dest.test", "tls"));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "tls"),
+    );
     bounded(h.manager.run_due()).await;
     if let Some(m) = sink.messages().first() {
         return Outcome::Delivered { tls: m.tls };
@@ -88,9 +98,15 @@ async fn deliver(cert: Option<&TestCert>, policy: RouteTlsConfig) -> Outcome {
 
 fn assert_bounced(outcome: Outcome, status: &str, needle: &str) {
     match outcome {
-        Outcome::Bounced { status: s, diagnostic } => {
+        Outcome::Bounced {
+            status: s,
+            diagnostic,
+        } => {
             assert_eq!(s, status, "{diagnostic}");
-            assert!(diagnostic.contains(needle), "diagnostic {diagnostic:?} lacks {needle:?}");
+            assert!(
+                diagnostic.contains(needle),
+                "diagnostic {diagnostic:?} lacks {needle:?}"
+            );
         }
         other => panic!("expected a bounce, got {other:?}"),
     }
@@ -101,7 +117,11 @@ async fn ca_signed_certificate_for_the_right_name_passes_every_check() {
     let p = pki();
     for (ca, hostname) in [(true, true), (true, false), (false, true), (false, false)] {
         let got = deliver(Some(&p.good), tls(true, ca, hostname, &p.ca_file)).await;
-        assert_eq!(got, Outcome::Delivered { tls: true }, "ca={ca} hostname={hostname}");
+        assert_eq!(
+            got,
+            Outcome::Delivered { tls: true },
+            "ca={ca} hostname={hostname}"
+        );
     }
 }
 
@@ -158,29 +178,57 @@ async fn require_tls_without_starttls_bounces_and_opportunistic_sends_plaintext(
 #[tokio::test]
 async fn probe_route_reports_each_host_with_the_verifier_message() {
     let p = pki();
-    let good = TestSink::start(SinkConfig { tls: Some(p.good.server_config().unwrap()), ..SinkConfig::default() })
-        .await
-        .unwrap();
-    let bad = TestSink::start(SinkConfig { tls: Some(p.self_signed.server_config().unwrap()), ..SinkConfig::default() })
-        .await
-        .unwrap();
+    let good = TestSink::start(SinkConfig {
+        tls: Some(p.good.server_config().unwrap()),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let bad = TestSink::start(SinkConfig {
+        tls: Some(p.self_signed.server_config().unwrap()),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
     let plain = TestSink::start(SinkConfig::default()).await.unwrap();
     let delivery = delivery_config(&[(MX, LOOPBACK)]);
     let policy = tls(true, true, true, &p.ca_file);
 
-    let probes = bounded(probe_route(&route("r", RouteMatcher::Default, MX, good.port(), policy.clone()), &delivery)).await;
+    let probes = bounded(probe_route(
+        &route("r", RouteMatcher::Default, MX, good.port(), policy.clone()),
+        &delivery,
+    ))
+    .await;
     assert_eq!(probes.len(), 1);
     assert_eq!((probes[0].host.as_str(), probes[0].port), (MX, good.port()));
     assert!(probes[0].verified, "{}", probes[0].message);
     assert_eq!(probes[0].message, "Verified");
 
-    let probes = bounded(probe_route(&route("r", RouteMatcher::Default, MX, bad.port(), policy.clone()), &delivery)).await;
+    let probes = bounded(probe_route(
+        &route("r", RouteMatcher::Default, MX, bad.port(), policy.clone()),
+        &delivery,
+    ))
+    .await;
     assert!(!probes[0].verified);
-    assert!(probes[0].message.contains("invalid peer certificate: UnknownIssuer"), "{}", probes[0].message);
+    assert!(
+        probes[0]
+            .message
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        probes[0].message
+    );
 
-    let probes = bounded(probe_route(&route("r", RouteMatcher::Default, MX, plain.port(), policy), &delivery)).await;
+    let probes = bounded(probe_route(
+        &route("r", RouteMatcher::Default, MX, plain.port(), policy),
+        &delivery,
+    ))
+    .await;
     assert!(!probes[0].verified);
-    assert!(probes[0].message.contains("does not offer STARTTLS"), "{}", probes[0].message);
+    assert!(
+        probes[0].message.contains("does not offer STARTTLS"),
+        "{}",
+        probes[0].message
+    );
     // The probe ends its sessions politely; it delivers nothing.
     assert!(good.messages().is_empty());
 }

@@ -17,7 +17,9 @@ use rustls::ClientConfig;
 use crate::config::{DeliveryConfig, HostConfig, RouteConfig, RouteHosts};
 
 use super::Clock;
-use super::client::{CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection};
+use super::client::{
+    CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection,
+};
 use super::mx::{MxResolver, ResolveError};
 use super::tls::{HostProbe, TlsPolicy, TlsRequirement};
 
@@ -53,10 +55,17 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// A transport announcing itself as `helo_name`.
-    pub fn new(delivery: &DeliveryConfig, helo_name: &str, clock: Arc<dyn Clock>) -> Result<Self, ResolveError> {
+    pub fn new(
+        delivery: &DeliveryConfig,
+        helo_name: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ResolveError> {
         Ok(Self {
             resolver: MxResolver::new(delivery)?,
-            cache: ConnectionCache::new(Duration::from_secs(delivery.connection_idle_seconds), clock),
+            cache: ConnectionCache::new(
+                Duration::from_secs(delivery.connection_idle_seconds),
+                clock,
+            ),
             helo_name: helo_name.to_string(),
             timeout: Duration::from_secs(delivery.connect_timeout_seconds.max(1)),
             tls_configs: Mutex::new(HashMap::new()),
@@ -216,7 +225,10 @@ fn route_hosts(route: &RouteConfig) -> Vec<HostConfig> {
 }
 
 /// See [`super::tls::probe_route`].
-pub(crate) async fn probe_route_hosts(route: &RouteConfig, delivery: &DeliveryConfig) -> Vec<HostProbe> {
+pub(crate) async fn probe_route_hosts(
+    route: &RouteConfig,
+    delivery: &DeliveryConfig,
+) -> Vec<HostProbe> {
     let hosts = route_hosts(route);
     let failed_all = |message: String| {
         hosts
@@ -290,7 +302,9 @@ pub(crate) async fn probe_route_hosts(route: &RouteConfig, delivery: &DeliveryCo
                     probes.push(probe(true, "Verified".to_string()));
                 }
                 Err(SessionError::Temporary(m)) => probes.push(probe(false, m)),
-                Err(SessionError::Permanent { diagnostic, .. }) => probes.push(probe(false, diagnostic)),
+                Err(SessionError::Permanent { diagnostic, .. }) => {
+                    probes.push(probe(false, diagnostic))
+                }
             }
         }
     }

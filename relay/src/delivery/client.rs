@@ -198,7 +198,11 @@ fn detached() -> io::Error {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -208,7 +212,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -245,7 +253,11 @@ impl Capabilities {
     fn from_ehlo(reply: &Reply) -> Self {
         let mut caps = Self::default();
         for line in reply.lines.iter().skip(1) {
-            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let keyword = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match keyword.as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
@@ -298,10 +310,19 @@ impl SmtpConnection {
     /// says).
     pub async fn open(params: &SessionParams) -> Result<Self, SessionError> {
         let label = format!("{}[{}]", params.host, params.addr);
-        let tcp = match tokio::time::timeout(params.timeout, TcpStream::connect(params.addr)).await {
+        let tcp = match tokio::time::timeout(params.timeout, TcpStream::connect(params.addr)).await
+        {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(SessionError::Temporary(format!("connect to {label} failed: {e}"))),
-            Err(_) => return Err(SessionError::Temporary(format!("connect to {label} timed out"))),
+            Ok(Err(e)) => {
+                return Err(SessionError::Temporary(format!(
+                    "connect to {label} failed: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(SessionError::Temporary(format!(
+                    "connect to {label} timed out"
+                )));
+            }
         };
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
@@ -364,11 +385,17 @@ impl SmtpConnection {
     }
 
     async fn start_tls(&mut self, params: &SessionParams) -> Result<(), SessionError> {
-        let name = ServerName::try_from(params.host.trim_start_matches('[').trim_end_matches(']').to_string())
-            .map_err(|e| SessionError::Permanent {
-                status: "5.7.5".into(),
-                diagnostic: format!("{} is not a valid TLS server name: {e}", params.host),
-            })?;
+        let name = ServerName::try_from(
+            params
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+        .map_err(|e| SessionError::Permanent {
+            status: "5.7.5".into(),
+            diagnostic: format!("{} is not a valid TLS server name: {e}", params.host),
+        })?;
         let plain = std::mem::replace(&mut self.stream, Stream::Detached);
         let Stream::Plain(tcp) = plain else {
             return Err(SessionError::Temporary("TLS already started".into()));
@@ -383,15 +410,19 @@ impl SmtpConnection {
                 Ok(())
             }
             Ok(Err(e)) => {
-                let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                let rustls_error = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
                 match rustls_error {
-                    Some(err @ rustls::Error::InvalidCertificate(_)) => Err(SessionError::Permanent {
-                        status: "5.7.5".into(),
-                        diagnostic: format!(
-                            "TLS certificate of {} could not be validated: {err}",
-                            self.host
-                        ),
-                    }),
+                    Some(err @ rustls::Error::InvalidCertificate(_)) => {
+                        Err(SessionError::Permanent {
+                            status: "5.7.5".into(),
+                            diagnostic: format!(
+                                "TLS certificate of {} could not be validated: {err}",
+                                self.host
+                            ),
+                        })
+                    }
                     _ => Err(SessionError::Temporary(format!(
                         "TLS handshake with {} failed: {e}",
                         self.host
@@ -413,8 +444,12 @@ impl SmtpConnection {
         };
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SessionError::Temporary(format!("write to {host} failed: {e}"))),
-            Err(_) => Err(SessionError::Temporary(format!("write to {host} timed out"))),
+            Ok(Err(e)) => Err(SessionError::Temporary(format!(
+                "write to {host} failed: {e}"
+            ))),
+            Err(_) => Err(SessionError::Temporary(format!(
+                "write to {host} timed out"
+            ))),
         }
     }
 
@@ -431,20 +466,32 @@ impl SmtpConnection {
                 }
             }
             if self.buf.len() > MAX_REPLY_BYTES {
-                return Err(SessionError::Temporary(format!("host {} sent an over-long reply", self.host)));
+                return Err(SessionError::Temporary(format!(
+                    "host {} sent an over-long reply",
+                    self.host
+                )));
             }
             let mut chunk = [0u8; 4096];
             let read = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await;
             match read {
                 Ok(Ok(0)) => {
-                    return Err(SessionError::Temporary(format!("host {} closed the connection", self.host)));
+                    return Err(SessionError::Temporary(format!(
+                        "host {} closed the connection",
+                        self.host
+                    )));
                 }
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 Ok(Err(e)) => {
-                    return Err(SessionError::Temporary(format!("read from {} failed: {e}", self.host)));
+                    return Err(SessionError::Temporary(format!(
+                        "read from {} failed: {e}",
+                        self.host
+                    )));
                 }
                 Err(_) => {
-                    return Err(SessionError::Temporary(format!("host {} did not answer in time", self.host)));
+                    return Err(SessionError::Temporary(format!(
+                        "host {} did not answer in time",
+                        self.host
+                    )));
                 }
             }
         }
@@ -463,7 +510,10 @@ impl SmtpConnection {
             mail.push_str(&format!(" SIZE={}", data.len()));
         }
         mail.push_str("\r\n");
-        let rcpts: Vec<String> = rcpt_to.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+        let rcpts: Vec<String> = rcpt_to
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>\r\n"))
+            .collect();
 
         let (mail_reply, rcpt_replies, data_reply) = if self.caps.pipelining {
             let mut batch = mail.into_bytes();
@@ -545,7 +595,11 @@ impl SmtpConnection {
     }
 }
 
-fn rcpt_outcomes(replies: &[Reply], host: &str, final_reply: Option<&Reply>) -> Vec<RecipientOutcome> {
+fn rcpt_outcomes(
+    replies: &[Reply],
+    host: &str,
+    final_reply: Option<&Reply>,
+) -> Vec<RecipientOutcome> {
     replies
         .iter()
         .map(|r| {
@@ -598,12 +652,18 @@ impl ConnectionCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Vec<(SmtpConnection, SystemTime)>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Vec<(SmtpConnection, SystemTime)>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A session for `key`, reset and ready, or a new one.
-    pub async fn checkout(&self, key: &CacheKey, params: &SessionParams) -> Result<SmtpConnection, SessionError> {
+    pub async fn checkout(
+        &self,
+        key: &CacheKey,
+        params: &SessionParams,
+    ) -> Result<SmtpConnection, SessionError> {
         loop {
             let cached = {
                 let now = self.clock.now();
@@ -656,7 +716,9 @@ impl ConnectionCache {
 }
 
 fn fresh(since: SystemTime, now: SystemTime, max_idle: Duration) -> bool {
-    now.duration_since(since).map(|d| d < max_idle).unwrap_or(true)
+    now.duration_since(since)
+        .map(|d| d < max_idle)
+        .unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -690,7 +752,10 @@ mod tests {
 
     #[test]
     fn dot_stuffing_and_terminator() {
-        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n"
+        );
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
     }
 }

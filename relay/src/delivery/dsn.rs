@@ -50,7 +50,9 @@ pub fn build_dsn(report: &BounceReport<'_>) -> Vec<u8> {
         m.push_str(s);
         m.push_str("\r\n");
     };
-    line(&format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"));
+    line(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>"
+    ));
     line(&format!("To: <{}>", clean(report.original_sender)));
     line("Subject: Undelivered Mail Returned to Sender");
     line(&format!("Date: {}", rfc5322_date(report.now)));
@@ -75,7 +77,11 @@ pub fn build_dsn(report: &BounceReport<'_>) -> Vec<u8> {
     line("Your message could not be delivered to one or more recipients.");
     line("");
     for f in report.failures {
-        line(&format!("<{}>: {}", clean(&f.recipient), clean(&f.diagnostic)));
+        line(&format!(
+            "<{}>: {}",
+            clean(&f.recipient),
+            clean(&f.diagnostic)
+        ));
     }
     line("");
     line(&format!("--{boundary}"));
@@ -132,7 +138,9 @@ fn clean(s: &str) -> String {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `Tue, 01 Jul 2025 10:00:00 +0000`.
@@ -200,7 +208,10 @@ pub fn parse_dsn(message: &[u8]) -> Option<ParsedDsn> {
     let (head, body) = text.split_once("\n\n")?;
     let headers = unfold_fields(head);
     let content_type = field(&headers, "content-type")?;
-    if !content_type.to_ascii_lowercase().starts_with("multipart/report") {
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/report")
+    {
         return None;
     }
     let report_type = param(content_type, "report-type")?;
@@ -220,7 +231,9 @@ pub fn parse_dsn(message: &[u8]) -> Option<ParsedDsn> {
         let part = part.strip_prefix('\n').unwrap_or(part);
         let (phead, pbody) = part.split_once("\n\n").unwrap_or((part, ""));
         let pfields = unfold_fields(phead);
-        let ptype = field(&pfields, "content-type").unwrap_or("text/plain").to_ascii_lowercase();
+        let ptype = field(&pfields, "content-type")
+            .unwrap_or("text/plain")
+            .to_ascii_lowercase();
         if ptype.starts_with("message/delivery-status") {
             found = true;
             let mut groups = pbody.split("\n\n").filter(|g| !g.trim().is_empty());
@@ -260,7 +273,10 @@ fn unfold_fields(block: &str) -> Vec<(String, String)> {
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn param(value: &str, name: &str) -> Option<String> {
@@ -311,7 +327,10 @@ mod tests {
             original,
         });
         let text = String::from_utf8(msg.clone()).unwrap();
-        assert!(text.contains("Date: Tue, 01 Jul 2025 10:00:00 +0000\r\n"), "{text}");
+        assert!(
+            text.contains("Date: Tue, 01 Jul 2025 10:00:00 +0000\r\n"),
+            "{text}"
+        );
         let parsed = parse_dsn(&msg).unwrap();
         assert_eq!(parsed.report_type, "delivery-status");
         assert_eq!(parsed.reporting_mta, "relay.acme.test");

@@ -124,14 +124,14 @@ impl MxResolver {
             return Ok(vec![*ip]);
         }
         let fqdn = format!("{name}.");
-        let found = self
-            .resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| ResolveError::Address {
-                host: name.clone(),
-                message: e.to_string(),
-            })?;
+        let found =
+            self.resolver
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| ResolveError::Address {
+                    host: name.clone(),
+                    message: e.to_string(),
+                })?;
         let ips: Vec<IpAddr> = found.iter().collect();
         if ips.is_empty() {
             return Err(ResolveError::Address {

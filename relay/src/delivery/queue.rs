@@ -85,7 +85,13 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The envelope and content of a message. `ErrorKind::NotFound` when it is gone.
     fn read(&self, queue_id: &str) -> io::Result<StoredMessage>;
     /// Stores a new message (a DSN) durably (on disk when this returns) and returns its id.
-    fn enqueue(&self, mail_from: &str, rcpt_to: &[String], data: &[u8], received_at: SystemTime) -> io::Result<String>;
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String>;
     /// Deletes a message whose recipients are all delivered or bounced.
     fn remove(&self, queue_id: &str) -> io::Result<()>;
 }
@@ -188,7 +194,9 @@ impl MessageState {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn from_unix(secs: u64) -> SystemTime {
@@ -200,7 +208,9 @@ fn valid_queue_id(id: &str) -> bool {
     !id.is_empty()
         && !id.starts_with('.')
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Writes a file atomically and durably: temporary file, fsync, rename, directory fsync.
@@ -390,7 +400,11 @@ impl<S: MessageStore> QueueManager<S> {
 
     /// When a queued message is next tried.
     pub fn next_attempt(&self, queue_id: &str) -> Option<SystemTime> {
-        self.inner.shared.entries().get(queue_id).map(|e| e.next_attempt)
+        self.inner
+            .shared
+            .entries()
+            .get(queue_id)
+            .map(|e| e.next_attempt)
     }
 
     /// The saved delivery state of a message, if it has one.
@@ -441,7 +455,13 @@ impl<S: MessageStore> QueueManager<S> {
         loop {
             self.run_due().await;
             let now = self.inner.clock.now();
-            let next = self.inner.shared.entries().values().map(|e| e.next_attempt).min();
+            let next = self
+                .inner
+                .shared
+                .entries()
+                .values()
+                .map(|e| e.next_attempt)
+                .min();
             let wait = next
                 .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(60))
@@ -461,7 +481,10 @@ fn state_name(queue_id: &str) -> String {
 
 fn load_state(dir: &Path, queue_id: &str) -> io::Result<Option<MessageState>> {
     if !valid_queue_id(queue_id) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad queue id {queue_id:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad queue id {queue_id:?}"),
+        ));
     }
     match fs::read(dir.join(state_name(queue_id))) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -477,7 +500,9 @@ fn save_state(dir: &Path, queue_id: &str, state: &MessageState) -> io::Result<()
     write_atomic(dir, &state_name(queue_id), &bytes)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| io::Error::other(e.to_string()))?
@@ -528,7 +553,10 @@ impl<S: MessageStore> Inner<S> {
         let now = self.clock.now();
         let retry_soon = now + Duration::from_secs(60);
         if !valid_queue_id(&queue_id) {
-            tracing::error!(queue_id, "queue id is not usable as a file name; message skipped");
+            tracing::error!(
+                queue_id,
+                "queue id is not usable as a file name; message skipped"
+            );
             self.forget(&queue_id);
             return report;
         }
@@ -559,7 +587,11 @@ impl<S: MessageStore> Inner<S> {
         };
 
         let pending = state.pending();
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut groups = JoinSet::new();
         for (choice, rcpts) in group_by_route(&routes, &pending) {
             let route = resolve_choice(&routes, &choice);
@@ -573,7 +605,10 @@ impl<S: MessageStore> Inner<S> {
             groups.spawn(async move {
                 let _permit = this.concurrency.clone().acquire_owned().await;
                 let hosts = this.host_order(&pool_key, &route);
-                let result = this.transport.deliver(&route, &hosts, &from, &rcpts, &data).await;
+                let result = this
+                    .transport
+                    .deliver(&route, &hosts, &from, &rcpts, &data)
+                    .await;
                 this.record_health(&pool_key, &result);
                 (route.name.clone(), result)
             });
@@ -630,7 +665,10 @@ impl<S: MessageStore> Inner<S> {
         let now = self.clock.now();
         if !still_pending.is_empty() {
             state.attempts = state.attempts.saturating_add(1);
-            match self.schedule.decide(envelope.received_at, now, state.attempts) {
+            match self
+                .schedule
+                .decide(envelope.received_at, now, state.attempts)
+            {
                 RetryDecision::RetryAt(t) => state.next_attempt_unix = unix(t),
                 RetryDecision::Expired => {
                     for rcpt in still_pending {
@@ -668,7 +706,10 @@ impl<S: MessageStore> Inner<S> {
         }
 
         if !state.dsn_pending.is_empty() {
-            match self.queue_dsn(&envelope, &data, &state.dsn_pending, now).await {
+            match self
+                .queue_dsn(&envelope, &data, &state.dsn_pending, now)
+                .await
+            {
                 Ok(dsn_id) => {
                     report.dsns_queued += 1;
                     state.dsn_pending.clear();
@@ -704,12 +745,22 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         } else {
-            self.reschedule(&queue_id, from_unix(state.next_attempt_unix), Some(envelope.received_at));
+            self.reschedule(
+                &queue_id,
+                from_unix(state.next_attempt_unix),
+                Some(envelope.received_at),
+            );
         }
         report
     }
 
-    async fn queue_dsn(&self, envelope: &Envelope, data: &[u8], entries: &[DsnEntry], now: SystemTime) -> io::Result<String> {
+    async fn queue_dsn(
+        &self,
+        envelope: &Envelope,
+        data: &[u8],
+        entries: &[DsnEntry],
+        now: SystemTime,
+    ) -> io::Result<String> {
         let failures: Vec<FailedRecipient> = entries
             .iter()
             .map(|e| FailedRecipient {
@@ -736,11 +787,17 @@ impl<S: MessageStore> Inner<S> {
     fn host_order(&self, pool_key: &str, route: &RouteConfig) -> Vec<crate::config::HostConfig> {
         let now = self.clock.now();
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = pools
-            .entry(pool_key.to_string())
-            .or_insert_with(|| (route.hosts.clone(), HostPool::from_route_hosts(&route.hosts)));
+        let entry = pools.entry(pool_key.to_string()).or_insert_with(|| {
+            (
+                route.hosts.clone(),
+                HostPool::from_route_hosts(&route.hosts),
+            )
+        });
         if entry.0 != route.hosts {
-            *entry = (route.hosts.clone(), HostPool::from_route_hosts(&route.hosts));
+            *entry = (
+                route.hosts.clone(),
+                HostPool::from_route_hosts(&route.hosts),
+            );
         }
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         entry.1.attempt_order(now, &mut *rng)
@@ -809,12 +866,19 @@ impl MessageStore for DirectoryStore {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
         }
         let env = fs::read(self.dir.join(format!("{queue_id}.env")))?;
-        let envelope: Envelope = serde_json::from_slice(&env).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let envelope: Envelope = serde_json::from_slice(&env)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let data = fs::read(self.dir.join(format!("{queue_id}.eml")))?;
         Ok(StoredMessage { envelope, data })
     }
 
-    fn enqueue(&self, mail_from: &str, rcpt_to: &[String], data: &[u8], received_at: SystemTime) -> io::Result<String> {
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String> {
         let queue_id = self.new_id();
         let envelope = Envelope {
             queue_id: queue_id.clone(),

@@ -46,7 +46,11 @@ impl RetrySchedule {
         let delay = match self.steps.get(index) {
             Some(d) => *d,
             None => {
-                let last = self.steps.last().copied().unwrap_or(Duration::from_secs(60));
+                let last = self
+                    .steps
+                    .last()
+                    .copied()
+                    .unwrap_or(Duration::from_secs(60));
                 let doublings = (index + 1 - self.steps.len()).min(32) as u32;
                 last.saturating_mul(2u32.saturating_pow(doublings))
             }
@@ -90,6 +94,9 @@ mod tests {
             s.decide(t0, t0 + Duration::from_secs(70), 2),
             RetryDecision::RetryAt(t0 + Duration::from_secs(100))
         );
-        assert_eq!(s.decide(t0, t0 + Duration::from_secs(100), 3), RetryDecision::Expired);
+        assert_eq!(
+            s.decide(t0, t0 + Duration::from_secs(100), 3),
+            RetryDecision::Expired
+        );
     }
 }

@@ -65,7 +65,10 @@ pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
 /// Groups recipients by route, keeping the order in which each route first appears.
 /// A recipient without a domain goes to a direct route for the empty domain, which fails
 /// delivery permanently later with a clear message.
-pub fn group_by_route(routes: &[RouteConfig], recipients: &[String]) -> Vec<(RouteChoice, Vec<String>)> {
+pub fn group_by_route(
+    routes: &[RouteConfig],
+    recipients: &[String],
+) -> Vec<(RouteChoice, Vec<String>)> {
     let mut groups: Vec<(RouteChoice, Vec<String>)> = Vec::new();
     for rcpt in recipients {
         let choice = match domain_of(rcpt) {
@@ -135,12 +138,27 @@ mod tests {
             route("exact", domains(&["mail.eu.example.com"])),
             route("default", RouteMatcher::Default),
         ];
-        assert_eq!(choose_route(&routes, "mail.eu.example.com"), RouteChoice::Configured(2));
-        assert_eq!(choose_route(&routes, "x.eu.example.com"), RouteChoice::Configured(1));
-        assert_eq!(choose_route(&routes, "x.example.com"), RouteChoice::Configured(0));
+        assert_eq!(
+            choose_route(&routes, "mail.eu.example.com"),
+            RouteChoice::Configured(2)
+        );
+        assert_eq!(
+            choose_route(&routes, "x.eu.example.com"),
+            RouteChoice::Configured(1)
+        );
+        assert_eq!(
+            choose_route(&routes, "x.example.com"),
+            RouteChoice::Configured(0)
+        );
         // A wildcard does not match its own apex.
-        assert_eq!(choose_route(&routes, "example.com"), RouteChoice::Configured(3));
-        assert_eq!(choose_route(&routes, "other.org"), RouteChoice::Configured(3));
+        assert_eq!(
+            choose_route(&routes, "example.com"),
+            RouteChoice::Configured(3)
+        );
+        assert_eq!(
+            choose_route(&routes, "other.org"),
+            RouteChoice::Configured(3)
+        );
     }
 
     #[test]

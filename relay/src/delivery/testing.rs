@@ -84,7 +84,9 @@ pub struct TestSink {
 
 impl std::fmt::Debug for TestSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestSink").field("addr", &self.addr).finish()
+        f.debug_struct("TestSink")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -162,9 +164,17 @@ enum Flow {
     StartTls,
 }
 
-async fn serve(tcp: TcpStream, state: Arc<SinkState>, config: Arc<SinkConfig>, number: usize) -> io::Result<()> {
+async fn serve(
+    tcp: TcpStream,
+    state: Arc<SinkState>,
+    config: Arc<SinkConfig>,
+    number: usize,
+) -> io::Result<()> {
     let mut io = BufReader::new(tcp);
-    let greeting = config.greeting.clone().unwrap_or_else(|| "220 sink.test ESMTP".into());
+    let greeting = config
+        .greeting
+        .clone()
+        .unwrap_or_else(|| "220 sink.test ESMTP".into());
     reply(&mut io, &greeting).await?;
     if !greeting.starts_with('2') {
         return Ok(());
@@ -178,7 +188,9 @@ async fn serve(tcp: TcpStream, state: Arc<SinkState>, config: Arc<SinkConfig>, n
             let tcp = io.into_inner();
             let stream = TlsAcceptor::from(tls).accept(tcp).await?;
             let mut io = BufReader::new(stream);
-            commands(&mut io, &state, &config, number, true).await.map(|_| ())
+            commands(&mut io, &state, &config, number, true)
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -190,7 +202,10 @@ async fn reply<S: AsyncWrite + Unpin>(io: &mut S, line: &str) -> io::Result<()> 
 
 fn address(arg: &str) -> String {
     let start = arg.find('<').map(|i| i + 1).unwrap_or(0);
-    let end = arg[start..].find('>').map(|i| start + i).unwrap_or(arg.len());
+    let end = arg[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(arg.len());
     arg[start..end].to_string()
 }
 
@@ -227,7 +242,10 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
             reply(io, "220 2.0.0 go ahead").await?;
             return Ok(Flow::StartTls);
         } else if upper.starts_with("MAIL FROM:") {
-            let r = config.mail_reply.clone().unwrap_or_else(|| "250 2.1.0 ok".into());
+            let r = config
+                .mail_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.1.0 ok".into());
             if r.starts_with('2') {
                 from = Some(address(&cmd[10..]));
                 rcpts.clear();
@@ -287,7 +305,10 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
                     released.await;
                 }
             }
-            let r = config.data_reply.clone().unwrap_or_else(|| "250 2.0.0 queued".into());
+            let r = config
+                .data_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.0.0 queued".into());
             reply(io, &r).await?;
         } else if upper == "RSET" {
             from = None;
@@ -353,7 +374,9 @@ impl TestCa {
     pub fn new(common_name: &str) -> Result<Self, TestPkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -369,7 +392,8 @@ impl TestCa {
 
     /// A leaf certificate for `names` (DNS names or IP literals) signed by this CA.
     pub fn issue(&self, names: &[&str]) -> Result<TestCert, TestPkiError> {
-        let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(TestCert {

@@ -24,7 +24,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::config::{DeliveryConfig, RouteConfig, RouteTlsConfig};
 
@@ -168,7 +170,9 @@ struct RouteVerifier {
 
 impl fmt::Debug for RouteVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteVerifier").field("check", &self.check).finish()
+        f.debug_struct("RouteVerifier")
+            .field("check", &self.check)
+            .finish()
     }
 }
 
@@ -197,9 +201,13 @@ impl ServerCertVerifier for RouteVerifier {
         };
         match self.check {
             CertificateCheck::AnyCertificate => Ok(ServerCertVerified::assertion()),
-            CertificateCheck::CaSignedAndHostname => {
-                webpki()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            }
+            CertificateCheck::CaSignedAndHostname => webpki()?.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
             CertificateCheck::CaSigned => {
                 // webpki checks the chain before the name, so a name error means the
                 // chain is good.
@@ -278,9 +286,18 @@ mod tests {
 
     #[test]
     fn four_checks_from_flags() {
-        assert_eq!(CertificateCheck::from_flags(false, false), CertificateCheck::AnyCertificate);
-        assert_eq!(CertificateCheck::from_flags(true, false), CertificateCheck::CaSigned);
-        assert_eq!(CertificateCheck::from_flags(false, true), CertificateCheck::HostnameOnly);
+        assert_eq!(
+            CertificateCheck::from_flags(false, false),
+            CertificateCheck::AnyCertificate
+        );
+        assert_eq!(
+            CertificateCheck::from_flags(true, false),
+            CertificateCheck::CaSigned
+        );
+        assert_eq!(
+            CertificateCheck::from_flags(false, true),
+            CertificateCheck::HostnameOnly
+        );
         assert_eq!(
             CertificateCheck::from_flags(true, true),
             CertificateCheck::CaSignedAndHostname

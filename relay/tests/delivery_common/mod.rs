@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
-use relay::config::{DeliveryConfig, HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig};
+use relay::config::{
+    DeliveryConfig, HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig,
+};
 use relay::delivery::ManualClock;
 use relay::delivery::queue::{DirectoryStore, MessageStore, QueueManager, QueueOptions};
 
@@ -26,7 +28,13 @@ pub fn no_tls() -> RouteTlsConfig {
     }
 }
 
-pub fn route(name: &str, matcher: RouteMatcher, host: &str, port: u16, tls: RouteTlsConfig) -> RouteConfig {
+pub fn route(
+    name: &str,
+    matcher: RouteMatcher,
+    host: &str,
+    port: u16,
+    tls: RouteTlsConfig,
+) -> RouteConfig {
     RouteConfig {
         name: name.to_string(),
         description: format!("test route {name}"),
@@ -111,7 +119,10 @@ impl Harness {
     /// Spools a message and hands it to the queue manager.
     pub fn send(&self, from: &str, rcpts: &[&str], data: &[u8]) -> String {
         let rcpts: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
-        let id = self.store.enqueue(from, &rcpts, data, self.clock.now_time()).unwrap();
+        let id = self
+            .store
+            .enqueue(from, &rcpts, data, self.clock.now_time())
+            .unwrap();
         self.manager.submit(&id);
         id
     }

@@ -385,6 +385,64 @@ async fn both_primaries_down_sends_to_the_secondary() {
 }
 
 #[tokio::test]
+async fn a_primary_that_comes_back_gets_traffic_again_after_its_backoff() {
+    let secondary = TestSink::start(SinkConfig::default()).await.unwrap();
+    let primary_port = closed_port();
+    let mut r = route("pool", RouteMatcher::Default, "unused", 25, no_tls());
+    r.hosts = RouteHosts::Pool {
+        primary: vec![WeightedHostConfig {
+            host: "127.0.0.1".into(),
+            port: primary_port,
+            load_percent: 100,
+        }],
+        secondary: vec![WeightedHostConfig {
+            host: "127.0.0.1".into(),
+            port: secondary.port(),
+            load_percent: 100,
+        }],
+    };
+    let h = Harness::new(vec![r], delivery_config(&[]));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "one"),
+    );
+    bounded(h.manager.run_due()).await;
+    assert_eq!(
+        secondary.messages().len(),
+        1,
+        "primary down: the secondary took it"
+    );
+
+    // The primary comes back, but it is in backoff (30 s): not tried yet.
+    let primary = TestSink::start_on(
+        format!("127.0.0.1:{primary_port}").parse().unwrap(),
+        SinkConfig::default(),
+    )
+    .await
+    .unwrap();
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "two"),
+    );
+    bounded(h.manager.run_due()).await;
+    assert_eq!(secondary.messages().len(), 2);
+    assert_eq!(primary.connections(), 0);
+
+    // After the backoff it is probed again and takes the traffic.
+    h.clock.advance(Duration::from_secs(30));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "three"),
+    );
+    bounded(h.manager.run_due()).await;
+    assert_eq!(primary.messages().len(), 1);
+    assert_eq!(secondary.messages().len(), 2);
+}
+
+#[tokio::test]
 async fn restart_in_the_middle_of_a_run_loses_nothing() {
     // The sink takes two messages, then keeps the third waiting for its reply.
     let sink = TestSink::start(SinkConfig {

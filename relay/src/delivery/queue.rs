@@ -37,7 +37,7 @@ use super::dsn::{BounceReport, FailedRecipient, build_dsn};
 use super::metrics::DeliveryMetrics;
 use super::pool::HostPool;
 use super::retry::{RetryDecision, RetrySchedule};
-use super::route::{RouteChoice, group_by_route, resolve_choice};
+use super::route::{RouteChoice, choose_route, group_by_route, resolve_choice};
 
 /// The envelope of a spooled message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct StoredMessage {
 /// Every method may block on disk I/O; the manager calls them from blocking threads.
 /// A spool implements it by mapping each method onto its own files:
 ///
-/// ```ignore
+/// ```text
 /// impl MessageStore for Spool {
 ///     fn list(&self) -> io::Result<Vec<String>> { self.queue_ids() }
 ///     fn read(&self, id: &str) -> io::Result<StoredMessage> {
@@ -294,6 +294,7 @@ struct Inner<S: MessageStore> {
     routes: RwLock<Vec<RouteConfig>>,
     schedule: RetrySchedule,
     concurrency: Arc<Semaphore>,
+    messages_in_flight: Arc<Semaphore>,
     hostname: String,
     state_dir: PathBuf,
     clock: Arc<dyn Clock>,
@@ -357,6 +358,9 @@ impl<S: MessageStore> QueueManager<S> {
             routes: RwLock::new(routes),
             schedule: RetrySchedule::from_config(delivery),
             concurrency: Arc::new(Semaphore::new(delivery.concurrency.max(1) as usize)),
+            messages_in_flight: Arc::new(Semaphore::new(
+                (delivery.concurrency.max(1) as usize).saturating_mul(2),
+            )),
             hostname: options.hostname,
             state_dir: options.state_dir,
             clock: clock.clone(),
@@ -425,12 +429,28 @@ impl<S: MessageStore> QueueManager<S> {
             .map(|(id, _)| id.clone())
             .collect();
         let mut tasks = JoinSet::new();
-        for id in due {
-            let inner = self.inner.clone();
-            tasks.spawn(async move { inner.process(id).await });
-        }
         let mut report = RunReport::default();
+        let mut results = Vec::new();
+        for id in due {
+            // Bounds how many messages are read into memory at once; sessions are bounded
+            // separately, per route group.
+            let Ok(permit) = self.inner.messages_in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let inner = self.inner.clone();
+            tasks.spawn(async move {
+                let report = inner.process(id).await;
+                drop(permit);
+                report
+            });
+            while let Some(done) = tasks.try_join_next() {
+                results.push(done);
+            }
+        }
         while let Some(done) = tasks.join_next().await {
+            results.push(done);
+        }
+        for done in results {
             match done {
                 Ok(r) => {
                     report.messages += r.messages;
@@ -680,7 +700,11 @@ impl<S: MessageStore> Inner<S> {
                         };
                         let diagnostic = format!("delivery time expired; last error: {last}");
                         report.bounced += 1;
-                        self.metrics.count("expired", None, "bounced");
+                        let route_name = match super::domain_of(&rcpt) {
+                            Some(d) => resolve_choice(&routes, &choose_route(&routes, &d)).name,
+                            None => "direct".to_string(),
+                        };
+                        self.metrics.count(&route_name, None, "bounced");
                         if !envelope.mail_from.is_empty() {
                             state.dsn_pending.push(DsnEntry {
                                 recipient: rcpt.clone(),

@@ -99,7 +99,12 @@ impl Drop for TestSink {
 impl TestSink {
     /// Starts a sink on `127.0.0.1:0`.
     pub async fn start(config: SinkConfig) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse().map_err(io::Error::other)?, config).await
+    }
+
+    /// Starts a sink on a given loopback address (to bring a host "back" on a known port).
+    pub async fn start_on(addr: SocketAddr, config: SinkConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SinkState::default());
         let config = Arc::new(config);

@@ -8,6 +8,18 @@
 //! It does not own the spool: the queue manager reads and writes messages through the
 //! [`queue::MessageStore`] trait, which the spool implements. [`testing`] holds an
 //! in-process SMTP sink and certificate helpers for tests of this crate and others.
+//!
+//! Wiring, in a relay process:
+//!
+//! ```text
+//! let manager = QueueManager::new(Arc::new(spool), cfg.routes.clone(), &cfg.delivery,
+//!     QueueOptions { hostname: cfg.hostname.clone(), state_dir: spool_dir.join("delivery") },
+//!     Arc::new(SystemClock), &mut registry)?;
+//! let handle = manager.handle();          // give to the SMTP sessions:
+//! handle.submit(&queue_id);               //   after the message is fsync'd, before 250
+//! manager.set_routes(new_cfg.routes);     // on config reload
+//! manager.run(shutdown_signal).await;     // delivers until shutdown
+//! ```
 
 pub mod attempt;
 pub mod client;

@@ -11,6 +11,9 @@
 //! `5.7.5`, exactly as with `requireTls` on (SPEC §3.5: a route whose certificate cannot be
 //! validated bounces). Plaintext is used only when no STARTTLS is offered. Falling back to
 //! plaintext after a failed check would let anyone on the path turn verification off.
+//! A handshake that fails for another reason (protocol error, timeout) is a temporary
+//! failure: the next host is tried now and the message again later, never in plaintext.
+//! A route with `requireTls` whose server offers no STARTTLS bounces with `5.7.10`.
 //!
 //! [`probe_route`] is the "Test TLS connection" of a route, used by `relayctl test-tls` and
 //! the operator. This module does not deliver mail.
@@ -227,8 +230,16 @@ impl ServerCertVerifier for RouteVerifier {
                     rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
                 })?;
                 cert.verify_is_valid_for_subject_name(server_name)
-                    .map_err(|_| {
-                        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+                    .map_err(|e| match e {
+                        webpki::Error::CertNotValidForName(context) => {
+                            rustls::Error::InvalidCertificate(
+                                CertificateError::NotValidForNameContext {
+                                    expected: context.expected,
+                                    presented: context.presented,
+                                },
+                            )
+                        }
+                        _ => rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
                     })?;
                 Ok(ServerCertVerified::assertion())
             }

@@ -57,6 +57,32 @@ async fn single_host_delivery_reaches_the_sink_and_leaves_the_queue() {
 }
 
 #[tokio::test]
+async fn a_server_without_ehlo_gets_helo() {
+    let sink = TestSink::start(SinkConfig {
+        refuse_ehlo: true,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let routes = vec![route(
+        "all",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        sink.port(),
+        no_tls(),
+    )];
+    let h = Harness::new(routes, delivery_config(&[]));
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "helo"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(sink.messages()[0].rcpt_to, ["bob@dest.test"]);
+}
+
+#[tokio::test]
 async fn recipients_sharing_a_route_share_one_delivery() {
     let a = TestSink::start(SinkConfig::default()).await.unwrap();
     let b = TestSink::start(SinkConfig::default()).await.unwrap();
@@ -235,6 +261,14 @@ async fn four_xx_is_retried_on_the_schedule_then_doubling() {
         h.clock.set(next);
     }
     assert_eq!(delays, [60, 60, 180, 300, 600, 1200, 2400]);
+    let metrics = h.metrics_text();
+    // The last pass ran one second before the 8th attempt, 4800 s after arrival.
+    assert!(
+        metrics.contains("relay_queue_oldest_message_age_seconds 4799"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("relay_queue_depth 1"), "{metrics}");
+    assert!(metrics.contains("result=\"deferred\"} 7"), "{metrics}");
     let state = h.manager.state(&id).unwrap();
     assert_eq!(state.attempts, 7);
     assert!(dest.messages().is_empty());

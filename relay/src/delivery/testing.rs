@@ -29,6 +29,8 @@ pub struct SinkConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// PIPELINING is advertised.
     pub pipelining: bool,
+    /// EHLO is refused with `502` (an old server that knows only HELO).
+    pub refuse_ehlo: bool,
     /// Greeting line instead of `220 sink ESMTP` (e.g. `421 4.3.2 busy`).
     pub greeting: Option<String>,
     /// Reply to MAIL instead of `250 2.1.0 ok`.
@@ -231,7 +233,9 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let cmd = line.trim_end();
         let upper = cmd.to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
+        if upper.starts_with("EHLO") && config.refuse_ehlo {
+            reply(io, "502 5.5.2 EHLO not supported").await?;
+        } else if upper.starts_with("EHLO") {
             let mut lines = vec!["250-sink.test".to_string()];
             if config.pipelining {
                 lines.push("250-PIPELINING".into());

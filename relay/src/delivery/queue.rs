@@ -295,6 +295,7 @@ struct Inner<S: MessageStore> {
     schedule: RetrySchedule,
     concurrency: Arc<Semaphore>,
     messages_in_flight: Arc<Semaphore>,
+    idle_sweep: Duration,
     hostname: String,
     state_dir: PathBuf,
     clock: Arc<dyn Clock>,
@@ -361,6 +362,7 @@ impl<S: MessageStore> QueueManager<S> {
             messages_in_flight: Arc::new(Semaphore::new(
                 (delivery.concurrency.max(1) as usize).saturating_mul(2),
             )),
+            idle_sweep: Duration::from_secs(delivery.connection_idle_seconds),
             hostname: options.hostname,
             state_dir: options.state_dir,
             clock: clock.clone(),
@@ -485,7 +487,9 @@ impl<S: MessageStore> QueueManager<S> {
             let wait = next
                 .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(60))
-                .min(Duration::from_secs(60));
+                .min(Duration::from_secs(60))
+                // Wake up in time to close idle cached sessions.
+                .min(self.inner.idle_sweep.max(Duration::from_secs(1)));
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.inner.shared.wake.notified() => {}

@@ -7,7 +7,7 @@
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
 //! [`queue::MessageStore`] trait, which the spool implements. [`testing`] holds an
-//! in-process SMTP sink and certificate helpers for tests of this crate and others.
+//! in-process SMTP sink and a test certificate authority for tests of this crate and others.
 //!
 //! Wiring, in a relay process:
 //!

@@ -1,5 +1,5 @@
 //! Test support, compiled in every build so other crates' tests (and `conformance`) can use
-//! it: an in-process SMTP sink and certificate helpers.
+//! it: an in-process SMTP sink and a test certificate authority.
 //!
 //! [`TestSink`] listens on `127.0.0.1:0`, optionally offers STARTTLS with a given rustls
 //! `ServerConfig`, answers with configurable replies (for example 4xx or 5xx for some
@@ -334,7 +334,7 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Errors of the certificate helpers.
+/// Errors making test certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum TestPkiError {
     #[error("certificate generation failed: {0}")]

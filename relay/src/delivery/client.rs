@@ -1,0 +1,761 @@
+//! The outbound SMTP client: one session with one downstream host, and the connection cache.
+//!
+//! [`SmtpConnection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
+//! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again. [`SmtpConnection::send`]
+//! sends one message: with PIPELINING, MAIL, every RCPT and DATA go in one write. It
+//! returns one [`RecipientOutcome`] per recipient. [`ConnectionCache`] keeps sessions open for
+//! `connection_idle_seconds`, keyed by host, port and TLS policy, and resets them (RSET)
+//! before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
+//! does not choose hosts or decide about retries.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::Clock;
+use super::tls::{TlsPolicy, TlsRequirement};
+
+/// Longest reply accepted from a server, in bytes.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// One SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit code.
+    pub code: u16,
+    /// The text of each line, without the code and separator.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The whole reply as one line: `550 5.1.1 no such user`.
+    pub fn text(&self) -> String {
+        format!("{} {}", self.code, self.lines.join(" "))
+            .trim_end()
+            .to_string()
+    }
+
+    /// The enhanced status code of the first line, if it has one.
+    pub fn enhanced_status(&self) -> Option<String> {
+        let first = self.lines.first()?.split_whitespace().next()?;
+        let parts: Vec<&str> = first.split('.').collect();
+        let ok = parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then(|| first.to_string())
+    }
+
+    /// The enhanced status, or a generic one from the class of the code.
+    pub fn status_or(&self, fallback_detail: &str) -> String {
+        self.enhanced_status()
+            .unwrap_or_else(|| format!("{}.{fallback_detail}", self.code / 100))
+    }
+
+    /// 2xx.
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// 5xx.
+    pub fn is_permanent(&self) -> bool {
+        (500..600).contains(&self.code)
+    }
+}
+
+/// Parses one complete reply at the start of `buf`. `Ok(None)` when more bytes are needed;
+/// otherwise the reply and how many bytes it took.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    let mut pos = 0;
+    let mut lines = Vec::new();
+    let mut code = None;
+    loop {
+        let Some(nl) = buf[pos..].iter().position(|b| *b == b'\n') else {
+            return Ok(None);
+        };
+        let raw = &buf[pos..pos + nl];
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        pos += nl + 1;
+        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
+            return Err(format!(
+                "malformed reply line {:?}",
+                String::from_utf8_lossy(line)
+            ));
+        }
+        let this_code = u16::from(line[0] - b'0') * 100
+            + u16::from(line[1] - b'0') * 10
+            + u16::from(line[2] - b'0');
+        if *code.get_or_insert(this_code) != this_code {
+            return Err("reply lines carry different codes".into());
+        }
+        let sep = line.get(3).copied();
+        let text = line.get(4..).unwrap_or(&[]);
+        lines.push(String::from_utf8_lossy(text).into_owned());
+        match sep {
+            Some(b'-') => continue,
+            None | Some(b' ') => {
+                return Ok(Some((
+                    Reply {
+                        code: this_code,
+                        lines,
+                    },
+                    pos,
+                )));
+            }
+            Some(_) => return Err("malformed reply separator".into()),
+        }
+    }
+}
+
+/// Dot-stuffs a message and ends it with `CRLF.CRLF`.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Why a session with a host failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// Worth another host or a later retry: connect failure, timeout, 4xx, broken protocol.
+    Temporary(String),
+    /// The host refused for good (5xx), or TLS policy forbids it (certificate, no STARTTLS).
+    Permanent {
+        /// Enhanced status code, `5.x.x`.
+        status: String,
+        /// What happened, for the DSN.
+        diagnostic: String,
+    },
+}
+
+impl SessionError {
+    fn from_reply(reply: &Reply, host: &str) -> Self {
+        if reply.is_permanent() {
+            SessionError::Permanent {
+                status: reply.status_or("0.0"),
+                diagnostic: format!("host {host} said: {}", reply.text()),
+            }
+        } else {
+            SessionError::Temporary(format!("host {host} said: {}", reply.text()))
+        }
+    }
+}
+
+/// What happened to one recipient in one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    /// The host took responsibility for the message.
+    Delivered {
+        /// The final reply to DATA.
+        reply: String,
+    },
+    /// Try again later.
+    Deferred {
+        /// Why.
+        reason: String,
+    },
+    /// Will never be delivered.
+    Failed {
+        /// Enhanced status code, `5.x.x`.
+        status: String,
+        /// What happened, for the DSN.
+        diagnostic: String,
+    },
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the TCP stream is inside the TLS handshake.
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "session has no stream")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+/// What the server said it supports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Capabilities {
+    pipelining: bool,
+    starttls: bool,
+    size: bool,
+}
+
+impl Capabilities {
+    fn from_ehlo(reply: &Reply) -> Self {
+        let mut caps = Self::default();
+        for line in reply.lines.iter().skip(1) {
+            let keyword = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "STARTTLS" => caps.starttls = true,
+                "SIZE" => caps.size = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Everything needed to open a session with one host.
+#[derive(Clone)]
+pub struct SessionParams {
+    /// Host name (as in the route or the MX record) or IP literal; the TLS name.
+    pub host: String,
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// Our name for EHLO.
+    pub helo_name: String,
+    /// The route's policy.
+    pub policy: TlsPolicy,
+    /// The rustls configuration built from the policy.
+    pub tls_config: Arc<ClientConfig>,
+    /// Connect and per-reply timeout.
+    pub timeout: Duration,
+}
+
+/// One open SMTP session.
+pub struct SmtpConnection {
+    stream: Stream,
+    buf: Vec<u8>,
+    host: String,
+    caps: Capabilities,
+    tls: bool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConnection")
+            .field("host", &self.host)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl SmtpConnection {
+    /// Connects and gets the session ready for MAIL (greeting, EHLO, STARTTLS as the policy
+    /// says).
+    pub async fn open(params: &SessionParams) -> Result<Self, SessionError> {
+        let label = format!("{}[{}]", params.host, params.addr);
+        let tcp = match tokio::time::timeout(params.timeout, TcpStream::connect(params.addr)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                return Err(SessionError::Temporary(format!(
+                    "connect to {label} failed: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(SessionError::Temporary(format!(
+                    "connect to {label} timed out"
+                )));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = SmtpConnection {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            host: label.clone(),
+            caps: Capabilities::default(),
+            tls: false,
+            timeout: params.timeout,
+        };
+        let greeting = conn.read_reply().await?;
+        if !greeting.is_positive() {
+            return Err(SessionError::from_reply(&greeting, &label));
+        }
+        conn.hello(&params.helo_name).await?;
+        if conn.caps.starttls {
+            conn.write(b"STARTTLS\r\n").await?;
+            let reply = conn.read_reply().await?;
+            if reply.code == 220 {
+                conn.start_tls(params).await?;
+                conn.hello(&params.helo_name).await?;
+                return Ok(conn);
+            }
+            if params.policy.requirement == TlsRequirement::Required {
+                return Err(SessionError::Temporary(format!(
+                    "host {label} refused STARTTLS: {}",
+                    reply.text()
+                )));
+            }
+        } else if params.policy.requirement == TlsRequirement::Required {
+            return Err(SessionError::Permanent {
+                status: "5.7.10".into(),
+                diagnostic: format!(
+                    "host {label} does not offer STARTTLS and the route requires TLS"
+                ),
+            });
+        }
+        Ok(conn)
+    }
+
+    /// Whether the session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    async fn hello(&mut self, name: &str) -> Result<(), SessionError> {
+        self.write(format!("EHLO {name}\r\n").as_bytes()).await?;
+        let reply = self.read_reply().await?;
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        self.write(format!("HELO {name}\r\n").as_bytes()).await?;
+        let reply = self.read_reply().await?;
+        if !reply.is_positive() {
+            return Err(SessionError::from_reply(&reply, &self.host));
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn start_tls(&mut self, params: &SessionParams) -> Result<(), SessionError> {
+        let name = ServerName::try_from(
+            params
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+        .map_err(|e| SessionError::Permanent {
+            status: "5.7.5".into(),
+            diagnostic: format!("{} is not a valid TLS server name: {e}", params.host),
+        })?;
+        let plain = std::mem::replace(&mut self.stream, Stream::Detached);
+        let Stream::Plain(tcp) = plain else {
+            return Err(SessionError::Temporary("TLS already started".into()));
+        };
+        self.buf.clear();
+        let connector = TlsConnector::from(params.tls_config.clone());
+        let handshake = tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await;
+        match handshake {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                self.tls = true;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let rustls_error = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                match rustls_error {
+                    Some(err @ rustls::Error::InvalidCertificate(_)) => {
+                        Err(SessionError::Permanent {
+                            status: "5.7.5".into(),
+                            diagnostic: format!(
+                                "TLS certificate of {} could not be validated: {err}",
+                                self.host
+                            ),
+                        })
+                    }
+                    _ => Err(SessionError::Temporary(format!(
+                        "TLS handshake with {} failed: {e}",
+                        self.host
+                    ))),
+                }
+            }
+            Err(_) => Err(SessionError::Temporary(format!(
+                "TLS handshake with {} timed out",
+                self.host
+            ))),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        let host = &self.host;
+        let fut = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionError::Temporary(format!(
+                "write to {host} failed: {e}"
+            ))),
+            Err(_) => Err(SessionError::Temporary(format!(
+                "write to {host} timed out"
+            ))),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, SessionError> {
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(SessionError::Temporary(format!("host {}: {e}", self.host)));
+                }
+            }
+            if self.buf.len() > MAX_REPLY_BYTES {
+                return Err(SessionError::Temporary(format!(
+                    "host {} sent an over-long reply",
+                    self.host
+                )));
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(0)) => {
+                    return Err(SessionError::Temporary(format!(
+                        "host {} closed the connection",
+                        self.host
+                    )));
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    return Err(SessionError::Temporary(format!(
+                        "read from {} failed: {e}",
+                        self.host
+                    )));
+                }
+                Err(_) => {
+                    return Err(SessionError::Temporary(format!(
+                        "host {} did not answer in time",
+                        self.host
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends one message. `Err` means the session failed for every recipient (try another
+    /// host or later); `Ok` holds one outcome per recipient, in order.
+    pub async fn send(
+        &mut self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+    ) -> Result<Vec<RecipientOutcome>, SessionError> {
+        let mut mail = format!("MAIL FROM:<{mail_from}>");
+        if self.caps.size {
+            mail.push_str(&format!(" SIZE={}", data.len()));
+        }
+        mail.push_str("\r\n");
+        let rcpts: Vec<String> = rcpt_to
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>\r\n"))
+            .collect();
+
+        let (mail_reply, rcpt_replies, data_reply) = if self.caps.pipelining {
+            let mut batch = mail.into_bytes();
+            for r in &rcpts {
+                batch.extend_from_slice(r.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await?;
+            let mail_reply = self.read_reply().await?;
+            let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+            for _ in &rcpts {
+                rcpt_replies.push(self.read_reply().await?);
+            }
+            let data_reply = self.read_reply().await?;
+            (mail_reply, rcpt_replies, Some(data_reply))
+        } else {
+            self.write(mail.as_bytes()).await?;
+            let mail_reply = self.read_reply().await?;
+            let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+            if mail_reply.is_positive() {
+                for r in &rcpts {
+                    self.write(r.as_bytes()).await?;
+                    rcpt_replies.push(self.read_reply().await?);
+                }
+            }
+            (mail_reply, rcpt_replies, None)
+        };
+
+        let any_accepted = rcpt_replies.iter().any(Reply::is_positive);
+        if !mail_reply.is_positive() || !any_accepted {
+            if data_reply.as_ref().is_some_and(|r| r.code == 354) {
+                // Pipelined DATA was accepted although nothing can be sent: end it empty.
+                self.write(b".\r\n").await?;
+                let _ = self.read_reply().await?;
+            }
+            self.reset().await?;
+            if !mail_reply.is_positive() {
+                return Err(SessionError::from_reply(&mail_reply, &self.host));
+            }
+            return Ok(rcpt_outcomes(&rcpt_replies, &self.host, None));
+        }
+
+        let data_reply = match data_reply {
+            Some(r) => r,
+            None => {
+                self.write(b"DATA\r\n").await?;
+                self.read_reply().await?
+            }
+        };
+        if data_reply.code != 354 {
+            self.reset().await?;
+            return Err(SessionError::from_reply(&data_reply, &self.host));
+        }
+        self.write(&dot_stuff(data)).await?;
+        let final_reply = self.read_reply().await?;
+        if !final_reply.is_positive() {
+            return Err(SessionError::from_reply(&final_reply, &self.host));
+        }
+        Ok(rcpt_outcomes(&rcpt_replies, &self.host, Some(&final_reply)))
+    }
+
+    /// RSET: forget any transaction; the session is ready for the next message.
+    pub async fn reset(&mut self) -> Result<(), SessionError> {
+        self.write(b"RSET\r\n").await?;
+        let reply = self.read_reply().await?;
+        if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(SessionError::from_reply(&reply, &self.host))
+        }
+    }
+
+    /// QUIT, best effort.
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply().await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+fn rcpt_outcomes(
+    replies: &[Reply],
+    host: &str,
+    final_reply: Option<&Reply>,
+) -> Vec<RecipientOutcome> {
+    replies
+        .iter()
+        .map(|r| {
+            if r.is_positive() {
+                match final_reply {
+                    Some(f) => RecipientOutcome::Delivered { reply: f.text() },
+                    None => RecipientOutcome::Deferred {
+                        reason: "no recipient of the transaction was accepted".into(),
+                    },
+                }
+            } else if r.is_permanent() {
+                RecipientOutcome::Failed {
+                    status: r.status_or("0.0"),
+                    diagnostic: format!("host {host} said: {}", r.text()),
+                }
+            } else {
+                RecipientOutcome::Deferred {
+                    reason: format!("host {host} said: {}", r.text()),
+                }
+            }
+        })
+        .collect()
+}
+
+/// Which sessions may be shared: same host, port and TLS policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// Host name or IP literal.
+    pub host: String,
+    /// Address connected to.
+    pub addr: SocketAddr,
+    /// The route's policy.
+    pub policy: TlsPolicy,
+}
+
+/// Idle sessions kept for reuse, each for at most `idle` time.
+pub struct ConnectionCache {
+    idle: Mutex<HashMap<CacheKey, Vec<(SmtpConnection, SystemTime)>>>,
+    max_idle: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl ConnectionCache {
+    /// A cache keeping idle sessions for `max_idle`.
+    pub fn new(max_idle: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+            clock,
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Vec<(SmtpConnection, SystemTime)>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session for `key`, reset and ready, or a new one.
+    pub async fn checkout(
+        &self,
+        key: &CacheKey,
+        params: &SessionParams,
+    ) -> Result<SmtpConnection, SessionError> {
+        loop {
+            let cached = {
+                let now = self.clock.now();
+                let mut idle = self.lock();
+                let list = idle.entry(key.clone()).or_default();
+                let mut found = None;
+                while let Some((conn, since)) = list.pop() {
+                    if fresh(since, now, self.max_idle) {
+                        found = Some(conn);
+                        break;
+                    }
+                }
+                found
+            };
+            match cached {
+                Some(mut conn) => {
+                    if conn.reset().await.is_ok() {
+                        return Ok(conn);
+                    }
+                    // A stale or closed session: try the next one or open anew.
+                }
+                None => return SmtpConnection::open(params).await,
+            }
+        }
+    }
+
+    /// Returns a session that finished a transaction cleanly.
+    pub fn checkin(&self, key: CacheKey, conn: SmtpConnection) {
+        if self.max_idle.is_zero() {
+            return;
+        }
+        let now = self.clock.now();
+        self.lock().entry(key).or_default().push((conn, now));
+    }
+
+    /// Closes sessions idle for longer than the limit.
+    pub fn sweep(&self) {
+        let now = self.clock.now();
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            list.retain(|(_, since)| fresh(*since, now, self.max_idle));
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    /// Number of idle sessions held.
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}
+
+fn fresh(since: SystemTime, now: SystemTime, max_idle: Duration) -> bool {
+    now.duration_since(since)
+        .map(|d| d < max_idle)
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiline_reply_parses_with_enhanced_status() {
+        let buf = b"250-mx.test hello\r\n250-PIPELINING\r\n250 STARTTLS\r\nextra";
+        let (reply, used) = parse_reply(buf).unwrap().unwrap();
+        assert_eq!(reply.code, 250);
+        assert_eq!(reply.lines, ["mx.test hello", "PIPELINING", "STARTTLS"]);
+        assert_eq!(used, buf.len() - 5);
+        let caps = Capabilities::from_ehlo(&reply);
+        assert!(caps.pipelining && caps.starttls && !caps.size);
+
+        let (r, _) = parse_reply(b"550 5.1.1 no such user\r\n").unwrap().unwrap();
+        assert_eq!(r.enhanced_status().as_deref(), Some("5.1.1"));
+        assert_eq!(r.text(), "550 5.1.1 no such user");
+        let (r, _) = parse_reply(b"451 try later\r\n").unwrap().unwrap();
+        assert_eq!(r.enhanced_status(), None);
+        assert_eq!(r.status_or("0.0"), "4.0.0");
+    }
+
+    #[test]
+    fn partial_and_malformed_replies() {
+        assert_eq!(parse_reply(b"250-a\r\n250 b").unwrap(), None);
+        assert!(parse_reply(b"hello\r\n").is_err());
+        assert!(parse_reply(b"250-a\r\n251 b\r\n").is_err());
+    }
+
+    #[test]
+    fn dot_stuffing_and_terminator() {
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+    }
+}

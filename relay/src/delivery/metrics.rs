@@ -1,0 +1,67 @@
+//! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth and the
+//! age of the oldest queued message.
+//!
+//! [`DeliveryMetrics::register`] registers them into a `prometheus_client` registry that the
+//! caller owns and serves on `/metrics`. This module does not serve HTTP.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of one delivery outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// Route name (`direct` for MX delivery without a route).
+    pub route: String,
+    /// `host:port` that answered, or `none`.
+    pub host: String,
+    /// `delivered`, `deferred` or `bounced`.
+    pub result: String,
+}
+
+/// The delivery metrics handles; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryMetrics {
+    /// Recipients by route, host and result.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Messages in the queue.
+    pub queue_depth: Gauge,
+    /// Seconds since the oldest queued message was received.
+    pub oldest_message_age_seconds: Gauge,
+}
+
+impl DeliveryMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "relay_deliveries",
+            "Recipients handled by delivery, by route, host and result",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "relay_queue_depth",
+            "Messages waiting in the delivery queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "relay_queue_oldest_message_age_seconds",
+            "Age of the oldest message in the delivery queue",
+            m.oldest_message_age_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts one recipient outcome.
+    pub fn count(&self, route: &str, host: Option<&str>, result: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                route: route.to_string(),
+                host: host.unwrap_or("none").to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,936 @@
+//! The queue manager: from spooled message to delivered or bounced recipients (SPEC §3.5).
+//!
+//! [`QueueManager`] takes messages by queue id (from [`QueueHandle::submit`] when the spool
+//! accepted one, and from [`MessageStore::list`] at startup), groups each message's pending
+//! recipients by route (recipients sharing a route share one delivery), and delivers with at
+//! most `concurrency` sessions at once. Per-recipient state lives in a small state file per
+//! message (`<queue id>.delivery.json` in the state directory), written atomically after each
+//! route group, so a restart resumes where the last run stopped: a recipient is delivered at
+//! least once and never lost. 5xx bounces at once; 4xx and connect failures are retried on the
+//! [`RetrySchedule`]; a bounce queues an RFC 3464 DSN from the null sender back to the
+//! original sender (never for a null sender). A message leaves the store only when every
+//! recipient is delivered or bounced and its DSN is queued.
+//!
+//! The spool is not built here: the manager sees it through [`MessageStore`].
+//! [`DirectoryStore`] is a plain directory implementation for tests and tools.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::registry::Registry;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{DeliveryConfig, RouteConfig, RouteHosts};
+
+use super::Clock;
+use super::attempt::{GroupResult, Transport};
+use super::client::RecipientOutcome;
+use super::dsn::{BounceReport, FailedRecipient, build_dsn};
+use super::metrics::DeliveryMetrics;
+use super::pool::HostPool;
+use super::retry::{RetryDecision, RetrySchedule};
+use super::route::{RouteChoice, choose_route, group_by_route, resolve_choice};
+
+/// The envelope of a spooled message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The spool's id of the message; safe as a file name.
+    pub queue_id: String,
+    /// Envelope sender; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// Envelope recipients.
+    pub rcpt_to: Vec<String>,
+    /// When the relay accepted the message.
+    pub received_at: SystemTime,
+}
+
+/// A spooled message: envelope and raw content (CRLF lines, as received after DATA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The message as received, headers and body.
+    pub data: Vec<u8>,
+}
+
+/// What the queue manager needs from the spool.
+///
+/// Every method may block on disk I/O; the manager calls them from blocking threads.
+/// A spool implements it by mapping each method onto its own files:
+///
+/// ```text
+/// impl MessageStore for Spool {
+///     fn list(&self) -> io::Result<Vec<String>> { self.queue_ids() }
+///     fn read(&self, id: &str) -> io::Result<StoredMessage> {
+///         let (env, data) = self.load(id)?;
+///         Ok(StoredMessage { envelope: Envelope { queue_id: id.into(), mail_from: env.from,
+///             rcpt_to: env.rcpts, received_at: env.received }, data })
+///     }
+///     fn enqueue(&self, from: &str, rcpt: &[String], data: &[u8], at: SystemTime)
+///         -> io::Result<String> { self.store_fsynced(from, rcpt, data, at) }
+///     fn remove(&self, id: &str) -> io::Result<()> { self.delete(id) }
+/// }
+/// ```
+pub trait MessageStore: Send + Sync + 'static {
+    /// Queue ids of every message held (called once, at startup).
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// The envelope and content of a message. `ErrorKind::NotFound` when it is gone.
+    fn read(&self, queue_id: &str) -> io::Result<StoredMessage>;
+    /// Stores a new message (a DSN) durably (on disk when this returns) and returns its id.
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String>;
+    /// Deletes a message whose recipients are all delivered or bounced.
+    fn remove(&self, queue_id: &str) -> io::Result<()>;
+}
+
+/// Settings of the queue manager that are not in [`DeliveryConfig`].
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Our host name: EHLO name and Reporting-MTA of DSNs.
+    pub hostname: String,
+    /// Directory of the per-message state files (next to the spool; created if missing).
+    pub state_dir: PathBuf,
+}
+
+/// The queue manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot prepare the delivery state directory {path}: {source}")]
+    StateDir { path: String, source: io::Error },
+    #[error("cannot list the spooled messages: {0}")]
+    List(io::Error),
+    #[error(transparent)]
+    Resolver(#[from] super::mx::ResolveError),
+}
+
+/// Per-recipient delivery state, as saved in a message's state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum RecipientState {
+    /// Not delivered yet.
+    Pending {
+        /// The last temporary failure, if any.
+        #[serde(default)]
+        last_error: Option<String>,
+    },
+    /// Handed to a downstream host.
+    Delivered {
+        /// `host:port` that took it.
+        host: String,
+    },
+    /// Failed for good.
+    Bounced {
+        /// Enhanced status `5.x.x`.
+        status: String,
+        /// What happened.
+        diagnostic: String,
+    },
+}
+
+/// The state file of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageState {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When to try next (Unix seconds).
+    pub next_attempt_unix: u64,
+    /// State per recipient.
+    pub recipients: BTreeMap<String, RecipientState>,
+    /// Bounced recipients whose DSN is not queued yet.
+    #[serde(default)]
+    pub dsn_pending: Vec<DsnEntry>,
+}
+
+/// A bounced recipient waiting for its DSN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DsnEntry {
+    /// Recipient.
+    pub recipient: String,
+    /// Status `5.x.x`.
+    pub status: String,
+    /// Diagnostic text.
+    pub diagnostic: String,
+    /// The host that answered, if one did.
+    #[serde(default)]
+    pub remote_mta: Option<String>,
+}
+
+impl MessageState {
+    fn new(envelope: &Envelope, now: SystemTime) -> Self {
+        Self {
+            attempts: 0,
+            next_attempt_unix: unix(now),
+            recipients: envelope
+                .rcpt_to
+                .iter()
+                .map(|r| (r.clone(), RecipientState::Pending { last_error: None }))
+                .collect(),
+            dsn_pending: Vec::new(),
+        }
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .filter(|(_, s)| matches!(s, RecipientState::Pending { .. }))
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn from_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// A queue id is used as a file name: only letters, digits, `-`, `_` and `.` (not leading).
+fn valid_queue_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('.')
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Writes a file atomically and durably: temporary file, fsync, rename, directory fsync.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QueueEntry {
+    next_attempt: SystemTime,
+    received_at: Option<SystemTime>,
+}
+
+/// The part of the queue shared with [`QueueHandle`]s.
+#[derive(Debug)]
+struct Shared {
+    entries: Mutex<BTreeMap<String, QueueEntry>>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, QueueEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A cheap, cloneable way to hand newly spooled messages to the queue manager.
+#[derive(Clone)]
+pub struct QueueHandle {
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandle").finish()
+    }
+}
+
+impl QueueHandle {
+    /// A message is in the spool (fsync'd): deliver it as soon as possible.
+    pub fn submit(&self, queue_id: &str) {
+        let now = self.clock.now();
+        self.shared.entries().insert(
+            queue_id.to_string(),
+            QueueEntry {
+                next_attempt: now,
+                received_at: None,
+            },
+        );
+        self.shared.wake.notify_one();
+    }
+}
+
+/// What one [`QueueManager::run_due`] pass did, counted in recipients and messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Messages attempted.
+    pub messages: usize,
+    /// Recipients delivered.
+    pub delivered: usize,
+    /// Recipients deferred (to be retried).
+    pub deferred: usize,
+    /// Recipients bounced.
+    pub bounced: usize,
+    /// Messages finished and removed from the store.
+    pub completed: usize,
+    /// DSN messages queued.
+    pub dsns_queued: usize,
+}
+
+struct Inner<S: MessageStore> {
+    store: Arc<S>,
+    routes: RwLock<Vec<RouteConfig>>,
+    schedule: RetrySchedule,
+    concurrency: Arc<Semaphore>,
+    messages_in_flight: Arc<Semaphore>,
+    idle_sweep: Duration,
+    hostname: String,
+    state_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    transport: Transport,
+    pools: Mutex<HashMap<String, (RouteHosts, HostPool)>>,
+    rng: Mutex<StdRng>,
+    metrics: DeliveryMetrics,
+    shared: Arc<Shared>,
+    run_lock: tokio::sync::Mutex<()>,
+}
+
+/// Delivers spooled messages. See the module documentation.
+pub struct QueueManager<S: MessageStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: MessageStore> std::fmt::Debug for QueueManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueManager")
+            .field("state_dir", &self.inner.state_dir)
+            .finish()
+    }
+}
+
+impl<S: MessageStore> QueueManager<S> {
+    /// Creates the manager and loads every message the store holds, each due at the time its
+    /// state file says (now when it has none). Metrics are registered into `registry`.
+    pub fn new(
+        store: Arc<S>,
+        routes: Vec<RouteConfig>,
+        delivery: &DeliveryConfig,
+        options: QueueOptions,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+    ) -> Result<Self, QueueError> {
+        fs::create_dir_all(&options.state_dir).map_err(|source| QueueError::StateDir {
+            path: options.state_dir.display().to_string(),
+            source,
+        })?;
+        let transport = Transport::new(delivery, &options.hostname, clock.clone())?;
+        let now = clock.now();
+        let mut entries = BTreeMap::new();
+        for id in store.list().map_err(QueueError::List)? {
+            let next_attempt = load_state(&options.state_dir, &id)
+                .ok()
+                .flatten()
+                .map(|s| from_unix(s.next_attempt_unix))
+                .unwrap_or(now);
+            entries.insert(
+                id,
+                QueueEntry {
+                    next_attempt,
+                    received_at: None,
+                },
+            );
+        }
+        let metrics = DeliveryMetrics::register(registry);
+        metrics.queue_depth.set(entries.len() as i64);
+        let inner = Inner {
+            store,
+            routes: RwLock::new(routes),
+            schedule: RetrySchedule::from_config(delivery),
+            concurrency: Arc::new(Semaphore::new(delivery.concurrency.max(1) as usize)),
+            messages_in_flight: Arc::new(Semaphore::new(
+                (delivery.concurrency.max(1) as usize).saturating_mul(2),
+            )),
+            idle_sweep: Duration::from_secs(delivery.connection_idle_seconds),
+            hostname: options.hostname,
+            state_dir: options.state_dir,
+            clock: clock.clone(),
+            transport,
+            pools: Mutex::new(HashMap::new()),
+            rng: Mutex::new(rand::make_rng()),
+            metrics,
+            shared: Arc::new(Shared {
+                entries: Mutex::new(entries),
+                wake: Notify::new(),
+            }),
+            run_lock: tokio::sync::Mutex::new(()),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// A handle for the spool to submit newly accepted messages.
+    pub fn handle(&self) -> QueueHandle {
+        QueueHandle {
+            shared: self.inner.shared.clone(),
+            clock: self.inner.clock.clone(),
+        }
+    }
+
+    /// Same as [`QueueHandle::submit`].
+    pub fn submit(&self, queue_id: &str) {
+        self.handle().submit(queue_id);
+    }
+
+    /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.
+    pub fn set_routes(&self, routes: Vec<RouteConfig>) {
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    }
+
+    /// Queue ids waiting for delivery.
+    pub fn queued(&self) -> Vec<String> {
+        self.inner.shared.entries().keys().cloned().collect()
+    }
+
+    /// When a queued message is next tried.
+    pub fn next_attempt(&self, queue_id: &str) -> Option<SystemTime> {
+        self.inner
+            .shared
+            .entries()
+            .get(queue_id)
+            .map(|e| e.next_attempt)
+    }
+
+    /// The saved delivery state of a message, if it has one.
+    pub fn state(&self, queue_id: &str) -> Option<MessageState> {
+        load_state(&self.inner.state_dir, queue_id).ok().flatten()
+    }
+
+    /// Attempts every message that is due now, once, and returns when all are done.
+    pub async fn run_due(&self) -> RunReport {
+        let _running = self.inner.run_lock.lock().await;
+        let now = self.inner.clock.now();
+        let due: Vec<String> = self
+            .inner
+            .shared
+            .entries()
+            .iter()
+            .filter(|(_, e)| e.next_attempt <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut tasks = JoinSet::new();
+        let mut report = RunReport::default();
+        let mut results = Vec::new();
+        for id in due {
+            // Bounds how many messages are read into memory at once; sessions are bounded
+            // separately, per route group.
+            let Ok(permit) = self.inner.messages_in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let inner = self.inner.clone();
+            tasks.spawn(async move {
+                let report = inner.process(id).await;
+                drop(permit);
+                report
+            });
+            while let Some(done) = tasks.try_join_next() {
+                results.push(done);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            results.push(done);
+        }
+        for done in results {
+            match done {
+                Ok(r) => {
+                    report.messages += r.messages;
+                    report.delivered += r.delivered;
+                    report.deferred += r.deferred;
+                    report.bounced += r.bounced;
+                    report.completed += r.completed;
+                    report.dsns_queued += r.dsns_queued;
+                }
+                Err(e) => tracing::error!("a delivery task failed: {e}"),
+            }
+        }
+        self.inner.transport.cache().sweep();
+        self.inner.update_gauges();
+        report
+    }
+
+    /// Delivers until `shutdown` completes: runs due messages, then waits for a submission
+    /// or the next due time.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.run_due().await;
+            let now = self.inner.clock.now();
+            let next = self
+                .inner
+                .shared
+                .entries()
+                .values()
+                .map(|e| e.next_attempt)
+                .min();
+            let wait = next
+                .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60))
+                // Wake up in time to close idle cached sessions.
+                .min(self.inner.idle_sweep.max(Duration::from_secs(1)));
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.inner.shared.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn state_name(queue_id: &str) -> String {
+    format!("{queue_id}.delivery.json")
+}
+
+fn load_state(dir: &Path, queue_id: &str) -> io::Result<Option<MessageState>> {
+    if !valid_queue_id(queue_id) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad queue id {queue_id:?}"),
+        ));
+    }
+    match fs::read(dir.join(state_name(queue_id))) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn save_state(dir: &Path, queue_id: &str, state: &MessageState) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+    write_atomic(dir, &state_name(queue_id), &bytes)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+}
+
+impl<S: MessageStore> Inner<S> {
+    fn update_gauges(&self) {
+        let now = self.clock.now();
+        let entries = self.shared.entries();
+        self.metrics.queue_depth.set(entries.len() as i64);
+        let oldest = entries.values().filter_map(|e| e.received_at).min();
+        let age = oldest
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.metrics.oldest_message_age_seconds.set(age);
+    }
+
+    fn reschedule(&self, queue_id: &str, next: SystemTime, received_at: Option<SystemTime>) {
+        if let Some(e) = self.shared.entries().get_mut(queue_id) {
+            e.next_attempt = next;
+            if received_at.is_some() {
+                e.received_at = received_at;
+            }
+        }
+    }
+
+    fn forget(&self, queue_id: &str) {
+        self.shared.entries().remove(queue_id);
+    }
+
+    fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
+        match save_state(&self.state_dir, queue_id, state) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot save delivery state: {e}");
+                false
+            }
+        }
+    }
+
+    /// One attempt at one message.
+    async fn process(self: Arc<Self>, queue_id: String) -> RunReport {
+        let mut report = RunReport {
+            messages: 1,
+            ..RunReport::default()
+        };
+        let now = self.clock.now();
+        let retry_soon = now + Duration::from_secs(60);
+        if !valid_queue_id(&queue_id) {
+            tracing::error!(
+                queue_id,
+                "queue id is not usable as a file name; message skipped"
+            );
+            self.forget(&queue_id);
+            return report;
+        }
+        let store = self.store.clone();
+        let id = queue_id.clone();
+        let message = match blocking(move || store.read(&id)).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.forget(&queue_id);
+                return report;
+            }
+            Err(e) => {
+                tracing::error!(queue_id, "cannot read message: {e}");
+                self.reschedule(&queue_id, retry_soon, None);
+                return report;
+            }
+        };
+        let envelope = message.envelope.clone();
+        let data = Arc::new(message.data);
+        let mut state = match load_state(&self.state_dir, &queue_id) {
+            Ok(Some(s)) => s,
+            Ok(None) => MessageState::new(&envelope, now),
+            Err(e) => {
+                // An unreadable state file: start over (at-least-once, never lost).
+                tracing::warn!(queue_id, "delivery state unreadable, starting over: {e}");
+                MessageState::new(&envelope, now)
+            }
+        };
+
+        let pending = state.pending();
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut groups = JoinSet::new();
+        for (choice, rcpts) in group_by_route(&routes, &pending) {
+            let route = resolve_choice(&routes, &choice);
+            let pool_key = match &choice {
+                RouteChoice::Configured(_) => format!("route:{}", route.name),
+                RouteChoice::DirectMx(domain) => format!("direct:{domain}"),
+            };
+            let this = self.clone();
+            let data = data.clone();
+            let from = envelope.mail_from.clone();
+            groups.spawn(async move {
+                let _permit = this.concurrency.clone().acquire_owned().await;
+                let hosts = this.host_order(&pool_key, &route);
+                let result = this
+                    .transport
+                    .deliver(&route, &hosts, &from, &rcpts, &data)
+                    .await;
+                this.record_health(&pool_key, &result);
+                (route.name.clone(), result)
+            });
+        }
+
+        while let Some(done) = groups.join_next().await {
+            let Ok((route_name, result)) = done else {
+                continue;
+            };
+            for (rcpt, outcome) in &result.outcomes {
+                let host = result.host.as_deref();
+                let new_state = match outcome {
+                    RecipientOutcome::Delivered { reply } => {
+                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "delivered: {reply}");
+                        report.delivered += 1;
+                        self.metrics.count(&route_name, host, "delivered");
+                        RecipientState::Delivered {
+                            host: host.unwrap_or("none").to_string(),
+                        }
+                    }
+                    RecipientOutcome::Deferred { reason } => {
+                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "deferred: {reason}");
+                        report.deferred += 1;
+                        self.metrics.count(&route_name, host, "deferred");
+                        RecipientState::Pending {
+                            last_error: Some(reason.clone()),
+                        }
+                    }
+                    RecipientOutcome::Failed { status, diagnostic } => {
+                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), status = %status, "bounced: {diagnostic}");
+                        report.bounced += 1;
+                        self.metrics.count(&route_name, host, "bounced");
+                        if !envelope.mail_from.is_empty() {
+                            state.dsn_pending.push(DsnEntry {
+                                recipient: rcpt.clone(),
+                                status: status.clone(),
+                                diagnostic: diagnostic.clone(),
+                                remote_mta: host.map(str::to_string),
+                            });
+                        }
+                        RecipientState::Bounced {
+                            status: status.clone(),
+                            diagnostic: diagnostic.clone(),
+                        }
+                    }
+                };
+                state.recipients.insert(rcpt.clone(), new_state);
+            }
+            self.persist(&queue_id, &state);
+        }
+
+        // Temporary failures: retry on the schedule, or bounce once the lifetime is over.
+        let still_pending = state.pending();
+        let now = self.clock.now();
+        if !still_pending.is_empty() {
+            state.attempts = state.attempts.saturating_add(1);
+            match self
+                .schedule
+                .decide(envelope.received_at, now, state.attempts)
+            {
+                RetryDecision::RetryAt(t) => state.next_attempt_unix = unix(t),
+                RetryDecision::Expired => {
+                    for rcpt in still_pending {
+                        let last = match state.recipients.get(&rcpt) {
+                            Some(RecipientState::Pending {
+                                last_error: Some(e),
+                            }) => e.clone(),
+                            _ => "no delivery attempt succeeded".to_string(),
+                        };
+                        let diagnostic = format!("delivery time expired; last error: {last}");
+                        report.bounced += 1;
+                        let route_name = match super::domain_of(&rcpt) {
+                            Some(d) => resolve_choice(&routes, &choose_route(&routes, &d)).name,
+                            None => "direct".to_string(),
+                        };
+                        self.metrics.count(&route_name, None, "bounced");
+                        if !envelope.mail_from.is_empty() {
+                            state.dsn_pending.push(DsnEntry {
+                                recipient: rcpt.clone(),
+                                status: "5.4.7".into(),
+                                diagnostic: diagnostic.clone(),
+                                remote_mta: None,
+                            });
+                        }
+                        state.recipients.insert(
+                            rcpt,
+                            RecipientState::Bounced {
+                                status: "5.4.7".into(),
+                                diagnostic,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if !self.persist(&queue_id, &state) {
+            self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+            return report;
+        }
+
+        if !state.dsn_pending.is_empty() {
+            match self
+                .queue_dsn(&envelope, &data, &state.dsn_pending, now)
+                .await
+            {
+                Ok(dsn_id) => {
+                    report.dsns_queued += 1;
+                    state.dsn_pending.clear();
+                    self.persist(&queue_id, &state);
+                    self.shared.entries().insert(
+                        dsn_id,
+                        QueueEntry {
+                            next_attempt: now,
+                            received_at: Some(now),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(queue_id, "cannot queue the bounce: {e}");
+                    self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+                    return report;
+                }
+            }
+        }
+
+        if state.pending().is_empty() && state.dsn_pending.is_empty() {
+            let store = self.store.clone();
+            let id = queue_id.clone();
+            match blocking(move || store.remove(&id)).await {
+                Ok(()) => {
+                    let _ = fs::remove_file(self.state_dir.join(state_name(&queue_id)));
+                    self.forget(&queue_id);
+                    report.completed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(queue_id, "cannot remove delivered message: {e}");
+                    self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+                }
+            }
+        } else {
+            self.reschedule(
+                &queue_id,
+                from_unix(state.next_attempt_unix),
+                Some(envelope.received_at),
+            );
+        }
+        report
+    }
+
+    async fn queue_dsn(
+        &self,
+        envelope: &Envelope,
+        data: &[u8],
+        entries: &[DsnEntry],
+        now: SystemTime,
+    ) -> io::Result<String> {
+        let failures: Vec<FailedRecipient> = entries
+            .iter()
+            .map(|e| FailedRecipient {
+                recipient: e.recipient.clone(),
+                status: e.status.clone(),
+                diagnostic: e.diagnostic.clone(),
+                remote_mta: e.remote_mta.clone(),
+            })
+            .collect();
+        let dsn = build_dsn(&BounceReport {
+            reporting_mta: &self.hostname,
+            queue_id: &envelope.queue_id,
+            arrival: envelope.received_at,
+            now,
+            original_sender: &envelope.mail_from,
+            failures: &failures,
+            original: data,
+        });
+        let store = self.store.clone();
+        let to = vec![envelope.mail_from.clone()];
+        blocking(move || store.enqueue("", &to, &dsn, now)).await
+    }
+
+    fn host_order(&self, pool_key: &str, route: &RouteConfig) -> Vec<crate::config::HostConfig> {
+        let now = self.clock.now();
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pools.entry(pool_key.to_string()).or_insert_with(|| {
+            (
+                route.hosts.clone(),
+                HostPool::from_route_hosts(&route.hosts),
+            )
+        });
+        if entry.0 != route.hosts {
+            *entry = (
+                route.hosts.clone(),
+                HostPool::from_route_hosts(&route.hosts),
+            );
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        entry.1.attempt_order(now, &mut *rng)
+    }
+
+    fn record_health(&self, pool_key: &str, result: &GroupResult) {
+        let now = self.clock.now();
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pool)) = pools.get_mut(pool_key) {
+            for h in &result.failed_hosts {
+                pool.mark_down(h, now);
+            }
+            if let Some(h) = &result.succeeded_host {
+                pool.mark_up(h);
+            }
+        }
+    }
+}
+
+/// A [`MessageStore`] over a plain directory: `<id>.env` (JSON envelope) and `<id>.eml`
+/// (content), each written atomically. For tests and tools; the relay's spool replaces it.
+#[derive(Debug)]
+pub struct DirectoryStore {
+    dir: PathBuf,
+    counter: AtomicU64,
+}
+
+impl DirectoryStore {
+    /// A store in `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{nanos:x}-{}-{n}", std::process::id())
+    }
+}
+
+impl MessageStore for DirectoryStore {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".env")
+                && !id.starts_with('.')
+            {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn read(&self, queue_id: &str) -> io::Result<StoredMessage> {
+        if !valid_queue_id(queue_id) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
+        }
+        let env = fs::read(self.dir.join(format!("{queue_id}.env")))?;
+        let envelope: Envelope = serde_json::from_slice(&env)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let data = fs::read(self.dir.join(format!("{queue_id}.eml")))?;
+        Ok(StoredMessage { envelope, data })
+    }
+
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String> {
+        let queue_id = self.new_id();
+        let envelope = Envelope {
+            queue_id: queue_id.clone(),
+            mail_from: mail_from.to_string(),
+            rcpt_to: rcpt_to.to_vec(),
+            received_at,
+        };
+        write_atomic(&self.dir, &format!("{queue_id}.eml"), data)?;
+        let env = serde_json::to_vec(&envelope).map_err(io::Error::other)?;
+        // The envelope is written last: a message without one is not listed.
+        write_atomic(&self.dir, &format!("{queue_id}.env"), &env)?;
+        Ok(queue_id)
+    }
+
+    fn remove(&self, queue_id: &str) -> io::Result<()> {
+        if !valid_queue_id(queue_id) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
+        }
+        match fs::remove_file(self.dir.join(format!("{queue_id}.env"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let _ = fs::remove_file(self.dir.join(format!("{queue_id}.eml")));
+        fs::File::open(&self.dir)?.sync_all()
+    }
+}

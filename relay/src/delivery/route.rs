@@ -1,0 +1,187 @@
+//! Route choice: which [`RouteConfig`] carries mail for a recipient (SPEC §2.4, §3.5).
+//!
+//! Pure functions over the configured routes. The most specific `recipientDomains` match
+//! wins (an exact domain beats any wildcard; a longer `*.` wildcard beats a shorter one),
+//! else the `default` route, else direct delivery to the recipient domain's MX hosts. This
+//! module does not know about hosts, TLS or sockets.
+
+use crate::config::{HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig};
+
+use super::domain_of;
+
+/// Where one recipient's mail goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteChoice {
+    /// A configured route, by its index in the route list.
+    Configured(usize),
+    /// No route matched and there is no default: the MX hosts of this domain.
+    DirectMx(String),
+}
+
+/// How well a route pattern matches a domain; larger is more specific.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Specificity {
+    Default,
+    Wildcard(usize),
+    Exact,
+}
+
+fn pattern_specificity(pattern: &str, domain: &str) -> Option<Specificity> {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        let matches = domain.len() > suffix.len()
+            && domain.ends_with(suffix)
+            && domain.as_bytes()[domain.len() - suffix.len() - 1] == b'.';
+        return matches.then_some(Specificity::Wildcard(suffix.len()));
+    }
+    (pattern == domain).then_some(Specificity::Exact)
+}
+
+/// Chooses the route for a recipient domain (lower-case).
+pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut best: Option<(Specificity, usize)> = None;
+    for (index, route) in routes.iter().enumerate() {
+        let found = match &route.matcher {
+            RouteMatcher::Default => Some(Specificity::Default),
+            RouteMatcher::Domains(patterns) => patterns
+                .iter()
+                .filter_map(|p| pattern_specificity(p, &domain))
+                .max(),
+        };
+        if let Some(spec) = found {
+            // Ties keep the first route in the (render-sorted) list, so choice is stable.
+            if best.is_none_or(|(b, _)| spec > b) {
+                best = Some((spec, index));
+            }
+        }
+    }
+    match best {
+        Some((_, index)) => RouteChoice::Configured(index),
+        None => RouteChoice::DirectMx(domain),
+    }
+}
+
+/// Groups recipients by route, keeping the order in which each route first appears.
+/// A recipient without a domain goes to a direct route for the empty domain, which fails
+/// delivery permanently later with a clear message.
+pub fn group_by_route(
+    routes: &[RouteConfig],
+    recipients: &[String],
+) -> Vec<(RouteChoice, Vec<String>)> {
+    let mut groups: Vec<(RouteChoice, Vec<String>)> = Vec::new();
+    for rcpt in recipients {
+        let choice = match domain_of(rcpt) {
+            Some(domain) => choose_route(routes, &domain),
+            None => RouteChoice::DirectMx(String::new()),
+        };
+        match groups.iter_mut().find(|(c, _)| *c == choice) {
+            Some((_, list)) => list.push(rcpt.clone()),
+            None => groups.push((choice, vec![rcpt.clone()])),
+        }
+    }
+    groups
+}
+
+/// The route that direct MX delivery to `domain` behaves as: MX lookup of the domain on
+/// port 25 with opportunistic, unauthenticated STARTTLS (what public MTAs do).
+pub fn direct_route(domain: &str) -> RouteConfig {
+    RouteConfig {
+        name: "direct".to_string(),
+        description: format!("direct delivery to the MX hosts of {domain}"),
+        matcher: RouteMatcher::Default,
+        hosts: RouteHosts::Single(HostConfig {
+            host: domain.to_string(),
+            port: 25,
+        }),
+        mx_lookup: true,
+        tls: RouteTlsConfig {
+            require_tls: false,
+            require_ca_signed: false,
+            validate_hostname: false,
+            extra_ca_file: None,
+        },
+    }
+}
+
+/// The route configuration a choice stands for.
+pub fn resolve_choice(routes: &[RouteConfig], choice: &RouteChoice) -> RouteConfig {
+    match choice {
+        RouteChoice::Configured(index) => match routes.get(*index) {
+            Some(route) => route.clone(),
+            None => direct_route(""),
+        },
+        RouteChoice::DirectMx(domain) => direct_route(domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, matcher: RouteMatcher) -> RouteConfig {
+        let mut r = direct_route("x");
+        r.name = name.to_string();
+        r.matcher = matcher;
+        r
+    }
+
+    fn domains(list: &[&str]) -> RouteMatcher {
+        RouteMatcher::Domains(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longer_wildcard_beats_shorter() {
+        let routes = vec![
+            route("wide", domains(&["*.example.com"])),
+            route("narrow", domains(&["*.eu.example.com"])),
+            route("exact", domains(&["mail.eu.example.com"])),
+            route("default", RouteMatcher::Default),
+        ];
+        assert_eq!(
+            choose_route(&routes, "mail.eu.example.com"),
+            RouteChoice::Configured(2)
+        );
+        assert_eq!(
+            choose_route(&routes, "x.eu.example.com"),
+            RouteChoice::Configured(1)
+        );
+        assert_eq!(
+            choose_route(&routes, "x.example.com"),
+            RouteChoice::Configured(0)
+        );
+        // A wildcard does not match its own apex.
+        assert_eq!(
+            choose_route(&routes, "example.com"),
+            RouteChoice::Configured(3)
+        );
+        assert_eq!(
+            choose_route(&routes, "other.org"),
+            RouteChoice::Configured(3)
+        );
+    }
+
+    #[test]
+    fn no_match_and_no_default_means_direct_mx() {
+        let routes = vec![route("a", domains(&["a.test"]))];
+        assert_eq!(
+            choose_route(&routes, "B.Test"),
+            RouteChoice::DirectMx("b.test".to_string())
+        );
+    }
+
+    #[test]
+    fn recipients_sharing_a_route_are_grouped() {
+        let routes = vec![route("a", domains(&["a.test", "*.b.test"]))];
+        let rcpts: Vec<String> = ["x@a.test", "y@c.test", "z@q.b.test", "w@c.test"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let groups = group_by_route(&routes, &rcpts);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].0, RouteChoice::Configured(0));
+        assert_eq!(groups[0].1, vec!["x@a.test", "z@q.b.test"]);
+        assert_eq!(groups[1].0, RouteChoice::DirectMx("c.test".to_string()));
+        assert_eq!(groups[1].1, vec!["y@c.test", "w@c.test"]);
+    }
+}

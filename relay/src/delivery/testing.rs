@@ -1,0 +1,424 @@
+//! Test support, compiled in every build so other crates' tests (and `conformance`) can use
+//! it: an in-process SMTP sink and a test certificate authority.
+//!
+//! [`TestSink`] listens on `127.0.0.1:0`, optionally offers STARTTLS with a given rustls
+//! `ServerConfig`, answers with configurable replies (for example 4xx or 5xx for some
+//! recipients), records every envelope and message it received and counts connections. It
+//! can hold back the reply to a message so a test can stop a sender mid-delivery.
+//! [`TestCa`] and [`self_signed`] make certificates with rcgen. Nothing here is used by the
+//! relay itself.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// How a [`TestSink`] behaves.
+#[derive(Clone, Default)]
+pub struct SinkConfig {
+    /// STARTTLS is offered when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// PIPELINING is advertised.
+    pub pipelining: bool,
+    /// EHLO is refused with `502` (an old server that knows only HELO).
+    pub refuse_ehlo: bool,
+    /// Greeting line instead of `220 sink ESMTP` (e.g. `421 4.3.2 busy`).
+    pub greeting: Option<String>,
+    /// Reply to MAIL instead of `250 2.1.0 ok`.
+    pub mail_reply: Option<String>,
+    /// Replies to RCPT by lower-case address, instead of `250 2.1.5 ok`.
+    pub rcpt_replies: HashMap<String, String>,
+    /// Final reply to DATA instead of `250 2.0.0 queued`.
+    pub data_reply: Option<String>,
+    /// After this many messages, the reply to each further message is withheld until
+    /// [`TestSink::release`] (the message is recorded as received).
+    pub hold_after: Option<usize>,
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("starttls", &self.tls.is_some())
+            .field("pipelining", &self.pipelining)
+            .finish()
+    }
+}
+
+/// One message as the sink received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// MAIL FROM address (empty for `<>`).
+    pub mail_from: String,
+    /// Accepted RCPT TO addresses.
+    pub rcpt_to: Vec<String>,
+    /// Content with dot-stuffing undone, without the final `.` line.
+    pub data: Vec<u8>,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// Which connection (1-based) carried it.
+    pub connection: usize,
+}
+
+#[derive(Default)]
+struct SinkState {
+    messages: Mutex<Vec<ReceivedMessage>>,
+    connections: AtomicUsize,
+    received: Notify,
+    released: Notify,
+    release_flag: std::sync::atomic::AtomicBool,
+}
+
+/// An in-process SMTP server for tests. Stops when dropped.
+pub struct TestSink {
+    addr: SocketAddr,
+    state: Arc<SinkState>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for TestSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestSink")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for TestSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestSink {
+    /// Starts a sink on `127.0.0.1:0`.
+    pub async fn start(config: SinkConfig) -> io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().map_err(io::Error::other)?, config).await
+    }
+
+    /// Starts a sink on a given loopback address (to bring a host "back" on a known port).
+    pub async fn start_on(addr: SocketAddr, config: SinkConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SinkState::default());
+        let config = Arc::new(config);
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut sessions = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let number = st.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let (st, cfg) = (st.clone(), config.clone());
+                sessions.spawn(async move {
+                    let _ = serve(tcp, st, cfg, number).await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every message received so far.
+    pub fn messages(&self) -> Vec<ReceivedMessage> {
+        self.state
+            .messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` messages were received (wrap in a timeout).
+    pub async fn wait_for_messages(&self, n: usize) {
+        loop {
+            let notified = self.state.received.notified();
+            if self.messages().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Lets held replies go and stops holding.
+    pub fn release(&self) {
+        self.state.release_flag.store(true, Ordering::SeqCst);
+        self.state.released.notify_waiters();
+    }
+}
+
+enum Flow {
+    Quit,
+    StartTls,
+}
+
+async fn serve(
+    tcp: TcpStream,
+    state: Arc<SinkState>,
+    config: Arc<SinkConfig>,
+    number: usize,
+) -> io::Result<()> {
+    let mut io = BufReader::new(tcp);
+    let greeting = config
+        .greeting
+        .clone()
+        .unwrap_or_else(|| "220 sink.test ESMTP".into());
+    reply(&mut io, &greeting).await?;
+    if !greeting.starts_with('2') {
+        return Ok(());
+    }
+    match commands(&mut io, &state, &config, number, false).await? {
+        Flow::Quit => Ok(()),
+        Flow::StartTls => {
+            let Some(tls) = config.tls.clone() else {
+                return Ok(());
+            };
+            let tcp = io.into_inner();
+            let stream = TlsAcceptor::from(tls).accept(tcp).await?;
+            let mut io = BufReader::new(stream);
+            commands(&mut io, &state, &config, number, true)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+async fn reply<S: AsyncWrite + Unpin>(io: &mut S, line: &str) -> io::Result<()> {
+    io.write_all(format!("{line}\r\n").as_bytes()).await?;
+    io.flush().await
+}
+
+fn address(arg: &str) -> String {
+    let start = arg.find('<').map(|i| i + 1).unwrap_or(0);
+    let end = arg[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(arg.len());
+    arg[start..end].to_string()
+}
+
+async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    state: &SinkState,
+    config: &SinkConfig,
+    number: usize,
+    tls: bool,
+) -> io::Result<Flow> {
+    let mut from: Option<String> = None;
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(Flow::Quit);
+        }
+        let cmd = line.trim_end();
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") && config.refuse_ehlo {
+            reply(io, "502 5.5.2 EHLO not supported").await?;
+        } else if upper.starts_with("EHLO") {
+            let mut lines = vec!["250-sink.test".to_string()];
+            if config.pipelining {
+                lines.push("250-PIPELINING".into());
+            }
+            if config.tls.is_some() && !tls {
+                lines.push("250-STARTTLS".into());
+            }
+            lines.push("250 8BITMIME".into());
+            reply(io, &lines.join("\r\n")).await?;
+        } else if upper.starts_with("HELO") {
+            reply(io, "250 sink.test").await?;
+        } else if upper == "STARTTLS" && config.tls.is_some() && !tls {
+            reply(io, "220 2.0.0 go ahead").await?;
+            return Ok(Flow::StartTls);
+        } else if upper.starts_with("MAIL FROM:") {
+            let r = config
+                .mail_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.1.0 ok".into());
+            if r.starts_with('2') {
+                from = Some(address(&cmd[10..]));
+                rcpts.clear();
+            }
+            reply(io, &r).await?;
+        } else if upper.starts_with("RCPT TO:") {
+            if from.is_none() {
+                reply(io, "503 5.5.1 MAIL first").await?;
+                continue;
+            }
+            let addr = address(&cmd[8..]);
+            let r = config
+                .rcpt_replies
+                .get(&addr.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_else(|| "250 2.1.5 ok".into());
+            if r.starts_with('2') {
+                rcpts.push(addr);
+            }
+            reply(io, &r).await?;
+        } else if upper == "DATA" {
+            if from.is_none() || rcpts.is_empty() {
+                reply(io, "554 5.5.1 no valid recipients").await?;
+                continue;
+            }
+            reply(io, "354 end with .").await?;
+            let mut data = Vec::new();
+            loop {
+                let mut raw = Vec::new();
+                if io.read_until(b'\n', &mut raw).await? == 0 {
+                    return Ok(Flow::Quit);
+                }
+                if raw == b".\r\n" || raw == b".\n" {
+                    break;
+                }
+                let content = raw.strip_prefix(b".").unwrap_or(&raw);
+                data.extend_from_slice(content);
+            }
+            let count = {
+                let mut messages = state.messages.lock().unwrap_or_else(|e| e.into_inner());
+                messages.push(ReceivedMessage {
+                    mail_from: from.take().unwrap_or_default(),
+                    rcpt_to: std::mem::take(&mut rcpts),
+                    data,
+                    tls,
+                    connection: number,
+                });
+                messages.len()
+            };
+            state.received.notify_waiters();
+            if config.hold_after.is_some_and(|n| count > n) {
+                loop {
+                    let released = state.released.notified();
+                    if state.release_flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    released.await;
+                }
+            }
+            let r = config
+                .data_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.0.0 queued".into());
+            reply(io, &r).await?;
+        } else if upper == "RSET" {
+            from = None;
+            rcpts.clear();
+            reply(io, "250 2.0.0 ok").await?;
+        } else if upper == "NOOP" {
+            reply(io, "250 2.0.0 ok").await?;
+        } else if upper == "QUIT" {
+            reply(io, "221 2.0.0 bye").await?;
+            return Ok(Flow::Quit);
+        } else {
+            reply(io, "502 5.5.2 unknown command").await?;
+        }
+    }
+}
+
+/// Errors making test certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum TestPkiError {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain and its key.
+#[derive(Debug)]
+pub struct TestCert {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl TestCert {
+    /// A rustls server configuration presenting this certificate.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TestPkiError> {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A private test certificate authority.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM (write it to a route's `extra_ca_file`).
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish()
+    }
+}
+
+impl TestCa {
+    /// A new CA named `common_name`.
+    pub fn new(common_name: &str) -> Result<Self, TestPkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP literals) signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> Result<TestCert, TestPkiError> {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(TestCert {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+/// A self-signed certificate for `names`.
+pub fn self_signed(names: &[&str]) -> Result<TestCert, TestPkiError> {
+    let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(TestCert {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    })
+}

@@ -1,0 +1,328 @@
+//! The TLS policy of a route (SPEC §3.5) as a type, and the certificate verifiers behind it.
+//!
+//! [`TlsPolicy`] is built from [`RouteTlsConfig`]: a [`TlsRequirement`] (may the mail go in
+//! plaintext when the server offers no STARTTLS?) and a [`CertificateCheck`] (which of the
+//! CA-chain and host-name checks apply). [`TlsPolicy::client_config`] builds the rustls client
+//! configuration with a verifier for exactly that check; every variant still verifies the
+//! handshake signature, so the peer proves it holds the certificate's key.
+//!
+//! Choice for `requireTls` off (opportunistic): when the server offers STARTTLS, the
+//! certificate is checked as the route says and a failed check bounces the mail with
+//! `5.7.5`, exactly as with `requireTls` on (SPEC §3.5: a route whose certificate cannot be
+//! validated bounces). Plaintext is used only when no STARTTLS is offered. Falling back to
+//! plaintext after a failed check would let anyone on the path turn verification off.
+//! A handshake that fails for another reason (protocol error, timeout) is a temporary
+//! failure: the next host is tried now and the message again later, never in plaintext.
+//! A route with `requireTls` whose server offers no STARTTLS bounces with `5.7.10`.
+//!
+//! [`probe_route`] is the "Test TLS connection" of a route, used by `relayctl test-tls` and
+//! the operator. This module does not deliver mail.
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufReader;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use crate::config::{DeliveryConfig, RouteConfig, RouteTlsConfig};
+
+/// May mail go in plaintext?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsRequirement {
+    /// STARTTLS when offered, plaintext when not (`requireTls: false`).
+    Opportunistic,
+    /// No TLS, no delivery (`requireTls: true`).
+    Required,
+}
+
+/// Which certificate checks apply once TLS is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertificateCheck {
+    /// Any certificate (encryption without authentication).
+    AnyCertificate,
+    /// The chain verifies against the trusted roots; the names are not checked.
+    CaSigned,
+    /// The certificate names the host connected to; who signed it is not checked.
+    HostnameOnly,
+    /// Both: the chain verifies and the certificate names the host.
+    CaSignedAndHostname,
+}
+
+impl CertificateCheck {
+    /// The check for `(requireCaSigned, validateHostname)`.
+    pub fn from_flags(require_ca_signed: bool, validate_hostname: bool) -> Self {
+        match (require_ca_signed, validate_hostname) {
+            (false, false) => Self::AnyCertificate,
+            (true, false) => Self::CaSigned,
+            (false, true) => Self::HostnameOnly,
+            (true, true) => Self::CaSignedAndHostname,
+        }
+    }
+
+    fn needs_roots(self) -> bool {
+        matches!(self, Self::CaSigned | Self::CaSignedAndHostname)
+    }
+}
+
+/// The TLS policy of one route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TlsPolicy {
+    /// Whether plaintext is allowed.
+    pub requirement: TlsRequirement,
+    /// Checks on the server certificate.
+    pub check: CertificateCheck,
+    /// PEM file of extra trusted roots, used with the CA checks.
+    pub extra_ca_file: Option<String>,
+}
+
+/// The TLS configuration of a route could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read the route's CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the route's CA file {path} holds no usable certificate")]
+    CaFileEmpty { path: String },
+    #[error("cannot build the TLS client configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsPolicy {
+    /// The policy a route declares.
+    pub fn from_route(tls: &RouteTlsConfig) -> Self {
+        Self {
+            requirement: if tls.require_tls {
+                TlsRequirement::Required
+            } else {
+                TlsRequirement::Opportunistic
+            },
+            check: CertificateCheck::from_flags(tls.require_ca_signed, tls.validate_hostname),
+            extra_ca_file: tls.extra_ca_file.clone(),
+        }
+    }
+
+    /// A rustls client configuration that verifies servers as this policy says.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
+        let webpki = if self.check.needs_roots() {
+            let roots = self.roots()?;
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+            Some(verifier)
+        } else {
+            None
+        };
+        let verifier = RouteVerifier {
+            check: self.check,
+            webpki,
+            algorithms,
+        };
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsSetupError> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = &self.extra_ca_file {
+            let file = File::open(path).map_err(|source| TlsSetupError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+                let cert = cert.map_err(|source| TlsSetupError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                if roots.add(cert).is_ok() {
+                    added += 1;
+                }
+            }
+            if added == 0 {
+                return Err(TlsSetupError::CaFileEmpty { path: path.clone() });
+            }
+        }
+        Ok(roots)
+    }
+}
+
+/// A server certificate verifier for one [`CertificateCheck`].
+struct RouteVerifier {
+    check: CertificateCheck,
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for RouteVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteVerifier")
+            .field("check", &self.check)
+            .finish()
+    }
+}
+
+fn is_name_error(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
+    )
+}
+
+impl ServerCertVerifier for RouteVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let webpki = || {
+            self.webpki
+                .as_ref()
+                .ok_or_else(|| rustls::Error::General("no trusted roots configured".into()))
+        };
+        match self.check {
+            CertificateCheck::AnyCertificate => Ok(ServerCertVerified::assertion()),
+            CertificateCheck::CaSignedAndHostname => webpki()?.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            CertificateCheck::CaSigned => {
+                // webpki checks the chain before the name, so a name error means the
+                // chain is good.
+                match webpki()?.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Err(e) if is_name_error(&e) => Ok(ServerCertVerified::assertion()),
+                    other => other,
+                }
+            }
+            CertificateCheck::HostnameOnly => {
+                let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+                })?;
+                cert.verify_is_valid_for_subject_name(server_name)
+                    .map_err(|e| match e {
+                        webpki::Error::CertNotValidForName(context) => {
+                            rustls::Error::InvalidCertificate(
+                                CertificateError::NotValidForNameContext {
+                                    expected: context.expected,
+                                    presented: context.presented,
+                                },
+                            )
+                        }
+                        _ => rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                    })?;
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The result of probing one host of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostProbe {
+    /// Host name (the MX host for MX routes) or IP literal.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// TLS was established and the certificate passed the route's checks.
+    pub verified: bool,
+    /// `Verified` details, or why not (the verifier's message for a certificate failure).
+    pub message: String,
+}
+
+/// Connects to each host of a route (after MX lookup when the route says so), says EHLO,
+/// starts TLS, verifies the certificate with the route's policy and says QUIT.
+///
+/// A host verifies only when TLS was established and its certificate passed; a server
+/// without STARTTLS does not verify, whatever `requireTls` says (the probe tests TLS).
+pub async fn probe_route(route: &RouteConfig, delivery: &DeliveryConfig) -> Vec<HostProbe> {
+    super::attempt::probe_route_hosts(route, delivery).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_checks_from_flags() {
+        assert_eq!(
+            CertificateCheck::from_flags(false, false),
+            CertificateCheck::AnyCertificate
+        );
+        assert_eq!(
+            CertificateCheck::from_flags(true, false),
+            CertificateCheck::CaSigned
+        );
+        assert_eq!(
+            CertificateCheck::from_flags(false, true),
+            CertificateCheck::HostnameOnly
+        );
+        assert_eq!(
+            CertificateCheck::from_flags(true, true),
+            CertificateCheck::CaSignedAndHostname
+        );
+    }
+
+    #[test]
+    fn missing_ca_file_is_an_error_naming_the_file() {
+        let policy = TlsPolicy {
+            requirement: TlsRequirement::Required,
+            check: CertificateCheck::CaSigned,
+            extra_ca_file: Some("/nonexistent/ca.crt".into()),
+        };
+        let err = policy.client_config().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! MX lookup against an in-process DNS server (hickory-server, in-memory zone on
+//! 127.0.0.1, UDP and TCP): preference order, falling back to the next MX, and
+//! `host_overrides` consulted before DNS.
+
+mod delivery_common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use delivery_common::*;
+use hickory_server::Server;
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use relay::config::RouteMatcher;
+use relay::delivery::mx::MxResolver;
+use relay::delivery::testing::{SinkConfig, TestSink};
+use tokio::net::{TcpListener, UdpSocket};
+
+fn name(s: &str) -> Name {
+    Name::from_str(s).unwrap()
+}
+
+/// The zone `dest.test.` with the given MX (preference, host) and address records.
+async fn dns_server(
+    mx: &[(u16, &str)],
+    addresses: &[(&str, IpAddr)],
+) -> (SocketAddr, Server<Catalog>) {
+    let origin = name("dest.test.");
+    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+        origin.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    );
+    let soa = SOA::new(
+        name("ns.dest.test."),
+        name("hostmaster.dest.test."),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+    for (pref, host) in mx {
+        let rdata = RData::MX(MX::new(*pref, name(host)));
+        zone.upsert_mut(Record::from_rdata(origin.clone(), 60, rdata), 1);
+    }
+    for (host, ip) in addresses {
+        let rdata = match ip {
+            IpAddr::V4(v4) => RData::A(A::from(*v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA::from(*v6)),
+        };
+        zone.upsert_mut(Record::from_rdata(name(host), 60, rdata), 1);
+    }
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::from(origin), vec![Arc::new(zone)]);
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let mut server = Server::new(catalog);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5), 4096);
+    (addr, server)
+}
+
+#[tokio::test]
+async fn mx_hosts_come_back_in_preference_order() {
+    let (ns, _server) = dns_server(
+        &[
+            (30, "mx3.dest.test."),
+            (10, "mx1.dest.test."),
+            (20, "mx2.dest.test."),
+        ],
+        &[],
+    )
+    .await;
+    let mut cfg = delivery_config(&[]);
+    cfg.nameservers = vec![ns];
+    let resolver = MxResolver::new(&cfg).unwrap();
+    let hosts = bounded(resolver.mx_hosts("dest.test")).await.unwrap();
+    assert_eq!(hosts, ["mx1.dest.test", "mx2.dest.test", "mx3.dest.test"]);
+}
+
+#[tokio::test]
+async fn delivery_falls_back_to_the_next_mx_when_the_first_fails() {
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    // mx1 (preferred) points where nothing listens on the sink's port; mx2 is the sink.
+    let (ns, _server) = dns_server(
+        &[(10, "mx1.dest.test."), (20, "mx2.dest.test.")],
+        &[
+            ("mx1.dest.test.", IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            ("mx2.dest.test.", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ],
+    )
+    .await;
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
+    r.mx_lookup = true;
+    let mut cfg = delivery_config(&[]);
+    cfg.nameservers = vec![ns];
+    let h = Harness::new(vec![r], cfg);
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "mx"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(sink.messages().len(), 1);
+    let metrics = h.metrics_text();
+    let line = format!(
+        "host=\"mx2.dest.test:{}\",result=\"delivered\"",
+        sink.port()
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+}
+
+#[tokio::test]
+async fn host_overrides_are_consulted_before_dns() {
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let (ns, _server) = dns_server(
+        &[(10, "mx1.dest.test.")],
+        &[("mx1.dest.test.", IpAddr::V6(Ipv6Addr::LOCALHOST))],
+    )
+    .await;
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
+    r.mx_lookup = true;
+    let mut cfg = delivery_config(&[("mx1.dest.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+    cfg.nameservers = vec![ns];
+    let h = Harness::new(vec![r], cfg);
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "override"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(sink.messages().len(), 1);
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the project's container images without any container registry:
+#   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
+#            imported with `docker import` (postfix, swaks, openssl, dnsmasq inside)
+#   postfix  Postfix as a relay client (relayhost) or as a downstream server
+#   dns      dnsmasq serving the MX records a scenario needs
+#   relay    the release `relay` binary
+# Each image is tagged with a hash of its inputs and rebuilt only when they change.
+#
+# usage: conformance/images/build.sh [base|postfix|dns|relay|all]...   (default: all)
+# Prints `name=image:tag` lines on standard output; progress goes to standard error.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
+suite=bookworm
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx
+mkdir -p "$cache"
+
+log() { printf '%s\n' "$*" >&2; }
+hash_of() { sha256sum | cut -c1-16; }
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+mirror() {
+  local m=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
+    m=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list)
+  fi
+  printf '%s' "${m:-http://deb.debian.org/debian}"
+}
+
+build_base() {
+  local tag="smtprelay-base:$(printf '%s %s' "$suite" "$packages" | hash_of)"
+  if ! have_image "$tag"; then
+    if ! command -v debootstrap >/dev/null; then
+      log "installing debootstrap"
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+    fi
+    local dir="$cache/rootfs-$suite"
+    rm -rf "$dir"
+    log "debootstrap $suite from $(mirror) (about a minute)"
+    DEBIAN_FRONTEND=noninteractive debootstrap --variant=minbase --include="$packages" \
+      "$suite" "$dir" "$(mirror)" >&2
+    # Keep the image small: package lists and caches are not needed at run time.
+    rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
+    tar -C "$dir" -c . | docker import - "$tag" >&2
+    rm -rf "$dir"
+  fi
+  echo "$tag"
+}
+
+# build_from NAME CONTEXT_DIR BASE_TAG: docker build with the base passed as a build arg.
+build_from() {
+  local name=$1 context=$2 base=$3
+  local tag="smtprelay-$name:$( (echo "$base"; cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | hash_of)"
+  if ! have_image "$tag"; then
+    log "building $tag"
+    DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$tag" "$context" >&2
+  fi
+  echo "$tag"
+}
+
+build_relay() {
+  local base=$1
+  log "building the release relay binary"
+  (cd "$root" && cargo build --release -p relay --bin relay >&2)
+  local ctx="$cache/relay-context"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$here/relay/Dockerfile" "$ctx/"
+  cp "$root/target/release/relay" "$ctx/relay"
+  build_from relay "$ctx" "$base"
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(all)
+base=$(build_base)
+echo "base=$base"
+for t in "${targets[@]}"; do
+  case "$t" in
+    base) ;;
+    postfix) echo "postfix=$(build_from postfix "$here/postfix" "$base")" ;;
+    dns) echo "dns=$(build_from dns "$here/dns" "$base")" ;;
+    relay) echo "relay=$(build_relay "$base")" ;;
+    all)
+      echo "postfix=$(build_from postfix "$here/postfix" "$base")"
+      echo "dns=$(build_from dns "$here/dns" "$base")"
+      echo "relay=$(build_relay "$base")"
+      ;;
+    *) log "unknown image $t (expected base, postfix, dns, relay or all)"; exit 2 ;;
+  esac
+done

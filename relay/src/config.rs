@@ -62,10 +62,13 @@ pub struct OrganizationConfig {
     pub domains: Vec<String>,
     /// Lower-case registered user addresses.
     pub users: Vec<String>,
-    /// File of SMTP AUTH credentials: a directory with one file per user address whose
-    /// content is an argon2id PHC string (a mounted Secret). `None`: AUTH always fails.
+    /// File of SMTP AUTH credentials (the `credentials` key of a mounted Secret): one
+    /// `address:PHC` line per user, the PHC string an argon2id hash
+    /// (`alice@example.com:$argon2id$v=19$...`); blank lines and `#` comments are ignored.
+    /// Secret keys cannot hold `@`, hence one file rather than one key per user.
+    /// `None`: AUTH always fails with 535.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_dir: Option<String>,
+    pub credentials_file: Option<String>,
 }
 
 /// Listening sockets. Port 0 means "pick a free port" (tests, `relayctl run`).

@@ -4,3 +4,4 @@
 //! Kubernetes.
 
 pub mod config;
+pub mod smtp;

@@ -4,4 +4,5 @@
 //! Kubernetes.
 
 pub mod config;
+pub mod policy;
 pub mod smtp;

@@ -4,5 +4,7 @@
 //! Kubernetes.
 
 pub mod config;
+pub mod limits;
 pub mod policy;
 pub mod smtp;
+pub mod spool;

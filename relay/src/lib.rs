@@ -3,8 +3,10 @@
 //! (`delivery`). Its only input is a [`config::RelayConfig`] document; it never talks to
 //! Kubernetes.
 
+pub mod auth;
 pub mod config;
 pub mod limits;
 pub mod policy;
+pub mod session;
 pub mod smtp;
 pub mod spool;

@@ -46,7 +46,11 @@ fn respond(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
             "text/plain",
             "shutting down\n".to_string(),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -57,7 +61,11 @@ fn respond(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,

@@ -85,13 +85,12 @@ pub fn load_tls(files: &TlsFiles) -> Result<Arc<ServerConfig>, GenerationError> 
     let key = rustls_pemfile::private_key(&mut open(&files.key_file)?)
         .map_err(|e| GenerationError::Tls(format!("{}: {e}", files.key_file)))?
         .ok_or_else(|| GenerationError::Tls(format!("{} holds no private key", files.key_file)))?;
-    let config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| GenerationError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| GenerationError::Tls(format!("{}: {e}", files.cert_file)))?;
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GenerationError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| GenerationError::Tls(format!("{}: {e}", files.cert_file)))?;
     Ok(Arc::new(config))
 }

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use std::sync::Mutex;
+use tokio::net::TcpListener;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -277,8 +277,12 @@ impl RelayHandle {
         admin.ready.store(false, Ordering::Relaxed);
         let _ = shutdown.send(true);
         drop(tasks);
-        let limit = Duration::from_secs(shared.current.load().config.limits.session_timeout_seconds);
-        if tokio::time::timeout(limit, tasks_done.recv()).await.is_err() {
+        let limit =
+            Duration::from_secs(shared.current.load().config.limits.session_timeout_seconds);
+        if tokio::time::timeout(limit, tasks_done.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("sessions still open at the end of the shutdown grace period");
         }
         tracing::info!("relay stopped");

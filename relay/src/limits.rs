@@ -77,18 +77,15 @@ impl LimitHit {
     /// The exact reply of SPEC §3.6.
     pub fn reply(self) -> Reply {
         match self {
-            LimitHit::UserMessagesPerDay | LimitHit::UserRecipientsPerDay => Reply::new(
-                550,
-                "5.4.5 Daily SMTP relay limit exceeded for user.",
-            ),
-            LimitHit::CustomerRecipientsPerDay => Reply::new(
-                550,
-                "5.7.1 Daily SMTP relay limit exceeded for customer.",
-            ),
-            LimitHit::CustomerRecipientsPer10Minutes => Reply::new(
-                450,
-                "4.2.1 Peak SMTP relay limit exceeded for customer.",
-            ),
+            LimitHit::UserMessagesPerDay | LimitHit::UserRecipientsPerDay => {
+                Reply::new(550, "5.4.5 Daily SMTP relay limit exceeded for user.")
+            }
+            LimitHit::CustomerRecipientsPerDay => {
+                Reply::new(550, "5.7.1 Daily SMTP relay limit exceeded for customer.")
+            }
+            LimitHit::CustomerRecipientsPer10Minutes => {
+                Reply::new(450, "4.2.1 Peak SMTP relay limit exceeded for customer.")
+            }
         }
     }
 
@@ -162,11 +159,7 @@ impl Buckets {
 
     /// Drops buckets that left a `window`-minute window ending at `now_min`.
     fn expire(&mut self, now_min: u64, window: u64) {
-        while self
-            .0
-            .front()
-            .is_some_and(|(m, _)| m + window <= now_min)
-        {
+        while self.0.front().is_some_and(|(m, _)| m + window <= now_min) {
             self.0.pop_front();
         }
     }
@@ -194,7 +187,8 @@ impl UserUsage {
         self.messages.expire(now_min, DAY_MINUTES);
         if self.oldest_recipient_minute + DAY_MINUTES <= now_min {
             self.recipients.retain(|_, m| *m + DAY_MINUTES > now_min);
-            self.oldest_recipient_minute = self.recipients.values().copied().min().unwrap_or(now_min);
+            self.oldest_recipient_minute =
+                self.recipients.values().copied().min().unwrap_or(now_min);
         }
     }
 }
@@ -238,10 +232,16 @@ impl MemoryLimitStore {
             .pending
             .iter()
             .map(String::as_str)
-            .filter(|r| counters.users.get(q.user).is_none_or(|u| !u.recipients.contains_key(*r)))
+            .filter(|r| {
+                counters
+                    .users
+                    .get(q.user)
+                    .is_none_or(|u| !u.recipients.contains_key(*r))
+            })
             .collect();
         let rcpt_is_new = !known_rcpt && !new_in_pending.contains(q.rcpt);
-        if rcpt_is_new && unique + new_in_pending.len() as u64 + 1 > q.limits.user_recipients_per_day
+        if rcpt_is_new
+            && unique + new_in_pending.len() as u64 + 1 > q.limits.user_recipients_per_day
         {
             return Some(LimitHit::UserRecipientsPerDay);
         }
@@ -306,8 +306,21 @@ mod tests {
         }
     }
 
-    fn check(s: &MemoryLimitStore, now: SystemTime, l: &LimitsConfig, user: &str, rcpt: &str, pending: &[String]) -> Option<LimitHit> {
-        s.check_now(&RcptQuery { now, limits: l, user, rcpt, pending })
+    fn check(
+        s: &MemoryLimitStore,
+        now: SystemTime,
+        l: &LimitsConfig,
+        user: &str,
+        rcpt: &str,
+        pending: &[String],
+    ) -> Option<LimitHit> {
+        s.check_now(&RcptQuery {
+            now,
+            limits: l,
+            user,
+            rcpt,
+            pending,
+        })
     }
 
     #[test]
@@ -315,11 +328,21 @@ mod tests {
         let s = MemoryLimitStore::new();
         let l = limits(100, 2, 100, 100);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000 * 60);
-        s.record_now(&Usage { now: t0, user: "u", rcpts: &["a@x".into(), "b@x".into()] });
+        s.record_now(&Usage {
+            now: t0,
+            user: "u",
+            rcpts: &["a@x".into(), "b@x".into()],
+        });
         assert_eq!(check(&s, t0, &l, "u", "a@x", &[]), None);
-        assert_eq!(check(&s, t0, &l, "u", "c@x", &[]), Some(LimitHit::UserRecipientsPerDay));
+        assert_eq!(
+            check(&s, t0, &l, "u", "c@x", &[]),
+            Some(LimitHit::UserRecipientsPerDay)
+        );
         let almost = t0 + Duration::from_secs(DAY_MINUTES * 60 - 60);
-        assert_eq!(check(&s, almost, &l, "u", "c@x", &[]), Some(LimitHit::UserRecipientsPerDay));
+        assert_eq!(
+            check(&s, almost, &l, "u", "c@x", &[]),
+            Some(LimitHit::UserRecipientsPerDay)
+        );
         let day = t0 + Duration::from_secs(DAY_MINUTES * 60);
         assert_eq!(check(&s, day, &l, "u", "c@x", &[]), None);
     }
@@ -329,11 +352,18 @@ mod tests {
         let s = MemoryLimitStore::new();
         let l = limits(100, 100, 100, 3);
         let t0 = UNIX_EPOCH + Duration::from_secs(60_000);
-        s.record_now(&Usage { now: t0, user: "u", rcpts: &["a@x".into()] });
+        s.record_now(&Usage {
+            now: t0,
+            user: "u",
+            rcpts: &["a@x".into()],
+        });
         let pending = vec!["b@x".to_string()];
         assert_eq!(check(&s, t0, &l, "v", "c@x", &pending), None);
         let pending = vec!["b@x".to_string(), "c@x".to_string()];
-        assert_eq!(check(&s, t0, &l, "v", "d@x", &pending), Some(LimitHit::CustomerRecipientsPer10Minutes));
+        assert_eq!(
+            check(&s, t0, &l, "v", "d@x", &pending),
+            Some(LimitHit::CustomerRecipientsPer10Minutes)
+        );
         let later = t0 + Duration::from_secs(10 * 60);
         assert_eq!(check(&s, later, &l, "v", "d@x", &pending), None);
     }

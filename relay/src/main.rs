@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         [flag] if flag.starts_with("--config=") => flag["--config=".len()..].to_string(),
         _ => return usage(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("relay: cannot start the runtime: {e}");

@@ -83,7 +83,11 @@ impl Metrics {
             "Hash of the config in force (value 1)",
             m.config_info.clone(),
         );
-        registry.register("spool_depth", "Messages in the spool", m.spool_depth.clone());
+        registry.register(
+            "spool_depth",
+            "Messages in the spool",
+            m.spool_depth.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -131,10 +131,9 @@ impl MailDecision {
                     ip.to_canonical()
                 ),
             )),
-            MailDecision::TlsRequired => Some(Reply::new(
-                530,
-                "5.7.0 Must issue a STARTTLS command first",
-            )),
+            MailDecision::TlsRequired => {
+                Some(Reply::new(530, "5.7.0 Must issue a STARTTLS command first"))
+            }
             MailDecision::SenderRejected(reason) => {
                 Some(Reply::new(550, format!("5.7.1 {reason}")))
             }
@@ -237,7 +236,9 @@ impl Policy {
                 }
             }
         }
-        if usable.iter().any(|s| s.senders == AllowedSenders::AnyAddress)
+        if usable
+            .iter()
+            .any(|s| s.senders == AllowedSenders::AnyAddress)
             && let Some(domain) = self.identifying_domain(client)
         {
             return MailDecision::Accept {
@@ -261,7 +262,9 @@ impl Policy {
             _ if sender.is_empty() && mode != AllowedSenders::AnyAddress => Ok(()),
             AllowedSenders::RegisteredUsers => {
                 if !self.users.contains(&lower) {
-                    return Err(format!("Sender address <{sender}> is not a registered user"));
+                    return Err(format!(
+                        "Sender address <{sender}> is not a registered user"
+                    ));
                 }
                 match client.auth {
                     Some(id) if id != lower => Err(format!(
@@ -299,13 +302,23 @@ impl Policy {
         }
     }
 
-    /// For AnyAddress: the domain that identifies the client (AUTH identity's domain, else
-    /// the HELO name when it belongs to the organization), or `None`.
-    fn identifying_domain<'c>(&self, client: &ClientFacts<'c>) -> Option<&'c str> {
+    /// For AnyAddress: the domain that identifies the client, or `None`. With AUTH it is
+    /// the identity's domain; otherwise the organization domain the HELO name belongs to
+    /// (HELO `mx1.acme.example` gives `acme.example`: `postmaster@` a host name is often
+    /// undeliverable, `postmaster@` the organization domain is not).
+    fn identifying_domain(&self, client: &ClientFacts<'_>) -> Option<String> {
         if let Some(id) = client.auth {
-            return Some(domain_of(id)).filter(|d| !d.is_empty());
+            return Some(domain_of(id).to_string()).filter(|d| !d.is_empty());
         }
-        client.helo.filter(|h| self.domain_belongs(h))
+        let helo = client.helo?.trim_end_matches('.').to_ascii_lowercase();
+        self.domains
+            .iter()
+            .filter(|d| {
+                helo == **d
+                    || (helo.ends_with(d.as_str()) && helo[..helo.len() - d.len()].ends_with('.'))
+            })
+            .max_by_key(|d| d.len())
+            .cloned()
     }
 }
 
@@ -385,15 +398,32 @@ pub(crate) mod tests {
 
     #[test]
     fn ip_sets_match_v4_v6_and_mapped_addresses() {
-        let nets: Vec<IpNet> = ["10.0.0.0/16", "10.1.0.0/16", "2001:db8::/112", "192.0.2.7/32"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/16",
+            "10.1.0.0/16",
+            "2001:db8::/112",
+            "192.0.2.7/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let set = IpSet::new(&nets);
-        for ip in ["10.0.0.0", "10.1.255.255", "2001:db8::ffff", "192.0.2.7", "::ffff:10.0.3.4"] {
+        for ip in [
+            "10.0.0.0",
+            "10.1.255.255",
+            "2001:db8::ffff",
+            "192.0.2.7",
+            "::ffff:10.0.3.4",
+        ] {
             assert!(set.contains(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["10.2.0.0", "9.255.255.255", "2001:db8::1:0", "192.0.2.8", "::"] {
+        for ip in [
+            "10.2.0.0",
+            "9.255.255.255",
+            "2001:db8::1:0",
+            "192.0.2.8",
+            "::",
+        ] {
             assert!(!set.contains(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -425,7 +455,7 @@ pub(crate) mod tests {
         assert_eq!(
             p.decide_mail(&c, "x@other.example"),
             MailDecision::Accept {
-                mail_from: "postmaster@host.acme.example".into(),
+                mail_from: "postmaster@acme.example".into(),
                 original: Some("x@other.example".into())
             }
         );
@@ -451,7 +481,8 @@ pub(crate) mod tests {
         let ids: Vec<_> = settings
             .iter()
             .filter(|(_, r, a, _)| {
-                r.as_ref().is_none_or(|r| r.iter().any(|n| n.contains(&ip))) && (!a || auth.is_some())
+                r.as_ref().is_none_or(|r| r.iter().any(|n| n.contains(&ip)))
+                    && (!a || auth.is_some())
             })
             .collect();
         if ids.is_empty() {
@@ -465,7 +496,10 @@ pub(crate) mod tests {
         let identified = auth.is_some() || belongs(helo);
         for (mode, ..) in &ids {
             let ok = match mode {
-                0 => sender.is_empty() || (sender == "alice@acme.example" && auth.is_none_or(|a| a == sender)),
+                0 => {
+                    sender.is_empty()
+                        || (sender == "alice@acme.example" && auth.is_none_or(|a| a == sender))
+                }
                 1 => sender.is_empty() || belongs(sdom),
                 _ => identified && (sender.is_empty() || belongs(sdom)),
             };

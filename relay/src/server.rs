@@ -180,10 +180,11 @@ async fn connection(
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
-        let stream = match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
-            Ok(s) => s?,
-            Err(_) => return Ok(()),
-        };
+        let stream =
+            match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
+                Ok(s) => s?,
+                Err(_) => return Ok(()),
+            };
         if slot.is_none() {
             return refuse(stream, &too_many, shared).await;
         }
@@ -204,18 +205,25 @@ async fn connection(
     let Some(tls) = generation.tls.clone() else {
         return Ok(());
     };
-    let stream = match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
-        Ok(s) => s?,
-        Err(_) => return Ok(()),
-    };
+    let stream =
+        match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
+            Ok(s) => s?,
+            Err(_) => return Ok(()),
+        };
     session.tls_started(tls_description(stream.get_ref().1));
     conn.drive(stream, &mut session).await?;
     drop(slot);
     Ok(())
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, r: &Reply, shared: &Shared) -> io::Result<()> {
-    shared.metrics.rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
+async fn refuse<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    r: &Reply,
+    shared: &Shared,
+) -> io::Result<()> {
+    shared
+        .metrics
+        .rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
     stream.write_all(&r.to_wire()).await?;
     stream.shutdown().await
 }
@@ -308,7 +316,9 @@ impl Conn<'_> {
                 self.out.clear();
             }
             if self.shutting_down && !session.in_data() {
-                stream.write_all(&session.shutdown_reply().to_wire()).await?;
+                stream
+                    .write_all(&session.shutdown_reply().to_wire())
+                    .await?;
                 stream.shutdown().await.ok();
                 return Ok(None);
             }
@@ -348,7 +358,11 @@ impl Conn<'_> {
                 Action::Close => return Flow::Close,
                 Action::StartTls => return Flow::StartTls,
                 Action::VerifyAuth { identity, password } => {
-                    let ok = self.generation.credentials.verify(&identity, password).await;
+                    let ok = self
+                        .generation
+                        .credentials
+                        .verify(&identity, password)
+                        .await;
                     tracing::info!(client = %session.client_ip(), %identity, ok, "SMTP AUTH");
                     queue.extend(session.auth_result(identity, ok));
                 }

@@ -57,7 +57,10 @@ pub enum Action {
     /// Then call [`Session::tls_started`].
     StartTls,
     /// Check the password, then call [`Session::auth_result`].
-    VerifyAuth { identity: String, password: String },
+    VerifyAuth {
+        identity: String,
+        password: String,
+    },
     /// Ask the limit store, then call [`Session::rcpt_result`].
     CheckRcpt {
         user: String,
@@ -239,7 +242,10 @@ impl Session {
             }
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth_start(mechanism, initial),
-            Command::Vrfy => vec![reply(252, "2.5.2 Cannot VRFY user, but will accept message")],
+            Command::Vrfy => vec![reply(
+                252,
+                "2.5.2 Cannot VRFY user, but will accept message",
+            )],
             Command::Help => vec![reply(214, "2.0.0 See RFC 5321")],
         }
     }
@@ -297,7 +303,9 @@ impl Session {
             MailDecision::ClientNotAllowed => {
                 // The client cannot relay at all: say why, then end the session.
                 self.mode = Mode::Closed;
-                let r = decision.reply(self.ip).unwrap_or_else(|| Reply::new(550, "5.7.1"));
+                let r = decision
+                    .reply(self.ip)
+                    .unwrap_or_else(|| Reply::new(550, "5.7.1"));
                 vec![Action::Reply(r), Action::Close]
             }
             other => other
@@ -362,7 +370,10 @@ impl Session {
                 vec![reply(250, "2.1.5 OK")]
             }
             Ok(Some(hit)) => vec![Action::Reply(hit.reply())],
-            Err(_) => vec![reply(451, "4.3.0 Limit service unavailable, try again later")],
+            Err(_) => vec![reply(
+                451,
+                "4.3.0 Limit service unavailable, try again later",
+            )],
         }
     }
 
@@ -399,10 +410,9 @@ impl Session {
                         "5.6.11 Message contains bare CR or LF characters; use CRLF line endings",
                     ),
                     DataError::LineTooLong => Reply::new(500, "5.5.2 Line too long"),
-                    DataError::TooBig => Reply::new(
-                        552,
-                        "5.3.4 Message size exceeds fixed maximum message size",
-                    ),
+                    DataError::TooBig => {
+                        Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+                    }
                 };
                 return (consumed, vec![Action::Reply(r)]);
             }
@@ -604,11 +614,17 @@ mod tests {
         );
         assert_eq!(
             texts(&s.on_line(b"STARTTLS")),
-            vec!["220 2.0.0 Ready to start TLS\r\n".to_string(), "StartTls".into()]
+            vec![
+                "220 2.0.0 Ready to start TLS\r\n".to_string(),
+                "StartTls".into()
+            ]
         );
         s.tls_started("TLSv1_3".into());
         let ehlo = line(&mut s, "EHLO c.acme.example").concat();
-        assert!(ehlo.ends_with("250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n"), "{ehlo}");
+        assert!(
+            ehlo.ends_with("250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n"),
+            "{ehlo}"
+        );
         assert!(!ehlo.contains("STARTTLS"));
         let mut plain = session(false);
         assert!(!line(&mut plain, "EHLO x").concat().contains("STARTTLS"));
@@ -618,9 +634,18 @@ mod tests {
     fn a_full_transaction_ends_in_a_spool_action() {
         let mut s = session(false);
         line(&mut s, "EHLO c.acme.example");
-        assert_eq!(line(&mut s, "MAIL FROM:<a@acme.example>"), ["250 2.1.0 OK\r\n"]);
-        assert_eq!(line(&mut s, "RCPT TO:<b@dest.example>"), ["250 2.1.5 OK\r\n"]);
-        assert_eq!(line(&mut s, "DATA"), ["354 End data with <CR><LF>.<CR><LF>\r\n"]);
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["250 2.1.0 OK\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "RCPT TO:<b@dest.example>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "DATA"),
+            ["354 End data with <CR><LF>.<CR><LF>\r\n"]
+        );
         let (used, actions) = s.on_data(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
         assert_eq!(used, b"Subject: hi\r\n\r\nbody\r\n.\r\n".len());
         let Some(Action::Spool(m)) = actions.last() else {
@@ -638,8 +663,14 @@ mod tests {
     #[test]
     fn sequencing_errors_count_and_close_at_the_limit() {
         let mut s = session(false);
-        assert_eq!(line(&mut s, "MAIL FROM:<a@acme.example>"), ["503 5.5.1 Error: send HELO/EHLO first\r\n"]);
-        assert_eq!(line(&mut s, "BOGUS"), ["502 5.5.2 Error: command not recognized\r\n"]);
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["503 5.5.1 Error: send HELO/EHLO first\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "BOGUS"),
+            ["502 5.5.2 Error: command not recognized\r\n"]
+        );
         assert_eq!(
             line(&mut s, "RCPT TO:<x@y.example>"),
             [
@@ -658,7 +689,10 @@ mod tests {
         line(&mut s, "MAIL FROM:<a@acme.example>");
         line(&mut s, "RCPT TO:<1@d.example>");
         line(&mut s, "RCPT TO:<2@d.example>");
-        assert_eq!(line(&mut s, "RCPT TO:<3@d.example>"), ["452 4.5.3 Error: too many recipients\r\n"]);
+        assert_eq!(
+            line(&mut s, "RCPT TO:<3@d.example>"),
+            ["452 4.5.3 Error: too many recipients\r\n"]
+        );
     }
 
     #[test]

@@ -210,10 +210,12 @@ impl Spool {
         let mut prev = self.last_id.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self
-                .last_id
-                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last_id.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return QueueId(next),
                 Err(p) => prev = p,
             }
@@ -416,7 +418,9 @@ fn verify_file(path: &Path) -> Result<(), SpoolError> {
     let (env_len, data_len) = parse_header(&head[..nl]).map_err(corrupt)?;
     let expected = (nl + 1 + env_len + data_len + TRAILER.len()) as u64;
     if len != expected {
-        return Err(corrupt(format!("truncated: {len} bytes, expected {expected}")));
+        return Err(corrupt(format!(
+            "truncated: {len} bytes, expected {expected}"
+        )));
     }
     let mut env = vec![0u8; env_len];
     file.seek(SeekFrom::Start(nl as u64 + 1))
@@ -463,13 +467,22 @@ mod tests {
         assert!(id < second.queue_id, "queue ids are time ordered");
         // A truncated file, as a crash in the middle of a write leaves it.
         let broken = QueueId(1);
-        fs::write(dir.path().join("queue").join(broken.to_string()), b"RELAYSPOOL1 10 10\n{").unwrap();
+        fs::write(
+            dir.path().join("queue").join(broken.to_string()),
+            b"RELAYSPOOL1 10 10\n{",
+        )
+        .unwrap();
         drop(spool);
 
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.list(), vec![id, second.queue_id]);
         assert_eq!(spool.read(id).unwrap(), (env, b"hello".to_vec()));
-        assert!(dir.path().join("quarantine").join(broken.to_string()).exists());
+        assert!(
+            dir.path()
+                .join("quarantine")
+                .join(broken.to_string())
+                .exists()
+        );
         spool.remove(id).unwrap();
         assert_eq!(spool.list(), vec![second.queue_id]);
         assert!(matches!(spool.read(id), Err(SpoolError::NotFound(_))));
@@ -484,7 +497,10 @@ mod tests {
             let spool = spool.clone();
             tasks.push(tokio::spawn(async move {
                 let env = envelope(&spool);
-                spool.accept(&env, format!("m{i}").as_bytes()).await.unwrap()
+                spool
+                    .accept(&env, format!("m{i}").as_bytes())
+                    .await
+                    .unwrap()
             }));
         }
         for t in tasks {

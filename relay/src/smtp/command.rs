@@ -43,8 +43,13 @@ impl fmt::Display for Path {
 pub enum Command {
     Helo(String),
     Ehlo(String),
-    Mail { from: Path, size: Option<u64> },
-    Rcpt { to: Path },
+    Mail {
+        from: Path,
+        size: Option<u64>,
+    },
+    Rcpt {
+        to: Path,
+    },
     Data,
     Rset,
     Noop,
@@ -171,14 +176,17 @@ fn parse_auth(rest: &str) -> Result<Command, CommandError> {
     };
     let initial = parts.next().map(str::to_string);
     if parts.next().is_some() {
-        return Err(CommandError::Syntax("Syntax: AUTH mechanism [initial-response]"));
+        return Err(CommandError::Syntax(
+            "Syntax: AUTH mechanism [initial-response]",
+        ));
     }
     Ok(Command::Auth { mechanism, initial })
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Parses `<...>` and returns the path and the remaining parameter text.

@@ -178,7 +178,10 @@ mod tests {
     fn unstuffs_dots_and_stops_at_the_end_marker() {
         let (body, consumed) = read_all(b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n", 1000);
         assert_eq!(body.unwrap(), b"Subject: x\r\n\r\n.leading dot\r\n");
-        assert_eq!(consumed, Some(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n".len()));
+        assert_eq!(
+            consumed,
+            Some(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n".len())
+        );
     }
 
     #[test]

@@ -167,6 +167,9 @@ async fn connection(
     let slot = IpSlot::acquire(shared, ip, limits.connections_per_ip);
     let too_many = Reply::new(421, format!("4.7.0 Too many connections from {ip}"));
     let deadline = Instant::now() + Duration::from_secs(limits.session_timeout_seconds);
+    // A TLS handshake gets the idle timeout, so a silent client cannot hold a slot long.
+    let handshake_deadline =
+        (Instant::now() + Duration::from_secs(limits.idle_timeout_seconds)).min(deadline);
     let mut conn = Conn {
         shared,
         generation: &generation,
@@ -180,11 +183,15 @@ async fn connection(
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
-        let stream =
-            match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
-                Ok(s) => s?,
-                Err(_) => return Ok(()),
-            };
+        let stream = match tokio::time::timeout_at(
+            handshake_deadline,
+            TlsAcceptor::from(tls).accept(stream),
+        )
+        .await
+        {
+            Ok(s) => s?,
+            Err(_) => return Ok(()),
+        };
         if slot.is_none() {
             return refuse(stream, &too_many, shared).await;
         }
@@ -205,8 +212,12 @@ async fn connection(
     let Some(tls) = generation.tls.clone() else {
         return Ok(());
     };
+    let idle = Duration::from_secs(generation.config.limits.idle_timeout_seconds);
+    let handshake_deadline = (Instant::now() + idle).min(deadline);
     let stream =
-        match tokio::time::timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)).await {
+        match tokio::time::timeout_at(handshake_deadline, TlsAcceptor::from(tls).accept(stream))
+            .await
+        {
             Ok(s) => s?,
             Err(_) => return Ok(()),
         };
@@ -268,6 +279,14 @@ impl Conn<'_> {
                     }
                     let (used, actions) = session.on_data(&self.buf);
                     self.buf.drain(..used);
+                    if let Some(Action::Reply(r)) = actions.first() {
+                        // DATA ended without a spool action: the text was refused.
+                        tracing::info!(
+                            client = %session.client_ip(),
+                            result = %r.to_string().trim_end(),
+                            "message refused"
+                        );
+                    }
                     actions
                 } else if let Some(end) = line_end(&self.buf) {
                     let line: Vec<u8> = self.buf.drain(..end).collect();

@@ -488,6 +488,21 @@ mod tests {
         assert!(matches!(spool.read(id), Err(SpoolError::NotFound(_))));
     }
 
+    #[test]
+    fn disk_full_maps_to_452() {
+        let e = SpoolError::io(Path::new("q"), io::Error::from_raw_os_error(28));
+        assert!(matches!(e, SpoolError::Full));
+        assert_eq!(
+            e.reply().to_string(),
+            "452 4.3.1 Insufficient system storage\r\n"
+        );
+        let other = SpoolError::io(Path::new("q"), io::Error::from_raw_os_error(5));
+        assert_eq!(
+            other.reply().to_string(),
+            "451 4.3.0 Local error in processing: message not queued\r\n"
+        );
+    }
+
     #[tokio::test]
     async fn concurrent_accepts_all_become_durable() {
         let dir = tempfile::tempdir().unwrap();

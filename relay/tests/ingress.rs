@@ -1113,3 +1113,158 @@ async fn message_acknowledged_before_sigkill_is_in_the_spool_after_restart() {
     );
     let _ = Path::new("");
 }
+
+#[tokio::test]
+async fn idle_client_gets_421_timeout_and_is_disconnected() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config(
+        "127.0.0.1",
+        vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(&["127.0.0.0/16"]),
+            false,
+            false,
+        )],
+    );
+    // Zero seconds: the relay gives up as soon as it waits for a command.
+    cfg.limits.idle_timeout_seconds = 0;
+    let relay = start(cfg).await;
+    let mut c = connect(relay.smtp_addr()).await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.4.2 relay.acme.example Error: timeout exceeded"
+    );
+    assert!(c.closed().await);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_idle_sessions_421() {
+    let fx = Fixture::new();
+    let relay = start(fx.config(
+        "127.0.0.1",
+        vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(&["127.0.0.0/16"]),
+            false,
+            false,
+        )],
+    ))
+    .await;
+    let mut c = connect(relay.smtp_addr()).await;
+    c.cmd("EHLO client.acme.example").await;
+    let stopping = tokio::spawn(relay.shutdown());
+    assert_eq!(
+        c.reply().await,
+        "421 4.3.2 relay.acme.example Service shutting down"
+    );
+    assert!(c.closed().await);
+    stopping.await.unwrap();
+}
+
+/// The binary reloads its config file when the content changes, keeps the old config when
+/// the new file is invalid, and exits cleanly on SIGTERM.
+#[tokio::test]
+async fn relay_binary_reloads_its_file_and_stops_on_sigterm() {
+    let fx = Fixture::new();
+    let open_cfg = fx.config(
+        "127.0.0.1",
+        vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(&["127.0.0.0/16"]),
+            false,
+            false,
+        )],
+    );
+    let cfg_path = fx.dir.path().join("relay.json");
+    std::fs::write(&cfg_path, open_cfg.clone().seal().to_json()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            // Keep draining after the test stops listening, so the relay never sees EPIPE.
+            let _ = log_tx.send(line);
+        }
+    });
+    let wait_for_log = move |needle: &'static str| {
+        // Bounded: the relay polls its file every second.
+        while let Ok(line) = log_rx.recv_timeout(Duration::from_secs(30)) {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the relay never logged {needle:?}");
+    };
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let (smtp, admin) = (addr("smtp="), addr("admin="));
+
+    // An invalid file is logged and ignored: generation 1 stays and mail still flows.
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    let (logged, wait_for_log) =
+        tokio::task::spawn_blocking(move || (wait_for_log("invalid configuration"), wait_for_log))
+            .await
+            .unwrap();
+    assert!(logged.contains("keeping the one in force"), "{logged}");
+    assert!(
+        http_get(admin, "/metrics")
+            .await
+            .contains("relay_config_generation 1")
+    );
+    let mut c = connect(smtp).await;
+    c.cmd("EHLO client.acme.example").await;
+    queue_id(&c.send_mail("bob@acme.example", &["a@d.example"]).await);
+
+    // A valid file that no longer allows 127.0.0.0/16 takes effect for new sessions.
+    let mut closed = open_cfg;
+    closed.settings[0].ip_ranges = Some(vec![]);
+    std::fs::write(&cfg_path, closed.seal().to_json()).unwrap();
+    let logged = tokio::task::spawn_blocking(move || wait_for_log("new configuration in force"))
+        .await
+        .unwrap();
+    assert!(logged.contains("generation=2"), "{logged}");
+    assert!(
+        http_get(admin, "/metrics")
+            .await
+            .contains("relay_config_generation 2")
+    );
+    let mut c = connect(smtp).await;
+    c.cmd("EHLO client.acme.example").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<bob@acme.example>").await,
+        "550 5.7.1 Client host [127.0.0.1] is not allowed to relay through this server"
+    );
+
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "relay exited with {exit:?} after SIGTERM");
+}

@@ -258,8 +258,15 @@ impl Policy {
     ) -> Result<(), String> {
         let lower = sender.to_ascii_lowercase();
         match mode {
-            // The null sender needs only the identification of a setting.
-            _ if sender.is_empty() && mode != AllowedSenders::AnyAddress => Ok(()),
+            // The null sender (bounces, out-of-office) needs the identification AnyAddress
+            // needs, whatever the mode: AUTH, or a HELO name of the organization.
+            _ if sender.is_empty() => match self.identifying_domain(client) {
+                Some(_) => Ok(()),
+                None => Err(
+                    "Null sender rejected: authenticate or present a HELO name of the organization"
+                        .to_string(),
+                ),
+            },
             AllowedSenders::RegisteredUsers => {
                 if !self.users.contains(&lower) {
                     return Err(format!(
@@ -468,6 +475,33 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn null_sender_needs_auth_or_an_organization_helo_in_every_mode() {
+        let p = Policy::new(&config_with(vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(vec!["127.0.0.0/16"]),
+            false,
+            false,
+        )]));
+        let mut c = facts("127.0.0.1");
+        c.helo = Some("printer.example");
+        assert_eq!(
+            p.decide_mail(&c, ""),
+            MailDecision::SenderRejected(
+                "Null sender rejected: authenticate or present a HELO name of the organization"
+                    .into()
+            )
+        );
+        c.helo = Some("mx.acme.example");
+        assert_eq!(
+            p.decide_mail(&c, ""),
+            MailDecision::Accept {
+                mail_from: String::new(),
+                original: None
+            }
+        );
+    }
+
     /// An independent, deliberately naive model of SPEC §3.2–3.3 for the property test.
     fn model(
         settings: &[(u8, Option<Vec<IpNet>>, bool, bool)],
@@ -496,12 +530,10 @@ pub(crate) mod tests {
         let identified = auth.is_some() || belongs(helo);
         for (mode, ..) in &ids {
             let ok = match mode {
-                0 => {
-                    sender.is_empty()
-                        || (sender == "alice@acme.example" && auth.is_none_or(|a| a == sender))
-                }
-                1 => sender.is_empty() || belongs(sdom),
-                _ => identified && (sender.is_empty() || belongs(sdom)),
+                _ if sender.is_empty() => identified,
+                0 => sender == "alice@acme.example" && auth.is_none_or(|a| a == sender),
+                1 => belongs(sdom),
+                _ => identified && belongs(sdom),
             };
             if ok {
                 return "accept";

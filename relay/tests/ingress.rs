@@ -679,10 +679,13 @@ async fn null_sender_takes_exactly_one_recipient() {
     let (env, _) = relay.spool().read(id).unwrap();
     assert_eq!(env.mail_from, "");
     assert_eq!(env.rcpts, vec!["a@dest.example".to_string()]);
-    // Without identification, the null sender is refused like any other.
+    // Without identification (AUTH or an organization HELO), the null sender is refused.
     let mut c = connect(relay.smtp_addr()).await;
     c.cmd("EHLO printer.example").await;
-    assert!(c.cmd("MAIL FROM:<>").await.starts_with("550 5.7.1 "));
+    assert_eq!(
+        c.cmd("MAIL FROM:<>").await,
+        "550 5.7.1 Null sender rejected: authenticate or present a HELO name of the organization"
+    );
     relay.shutdown().await;
 }
 

@@ -13,6 +13,13 @@
 //! 2. every satisfied setting requires TLS and TLS is not active ⇒ `530 5.7.0`;
 //! 3. no satisfied setting allows the sender ⇒ `550 5.7.1 <reason>`.
 //!
+//! Sender modes: `RegisteredUsers` (a listed user; the AUTH identity when authenticated),
+//! `OrganizationDomains` (the domain is, or is under, an organization domain),
+//! `AnyAddress` (the client authenticated or said HELO with an organization name; a
+//! foreign sender becomes `postmaster@` the AUTH identity's domain, else the organization
+//! domain the HELO name belongs to). The null sender needs that same identification in
+//! every mode and is never rewritten; its one-recipient rule is enforced by `session`.
+//!
 //! Not here: SMTP sequencing (`session`), credentials (`auth`), counters (`limits`).
 
 use std::collections::HashSet;

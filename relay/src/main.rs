@@ -31,6 +31,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed log pipe must not take the relay down (the fallback report would
+        // itself go to the closed stderr and panic).
+        .log_internal_errors(false)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let path = match args.as_slice() {

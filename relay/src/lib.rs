@@ -2,6 +2,290 @@
 //! (`policy`, `limits`), makes each accepted message durable (`spool`) and delivers it
 //! (`delivery`). Its only input is a [`config::RelayConfig`] document; it never talks to
 //! Kubernetes.
+//!
+//! [`start`] binds the listeners and returns a [`RelayHandle`] to reload, observe and stop
+//! the relay; the `relay` binary and `relayctl run` both go through it.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod generation;
+pub mod limits;
+pub mod metrics;
+pub mod policy;
+pub mod received;
+pub mod server;
+pub mod session;
+pub mod smtp;
+pub mod spool;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use std::sync::Mutex;
+use tokio::net::TcpListener;
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub use config::RelayConfig;
+pub use generation::GenerationError;
+pub use limits::{Clock, FakeClock, LimitStore, MemoryLimitStore, SystemClock};
+pub use spool::{Envelope, QueueId, Spool, SpoolError};
+
+use admin::AdminState;
+use config::LimitStoreConfig;
+use generation::Generation;
+use metrics::Metrics;
+use server::{ListenerKind, Shared};
+
+/// How many accepted-message notices may wait for a slow subscriber before it lags.
+const ACCEPTED_CHANNEL: usize = 65_536;
+
+/// Things a caller may inject; `Default` gives the production choices.
+#[derive(Clone)]
+pub struct StartOptions {
+    /// Time source for limits and `Received:` dates.
+    pub clock: Arc<dyn Clock>,
+    /// Limit counters; `None` builds the store named by `config.limit_store`.
+    pub limit_store: Option<Arc<dyn LimitStore>>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            limit_store: None,
+        }
+    }
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] GenerationError),
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "limitStore Redis ({url}) is not available in this build; use Memory or pass a LimitStore in StartOptions"
+    )]
+    RedisUnsupported { url: String },
+}
+
+/// Why a new config was not put in force (the old one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] GenerationError),
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    admin: Arc<AdminState>,
+    smtp: SocketAddr,
+    submission: SocketAddr,
+    smtps: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: mpsc::Sender<()>,
+    tasks_done: mpsc::Receiver<()>,
+    reload_lock: Mutex<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local(l: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+/// Starts the relay: opens the spool (recovering queued mail), binds the SMTP, submission,
+/// SMTPS and admin listeners (port 0 picks a free port; see the `*_addr` methods) and
+/// serves until [`RelayHandle::shutdown`].
+pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandle, StartError> {
+    let limits: Arc<dyn LimitStore> = match (&opts.limit_store, &config.limit_store) {
+        (Some(store), _) => store.clone(),
+        (None, LimitStoreConfig::Memory) => Arc::new(MemoryLimitStore::new()),
+        (None, LimitStoreConfig::Redis { url }) => {
+            return Err(StartError::RedisUnsupported { url: url.clone() });
+        }
+    };
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let listeners = config.listeners.clone();
+    let admin_listen = config.admin_listen;
+    let generation = Generation::build(1, config)?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_config(generation.id, &generation.hash);
+    let (accepted, _) = broadcast::channel(ACCEPTED_CHANNEL);
+    let shared = Arc::new(Shared::new(
+        generation,
+        spool.clone(),
+        limits,
+        opts.clock,
+        metrics.clone(),
+        accepted,
+    ));
+
+    let smtp = bind("smtp", listeners.smtp).await?;
+    let submission = bind("submission", listeners.submission).await?;
+    let smtps = bind("smtps", listeners.smtps).await?;
+    let admin_listener = bind("admin", admin_listen).await?;
+    let addrs = (
+        local(&smtp, "smtp")?,
+        local(&submission, "submission")?,
+        local(&smtps, "smtps")?,
+        local(&admin_listener, "admin")?,
+    );
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (tasks, tasks_done) = mpsc::channel(1);
+    for (listener, kind) in [
+        (smtp, ListenerKind::Smtp),
+        (submission, ListenerKind::Submission),
+        (smtps, ListenerKind::Smtps),
+    ] {
+        tokio::spawn(server::accept_loop(
+            listener,
+            kind,
+            shared.clone(),
+            shutdown_rx.clone(),
+            tasks.clone(),
+        ));
+    }
+    let admin = Arc::new(AdminState {
+        metrics,
+        spool,
+        ready: AtomicBool::new(true),
+    });
+    tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
+    let current = shared.current.load();
+    tracing::info!(
+        smtp = %addrs.0, submission = %addrs.1, smtps = %addrs.2, admin = %addrs.3,
+        generation = current.id, hash = %current.hash, queued = shared.spool.depth(),
+        "relay started"
+    );
+    drop(current);
+    Ok(RelayHandle {
+        shared,
+        admin,
+        smtp: addrs.0,
+        submission: addrs.1,
+        smtps: addrs.2,
+        admin_addr: addrs.3,
+        shutdown,
+        tasks,
+        tasks_done,
+        reload_lock: Mutex::new(()),
+    })
+}
+
+impl RelayHandle {
+    /// Address of the plain SMTP listener (STARTTLS offered).
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp
+    }
+
+    /// Address of the submission listener (STARTTLS offered).
+    pub fn submission_addr(&self) -> SocketAddr {
+        self.submission
+    }
+
+    /// Address of the implicit-TLS listener.
+    pub fn smtps_addr(&self) -> SocketAddr {
+        self.smtps
+    }
+
+    /// Address of the HTTP admin endpoint.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Puts a new config in force for new sessions and returns its generation. Re-reads
+    /// the TLS and credential files. Open sessions keep the generation they started
+    /// with. Listener, admin and spool addresses are fixed at start; changes to them are
+    /// logged and take effect on restart.
+    pub fn reload(&self, config: RelayConfig) -> Result<u64, ReloadError> {
+        // Serialize reloads so generations stay strictly increasing.
+        let _lock = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.shared.current.load_full();
+        if config.listeners != old.config.listeners
+            || config.admin_listen != old.config.admin_listen
+            || config.spool_dir != old.config.spool_dir
+        {
+            tracing::warn!(
+                "listener, admin or spool addresses changed; they take effect on restart"
+            );
+        }
+        let next = Generation::build(old.id + 1, config)?;
+        let id = next.id;
+        self.shared.metrics.set_config(id, &next.hash);
+        tracing::info!(generation = id, hash = %next.hash, "configuration reloaded");
+        self.shared.current.store(Arc::new(next));
+        Ok(id)
+    }
+
+    /// The generation in force for new sessions.
+    pub fn generation(&self) -> u64 {
+        self.shared.current.load().id
+    }
+
+    /// Hash of the config in force.
+    pub fn config_hash(&self) -> String {
+        self.shared.current.load().hash.clone()
+    }
+
+    /// The spool (delivery reads and removes messages through it).
+    pub fn spool(&self) -> Arc<Spool> {
+        self.shared.spool.clone()
+    }
+
+    /// A new subscription to accepted messages: every message is announced once it is
+    /// durable in the spool. This is a broadcast channel: a subscriber that falls more
+    /// than 65,536 messages behind gets `RecvError::Lagged` and must rescan
+    /// [`Spool::list`]; messages spooled before subscribing are only found that way too.
+    pub fn accepted_messages(&self) -> broadcast::Receiver<Envelope> {
+        self.shared.accepted.subscribe()
+    }
+
+    /// Stops accepting, tells idle sessions `421`, lets messages in DATA finish, and
+    /// returns when every session has ended (or after the session timeout).
+    pub async fn shutdown(self) {
+        let RelayHandle {
+            shared,
+            admin,
+            shutdown,
+            tasks,
+            mut tasks_done,
+            ..
+        } = self;
+        admin.ready.store(false, Ordering::Relaxed);
+        let _ = shutdown.send(true);
+        drop(tasks);
+        let limit =
+            Duration::from_secs(shared.current.load().config.limits.session_timeout_seconds);
+        if tokio::time::timeout(limit, tasks_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open at the end of the shutdown grace period");
+        }
+        tracing::info!("relay stopped");
+    }
+}

@@ -1,0 +1,149 @@
+//! Ingress micro benchmarks (`cargo bench -p relay --bench ingress`), plain harness:
+//! - the policy decision with 10,000 IP ranges spread over 1,000 settings;
+//! - spool group commit: durable accepts per second with 1 and 64 concurrent writers.
+//!
+//! Prints one line per measurement; bounded in iterations, no assertions.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use relay::config::*;
+use relay::policy::{ClientFacts, Policy};
+use relay::spool::{Envelope, Spool};
+
+fn config(settings: Vec<SettingConfig>) -> RelayConfig {
+    let any = "127.0.0.1:0".parse().unwrap();
+    RelayConfig {
+        format: CONFIG_FORMAT,
+        hash: String::new(),
+        organization: OrganizationConfig {
+            name: "acme/acme".into(),
+            domains: vec!["acme.example".into()],
+            users: vec!["alice@acme.example".into()],
+            credentials_file: None,
+        },
+        hostname: "relay.acme.example".into(),
+        listeners: ListenerConfig {
+            smtp: any,
+            submission: any,
+            smtps: any,
+        },
+        tls: None,
+        settings,
+        routes: vec![],
+        limits: LimitsConfig::for_customer(100, true),
+        limit_store: LimitStoreConfig::Memory,
+        delivery: DeliveryConfig::default(),
+        spool_dir: String::new(),
+        admin_listen: any,
+    }
+}
+
+fn bench_policy() {
+    // 1,000 settings of 10 ranges each: 10,000 /24 ranges over 10.0.0.0/8.
+    let settings: Vec<SettingConfig> = (0..1000u32)
+        .map(|s| SettingConfig {
+            name: format!("acme/s{s}"),
+            description: String::new(),
+            allowed_senders: AllowedSenders::OrganizationDomains,
+            ip_ranges: Some(
+                (0..10u32)
+                    .map(|r| {
+                        let n = s * 10 + r;
+                        RangeConfig {
+                            name: format!("acme/r{n}"),
+                            network: format!("10.{}.{}.0/24", n / 256, n % 256).parse().unwrap(),
+                        }
+                    })
+                    .collect(),
+            ),
+            require_smtp_auth: false,
+            require_tls: false,
+        })
+        .collect();
+    let built = Instant::now();
+    let policy = Policy::new(&config(settings));
+    println!(
+        "policy: compiled 1,000 settings / 10,000 ranges in {:?}",
+        built.elapsed()
+    );
+    let clients: Vec<IpAddr> = (0..1024u32)
+        .map(|i| {
+            format!("10.{}.{}.7", (i * 37) % 64, (i * 11) % 256)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let rounds = 20_000;
+    let t = Instant::now();
+    let mut accepted = 0u32;
+    for i in 0..rounds {
+        let facts = ClientFacts {
+            ip: clients[i % clients.len()],
+            tls: false,
+            auth: None,
+            helo: Some("mx.acme.example"),
+        };
+        if matches!(
+            policy.decide_mail(&facts, "bob@acme.example"),
+            relay::policy::MailDecision::Accept { .. }
+        ) {
+            accepted += 1;
+        }
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!("policy: decide_mail {per:?} per decision ({accepted}/{rounds} accepted)");
+}
+
+fn bench_spool() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for concurrency in [1usize, 64, 256] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let per_task = 4096 / concurrency;
+        let body = vec![b'x'; 4096];
+        let t = Instant::now();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let spool = spool.clone();
+                let body = body.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        let env = Envelope {
+                            queue_id: spool.new_id(),
+                            mail_from: "bob@acme.example".into(),
+                            original_mail_from: None,
+                            rcpts: vec!["a@dest.example".into()],
+                            client_ip: "127.0.0.1".parse().unwrap(),
+                            helo: "client".into(),
+                            auth_identity: None,
+                            tls: None,
+                            received_at: UNIX_EPOCH,
+                            size: body.len() as u64,
+                        };
+                        spool.accept(&env, &body).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let n = per_task * concurrency;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "spool: {n} durable 4 KiB accepts with {concurrency} concurrent writers: {:.0} msgs/s",
+            n as f64 / secs
+        );
+    }
+}
+
+fn main() {
+    bench_policy();
+    bench_spool();
+}

@@ -1,0 +1,112 @@
+//! The `relay` binary: `relay --config FILE.json`.
+//!
+//! Loads the RelayConfig document, starts the relay, prints one line with the listening
+//! addresses (`relay listening smtp=… submission=… smtps=… admin=…`) on stdout, polls the
+//! file every second and reloads when its content changes (an invalid new document is
+//! logged and the old config stays in force), and shuts down gracefully on SIGTERM or
+//! SIGINT, so it behaves as PID 1 in a container.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use relay::{RelayConfig, StartOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: relay --config FILE.json");
+    ExitCode::from(2)
+}
+
+fn load(path: &str) -> Result<(String, RelayConfig), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let config = RelayConfig::from_json(&text).map_err(|e| format!("{path}: {e}"))?;
+    Ok((text, config))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // A closed log pipe must not take the relay down (the fallback report would
+        // itself go to the closed stderr and panic).
+        .log_internal_errors(false)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = match args.as_slice() {
+        [flag, path] if flag == "--config" => path.clone(),
+        [flag] if flag.starts_with("--config=") => flag["--config=".len()..].to_string(),
+        _ => return usage(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &str) -> Result<(), String> {
+    let (mut text, config) = load(path)?;
+    let handle = relay::start(config, StartOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "relay listening smtp={} submission={} smtps={} admin={}",
+        handle.smtp_addr(),
+        handle.submission_addr(),
+        handle.smtps_addr(),
+        handle.admin_addr()
+    );
+    let _ = std::io::stdout().flush();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {}
+        }
+        let new_text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot read config; keeping the one in force");
+                continue;
+            }
+        };
+        if new_text == text {
+            continue;
+        }
+        text = new_text;
+        match RelayConfig::from_json(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| handle.reload(c).map_err(|e| e.to_string()))
+        {
+            Ok(generation) => {
+                tracing::info!(generation, hash = %handle.config_hash(), "new configuration in force")
+            }
+            Err(e) => {
+                tracing::error!(%path, error = %e, "invalid configuration; keeping the one in force")
+            }
+        }
+    }
+    tracing::info!("signal received, shutting down");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The relay's Prometheus metrics (SPEC §3.8): one registry, named counters and gauges.
+//!
+//! Owns metric names and labels; it does not serve HTTP (that is `admin`) or decide what
+//! happened (callers in `server` report events).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// All ingress metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub sessions: Counter,
+    pub sessions_active: Gauge,
+    pub accepted: Counter,
+    pub accepted_recipients: Counter,
+    pub rejected: Family<Labels, Counter>,
+    pub limit_hits: Family<Labels, Counter>,
+    pub config_generation: Gauge,
+    config_info: Family<Labels, Gauge>,
+    pub spool_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay");
+        let m = Self {
+            registry: Registry::default(),
+            sessions: Counter::default(),
+            sessions_active: Gauge::default(),
+            accepted: Counter::default(),
+            accepted_recipients: Counter::default(),
+            rejected: Family::default(),
+            limit_hits: Family::default(),
+            config_generation: Gauge::default(),
+            config_info: Family::default(),
+            spool_depth: Gauge::default(),
+        };
+        registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
+        registry.register(
+            "sessions_active",
+            "SMTP sessions open now",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted and spooled",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "recipients_accepted",
+            "Recipients of accepted messages",
+            m.accepted_recipients.clone(),
+        );
+        registry.register(
+            "replies_rejected",
+            "4xx/5xx replies sent, by reply code and enhanced status",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "limit_hits",
+            "Recipients refused by a relay limit",
+            m.limit_hits.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Config generation in force",
+            m.config_generation.clone(),
+        );
+        registry.register(
+            "config_info",
+            "Hash of the config in force (value 1)",
+            m.config_info.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Messages in the spool",
+            m.spool_depth.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Records the config in force.
+    pub fn set_config(&self, generation: u64, hash: &str) {
+        self.config_generation.set(generation as i64);
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&vec![("hash".to_string(), hash.to_string())])
+            .set(1);
+    }
+
+    /// Counts a refusal reply, labelled by its code and enhanced status (`550 5.7.1`).
+    pub fn rejected(&self, code: u16, first_line: &str) {
+        let status = first_line.split(' ').next().unwrap_or("");
+        self.rejected
+            .get_or_create(&vec![("reason".to_string(), format!("{code} {status}"))])
+            .inc();
+    }
+
+    /// Counts a limit hit.
+    pub fn limit_hit(&self, limit: &str) {
+        self.limit_hits
+            .get_or_create(&vec![("limit".to_string(), limit.to_string())])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

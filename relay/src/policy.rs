@@ -1,0 +1,601 @@
+//! Who may relay: the pure sender-policy decision of SPEC §3.2–3.3.
+//!
+//! A [`Policy`] is compiled once per config generation (IP ranges become sorted, merged
+//! interval tables, so a lookup is a binary search even with 10,000 ranges) and shared
+//! through an `Arc`. It answers one question, at `MAIL FROM`: given what we know about
+//! the client (IP, TLS, AUTH identity, HELO name) and the envelope sender, which reply?
+//! Settings are OR-ed: the message is accepted when any setting accepts it.
+//!
+//! Where each check happens (the session calls this at MAIL, not at the greeting, so a
+//! client that can still authenticate gets the chance to):
+//! 1. no setting's authentication boxes are satisfied ⇒ `550 5.7.1` naming the client IP,
+//!    and the session closes after the reply;
+//! 2. every satisfied setting requires TLS and TLS is not active ⇒ `530 5.7.0`;
+//! 3. no satisfied setting allows the sender ⇒ `550 5.7.1 <reason>`.
+//!
+//! Sender modes: `RegisteredUsers` (a listed user; the AUTH identity when authenticated),
+//! `OrganizationDomains` (the domain is, or is under, an organization domain),
+//! `AnyAddress` (the client authenticated or said HELO with an organization name; a
+//! foreign sender becomes `postmaster@` the AUTH identity's domain, else the organization
+//! domain the HELO name belongs to). The null sender needs that same identification in
+//! every mode and is never rewritten; its one-recipient rule is enforced by `session`.
+//!
+//! Not here: SMTP sequencing (`session`), credentials (`auth`), counters (`limits`).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::{AllowedSenders, RelayConfig};
+use crate::smtp::Reply;
+
+/// A set of IP networks with fast membership tests.
+#[derive(Clone, Debug, Default)]
+pub struct IpSet {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl IpSet {
+    /// Builds the set; overlapping and adjacent networks are merged.
+    pub fn new<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for net in nets {
+            match net {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
+            }
+        }
+        Self {
+            v4: merge(v4),
+            v6: merge(v6),
+        }
+    }
+
+    /// True when `ip` lies in one of the networks. IPv4-mapped IPv6 addresses are treated
+    /// as the IPv4 address they carry (dual-stack listeners report them).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => lookup(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => lookup(&self.v6, u128::from(a)),
+        }
+    }
+}
+
+fn merge<T: Ord + Copy + num_like::Succ>(mut v: Vec<(T, T)>) -> Vec<(T, T)> {
+    v.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(v.len());
+    for (start, end) in v {
+        match out.last_mut() {
+            Some(last) if start <= last.1.succ() => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+fn lookup<T: Ord + Copy>(table: &[(T, T)], x: T) -> bool {
+    let idx = table.partition_point(|&(start, _)| start <= x);
+    idx > 0 && table[idx - 1].1 >= x
+}
+
+mod num_like {
+    /// Saturating successor, for merging adjacent intervals.
+    pub trait Succ {
+        fn succ(self) -> Self;
+    }
+    impl Succ for u32 {
+        fn succ(self) -> Self {
+            self.saturating_add(1)
+        }
+    }
+    impl Succ for u128 {
+        fn succ(self) -> Self {
+            self.saturating_add(1)
+        }
+    }
+}
+
+/// What the session knows about the client when MAIL arrives.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientFacts<'a> {
+    pub ip: IpAddr,
+    pub tls: bool,
+    /// Lower-case AUTH identity, when authenticated.
+    pub auth: Option<&'a str>,
+    /// Lower-case HELO/EHLO name.
+    pub helo: Option<&'a str>,
+}
+
+/// The answer to MAIL FROM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailDecision {
+    /// Accepted. `mail_from` is the envelope sender to use (`""` for the null sender);
+    /// `original` is the sender the client gave when it was rewritten.
+    Accept {
+        mail_from: String,
+        original: Option<String>,
+    },
+    /// No setting's authentication boxes are satisfied.
+    ClientNotAllowed,
+    /// A setting would accept the client, but only over TLS.
+    TlsRequired,
+    /// The client is allowed but not this sender.
+    SenderRejected(String),
+}
+
+impl MailDecision {
+    /// The reply for a refusal; `None` for `Accept`.
+    pub fn reply(&self, ip: IpAddr) -> Option<Reply> {
+        match self {
+            MailDecision::Accept { .. } => None,
+            MailDecision::ClientNotAllowed => Some(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Client host [{}] is not allowed to relay through this server",
+                    ip.to_canonical()
+                ),
+            )),
+            MailDecision::TlsRequired => {
+                Some(Reply::new(530, "5.7.0 Must issue a STARTTLS command first"))
+            }
+            MailDecision::SenderRejected(reason) => {
+                Some(Reply::new(550, format!("5.7.1 {reason}")))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CompiledSetting {
+    senders: AllowedSenders,
+    ips: Option<IpSet>,
+    require_auth: bool,
+    require_tls: bool,
+}
+
+/// The compiled policy of one config generation.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    settings: Vec<CompiledSetting>,
+    domains: Vec<String>,
+    users: HashSet<String>,
+}
+
+impl Policy {
+    /// Compiles the settings, domains and users of a config.
+    pub fn new(config: &RelayConfig) -> Self {
+        let settings = config
+            .settings
+            .iter()
+            .map(|s| CompiledSetting {
+                senders: s.allowed_senders,
+                ips: s
+                    .ip_ranges
+                    .as_ref()
+                    .map(|ranges| IpSet::new(ranges.iter().map(|r| &r.network))),
+                require_auth: s.require_smtp_auth,
+                require_tls: s.require_tls,
+            })
+            .collect();
+        Self {
+            settings,
+            domains: config
+                .organization
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            users: config
+                .organization
+                .users
+                .iter()
+                .map(|u| u.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// True when `domain` equals an organization domain or is a subdomain of one.
+    pub fn domain_belongs(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.domains.iter().any(|d| {
+            domain == *d
+                || (domain.len() > d.len()
+                    && domain.ends_with(d.as_str())
+                    && domain.as_bytes()[domain.len() - d.len() - 1] == b'.')
+        })
+    }
+
+    /// Decides MAIL FROM; `sender` is `""` for the null sender.
+    pub fn decide_mail(&self, client: &ClientFacts<'_>, sender: &str) -> MailDecision {
+        let identified: Vec<&CompiledSetting> = self
+            .settings
+            .iter()
+            .filter(|s| {
+                let ip_ok = s.ips.as_ref().is_none_or(|set| set.contains(client.ip));
+                let auth_ok = !s.require_auth || client.auth.is_some();
+                ip_ok && auth_ok
+            })
+            .collect();
+        if identified.is_empty() {
+            return MailDecision::ClientNotAllowed;
+        }
+        let usable: Vec<&CompiledSetting> = identified
+            .into_iter()
+            .filter(|s| !s.require_tls || client.tls)
+            .collect();
+        if usable.is_empty() {
+            return MailDecision::TlsRequired;
+        }
+        let mut first_reason = None;
+        for s in &usable {
+            match self.sender_as_is(s.senders, client, sender) {
+                Ok(()) => {
+                    return MailDecision::Accept {
+                        mail_from: sender.to_string(),
+                        original: None,
+                    };
+                }
+                Err(reason) => {
+                    first_reason.get_or_insert(reason);
+                }
+            }
+        }
+        if usable
+            .iter()
+            .any(|s| s.senders == AllowedSenders::AnyAddress)
+            && let Some(domain) = self.identifying_domain(client)
+        {
+            return MailDecision::Accept {
+                mail_from: format!("postmaster@{domain}"),
+                original: Some(sender.to_string()),
+            };
+        }
+        MailDecision::SenderRejected(first_reason.unwrap_or_default())
+    }
+
+    /// Whether a setting of mode `mode` accepts `sender` without rewriting it.
+    fn sender_as_is(
+        &self,
+        mode: AllowedSenders,
+        client: &ClientFacts<'_>,
+        sender: &str,
+    ) -> Result<(), String> {
+        let lower = sender.to_ascii_lowercase();
+        match mode {
+            // The null sender (bounces, out-of-office) needs the identification AnyAddress
+            // needs, whatever the mode: AUTH, or a HELO name of the organization.
+            _ if sender.is_empty() => match self.identifying_domain(client) {
+                Some(_) => Ok(()),
+                None => Err(
+                    "Null sender rejected: authenticate or present a HELO name of the organization"
+                        .to_string(),
+                ),
+            },
+            AllowedSenders::RegisteredUsers => {
+                if !self.users.contains(&lower) {
+                    return Err(format!(
+                        "Sender address <{sender}> is not a registered user"
+                    ));
+                }
+                match client.auth {
+                    Some(id) if id != lower => Err(format!(
+                        "Sender address <{sender}> does not match the authenticated user {id}"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            AllowedSenders::OrganizationDomains => {
+                if self.domain_belongs(domain_of(&lower)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "Sender domain {} does not belong to the organization",
+                        domain_of(&lower)
+                    ))
+                }
+            }
+            AllowedSenders::AnyAddress => {
+                if self.identifying_domain(client).is_none() {
+                    return Err(
+                        "Sender rejected: authenticate or present a HELO name of the organization"
+                            .to_string(),
+                    );
+                }
+                if sender.is_empty() || self.domain_belongs(domain_of(&lower)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "Sender domain {} does not belong to the organization",
+                        domain_of(&lower)
+                    ))
+                }
+            }
+        }
+    }
+
+    /// For AnyAddress: the domain that identifies the client, or `None`. With AUTH it is
+    /// the identity's domain; otherwise the organization domain the HELO name belongs to
+    /// (HELO `mx1.acme.example` gives `acme.example`: `postmaster@` a host name is often
+    /// undeliverable, `postmaster@` the organization domain is not).
+    fn identifying_domain(&self, client: &ClientFacts<'_>) -> Option<String> {
+        if let Some(id) = client.auth {
+            return Some(domain_of(id).to_string()).filter(|d| !d.is_empty());
+        }
+        let helo = client.helo?.trim_end_matches('.').to_ascii_lowercase();
+        self.domains
+            .iter()
+            .filter(|d| {
+                helo == **d
+                    || (helo.ends_with(d.as_str()) && helo[..helo.len() - d.len()].ends_with('.'))
+            })
+            .max_by_key(|d| d.len())
+            .cloned()
+    }
+}
+
+/// The domain of an address (`""` when it has none).
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{
+        CONFIG_FORMAT, DeliveryConfig, LimitStoreConfig, LimitsConfig, ListenerConfig,
+        OrganizationConfig, RangeConfig, SettingConfig,
+    };
+    use proptest::prelude::*;
+
+    pub(crate) fn config_with(settings: Vec<SettingConfig>) -> RelayConfig {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        RelayConfig {
+            format: CONFIG_FORMAT,
+            hash: String::new(),
+            organization: OrganizationConfig {
+                name: "acme/acme".into(),
+                domains: vec!["acme.example".into()],
+                users: vec!["alice@acme.example".into()],
+                credentials_file: None,
+            },
+            hostname: "relay.acme.example".into(),
+            listeners: ListenerConfig {
+                smtp: any,
+                submission: any,
+                smtps: any,
+            },
+            tls: None,
+            settings,
+            routes: vec![],
+            limits: LimitsConfig::for_customer(10, true),
+            limit_store: LimitStoreConfig::Memory,
+            delivery: DeliveryConfig::default(),
+            spool_dir: String::new(),
+            admin_listen: any,
+        }
+    }
+
+    fn setting(
+        senders: AllowedSenders,
+        ranges: Option<Vec<&str>>,
+        auth: bool,
+        tls: bool,
+    ) -> SettingConfig {
+        SettingConfig {
+            name: "acme/s".into(),
+            description: String::new(),
+            allowed_senders: senders,
+            ip_ranges: ranges.map(|r| {
+                r.iter()
+                    .map(|c| RangeConfig {
+                        name: "acme/r".into(),
+                        network: c.parse().unwrap(),
+                    })
+                    .collect()
+            }),
+            require_smtp_auth: auth,
+            require_tls: tls,
+        }
+    }
+
+    fn facts(ip: &str) -> ClientFacts<'static> {
+        ClientFacts {
+            ip: ip.parse().unwrap(),
+            tls: false,
+            auth: None,
+            helo: None,
+        }
+    }
+
+    #[test]
+    fn ip_sets_match_v4_v6_and_mapped_addresses() {
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/16",
+            "10.1.0.0/16",
+            "2001:db8::/112",
+            "192.0.2.7/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let set = IpSet::new(&nets);
+        for ip in [
+            "10.0.0.0",
+            "10.1.255.255",
+            "2001:db8::ffff",
+            "192.0.2.7",
+            "::ffff:10.0.3.4",
+        ] {
+            assert!(set.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.2.0.0",
+            "9.255.255.255",
+            "2001:db8::1:0",
+            "192.0.2.8",
+            "::",
+        ] {
+            assert!(!set.contains(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn domains_belong_when_equal_or_subdomain() {
+        let p = Policy::new(&config_with(vec![]));
+        assert!(p.domain_belongs("acme.example"));
+        assert!(p.domain_belongs("mail.ACME.example"));
+        assert!(!p.domain_belongs("notacme.example"));
+        assert!(!p.domain_belongs("example"));
+    }
+
+    #[test]
+    fn any_address_rewrites_foreign_senders_to_postmaster() {
+        let p = Policy::new(&config_with(vec![setting(
+            AllowedSenders::AnyAddress,
+            Some(vec!["127.0.0.0/16"]),
+            false,
+            false,
+        )]));
+        let mut c = facts("127.0.0.1");
+        // Neither authenticated nor an organization HELO: refused.
+        assert!(matches!(
+            p.decide_mail(&c, "x@other.example"),
+            MailDecision::SenderRejected(_)
+        ));
+        c.helo = Some("host.acme.example");
+        assert_eq!(
+            p.decide_mail(&c, "x@other.example"),
+            MailDecision::Accept {
+                mail_from: "postmaster@acme.example".into(),
+                original: Some("x@other.example".into())
+            }
+        );
+        assert_eq!(
+            p.decide_mail(&c, "x@acme.example"),
+            MailDecision::Accept {
+                mail_from: "x@acme.example".into(),
+                original: None
+            }
+        );
+    }
+
+    #[test]
+    fn null_sender_needs_auth_or_an_organization_helo_in_every_mode() {
+        let p = Policy::new(&config_with(vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(vec!["127.0.0.0/16"]),
+            false,
+            false,
+        )]));
+        let mut c = facts("127.0.0.1");
+        c.helo = Some("printer.example");
+        assert_eq!(
+            p.decide_mail(&c, ""),
+            MailDecision::SenderRejected(
+                "Null sender rejected: authenticate or present a HELO name of the organization"
+                    .into()
+            )
+        );
+        c.helo = Some("mx.acme.example");
+        assert_eq!(
+            p.decide_mail(&c, ""),
+            MailDecision::Accept {
+                mail_from: String::new(),
+                original: None
+            }
+        );
+    }
+
+    /// An independent, deliberately naive model of SPEC §3.2–3.3 for the property test.
+    fn model(
+        settings: &[(u8, Option<Vec<IpNet>>, bool, bool)],
+        ip: IpAddr,
+        tls: bool,
+        auth: Option<&str>,
+        helo: &str,
+        sender: &str,
+    ) -> &'static str {
+        let belongs = |d: &str| d == "acme.example" || d.ends_with(".acme.example");
+        let ids: Vec<_> = settings
+            .iter()
+            .filter(|(_, r, a, _)| {
+                r.as_ref().is_none_or(|r| r.iter().any(|n| n.contains(&ip)))
+                    && (!a || auth.is_some())
+            })
+            .collect();
+        if ids.is_empty() {
+            return "not-allowed";
+        }
+        let ids: Vec<_> = ids.into_iter().filter(|(_, _, _, t)| !t || tls).collect();
+        if ids.is_empty() {
+            return "tls";
+        }
+        let sdom = sender.rsplit('@').next().unwrap_or("");
+        let identified = auth.is_some() || belongs(helo);
+        for (mode, ..) in &ids {
+            let ok = match mode {
+                _ if sender.is_empty() => identified,
+                0 => sender == "alice@acme.example" && auth.is_none_or(|a| a == sender),
+                1 => belongs(sdom),
+                _ => identified && belongs(sdom),
+            };
+            if ok {
+                return "accept";
+            }
+        }
+        if ids.iter().any(|(m, ..)| *m == 2) && identified {
+            return "rewrite";
+        }
+        "sender-rejected"
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_match_an_independent_model(
+            raw in proptest::collection::vec(
+                (0u8..3, proptest::option::of(proptest::collection::vec((0u8..4, 8u8..=32), 0..4)), any::<bool>(), any::<bool>()),
+                0..4),
+            host in 0u8..4, low in any::<u8>(), v6 in any::<bool>(), tls in any::<bool>(),
+            auth in proptest::option::of(prop_oneof![Just("alice@acme.example"), Just("bob@other.example")]),
+            helo in prop_oneof![Just("mx.acme.example"), Just("evil.example")],
+            sender in prop_oneof![Just(""), Just("alice@acme.example"), Just("carol@sub.acme.example"), Just("x@other.example")],
+        ) {
+            let to_net = |(o, len): (u8, u8)| -> IpNet {
+                if v6 {
+                    IpNet::new(format!("2001:db8::{o}:0").parse().unwrap(), 96 + len).unwrap().trunc()
+                } else {
+                    IpNet::new(format!("10.{o}.0.0").parse().unwrap(), len).unwrap().trunc()
+                }
+            };
+            let settings: Vec<(u8, Option<Vec<IpNet>>, bool, bool)> = raw
+                .iter()
+                .map(|(m, r, a, t)| (*m, r.as_ref().map(|r| r.iter().map(|x| to_net(*x)).collect()), *a, *t))
+                .collect();
+            let cfg = config_with(settings.iter().map(|(m, r, a, t)| SettingConfig {
+                name: "acme/s".into(),
+                description: String::new(),
+                allowed_senders: [AllowedSenders::RegisteredUsers, AllowedSenders::OrganizationDomains, AllowedSenders::AnyAddress][*m as usize],
+                ip_ranges: r.as_ref().map(|r| r.iter().map(|n| RangeConfig { name: "acme/r".into(), network: *n }).collect()),
+                require_smtp_auth: *a,
+                require_tls: *t,
+            }).collect());
+            let ip: IpAddr = if v6 {
+                format!("2001:db8::{host}:{low}").parse().unwrap()
+            } else {
+                format!("10.{host}.0.{low}").parse().unwrap()
+            };
+            let client = ClientFacts { ip, tls, auth, helo: Some(helo) };
+            let got = match Policy::new(&cfg).decide_mail(&client, sender) {
+                MailDecision::Accept { original: None, .. } => "accept",
+                MailDecision::Accept { original: Some(_), .. } => "rewrite",
+                MailDecision::ClientNotAllowed => "not-allowed",
+                MailDecision::TlsRequired => "tls",
+                MailDecision::SenderRejected(_) => "sender-rejected",
+            };
+            prop_assert_eq!(got, model(&settings, ip, tls, auth, helo, sender));
+        }
+    }
+}

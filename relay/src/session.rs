@@ -1,0 +1,707 @@
+//! One SMTP session as a pure state machine.
+//!
+//! The I/O layer (`server`) feeds it command lines and DATA bytes and carries out the
+//! [`Action`]s it returns: send replies (in order; the caller batches them and flushes
+//! when its input buffer has no further complete command, which is what PIPELINING
+//! needs), upgrade to TLS, verify credentials, check limits, spool a message, close.
+//! Actions that need an answer (`VerifyAuth`, `CheckRcpt`, `Spool`) are always last in
+//! their list; the caller answers through the matching method before feeding more input.
+//!
+//! Not here: sockets, timeouts, TLS handshakes, the spool format, metrics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::auth::{self, SaslError};
+use crate::config::LimitsConfig;
+use crate::limits::{LimitHit, LimitStoreError};
+use crate::policy::{ClientFacts, MailDecision, Policy};
+use crate::smtp::{
+    AuthMechanism, Command, CommandError, DataError, DataProgress, DataReader, Path, Reply,
+    parse_command,
+};
+
+/// What a session needs from its config generation.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Name in the greeting and EHLO reply.
+    pub hostname: String,
+    pub limits: LimitsConfig,
+    pub policy: Arc<Policy>,
+    /// STARTTLS can be offered (the relay has a certificate).
+    pub tls_available: bool,
+}
+
+/// A message ready to be spooled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Envelope sender after rewrite (`""` for the null sender).
+    pub mail_from: String,
+    /// The sender the client gave, when rewritten.
+    pub original_mail_from: Option<String>,
+    pub rcpts: Vec<String>,
+    pub helo: String,
+    pub auth_identity: Option<String>,
+    pub tls: Option<String>,
+    /// The limits user (AUTH identity, else the sender the client gave).
+    pub user: String,
+    /// Unstuffed message text, without a `Received:` header yet.
+    pub body: Vec<u8>,
+}
+
+/// What the I/O layer must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Flush replies, then run the TLS handshake; discard any input already buffered.
+    /// Then call [`Session::tls_started`].
+    StartTls,
+    /// Check the password, then call [`Session::auth_result`].
+    VerifyAuth {
+        identity: String,
+        password: String,
+    },
+    /// Ask the limit store, then call [`Session::rcpt_result`].
+    CheckRcpt {
+        user: String,
+        rcpt: String,
+        pending: Vec<String>,
+    },
+    /// Spool the message (and count it), then call [`Session::spooled`].
+    Spool(Box<Message>),
+    /// Flush replies and close the connection.
+    Close,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Command,
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPassword(String),
+    Data(DataReader),
+    /// Waiting for the answer to an action.
+    Waiting,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+struct Transaction {
+    mail_from: String,
+    original: Option<String>,
+    rcpts: Vec<String>,
+}
+
+/// The state of one SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    ip: IpAddr,
+    tls: Option<String>,
+    helo: Option<String>,
+    auth: Option<String>,
+    tx: Option<Transaction>,
+    mode: Mode,
+    errors: u32,
+}
+
+fn reply(code: u16, text: impl Into<String>) -> Action {
+    Action::Reply(Reply::new(code, text))
+}
+
+impl Session {
+    /// A session from `ip`; `tls` describes the connection when it is implicit TLS.
+    pub fn new(cfg: SessionConfig, ip: IpAddr, tls: Option<String>) -> Self {
+        Self {
+            cfg,
+            ip,
+            tls,
+            helo: None,
+            auth: None,
+            tx: None,
+            mode: Mode::Command,
+            errors: 0,
+        }
+    }
+
+    /// The `220` greeting.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, format!("{} ESMTP", self.cfg.hostname))
+    }
+
+    /// True while the session reads message text rather than commands.
+    pub fn in_data(&self) -> bool {
+        matches!(self.mode, Mode::Data(_))
+    }
+
+    /// True once the session has decided to close.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.mode, Mode::Closed)
+    }
+
+    /// The client IP.
+    pub fn client_ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// A command line longer than 512 octets was received (and discarded).
+    pub fn line_too_long(&mut self) -> Vec<Action> {
+        self.error(Reply::new(500, "5.5.2 Line too long"))
+    }
+
+    /// The reply sent when the idle or session timeout expires.
+    pub fn timeout_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            format!("4.4.2 {} Error: timeout exceeded", self.cfg.hostname),
+        )
+    }
+
+    /// The reply sent when the relay shuts down.
+    pub fn shutdown_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            format!("4.3.2 {} Service shutting down", self.cfg.hostname),
+        )
+    }
+
+    fn error(&mut self, r: Reply) -> Vec<Action> {
+        self.errors += 1;
+        let mut out = vec![Action::Reply(r)];
+        if self.errors >= self.cfg.limits.max_errors {
+            out.push(reply(
+                421,
+                format!(
+                    "4.7.0 {} Error: too many errors, closing connection",
+                    self.cfg.hostname
+                ),
+            ));
+            out.push(Action::Close);
+            self.mode = Mode::Closed;
+        }
+        out
+    }
+
+    /// One line received outside DATA, without its line ending.
+    pub fn on_line(&mut self, line: &[u8]) -> Vec<Action> {
+        match std::mem::replace(&mut self.mode, Mode::Command) {
+            Mode::Command => self.on_command(line),
+            Mode::AuthPlain => self.auth_plain(line),
+            Mode::AuthLoginUser => self.auth_login_user(line),
+            Mode::AuthLoginPassword(user) => self.auth_login_password(user, line),
+            other => {
+                // Data, Waiting or Closed: the caller should not feed lines now.
+                self.mode = other;
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_command(&mut self, line: &[u8]) -> Vec<Action> {
+        let cmd = match parse_command(line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let r = match e {
+                    CommandError::Unrecognized => {
+                        Reply::new(502, "5.5.2 Error: command not recognized")
+                    }
+                    CommandError::Syntax(s) => Reply::new(501, format!("5.5.4 {s}")),
+                    CommandError::UnsupportedParameter(p) => {
+                        Reply::new(555, format!("5.5.4 Unsupported option: {p}"))
+                    }
+                    CommandError::UnsupportedMechanism => {
+                        Reply::new(504, "5.5.4 Unrecognized authentication type")
+                    }
+                    CommandError::BadCharacters => Reply::new(500, "5.5.2 Error: bad syntax"),
+                };
+                return self.error(r);
+            }
+        };
+        match cmd {
+            Command::Helo(name) => {
+                self.helo = Some(name);
+                self.tx = None;
+                vec![reply(250, self.cfg.hostname.clone())]
+            }
+            Command::Ehlo(name) => {
+                self.helo = Some(name);
+                self.tx = None;
+                vec![Action::Reply(self.ehlo_reply())]
+            }
+            Command::Mail { from, size } => self.mail(from, size),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Rset => {
+                self.tx = None;
+                vec![reply(250, "2.0.0 OK")]
+            }
+            Command::Noop => vec![reply(250, "2.0.0 OK")],
+            Command::Quit => {
+                self.mode = Mode::Closed;
+                vec![reply(221, "2.0.0 Bye"), Action::Close]
+            }
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth_start(mechanism, initial),
+            Command::Vrfy => vec![reply(
+                252,
+                "2.5.2 Cannot VRFY user, but will accept message",
+            )],
+            Command::Help => vec![reply(214, "2.0.0 See RFC 5321")],
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let mut lines = vec![
+            self.cfg.hostname.clone(),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.limits.max_message_bytes),
+            "8BITMIME".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "SMTPUTF8".to_string(),
+        ];
+        if self.tls.is_none() && self.cfg.tls_available {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.tls.is_some() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        Reply::multi(250, lines)
+    }
+
+    fn mail(&mut self, from: Path, size: Option<u64>) -> Vec<Action> {
+        if self.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1 Error: send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1 Error: nested MAIL command"));
+        }
+        if size.is_some_and(|s| s > self.cfg.limits.max_message_bytes) {
+            return vec![reply(
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            )];
+        }
+        let facts = ClientFacts {
+            ip: self.ip,
+            tls: self.tls.is_some(),
+            auth: self.auth.as_deref(),
+            helo: self.helo.as_deref(),
+        };
+        let decision = self.cfg.policy.decide_mail(&facts, from.as_str());
+        match decision {
+            MailDecision::Accept {
+                mail_from,
+                original,
+            } => {
+                self.tx = Some(Transaction {
+                    mail_from,
+                    original,
+                    rcpts: Vec::new(),
+                });
+                vec![reply(250, "2.1.0 OK")]
+            }
+            MailDecision::ClientNotAllowed => {
+                // The client cannot relay at all: say why, then end the session.
+                self.mode = Mode::Closed;
+                let r = decision
+                    .reply(self.ip)
+                    .unwrap_or_else(|| Reply::new(550, "5.7.1"));
+                vec![Action::Reply(r), Action::Close]
+            }
+            other => other
+                .reply(self.ip)
+                .map(Action::Reply)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The limits user: AUTH identity, else the sender the client gave.
+    fn user(&self) -> String {
+        match (&self.auth, &self.tx) {
+            (Some(id), _) => id.clone(),
+            (None, Some(tx)) => tx
+                .original
+                .clone()
+                .unwrap_or_else(|| tx.mail_from.clone())
+                .to_ascii_lowercase(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn rcpt(&mut self, to: Path) -> Vec<Action> {
+        let Some(tx) = &self.tx else {
+            return self.error(Reply::new(503, "5.5.1 Error: need MAIL command"));
+        };
+        let rcpt = to.as_str().to_ascii_lowercase();
+        if tx.mail_from.is_empty() && !tx.rcpts.is_empty() {
+            return vec![reply(
+                550,
+                "5.5.3 Null sender accepts exactly one recipient",
+            )];
+        }
+        if tx.rcpts.contains(&rcpt) {
+            return vec![reply(250, "2.1.5 OK")];
+        }
+        if tx.rcpts.len() >= self.cfg.limits.recipients_per_message as usize {
+            return vec![reply(452, "4.5.3 Error: too many recipients")];
+        }
+        let pending = tx.rcpts.clone();
+        self.mode = Mode::Waiting;
+        vec![Action::CheckRcpt {
+            user: self.user(),
+            rcpt,
+            pending,
+        }]
+    }
+
+    /// The limit store's answer for a recipient.
+    pub fn rcpt_result(
+        &mut self,
+        rcpt: String,
+        result: Result<Option<LimitHit>, LimitStoreError>,
+    ) -> Vec<Action> {
+        self.mode = Mode::Command;
+        match result {
+            Ok(None) => {
+                if let Some(tx) = &mut self.tx {
+                    tx.rcpts.push(rcpt);
+                }
+                vec![reply(250, "2.1.5 OK")]
+            }
+            Ok(Some(hit)) => vec![Action::Reply(hit.reply())],
+            Err(_) => vec![reply(
+                451,
+                "4.3.0 Limit service unavailable, try again later",
+            )],
+        }
+    }
+
+    fn data(&mut self) -> Vec<Action> {
+        let Some(tx) = &self.tx else {
+            return self.error(Reply::new(503, "5.5.1 Error: need MAIL command"));
+        };
+        if tx.rcpts.is_empty() {
+            return self.error(Reply::new(554, "5.5.1 Error: no valid recipients"));
+        }
+        self.mode = Mode::Data(DataReader::new(self.cfg.limits.max_message_bytes));
+        vec![reply(354, "End data with <CR><LF>.<CR><LF>")]
+    }
+
+    /// Message text; returns how many bytes were consumed (the rest is the next command).
+    pub fn on_data(&mut self, input: &[u8]) -> (usize, Vec<Action>) {
+        let Mode::Data(reader) = &mut self.mode else {
+            return (0, Vec::new());
+        };
+        let consumed = match reader.feed(input) {
+            DataProgress::NeedMore => return (input.len(), Vec::new()),
+            DataProgress::Done { consumed } => consumed,
+        };
+        let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else {
+            return (consumed, Vec::new());
+        };
+        let body = match reader.finish() {
+            Ok(body) => body,
+            Err(e) => {
+                self.tx = None;
+                let r = match e {
+                    DataError::BareLineEnding => Reply::new(
+                        550,
+                        "5.6.11 Message contains bare CR or LF characters; use CRLF line endings",
+                    ),
+                    DataError::LineTooLong => Reply::new(500, "5.5.2 Line too long"),
+                    DataError::TooBig => {
+                        Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+                    }
+                };
+                return (consumed, vec![Action::Reply(r)]);
+            }
+        };
+        let user = self.user();
+        let Some(tx) = self.tx.take() else {
+            return (consumed, Vec::new());
+        };
+        self.mode = Mode::Waiting;
+        let message = Message {
+            mail_from: tx.mail_from,
+            original_mail_from: tx.original,
+            rcpts: tx.rcpts,
+            helo: self.helo.clone().unwrap_or_default(),
+            auth_identity: self.auth.clone(),
+            tls: self.tls.clone(),
+            user,
+            body,
+        };
+        (consumed, vec![Action::Spool(Box::new(message))])
+    }
+
+    /// The spool's answer: the queue id, or the reply explaining the failure.
+    pub fn spooled(&mut self, result: Result<String, Reply>) -> Vec<Action> {
+        self.mode = Mode::Command;
+        match result {
+            Ok(id) => vec![reply(250, format!("2.0.0 OK queued as {id}"))],
+            Err(r) => vec![Action::Reply(r)],
+        }
+    }
+
+    fn starttls(&mut self) -> Vec<Action> {
+        if self.tls.is_some() {
+            return self.error(Reply::new(503, "5.5.1 Error: TLS already active"));
+        }
+        if !self.cfg.tls_available {
+            return vec![reply(454, "4.7.0 TLS not available")];
+        }
+        self.mode = Mode::Waiting;
+        vec![reply(220, "2.0.0 Ready to start TLS"), Action::StartTls]
+    }
+
+    /// The TLS handshake succeeded; `description` names version and cipher. The SMTP
+    /// state starts over (RFC 3207 §4.2): the client must say EHLO again.
+    pub fn tls_started(&mut self, description: String) {
+        self.tls = Some(description);
+        self.helo = None;
+        self.auth = None;
+        self.tx = None;
+        self.mode = Mode::Command;
+    }
+
+    fn auth_start(&mut self, mechanism: AuthMechanism, initial: Option<String>) -> Vec<Action> {
+        if self.tls.is_none() {
+            return vec![reply(
+                538,
+                "5.7.11 Encryption required for requested authentication mechanism",
+            )];
+        }
+        if self.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1 Error: send HELO/EHLO first"));
+        }
+        if self.auth.is_some() {
+            return self.error(Reply::new(503, "5.5.1 Error: already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1 Error: MAIL transaction in progress"));
+        }
+        match (mechanism, initial) {
+            (AuthMechanism::Plain, Some(i)) if i == "=" => self.auth_plain(b""),
+            (AuthMechanism::Plain, Some(i)) => self.auth_plain(i.as_bytes()),
+            (AuthMechanism::Plain, None) => {
+                self.mode = Mode::AuthPlain;
+                vec![reply(334, "")]
+            }
+            (AuthMechanism::Login, Some(i)) => self.auth_login_user(i.as_bytes()),
+            (AuthMechanism::Login, None) => {
+                self.mode = Mode::AuthLoginUser;
+                vec![reply(334, "VXNlcm5hbWU6")]
+            }
+        }
+    }
+
+    fn sasl_failed(&mut self, line: &[u8], e: SaslError) -> Vec<Action> {
+        let _ = e;
+        if line == b"*" {
+            return self.error(Reply::new(501, "5.7.0 Authentication aborted"));
+        }
+        self.error(Reply::new(501, "5.5.2 Cannot decode response"))
+    }
+
+    fn auth_plain(&mut self, line: &[u8]) -> Vec<Action> {
+        match auth::decode_plain(&String::from_utf8_lossy(line)) {
+            Ok((identity, password)) => {
+                self.mode = Mode::Waiting;
+                vec![Action::VerifyAuth { identity, password }]
+            }
+            Err(e) => self.sasl_failed(line, e),
+        }
+    }
+
+    fn auth_login_user(&mut self, line: &[u8]) -> Vec<Action> {
+        match auth::decode_login_step(&String::from_utf8_lossy(line)) {
+            Ok(user) if line != b"*" => {
+                self.mode = Mode::AuthLoginPassword(user.to_ascii_lowercase());
+                vec![reply(334, "UGFzc3dvcmQ6")]
+            }
+            Ok(_) => self.sasl_failed(line, SaslError::Base64),
+            Err(e) => self.sasl_failed(line, e),
+        }
+    }
+
+    fn auth_login_password(&mut self, user: String, line: &[u8]) -> Vec<Action> {
+        match auth::decode_login_step(&String::from_utf8_lossy(line)) {
+            Ok(password) if line != b"*" => {
+                self.mode = Mode::Waiting;
+                vec![Action::VerifyAuth {
+                    identity: user,
+                    password,
+                }]
+            }
+            Ok(_) => self.sasl_failed(line, SaslError::Base64),
+            Err(e) => self.sasl_failed(line, e),
+        }
+    }
+
+    /// The credential check's answer.
+    pub fn auth_result(&mut self, identity: String, ok: bool) -> Vec<Action> {
+        self.mode = Mode::Command;
+        if ok {
+            self.auth = Some(identity);
+            vec![reply(235, "2.7.0 Authentication successful")]
+        } else {
+            self.error(Reply::new(535, "5.7.8 Authentication credentials invalid"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AllowedSenders, RangeConfig, SettingConfig};
+    use crate::policy::tests::config_with;
+
+    fn session(tls_available: bool) -> Session {
+        let cfg = config_with(vec![SettingConfig {
+            name: "acme/s".into(),
+            description: String::new(),
+            allowed_senders: AllowedSenders::OrganizationDomains,
+            ip_ranges: Some(vec![RangeConfig {
+                name: "acme/r".into(),
+                network: "192.0.2.0/24".parse().unwrap(),
+            }]),
+            require_smtp_auth: false,
+            require_tls: false,
+        }]);
+        let mut limits = cfg.limits.clone();
+        limits.max_errors = 3;
+        limits.recipients_per_message = 2;
+        Session::new(
+            SessionConfig {
+                hostname: cfg.hostname.clone(),
+                limits,
+                policy: Arc::new(Policy::new(&cfg)),
+                tls_available,
+            },
+            "192.0.2.9".parse().unwrap(),
+            None,
+        )
+    }
+
+    fn texts(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Reply(r) => r.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Runs a line and answers a pending limit check with "within limits".
+    fn line(s: &mut Session, l: &str) -> Vec<String> {
+        let actions = s.on_line(l.as_bytes());
+        if let Some(Action::CheckRcpt { rcpt, .. }) = actions.last() {
+            let rcpt = rcpt.clone();
+            return texts(&s.rcpt_result(rcpt, Ok(None)));
+        }
+        texts(&actions)
+    }
+
+    #[test]
+    fn ehlo_advertises_starttls_only_before_tls_and_auth_only_after() {
+        let mut s = session(true);
+        let ehlo = line(&mut s, "EHLO c.acme.example").concat();
+        assert_eq!(
+            ehlo,
+            "250-relay.acme.example\r\n250-PIPELINING\r\n250-SIZE 36700160\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n"
+        );
+        assert_eq!(
+            texts(&s.on_line(b"STARTTLS")),
+            vec![
+                "220 2.0.0 Ready to start TLS\r\n".to_string(),
+                "StartTls".into()
+            ]
+        );
+        s.tls_started("TLSv1_3".into());
+        let ehlo = line(&mut s, "EHLO c.acme.example").concat();
+        assert!(
+            ehlo.ends_with("250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN\r\n"),
+            "{ehlo}"
+        );
+        assert!(!ehlo.contains("STARTTLS"));
+        let mut plain = session(false);
+        assert!(!line(&mut plain, "EHLO x").concat().contains("STARTTLS"));
+    }
+
+    #[test]
+    fn a_full_transaction_ends_in_a_spool_action() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["250 2.1.0 OK\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "RCPT TO:<b@dest.example>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "DATA"),
+            ["354 End data with <CR><LF>.<CR><LF>\r\n"]
+        );
+        let (used, actions) = s.on_data(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+        assert_eq!(used, b"Subject: hi\r\n\r\nbody\r\n.\r\n".len());
+        let Some(Action::Spool(m)) = actions.last() else {
+            panic!("expected a spool action, got {actions:?}");
+        };
+        assert_eq!(m.body, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(m.rcpts, vec!["b@dest.example".to_string()]);
+        assert_eq!(m.user, "a@acme.example");
+        assert_eq!(
+            texts(&s.spooled(Ok("00AB".into()))),
+            ["250 2.0.0 OK queued as 00AB\r\n"]
+        );
+    }
+
+    #[test]
+    fn sequencing_errors_count_and_close_at_the_limit() {
+        let mut s = session(false);
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["503 5.5.1 Error: send HELO/EHLO first\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "BOGUS"),
+            ["502 5.5.2 Error: command not recognized\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "RCPT TO:<x@y.example>"),
+            [
+                "503 5.5.1 Error: need MAIL command\r\n",
+                "421 4.7.0 relay.acme.example Error: too many errors, closing connection\r\n",
+                "Close"
+            ]
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn recipients_per_message_is_enforced() {
+        let mut s = session(false);
+        line(&mut s, "HELO c");
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        line(&mut s, "RCPT TO:<1@d.example>");
+        line(&mut s, "RCPT TO:<2@d.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<3@d.example>"),
+            ["452 4.5.3 Error: too many recipients\r\n"]
+        );
+    }
+
+    #[test]
+    fn auth_before_tls_is_refused_with_538() {
+        let mut s = session(true);
+        line(&mut s, "EHLO c");
+        assert_eq!(
+            line(&mut s, "AUTH PLAIN AGFAYgBj"),
+            ["538 5.7.11 Encryption required for requested authentication mechanism\r\n"]
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Reads the message text after `DATA`: finds the end marker `CRLF.CRLF`, removes dot
+//! stuffing, and enforces the text-line and size limits.
+//!
+//! Bare LF and bare CR are errors (`550 5.6.11`): only `CRLF.CRLF` ends the data, so a
+//! `LF.LF` or `LF.CRLF` sequence cannot smuggle a second message past a downstream
+//! server that reads line ends differently. An error does not stop the reader: it keeps
+//! consuming until the real end marker so the session stays in step with the client.
+//! Pure: bytes in, progress out; the session decides what to do with the result.
+
+use super::MAX_TEXT_LINE;
+
+/// Why the received text cannot be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataError {
+    /// A CR not followed by LF, or an LF not preceded by CR.
+    BareLineEnding,
+    /// A text line longer than 1000 octets including CRLF.
+    LineTooLong,
+    /// The message exceeds the size limit.
+    TooBig,
+}
+
+/// Result of feeding bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataProgress {
+    /// All input consumed; the end marker has not been seen.
+    NeedMore,
+    /// The end marker was seen after `consumed` bytes of the input; the rest belongs to
+    /// the next command (pipelining).
+    Done { consumed: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// At the start of a line.
+    LineStart,
+    /// The line so far is `.`.
+    Dot,
+    /// The line so far is `.` CR.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// Inside a line, just after a CR.
+    Cr,
+}
+
+/// Incremental DATA reader.
+#[derive(Debug)]
+pub struct DataReader {
+    state: State,
+    body: Vec<u8>,
+    line_len: usize,
+    max_bytes: u64,
+    error: Option<DataError>,
+}
+
+impl DataReader {
+    /// A reader that refuses messages larger than `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            state: State::LineStart,
+            body: Vec::new(),
+            line_len: 0,
+            max_bytes,
+            error: None,
+        }
+    }
+
+    /// Feeds bytes; stops right after the end marker.
+    pub fn feed(&mut self, input: &[u8]) -> DataProgress {
+        for (i, &b) in input.iter().enumerate() {
+            if self.step(b) {
+                return DataProgress::Done { consumed: i + 1 };
+            }
+        }
+        DataProgress::NeedMore
+    }
+
+    /// After `Done`: the unstuffed message, or the first error seen.
+    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.body),
+        }
+    }
+
+    fn fail(&mut self, e: DataError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if (self.body.len() + bytes.len()) as u64 > self.max_bytes {
+            self.fail(DataError::TooBig);
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// Returns true at the end marker.
+    fn step(&mut self, b: u8) -> bool {
+        match self.state {
+            State::LineStart => match b {
+                b'.' => self.state = State::Dot,
+                _ => self.text(b),
+            },
+            State::Dot => match b {
+                b'\r' => self.state = State::DotCr,
+                // Dot stuffing: the leading dot is dropped.
+                _ => self.text(b),
+            },
+            State::DotCr => {
+                if b == b'\n' {
+                    return true;
+                }
+                self.fail(DataError::BareLineEnding);
+                self.push(b"\r");
+                self.line_len += 1;
+                self.text(b);
+            }
+            State::Text => self.text(b),
+            State::Cr => {
+                if b == b'\n' {
+                    self.push(b"\r\n");
+                    self.line_len = 0;
+                    self.state = State::LineStart;
+                } else {
+                    self.fail(DataError::BareLineEnding);
+                    self.push(b"\r");
+                    self.text(b);
+                }
+            }
+        }
+        false
+    }
+
+    /// A byte inside a line.
+    fn text(&mut self, b: u8) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                // Not a line end: only CRLF starts a new line, so `LF.CRLF` cannot end
+                // the data.
+                self.fail(DataError::BareLineEnding);
+                self.state = State::Text;
+            }
+            _ => {
+                self.line_len += 1;
+                if self.line_len > MAX_TEXT_LINE - 2 {
+                    self.fail(DataError::LineTooLong);
+                }
+                self.push(&[b]);
+                self.state = State::Text;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_all(input: &[u8], max: u64) -> (Result<Vec<u8>, DataError>, Option<usize>) {
+        let mut r = DataReader::new(max);
+        match r.feed(input) {
+            DataProgress::Done { consumed } => (r.finish(), Some(consumed)),
+            DataProgress::NeedMore => (r.finish(), None),
+        }
+    }
+
+    #[test]
+    fn unstuffs_dots_and_stops_at_the_end_marker() {
+        let (body, consumed) = read_all(b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n", 1000);
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\n.leading dot\r\n");
+        assert_eq!(
+            consumed,
+            Some(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n".len())
+        );
+    }
+
+    #[test]
+    fn empty_message_ends_at_once() {
+        let (body, consumed) = read_all(b".\r\n", 10);
+        assert_eq!(body.unwrap(), b"");
+        assert_eq!(consumed, Some(3));
+    }
+
+    #[test]
+    fn end_marker_split_across_reads() {
+        let mut r = DataReader::new(1000);
+        assert_eq!(r.feed(b"hello\r"), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\n."), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\r"), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\n"), DataProgress::Done { consumed: 1 });
+        assert_eq!(r.finish().unwrap(), b"hello\r\n");
+    }
+
+    #[test]
+    fn bare_lf_does_not_end_data_and_is_rejected() {
+        // The classic smuggling sequence: `\n.\n` and `\n.\r\n` must not end the data.
+        let input = b"a\n.\nMAIL FROM:<x@y>\r\nb\n.\r\nmore\r\n.\r\n";
+        let (body, consumed) = read_all(input, 1000);
+        assert_eq!(body, Err(DataError::BareLineEnding));
+        assert_eq!(consumed, Some(input.len()));
+    }
+
+    #[test]
+    fn bare_cr_is_rejected() {
+        let (body, _) = read_all(b"a\rb\r\n.\r\n", 1000);
+        assert_eq!(body, Err(DataError::BareLineEnding));
+    }
+
+    #[test]
+    fn line_of_998_octets_passes_and_999_fails() {
+        let mut ok = vec![b'x'; 998];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert!(read_all(&ok, 10_000).0.is_ok());
+        let mut long = vec![b'x'; 999];
+        long.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(read_all(&long, 10_000).0, Err(DataError::LineTooLong));
+    }
+
+    #[test]
+    fn size_limit_is_exact() {
+        assert!(read_all(b"12345678\r\n.\r\n", 10).0.is_ok());
+        assert_eq!(
+            read_all(b"123456789\r\n.\r\n", 10).0,
+            Err(DataError::TooBig)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_never_over_consumes(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut r = DataReader::new(500);
+            if let DataProgress::Done { consumed } = r.feed(&bytes) {
+                prop_assert!(consumed <= bytes.len());
+                prop_assert!(bytes[..consumed].ends_with(b"\r\n.\r\n") || consumed == 3);
+            }
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The durable spool: every accepted message is on disk, fsync'd, before `250` is sent.
+//!
+//! Layout under the spool directory: `queue/<QUEUE-ID>` holds one message (a header line,
+//! the envelope as JSON, the message bytes, and an `END` trailer that proves the file is
+//! complete); `quarantine/` receives files that fail to parse on recovery.
+//!
+//! Group commit: sessions hand their message to one writer thread, which takes every
+//! message waiting at that moment as a batch, writes each file, fsyncs the files and then
+//! the directory once, and only then completes every waiting session. Concurrent accepts
+//! thus share the directory fsync and the journal commit instead of paying one each.
+//!
+//! Not here: what happens to a message next (delivery takes it from the accepted-message
+//! channel and [`Spool::list`]), limits or policy.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::smtp::Reply;
+
+const MAGIC: &str = "RELAYSPOOL1";
+const TRAILER: &[u8] = b"\nEND\n";
+/// Most messages written per group commit.
+const MAX_BATCH: usize = 512;
+
+/// A queue id: microseconds since the epoch, bumped to stay unique, so ids sort in
+/// arrival order. Printed as 16 upper-case hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct QueueId(u64);
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = SpoolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(SpoolError::BadId(s.to_string()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(QueueId)
+            .map_err(|_| SpoolError::BadId(s.to_string()))
+    }
+}
+
+impl From<QueueId> for String {
+    fn from(id: QueueId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for QueueId {
+    type Error = SpoolError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// Everything about a message except its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    pub queue_id: QueueId,
+    /// Envelope sender after any rewrite; `""` is the null sender.
+    pub mail_from: String,
+    /// The sender the client gave, when it was rewritten to `postmaster@`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_mail_from: Option<String>,
+    pub rcpts: Vec<String>,
+    pub client_ip: IpAddr,
+    /// HELO/EHLO name.
+    pub helo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_identity: Option<String>,
+    /// `"TLSv1_3 TLS13_AES_256_GCM_SHA384"` style, when the client used TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    pub received_at: SystemTime,
+    /// Message size in bytes (after the `Received:` header was added).
+    pub size: u64,
+}
+
+/// Spool failures; each maps to one SMTP reply through [`SpoolError::reply`].
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool disk is full")]
+    Full,
+    #[error("spool I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{0} is not a queue id")]
+    BadId(String),
+    #[error("no message {0} in the spool")]
+    NotFound(QueueId),
+    #[error("the spool writer has stopped")]
+    WriterStopped,
+}
+
+impl SpoolError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::StorageFull {
+            return SpoolError::Full;
+        }
+        SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The reply a client gets when its message could not be spooled.
+    pub fn reply(&self) -> Reply {
+        match self {
+            SpoolError::Full => Reply::new(452, "4.3.1 Insufficient system storage"),
+            _ => Reply::new(451, "4.3.0 Local error in processing: message not queued"),
+        }
+    }
+}
+
+struct Job {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// The on-disk queue.
+pub struct Spool {
+    queue_dir: PathBuf,
+    quarantine_dir: PathBuf,
+    writer: Mutex<mpsc::Sender<Job>>,
+    last_id: AtomicU64,
+    index: Mutex<BTreeSet<QueueId>>,
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("queue_dir", &self.queue_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` and recovers the messages queued
+    /// there. Files that cannot be parsed are moved to `quarantine/` with a warning.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
+        let dir = dir.as_ref();
+        let queue_dir = dir.join("queue");
+        let quarantine_dir = dir.join("quarantine");
+        for d in [&queue_dir, &quarantine_dir] {
+            fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
+        }
+        let mut index = BTreeSet::new();
+        let entries = fs::read_dir(&queue_dir).map_err(|e| SpoolError::io(&queue_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SpoolError::io(&queue_dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let verdict = name
+                .parse::<QueueId>()
+                .map_err(|e| e.to_string())
+                .and_then(|id| verify_file(&path).map(|()| id).map_err(|e| e.to_string()));
+            match verdict {
+                Ok(id) => {
+                    index.insert(id);
+                }
+                Err(reason) => {
+                    let target = quarantine_dir.join(&name);
+                    tracing::warn!(file = %path.display(), %reason, quarantine = %target.display(), "corrupt spool file moved to quarantine");
+                    fs::rename(&path, &target).map_err(|e| SpoolError::io(&path, e))?;
+                }
+            }
+        }
+        let last = index.iter().next_back().map(|id| id.0).unwrap_or(0);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let sync_dir = queue_dir.clone();
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer_loop(&sync_dir, &rx))
+            .map_err(|e| SpoolError::io(dir, e))?;
+        Ok(Spool {
+            queue_dir,
+            quarantine_dir,
+            writer: Mutex::new(tx),
+            last_id: AtomicU64::new(last),
+            index: Mutex::new(index),
+        })
+    }
+
+    /// A new unique, time-ordered queue id.
+    pub fn new_id(&self) -> QueueId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let mut prev = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_id.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return QueueId(next),
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// Writes the message and waits until it is durable (file and directory fsync'd).
+    pub async fn accept(&self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        let id = envelope.queue_id;
+        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
+            path: self.path_of(id),
+            reason: e.to_string(),
+        })?;
+        let mut bytes = Vec::with_capacity(json.len() + data.len() + 64);
+        bytes.extend_from_slice(format!("{MAGIC} {} {}\n", json.len(), data.len()).as_bytes());
+        bytes.extend_from_slice(&json);
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(TRAILER);
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            path: self.path_of(id),
+            bytes,
+            done,
+        };
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| SpoolError::WriterStopped)?;
+        wait.await.map_err(|_| SpoolError::WriterStopped)??;
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Ok(id)
+    }
+
+    /// Reads a queued message back.
+    pub fn read(&self, id: QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let path = self.path_of(id);
+        let bytes = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
+            other => other.map_err(|e| SpoolError::io(&path, e))?,
+        };
+        let (env, data) = parse(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        let env: Envelope = serde_json::from_slice(env).map_err(|e| SpoolError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok((env, data.to_vec()))
+    }
+
+    /// Removes a message (delivered or bounced).
+    pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
+            other => other.map_err(|e| SpoolError::io(&path, e))?,
+        }
+        sync_dir(&self.queue_dir)?;
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    /// Queued messages, oldest first.
+    pub fn list(&self) -> Vec<QueueId> {
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Number of queued messages.
+    pub fn depth(&self) -> usize {
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Where unreadable files go.
+    pub fn quarantine_dir(&self) -> &Path {
+        &self.quarantine_dir
+    }
+
+    fn path_of(&self, id: QueueId) -> PathBuf {
+        self.queue_dir.join(id.to_string())
+    }
+}
+
+fn writer_loop(dir: &Path, rx: &mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let written: Vec<Result<File, SpoolError>> = batch.iter().map(write_file).collect();
+        let synced = sync_batch(dir, &written);
+        for (job, written) in batch.into_iter().zip(written) {
+            let result = match (written, &synced) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(SpoolError::Full)) => Err(SpoolError::Full),
+                (Ok(_), Err(e)) => Err(SpoolError::Io {
+                    path: dir.to_path_buf(),
+                    source: io::Error::other(e.to_string()),
+                }),
+                (Ok(_), Ok(())) => Ok(()),
+            };
+            if result.is_err() {
+                let _ = fs::remove_file(&job.path);
+            }
+            // The session may have gone away; the message then stays queued regardless.
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Makes every written file of a batch, and the directory entries naming them, durable.
+///
+/// On Linux one `syncfs` on the spool's filesystem does it for the whole batch: that is
+/// the group commit (one journal commit and one device flush however many messages the
+/// batch holds). Elsewhere each file is fsync'd, then the directory once.
+#[cfg(target_os = "linux")]
+fn sync_batch(dir: &Path, _written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
+    let d = File::open(dir).map_err(|e| SpoolError::io(dir, e))?;
+    rustix::fs::syncfs(&d).map_err(|e| SpoolError::io(dir, io::Error::from(e)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_batch(dir: &Path, written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
+    for file in written.iter().flatten() {
+        file.sync_data().map_err(|e| SpoolError::io(dir, e))?;
+    }
+    sync_dir(dir)
+}
+
+fn write_file(job: &Job) -> Result<File, SpoolError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&job.path)
+        .map_err(|e| SpoolError::io(&job.path, e))?;
+    file.write_all(&job.bytes)
+        .map_err(|e| SpoolError::io(&job.path, e))?;
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io(dir, e))
+}
+
+/// Splits a spool file into envelope JSON and message bytes.
+fn parse(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let (env_len, data_len) = parse_header(&bytes[..nl])?;
+    let body = &bytes[nl + 1..];
+    if body.len() != env_len + data_len + TRAILER.len() || !body.ends_with(TRAILER) {
+        return Err(format!(
+            "truncated: expected {} bytes after the header, found {}",
+            env_len + data_len + TRAILER.len(),
+            body.len()
+        ));
+    }
+    Ok((&body[..env_len], &body[env_len..env_len + data_len]))
+}
+
+fn parse_header(line: &[u8]) -> Result<(usize, usize), String> {
+    let text = std::str::from_utf8(line).map_err(|_| "header is not text")?;
+    let mut parts = text.split(' ');
+    if parts.next() != Some(MAGIC) {
+        return Err("not a spool file".into());
+    }
+    let mut num = || -> Result<usize, String> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| "bad header lengths".to_string())
+    };
+    Ok((num()?, num()?))
+}
+
+/// Checks a spool file without reading the message bytes into memory.
+fn verify_file(path: &Path) -> Result<(), SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| SpoolError::io(path, e))?;
+    let len = file.metadata().map_err(|e| SpoolError::io(path, e))?.len();
+    let mut head = vec![0u8; 128.min(len as usize)];
+    file.read_exact(&mut head)
+        .map_err(|e| SpoolError::io(path, e))?;
+    let nl = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no header line".into()))?;
+    let (env_len, data_len) = parse_header(&head[..nl]).map_err(corrupt)?;
+    let expected = (nl + 1 + env_len + data_len + TRAILER.len()) as u64;
+    if len != expected {
+        return Err(corrupt(format!(
+            "truncated: {len} bytes, expected {expected}"
+        )));
+    }
+    let mut env = vec![0u8; env_len];
+    file.seek(SeekFrom::Start(nl as u64 + 1))
+        .and_then(|_| file.read_exact(&mut env))
+        .map_err(|e| SpoolError::io(path, e))?;
+    serde_json::from_slice::<Envelope>(&env).map_err(|e| corrupt(e.to_string()))?;
+    let mut tail = [0u8; TRAILER.len()];
+    file.seek(SeekFrom::End(-(TRAILER.len() as i64)))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(|e| SpoolError::io(path, e))?;
+    if tail != TRAILER {
+        return Err(corrupt("missing END trailer".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(spool: &Spool) -> Envelope {
+        Envelope {
+            queue_id: spool.new_id(),
+            mail_from: "postmaster@acme.example".into(),
+            original_mail_from: Some("x@other.example".into()),
+            rcpts: vec!["a@dest.example".into(), "b@dest.example".into()],
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "client.acme.example".into(),
+            auth_identity: None,
+            tls: None,
+            received_at: UNIX_EPOCH,
+            size: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_messages_survive_reopen_and_corrupt_files_are_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let env = envelope(&spool);
+        let id = spool.accept(&env, b"hello").await.unwrap();
+        let second = envelope(&spool);
+        spool.accept(&second, b"world").await.unwrap();
+        assert!(id < second.queue_id, "queue ids are time ordered");
+        // A truncated file, as a crash in the middle of a write leaves it.
+        let broken = QueueId(1);
+        fs::write(
+            dir.path().join("queue").join(broken.to_string()),
+            b"RELAYSPOOL1 10 10\n{",
+        )
+        .unwrap();
+        drop(spool);
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list(), vec![id, second.queue_id]);
+        assert_eq!(spool.read(id).unwrap(), (env, b"hello".to_vec()));
+        assert!(
+            dir.path()
+                .join("quarantine")
+                .join(broken.to_string())
+                .exists()
+        );
+        spool.remove(id).unwrap();
+        assert_eq!(spool.list(), vec![second.queue_id]);
+        assert!(matches!(spool.read(id), Err(SpoolError::NotFound(_))));
+    }
+
+    #[test]
+    fn disk_full_maps_to_452() {
+        let e = SpoolError::io(Path::new("q"), io::Error::from_raw_os_error(28));
+        assert!(matches!(e, SpoolError::Full));
+        assert_eq!(
+            e.reply().to_string(),
+            "452 4.3.1 Insufficient system storage\r\n"
+        );
+        let other = SpoolError::io(Path::new("q"), io::Error::from_raw_os_error(5));
+        assert_eq!(
+            other.reply().to_string(),
+            "451 4.3.0 Local error in processing: message not queued\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_accepts_all_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                let env = envelope(&spool);
+                spool
+                    .accept(&env, format!("m{i}").as_bytes())
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(spool);
+        assert_eq!(Spool::open(dir.path()).unwrap().list().len(), 50);
+    }
+}

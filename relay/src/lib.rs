@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod generation;
@@ -21,6 +22,7 @@ pub mod smtp;
 pub mod spool;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,13 +32,15 @@ use tokio::net::TcpListener;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::RelayConfig;
 pub use generation::GenerationError;
-pub use limits::{Clock, FakeClock, LimitStore, MemoryLimitStore, SystemClock};
+pub use limits::{LimitStore, MemoryLimitStore};
 pub use spool::{Envelope, QueueId, Spool, SpoolError};
 
 use admin::AdminState;
 use config::LimitStoreConfig;
+use delivery::queue::{QueueError, QueueManager, QueueOptions};
 use generation::Generation;
 use metrics::Metrics;
 use server::{ListenerKind, Shared};
@@ -69,6 +73,8 @@ pub enum StartError {
     Config(#[from] GenerationError),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error("cannot start delivery: {0}")]
+    Delivery(#[from] QueueError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -100,6 +106,7 @@ pub struct RelayHandle {
     tasks: mpsc::Sender<()>,
     tasks_done: mpsc::Receiver<()>,
     reload_lock: Mutex<()>,
+    queue: Arc<QueueManager<Spool>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -130,10 +137,22 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
+    let mut metrics = Metrics::new();
+    let queue = Arc::new(QueueManager::new(
+        spool.clone(),
+        config.routes.clone(),
+        &config.delivery,
+        QueueOptions {
+            hostname: config.hostname.clone(),
+            state_dir: Path::new(&config.spool_dir).join("delivery"),
+        },
+        opts.clock.clone(),
+        metrics.registry_mut(),
+    )?);
     let generation = Generation::build(1, config)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(metrics);
     metrics.set_config(generation.id, &generation.hash);
-    let (accepted, _) = broadcast::channel(ACCEPTED_CHANNEL);
+    let (accepted, accepted_rx) = broadcast::channel(ACCEPTED_CHANNEL);
     let shared = Arc::new(Shared::new(
         generation,
         spool.clone(),
@@ -171,10 +190,26 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
     }
     let admin = Arc::new(AdminState {
         metrics,
-        spool,
+        spool: spool.clone(),
         ready: AtomicBool::new(true),
     });
-    tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
+    {
+        let queue = queue.clone();
+        let mut stop = shutdown_rx;
+        tokio::spawn(async move {
+            queue
+                .run(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+    }
     let current = shared.current.load();
     tracing::info!(
         smtp = %addrs.0, submission = %addrs.1, smtps = %addrs.2, admin = %addrs.3,
@@ -193,7 +228,32 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         tasks,
         tasks_done,
         reload_lock: Mutex::new(()),
+        queue,
     })
+}
+
+/// Hands every message the spool has made durable to the queue manager. A lagging
+/// subscription falls back to the spool's own list, so nothing accepted is left behind.
+async fn feed_delivery(
+    mut accepted: broadcast::Receiver<Envelope>,
+    queue: Arc<QueueManager<Spool>>,
+    spool: Arc<Spool>,
+) {
+    loop {
+        match accepted.recv().await {
+            Ok(envelope) => queue.submit(&envelope.queue_id.to_string()),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "delivery fell behind the accept notices; rescanning the spool"
+                );
+                for id in spool.list() {
+                    queue.submit(&id.to_string());
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 impl RelayHandle {
@@ -233,7 +293,14 @@ impl RelayHandle {
                 "listener, admin or spool addresses changed; they take effect on restart"
             );
         }
+        if config.delivery != old.config.delivery {
+            tracing::warn!(
+                "delivery settings changed; they take effect on restart (routes apply now)"
+            );
+        }
+        let routes = config.routes.clone();
         let next = Generation::build(old.id + 1, config)?;
+        self.queue.set_routes(routes);
         let id = next.id;
         self.shared.metrics.set_config(id, &next.hash);
         tracing::info!(generation = id, hash = %next.hash, "configuration reloaded");
@@ -262,6 +329,11 @@ impl RelayHandle {
     /// [`Spool::list`]; messages spooled before subscribing are only found that way too.
     pub fn accepted_messages(&self) -> broadcast::Receiver<Envelope> {
         self.shared.accepted.subscribe()
+    }
+
+    /// The delivery queue manager (tests inspect and drive it).
+    pub fn queue(&self) -> Arc<QueueManager<Spool>> {
+        self.queue.clone()
     }
 
     /// Stops accepting, tells idle sessions `421`, lets messages in DATA finish, and

@@ -14,52 +14,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::LimitsConfig;
 use crate::smtp::Reply;
 
-/// Source of the current time.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to (tests, `relayctl` simulations).
-#[derive(Debug)]
-pub struct FakeClock {
-    now: Mutex<SystemTime>,
-}
-
-impl FakeClock {
-    /// A clock standing at `start`.
-    pub fn new(start: SystemTime) -> Self {
-        Self {
-            now: Mutex::new(start),
-        }
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
-    }
-}
-
-impl Clock for FakeClock {
-    fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use crate::clock::{Clock, FakeClock, SystemClock};
 
 /// A boxed future, for object-safe async traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -295,6 +255,7 @@ impl LimitStore for MemoryLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits(msgs: u64, uniq: u64, day: u64, peak: u64) -> LimitsConfig {
         LimitsConfig {

@@ -91,6 +91,11 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// The registry, for other parts (delivery) to register their metrics at start.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Records the config in force.
     pub fn set_config(&self, generation: u64, hash: &str) {
         self.config_generation.set(generation as i64);

@@ -447,6 +447,81 @@ fn verify_file(path: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// Delivery reads, re-queues (DSNs) and removes messages through the spool. The queue
+/// manager calls these on blocking threads, so the async group-commit write is driven to
+/// completion on the current runtime.
+impl crate::delivery::queue::MessageStore for Spool {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(Spool::list(self).iter().map(|id| id.to_string()).collect())
+    }
+
+    fn read(&self, queue_id: &str) -> io::Result<crate::delivery::queue::StoredMessage> {
+        let id = parse_id(queue_id)?;
+        let (envelope, data) = Spool::read(self, id).map_err(into_io)?;
+        Ok(crate::delivery::queue::StoredMessage {
+            envelope: crate::delivery::queue::Envelope {
+                queue_id: queue_id.to_string(),
+                mail_from: envelope.mail_from,
+                rcpt_to: envelope.rcpts,
+                received_at: envelope.received_at,
+            },
+            data,
+        })
+    }
+
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String> {
+        let envelope = Envelope {
+            queue_id: self.new_id(),
+            mail_from: mail_from.to_string(),
+            original_mail_from: None,
+            rcpts: rcpt_to.to_vec(),
+            // Generated here (a DSN), not received from a client.
+            client_ip: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            helo: String::new(),
+            auth_identity: None,
+            tls: None,
+            received_at,
+            size: data.len() as u64,
+        };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("no runtime to write the spool: {e}")))?;
+        let id = runtime
+            .block_on(self.accept(&envelope, data))
+            .map_err(into_io)?;
+        Ok(id.to_string())
+    }
+
+    fn remove(&self, queue_id: &str) -> io::Result<()> {
+        Spool::remove(self, parse_id(queue_id)?).map_err(into_io)
+    }
+}
+
+fn parse_id(queue_id: &str) -> io::Result<QueueId> {
+    queue_id.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{queue_id:?} is not a queue id"),
+        )
+    })
+}
+
+fn into_io(e: SpoolError) -> io::Error {
+    match e {
+        SpoolError::NotFound(id) => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no message {id} in the spool"),
+        ),
+        SpoolError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,7 +78,24 @@ impl Fixture {
                 key_file: self.path("tls.key"),
             }),
             settings,
-            routes: vec![],
+            // A default route to a closed loopback port: accepted mail stays queued so the
+            // tests can read the spool, and nothing leaves the machine.
+            routes: vec![RouteConfig {
+                name: "acme/hold".into(),
+                description: "closed port".into(),
+                matcher: RouteMatcher::Default,
+                hosts: RouteHosts::Single(HostConfig {
+                    host: "127.0.0.1".into(),
+                    port: 9,
+                }),
+                mx_lookup: false,
+                tls: RouteTlsConfig {
+                    require_tls: false,
+                    require_ca_signed: false,
+                    validate_hostname: false,
+                    extra_ca_file: None,
+                },
+            }],
             limits: LimitsConfig::for_customer(100, true),
             limit_store: LimitStoreConfig::Memory,
             delivery: DeliveryConfig::default(),

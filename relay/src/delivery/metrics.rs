@@ -37,17 +37,17 @@ impl DeliveryMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
-            "relay_deliveries",
+            "deliveries",
             "Recipients handled by delivery, by route, host and result",
             m.deliveries.clone(),
         );
         registry.register(
-            "relay_queue_depth",
+            "queue_depth",
             "Messages waiting in the delivery queue",
             m.queue_depth.clone(),
         );
         registry.register(
-            "relay_queue_oldest_message_age_seconds",
+            "queue_oldest_message_age_seconds",
             "Age of the oldest message in the delivery queue",
             m.oldest_message_age_seconds.clone(),
         );

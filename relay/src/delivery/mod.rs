@@ -33,57 +33,7 @@ pub mod route;
 pub mod testing;
 pub mod tls;
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
-
-/// The wall clock as delivery sees it. Injected so retry schedules, host backoff and queue
-/// lifetimes are tested without sleeping.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that moves only when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock {
-    now: Mutex<SystemTime>,
-}
-
-impl ManualClock {
-    /// A clock stopped at `start`.
-    pub fn new(start: SystemTime) -> Self {
-        Self {
-            now: Mutex::new(start),
-        }
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
-    }
-
-    /// Sets the clock.
-    pub fn set(&self, to: SystemTime) {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner()) = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use crate::clock::{Clock, FakeClock, SystemClock};
 
 /// The domain of an address (`user@Example.COM` gives `example.com`); `None` without `@`.
 pub fn domain_of(address: &str) -> Option<String> {

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use relay::config::{
     DeliveryConfig, HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig,
 };
-use relay::delivery::ManualClock;
+use relay::delivery::FakeClock;
 use relay::delivery::queue::{DirectoryStore, MessageStore, QueueManager, QueueOptions};
 
 /// 2025-06-15 15:06:40 UTC.
@@ -73,7 +73,7 @@ pub fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub store: Arc<DirectoryStore>,
-    pub clock: Arc<ManualClock>,
+    pub clock: Arc<FakeClock>,
     pub registry: Registry,
     pub manager: QueueManager<DirectoryStore>,
 }
@@ -81,9 +81,9 @@ pub struct Harness {
 impl Harness {
     pub fn new(routes: Vec<RouteConfig>, delivery: DeliveryConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(t0()));
+        let clock = Arc::new(FakeClock::new(t0()));
         let store = Arc::new(DirectoryStore::open(dir.path().join("spool")).unwrap());
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix("relay");
         let manager = Self::manager(&dir, &store, &clock, routes, delivery, &mut registry);
         Self {
             dir,
@@ -97,7 +97,7 @@ impl Harness {
     pub fn manager(
         dir: &tempfile::TempDir,
         store: &Arc<DirectoryStore>,
-        clock: &Arc<ManualClock>,
+        clock: &Arc<FakeClock>,
         routes: Vec<RouteConfig>,
         delivery: DeliveryConfig,
         registry: &mut Registry,
@@ -138,7 +138,7 @@ pub trait NowTime {
     fn now_time(&self) -> SystemTime;
 }
 
-impl NowTime for ManualClock {
+impl NowTime for FakeClock {
     fn now_time(&self) -> SystemTime {
         relay::delivery::Clock::now(self)
     }

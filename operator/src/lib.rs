@@ -3,6 +3,7 @@
 //! on a cluster. Nothing here speaks SMTP; the `relay` crate does.
 
 pub mod git;
+pub mod local;
 pub mod manifests;
 pub mod plan;
 pub mod render;

@@ -35,6 +35,34 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run a relay on this machine from manifests, reloading when they change.
+    Run {
+        /// Files or directories of YAML manifests (one Organization).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+    /// Probe each host of a MailRoute with the route's TLS checks, as delivery would.
+    ///
+    /// Exit code 0 when every host verifies, 1 otherwise.
+    TestTls {
+        /// Files or directories of YAML manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Name of the MailRoute (`name` or `namespace/name`).
+        #[arg(long)]
+        route: String,
+        /// DNS server for MX lookup (repeatable; default: the system's).
+        #[arg(long = "nameserver")]
+        nameservers: Vec<std::net::SocketAddr>,
+    },
+    /// A local SMTP server that accepts every message and prints it (a downstream for trials).
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: std::net::SocketAddr,
+    },
     /// What changes in relay behaviour between two Git revisions of the manifests.
     ///
     /// Exit code 0: no behavioural change; 1: changes; 2: invalid manifests or a Git error.
@@ -53,6 +81,46 @@ enum Command {
     },
 }
 
+/// Where `relayctl run` listens and keeps its state.
+#[derive(clap::Args, Clone, Debug)]
+struct LocalArgs {
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Plain SMTP (STARTTLS offered); port 25 in a pod.
+    #[arg(long, default_value_t = 10025)]
+    smtp_port: u16,
+    /// Submission (STARTTLS offered); port 587 in a pod.
+    #[arg(long, default_value_t = 10587)]
+    submission_port: u16,
+    /// Implicit TLS; port 465 in a pod.
+    #[arg(long, default_value_t = 10465)]
+    smtps_port: u16,
+    /// HTTP port of /metrics, /healthz and /readyz.
+    #[arg(long, default_value_t = 10090)]
+    admin_port: u16,
+    /// Spool, delivery state and files made from Secrets.
+    #[arg(long, default_value = ".relayctl")]
+    state_dir: PathBuf,
+    /// DNS server for MX lookup (repeatable; default: the system's).
+    #[arg(long = "nameserver")]
+    nameservers: Vec<std::net::SocketAddr>,
+}
+
+impl LocalArgs {
+    fn options(&self) -> operator::local::LocalOptions {
+        operator::local::LocalOptions {
+            host: self.host,
+            smtp_port: self.smtp_port,
+            submission_port: self.submission_port,
+            smtps_port: self.smtps_port,
+            admin_port: self.admin_port,
+            state_dir: self.state_dir.clone(),
+            nameservers: self.nameservers.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PlanFormat {
     Text,
@@ -69,6 +137,13 @@ fn main() -> ExitCode {
             format,
             paths,
         } => plan(&base, head.as_deref(), format, paths),
+        Command::Run { paths, local } => runtime().block_on(run(paths, local.options())),
+        Command::TestTls {
+            paths,
+            route,
+            nameservers,
+        } => runtime().block_on(test_tls(paths, &route, nameservers)),
+        Command::Sink { listen } => runtime().block_on(sink(listen)),
         Command::Crds => match crds::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -195,5 +270,253 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn print_findings(findings: &[operator::render::Finding]) {
+    for f in findings {
+        eprintln!("warning: {:?} {}: {}", f.kind, f.name, f.message);
+    }
+}
+
+/// Loads and prepares the manifests, printing what is wrong.
+fn prepare(
+    paths: &[PathBuf],
+    opts: &operator::local::LocalOptions,
+) -> Option<operator::local::LocalConfig> {
+    let set = match crds::manifest::load_paths(paths) {
+        Ok(set) => set,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return None;
+        }
+    };
+    match opts.prepare(&set) {
+        Ok(local) => Some(local),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// `relayctl run`: the relay in this process, reloaded when the manifests change.
+async fn run(paths: Vec<PathBuf>, opts: operator::local::LocalOptions) -> ExitCode {
+    init_logs();
+    // Taken before loading, so an edit made while the relay starts is noticed.
+    let mut last = operator::local::snapshot(&paths);
+    let Some(local) = prepare(&paths, &opts) else {
+        return ExitCode::FAILURE;
+    };
+    print_findings(&local.findings);
+    if let Some(name) = &local.self_signed_for {
+        eprintln!(
+            "note: the manifests have no TLS Secret (Organization spec.relay.tlsSecretRef); \
+             STARTTLS and port {} use a self-signed certificate for {name} made for this run",
+            opts.smtps_port
+        );
+    }
+    let organization = local.config.organization.name.clone();
+    let handle = match relay::start(local.config, relay::StartOptions::default()).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot start the relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("relay for {organization} is running");
+    println!("  smtp        {}   (STARTTLS)", handle.smtp_addr());
+    println!("  submission  {}   (STARTTLS)", handle.submission_addr());
+    println!("  smtps       {}   (implicit TLS)", handle.smtps_addr());
+    println!("  metrics     http://{}/metrics", handle.admin_addr());
+    println!("  state       {}", opts.state_dir.display());
+    println!(
+        "configuration generation {} in force (hash {})",
+        handle.generation(),
+        short(&handle.config_hash())
+    );
+    println!(
+        "watching {} for changes; Ctrl-C stops",
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot watch for SIGTERM: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        let now = operator::local::snapshot(&paths);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let Some(local) = prepare(&paths, &opts) else {
+            eprintln!(
+                "the manifests changed but cannot be used; generation {} stays in force",
+                handle.generation()
+            );
+            continue;
+        };
+        if local.config.hash == handle.config_hash() {
+            println!("manifests changed; no behavioural change");
+            continue;
+        }
+        print_findings(&local.findings);
+        match handle.reload(local.config) {
+            Ok(generation) => println!(
+                "configuration generation {generation} in force (hash {})",
+                short(&handle.config_hash())
+            ),
+            Err(e) => eprintln!(
+                "error: the new configuration was refused, the previous one stays in force: {e}"
+            ),
+        }
+    }
+    println!(
+        "stopping: open sessions finish, queued mail stays in {}",
+        opts.state_dir.display()
+    );
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// `relayctl test-tls`: probes each host of one route with its TLS policy.
+async fn test_tls(
+    paths: Vec<PathBuf>,
+    route: &str,
+    nameservers: Vec<std::net::SocketAddr>,
+) -> ExitCode {
+    let state = std::env::temp_dir().join(format!("relayctl-test-tls-{}", std::process::id()));
+    let opts = operator::local::LocalOptions {
+        state_dir: state.clone(),
+        nameservers,
+        ..Default::default()
+    };
+    let local = prepare(&paths, &opts);
+    let code = match local {
+        None => ExitCode::FAILURE,
+        Some(local) => {
+            let found = local
+                .config
+                .routes
+                .iter()
+                .find(|r| r.name == route || r.name.rsplit('/').next() == Some(route));
+            match found {
+                None => {
+                    let names: Vec<&str> = local
+                        .config
+                        .routes
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect();
+                    eprintln!(
+                        "error: no MailRoute {route}; the manifests have: {}",
+                        names.join(", ")
+                    );
+                    ExitCode::FAILURE
+                }
+                Some(r) => {
+                    println!("MailRoute {} ({})", r.name, r.description);
+                    let probes = relay::delivery::tls::probe_route(r, &local.config.delivery).await;
+                    let mut all = !probes.is_empty();
+                    for p in &probes {
+                        all &= p.verified;
+                        let verdict = if p.verified {
+                            "verified"
+                        } else {
+                            "NOT VERIFIED"
+                        };
+                        println!("  {}:{}  {verdict}: {}", p.host, p.port, p.message);
+                    }
+                    if all {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&state);
+    code
+}
+
+/// `relayctl sink`: accepts every message and prints its envelope and headers.
+async fn sink(listen: std::net::SocketAddr) -> ExitCode {
+    let sink = match relay::delivery::testing::TestSink::start_on(listen, Default::default()).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "sink listening on {}; every message is accepted and printed; Ctrl-C stops",
+        sink.addr()
+    );
+    let mut shown = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        let messages = sink.messages();
+        for m in messages.iter().skip(shown) {
+            let text = String::from_utf8_lossy(&m.data);
+            let headers = text.split("\r\n\r\n").next().unwrap_or("");
+            println!(
+                "--- message {} from <{}> to {}{}",
+                shown + 1,
+                m.mail_from,
+                m.rcpt_to
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if m.tls { " (TLS)" } else { "" }
+            );
+            println!("{}\n", headers.replace("\r\n", "\n"));
+            shown += 1;
+        }
     }
 }

@@ -1,0 +1,261 @@
+//! Running a relay from manifests on this machine (`relayctl run`, `relayctl test-tls`): the
+//! same `render` the operator uses, with Secrets from the manifest set written to files
+//! the way a pod would see them mounted, and listeners on loopback.
+//!
+//! It owns the local state directory layout and the self-signed certificate made when the
+//! manifests carry no TLS Secret; it does not decide relay behaviour (render and the relay do).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crds::manifest::ManifestSet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use relay::config::{DeliveryConfig, ListenerConfig, RelayConfig, TlsFiles};
+
+use crate::manifests::{organization_namespace, render_set};
+use crate::render::{Finding, RenderEnv, RenderError};
+
+/// Where a local relay listens and keeps its files.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    pub host: IpAddr,
+    pub smtp_port: u16,
+    pub submission_port: u16,
+    pub smtps_port: u16,
+    pub admin_port: u16,
+    /// Spool, delivery state and the files made from Secrets.
+    pub state_dir: PathBuf,
+    /// DNS servers for MX lookup (empty: the system's).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            smtp_port: 10025,
+            submission_port: 10587,
+            smtps_port: 10465,
+            admin_port: 10090,
+            state_dir: PathBuf::from(".relayctl"),
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+/// Why a local configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Secret {secret} has no key {key} (needed for {purpose})")]
+    MissingKey {
+        secret: String,
+        key: String,
+        purpose: String,
+    },
+    #[error("cannot make a self-signed certificate: {0}")]
+    Certificate(String),
+}
+
+/// A configuration ready to run locally.
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub config: RelayConfig,
+    pub findings: Vec<Finding>,
+    /// Set when no TLS Secret was given and a self-signed certificate was made.
+    pub self_signed_for: Option<String>,
+}
+
+impl LocalOptions {
+    fn env(&self) -> RenderEnv {
+        let at = |port| SocketAddr::new(self.host, port);
+        let dir = |name: &str| self.state_dir.join(name).to_string_lossy().into_owned();
+        RenderEnv {
+            listeners: ListenerConfig {
+                smtp: at(self.smtp_port),
+                submission: at(self.submission_port),
+                smtps: at(self.smtps_port),
+            },
+            admin_listen: at(self.admin_port),
+            spool_dir: dir("spool"),
+            tls_dir: dir("tls"),
+            credentials_dir: dir("auth"),
+            ca_dir: dir("ca"),
+            delivery: DeliveryConfig {
+                nameservers: self.nameservers.clone(),
+                ..DeliveryConfig::default()
+            },
+        }
+    }
+
+    /// Renders the manifest set for this machine and writes the files its Secrets become.
+    pub fn prepare(&self, set: &ManifestSet) -> Result<LocalConfig, LocalError> {
+        let env = self.env();
+        let rendered = render_set(set, &env)?;
+        let namespace = organization_namespace(set)?;
+        let secrets: BTreeMap<String, &Secret> = set
+            .secrets
+            .iter()
+            .filter(|s| s.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
+            .map(|s| (s.object.name_any(), &s.object))
+            .collect();
+        let org = set
+            .organizations
+            .iter()
+            .find(|o| o.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
+            .map(|o| &o.object.spec);
+        let mut config = rendered.config;
+
+        if let Some(spec) = org {
+            if let Some(name) = spec.relay.tls_secret_ref.as_ref().map(|r| &r.name)
+                && let Some(secret) = secrets.get(name)
+            {
+                write_key(
+                    secret,
+                    "tls.crt",
+                    &Path::new(&env.tls_dir).join("tls.crt"),
+                    "the relay certificate",
+                )?;
+                write_key(
+                    secret,
+                    "tls.key",
+                    &Path::new(&env.tls_dir).join("tls.key"),
+                    "the relay key",
+                )?;
+            }
+            if let Some(name) = spec.auth_secret_ref.as_ref().map(|r| &r.name)
+                && let Some(secret) = secrets.get(name)
+            {
+                write_key(
+                    secret,
+                    "credentials",
+                    &Path::new(&env.credentials_dir).join("credentials"),
+                    "SMTP AUTH",
+                )?;
+            }
+        }
+        for route in set
+            .routes
+            .iter()
+            .filter(|r| r.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
+        {
+            if let Some(name) = route
+                .object
+                .spec
+                .tls
+                .trusted_ca_secret_ref
+                .as_ref()
+                .map(|r| &r.name)
+                && let Some(secret) = secrets.get(name)
+            {
+                write_key(
+                    secret,
+                    "ca.crt",
+                    &Path::new(&env.ca_dir).join(name).join("ca.crt"),
+                    "trusted CA roots",
+                )?;
+            }
+        }
+
+        let mut self_signed_for = None;
+        if config.tls.is_none() {
+            let cert = Path::new(&env.tls_dir).join("self-signed.crt");
+            let key = Path::new(&env.tls_dir).join("self-signed.key");
+            make_self_signed(&config.hostname, &cert, &key)?;
+            config.tls = Some(TlsFiles {
+                cert_file: cert.to_string_lossy().into_owned(),
+                key_file: key.to_string_lossy().into_owned(),
+            });
+            config = config.seal();
+            self_signed_for = Some(config.hostname.clone());
+        }
+        // Settings that could not work without a certificate now can; keep the rest.
+        let findings = rendered
+            .findings
+            .into_iter()
+            .filter(|f| {
+                self_signed_for.is_none()
+                    || !matches!(f.reason, "TlsSecretMissing" | "NoRelayCertificate")
+            })
+            .collect();
+        Ok(LocalConfig {
+            config,
+            findings,
+            self_signed_for,
+        })
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
+    let err = |source| LocalError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // Write then rename, so a relay reloading at the same moment never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The value of `key` in a Secret, from `stringData` or (base64-decoded) `data`.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Some(v.as_bytes().to_vec());
+    }
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+}
+
+fn write_key(secret: &Secret, key: &str, path: &Path, purpose: &str) -> Result<(), LocalError> {
+    let value = secret_value(secret, key).ok_or_else(|| LocalError::MissingKey {
+        secret: secret.name_any(),
+        key: key.into(),
+        purpose: purpose.into(),
+    })?;
+    write_file(path, &value)
+}
+
+/// A self-signed certificate for `hostname` and `localhost`, written unless already there.
+fn make_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), LocalError> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let names = vec![hostname.to_string(), "localhost".to_string()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| LocalError::Certificate(e.to_string()))?;
+    write_file(key, made.signing_key.serialize_pem().as_bytes())?;
+    write_file(cert, made.cert.pem().as_bytes())
+}
+
+/// The manifest files under `paths` with their contents, compared between polls to
+/// notice edits (contents, not modification times, which are too coarse on some file
+/// systems to see two quick saves).
+pub fn snapshot(paths: &[PathBuf]) -> Vec<(PathBuf, Vec<u8>)> {
+    crds::manifest::collect_files(paths)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            (f, bytes)
+        })
+        .collect()
+}

@@ -2,5 +2,6 @@
 //! [`manifests`] loads them from files for `relayctl`, and the controller reconciles them
 //! on a cluster. Nothing here speaks SMTP; the `relay` crate does.
 
+pub mod controller;
 pub mod manifests;
 pub mod render;

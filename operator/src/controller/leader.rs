@@ -129,30 +129,35 @@ impl LeaderElector {
     }
 
     /// Campaigns until elected, then keeps renewing; `leading` follows the outcome.
-    /// Returns once leadership is lost (a renewal failed for longer than the lease lasts).
+    /// Returns once leadership is lost: another replica holds the lease, or renewals kept
+    /// failing for two thirds of the lease (stepping down before the lease can expire,
+    /// so that two leaders never overlap).
     pub async fn run(self, leading: watch::Sender<bool>) {
+        let deadline = self.lease_duration * 2 / 3;
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
-            let held = match self.try_once().await {
-                Ok(held) => held,
+            match self.try_once().await {
+                Ok(true) => {
+                    if last_renewed.is_none() {
+                        tracing::info!(identity = %self.identity, lease = %self.lease_name, "elected leader");
+                    }
+                    last_renewed = Some(tokio::time::Instant::now());
+                    let _ = leading.send(true);
+                }
+                Ok(false) if last_renewed.is_some() => {
+                    tracing::warn!(identity = %self.identity, "another replica holds the lease");
+                    let _ = leading.send(false);
+                    return;
+                }
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "lease round failed");
-                    // Keep leading until the lease we hold could have expired.
-                    last_renewed.is_some_and(|t| t.elapsed() < self.lease_duration)
+                    if last_renewed.is_some_and(|t| t.elapsed() >= deadline) {
+                        tracing::warn!(identity = %self.identity, "could not renew the lease in time");
+                        let _ = leading.send(false);
+                        return;
+                    }
                 }
-            };
-            if held {
-                if last_renewed.is_none() {
-                    tracing::info!(identity = %self.identity, lease = %self.lease_name, "elected leader");
-                }
-                if self.lease_duration > Duration::ZERO {
-                    last_renewed = Some(tokio::time::Instant::now());
-                }
-                let _ = leading.send(true);
-            } else if last_renewed.is_some() {
-                tracing::warn!(identity = %self.identity, "lost the lease");
-                let _ = leading.send(false);
-                return;
             }
             tokio::time::sleep(self.renew_every).await;
         }
@@ -237,5 +242,97 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first.lease_transitions, Some(0));
+    }
+
+    /// Runs one election round against a mock API server that gives `answers` in order;
+    /// returns the outcome and the `(method, path, body)` of each request.
+    async fn round(
+        identity: &str,
+        answers: Vec<(u16, serde_json::Value)>,
+    ) -> (
+        Result<bool, kube::Error>,
+        Vec<(String, String, serde_json::Value)>,
+    ) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut answers = answers.into_iter();
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                seen.push((parts.method.to_string(), parts.uri.path().to_string(), body));
+                let (code, answer) = answers.next().expect("unexpected request");
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+            seen
+        });
+        let elector = LeaderElector {
+            api: Api::namespaced(kube::Client::new(service, "ops"), "ops"),
+            lease_name: "smtprelay-operator".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        let result = elector.try_once().await;
+        drop(elector);
+        (result, server.await.unwrap())
+    }
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+    fn lease_json(holder: &str, renewed: Timestamp) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "smtprelay-operator", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": MicroTime(renewed), "acquireTime": MicroTime(renewed)}
+        })
+    }
+
+    #[tokio::test]
+    async fn first_replica_creates_the_lease() {
+        let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+        let created = lease_json("pod-a", Timestamp::now());
+        let (held, requests) = round("pod-a", vec![(404, not_found), (201, created)]).await;
+        assert!(held.unwrap());
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            (requests[0].0.as_str(), requests[0].1.clone()),
+            ("GET", format!("{LEASE}/smtprelay-operator"))
+        );
+        assert_eq!(
+            (requests[1].0.as_str(), requests[1].1.as_str()),
+            ("POST", LEASE)
+        );
+        assert_eq!(requests[1].2["spec"]["holderIdentity"], "pod-a");
+        assert_eq!(requests[1].2["spec"]["leaseDurationSeconds"], 15);
+    }
+
+    #[tokio::test]
+    async fn a_follower_does_not_write_a_live_lease() {
+        let (held, requests) =
+            round("pod-b", vec![(200, lease_json("pod-a", Timestamp::now()))]).await;
+        assert!(!held.unwrap());
+        assert_eq!(requests.len(), 1, "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
+        let expired = lease_json("pod-a", Timestamp::from_second(1_000).unwrap());
+        let conflict = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409});
+        let (held, requests) = round("pod-b", vec![(200, expired), (409, conflict)]).await;
+        assert!(!held.unwrap());
+        // The takeover was a replace carrying the resourceVersion read, so it could lose.
+        assert_eq!(requests[1].0, "PUT");
+        assert_eq!(requests[1].2["metadata"]["resourceVersion"], "7");
+        assert_eq!(requests[1].2["spec"]["holderIdentity"], "pod-b");
     }
 }

@@ -43,6 +43,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use relay::config::RouteConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -123,6 +124,9 @@ pub struct Settings {
     pub defaults: ChildDefaults,
     /// How often each MailRoute's hosts are probed for TLS.
     pub probe_interval: Duration,
+    /// Where a route's CA Secret is written for probing (the operator does not mount
+    /// route Secrets as the relay pods do); `None` probes with the path render chose.
+    pub probe_ca_dir: Option<std::path::PathBuf>,
     /// Requeue while the relay rolls out.
     pub rollout_requeue: Duration,
     /// Requeue of a settled Organization (drift and probe schedule).
@@ -135,6 +139,7 @@ impl Default for Settings {
             env: RenderEnv::pod(),
             defaults: ChildDefaults::default(),
             probe_interval: Duration::from_secs(600),
+            probe_ca_dir: Some(std::env::temp_dir().join("smtprelay-operator-ca")),
             rollout_requeue: Duration::from_secs(15),
             settled_requeue: Duration::from_secs(300),
         }
@@ -582,7 +587,9 @@ async fn reconcile_org<P: TlsProber>(
         let qualified = format!("{ns}/{}", route.name_any());
         let probe = match rendered.config.routes.iter().find(|r| r.name == qualified) {
             Some(cfg) if due => {
-                let results = ctx.prober.probe(cfg, &rendered.config.delivery).await;
+                let cfg =
+                    with_local_ca(cfg, route, &secrets, ctx.settings.probe_ca_dir.as_deref()).await;
+                let results = ctx.prober.probe(&cfg, &rendered.config.delivery).await;
                 (!results.is_empty()).then_some(results)
             }
             _ => None,
@@ -618,6 +625,59 @@ async fn reconcile_org<P: TlsProber>(
     } else {
         ctx.settings.rollout_requeue
     }))
+}
+
+/// The route as the operator probes it: its CA file (a Secret mount path in relay pods) is
+/// written from the Secret's `ca.crt` under `dir`. If that fails the path stays as it is
+/// and the probe reports the unreadable file, which is what the relay would hit too.
+async fn with_local_ca(
+    cfg: &RouteConfig,
+    route: &MailRoute,
+    secrets: &[Secret],
+    dir: Option<&std::path::Path>,
+) -> RouteConfig {
+    let mut cfg = cfg.clone();
+    let (Some(dir), Some(secret_ref)) = (dir, route.spec.tls.trusted_ca_secret_ref.as_ref()) else {
+        return cfg;
+    };
+    if cfg.tls.extra_ca_file.is_none() {
+        return cfg;
+    }
+    let Some(ca) = secrets
+        .iter()
+        .find(|s| s.name_any() == secret_ref.name)
+        .and_then(|s| {
+            let data = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("ca.crt"))
+                .map(|b| b.0.clone());
+            data.or_else(|| {
+                s.string_data
+                    .as_ref()
+                    .and_then(|d| d.get("ca.crt"))
+                    .map(|v| v.clone().into_bytes())
+            })
+        })
+    else {
+        return cfg;
+    };
+    let folder = dir
+        .join(route.namespace().unwrap_or_default())
+        .join(&secret_ref.name);
+    let file = folder.join("ca.crt");
+    let written = async {
+        tokio::fs::create_dir_all(&folder).await?;
+        tokio::fs::write(&file, ca).await
+    }
+    .await;
+    match written {
+        Ok(()) => cfg.tls.extra_ca_file = Some(file.to_string_lossy().into_owned()),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "could not write CA file for probing")
+        }
+    }
+    cfg
 }
 
 /// One Warning Event per Organization finding that is new since the last status.

@@ -71,6 +71,8 @@ pub struct World {
 pub struct FakeProber {
     pub answers: Vec<(String, Result<(), String>)>,
     pub probed: Mutex<Vec<String>>,
+    /// Contents of the route's CA file at probe time, when it has one.
+    pub ca_seen: Mutex<Vec<String>>,
 }
 
 impl TlsProber for Arc<FakeProber> {
@@ -81,6 +83,12 @@ impl TlsProber for Arc<FakeProber> {
     ) -> Vec<(String, Result<(), String>)> {
         if let Ok(mut p) = self.probed.lock() {
             p.push(route.name.clone());
+        }
+        if let Some(file) = &route.tls.extra_ca_file {
+            let text = std::fs::read_to_string(file).unwrap_or_else(|e| format!("{file}: {e}"));
+            if let Ok(mut seen) = self.ca_seen.lock() {
+                seen.push(text);
+            }
         }
         self.answers.clone()
     }
@@ -279,6 +287,12 @@ impl World {
                 send.send_response(response);
             }
         });
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ca_dir = std::env::temp_dir().join(format!(
+            "smtprelay-operator-test-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let client = Client::new(service, "default");
         let ctx = Arc::new(Context {
             recorder: Recorder::new(
@@ -289,7 +303,13 @@ impl World {
                 },
             ),
             client,
-            settings: Settings::default(),
+            settings: Settings {
+                probe_ca_dir: Some(
+                    std::env::temp_dir()
+                        .join(format!("smtprelay-operator-test-{}", std::process::id())),
+                ),
+                ..Settings::default()
+            },
             prober,
             metrics: Arc::new(Metrics::default()),
             clock: Arc::new(|| Timestamp::from_second(NOW).unwrap()),
@@ -297,6 +317,7 @@ impl World {
         let result = reconcile(Arc::new(org), ctx.clone()).await;
         drop(ctx);
         server.await.unwrap();
+        let _ = std::fs::remove_dir_all(&ca_dir);
         let log = log.lock().unwrap().clone();
         (result, log)
     }

@@ -533,3 +533,50 @@ async fn rotated_secret_restarts_relays_with_an_event() {
     // The config itself did not change: no ConfigUpdated.
     assert_eq!(ev[0].1, "SecretsChanged");
 }
+
+#[tokio::test]
+async fn private_ca_of_a_route_is_used_when_probing() {
+    let mut world = World::example("tls-relaxed-route");
+    world.routes[0].spec.tls.trusted_ca_secret_ref = Some(crds::SecretRef {
+        name: "archive-ca".into(),
+    });
+    let mut ca = k8s_openapi::api::core::v1::Secret::default();
+    ca.metadata.name = Some("archive-ca".into());
+    ca.metadata.namespace = Some("acme".into());
+    ca.data = Some(
+        [(
+            "ca.crt".to_string(),
+            k8s_openapi::ByteString(b"-----BEGIN CERTIFICATE-----\nprivate root\n".to_vec()),
+        )]
+        .into(),
+    );
+    world.secrets.push(ca);
+    let prober = Arc::new(FakeProber {
+        answers: vec![("10.20.0.15:25".into(), Ok(()))],
+        ..Default::default()
+    });
+    let (result, log) = world.reconcile(prober.clone()).await;
+    result.unwrap();
+    assert_eq!(
+        *prober.ca_seen.lock().unwrap(),
+        ["-----BEGIN CERTIFICATE-----\nprivate root\n"]
+    );
+    let status =
+        &request(&log, "PATCH", &format!("{API}/mailroutes/archive/status")).body["status"];
+    let tls = condition(status, "TlsConnectionVerified");
+    assert_eq!(
+        (&tls["status"], &tls["reason"]),
+        (&"True".into(), &"Verified".into())
+    );
+    assert_eq!(tls["message"], "TLS verified for 10.20.0.15:25");
+    // Relay pods get the same CA as a Secret volume.
+    let deployment = &request(
+        &log,
+        "PATCH",
+        "/apis/apps/v1/namespaces/acme/deployments/acme-relay",
+    )
+    .body;
+    let mounts =
+        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
+    assert!(mounts.contains("/etc/smtprelay/ca/archive-ca"), "{mounts}");
+}

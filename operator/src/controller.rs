@@ -78,7 +78,7 @@ pub enum Error {
     },
     #[error("applying {kind} {namespace}/{name}: {source}")]
     Apply {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
         #[source]
@@ -86,7 +86,7 @@ pub enum Error {
     },
     #[error("writing the status of {kind} {namespace}/{name}: {source}")]
     Status {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
         #[source]
@@ -245,46 +245,22 @@ where
     )
     .await
     .map_err(|source| Error::Apply {
-        kind: leak_kind::<K>(),
+        kind: K::kind(&()).into_owned(),
         namespace,
         name,
         source,
     })
 }
 
-/// Static kind names for error messages.
-fn leak_kind<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "ConfigMap" => "ConfigMap",
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        "PersistentVolumeClaim" => "PersistentVolumeClaim",
-        "Organization" => "Organization",
-        "SmtpRelaySetting" => "SmtpRelaySetting",
-        "IpAllowRange" => "IpAllowRange",
-        "MailRoute" => "MailRoute",
-        _ => "object",
-    }
-}
-
-/// Writes `status` when it differs from `old` (merge patch of the status subresource).
-async fn write_status<K, S>(
-    client: &Client,
-    object: &K,
-    old: Option<&S>,
-    new: &S,
-) -> Result<bool, Error>
+/// Writes `status` (merge patch of the status subresource).
+async fn write_status<K, S>(client: &Client, object: &K, new: &S) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    S: Serialize + PartialEq,
+    S: Serialize,
 {
-    if old == Some(new) {
-        return Ok(false);
-    }
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
@@ -292,12 +268,12 @@ where
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|source| Error::Status {
-            kind: leak_kind::<K>(),
+            kind: K::kind(&()).into_owned(),
             namespace,
             name,
             source,
         })?;
-    Ok(true)
+    Ok(())
 }
 
 async fn publish<P, K>(
@@ -358,6 +334,60 @@ where
     publish(ctx, object, severity, &now.reason, now.message.clone()).await
 }
 
+/// Status types that carry conditions.
+trait Conditions {
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Conditions for crds::OrganizationStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+impl Conditions for crds::SmtpRelaySettingStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+impl Conditions for crds::IpAllowRangeStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+impl Conditions for crds::MailRouteStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+/// When the status changed: one Event per condition of `watched` (`(type, status that
+/// warns)`) that changed, then the status write. Events go first so that a failed Event
+/// fails the reconcile before the status hides the change, and is retried with it.
+async fn record<P, K, S>(
+    ctx: &Context<P>,
+    object: &K,
+    old: Option<&S>,
+    new: &S,
+    watched: &[(&str, &str)],
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq + Conditions,
+{
+    if old == Some(new) {
+        return Ok(());
+    }
+    let before = old.map(|o| o.conditions()).unwrap_or_default();
+    for (type_, warn_when) in watched {
+        publish_if_changed(ctx, object, before, new.conditions(), type_, warn_when).await?;
+    }
+    write_status(&ctx.client, object, new).await?;
+    Ok(())
+}
+
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
@@ -404,9 +434,7 @@ async fn reconcile_org<P: TlsProber>(
         Err(e) => {
             // Children stay as they are: the config in force keeps working.
             let new = status::organization_failed(org, &e.to_string(), &now);
-            write_status(client, org, old_status.as_ref(), &new).await?;
-            publish_if_changed(ctx, org, &old_conditions, &new.conditions, DEGRADED, "True")
-                .await?;
+            record(ctx, org, old_status.as_ref(), &new, &[(DEGRADED, "True")]).await?;
             return Ok(Action::requeue(ctx.settings.settled_requeue));
         }
     };
@@ -520,15 +548,13 @@ async fn reconcile_org<P: TlsProber>(
         deployment.status.as_ref(),
         &now,
     );
-    write_status(client, org, old_status.as_ref(), &new).await?;
     announce_findings(ctx, org, &old_conditions, &rendered.findings).await?;
-    publish_if_changed(
+    record(
         ctx,
         org,
-        &old_conditions,
-        &new.conditions,
-        status::READY,
-        "False",
+        old_status.as_ref(),
+        &new,
+        &[(status::READY, "False")],
     )
     .await?;
     let ready =
@@ -541,17 +567,7 @@ async fn reconcile_org<P: TlsProber>(
     {
         let new = status::setting(s, &rendered.config, &rendered.findings, &now);
         let old = s.status.as_ref();
-        if write_status(client, s, old, &new).await? {
-            publish_if_changed(
-                ctx,
-                s,
-                &old.map(|o| o.conditions.clone()).unwrap_or_default(),
-                &new.conditions,
-                ACCEPTED,
-                "False",
-            )
-            .await?;
-        }
+        record(ctx, s, old, &new, &[(ACCEPTED, "False")]).await?;
     }
     for r in ranges
         .iter()
@@ -559,17 +575,7 @@ async fn reconcile_org<P: TlsProber>(
     {
         let new = status::range(r, &rendered.findings, &now);
         let old = r.status.as_ref();
-        if write_status(client, r, old, &new).await? {
-            publish_if_changed(
-                ctx,
-                r,
-                &old.map(|o| o.conditions.clone()).unwrap_or_default(),
-                &new.conditions,
-                ACCEPTED,
-                "False",
-            )
-            .await?;
-        }
+        record(ctx, r, old, &new, &[(ACCEPTED, "False")]).await?;
     }
     let interval =
         SignedDuration::try_from(ctx.settings.probe_interval).unwrap_or(SignedDuration::MAX);
@@ -595,27 +601,14 @@ async fn reconcile_org<P: TlsProber>(
             _ => None,
         };
         let new = status::route(route, &rendered.findings, probe.as_ref(), &now);
-        if write_status(client, route, old, &new).await? {
-            let old_conditions = old.map(|o| o.conditions.clone()).unwrap_or_default();
-            publish_if_changed(
-                ctx,
-                route,
-                &old_conditions,
-                &new.conditions,
-                ACCEPTED,
-                "False",
-            )
-            .await?;
-            publish_if_changed(
-                ctx,
-                route,
-                &old_conditions,
-                &new.conditions,
-                TLS_VERIFIED,
-                "False",
-            )
-            .await?;
-        }
+        record(
+            ctx,
+            route,
+            old,
+            &new,
+            &[(ACCEPTED, "False"), (TLS_VERIFIED, "False")],
+        )
+        .await?;
     }
 
     Ok(Action::requeue(if ready {

@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
     match operate(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

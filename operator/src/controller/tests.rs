@@ -102,8 +102,10 @@ async fn new_organization_gets_all_children_status_and_events() {
 
     let mut expected = reads();
     expected.extend(CHILD_APPLIES.map(String::from));
+    // Events first, then the status write they describe.
     expected.extend([
         EVENTS.to_string(),
+        EVENTS.into(),
         EVENTS.into(),
         format!("PATCH {API}/organizations/acme/status"),
         EVENTS.into(),
@@ -114,7 +116,6 @@ async fn new_organization_gets_all_children_status_and_events() {
         format!("PATCH {API}/ipallowranges/loopback-v6/status"),
         EVENTS.into(),
         format!("PATCH {API}/mailroutes/default/status"),
-        EVENTS.into(),
     ]);
     assert_eq!(lines(&log), expected);
 
@@ -295,8 +296,8 @@ async fn changed_mail_route_reapplies_the_config_map_and_records_old_and_new_has
     expected.extend(CHILD_APPLIES.map(String::from));
     expected.extend([
         EVENTS.to_string(),
-        format!("PATCH {API}/organizations/acme/status"),
         EVENTS.into(),
+        format!("PATCH {API}/organizations/acme/status"),
         format!("PATCH {API}/mailroutes/default/status"),
     ]);
     assert_eq!(lines(&log), expected);
@@ -418,11 +419,11 @@ async fn render_error_degrades_the_organization_and_leaves_children_alone() {
     let mut expected = reads();
     expected.truncate(5); // no Deployment read, no apply
     expected.extend([
-        format!("PATCH {API}/organizations/acme/status"),
         EVENTS.to_string(),
+        format!("PATCH {API}/organizations/acme/status"),
     ]);
     assert_eq!(lines(&log), expected);
-    let status = &log[5].body["status"];
+    let status = &log[6].body["status"];
     let degraded = condition(status, "Degraded");
     assert_eq!(degraded["reason"], "RenderFailed");
     assert_eq!(

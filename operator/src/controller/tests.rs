@@ -581,3 +581,21 @@ async fn private_ca_of_a_route_is_used_when_probing() {
         deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
     assert!(mounts.contains("/etc/smtprelay/ca/archive-ca"), "{mounts}");
 }
+
+#[test]
+fn a_change_in_a_namespace_reconciles_the_organization_of_that_namespace_only() {
+    use kube::runtime::reflector::{ObjectRef, store};
+    use kube::runtime::watcher;
+    let (reader, mut writer) = store::<crds::Organization>();
+    let acme = World::example("quickstart").org();
+    let mut other = acme.clone();
+    other.metadata.namespace = Some("globex".into());
+    other.metadata.name = Some("globex".into());
+    writer.apply_watcher_event(&watcher::Event::Apply(acme.clone()));
+    writer.apply_watcher_event(&watcher::Event::Apply(other));
+    assert_eq!(
+        super::organizations_in(&reader, Some("acme".into())),
+        [ObjectRef::from_obj(&acme)]
+    );
+    assert_eq!(super::organizations_in(&reader, Some("initech".into())), []);
+}

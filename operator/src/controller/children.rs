@@ -671,4 +671,68 @@ spec:
             assert_eq!(r.controller, Some(true));
         }
     }
+
+    #[test]
+    fn service_ports_type_and_persistent_spool_follow_the_spec() {
+        let mut o = org(ORG);
+        o.spec.relay.ports = Some(crds::ListenerPorts {
+            smtp: 2025,
+            submission: 2587,
+            smtps: 2465,
+        });
+        o.spec.relay.service_type = Some(ServiceType::LoadBalancer);
+        o.spec.relay.spool = Some(crds::SpoolSpec {
+            size: Some("10Gi".into()),
+            storage_class_name: Some("fast".into()),
+        });
+        let c = children_for(&o, &[]);
+        let svc = c.service.spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+        let ports: Vec<(i32, String)> = svc
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| {
+                let target = match p.target_port.unwrap() {
+                    IntOrString::String(s) => s,
+                    IntOrString::Int(i) => i.to_string(),
+                };
+                (p.port, target)
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (2025, "smtp".to_string()),
+                (2587, "submission".to_string()),
+                (2465, "smtps".to_string())
+            ]
+        );
+        let pvc = c.spool_claim.unwrap();
+        assert_eq!(pvc.metadata.name.as_deref(), Some("acme-relay-spool"));
+        let spec = pvc.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("10Gi".into())
+        );
+        let deployment = c.deployment.spec;
+        assert_eq!(
+            deployment.strategy.unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
+        let spool = deployment
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "spool")
+            .unwrap();
+        assert_eq!(
+            spool.persistent_volume_claim.unwrap().claim_name,
+            "acme-relay-spool"
+        );
+    }
 }

@@ -422,4 +422,98 @@ spec:
         );
         assert_eq!(s.observed_generation, Some(4));
     }
+
+    fn org_and_config(replicas: i32) -> (Organization, RelayConfig, Vec<Finding>) {
+        let org: Organization = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: Organization
+metadata: {{name: acme, namespace: acme, generation: 3}}
+spec:
+  domains: [acme.example]
+  licenses: 1
+  relay: {{replicas: {replicas}}}
+"#
+        ))
+        .unwrap();
+        let rendered = crate::render::render(
+            "acme",
+            crate::render::Objects {
+                organizations: std::slice::from_ref(&org),
+                settings: &[],
+                ranges: &[],
+                routes: &[],
+                secrets: &Default::default(),
+            },
+            &crate::render::RenderEnv::pod(),
+        )
+        .unwrap();
+        (org, rendered.config, rendered.findings)
+    }
+
+    #[test]
+    fn replicas_without_redis_degrade_and_rollout_is_progressing() {
+        let (org, config, findings) = org_and_config(3);
+        let rolling = DeploymentStatus {
+            available_replicas: Some(2),
+            updated_replicas: Some(3),
+            ready_replicas: Some(2),
+            ..Default::default()
+        };
+        let s = organization_rendered(&org, &config, &findings, Some(&rolling), &at(1));
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "RedisRequired")
+        );
+        assert!(
+            degraded
+                .message
+                .starts_with("RedisRequired: relay.replicas is 3 but limitStore is Memory")
+        );
+        let ready = condition(&s.conditions, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(
+            ready.message,
+            format!(
+                "2/3 relay replicas available (3 updated); config {} applied",
+                &config.hash[..12]
+            )
+        );
+        assert_eq!(
+            condition(&s.conditions, PROGRESSING).unwrap().status,
+            "True"
+        );
+        assert_eq!(s.ready_replicas, Some(2));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.config_hash.as_deref(), Some(config.hash.as_str()));
+    }
+
+    #[test]
+    fn render_failure_keeps_the_config_in_force() {
+        let (mut org, config, _) = org_and_config(1);
+        let ok = DeploymentStatus {
+            available_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        };
+        org.status = Some(organization_rendered(&org, &config, &[], Some(&ok), &at(1)));
+        let s = organization_failed(
+            &org,
+            "MailRoute a and MailRoute b are both default routes",
+            &at(2),
+        );
+        assert_eq!(s.config_hash.as_deref(), Some(config.hash.as_str()));
+        assert_eq!(condition(&s.conditions, READY).unwrap().status, "True");
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(degraded.reason, "RenderFailed");
+        assert_eq!(
+            degraded.message,
+            format!(
+                "MailRoute a and MailRoute b are both default routes; config {} stays in force",
+                &config.hash[..12]
+            )
+        );
+        assert_eq!(degraded.last_transition_time, at(2));
+    }
 }

@@ -599,3 +599,96 @@ fn a_change_in_a_namespace_reconciles_the_organization_of_that_namespace_only() 
     );
     assert_eq!(super::organizations_in(&reader, Some("initech".into())), []);
 }
+
+/// Starts the real controller against a mock API server that answers every list with
+/// nothing and leaves watches open, and checks what it watches (and so what RBAC needs).
+#[tokio::test]
+async fn controller_watches_organizations_children_inputs_and_secret_metadata() {
+    use http::{Request, Response};
+    use kube::client::Body;
+    use std::collections::BTreeMap;
+
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (seen_all, all_seen) = tokio::sync::oneshot::channel::<BTreeMap<String, String>>();
+    let server = tokio::spawn(async move {
+        let mut lists: BTreeMap<String, String> = BTreeMap::new();
+        let mut open_watches = Vec::new();
+        let mut seen_all = Some(seen_all);
+        while let Some((request, send)) = handle.next_request().await {
+            let query = request.uri().query().unwrap_or_default().to_string();
+            if query.contains("watch=true") {
+                open_watches.push(send);
+                continue;
+            }
+            let accept = request
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let metadata_only = accept.contains("PartialObjectMetadataList");
+            lists.insert(
+                request.uri().path().to_string(),
+                format!(
+                    "{}{}",
+                    query
+                        .split('&')
+                        .find(|q| q.starts_with("labelSelector="))
+                        .unwrap_or_default(),
+                    if metadata_only { " metadata-only" } else { "" }
+                ),
+            );
+            let list = serde_json::json!({
+                "apiVersion": "v1", "kind": if metadata_only { "PartialObjectMetadataList" } else { "List" },
+                "metadata": {"resourceVersion": "1"}, "items": []
+            });
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                    .unwrap(),
+            );
+            if lists.len() == 9
+                && let Some(tx) = seen_all.take()
+            {
+                let _ = tx.send(lists.clone());
+            }
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    let ctx = Arc::new(super::Context::new(
+        client,
+        super::Settings::default(),
+        ProbingDisabled,
+        Arc::new(super::metrics::Metrics::default()),
+        Some("test".into()),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(super::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    let lists = tokio::time::timeout(std::time::Duration::from_secs(60), all_seen)
+        .await
+        .expect("the controller did not list its nine kinds")
+        .unwrap();
+    let _ = stop.send(());
+    controller.await.unwrap();
+    server.abort();
+
+    // Children and Secrets are watched by metadata only (kube's `owns` does so by itself).
+    let owned = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsmtprelay-operator metadata-only";
+    let expected: BTreeMap<String, String> = [
+        ("/apis/smtprelay.dev/v1alpha1/organizations", ""),
+        ("/apis/smtprelay.dev/v1alpha1/smtprelaysettings", ""),
+        ("/apis/smtprelay.dev/v1alpha1/ipallowranges", ""),
+        ("/apis/smtprelay.dev/v1alpha1/mailroutes", ""),
+        ("/api/v1/configmaps", owned),
+        ("/apis/apps/v1/deployments", owned),
+        ("/api/v1/services", owned),
+        ("/apis/policy/v1/poddisruptionbudgets", owned),
+        ("/api/v1/secrets", " metadata-only"),
+    ]
+    .into_iter()
+    .map(|(p, q)| (p.to_string(), q.to_string()))
+    .collect();
+    assert_eq!(lists, expected);
+}

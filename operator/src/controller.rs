@@ -588,7 +588,7 @@ async fn reconcile_org<P: TlsProber>(
             s.observed_generation != route.metadata.generation
                 || s.last_probe_time
                     .as_ref()
-                    .is_none_or(|t| t.0 + interval <= now.0)
+                    .is_none_or(|t| t.0.checked_add(interval).is_ok_and(|due| due <= now.0))
         });
         let qualified = format!("{ns}/{}", route.name_any());
         let probe = match rendered.config.routes.iter().find(|r| r.name == qualified) {

@@ -46,7 +46,8 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
         .or(spec.acquire_time.as_ref())
         .map(|t| t.0);
     match renewed {
-        Some(at) if at + duration > now => Decision::Follow {
+        // A lease that would expire beyond the representable future never expires.
+        Some(at) if at.checked_add(duration).map_or(true, |end| end > now) => Decision::Follow {
             holder: holder.to_string(),
         },
         _ => Decision::Acquire,

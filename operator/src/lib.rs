@@ -2,6 +2,7 @@
 //! [`manifests`] loads them from files for `relayctl`, and the controller reconciles them
 //! on a cluster. Nothing here speaks SMTP; the `relay` crate does.
 
+pub mod controller;
 pub mod git;
 pub mod local;
 pub mod manifests;

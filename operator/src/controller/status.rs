@@ -1,0 +1,519 @@
+//! Status of every kind, computed by pure functions from what reconcile saw.
+//!
+//! Each function takes the object's old status, what render (and the Deployment, and the
+//! TLS prober) said, and the current time, and returns the new status. A condition keeps
+//! its `lastTransitionTime` while its status stays the same, so a reconcile that changes
+//! nothing computes a status equal to the old one, and the controller writes (and emits
+//! Events) only when they differ. This module does not talk to the API server.
+
+use crds::route::HostProbe;
+use crds::{
+    Condition, IpAllowRange, IpAllowRangeStatus, MailRoute, MailRouteStatus, Organization,
+    OrganizationStatus, SmtpRelaySetting, SmtpRelaySettingStatus,
+};
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use relay::config::RelayConfig;
+
+use crate::render::{Finding, ObjectKind, parse_network};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const ACCEPTED: &str = "Accepted";
+pub const TLS_VERIFIED: &str = "TlsConnectionVerified";
+
+/// Findings that describe a choice the author made on purpose: the object is still
+/// accepted, the reason says what is unusual about it.
+const ADVISORY_FINDINGS: &[&str] = &["TlsChecksRelaxed"];
+
+/// One condition as reconcile wants it, before times and generations are filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Want {
+    pub fn new(type_: &'static str, status: bool, reason: &str, message: String) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message,
+        }
+    }
+}
+
+/// Replaces (or adds) the condition `want.type_` in `conditions`, keeping its transition
+/// time when the status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    want: Want,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if want.status { "True" } else { "False" };
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == want.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    let new = Condition {
+        type_: want.type_.into(),
+        status: status.into(),
+        reason: want.reason,
+        message: want.message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(c) => *c = new,
+        None => conditions.push(new),
+    }
+}
+
+/// Finds a condition by type.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Status of an Organization whose objects rendered: Ready when every desired replica
+/// is available, Degraded while an Organization finding (missing Secret, Redis required)
+/// stands.
+pub fn organization_rendered(
+    org: &Organization,
+    config: &RelayConfig,
+    findings: &[Finding],
+    deployment: Option<&DeploymentStatus>,
+    now: &Time,
+) -> OrganizationStatus {
+    let old = org.status.clone().unwrap_or_default();
+    let generation = org.metadata.generation;
+    let desired = org.spec.relay.replicas.unwrap_or(1).max(1);
+    let available = deployment.and_then(|d| d.available_replicas).unwrap_or(0);
+    let updated = deployment.and_then(|d| d.updated_replicas).unwrap_or(0);
+    let ready_replicas = deployment.and_then(|d| d.ready_replicas).unwrap_or(0);
+    let ready = available == desired && updated == desired;
+    let hash = short(&config.hash);
+
+    let mut conditions = old.conditions.clone();
+    set_condition(
+        &mut conditions,
+        if ready {
+            Want::new(
+                READY,
+                true,
+                "RelayAvailable",
+                format!("{available}/{desired} relay replicas available; config {hash} in force"),
+            )
+        } else {
+            Want::new(
+                READY,
+                false,
+                "RelayUnavailable",
+                format!(
+                    "{available}/{desired} relay replicas available ({updated} updated); config {hash} applied"
+                ),
+            )
+        },
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        if ready {
+            Want::new(
+                PROGRESSING,
+                false,
+                "RolloutComplete",
+                format!("config {hash} rolled out"),
+            )
+        } else {
+            Want::new(
+                PROGRESSING,
+                true,
+                "RollingOut",
+                format!("waiting for {desired} relay replicas with config {hash}"),
+            )
+        },
+        generation,
+        now,
+    );
+    let own: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.kind == ObjectKind::Organization)
+        .collect();
+    set_condition(
+        &mut conditions,
+        match own.as_slice() {
+            [] => Want::new(DEGRADED, false, "AsExpected", "no problems found".into()),
+            [first, ..] => Want::new(
+                DEGRADED,
+                true,
+                first.reason,
+                own.iter()
+                    .map(|f| format!("{}: {}", f.reason, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        },
+        generation,
+        now,
+    );
+    OrganizationStatus {
+        conditions,
+        observed_generation: generation,
+        config_hash: Some(config.hash.clone()),
+        ready_replicas: Some(ready_replicas),
+    }
+}
+
+/// Status of an Organization whose objects do not render: Degraded with the error; the
+/// previous config (and its hash) stays in force, so Ready is left as it was.
+pub fn organization_failed(org: &Organization, error: &str, now: &Time) -> OrganizationStatus {
+    let old = org.status.clone().unwrap_or_default();
+    let generation = org.metadata.generation;
+    let mut conditions = old.conditions.clone();
+    let kept = match &old.config_hash {
+        Some(h) => format!("; config {} stays in force", short(h)),
+        None => "; no config has been applied yet".into(),
+    };
+    set_condition(
+        &mut conditions,
+        Want::new(DEGRADED, true, "RenderFailed", format!("{error}{kept}")),
+        generation,
+        now,
+    );
+    OrganizationStatus {
+        conditions,
+        observed_generation: generation,
+        ..old
+    }
+}
+
+/// The `Accepted` condition of one object from the findings about it.
+fn accepted(kind: ObjectKind, name: &str, findings: &[Finding], what: &str) -> Want {
+    let mine: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.kind == kind && f.name == name)
+        .collect();
+    match mine.as_slice() {
+        [] => Want::new(
+            ACCEPTED,
+            true,
+            "Rendered",
+            format!("{what} is part of the relay configuration"),
+        ),
+        [first, ..] => Want::new(
+            ACCEPTED,
+            mine.iter().all(|f| ADVISORY_FINDINGS.contains(&f.reason)),
+            first.reason,
+            mine.iter()
+                .map(|f| f.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+/// Status of a SmtpRelaySetting.
+pub fn setting(
+    setting: &SmtpRelaySetting,
+    config: &RelayConfig,
+    findings: &[Finding],
+    now: &Time,
+) -> SmtpRelaySettingStatus {
+    let old = setting.status.clone().unwrap_or_default();
+    let name = setting.name_any();
+    let qualified = format!("{}/{}", setting.namespace().unwrap_or_default(), name);
+    let matched = config
+        .settings
+        .iter()
+        .find(|s| s.name == qualified)
+        .and_then(|s| s.ip_ranges.as_ref())
+        .map(|r| i32::try_from(r.len()).unwrap_or(i32::MAX));
+    let mut conditions = old.conditions;
+    set_condition(
+        &mut conditions,
+        accepted(ObjectKind::SmtpRelaySetting, &name, findings, "the setting"),
+        setting.metadata.generation,
+        now,
+    );
+    SmtpRelaySettingStatus {
+        conditions,
+        observed_generation: setting.metadata.generation,
+        matched_ranges: matched,
+    }
+}
+
+/// Status of an IpAllowRange.
+pub fn range(range: &IpAllowRange, findings: &[Finding], now: &Time) -> IpAllowRangeStatus {
+    let old = range.status.clone().unwrap_or_default();
+    let name = range.name_any();
+    let mut conditions = old.conditions;
+    let want = if range.spec.enabled {
+        accepted(ObjectKind::IpAllowRange, &name, findings, "the range")
+    } else {
+        Want::new(
+            ACCEPTED,
+            true,
+            "Disabled",
+            "the range is disabled (enabled: false) and allows nothing".into(),
+        )
+    };
+    set_condition(&mut conditions, want, range.metadata.generation, now);
+    IpAllowRangeStatus {
+        conditions,
+        observed_generation: range.metadata.generation,
+        network: parse_network(&range.spec.cidr).map(|n| n.to_string()),
+    }
+}
+
+/// Result of probing a route's hosts: `host:port` and the verifier's verdict.
+pub type ProbeResults = Vec<(String, Result<(), String>)>;
+
+/// Status of a MailRoute. `probe` is `Some` when the route's hosts were just probed; the
+/// previous `TlsConnectionVerified` (and probe time) is kept otherwise.
+pub fn route(
+    route: &MailRoute,
+    findings: &[Finding],
+    probe: Option<&ProbeResults>,
+    now: &Time,
+) -> MailRouteStatus {
+    let old = route.status.clone().unwrap_or_default();
+    let name = route.name_any();
+    let generation = route.metadata.generation;
+    let mut status = MailRouteStatus {
+        conditions: old.conditions,
+        observed_generation: generation,
+        last_probe_time: old.last_probe_time,
+        hosts: old.hosts,
+    };
+    set_condition(
+        &mut status.conditions,
+        accepted(ObjectKind::MailRoute, &name, findings, "the route"),
+        generation,
+        now,
+    );
+    if let Some(results) = probe {
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|(host, r)| r.as_ref().err().map(|e| format!("{host}: {e}")))
+            .collect();
+        let want = if failed.is_empty() {
+            let hosts: Vec<&str> = results.iter().map(|(h, _)| h.as_str()).collect();
+            Want::new(
+                TLS_VERIFIED,
+                true,
+                "Verified",
+                format!("TLS verified for {}", hosts.join(", ")),
+            )
+        } else {
+            Want::new(
+                TLS_VERIFIED,
+                false,
+                "CertificateValidationFailed",
+                failed.join("; "),
+            )
+        };
+        set_condition(&mut status.conditions, want, generation, now);
+        status.last_probe_time = Some(now.clone());
+        status.hosts = results
+            .iter()
+            .map(|(host, r)| HostProbe {
+                host: host.clone(),
+                verified: r.is_ok(),
+                message: match r {
+                    Ok(()) => "verified".into(),
+                    Err(e) => e.clone(),
+                },
+            })
+            .collect();
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_only_moves_when_status_flips() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            Want::new(READY, false, "A", "a".into()),
+            Some(1),
+            &at(10),
+        );
+        set_condition(
+            &mut c,
+            Want::new(READY, false, "B", "b".into()),
+            Some(2),
+            &at(20),
+        );
+        assert_eq!(c[0].last_transition_time, at(10));
+        assert_eq!(
+            (c[0].reason.as_str(), c[0].observed_generation),
+            ("B", Some(2))
+        );
+        set_condition(
+            &mut c,
+            Want::new(READY, true, "C", "c".into()),
+            Some(2),
+            &at(30),
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].status.as_str(), c[0].last_transition_time.clone()),
+            ("True", at(30))
+        );
+    }
+
+    #[test]
+    fn probe_failure_names_each_failing_host() {
+        let route: MailRoute = serde_yaml::from_str(
+            r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: MailRoute
+metadata: {name: partner, namespace: acme, generation: 4}
+spec:
+  description: d
+  match: {recipientDomains: [partner.example]}
+  singleHost: {host: mx.partner.example, port: 25}
+"#,
+        )
+        .unwrap();
+        let results: ProbeResults = vec![
+            ("a.partner.example:25".into(), Ok(())),
+            (
+                "b.partner.example:25".into(),
+                Err("invalid peer certificate: UnknownIssuer".into()),
+            ),
+        ];
+        let s = super::route(&route, &[], Some(&results), &at(5));
+        let tls = condition(&s.conditions, TLS_VERIFIED).unwrap();
+        assert_eq!(tls.status, "False");
+        assert_eq!(tls.reason, "CertificateValidationFailed");
+        assert_eq!(
+            tls.message,
+            "b.partner.example:25: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(s.last_probe_time, Some(at(5)));
+        assert_eq!(s.hosts.len(), 2);
+        assert!(s.hosts[0].verified && !s.hosts[1].verified);
+        let accepted = condition(&s.conditions, ACCEPTED).unwrap();
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("True", "Rendered")
+        );
+        assert_eq!(s.observed_generation, Some(4));
+    }
+
+    fn org_and_config(replicas: i32) -> (Organization, RelayConfig, Vec<Finding>) {
+        let org: Organization = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: Organization
+metadata: {{name: acme, namespace: acme, generation: 3}}
+spec:
+  domains: [acme.example]
+  licenses: 1
+  relay: {{replicas: {replicas}}}
+"#
+        ))
+        .unwrap();
+        let rendered = crate::render::render(
+            "acme",
+            crate::render::Objects {
+                organizations: std::slice::from_ref(&org),
+                settings: &[],
+                ranges: &[],
+                routes: &[],
+                secrets: &Default::default(),
+            },
+            &crate::render::RenderEnv::pod(),
+        )
+        .unwrap();
+        (org, rendered.config, rendered.findings)
+    }
+
+    #[test]
+    fn replicas_without_redis_degrade_and_rollout_is_progressing() {
+        let (org, config, findings) = org_and_config(3);
+        let rolling = DeploymentStatus {
+            available_replicas: Some(2),
+            updated_replicas: Some(3),
+            ready_replicas: Some(2),
+            ..Default::default()
+        };
+        let s = organization_rendered(&org, &config, &findings, Some(&rolling), &at(1));
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "RedisRequired")
+        );
+        assert!(
+            degraded
+                .message
+                .starts_with("RedisRequired: relay.replicas is 3 but limitStore is Memory")
+        );
+        let ready = condition(&s.conditions, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(
+            ready.message,
+            format!(
+                "2/3 relay replicas available (3 updated); config {} applied",
+                &config.hash[..12]
+            )
+        );
+        assert_eq!(
+            condition(&s.conditions, PROGRESSING).unwrap().status,
+            "True"
+        );
+        assert_eq!(s.ready_replicas, Some(2));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.config_hash.as_deref(), Some(config.hash.as_str()));
+    }
+
+    #[test]
+    fn render_failure_keeps_the_config_in_force() {
+        let (mut org, config, _) = org_and_config(1);
+        let ok = DeploymentStatus {
+            available_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        };
+        org.status = Some(organization_rendered(&org, &config, &[], Some(&ok), &at(1)));
+        let s = organization_failed(
+            &org,
+            "MailRoute a and MailRoute b are both default routes",
+            &at(2),
+        );
+        assert_eq!(s.config_hash.as_deref(), Some(config.hash.as_str()));
+        assert_eq!(condition(&s.conditions, READY).unwrap().status, "True");
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(degraded.reason, "RenderFailed");
+        assert_eq!(
+            degraded.message,
+            format!(
+                "MailRoute a and MailRoute b are both default routes; config {} stays in force",
+                &config.hash[..12]
+            )
+        );
+        assert_eq!(degraded.last_transition_time, at(2));
+    }
+}

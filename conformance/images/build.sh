@@ -4,10 +4,11 @@
 #            imported with `docker import` (postfix, swaks, openssl, dnsmasq inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
-#   relay    the release `relay` binary
+#   relay    the release `relay` binary (also tagged smtprelay-relay:dev)
+#   operator the release `operator` binary (also tagged smtprelay-operator:dev)
 # Each image is tagged with a hash of its inputs and rebuilt only when they change.
 #
-# usage: conformance/images/build.sh [base|postfix|dns|relay|all]...   (default: all)
+# usage: conformance/images/build.sh [base|postfix|dns|relay|operator|all]...   (default: all)
 # Prints `name=image:tag` lines on standard output; progress goes to standard error.
 set -euo pipefail
 
@@ -64,15 +65,20 @@ build_from() {
   echo "$tag"
 }
 
-build_relay() {
-  local base=$1
-  log "building the release relay binary"
-  (cd "$root" && cargo build --release -p relay --bin relay >&2)
-  local ctx="$cache/relay-context"
+# build_binary NAME PACKAGE: the release binary NAME of PACKAGE in an image FROM the base,
+# tagged by content and as :dev (the tag deploy/ and the operator use).
+build_binary() {
+  local name=$1 package=$2 base=$3
+  log "building the release $name binary"
+  (cd "$root" && cargo build --release -p "$package" --bin "$name" >&2)
+  local ctx="$cache/$name-context"
   rm -rf "$ctx" && mkdir -p "$ctx"
-  cp "$here/relay/Dockerfile" "$ctx/"
-  cp "$root/target/release/relay" "$ctx/relay"
-  build_from relay "$ctx" "$base"
+  cp "$here/$name/Dockerfile" "$ctx/"
+  cp "$root/target/release/$name" "$ctx/$name"
+  local tag
+  tag=$(build_from "$name" "$ctx" "$base")
+  docker tag "$tag" "smtprelay-$name:dev" >&2
+  echo "$tag"
 }
 
 targets=("$@")
@@ -84,12 +90,13 @@ for t in "${targets[@]}"; do
     base) ;;
     postfix) echo "postfix=$(build_from postfix "$here/postfix" "$base")" ;;
     dns) echo "dns=$(build_from dns "$here/dns" "$base")" ;;
-    relay) echo "relay=$(build_relay "$base")" ;;
+    relay) echo "relay=$(build_binary relay relay "$base")" ;;
+    operator) echo "operator=$(build_binary operator operator "$base")" ;;
     all)
       echo "postfix=$(build_from postfix "$here/postfix" "$base")"
       echo "dns=$(build_from dns "$here/dns" "$base")"
-      echo "relay=$(build_relay "$base")"
+      echo "relay=$(build_binary relay relay "$base")"
       ;;
-    *) log "unknown image $t (expected base, postfix, dns, relay or all)"; exit 2 ;;
+    *) log "unknown image $t (expected base, postfix, dns, relay, operator or all)"; exit 2 ;;
   esac
 done

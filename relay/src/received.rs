@@ -53,7 +53,7 @@ pub fn rfc5322_date(t: SystemTime) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
         WEEKDAYS[(days % 7) as usize],
         d,
         MONTHS[(m - 1) as usize],
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn dates_are_rfc5322() {
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
         assert_eq!(rfc5322_date(t), "Thu, 29 Feb 2024 12:34:56 +0000");
     }
@@ -103,7 +103,7 @@ mod tests {
         });
         assert_eq!(
             h,
-            "Received: from client.acme.example ([192.0.2.1])\r\n\t(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby relay.acme.example with ESMTPSA id 0123456789ABCDEF;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+            "Received: from client.acme.example ([192.0.2.1])\r\n\t(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby relay.acme.example with ESMTPSA id 0123456789ABCDEF;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
     }
 }

@@ -31,6 +31,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed log pipe must not take the relay down (the fallback report would
         // itself go to the closed stderr and panic).
         .log_internal_errors(false)

@@ -219,7 +219,7 @@ impl Drop for Container {
 #[derive(Debug)]
 struct Network {
     name: String,
-    /// Second and third octet of `10.a.b.0/24`, also used in `fd00:a:b::/64`.
+    /// Second and third octet of `10.a.b.0/24`, also the groups of `fd00:a:b::/64` (hex).
     a: u8,
     b: u8,
 }
@@ -295,7 +295,7 @@ impl Scenario {
                 "--subnet",
                 &format!("10.{a}.{b}.0/24"),
                 "--subnet",
-                &format!("fd00:{a}:{b}::/64"),
+                &format!("fd00:{a:x}:{b:x}::/64"),
                 &name,
             ]) {
                 Ok(_) => {
@@ -560,7 +560,7 @@ impl RelayFiles {
 /// Waits until Postfix accepts local submissions (its pickup service exists).
 pub fn wait_postfix(c: &Container) -> io::Result<()> {
     poll(Duration::from_secs(30), || {
-        c.exec(&["test", "-p", "/var/spool/postfix/public/pickup"])
+        c.exec(&["test", "-S", "/var/spool/postfix/public/pickup"])
             .ok()
     })
     .map(|_| ())

@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
 suite=bookworm
-packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules
 mkdir -p "$cache"
 
 log() { printf '%s\n' "$*" >&2; }

@@ -173,6 +173,18 @@ pub struct SessionModel {
     closed: bool,
 }
 
+impl SessionModel {
+    /// True when MAIL was accepted and the transaction is open.
+    pub fn has_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Recipients accepted in the open transaction.
+    pub fn accepted_rcpts(&self) -> usize {
+        self.tx.as_ref().map_or(0, |(_, _, r)| r.len())
+    }
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }

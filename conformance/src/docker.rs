@@ -647,3 +647,26 @@ pub fn header<'a>(message: &'a str, header: &str) -> Option<&'a str> {
         .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
         .map(|l| l[prefix.len()..].trim())
 }
+
+/// `GET path` over plain HTTP/1.0 (the relay's admin endpoint); returns the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// The value of the first sample whose metric name ends with `suffix` in Prometheus text.
+pub fn metric(text: &str, suffix: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        let bare = name.split('{').next()?;
+        bare.ends_with(suffix).then(|| value.parse().ok())?
+    })
+}

@@ -155,12 +155,13 @@ fn unpaid_customer_peak_is_50_and_daily_is_100() {
     if docker::skip_without_docker() {
         return;
     }
-    // Unpaid defaults: 50 recipients per 10 minutes. Postfix sends 50 recipients per
-    // transaction, so the 51st arrives in a second transaction and is deferred.
+    // Unpaid defaults: 50 recipients per 10 minutes. Limits count a message when it is
+    // accepted, so the 51st recipient is sent after the first 50 are.
     let scn = scenario("lim-unpaid-peak", false, 100, LimitOverrides::default());
     let client = scn.get("client");
-    send(client, &rcpts("u", 51), "fifty-one");
-    wait_delivered(&scn, "fifty-one", 50);
+    send(client, &rcpts("u", 50), "fifty");
+    wait_delivered(&scn, "fifty", 50);
+    send(client, &rcpts("v", 1), "fifty-first");
     let q = deferred(client, PEAK);
     assert_eq!(q.len(), 1, "{q:?}");
     drop(scn);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the project's container images without any container registry:
 #   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
-#            imported with `docker import` (postfix, swaks, openssl, dnsmasq inside)
+#            imported with `docker import` (postfix with the SASL client modules, swaks,
+#            openssl, dnsmasq inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
 #   relay    the release `relay` binary

@@ -393,10 +393,9 @@ impl Scenario {
         // Register before running so a half-started container is removed too.
         self.containers.push(Container { name, ip4, ip6 });
         docker(&refs)?;
-        Ok(self
-            .containers
+        self.containers
             .last()
-            .ok_or_else(|| io::Error::other("no container"))?)
+            .ok_or_else(|| io::Error::other("no container"))
     }
 
     /// The container named `<role>-<id>`.

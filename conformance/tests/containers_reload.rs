@@ -87,7 +87,7 @@ fn disabling_a_range_takes_effect_within_seconds_without_dropping_open_sessions(
     let reloaded = docker::poll(Duration::from_secs(15), || {
         scn.get("relay")
             .logs()
-            .contains("generation=2")
+            .contains("configuration reloaded")
             .then_some(())
     });
     assert!(

@@ -383,7 +383,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         } else {
             Ipv4Addr::new(127, 0, 0, plan.octet).into()
         };
-        let result = run_session(&mut model, &manifests, plan, ip, relay.smtp_addr(), &tls).await;
+        let result = run_session(&mut model, plan, ip, relay.smtp_addr(), &tls).await;
         match result {
             Ok(lines) => transcript.extend(lines),
             Err((lines, what)) => {
@@ -445,7 +445,6 @@ type SessionResult = Result<Vec<String>, (Vec<String>, String)>;
 
 async fn run_session(
     model: &mut Model,
-    manifests: &Manifests,
     plan: &SessionPlan,
     ip: IpAddr,
     server: SocketAddr,
@@ -521,7 +520,6 @@ async fn run_session(
         }
     }
     let _ = client.command("QUIT").await;
-    let _ = manifests;
     Ok(client.transcript)
 }
 

@@ -3,7 +3,7 @@
 //! A [`Scenario`] owns one private dual-stack network with a random subnet and every
 //! container started on it; dropping it (also when a test panics) removes the containers
 //! and then the network. Containers get fixed addresses ([`Scenario::ip4`]), so manifests
-//! can be written before anything starts. Helpers start the project's images in their
+//! can be written before anything starts. Its functions start the project's images in their
 //! roles: Postfix clients and servers, dnsmasq, and the relay with a config rendered from
 //! manifests, and read what a user would look at: the sink's maildir, the client's queue
 //! (`postqueue -j`) and the sender's mailbox.

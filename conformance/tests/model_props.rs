@@ -167,7 +167,9 @@ fn settings() -> impl Strategy<Value = Vec<SettingSpec>> {
         Just(Some(Some("a".to_string()))),
         Just(Some(Some("b".to_string()))),
     ];
-    prop::collection::vec((senders, ip, any::<bool>(), any::<bool>()), 1..4).prop_map(|v| {
+    let auth = prop::bool::weighted(0.3);
+    let tls = prop::bool::weighted(0.3);
+    prop::collection::vec((senders, ip, auth, tls), 1..4).prop_map(|v| {
         v.into_iter()
             .enumerate()
             .map(|(i, (senders, ip_ranges, auth, tls))| {

@@ -4,7 +4,7 @@
 //! number of sessions (who the client is, STARTTLS, AUTH, MAIL, RCPT, DATA), and for every
 //! accepted message where it lands: the route each recipient takes (SPEC §2.4) and the
 //! envelope sender after the `AnyAddress` rewrite. Limit counters (SPEC §3.6) carry across
-//! sessions; time does not pass inside a model run.
+//! sessions over rolling windows; time moves only through [`Model::advance`].
 //!
 //! It deliberately shares no code with `relay::policy` or `relay::limits`: it reads the
 //! manifests, resolves label selectors itself and keeps its own counters, so a relay that
@@ -134,19 +134,26 @@ struct Setting {
     require_tls: bool,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Counters {
-    user_messages: BTreeMap<String, u64>,
-    user_rcpts: BTreeMap<String, BTreeSet<String>>,
-    customer: u64,
+/// One accepted message, as the limits count it.
+#[derive(Clone, Debug)]
+struct Record {
+    /// Seconds since the model started.
+    at: u64,
+    user: String,
+    rcpts: Vec<String>,
 }
+
+const DAY: u64 = 24 * 3600;
+const PEAK: u64 = 10 * 60;
 
 /// The model of one organization's relay.
 #[derive(Clone, Debug)]
 pub struct Model {
     manifests: Manifests,
     settings: Vec<Setting>,
-    counters: Counters,
+    records: Vec<Record>,
+    /// Seconds since the model started.
+    now: u64,
     limits: Limits,
     /// Every message accepted so far, split by destination.
     pub deliveries: Vec<Delivery>,
@@ -231,10 +238,23 @@ impl Model {
         Self {
             manifests: manifests.clone(),
             settings,
-            counters: Counters::default(),
+            records: Vec::new(),
+            now: 0,
             limits,
             deliveries: Vec::new(),
         }
+    }
+
+    /// Moves time forward by `seconds`.
+    pub fn advance(&mut self, seconds: u64) {
+        self.now += seconds;
+    }
+
+    /// Messages accepted within the last `window` seconds.
+    fn within(&self, window: u64) -> impl Iterator<Item = &Record> {
+        self.records
+            .iter()
+            .filter(move |r| self.now - r.at < window)
     }
 
     /// A new session from `ip` (the greeting is `220`).
@@ -441,25 +461,27 @@ impl Model {
             return Expected::prefix(452, "4.5.3");
         }
         let l = self.limits;
-        let c = &self.counters;
-        if c.user_messages.get(&user).copied().unwrap_or(0) + 1 > l.user_messages {
+        let mine = || self.within(DAY).filter(|r| r.user == user);
+        if mine().count() as u64 + 1 > l.user_messages {
             return Expected::exact(550, USER_LIMIT);
         }
-        let mut unique: BTreeSet<&String> = c
-            .user_rcpts
-            .get(&user)
-            .map(|set| set.iter().collect())
-            .unwrap_or_default();
+        let mut unique: BTreeSet<&String> = mine().flat_map(|r| r.rcpts.iter()).collect();
         let is_new = !unique.contains(&to) && !rcpts.contains(&to);
         unique.extend(rcpts.iter());
         if is_new && unique.len() as u64 + 1 > l.user_rcpts {
             return Expected::exact(550, USER_LIMIT);
         }
-        let total = c.customer + rcpts.len() as u64 + 1;
-        if total > l.customer_day {
+        let counted = |window| {
+            self.within(window)
+                .map(|r| r.rcpts.len() as u64)
+                .sum::<u64>()
+                + rcpts.len() as u64
+                + 1
+        };
+        if counted(DAY) > l.customer_day {
             return Expected::exact(550, CUSTOMER_DAILY);
         }
-        if total > l.customer_peak {
+        if counted(PEAK) > l.customer_peak {
             return Expected::exact(450, CUSTOMER_PEAK);
         }
         rcpts.push(to);
@@ -475,13 +497,11 @@ impl Model {
             return Expected::code(554);
         }
         // Counted when accepted (SPEC §3.6).
-        *self.counters.user_messages.entry(user.clone()).or_default() += 1;
-        self.counters
-            .user_rcpts
-            .entry(user)
-            .or_default()
-            .extend(rcpts.iter().cloned());
-        self.counters.customer += rcpts.len() as u64;
+        self.records.push(Record {
+            at: self.now,
+            user,
+            rcpts: rcpts.clone(),
+        });
         let mut by_destination: BTreeMap<Destination, Vec<String>> = BTreeMap::new();
         for r in rcpts {
             by_destination
@@ -585,5 +605,20 @@ mod tests {
         assert_eq!(m.step(&mut s, &Step::Rcpt("c@x.test".into())).code, 250);
         let e = m.step(&mut s, &Step::Rcpt("d@x.test".into()));
         assert!(e.matches("450 4.2.1 Peak SMTP relay limit exceeded for customer."));
+    }
+
+    #[test]
+    fn peak_window_rolls_after_ten_minutes() {
+        let mut m = Model::new(&org());
+        let mut s = m.connect("10.0.0.9".parse().unwrap());
+        m.step(&mut s, &Step::Ehlo("host.acme.example".into()));
+        m.step(&mut s, &Step::Mail("a@acme.example".into()));
+        m.step(&mut s, &Step::Rcpt("b@x.test".into()));
+        m.step(&mut s, &Step::Rcpt("c@x.test".into()));
+        assert_eq!(m.step(&mut s, &Step::Data).code, 250);
+        m.step(&mut s, &Step::Mail("a@acme.example".into()));
+        assert_eq!(m.step(&mut s, &Step::Rcpt("d@x.test".into())).code, 450);
+        m.advance(11 * 60);
+        assert_eq!(m.step(&mut s, &Step::Rcpt("d@x.test".into())).code, 250);
     }
 }

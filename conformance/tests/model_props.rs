@@ -3,7 +3,9 @@
 //! from different loopback addresses, EHLO names, STARTTLS, AUTH, senders, recipients),
 //! renders the manifests as `relayctl render` does, starts the relay in this process on
 //! loopback with OS-chosen ports and one test sink per route, and checks every reply and
-//! every delivered envelope against [`conformance::model`]. A failing case shrinks and
+//! every delivered envelope against [`conformance::model`]. The relay's clock is a fake
+//! that sessions move by 11 minutes or 25 hours, so the rolling limit windows are
+//! exercised without waiting. A failing case shrinks and
 //! prints its manifests and the SMTP transcript.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 64).
@@ -11,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use conformance::manifests::*;
 use conformance::model::{Delivery, Destination, Model, Step};
@@ -19,15 +21,17 @@ use conformance::pki;
 use conformance::smtp::{Client, trusting};
 use operator::render::RenderEnv;
 use proptest::prelude::*;
-use relay::StartOptions;
 use relay::config::{DeliveryConfig, ListenerConfig};
 use relay::delivery::testing::{SinkConfig, TestSink};
+use relay::{FakeClock, StartOptions};
 
 const RELAY_NAME: &str = "relay.acme.example";
 
 /// One session of generated traffic.
 #[derive(Clone, Debug)]
 struct SessionPlan {
+    /// Seconds the clock moves before this session (0, 11 minutes or 25 hours).
+    advance: u64,
     /// Last octet of a 127.0.0.x client (IPv4 cases); IPv6 cases use ::1.
     octet: u8,
     ehlo: String,
@@ -265,14 +269,17 @@ fn session() -> impl Strategy<Value = SessionPlan> {
         prop::collection::vec(rcpt, 1..5),
         prop::bool::weighted(0.85),
     );
+    let advance = prop_oneof![6 => Just(0u64), 1 => Just(11 * 60), 1 => Just(25 * 3600)];
     (
+        advance,
         prop::sample::select(vec![1u8, 2, 5, 9, 17, 33, 200]),
         ehlo,
         prop::bool::weighted(0.7),
         auth,
         prop::collection::vec(tx, 1..4),
     )
-        .prop_map(|(octet, ehlo, starttls, auth, txs)| SessionPlan {
+        .prop_map(|(advance, octet, ehlo, starttls, auth, txs)| SessionPlan {
+            advance,
             octet,
             ehlo: ehlo.into(),
             starttls,
@@ -374,12 +381,27 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
     let config = manifests
         .render(&env)
         .map_err(|e| failure(&manifests, &[], format!("render failed: {e}")))?;
-    let relay = relay::start(config, StartOptions::default()).await.unwrap();
+    // Limits read this clock; sessions move it to roll the 10-minute and 24-hour windows.
+    let clock = Arc::new(FakeClock::new(SystemTime::now()));
+    let relay = relay::start(
+        config,
+        StartOptions {
+            clock: clock.clone(),
+            limit_store: None,
+        },
+    )
+    .await
+    .unwrap();
     let tls = trusting(cert.der.clone()).unwrap();
 
     let mut model = Model::new(&manifests);
     let mut transcript = Vec::new();
     for plan in &case.sessions {
+        if plan.advance > 0 {
+            clock.advance(Duration::from_secs(plan.advance));
+            model.advance(plan.advance);
+            transcript.push(format!("-- clock moves {} s", plan.advance));
+        }
         let ip: IpAddr = if case.ipv6 {
             Ipv6Addr::LOCALHOST.into()
         } else {

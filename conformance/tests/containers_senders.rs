@@ -143,3 +143,70 @@ fn null_sender_with_two_recipients_gets_the_second_refused_550_5_5_3() {
     );
     assert_eq!(count_subject(&scn, "sink", "null-sender"), 1);
 }
+
+#[test]
+fn any_address_by_helo_rewrites_to_postmaster_of_the_helo_domain() {
+    if docker::skip_without_docker() {
+        return;
+    }
+    let mut scn = Scenario::new("anyhelo").unwrap();
+    let mut m = base_manifests();
+    m.settings[0].senders = Senders::AnyAddress;
+    m.ranges = vec![range("office", &scn.subnet4(), true)];
+    start_relay_and_sink(&mut scn, &m);
+    let mut opts = client_opts(&scn, "may");
+    opts.hostname = "scanner.branch.acme.example".into();
+    scn.postfix_client("client", host::CLIENT, &opts).unwrap();
+    docker::sendmail(
+        scn.get("client"),
+        "scanner@devices.example",
+        &["bob@example.net"],
+        "by-helo",
+    )
+    .unwrap();
+    let msg = delivered(&scn, "sink", "by-helo");
+    assert_eq!(
+        docker::header(&msg, "Return-Path"),
+        Some("<postmaster@acme.example>"),
+        "{msg}"
+    );
+    assert_eq!(
+        docker::header(&msg, "From"),
+        Some("<scanner@devices.example>")
+    );
+}
+
+#[test]
+fn organization_domains_refuses_a_foreign_sender_and_its_bounce_is_relayed() {
+    if docker::skip_without_docker() {
+        return;
+    }
+    let mut scn = Scenario::new("orgdomains").unwrap();
+    let mut m = base_manifests();
+    m.ranges = vec![range("office", &scn.subnet4(), true)];
+    start_relay_and_sink(&mut scn, &m);
+    scn.postfix_client("client", host::CLIENT, &client_opts(&scn, "may"))
+        .unwrap();
+    docker::sendmail(
+        scn.get("client"),
+        "someone@vendor.example",
+        &["bob@example.net"],
+        "foreign",
+    )
+    .unwrap();
+    // Postfix bounces to someone@vendor.example through the relay: a null-sender message
+    // from a HELO name of the organization, which the relay accepts and delivers.
+    let bounce = docker::poll(OUTCOME, || {
+        docker::maildir(scn.get("sink"))
+            .into_iter()
+            .find(|m| docker::header(m, "X-Original-To") == Some("someone@vendor.example"))
+    })
+    .unwrap_or_else(|| panic!("no bounce at the sink:\n{}", scn.get("client").logs()));
+    assert_eq!(docker::header(&bounce, "Return-Path"), Some("<>"));
+    assert!(
+        squash(&bounce)
+            .contains("550 5.7.1 Sender domain vendor.example does not belong to the organization"),
+        "{bounce}"
+    );
+    assert_eq!(count_subject(&scn, "sink", "foreign"), 0);
+}

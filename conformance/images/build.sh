@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the project's container images without any container registry:
 #   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
-#            imported with `docker import` (postfix, swaks, openssl, dnsmasq inside)
+#            imported with `docker import` (postfix with the SASL client modules, swaks,
+#            openssl, dnsmasq inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
 #   relay    the release `relay` binary (also tagged smtprelay-relay:dev)
@@ -16,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
 suite=bookworm
-packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules
 mkdir -p "$cache"
 
 log() { printf '%s\n' "$*" >&2; }

@@ -1,0 +1,76 @@
+//! Must show — durability (SPEC §3.4, §3.5): mail the relay accepted while its downstream
+//! server is stopped survives `docker kill` of the relay; after the relay and the server
+//! start again, every message reaches the server exactly once.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use conformance::docker::{self, Scenario, host};
+
+#[test]
+fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
+    if docker::skip_without_docker() {
+        return;
+    }
+    const N: usize = 3;
+    let mut scn = Scenario::new("restart").unwrap();
+    let mut m = base_manifests();
+    m.ranges = vec![range("office", &scn.subnet4(), true)];
+    start_relay_and_sink(&mut scn, &m);
+    scn.postfix_client("client", host::CLIENT, &client_opts(&scn, "may"))
+        .unwrap();
+    scn.get("sink").stop().unwrap();
+    let client = scn.get("client");
+    for i in 0..N {
+        docker::sendmail(
+            client,
+            "sender@acme.example",
+            &[&format!("u{i}@example.net")],
+            &format!("queued-{i}"),
+        )
+        .unwrap();
+    }
+    // The relay has accepted all of them once Postfix's queue is empty and its log says sent.
+    let accepted = docker::poll(OUTCOME, || {
+        let sent = client.logs().matches("status=sent").count();
+        (sent >= N && docker::queue(client).is_empty()).then_some(())
+    });
+    assert!(
+        accepted.is_some(),
+        "relay did not accept:\n{}",
+        client.logs()
+    );
+    let admin = SocketAddr::new(scn.ip4(host::RELAY).into(), 9090);
+    let depth = docker::http_get(admin, "/metrics")
+        .ok()
+        .and_then(|t| docker::metric(&t, "spool_depth"));
+    assert_eq!(depth, Some(N as f64), "all {N} messages wait in the spool");
+
+    let relay = scn.get("relay");
+    relay.kill().unwrap();
+    scn.get("sink").start().unwrap();
+    docker::wait_postfix(scn.get("sink")).unwrap();
+    relay.start().unwrap();
+
+    let drained = docker::poll(OUTCOME, || {
+        docker::http_get(admin, "/metrics")
+            .ok()
+            .and_then(|t| docker::metric(&t, "spool_depth"))
+            .filter(|d| *d == 0.0)
+    });
+    assert!(
+        drained.is_some(),
+        "spool did not drain after restart:\n{}",
+        relay.logs()
+    );
+    // The spool is empty: nothing is left that could be delivered again.
+    for i in 0..N {
+        assert_eq!(
+            count_subject(&scn, "sink", &format!("queued-{i}")),
+            1,
+            "queued-{i} delivered exactly once"
+        );
+    }
+}

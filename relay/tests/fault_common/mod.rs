@@ -76,7 +76,7 @@ pub struct Client<S> {
     pub io: BufReader<S>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+impl<S: AsyncRead + Unpin> Client<S> {
     /// One (possibly multi-line) reply, lines joined with `\n`; `None` when the server
     /// closed the connection.
     pub async fn try_reply(&mut self) -> Option<String> {
@@ -102,6 +102,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .expect("the server closed the connection")
     }
 
+    /// True when the server closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(self.io.read_line(&mut line).await, Ok(0) | Err(_))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn send(&mut self, line: &str) {
         self.io
             .get_mut()
@@ -113,12 +121,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn cmd(&mut self, line: &str) -> String {
         self.send(line).await;
         self.reply().await
-    }
-
-    /// True when the server closed the connection.
-    pub async fn closed(&mut self) -> bool {
-        let mut line = String::new();
-        matches!(self.io.read_line(&mut line).await, Ok(0) | Err(_))
     }
 
     /// MAIL, RCPTs, and DATA when at least one recipient was accepted. Returns the

@@ -39,7 +39,7 @@ async fn a_slowloris_client_is_cut_off_by_the_session_timeout_and_others_still_r
         .await
         .unwrap();
 
-    let mut slow = connect(relay.smtp_addr()).await;
+    let slow = connect(relay.smtp_addr()).await;
     let (mut reader, mut writer) = tokio::io::split(slow.io.into_inner());
     let dribble = tokio::spawn(async move {
         // At most 60 bytes, one every 500 ms, of a command line that never ends.

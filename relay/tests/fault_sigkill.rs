@@ -1,6 +1,6 @@
 //! SIGKILL under load (SPEC §3.4: `250` means on disk): the `relay` binary is loaded by
-//! concurrent senders and killed mid-run; restarted on the same spool, it delivers every
-//! message it had acknowledged to the downstream sink.
+//! concurrent senders and killed mid-run; restarted on the same spool with a sink
+//! downstream, it delivers every message it had acknowledged.
 
 mod fault_common;
 
@@ -94,11 +94,12 @@ async fn sender(addr: SocketAddr, n: usize, sent: Arc<AtomicUsize>) -> Vec<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_message() {
-    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir.path().join("spool"), sink.port());
+    let spool = dir.path().join("spool");
     let cfg_path = dir.path().join("relay.json");
-    std::fs::write(&cfg_path, cfg.seal().to_json()).unwrap();
+    // First run: downstream is a closed port, so every acknowledged message can only
+    // reach the sink through the spool of the restarted relay.
+    std::fs::write(&cfg_path, config(&spool, 9).seal().to_json()).unwrap();
 
     let (mut child, smtp) = spawn_relay(&cfg_path).await;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -120,6 +121,8 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     }
     assert!(acked.len() >= 60, "only {} acknowledged", acked.len());
 
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    std::fs::write(&cfg_path, config(&spool, sink.port()).seal().to_json()).unwrap();
     let (mut child, _) = spawn_relay(&cfg_path).await;
     let delivered = |sink: &TestSink| -> HashSet<String> {
         sink.messages()

@@ -64,7 +64,7 @@ fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
             Action::Close => assert!(session.is_closed()),
             Action::StartTls => session.tls_started("TLSv1_3 TLS13_AES_128_GCM_SHA256".into()),
             Action::VerifyAuth { identity, .. } => {
-                queue.extend(session.auth_result(identity, answer % 2 == 0))
+                queue.extend(session.auth_result(identity, answer.is_multiple_of(2)))
             }
             Action::CheckRcpt { rcpt, .. } => {
                 let result = match answer % 4 {
@@ -77,7 +77,7 @@ fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
             }
             Action::Spool(m) => {
                 assert!(!m.rcpts.is_empty());
-                let result = if answer % 3 == 0 {
+                let result = if answer.is_multiple_of(3) {
                     Err(Reply::new(452, "4.3.1 Insufficient system storage"))
                 } else {
                     Ok("0001".to_string())

@@ -27,8 +27,10 @@
 //! garbage (25 h after the last write).
 //!
 //! When Redis cannot answer within [`REDIS_TIMEOUT`], `check` fails and the session replies
-//! `451 4.3.0` (temporary): limits are never silently dropped. Each failure is logged and
-//! counted (`relay_limit_store_errors_total`).
+//! `451 4.3.0` (temporary): limits are never silently dropped. A message already spooled
+//! whose count fails is counted later by a background retry (for about three minutes,
+//! without popping reservations, so the retry can only over-count). Each failure is logged
+//! and counted (`relay_limit_store_errors_total`).
 //!
 //! Not here: the limit values (config), the replies (`limits`), SMTP sequencing (`session`).
 
@@ -45,6 +47,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Real seconds a counter key survives its last write (garbage collection only).
 const KEEP_SECONDS: u64 = 25 * 3600;
+
+/// Retries of a failed count (about three minutes in all).
+const RECORD_RETRIES: u32 = 8;
 
 /// Reservations outlive the longest transaction by this much (spool write, clock skew).
 const RESERVATION_MARGIN_SECONDS: u64 = 60;
@@ -130,8 +135,8 @@ end
 return 0
 "#;
 
-/// KEYS: see [`Keys::all`]. ARGV: now_ms, now_min, keep seconds, recipients... Commits the
-/// oldest reservations and counts the message.
+/// KEYS: see [`Keys::all`]. ARGV: now_ms, now_min, keep seconds, pop (1/0), recipients...
+/// Commits the oldest reservations (when `pop`) and counts the message.
 const LUA_RECORD: &str = r#"
 local cb, cm, cs, cr = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local umb, umm, ums, umr = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -139,12 +144,15 @@ local urc, urr = KEYS[9], KEYS[10]
 local now_ms = tonumber(ARGV[1])
 local now_min = ARGV[2]
 local keep = tonumber(ARGV[3])
-local n = #ARGV - 3
+local pop = ARGV[4] == '1'
+local n = #ARGV - 4
 
 redis.call('ZREMRANGEBYSCORE', cr, '-inf', now_ms)
 redis.call('ZREMRANGEBYSCORE', umr, '-inf', now_ms)
-if n > 0 then redis.call('ZPOPMIN', cr, n) end
-redis.call('ZPOPMIN', umr, 1)
+if pop then
+  if n > 0 then redis.call('ZPOPMIN', cr, n) end
+  redis.call('ZPOPMIN', umr, 1)
+end
 
 redis.call('HINCRBY', cb, now_min, n)
 redis.call('ZADD', cm, tonumber(now_min), now_min)
@@ -152,7 +160,7 @@ redis.call('INCRBY', cs, n)
 redis.call('HINCRBY', umb, now_min, 1)
 redis.call('ZADD', umm, tonumber(now_min), now_min)
 redis.call('INCRBY', ums, 1)
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   redis.call('ZADD', urc, tonumber(now_min), ARGV[i])
   redis.call('ZREM', urr, ARGV[i])
 end
@@ -305,21 +313,75 @@ impl RedisLimitStore {
     }
 
     async fn record_now(&self, u: Usage<'_>) -> Result<(), LimitStoreError> {
-        let now_ms = millis(u.now);
-        let mut inv = self.record.prepare_invoke();
-        for k in self.keys(u.user).all() {
-            inv.key(k);
+        let count = Count {
+            script: self.record.clone(),
+            keys: self.keys(u.user).all(),
+            now_ms: millis(u.now),
+            rcpts: u.rcpts.to_vec(),
+        };
+        let mut conn = self.conn.clone();
+        match count.send(&mut conn, true).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let error = self.failed("record", e);
+                tokio::spawn(count.retry(conn, self.errors.clone()));
+                Err(error)
+            }
         }
-        inv.arg(now_ms).arg(now_ms / 60_000).arg(KEEP_SECONDS);
-        for r in u.rcpts {
+    }
+}
+
+/// Counting one accepted message, kept so a failed count can be retried.
+struct Count {
+    script: Script,
+    keys: [String; 11],
+    now_ms: u64,
+    rcpts: Vec<String>,
+}
+
+impl Count {
+    /// `pop`: turn this message's reservations into counts. A late retry does not pop:
+    /// its own reservations may have expired, and popping would then release those of
+    /// transactions still open, letting them exceed the limit.
+    async fn send(&self, conn: &mut ConnectionManager, pop: bool) -> Result<(), String> {
+        let mut inv = self.script.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k.as_str());
+        }
+        inv.arg(self.now_ms)
+            .arg(self.now_ms / 60_000)
+            .arg(KEEP_SECONDS)
+            .arg(if pop { "1" } else { "0" });
+        for r in &self.rcpts {
             inv.arg(r.as_str());
         }
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async::<i64>(conn)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.failed("record", e)),
-            Err(_) => Err(self.failed("record", "timed out")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
         }
+    }
+
+    /// Retries a count that failed, with growing pauses, for a few minutes: a message the
+    /// relay accepted still counts once Redis is back (its time is the original one).
+    async fn retry(self, mut conn: ConnectionManager, errors: Counter) {
+        for attempt in 0..RECORD_RETRIES {
+            tokio::time::sleep(Duration::from_secs((1u64 << attempt).min(60))).await;
+            match self.send(&mut conn, false).await {
+                Ok(()) => {
+                    tracing::info!(attempt, "limit store counted an accepted message late");
+                    return;
+                }
+                Err(e) => {
+                    errors.inc();
+                    tracing::warn!(error = %e, attempt, "limit store still unavailable for a count");
+                }
+            }
+        }
+        tracing::error!(
+            recipients = self.rcpts.len(),
+            "an accepted message was never counted toward the limits: Redis did not answer"
+        );
     }
 }
 

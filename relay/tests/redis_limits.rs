@@ -346,3 +346,42 @@ async fn a_relay_starts_while_redis_is_down_and_answers_451() {
     assert_eq!(relay.spool().depth(), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_accepted_while_redis_is_down_is_counted_when_it_returns() {
+    let redis = RedisServer::start();
+    let clock = fake_clock();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(
+        redis_config(&dir.path().join("spool"), &redis, |l| {
+            l.customer_recipients_per_day = 2;
+        }),
+        &clock,
+    )
+    .await;
+    let mut c = ehlo(relay.smtp_addr()).await;
+    c.cmd("MAIL FROM:<bob@acme.example>").await;
+    assert_eq!(c.cmd("RCPT TO:<a@d.example>").await, "250 2.1.5 OK");
+    assert_eq!(c.cmd("DATA").await, "354 End data with <CR><LF>.<CR><LF>");
+    // Redis goes away between RCPT and the final dot: the message is on disk, so it is
+    // acknowledged, and its count waits for Redis.
+    let port = redis.stop();
+    queue_id(&c.cmd("Subject: x\r\n\r\nx\r\n.").await);
+    let redis = RedisServer::start_on(port);
+    // Bounded: the first retries come after 1 s and 2 s.
+    let counted = "relay:{acme/acme}:cs";
+    for _ in 0..100 {
+        if redis.get(counted).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis.get(counted).as_deref(), Some("1"));
+    // One recipient of the two allowed is left.
+    let (ok, refused, done) = c
+        .transaction("carol@acme.example", &rcpts("c", 2), "x")
+        .await;
+    queue_id(&done.unwrap());
+    assert_eq!((ok.len(), refused), (1, vec![CUSTOMER_DAY.to_string()]));
+    relay.shutdown().await;
+}

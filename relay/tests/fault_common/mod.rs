@@ -243,6 +243,30 @@ impl RedisServer {
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// `GET key` over RESP: the string value, `None` when the key is absent.
+    pub fn get(&self, key: &str) -> Option<String> {
+        use std::io::{BufRead, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut header = String::new();
+        r.read_line(&mut header).unwrap();
+        let len: i64 = header
+            .trim_end()
+            .strip_prefix('$')
+            .unwrap()
+            .parse()
+            .unwrap();
+        if len < 0 {
+            return None;
+        }
+        let mut value = vec![0u8; len as usize + 2];
+        r.read_exact(&mut value).unwrap();
+        value.truncate(len as usize);
+        Some(String::from_utf8(value).unwrap())
+    }
+
     /// Kills the server and waits for it to exit.
     pub fn stop(mut self) -> u16 {
         let _ = self.child.kill();

@@ -16,15 +16,18 @@
 //!   counts: it removes the oldest live reservations (as many as the message has
 //!   recipients, and one message reservation) and adds the counts. Removing the oldest
 //!   keeps `counted + reserved` unchanged, so two replicas can never together accept more
-//!   than the limit.
+//!   than the limit (every transaction ends before its reservations expire).
 //! - A transaction abandoned after RCPT (RSET, QUIT, a dropped connection, a refused
 //!   message) leaves its reservations until they expire: capacity comes back late, never
 //!   early. The store errs on the side of refusing (temporarily, with the limit replies).
+//!   This is the one visible difference from the in-memory store, which counts only at
+//!   accept (one process has no race to close).
 //!
 //! Time is the injected clock's (passed as arguments), never Redis' own, so tests move it
 //! freely and replicas only need synchronized clocks. Keys share the hash tag of the
 //! organization, so both scripts also work on a Redis Cluster. Redis TTLs only collect
-//! garbage (25 h after the last write).
+//! garbage (25 h after the last write). Needs Redis 6.2 or later (`ZADD GT`); plain TCP
+//! (`redis://`), no TLS.
 //!
 //! When Redis cannot answer within [`REDIS_TIMEOUT`], `check` fails and the session replies
 //! `451 4.3.0` (temporary): limits are never silently dropped. A message already spooled

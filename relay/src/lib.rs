@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod generation;
 pub mod limits;
+pub mod limits_redis;
 pub mod metrics;
 pub mod policy;
 pub mod received;
@@ -36,6 +37,7 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::RelayConfig;
 pub use generation::GenerationError;
 pub use limits::{LimitStore, MemoryLimitStore};
+pub use limits_redis::RedisLimitStore;
 pub use spool::{Envelope, QueueId, Spool, SpoolError};
 
 use admin::AdminState;
@@ -81,10 +83,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "limitStore Redis ({url}) is not available in this build; use Memory or pass a LimitStore in StartOptions"
-    )]
-    RedisUnsupported { url: String },
+    #[error("cannot set up the Redis limit store: {0}")]
+    Redis(#[from] limits_redis::RedisUrlError),
 }
 
 /// Why a new config was not put in force (the old one stays).
@@ -127,17 +127,23 @@ fn local(l: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> 
 /// SMTPS and admin listeners (port 0 picks a free port; see the `*_addr` methods) and
 /// serves until [`RelayHandle::shutdown`].
 pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandle, StartError> {
+    let mut metrics = Metrics::new();
     let limits: Arc<dyn LimitStore> = match (&opts.limit_store, &config.limit_store) {
         (Some(store), _) => store.clone(),
         (None, LimitStoreConfig::Memory) => Arc::new(MemoryLimitStore::new()),
         (None, LimitStoreConfig::Redis { url }) => {
-            return Err(StartError::RedisUnsupported { url: url.clone() });
+            let store = RedisLimitStore::new(url, &config.organization.name)?;
+            metrics.registry_mut().register(
+                "limit_store_errors",
+                "Limit checks (answered 451) and counts that failed because Redis did not answer",
+                store.errors(),
+            );
+            Arc::new(store)
         }
     };
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
-    let mut metrics = Metrics::new();
     let queue = Arc::new(QueueManager::new(
         spool.clone(),
         config.routes.clone(),

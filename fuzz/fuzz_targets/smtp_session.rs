@@ -1,0 +1,123 @@
+//! The SMTP session state machine on arbitrary input: the fuzz input is split into lines
+//! (commands) and, inside DATA, raw text; every action is answered the way the server
+//! would (limit checks and AUTH answered by the input's own bytes). The session must only
+//! produce replies with valid codes, and never panic.
+#![no_main]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use relay::config::*;
+use relay::limits::{LimitHit, LimitStoreError};
+use relay::policy::Policy;
+use relay::session::{Action, Session, SessionConfig};
+use relay::smtp::Reply;
+
+fn config() -> RelayConfig {
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    RelayConfig {
+        format: CONFIG_FORMAT,
+        hash: String::new(),
+        organization: OrganizationConfig {
+            name: "acme/acme".into(),
+            domains: vec!["acme.example".into()],
+            users: vec!["bob@acme.example".into()],
+            credentials_file: None,
+        },
+        hostname: "relay.acme.example".into(),
+        listeners: ListenerConfig {
+            smtp: any,
+            submission: any,
+            smtps: any,
+        },
+        tls: None,
+        settings: vec![SettingConfig {
+            name: "acme/s".into(),
+            description: String::new(),
+            allowed_senders: AllowedSenders::AnyAddress,
+            ip_ranges: Some(vec![RangeConfig {
+                name: "acme/lo".into(),
+                network: "127.0.0.0/8".parse().unwrap(),
+            }]),
+            require_smtp_auth: false,
+            require_tls: false,
+        }],
+        routes: vec![],
+        limits: LimitsConfig::for_customer(10, true),
+        limit_store: LimitStoreConfig::Memory,
+        delivery: DeliveryConfig::default(),
+        spool_dir: "unused".into(),
+        admin_listen: any,
+    }
+}
+
+fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
+    let mut queue: VecDeque<Action> = actions.into();
+    for _ in 0..64 {
+        let Some(action) = queue.pop_front() else {
+            return;
+        };
+        match action {
+            Action::Reply(r) => assert!((200..600).contains(&r.code)),
+            Action::Close => assert!(session.is_closed()),
+            Action::StartTls => session.tls_started("TLSv1_3".into()),
+            Action::VerifyAuth { identity, .. } => {
+                queue.extend(session.auth_result(identity, answer & 1 == 0))
+            }
+            Action::CheckRcpt { rcpt, .. } => {
+                let result = match answer & 3 {
+                    0 => Ok(None),
+                    1 => Ok(Some(LimitHit::CustomerRecipientsPerDay)),
+                    2 => Ok(Some(LimitHit::UserMessagesPerDay)),
+                    _ => Err(LimitStoreError("down".into())),
+                };
+                queue.extend(session.rcpt_result(rcpt, result));
+            }
+            Action::Spool(m) => {
+                assert!(!m.rcpts.is_empty());
+                let result = if answer & 4 == 0 {
+                    Ok("0001".to_string())
+                } else {
+                    Err(Reply::new(452, "4.3.1 Insufficient system storage"))
+                };
+                queue.extend(session.spooled(result));
+            }
+        }
+    }
+    panic!("actions did not drain");
+}
+
+fuzz_target!(|input: &[u8]| {
+    let cfg = config();
+    let mut limits = cfg.limits.clone();
+    limits.max_message_bytes = 512;
+    let mut session = Session::new(
+        SessionConfig {
+            hostname: cfg.hostname.clone(),
+            limits,
+            policy: Arc::new(Policy::new(&cfg)),
+            tls_available: input.first().is_some_and(|b| b & 1 == 1),
+        },
+        "127.0.0.1".parse().unwrap(),
+        None,
+    );
+    let mut rest = input;
+    while !rest.is_empty() && !session.is_closed() {
+        let answer = rest[0];
+        if session.in_data() {
+            let (used, actions) = session.on_data(rest);
+            assert!(used <= rest.len());
+            rest = &rest[used..];
+            run(&mut session, actions, answer);
+        } else {
+            let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+            let line = &rest[..end];
+            rest = &rest[end..];
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let actions = session.on_line(line);
+            run(&mut session, actions, answer);
+        }
+    }
+});

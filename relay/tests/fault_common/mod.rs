@@ -1,0 +1,283 @@
+//! Shared by the fault and Redis tests: a relay config on loopback, a small SMTP client,
+//! and a private `redis-server` process for the tests that need one.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use relay::config::*;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A relay config: loopback listeners on port 0, loopback clients allowed
+/// (OrganizationDomains), default route to `127.0.0.1:route_port`.
+pub fn config(spool: &Path, route_port: u16) -> RelayConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    RelayConfig {
+        format: CONFIG_FORMAT,
+        hash: String::new(),
+        organization: OrganizationConfig {
+            name: "acme/acme".into(),
+            domains: vec!["acme.example".into()],
+            users: vec![],
+            credentials_file: None,
+        },
+        hostname: "relay.acme.example".into(),
+        listeners: ListenerConfig {
+            smtp: any,
+            submission: any,
+            smtps: any,
+        },
+        tls: None,
+        settings: vec![SettingConfig {
+            name: "acme/loopback".into(),
+            description: "loopback".into(),
+            allowed_senders: AllowedSenders::OrganizationDomains,
+            ip_ranges: Some(vec![RangeConfig {
+                name: "acme/lo".into(),
+                network: "127.0.0.0/16".parse().unwrap(),
+            }]),
+            require_smtp_auth: false,
+            require_tls: false,
+        }],
+        routes: vec![RouteConfig {
+            name: "acme/default".into(),
+            description: "downstream".into(),
+            matcher: RouteMatcher::Default,
+            hosts: RouteHosts::Single(HostConfig {
+                host: "127.0.0.1".into(),
+                port: route_port,
+            }),
+            mx_lookup: false,
+            tls: RouteTlsConfig {
+                require_tls: false,
+                require_ca_signed: false,
+                validate_hostname: false,
+                extra_ca_file: None,
+            },
+        }],
+        limits: LimitsConfig::for_customer(10_000, true),
+        limit_store: LimitStoreConfig::Memory,
+        delivery: DeliveryConfig {
+            retry_schedule_seconds: vec![1],
+            max_retry_delay_seconds: 1,
+            ..DeliveryConfig::default()
+        },
+        spool_dir: spool.to_string_lossy().into_owned(),
+        admin_listen: any,
+    }
+}
+
+/// A small SMTP client.
+pub struct Client<S> {
+    pub io: BufReader<S>,
+}
+
+impl<S: AsyncRead + Unpin> Client<S> {
+    /// One (possibly multi-line) reply, lines joined with `\n`; `None` when the server
+    /// closed the connection.
+    pub async fn try_reply(&mut self) -> Option<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.io.read_line(&mut line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches("\r\n").to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Some(lines.join("\n"));
+            }
+        }
+    }
+
+    pub async fn reply(&mut self) -> String {
+        self.try_reply()
+            .await
+            .expect("the server closed the connection")
+    }
+
+    /// True when the server closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(self.io.read_line(&mut line).await, Ok(0) | Err(_))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub async fn send(&mut self, line: &str) {
+        self.io
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    /// MAIL, RCPTs, and DATA when at least one recipient was accepted. Returns the
+    /// recipients accepted, every refusal reply, and the final reply (`None` when no
+    /// recipient was accepted and the transaction was reset).
+    pub async fn transaction(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        body: &str,
+    ) -> (Vec<String>, Vec<String>, Option<String>) {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        assert_eq!(r, "250 2.1.0 OK");
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for rcpt in rcpts {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            if r == "250 2.1.5 OK" {
+                accepted.push(rcpt.clone());
+            } else {
+                refused.push(r);
+            }
+        }
+        if accepted.is_empty() {
+            assert_eq!(self.cmd("RSET").await, "250 2.0.0 OK");
+            return (accepted, refused, None);
+        }
+        let r = self.cmd("DATA").await;
+        assert_eq!(r, "354 End data with <CR><LF>.<CR><LF>");
+        let done = self.cmd(&format!("{body}\r\n.")).await;
+        (accepted, refused, Some(done))
+    }
+}
+
+/// Connects and reads the greeting.
+pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
+    let mut c = Client {
+        io: BufReader::new(TcpStream::connect(addr).await.unwrap()),
+    };
+    assert_eq!(c.reply().await, "220 relay.acme.example ESMTP");
+    c
+}
+
+/// Connects from a chosen loopback source address (Linux routes all of 127/8 to lo).
+pub async fn connect_from(src: &str, addr: SocketAddr) -> Client<TcpStream> {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let mut c = Client {
+        io: BufReader::new(sock.connect(addr).await.unwrap()),
+    };
+    assert_eq!(c.reply().await, "220 relay.acme.example ESMTP");
+    c
+}
+
+/// The queue id of a `250 2.0.0 OK queued as ID` reply.
+pub fn queue_id(reply: &str) -> String {
+    reply
+        .strip_prefix("250 2.0.0 OK queued as ")
+        .unwrap_or_else(|| panic!("not a queued reply: {reply}"))
+        .to_string()
+}
+
+/// A private `redis-server` on 127.0.0.1, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> Self {
+        let port = {
+            let l = StdListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        Self::start_on(port)
+    }
+
+    /// Starts one on `port` (to bring Redis back where the relay expects it).
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}); install it (Debian package `redis-server`, \
+                     which .ci/run installs)"
+                )
+            });
+        let mut server = Self { child, port };
+        // Bounded: up to 10 s for the server to answer PING.
+        for _ in 0..200 {
+            if server.ping() {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("redis-server exited at start ({status}); is port {port} taken?");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {port} did not answer PING");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// `GET key` over RESP: the string value, `None` when the key is absent.
+    pub fn get(&self, key: &str) -> Option<String> {
+        use std::io::{BufRead, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut header = String::new();
+        r.read_line(&mut header).unwrap();
+        let len: i64 = header
+            .trim_end()
+            .strip_prefix('$')
+            .unwrap()
+            .parse()
+            .unwrap();
+        if len < 0 {
+            return None;
+        }
+        let mut value = vec![0u8; len as usize + 2];
+        r.read_exact(&mut value).unwrap();
+        value.truncate(len as usize);
+        Some(String::from_utf8(value).unwrap())
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -144,7 +144,6 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-
 /// A DSN read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedDsn {

@@ -5,9 +5,11 @@
 //! complete); `quarantine/` receives files that fail to parse on recovery.
 //!
 //! Group commit: sessions hand their message to one writer thread, which takes every
-//! message waiting at that moment as a batch, writes each file, fsyncs the files and then
-//! the directory once, and only then completes every waiting session. Concurrent accepts
-//! thus share the directory fsync and the journal commit instead of paying one each.
+//! message waiting at that moment as a batch, writes and `fdatasync`s the batch's files on
+//! up to [`SYNC_THREADS`] threads side by side (so the filesystem folds their flushes into
+//! shared journal commits), fsyncs the directory once, and only then completes every
+//! waiting session. Only the spool's own files are flushed: a whole-filesystem `syncfs`
+//! would also wait for every other writer's dirty data on a shared volume.
 //!
 //! Not here: what happens to a message next (delivery takes it from the accepted-message
 //! channel and [`Spool::list`]), limits or policy.
@@ -32,6 +34,8 @@ const MAGIC: &str = "RELAYSPOOL1";
 const TRAILER: &[u8] = b"\nEND\n";
 /// Most messages written per group commit.
 const MAX_BATCH: usize = 512;
+/// Most threads writing and flushing the files of one batch at once.
+const SYNC_THREADS: usize = 8;
 
 /// A queue id: microseconds since the epoch, bumped to stay unique, so ids sort in
 /// arrival order. Printed as 16 upper-case hex digits.
@@ -271,14 +275,15 @@ impl Spool {
         Ok((env, data.to_vec()))
     }
 
-    /// Removes a message (delivered or bounced).
+    /// Removes a message (delivered or bounced). The removal is not fsync'd: should the
+    /// machine fail before the filesystem commits it, the message is delivered once more
+    /// (at least once), which costs less than a disk flush per delivered message.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         let path = self.path_of(id);
         match fs::remove_file(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
             other => other.map_err(|e| SpoolError::io(&path, e))?,
         }
-        sync_dir(&self.queue_dir)?;
         self.index
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -320,17 +325,22 @@ fn writer_loop(dir: &Path, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let written: Vec<Result<File, SpoolError>> = batch.iter().map(write_file).collect();
-        let synced = sync_batch(dir, &written);
+        let written = write_batch(&batch);
+        // One directory fsync makes every new name of the batch durable.
+        let synced = if written.iter().any(Result::is_ok) {
+            sync_dir(dir)
+        } else {
+            Ok(())
+        };
         for (job, written) in batch.into_iter().zip(written) {
             let result = match (written, &synced) {
                 (Err(e), _) => Err(e),
-                (Ok(_), Err(SpoolError::Full)) => Err(SpoolError::Full),
-                (Ok(_), Err(e)) => Err(SpoolError::Io {
+                (Ok(()), Err(SpoolError::Full)) => Err(SpoolError::Full),
+                (Ok(()), Err(e)) => Err(SpoolError::Io {
                     path: dir.to_path_buf(),
                     source: io::Error::other(e.to_string()),
                 }),
-                (Ok(_), Ok(())) => Ok(()),
+                (Ok(()), Ok(())) => Ok(()),
             };
             if result.is_err() {
                 let _ = fs::remove_file(&job.path);
@@ -341,34 +351,55 @@ fn writer_loop(dir: &Path, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Makes every written file of a batch, and the directory entries naming them, durable.
-///
-/// On Linux one `syncfs` on the spool's filesystem does it for the whole batch: that is
-/// the group commit (one journal commit and one device flush however many messages the
-/// batch holds). Elsewhere each file is fsync'd, then the directory once.
-#[cfg(target_os = "linux")]
-fn sync_batch(dir: &Path, _written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
-    let d = File::open(dir).map_err(|e| SpoolError::io(dir, e))?;
-    rustix::fs::syncfs(&d).map_err(|e| SpoolError::io(dir, io::Error::from(e)))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn sync_batch(dir: &Path, written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
-    for file in written.iter().flatten() {
-        file.sync_data().map_err(|e| SpoolError::io(dir, e))?;
+/// Writes and flushes every file of a batch, on several threads when the batch is large
+/// enough, and returns one result per job, in order.
+fn write_batch(batch: &[Job]) -> Vec<Result<(), SpoolError>> {
+    if batch.len() == 1 {
+        return batch.iter().map(write_durable).collect();
     }
-    sync_dir(dir)
+    let per_thread = batch.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let chunks: Vec<_> = batch
+            .chunks(per_thread)
+            .map(|jobs| {
+                let spawned = std::thread::Builder::new()
+                    .name("spool-sync".into())
+                    .spawn_scoped(scope, move || {
+                        jobs.iter().map(write_durable).collect::<Vec<_>>()
+                    });
+                (jobs, spawned)
+            })
+            .collect();
+        chunks
+            .into_iter()
+            .flat_map(|(jobs, spawned)| match spawned {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    jobs.iter()
+                        .map(|j| {
+                            Err(SpoolError::io(
+                                &j.path,
+                                io::Error::other("spool sync thread panicked"),
+                            ))
+                        })
+                        .collect()
+                }),
+                // No thread to spare: do this share here.
+                Err(_) => jobs.iter().map(write_durable).collect(),
+            })
+            .collect()
+    })
 }
 
-fn write_file(job: &Job) -> Result<File, SpoolError> {
+/// Creates a message file, writes it and flushes its data and size to disk.
+fn write_durable(job: &Job) -> Result<(), SpoolError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&job.path)
         .map_err(|e| SpoolError::io(&job.path, e))?;
     file.write_all(&job.bytes)
-        .map_err(|e| SpoolError::io(&job.path, e))?;
-    Ok(file)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| SpoolError::io(&job.path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {

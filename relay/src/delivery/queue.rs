@@ -558,8 +558,13 @@ impl<S: MessageStore> Inner<S> {
         self.shared.entries().remove(queue_id);
     }
 
-    fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
-        match save_state(&self.state_dir, queue_id, state) {
+    /// Saves a message's state file (fsync'd) on a blocking thread, so the flush never
+    /// stalls the runtime threads that serve SMTP sessions.
+    async fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
+        let dir = self.state_dir.clone();
+        let id = queue_id.to_string();
+        let state = state.clone();
+        match blocking(move || save_state(&dir, &id, &state)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(queue_id, "cannot save delivery state: {e}");
@@ -586,7 +591,9 @@ impl<S: MessageStore> Inner<S> {
         }
         let store = self.store.clone();
         let id = queue_id.clone();
-        let message = match blocking(move || store.read(&id)).await {
+        let dir = self.state_dir.clone();
+        let read = blocking(move || Ok((store.read(&id)?, load_state(&dir, &id)))).await;
+        let (message, saved) = match read {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(&queue_id);
@@ -600,7 +607,10 @@ impl<S: MessageStore> Inner<S> {
         };
         let envelope = message.envelope.clone();
         let data = Arc::new(message.data);
-        let mut state = match load_state(&self.state_dir, &queue_id) {
+        // A state file exists only for a message that needed more than one attempt or
+        // route group; it is removed with the message.
+        let mut state_on_disk = !matches!(saved, Ok(None));
+        let mut state = match saved {
             Ok(Some(s)) => s,
             Ok(None) => MessageState::new(&envelope, now),
             Err(e) => {
@@ -617,7 +627,11 @@ impl<S: MessageStore> Inner<S> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut groups = JoinSet::new();
-        for (choice, rcpts) in group_by_route(&routes, &pending) {
+        let route_groups = group_by_route(&routes, &pending);
+        // With several route groups, each finished group is saved, so a restart does not
+        // deliver it again; a single group needs no intermediate save.
+        let save_each_group = route_groups.len() > 1;
+        for (choice, rcpts) in route_groups {
             let route = resolve_choice(&routes, &choice);
             let pool_key = match &choice {
                 RouteChoice::Configured(_) => format!("route:{}", route.name),
@@ -681,7 +695,9 @@ impl<S: MessageStore> Inner<S> {
                 };
                 state.recipients.insert(rcpt.clone(), new_state);
             }
-            self.persist(&queue_id, &state);
+            if save_each_group {
+                state_on_disk |= self.persist(&queue_id, &state).await;
+            }
         }
 
         // Temporary failures: retry on the schedule, or bounce once the lifetime is over.
@@ -728,9 +744,15 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         }
-        if !self.persist(&queue_id, &state) {
-            self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
-            return report;
+        // A message finished in this attempt goes straight to removal: if the relay stops
+        // before the removal, the next run delivers it again (at least once, never lost).
+        let finished = state.pending().is_empty() && state.dsn_pending.is_empty();
+        if !finished {
+            if !self.persist(&queue_id, &state).await {
+                self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+                return report;
+            }
+            state_on_disk = true;
         }
 
         if !state.dsn_pending.is_empty() {
@@ -741,7 +763,7 @@ impl<S: MessageStore> Inner<S> {
                 Ok(dsn_id) => {
                     report.dsns_queued += 1;
                     state.dsn_pending.clear();
-                    self.persist(&queue_id, &state);
+                    self.persist(&queue_id, &state).await;
                     self.shared.entries().insert(
                         dsn_id,
                         QueueEntry {
@@ -763,7 +785,10 @@ impl<S: MessageStore> Inner<S> {
             let id = queue_id.clone();
             match blocking(move || store.remove(&id)).await {
                 Ok(()) => {
-                    let _ = fs::remove_file(self.state_dir.join(state_name(&queue_id)));
+                    if state_on_disk {
+                        let path = self.state_dir.join(state_name(&queue_id));
+                        let _ = blocking(move || fs::remove_file(path)).await;
+                    }
                     self.forget(&queue_id);
                     report.completed += 1;
                 }

@@ -127,6 +127,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // Replies are already written one batch at a time; Nagle's algorithm would hold a
+        // batch back until the client's delayed ACK (tens of milliseconds per message).
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let guard = tasks.clone();

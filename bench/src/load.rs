@@ -32,6 +32,8 @@ pub struct LoadSpec {
 pub struct LoadResult {
     /// End of DATA (`.` written) to `250` read, one per accepted message.
     pub latencies: Vec<Duration>,
+    /// MAIL, RCPT and DATA written to `354` read, one per accepted message.
+    pub envelope_latencies: Vec<Duration>,
     /// When each `250` arrived.
     pub accepted_at: Vec<Instant>,
     pub errors: usize,
@@ -137,23 +139,26 @@ async fn session(spec: Arc<LoadSpec>, body: Arc<Vec<u8>>, n: usize, index: usize
             envelope.push_str(&format!("RCPT TO:<s{index}m{m}r{r}@example.net>\r\n"));
         }
         envelope.push_str("DATA\r\n");
-        let result: Result<(Duration, Instant), String> = async {
+        let result: Result<(Duration, Duration, Instant), String> = async {
+            let start = Instant::now();
             c.send(envelope.as_bytes()).await?;
             c.expect(250).await?;
             for _ in 0..spec.recipients {
                 c.expect(250).await?;
             }
             c.expect(354).await?;
+            let envelope_done = Instant::now();
             c.send(&body).await?;
             let sent = Instant::now();
             c.expect(250).await?;
             let at = Instant::now();
-            Ok((at - sent, at))
+            Ok((envelope_done - start, at - sent, at))
         }
         .await;
         on_connection += 1;
         match result {
-            Ok((latency, at)) => {
+            Ok((envelope, latency, at)) => {
+                out.envelope_latencies.push(envelope);
                 out.latencies.push(latency);
                 out.accepted_at.push(at);
             }
@@ -186,6 +191,7 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
         match tokio::time::timeout_at(deadline, tasks.join_next()).await {
             Ok(Some(Ok(r))) => {
                 total.latencies.extend(r.latencies);
+                total.envelope_latencies.extend(r.envelope_latencies);
                 total.accepted_at.extend(r.accepted_at);
                 total.errors += r.errors;
                 if total.first_error.is_none() {

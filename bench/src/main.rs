@@ -125,6 +125,8 @@ struct Run {
     e2e_rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    envelope_p50_ms: f64,
+    mean_ms: f64,
     lag_p99_ms: f64,
     cpu_per_1000: f64,
     peak_rss_mib: f64,
@@ -234,6 +236,12 @@ async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, Str
         e2e_rate: arrivals.len().min(accepted) as f64 / (t_end - t0).as_secs_f64(),
         p50_ms: ms(percentile(&result.latencies, 50.0)),
         p99_ms: ms(percentile(&result.latencies, 99.0)),
+        envelope_p50_ms: ms(percentile(&result.envelope_latencies, 50.0)),
+        mean_ms: ms(result
+            .latencies
+            .iter()
+            .sum::<Duration>()
+            .checked_div(accepted.max(1) as u32)),
         lag_p99_ms: ms(percentile(&lags, 99.0)),
         cpu_per_1000: (cpu1 - cpu0) / n * 1000.0,
         peak_rss_mib: peak_kib as f64 / 1024.0,
@@ -336,7 +344,7 @@ fn print_table(args: &Args, ours: &[Run], pf: &[Run]) {
 
 fn print_run(system: System, round: usize, r: &Run) {
     eprintln!(
-        "round {round} {:7}: accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
+        "round {round} {:7}: accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
         system.name(),
         r.accepted,
         r.delivered,
@@ -345,6 +353,8 @@ fn print_run(system: System, round: usize, r: &Run) {
         r.accept_rate,
         r.p50_ms,
         r.p99_ms,
+        r.mean_ms,
+        r.envelope_p50_ms,
         r.lag_p99_ms,
         r.cpu_per_1000,
         r.peak_rss_mib,

@@ -1,5 +1,6 @@
 //! Ingress micro benchmarks (`cargo bench -p relay --bench ingress`), plain harness:
 //! - the policy decision with 10,000 IP ranges spread over 1,000 settings;
+//! - the route choice among 1,000 MailRoutes (exact and `*.` domains, and a default);
 //! - spool group commit: durable accepts per second with 1 and 64 concurrent writers.
 //!
 //! Prints one line per measurement; bounded in iterations, no assertions.
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use relay::config::*;
+use relay::delivery::route::{RouteChoice, choose_route};
 use relay::policy::{ClientFacts, Policy};
 use relay::spool::{Envelope, Spool};
 
@@ -96,6 +98,68 @@ fn bench_policy() {
     println!("policy: decide_mail {per:?} per decision ({accepted}/{rounds} accepted)");
 }
 
+fn routes(n: usize) -> Vec<RouteConfig> {
+    let tls = RouteTlsConfig {
+        require_tls: false,
+        require_ca_signed: false,
+        validate_hostname: false,
+        extra_ca_file: None,
+    };
+    let mut routes: Vec<RouteConfig> = (0..n)
+        .map(|i| RouteConfig {
+            name: format!("acme/route{i}"),
+            description: String::new(),
+            matcher: RouteMatcher::Domains(vec![
+                format!("d{i}.example"),
+                format!("*.d{i}.example"),
+            ]),
+            hosts: RouteHosts::Single(HostConfig {
+                host: format!("mx{i}.example"),
+                port: 25,
+            }),
+            mx_lookup: false,
+            tls: tls.clone(),
+        })
+        .collect();
+    routes.push(RouteConfig {
+        name: "acme/default".into(),
+        description: String::new(),
+        matcher: RouteMatcher::Default,
+        hosts: RouteHosts::Single(HostConfig {
+            host: "smarthost.example".into(),
+            port: 25,
+        }),
+        mx_lookup: false,
+        tls,
+    });
+    routes
+}
+
+fn bench_routes() {
+    let routes = routes(1000);
+    let domains: Vec<String> = (0..1024usize)
+        .map(|i| match i % 3 {
+            0 => format!("d{}.example", (i * 7) % 1000),
+            1 => format!("mail.d{}.example", (i * 13) % 1000),
+            _ => format!("elsewhere{i}.example"),
+        })
+        .collect();
+    let rounds = 20_000;
+    let t = Instant::now();
+    let mut configured = 0u32;
+    for i in 0..rounds {
+        if let RouteChoice::Configured(index) = choose_route(&routes, &domains[i % domains.len()])
+            && index < 1000
+        {
+            configured += 1;
+        }
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!(
+        "routes: choose_route among 1,000 routes {per:?} per recipient ({configured}/{rounds} matched a domain route)"
+    );
+}
+
 fn bench_spool() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,5 +209,6 @@ fn bench_spool() {
 
 fn main() {
     bench_policy();
+    bench_routes();
     bench_spool();
 }

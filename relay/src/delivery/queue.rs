@@ -37,7 +37,7 @@ use super::dsn::{BounceReport, FailedRecipient, build_dsn};
 use super::metrics::DeliveryMetrics;
 use super::pool::HostPool;
 use super::retry::{RetryDecision, RetrySchedule};
-use super::route::{RouteChoice, choose_route, group_by_route, resolve_choice};
+use super::route::{RouteChoice, RouteTable, group_by_table, resolve_choice};
 
 /// The envelope of a spooled message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +231,21 @@ struct QueueEntry {
     received_at: Option<SystemTime>,
 }
 
+/// The routes in force and their compiled table, swapped as one on reload; a message
+/// takes a reference for its whole attempt.
+#[derive(Debug)]
+struct RouteSet {
+    list: Vec<RouteConfig>,
+    table: RouteTable,
+}
+
+impl RouteSet {
+    fn new(list: Vec<RouteConfig>) -> Self {
+        let table = RouteTable::new(&list);
+        Self { list, table }
+    }
+}
+
 /// The part of the queue shared with [`QueueHandle`]s.
 #[derive(Debug)]
 struct Shared {
@@ -291,7 +306,7 @@ pub struct RunReport {
 
 struct Inner<S: MessageStore> {
     store: Arc<S>,
-    routes: RwLock<Vec<RouteConfig>>,
+    routes: RwLock<Arc<RouteSet>>,
     schedule: RetrySchedule,
     concurrency: Arc<Semaphore>,
     messages_in_flight: Arc<Semaphore>,
@@ -356,7 +371,7 @@ impl<S: MessageStore> QueueManager<S> {
         metrics.queue_depth.set(entries.len() as i64);
         let inner = Inner {
             store,
-            routes: RwLock::new(routes),
+            routes: RwLock::new(Arc::new(RouteSet::new(routes))),
             schedule: RetrySchedule::from_config(delivery),
             concurrency: Arc::new(Semaphore::new(delivery.concurrency.max(1) as usize)),
             messages_in_flight: Arc::new(Semaphore::new(
@@ -396,7 +411,8 @@ impl<S: MessageStore> QueueManager<S> {
 
     /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.
     pub fn set_routes(&self, routes: Vec<RouteConfig>) {
-        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(RouteSet::new(routes));
     }
 
     /// Queue ids waiting for delivery.
@@ -621,18 +637,19 @@ impl<S: MessageStore> Inner<S> {
         };
 
         let pending = state.pending();
-        let routes = self
+        let route_set = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let routes = &route_set.list;
         let mut groups = JoinSet::new();
-        let route_groups = group_by_route(&routes, &pending);
+        let route_groups = group_by_table(&route_set.table, &pending);
         // With several route groups, each finished group is saved, so a restart does not
         // deliver it again; a single group needs no intermediate save.
         let save_each_group = route_groups.len() > 1;
         for (choice, rcpts) in route_groups {
-            let route = resolve_choice(&routes, &choice);
+            let route = resolve_choice(routes, &choice);
             let pool_key = match &choice {
                 RouteChoice::Configured(_) => format!("route:{}", route.name),
                 RouteChoice::DirectMx(domain) => format!("direct:{domain}"),
@@ -721,7 +738,7 @@ impl<S: MessageStore> Inner<S> {
                         let diagnostic = format!("delivery time expired; last error: {last}");
                         report.bounced += 1;
                         let route_name = match super::domain_of(&rcpt) {
-                            Some(d) => resolve_choice(&routes, &choose_route(&routes, &d)).name,
+                            Some(d) => resolve_choice(routes, &route_set.table.choose(&d)).name,
                             None => "direct".to_string(),
                         };
                         self.metrics.count(&route_name, None, "bounced");

@@ -1,5 +1,8 @@
 //! Ingress micro benchmarks (`cargo bench -p relay --bench ingress`), plain harness:
-//! - the policy decision with 10,000 IP ranges spread over 1,000 settings;
+//! - the policy decision with 10,000 IP ranges, spread over 1,000 settings and over 10;
+//! - the route choice among 1,000 MailRoutes (exact and `*.` domains, and a default), by
+//!   the reference scan (`choose_route`) and by the compiled `RouteTable` delivery uses;
+//! - one whole decision: MAIL FROM policy plus the route of one recipient;
 //! - spool group commit: durable accepts per second with 1 and 64 concurrent writers.
 //!
 //! Prints one line per measurement; bounded in iterations, no assertions.
@@ -9,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use relay::config::*;
+use relay::delivery::route::{RouteChoice, RouteTable, choose_route};
 use relay::policy::{ClientFacts, Policy};
 use relay::spool::{Envelope, Spool};
 
@@ -40,17 +44,17 @@ fn config(settings: Vec<SettingConfig>) -> RelayConfig {
     }
 }
 
-fn bench_policy() {
-    // 1,000 settings of 10 ranges each: 10,000 /24 ranges over 10.0.0.0/8.
-    let settings: Vec<SettingConfig> = (0..1000u32)
+/// `settings` settings of `per_setting` /24 ranges each, over 10.0.0.0/8.
+fn policy(settings: u32, per_setting: u32) -> Policy {
+    let settings: Vec<SettingConfig> = (0..settings)
         .map(|s| SettingConfig {
             name: format!("acme/s{s}"),
             description: String::new(),
             allowed_senders: AllowedSenders::OrganizationDomains,
             ip_ranges: Some(
-                (0..10u32)
+                (0..per_setting)
                     .map(|r| {
-                        let n = s * 10 + r;
+                        let n = s * per_setting + r;
                         RangeConfig {
                             name: format!("acme/r{n}"),
                             network: format!("10.{}.{}.0/24", n / 256, n % 256).parse().unwrap(),
@@ -62,19 +66,27 @@ fn bench_policy() {
             require_tls: false,
         })
         .collect();
-    let built = Instant::now();
-    let policy = Policy::new(&config(settings));
-    println!(
-        "policy: compiled 1,000 settings / 10,000 ranges in {:?}",
-        built.elapsed()
-    );
-    let clients: Vec<IpAddr> = (0..1024u32)
+    Policy::new(&config(settings))
+}
+
+fn clients() -> Vec<IpAddr> {
+    (0..1024u32)
         .map(|i| {
             format!("10.{}.{}.7", (i * 37) % 64, (i * 11) % 256)
                 .parse()
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+fn bench_policy(settings: u32, per_setting: u32) {
+    let built = Instant::now();
+    let policy = policy(settings, per_setting);
+    println!(
+        "policy: compiled {settings} settings x {per_setting} ranges in {:?}",
+        built.elapsed()
+    );
+    let clients = clients();
     let rounds = 20_000;
     let t = Instant::now();
     let mut accepted = 0u32;
@@ -93,7 +105,126 @@ fn bench_policy() {
         }
     }
     let per = t.elapsed() / rounds as u32;
-    println!("policy: decide_mail {per:?} per decision ({accepted}/{rounds} accepted)");
+    println!(
+        "policy: decide_mail with {settings} settings x {per_setting} ranges: {per:?} per decision ({accepted}/{rounds} accepted)"
+    );
+}
+
+fn routes(n: usize) -> Vec<RouteConfig> {
+    let tls = RouteTlsConfig {
+        require_tls: false,
+        require_ca_signed: false,
+        validate_hostname: false,
+        extra_ca_file: None,
+    };
+    let mut routes: Vec<RouteConfig> = (0..n)
+        .map(|i| RouteConfig {
+            name: format!("acme/route{i}"),
+            description: String::new(),
+            matcher: RouteMatcher::Domains(vec![
+                format!("d{i}.example"),
+                format!("*.d{i}.example"),
+            ]),
+            hosts: RouteHosts::Single(HostConfig {
+                host: format!("mx{i}.example"),
+                port: 25,
+            }),
+            mx_lookup: false,
+            tls: tls.clone(),
+        })
+        .collect();
+    routes.push(RouteConfig {
+        name: "acme/default".into(),
+        description: String::new(),
+        matcher: RouteMatcher::Default,
+        hosts: RouteHosts::Single(HostConfig {
+            host: "smarthost.example".into(),
+            port: 25,
+        }),
+        mx_lookup: false,
+        tls,
+    });
+    routes
+}
+
+fn recipient_domains() -> Vec<String> {
+    (0..1024usize)
+        .map(|i| match i % 3 {
+            0 => format!("d{}.example", (i * 7) % 1000),
+            1 => format!("mail.d{}.example", (i * 13) % 1000),
+            _ => format!("elsewhere{i}.example"),
+        })
+        .collect()
+}
+
+fn bench_routes() {
+    let routes = routes(1000);
+    let domains = recipient_domains();
+    let table = RouteTable::new(&routes);
+    let rounds = 20_000;
+    let t = Instant::now();
+    let mut configured = 0u32;
+    for i in 0..rounds {
+        if let RouteChoice::Configured(index) = choose_route(&routes, &domains[i % domains.len()])
+            && index < 1000
+        {
+            configured += 1;
+        }
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!(
+        "routes: choose_route (scan) among 1,000 routes: {per:?} per recipient ({configured}/{rounds} matched a domain route)"
+    );
+    let rounds = 200_000;
+    let t = Instant::now();
+    let mut configured = 0u32;
+    for i in 0..rounds {
+        if let RouteChoice::Configured(index) = table.choose(&domains[i % domains.len()])
+            && index < 1000
+        {
+            configured += 1;
+        }
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!(
+        "routes: RouteTable::choose among 1,000 routes: {per:?} per recipient ({configured}/{rounds} matched a domain route)"
+    );
+}
+
+/// MAIL FROM decision with 10,000 ranges in 10 settings, plus the route of one recipient
+/// among 1,000 routes.
+fn bench_decision() {
+    let policy = policy(10, 1000);
+    let table = RouteTable::new(&routes(1000));
+    let clients = clients();
+    let domains = recipient_domains();
+    let rounds = 200_000;
+    let t = Instant::now();
+    let mut both = 0u32;
+    for i in 0..rounds {
+        let facts = ClientFacts {
+            ip: clients[i % clients.len()],
+            tls: false,
+            auth: None,
+            helo: Some("mx.acme.example"),
+        };
+        let accepted = matches!(
+            policy.decide_mail(&facts, "bob@acme.example"),
+            relay::policy::MailDecision::Accept { .. }
+        );
+        if accepted
+            && matches!(
+                table.choose(&domains[i % domains.len()]),
+                RouteChoice::Configured(_)
+            )
+        {
+            both += 1;
+        }
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!(
+        "decision: decide_mail (10,000 ranges) + route of one recipient (1,000 routes): {per:?} ({both}/{rounds} accepted and routed)"
+    );
 }
 
 fn bench_spool() {
@@ -144,6 +275,9 @@ fn bench_spool() {
 }
 
 fn main() {
-    bench_policy();
+    bench_policy(1000, 10);
+    bench_policy(10, 1000);
+    bench_routes();
+    bench_decision();
     bench_spool();
 }

@@ -107,6 +107,7 @@ pub struct RelayHandle {
     tasks_done: mpsc::Receiver<()>,
     reload_lock: Mutex<()>,
     queue: Arc<QueueManager<Spool>>,
+    delivery: tokio::task::JoinHandle<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -205,7 +206,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         shutdown_rx.clone(),
     ));
     tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
-    {
+    let delivery = {
         let queue = queue.clone();
         let mut stop = shutdown_rx;
         tokio::spawn(async move {
@@ -214,8 +215,8 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
                 .await;
-        });
-    }
+        })
+    };
     let current = shared.current.load();
     tracing::info!(
         smtp = %addrs.0, submission = %addrs.1, smtps = %addrs.2, admin = %addrs.3,
@@ -235,6 +236,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         tasks_done,
         reload_lock: Mutex::new(()),
         queue,
+        delivery,
     })
 }
 
@@ -343,7 +345,9 @@ impl RelayHandle {
     }
 
     /// Stops accepting, tells idle sessions `421`, lets messages in DATA finish, and
-    /// returns when every session has ended (or after the session timeout).
+    /// returns when every session has ended (or after the session timeout) and the
+    /// delivery attempts under way have finished (bounded by the connect timeout), so no
+    /// delivery of this relay races a relay started next on the same spool.
     pub async fn shutdown(self) {
         let RelayHandle {
             shared,
@@ -351,6 +355,7 @@ impl RelayHandle {
             shutdown,
             tasks,
             mut tasks_done,
+            delivery,
             ..
         } = self;
         admin.ready.store(false, Ordering::Relaxed);
@@ -363,6 +368,17 @@ impl RelayHandle {
             .is_err()
         {
             tracing::warn!("sessions still open at the end of the shutdown grace period");
+        }
+        let config = &shared.current.load().config;
+        // An attempt waits at most the connect timeout per step; a few steps, then give up.
+        let delivery_limit = Duration::from_secs(config.delivery.connect_timeout_seconds)
+            .saturating_mul(4)
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(delivery_limit, delivery)
+            .await
+            .is_err()
+        {
+            tracing::warn!("deliveries still under way at the end of the shutdown grace period");
         }
         tracing::info!("relay stopped");
     }

@@ -127,6 +127,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // Replies are already written one batch at a time; Nagle's algorithm would hold a
+        // batch back until the client's delayed ACK (tens of milliseconds per message).
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let guard = tasks.clone();
@@ -183,22 +186,23 @@ async fn connection(
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
+        // TLS state is large: boxed, so a plain session's task does not carry its size.
         let stream = match tokio::time::timeout_at(
             handshake_deadline,
-            TlsAcceptor::from(tls).accept(stream),
+            Box::pin(TlsAcceptor::from(tls).accept(stream)),
         )
         .await
         {
-            Ok(s) => s?,
+            Ok(s) => Box::new(s?),
             Err(_) => return Ok(()),
         };
         if slot.is_none() {
-            return refuse(stream, &too_many, shared).await;
+            return Box::pin(refuse(stream, &too_many, shared)).await;
         }
         let desc = tls_description(stream.get_ref().1);
         let mut session = Session::new(generation.session.clone(), ip, Some(desc));
         conn.out.extend(session.greeting().to_wire());
-        conn.drive(stream, &mut session).await?;
+        Box::pin(conn.drive(stream, &mut session)).await?;
         return Ok(());
     }
     if slot.is_none() {
@@ -214,15 +218,17 @@ async fn connection(
     };
     let idle = Duration::from_secs(generation.config.limits.idle_timeout_seconds);
     let handshake_deadline = (Instant::now() + idle).min(deadline);
-    let stream =
-        match tokio::time::timeout_at(handshake_deadline, TlsAcceptor::from(tls).accept(stream))
-            .await
-        {
-            Ok(s) => s?,
-            Err(_) => return Ok(()),
-        };
+    let stream = match tokio::time::timeout_at(
+        handshake_deadline,
+        Box::pin(TlsAcceptor::from(tls).accept(stream)),
+    )
+    .await
+    {
+        Ok(s) => Box::new(s?),
+        Err(_) => return Ok(()),
+    };
     session.tls_started(tls_description(stream.get_ref().1));
-    conn.drive(stream, &mut session).await?;
+    Box::pin(conn.drive(stream, &mut session)).await?;
     drop(slot);
     Ok(())
 }

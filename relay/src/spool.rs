@@ -4,10 +4,13 @@
 //! the envelope as JSON, the message bytes, and an `END` trailer that proves the file is
 //! complete); `quarantine/` receives files that fail to parse on recovery.
 //!
-//! Group commit: sessions hand their message to one writer thread, which takes every
-//! message waiting at that moment as a batch, writes each file, fsyncs the files and then
-//! the directory once, and only then completes every waiting session. Concurrent accepts
-//! thus share the directory fsync and the journal commit instead of paying one each.
+//! Group commit: sessions hand their message to a writer thread (one of [`WRITERS`], which
+//! take turns), which takes every message waiting at that moment as a batch, writes the
+//! batch's files, then `fdatasync`s them on up to [`SYNC_THREADS`] threads side by side
+//! (so the filesystem folds their flushes into shared journal commits) while one more
+//! thread fsyncs the directory, and only then completes every waiting session. Only the
+//! spool's own files are flushed: a whole-filesystem `syncfs` would also wait for every
+//! other writer's dirty data on a shared volume.
 //!
 //! Not here: what happens to a message next (delivery takes it from the accepted-message
 //! channel and [`Spool::list`]), limits or policy.
@@ -32,6 +35,11 @@ const MAGIC: &str = "RELAYSPOOL1";
 const TRAILER: &[u8] = b"\nEND\n";
 /// Most messages written per group commit.
 const MAX_BATCH: usize = 512;
+/// Most threads writing and flushing the files of one batch at once.
+const SYNC_THREADS: usize = 8;
+/// Writer threads: while one batch is being flushed, the next one starts its own flush
+/// instead of waiting, so a message waits for about one flush, not up to two.
+const WRITERS: usize = 4;
 
 /// A queue id: microseconds since the epoch, bumped to stay unique, so ids sort in
 /// arrival order. Printed as 16 upper-case hex digits.
@@ -187,11 +195,15 @@ impl Spool {
         }
         let last = index.iter().next_back().map(|id| id.0).unwrap_or(0);
         let (tx, rx) = mpsc::channel::<Job>();
-        let sync_dir = queue_dir.clone();
-        std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || writer_loop(&sync_dir, &rx))
-            .map_err(|e| SpoolError::io(dir, e))?;
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            let sync_dir = queue_dir.clone();
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("spool-writer".into())
+                .spawn(move || writer_loop(&sync_dir, &rx))
+                .map_err(|e| SpoolError::io(dir, e))?;
+        }
         Ok(Spool {
             queue_dir,
             quarantine_dir,
@@ -271,14 +283,15 @@ impl Spool {
         Ok((env, data.to_vec()))
     }
 
-    /// Removes a message (delivered or bounced).
+    /// Removes a message (delivered or bounced). The removal is not fsync'd: should the
+    /// machine fail before the filesystem commits it, the message is delivered once more
+    /// (at least once), which costs less than a disk flush per delivered message.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         let path = self.path_of(id);
         match fs::remove_file(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
             other => other.map_err(|e| SpoolError::io(&path, e))?,
         }
-        sync_dir(&self.queue_dir)?;
         self.index
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -311,27 +324,24 @@ impl Spool {
     }
 }
 
-fn writer_loop(dir: &Path, rx: &mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+/// Takes the next batch: waits for one job, then adds every job already waiting.
+fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
-        let written: Vec<Result<File, SpoolError>> = batch.iter().map(write_file).collect();
-        let synced = sync_batch(dir, &written);
-        for (job, written) in batch.into_iter().zip(written) {
-            let result = match (written, &synced) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Err(SpoolError::Full)) => Err(SpoolError::Full),
-                (Ok(_), Err(e)) => Err(SpoolError::Io {
-                    path: dir.to_path_buf(),
-                    source: io::Error::other(e.to_string()),
-                }),
-                (Ok(_), Ok(())) => Ok(()),
-            };
+    }
+    Some(batch)
+}
+
+fn writer_loop(dir: &Path, rx: &Mutex<mpsc::Receiver<Job>>) {
+    while let Some(batch) = next_batch(rx) {
+        let results = write_batch(dir, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
             if result.is_err() {
                 let _ = fs::remove_file(&job.path);
             }
@@ -341,26 +351,103 @@ fn writer_loop(dir: &Path, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Makes every written file of a batch, and the directory entries naming them, durable.
-///
-/// On Linux one `syncfs` on the spool's filesystem does it for the whole batch: that is
-/// the group commit (one journal commit and one device flush however many messages the
-/// batch holds). Elsewhere each file is fsync'd, then the directory once.
-#[cfg(target_os = "linux")]
-fn sync_batch(dir: &Path, _written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
-    let d = File::open(dir).map_err(|e| SpoolError::io(dir, e))?;
-    rustix::fs::syncfs(&d).map_err(|e| SpoolError::io(dir, io::Error::from(e)))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn sync_batch(dir: &Path, written: &[Result<File, SpoolError>]) -> Result<(), SpoolError> {
-    for file in written.iter().flatten() {
-        file.sync_data().map_err(|e| SpoolError::io(dir, e))?;
+/// Writes every file of a batch (page cache only), then flushes the files' data and the
+/// directory's new names at the same time: both must be durable before the `250`, and
+/// neither has to wait for the other. File flushes run on up to [`SYNC_THREADS`] threads.
+/// One result per job, in order.
+fn write_batch(dir: &Path, batch: &[Job]) -> Vec<Result<(), SpoolError>> {
+    let mut results: Vec<Result<(), SpoolError>> = Vec::with_capacity(batch.len());
+    let mut to_sync: Vec<(usize, File)> = Vec::with_capacity(batch.len());
+    for (index, job) in batch.iter().enumerate() {
+        match create_and_write(job) {
+            Ok(file) => {
+                to_sync.push((index, file));
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(e)),
+        }
     }
-    sync_dir(dir)
+    if to_sync.is_empty() {
+        return results;
+    }
+    let per_thread = to_sync.len().div_ceil(SYNC_THREADS);
+    let sync_chunk = |chunk: &[(usize, File)]| -> Vec<(usize, Result<(), SpoolError>)> {
+        chunk
+            .iter()
+            .map(|(index, file)| {
+                let path = &batch[*index].path;
+                (
+                    *index,
+                    file.sync_data().map_err(|e| SpoolError::io(path, e)),
+                )
+            })
+            .collect()
+    };
+    let (synced, dir_synced) = std::thread::scope(|scope| {
+        let spawn = |name: &str| std::thread::Builder::new().name(name.into());
+        // One directory fsync makes every new name of the batch durable.
+        let dir_thread = spawn("spool-dirsync").spawn_scoped(scope, || sync_dir(dir));
+        let mut synced = Vec::with_capacity(to_sync.len());
+        let mut threads = Vec::new();
+        let mut chunks = to_sync.chunks(per_thread);
+        // The first share runs here; the others on their own threads.
+        let first = chunks.next();
+        for chunk in chunks {
+            match spawn("spool-sync").spawn_scoped(scope, move || sync_chunk(chunk)) {
+                Ok(t) => threads.push((chunk, t)),
+                Err(_) => synced.extend(sync_chunk(chunk)),
+            }
+        }
+        if let Some(chunk) = first {
+            synced.extend(sync_chunk(chunk));
+        }
+        for (chunk, t) in threads {
+            match t.join() {
+                Ok(r) => synced.extend(r),
+                Err(_) => synced.extend(chunk.iter().map(|(index, _)| {
+                    let path = &batch[*index].path;
+                    (
+                        *index,
+                        Err(SpoolError::io(
+                            path,
+                            io::Error::other("spool sync thread panicked"),
+                        )),
+                    )
+                })),
+            }
+        }
+        let dir_synced = match dir_thread {
+            Ok(t) => t.join().unwrap_or_else(|_| {
+                Err(SpoolError::io(
+                    dir,
+                    io::Error::other("spool sync thread panicked"),
+                ))
+            }),
+            Err(_) => sync_dir(dir),
+        };
+        (synced, dir_synced)
+    });
+    for (index, result) in synced {
+        results[index] = result;
+    }
+    if let Err(e) = dir_synced {
+        for (index, _) in &to_sync {
+            if results[*index].is_ok() {
+                results[*index] = Err(match &e {
+                    SpoolError::Full => SpoolError::Full,
+                    other => SpoolError::Io {
+                        path: dir.to_path_buf(),
+                        source: io::Error::other(other.to_string()),
+                    },
+                });
+            }
+        }
+    }
+    results
 }
 
-fn write_file(job: &Job) -> Result<File, SpoolError> {
+/// Creates a message file and writes it (not flushed yet).
+fn create_and_write(job: &Job) -> Result<File, SpoolError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

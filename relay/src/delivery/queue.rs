@@ -37,7 +37,7 @@ use super::dsn::{BounceReport, FailedRecipient, build_dsn};
 use super::metrics::DeliveryMetrics;
 use super::pool::HostPool;
 use super::retry::{RetryDecision, RetrySchedule};
-use super::route::{RouteChoice, choose_route, group_by_route, resolve_choice};
+use super::route::{RouteChoice, RouteTable, group_by_table, resolve_choice};
 
 /// The envelope of a spooled message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +231,21 @@ struct QueueEntry {
     received_at: Option<SystemTime>,
 }
 
+/// The routes in force and their compiled table, swapped as one on reload; a message
+/// takes a reference for its whole attempt.
+#[derive(Debug)]
+struct RouteSet {
+    list: Vec<RouteConfig>,
+    table: RouteTable,
+}
+
+impl RouteSet {
+    fn new(list: Vec<RouteConfig>) -> Self {
+        let table = RouteTable::new(&list);
+        Self { list, table }
+    }
+}
+
 /// The part of the queue shared with [`QueueHandle`]s.
 #[derive(Debug)]
 struct Shared {
@@ -291,7 +306,7 @@ pub struct RunReport {
 
 struct Inner<S: MessageStore> {
     store: Arc<S>,
-    routes: RwLock<Vec<RouteConfig>>,
+    routes: RwLock<Arc<RouteSet>>,
     schedule: RetrySchedule,
     concurrency: Arc<Semaphore>,
     messages_in_flight: Arc<Semaphore>,
@@ -356,7 +371,7 @@ impl<S: MessageStore> QueueManager<S> {
         metrics.queue_depth.set(entries.len() as i64);
         let inner = Inner {
             store,
-            routes: RwLock::new(routes),
+            routes: RwLock::new(Arc::new(RouteSet::new(routes))),
             schedule: RetrySchedule::from_config(delivery),
             concurrency: Arc::new(Semaphore::new(delivery.concurrency.max(1) as usize)),
             messages_in_flight: Arc::new(Semaphore::new(
@@ -396,7 +411,8 @@ impl<S: MessageStore> QueueManager<S> {
 
     /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.
     pub fn set_routes(&self, routes: Vec<RouteConfig>) {
-        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(RouteSet::new(routes));
     }
 
     /// Queue ids waiting for delivery.
@@ -558,8 +574,13 @@ impl<S: MessageStore> Inner<S> {
         self.shared.entries().remove(queue_id);
     }
 
-    fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
-        match save_state(&self.state_dir, queue_id, state) {
+    /// Saves a message's state file (fsync'd) on a blocking thread, so the flush never
+    /// stalls the runtime threads that serve SMTP sessions.
+    async fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
+        let dir = self.state_dir.clone();
+        let id = queue_id.to_string();
+        let state = state.clone();
+        match blocking(move || save_state(&dir, &id, &state)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(queue_id, "cannot save delivery state: {e}");
@@ -586,7 +607,9 @@ impl<S: MessageStore> Inner<S> {
         }
         let store = self.store.clone();
         let id = queue_id.clone();
-        let message = match blocking(move || store.read(&id)).await {
+        let dir = self.state_dir.clone();
+        let read = blocking(move || Ok((store.read(&id)?, load_state(&dir, &id)))).await;
+        let (message, saved) = match read {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(&queue_id);
@@ -600,7 +623,10 @@ impl<S: MessageStore> Inner<S> {
         };
         let envelope = message.envelope.clone();
         let data = Arc::new(message.data);
-        let mut state = match load_state(&self.state_dir, &queue_id) {
+        // A state file exists only for a message that needed more than one attempt or
+        // route group; it is removed with the message.
+        let mut state_on_disk = !matches!(saved, Ok(None));
+        let mut state = match saved {
             Ok(Some(s)) => s,
             Ok(None) => MessageState::new(&envelope, now),
             Err(e) => {
@@ -611,14 +637,19 @@ impl<S: MessageStore> Inner<S> {
         };
 
         let pending = state.pending();
-        let routes = self
+        let route_set = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let routes = &route_set.list;
         let mut groups = JoinSet::new();
-        for (choice, rcpts) in group_by_route(&routes, &pending) {
-            let route = resolve_choice(&routes, &choice);
+        let route_groups = group_by_table(&route_set.table, &pending);
+        // With several route groups, each finished group is saved, so a restart does not
+        // deliver it again; a single group needs no intermediate save.
+        let save_each_group = route_groups.len() > 1;
+        for (choice, rcpts) in route_groups {
+            let route = resolve_choice(routes, &choice);
             let pool_key = match &choice {
                 RouteChoice::Configured(_) => format!("route:{}", route.name),
                 RouteChoice::DirectMx(domain) => format!("direct:{domain}"),
@@ -681,7 +712,9 @@ impl<S: MessageStore> Inner<S> {
                 };
                 state.recipients.insert(rcpt.clone(), new_state);
             }
-            self.persist(&queue_id, &state);
+            if save_each_group {
+                state_on_disk |= self.persist(&queue_id, &state).await;
+            }
         }
 
         // Temporary failures: retry on the schedule, or bounce once the lifetime is over.
@@ -705,7 +738,7 @@ impl<S: MessageStore> Inner<S> {
                         let diagnostic = format!("delivery time expired; last error: {last}");
                         report.bounced += 1;
                         let route_name = match super::domain_of(&rcpt) {
-                            Some(d) => resolve_choice(&routes, &choose_route(&routes, &d)).name,
+                            Some(d) => resolve_choice(routes, &route_set.table.choose(&d)).name,
                             None => "direct".to_string(),
                         };
                         self.metrics.count(&route_name, None, "bounced");
@@ -728,9 +761,15 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         }
-        if !self.persist(&queue_id, &state) {
-            self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
-            return report;
+        // A message finished in this attempt goes straight to removal: if the relay stops
+        // before the removal, the next run delivers it again (at least once, never lost).
+        let finished = state.pending().is_empty() && state.dsn_pending.is_empty();
+        if !finished {
+            if !self.persist(&queue_id, &state).await {
+                self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+                return report;
+            }
+            state_on_disk = true;
         }
 
         if !state.dsn_pending.is_empty() {
@@ -741,7 +780,7 @@ impl<S: MessageStore> Inner<S> {
                 Ok(dsn_id) => {
                     report.dsns_queued += 1;
                     state.dsn_pending.clear();
-                    self.persist(&queue_id, &state);
+                    self.persist(&queue_id, &state).await;
                     self.shared.entries().insert(
                         dsn_id,
                         QueueEntry {
@@ -763,7 +802,10 @@ impl<S: MessageStore> Inner<S> {
             let id = queue_id.clone();
             match blocking(move || store.remove(&id)).await {
                 Ok(()) => {
-                    let _ = fs::remove_file(self.state_dir.join(state_name(&queue_id)));
+                    if state_on_disk {
+                        let path = self.state_dir.join(state_name(&queue_id));
+                        let _ = blocking(move || fs::remove_file(path)).await;
+                    }
                     self.forget(&queue_id);
                     report.completed += 1;
                 }

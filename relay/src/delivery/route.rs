@@ -2,8 +2,12 @@
 //!
 //! Pure functions over the configured routes. The most specific `recipientDomains` match
 //! wins (an exact domain beats any wildcard; a longer `*.` wildcard beats a shorter one),
-//! else the `default` route, else direct delivery to the recipient domain's MX hosts. This
-//! module does not know about hosts, TLS or sockets.
+//! else the `default` route, else direct delivery to the recipient domain's MX hosts.
+//! [`choose_route`] states the rule over the route list; [`RouteTable`] is the same rule
+//! compiled into hash maps once per config, so a choice costs a few lookups however many
+//! routes there are. This module does not know about hosts, TLS or sockets.
+
+use std::collections::HashMap;
 
 use crate::config::{HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig};
 
@@ -62,6 +66,64 @@ pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
     }
 }
 
+/// The routes' domain patterns in hash maps: [`RouteTable::choose`] gives the same answer
+/// as [`choose_route`] over the same list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    /// Exact domain → first route listing it.
+    exact: HashMap<String, usize>,
+    /// Suffix of a `*.suffix` pattern → first route listing it.
+    wildcard: HashMap<String, usize>,
+    /// First `default` route.
+    default: Option<usize>,
+}
+
+impl RouteTable {
+    /// Compiles the route list (indexes refer to it).
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut table = RouteTable::default();
+        for (index, route) in routes.iter().enumerate() {
+            match &route.matcher {
+                RouteMatcher::Default => {
+                    table.default.get_or_insert(index);
+                }
+                RouteMatcher::Domains(patterns) => {
+                    for pattern in patterns {
+                        let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+                        // Ties keep the first route in the list, as `choose_route` does.
+                        match pattern.strip_prefix("*.") {
+                            Some(suffix) => table.wildcard.entry(suffix.to_string()),
+                            None => table.exact.entry(pattern),
+                        }
+                        .or_insert(index);
+                    }
+                }
+            }
+        }
+        table
+    }
+
+    /// Chooses the route for a recipient domain.
+    pub fn choose(&self, domain: &str) -> RouteChoice {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(&index) = self.exact.get(&domain) {
+            return RouteChoice::Configured(index);
+        }
+        // The text after each dot, longest first: the most specific wildcard wins.
+        let mut rest = domain.as_str();
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(&index) = self.wildcard.get(rest) {
+                return RouteChoice::Configured(index);
+            }
+        }
+        match self.default {
+            Some(index) => RouteChoice::Configured(index),
+            None => RouteChoice::DirectMx(domain),
+        }
+    }
+}
+
 /// Groups recipients by route, keeping the order in which each route first appears.
 /// A recipient without a domain goes to a direct route for the empty domain, which fails
 /// delivery permanently later with a clear message.
@@ -69,10 +131,18 @@ pub fn group_by_route(
     routes: &[RouteConfig],
     recipients: &[String],
 ) -> Vec<(RouteChoice, Vec<String>)> {
+    group_by_table(&RouteTable::new(routes), recipients)
+}
+
+/// [`group_by_route`] with the table compiled already.
+pub fn group_by_table(
+    table: &RouteTable,
+    recipients: &[String],
+) -> Vec<(RouteChoice, Vec<String>)> {
     let mut groups: Vec<(RouteChoice, Vec<String>)> = Vec::new();
     for rcpt in recipients {
         let choice = match domain_of(rcpt) {
-            Some(domain) => choose_route(routes, &domain),
+            Some(domain) => table.choose(&domain),
             None => RouteChoice::DirectMx(String::new()),
         };
         match groups.iter_mut().find(|(c, _)| *c == choice) {
@@ -167,6 +237,49 @@ mod tests {
         assert_eq!(
             choose_route(&routes, "B.Test"),
             RouteChoice::DirectMx("b.test".to_string())
+        );
+    }
+
+    #[test]
+    fn the_table_chooses_as_the_list_does() {
+        let routes = vec![
+            route("a", domains(&["Example.COM.", "*.example.com"])),
+            route("b", domains(&["*.eu.example.com", "example.com"])),
+            route(
+                "c",
+                domains(&["*.eu.example.com", "*..b", "mail.eu.example.com"]),
+            ),
+            route("d", RouteMatcher::Default),
+            route("e", RouteMatcher::Default),
+        ];
+        let probes = [
+            "example.com",
+            "EXAMPLE.com.",
+            "x.example.com",
+            "x.eu.example.com",
+            "mail.eu.example.com",
+            "eu.example.com",
+            "a..b",
+            ".b",
+            "b",
+            "other.org",
+            "",
+        ];
+        for with_default in [true, false] {
+            let list = if with_default {
+                routes.clone()
+            } else {
+                routes[..3].to_vec()
+            };
+            let table = RouteTable::new(&list);
+            for d in probes {
+                assert_eq!(table.choose(d), choose_route(&list, d), "{d:?}");
+            }
+        }
+        assert_eq!(
+            RouteTable::new(&routes).choose("x.eu.example.com"),
+            RouteChoice::Configured(1),
+            "the longer wildcard, first route listing it"
         );
     }
 

@@ -1,0 +1,518 @@
+//! `relay-bench`: drives the same SMTP load through our relay and through Postfix on this
+//! machine, both forwarding to one `smtp-sink`, and prints a Markdown table of medians with
+//! the ratio ours/Postfix per row; then measures our relay's memory with many idle
+//! sessions and the time a manifest edit takes to be in force under `relayctl run`.
+//!
+//! ```text
+//! relay-bench [--sessions 20] [--messages 10000] [--size 1024] [--recipients 1]
+//!             [--rounds 3] [--per-connection 100] [--idle-sessions 10000]
+//!             [--reload-edits 10] [--relayctl PATH] [--no-postfix]
+//!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
+//! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
+//! ```
+//!
+//! Postfix comes from `bench/scripts/setup-postfix.sh`. Everything runs on loopback; every
+//! child (sink, our relay, relayctl) and Postfix itself are stopped when the run ends,
+//! on error and on Ctrl-C too. The policy-decision micro benchmark is
+//! `cargo bench -p relay --bench ingress`.
+
+mod idle;
+mod load;
+mod ours;
+mod postfix;
+mod procfs;
+mod reload;
+mod sink;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use sink::Sink;
+use stats::{median, percentile};
+
+#[derive(Clone, Debug)]
+struct Args {
+    sessions: usize,
+    messages: usize,
+    size: usize,
+    recipients: usize,
+    rounds: usize,
+    per_connection: usize,
+    idle_sessions: usize,
+    reload_edits: usize,
+    relayctl: Option<PathBuf>,
+    postfix: bool,
+    work_dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            sessions: 20,
+            messages: 10_000,
+            size: 1024,
+            recipients: 1,
+            rounds: 3,
+            per_connection: 100,
+            idle_sessions: 10_000,
+            reload_edits: 10,
+            relayctl: None,
+            postfix: true,
+            work_dir: PathBuf::from("/var/tmp/relay-bench"),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let num = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--sessions" => a.sessions = num(value()?)?.max(1),
+            "--messages" => a.messages = num(value()?)?.max(1),
+            "--size" => a.size = num(value()?)?.max(1),
+            "--recipients" => a.recipients = num(value()?)?.clamp(1, 100),
+            "--rounds" => a.rounds = num(value()?)?.max(1),
+            "--per-connection" => a.per_connection = num(value()?)?.max(1),
+            "--idle-sessions" => a.idle_sessions = num(value()?)?,
+            "--reload-edits" => a.reload_edits = num(value()?)?,
+            "--relayctl" => a.relayctl = Some(PathBuf::from(value()?)),
+            "--no-postfix" => a.postfix = false,
+            "--work-dir" => a.work_dir = PathBuf::from(value()?),
+            "--timeout-secs" => a.timeout = Duration::from_secs(num(value()?)? as u64),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Ours,
+    Postfix,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Ours => "ours",
+            System::Postfix => "postfix",
+        }
+    }
+}
+
+/// One measured run of one system.
+#[derive(Debug, Clone)]
+struct Run {
+    accepted: usize,
+    delivered: usize,
+    errors: usize,
+    accept_rate: f64,
+    e2e_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    envelope_p50_ms: f64,
+    mean_ms: f64,
+    lag_p99_ms: f64,
+    cpu_per_1000: f64,
+    peak_rss_mib: f64,
+}
+
+/// Whichever system is running; dropping it stops it.
+enum Running {
+    Ours(ours::OurRelay),
+    Postfix(postfix::Postfix),
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, String> {
+    let work = &args.work_dir;
+    let running = match system {
+        System::Ours => {
+            let spool = work.join("spool");
+            let _ = std::fs::remove_dir_all(&spool);
+            let cfg = ours::config(&spool, sink.port(), 1000);
+            Running::Ours(ours::OurRelay::start(
+                &cfg,
+                &work.join("relay.json"),
+                &work.join("relay.log"),
+            )?)
+        }
+        System::Postfix => Running::Postfix(postfix::Postfix::start(sink.port())?),
+    };
+    let (pid, addr) = match &running {
+        Running::Ours(r) => (r.pid(), r.smtp),
+        Running::Postfix(p) => (p.master_pid, postfix::addr()),
+    };
+    let spec = load::LoadSpec {
+        addr,
+        sessions: args.sessions,
+        messages: args.messages,
+        size: args.size,
+        recipients: args.recipients,
+        per_connection: args.per_connection,
+        timeout: args.timeout,
+    };
+    // Warm-up: processes spawned, connections cached, pages touched.
+    let base = sink.count();
+    let warm = load::run(load::LoadSpec {
+        messages: args.sessions * 5,
+        timeout: Duration::from_secs(60),
+        ..spec.clone()
+    })
+    .await;
+    if warm.errors > 0 {
+        return Err(format!(
+            "{}: warm-up failed: {}",
+            system.name(),
+            warm.first_error.unwrap_or_default()
+        ));
+    }
+    let warm_target = base + warm.latencies.len();
+    if !sink
+        .wait_for(warm_target, Instant::now() + Duration::from_secs(60))
+        .await
+    {
+        return Err(format!(
+            "{}: warm-up mail not delivered in 60 s",
+            system.name()
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let base = sink.count();
+    let cpu0 = procfs::tree_cpu_seconds(pid);
+    let rss = procfs::PeakRss::start(pid);
+    let t0 = Instant::now();
+    let result = load::run(spec).await;
+    let t_load = Instant::now();
+    let accepted = result.latencies.len();
+    sink.wait_for(base + accepted, t0 + args.timeout).await;
+    let arrivals = sink.arrivals_since(base);
+    let cpu1 = procfs::tree_cpu_seconds(pid);
+    let peak_kib = rss.finish();
+    let t_end = arrivals.last().copied().unwrap_or_else(Instant::now);
+    let lags: Vec<Duration> = arrivals
+        .iter()
+        .zip(&result.accepted_at)
+        .map(|(d, a)| d.saturating_duration_since(*a))
+        .collect();
+    if let Running::Postfix(p) = &running
+        && arrivals.len() >= accepted
+        && !p.queue_empty()
+    {
+        eprintln!("warning: the sink has every message but postqueue -p is not empty");
+    }
+    drop(running);
+    let n = accepted.max(1) as f64;
+    Ok(Run {
+        accepted,
+        delivered: arrivals.len(),
+        errors: result.errors,
+        accept_rate: accepted as f64 / (t_load - t0).as_secs_f64(),
+        e2e_rate: arrivals.len().min(accepted) as f64 / (t_end - t0).as_secs_f64(),
+        p50_ms: ms(percentile(&result.latencies, 50.0)),
+        p99_ms: ms(percentile(&result.latencies, 99.0)),
+        envelope_p50_ms: ms(percentile(&result.envelope_latencies, 50.0)),
+        mean_ms: ms(result
+            .latencies
+            .iter()
+            .sum::<Duration>()
+            .checked_div(accepted.max(1) as u32)),
+        lag_p99_ms: ms(percentile(&lags, 99.0)),
+        cpu_per_1000: (cpu1 - cpu0) / n * 1000.0,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
+    })
+    .inspect(|r: &Run| {
+        if r.errors > 0 {
+            eprintln!(
+                "warning: {}: {} messages failed: {}",
+                system.name(),
+                r.errors,
+                result.first_error.as_deref().unwrap_or("")
+            );
+        }
+    })
+}
+
+fn default_relayctl() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("relayctl");
+    p.exists().then_some(p)
+}
+
+struct Row {
+    metric: &'static str,
+    pick: fn(&Run) -> f64,
+    digits: usize,
+    target: &'static str,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        metric: "end-to-end throughput (msgs/s, accepted and at the sink)",
+        pick: |r| r.e2e_rate,
+        digits: 0,
+        target: "ours/Postfix ≥ 4",
+    },
+    Row {
+        metric: "accept throughput (msgs/s, 250 after DATA)",
+        pick: |r| r.accept_rate,
+        digits: 0,
+        target: "",
+    },
+    Row {
+        metric: "end of DATA → 250, p50 (ms)",
+        pick: |r| r.p50_ms,
+        digits: 2,
+        target: "",
+    },
+    Row {
+        metric: "end of DATA → 250, p99 (ms)",
+        pick: |r| r.p99_ms,
+        digits: 2,
+        target: "ours/Postfix ≤ 0.25",
+    },
+    Row {
+        metric: "250 → at the sink, p99 (ms, rank-matched)",
+        pick: |r| r.lag_p99_ms,
+        digits: 1,
+        target: "",
+    },
+    Row {
+        metric: "CPU seconds per 1,000 messages",
+        pick: |r| r.cpu_per_1000,
+        digits: 3,
+        target: "",
+    },
+    Row {
+        metric: "peak RSS (MiB, all processes)",
+        pick: |r| r.peak_rss_mib,
+        digits: 1,
+        target: "",
+    },
+];
+
+fn print_table(args: &Args, ours: &[Run], pf: &[Run]) {
+    println!();
+    println!(
+        "### {} sessions, {} messages of {} bytes, {} recipient(s) each, {} per connection; median of {} round(s)",
+        args.sessions, args.messages, args.size, args.recipients, args.per_connection, args.rounds
+    );
+    println!();
+    println!("| metric | ours | Postfix | ours/Postfix | target |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for row in ROWS {
+        let o = median(&ours.iter().map(row.pick).collect::<Vec<_>>());
+        let p = median(&pf.iter().map(row.pick).collect::<Vec<_>>());
+        let ratio = if pf.is_empty() { f64::NAN } else { o / p };
+        let d = row.digits;
+        let pcol = if pf.is_empty() {
+            "–".to_string()
+        } else {
+            format!("{p:.d$}")
+        };
+        println!(
+            "| {} | {o:.d$} | {pcol} | {ratio:.2} | {} |",
+            row.metric, row.target
+        );
+    }
+}
+
+fn print_run(system: System, round: usize, r: &Run) {
+    eprintln!(
+        "round {round} {:7}: accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
+        system.name(),
+        r.accepted,
+        r.delivered,
+        r.errors,
+        r.e2e_rate,
+        r.accept_rate,
+        r.p50_ms,
+        r.p99_ms,
+        r.mean_ms,
+        r.envelope_p50_ms,
+        r.lag_p99_ms,
+        r.cpu_per_1000,
+        r.peak_rss_mib,
+        loadavg()
+    );
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    if args.postfix && !postfix::available() {
+        return Err(
+            "postfix is not installed: run bench/scripts/setup-postfix.sh (or pass --no-postfix)"
+                .into(),
+        );
+    }
+    std::fs::create_dir_all(&args.work_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.work_dir.display()))?;
+    eprintln!(
+        "relay-bench: {} CPUs, load average {}, postfix {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        loadavg(),
+        if args.postfix {
+            postfix::version()
+        } else {
+            "not run".into()
+        }
+    );
+    let sink = Sink::start()?;
+    let mut ours_runs = Vec::new();
+    let mut pf_runs = Vec::new();
+    for round in 1..=args.rounds {
+        let mut order = vec![System::Ours];
+        if args.postfix {
+            // Alternate who goes first, so neither always gets the quieter half.
+            if round % 2 == 0 {
+                order.insert(0, System::Postfix);
+            } else {
+                order.push(System::Postfix);
+            }
+        }
+        for system in order {
+            let run = run_system(system, &args, &sink).await?;
+            print_run(system, round, &run);
+            match system {
+                System::Ours => ours_runs.push(run),
+                System::Postfix => pf_runs.push(run),
+            }
+        }
+    }
+    drop(sink);
+    print_table(&args, &ours_runs, &pf_runs);
+
+    if args.idle_sessions > 0 {
+        let spool = args.work_dir.join("spool-idle");
+        let _ = std::fs::remove_dir_all(&spool);
+        let cfg = ours::config(&spool, 9, (args.idle_sessions + 100) as u32);
+        let relay = ours::OurRelay::start(
+            &cfg,
+            &args.work_dir.join("relay-idle.json"),
+            &args.work_dir.join("relay-idle.log"),
+        )?;
+        let r = idle::measure(relay.smtp, relay.pid(), args.idle_sessions).await?;
+        drop(relay);
+        let delta = r.rss_with_sessions_kib.saturating_sub(r.rss_before_kib);
+        println!();
+        println!(
+            "Idle sessions: {} open sessions (after greeting and EHLO): relay RSS {:.1} MiB (idle relay before: {:.1} MiB; {:.2} KiB per session). Target ≤ 64 MiB.",
+            r.sessions,
+            r.rss_with_sessions_kib as f64 / 1024.0,
+            r.rss_before_kib as f64 / 1024.0,
+            delta as f64 / r.sessions as f64
+        );
+    }
+
+    if args.reload_edits > 0 {
+        match args.relayctl.clone().or_else(default_relayctl) {
+            Some(relayctl) => {
+                let t = reload::measure(&relayctl, &args.work_dir, args.reload_edits).await?;
+                let max = t.iter().copied().fold(f64::NAN, f64::max);
+                let min = t.iter().copied().fold(f64::NAN, f64::min);
+                println!();
+                println!(
+                    "Manifest change in force (relayctl run, {} edits): median {:.0} ms, min {:.0} ms, max {:.0} ms. Target < 1,000 ms.",
+                    t.len(),
+                    median(&t),
+                    min,
+                    max
+                );
+            }
+            None => eprintln!(
+                "note: no relayctl next to relay-bench (cargo build --release -p operator --bin relayctl) and no --relayctl: manifest reload not measured"
+            ),
+        }
+    }
+    eprintln!("relay-bench: done, load average {}", loadavg());
+    Ok(())
+}
+
+/// Sockets for thousands of idle sessions: the soft open-file limit up to the hard one.
+fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("serve-relay") {
+        let Some(path) = argv.get(1) else {
+            eprintln!("usage: relay-bench serve-relay CONFIG.json");
+            return ExitCode::from(2);
+        };
+        return match ours::serve(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("relay-bench: {e}");
+            }
+            eprintln!(
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    raise_nofile();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = bench(args) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

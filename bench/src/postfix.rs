@@ -1,0 +1,101 @@
+//! Postfix as the comparison relay: Debian's package, configured by
+//! `bench/scripts/setup-postfix.sh` (loopback only, relay for 127.0.0.0/8, durable queue
+//! as shipped). Here: point its relayhost at the sink, empty its queue, start it, find the
+//! master's pid, and stop it again when the [`Postfix`] value is dropped, on error too.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Where Postfix's smtpd listens (`inet_interfaces = loopback-only`, service `smtp`).
+pub const ADDR: &str = "127.0.0.1:25";
+
+/// A running Postfix; stopped on drop.
+pub struct Postfix {
+    pub master_pid: u32,
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Postfix and its tools are installed.
+pub fn available() -> bool {
+    run("postconf", &["-h", "mail_version"]).is_ok()
+}
+
+pub fn version() -> String {
+    run("postconf", &["-h", "mail_version"])
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn addr() -> SocketAddr {
+    ADDR.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 25)))
+}
+
+impl Postfix {
+    /// Starts Postfix with an empty queue, relaying to `127.0.0.1:sink_port`.
+    pub fn start(sink_port: u16) -> Result<Postfix, String> {
+        let _ = run("postfix", &["stop"]);
+        run(
+            "postconf",
+            &["-e", &format!("relayhost = [127.0.0.1]:{sink_port}")],
+        )?;
+        // Leftovers of an earlier run would be delivered into this one.
+        let _ = run("postsuper", &["-d", "ALL"]);
+        run("postfix", &["start"])?;
+        // From here on the guard stops Postfix whatever happens next.
+        let mut pf = Postfix { master_pid: 0 };
+        for _ in 0..500 {
+            if let Ok(pid) = std::fs::read_to_string("/var/spool/postfix/pid/master.pid")
+                && let Ok(pid) = pid.trim().parse::<u32>()
+                && std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && std::net::TcpStream::connect(ADDR).is_ok()
+            {
+                pf.master_pid = pid;
+                return Ok(pf);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("postfix did not come up within 10 s".into())
+    }
+
+    /// `postqueue -p` reports an empty queue.
+    pub fn queue_empty(&self) -> bool {
+        run("postqueue", &["-p"])
+            .map(|out| out.contains("Mail queue is empty"))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if let Err(e) = run("postfix", &["stop"]) {
+            eprintln!("warning: could not stop postfix: {e}");
+        }
+        // `postfix stop` returns once the master was signalled; wait (bounded) for it to go.
+        for _ in 0..250 {
+            if self.master_pid == 0
+                || !std::path::Path::new(&format!("/proc/{}", self.master_pid)).exists()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -2,12 +2,12 @@
 //! store and loses nothing it had already acknowledged. The disk is a small tmpfs mounted
 //! by the test, which needs root (CAP_SYS_ADMIN); elsewhere the test says why it skipped.
 
-mod fault_common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fault_common::{config, connect, queue_id};
+use common::{config, connect, queue_id};
 
 /// A mounted tmpfs, unmounted on drop.
 struct Tmpfs(PathBuf);

@@ -2,11 +2,11 @@
 //! cut off by the session timeout, 1,000 idle connections from one IP get `421` past the
 //! per-IP cap without starving other clients, and a flood of bad commands ends in `421`.
 
-mod fault_common;
+mod common;
 
 use std::time::Duration;
 
-use fault_common::{Client, config, connect, connect_from, queue_id};
+use common::{Client, config, connect, connect_from, queue_id};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -2,7 +2,7 @@
 //! and DATA bytes, with any answers from the limit store, the spool and AUTH, yields
 //! replies and never panics; after `Close` the session accepts nothing more.
 
-mod fault_common;
+mod common;
 
 use std::sync::Arc;
 
@@ -98,7 +98,7 @@ proptest! {
         tls_available in any::<bool>(),
     ) {
         let dir = std::path::Path::new("unused");
-        let cfg = fault_common::config(dir, 9);
+        let cfg = common::config(dir, 9);
         let mut limits = cfg.limits.clone();
         limits.max_message_bytes = 300;
         let mut session = Session::new(

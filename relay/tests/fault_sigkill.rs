@@ -2,7 +2,7 @@
 //! concurrent senders and killed mid-run; restarted on the same spool with a sink
 //! downstream, it delivers every message it had acknowledged.
 
-mod fault_common;
+mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fault_common::{Client, config};
+use common::{Client, config};
 use relay::delivery::testing::{SinkConfig, TestSink};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

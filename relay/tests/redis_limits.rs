@@ -3,12 +3,12 @@
 //! behave as with the in-memory store, abandoned reservations come back after the session
 //! timeout, and an unreachable Redis gives `451 4.3.0` at RCPT rather than no limits.
 
-mod fault_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fault_common::{Client, RedisServer, config, connect, queue_id};
+use common::{Client, RedisServer, config, connect, queue_id};
 use relay::config::{LimitStoreConfig, LimitsConfig, RelayConfig};
 use relay::{FakeClock, RelayHandle, StartOptions};
 use tokio::net::TcpStream;

@@ -5,69 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay::config::*;
+mod common;
+
+use common::config;
+use relay::config::RelayConfig;
 use relay::delivery::testing::{SinkConfig, TestSink};
 use relay::{RelayHandle, StartOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-fn config(spool: &std::path::Path, sink_port: u16) -> RelayConfig {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    RelayConfig {
-        format: CONFIG_FORMAT,
-        hash: String::new(),
-        organization: OrganizationConfig {
-            name: "acme/acme".into(),
-            domains: vec!["acme.example".into()],
-            users: vec![],
-            credentials_file: None,
-        },
-        hostname: "relay.acme.example".into(),
-        listeners: ListenerConfig {
-            smtp: any,
-            submission: any,
-            smtps: any,
-        },
-        tls: None,
-        settings: vec![SettingConfig {
-            name: "acme/loopback".into(),
-            description: "loopback".into(),
-            allowed_senders: AllowedSenders::OrganizationDomains,
-            ip_ranges: Some(vec![RangeConfig {
-                name: "acme/lo".into(),
-                network: "127.0.0.0/16".parse().unwrap(),
-            }]),
-            require_smtp_auth: false,
-            require_tls: false,
-        }],
-        routes: vec![RouteConfig {
-            name: "acme/default".into(),
-            description: "sink".into(),
-            matcher: RouteMatcher::Default,
-            hosts: RouteHosts::Single(HostConfig {
-                host: "127.0.0.1".into(),
-                port: sink_port,
-            }),
-            mx_lookup: false,
-            tls: RouteTlsConfig {
-                require_tls: false,
-                require_ca_signed: false,
-                validate_hostname: false,
-                extra_ca_file: None,
-            },
-        }],
-        limits: LimitsConfig::for_customer(10, true),
-        limit_store: LimitStoreConfig::Memory,
-        // Retry after a second, so a restarted relay retries within the test.
-        delivery: DeliveryConfig {
-            connect_timeout_seconds: 5,
-            retry_schedule_seconds: vec![1],
-            ..DeliveryConfig::default()
-        },
-        spool_dir: spool.to_string_lossy().into_owned(),
-        admin_listen: any,
-    }
-}
 
 /// Sends one message and returns the final reply to DATA.
 async fn send(addr: SocketAddr, from: &str, to: &[&str]) -> String {

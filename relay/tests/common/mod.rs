@@ -1,4 +1,4 @@
-//! Shared by the fault and Redis tests: a relay config on loopback, a small SMTP client,
+//! Shared by the end-to-end, fault and Redis tests: a relay config on loopback, a small SMTP client,
 //! and a private `redis-server` process for the tests that need one.
 
 #![allow(dead_code)]

@@ -157,6 +157,25 @@ fn tls_description(conn: &rustls::ServerConnection) -> String {
     format!("{version} {cipher}")
 }
 
+/// A server TLS handshake that gets the idle timeout (within the session deadline), so a
+/// silent client cannot hold a connection slot long; `None` when it ran out of time. The
+/// TLS state is large: boxed, so a plain session's task does not carry its size.
+async fn handshake<S>(
+    tls: Arc<rustls::ServerConfig>,
+    stream: S,
+    idle: Duration,
+    deadline: Instant,
+) -> io::Result<Option<Box<tokio_rustls::server::TlsStream<S>>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let until = (Instant::now() + idle).min(deadline);
+    match tokio::time::timeout_at(until, Box::pin(TlsAcceptor::from(tls).accept(stream))).await {
+        Ok(stream) => Ok(Some(Box::new(stream?))),
+        Err(_) => Ok(None),
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -170,9 +189,7 @@ async fn connection(
     let slot = IpSlot::acquire(shared, ip, limits.connections_per_ip);
     let too_many = Reply::new(421, format!("4.7.0 Too many connections from {ip}"));
     let deadline = Instant::now() + Duration::from_secs(limits.session_timeout_seconds);
-    // A TLS handshake gets the idle timeout, so a silent client cannot hold a slot long.
-    let handshake_deadline =
-        (Instant::now() + Duration::from_secs(limits.idle_timeout_seconds)).min(deadline);
+    let idle = Duration::from_secs(limits.idle_timeout_seconds);
     let mut conn = Conn {
         shared,
         generation: &generation,
@@ -186,15 +203,8 @@ async fn connection(
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
-        // TLS state is large: boxed, so a plain session's task does not carry its size.
-        let stream = match tokio::time::timeout_at(
-            handshake_deadline,
-            Box::pin(TlsAcceptor::from(tls).accept(stream)),
-        )
-        .await
-        {
-            Ok(s) => Box::new(s?),
-            Err(_) => return Ok(()),
+        let Some(stream) = handshake(tls, stream, idle, deadline).await? else {
+            return Ok(());
         };
         if slot.is_none() {
             return Box::pin(refuse(stream, &too_many, shared)).await;
@@ -216,16 +226,8 @@ async fn connection(
     let Some(tls) = generation.tls.clone() else {
         return Ok(());
     };
-    let idle = Duration::from_secs(generation.config.limits.idle_timeout_seconds);
-    let handshake_deadline = (Instant::now() + idle).min(deadline);
-    let stream = match tokio::time::timeout_at(
-        handshake_deadline,
-        Box::pin(TlsAcceptor::from(tls).accept(stream)),
-    )
-    .await
-    {
-        Ok(s) => Box::new(s?),
-        Err(_) => return Ok(()),
+    let Some(stream) = handshake(tls, stream, idle, deadline).await? else {
+        return Ok(());
     };
     session.tls_started(tls_description(stream.get_ref().1));
     Box::pin(conn.drive(stream, &mut session)).await?;

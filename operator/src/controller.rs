@@ -639,19 +639,7 @@ async fn with_local_ca(
     let Some(ca) = secrets
         .iter()
         .find(|s| s.name_any() == secret_ref.name)
-        .and_then(|s| {
-            let data = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("ca.crt"))
-                .map(|b| b.0.clone());
-            data.or_else(|| {
-                s.string_data
-                    .as_ref()
-                    .and_then(|d| d.get("ca.crt"))
-                    .map(|v| v.clone().into_bytes())
-            })
-        })
+        .and_then(|s| crate::local::secret_value(s, "ca.crt"))
     else {
         return cfg;
     };

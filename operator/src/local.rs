@@ -5,15 +5,17 @@
 //! It owns the local state directory layout and the self-signed certificate made when the
 //! manifests carry no TLS Secret; it does not decide relay behaviour (render and the relay do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crds::MailRoute;
 use crds::manifest::ManifestSet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use relay::config::{DeliveryConfig, ListenerConfig, RelayConfig, TlsFiles};
 
+use crate::controller::children::{SecretUse, mounted_secrets};
 use crate::manifests::{organization_namespace, render_set};
 use crate::render::{Finding, RenderEnv, RenderError};
 
@@ -107,61 +109,42 @@ impl LocalOptions {
             .filter(|s| s.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
             .map(|s| (s.object.name_any(), &s.object))
             .collect();
+        let mut config = rendered.config;
+
+        // The Secrets a pod would mount, chosen as the operator chooses them, written where
+        // the rendered config expects their files.
         let org = set
             .organizations
             .iter()
-            .find(|o| o.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
-            .map(|o| &o.object.spec);
-        let mut config = rendered.config;
-
-        if let Some(spec) = org {
-            if let Some(name) = spec.relay.tls_secret_ref.as_ref().map(|r| &r.name)
-                && let Some(secret) = secrets.get(name)
-            {
-                write_key(
-                    secret,
-                    "tls.crt",
-                    &Path::new(&env.tls_dir).join("tls.crt"),
-                    "the relay certificate",
-                )?;
-                write_key(
-                    secret,
-                    "tls.key",
-                    &Path::new(&env.tls_dir).join("tls.key"),
-                    "the relay key",
-                )?;
-            }
-            if let Some(name) = spec.auth_secret_ref.as_ref().map(|r| &r.name)
-                && let Some(secret) = secrets.get(name)
-            {
-                write_key(
-                    secret,
-                    "credentials",
-                    &Path::new(&env.credentials_dir).join("credentials"),
-                    "SMTP AUTH",
-                )?;
-            }
-        }
-        for route in set
-            .routes
-            .iter()
-            .filter(|r| r.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
-        {
-            if let Some(name) = route
-                .object
-                .spec
-                .tls
-                .trusted_ca_secret_ref
-                .as_ref()
-                .map(|r| &r.name)
-                && let Some(secret) = secrets.get(name)
-            {
-                write_key(
-                    secret,
-                    "ca.crt",
-                    &Path::new(&env.ca_dir).join(name).join("ca.crt"),
-                    "trusted CA roots",
-                )?;
+            .map(|o| &o.object)
+            .find(|o| o.namespace().unwrap_or_else(|| "default".into()) == namespace);
+        if let Some(org) = org {
+            let routes: Vec<MailRoute> = set.routes.iter().map(|r| r.object.clone()).collect();
+            let existing: BTreeSet<String> = secrets.keys().cloned().collect();
+            for mounted in mounted_secrets(org, &routes, &existing) {
+                let Some(secret) = secrets.get(&mounted.name) else {
+                    continue;
+                };
+                match mounted.usage {
+                    SecretUse::Tls => {
+                        let dir = Path::new(&env.tls_dir);
+                        write_key(
+                            secret,
+                            "tls.crt",
+                            &dir.join("tls.crt"),
+                            "the relay certificate",
+                        )?;
+                        write_key(secret, "tls.key", &dir.join("tls.key"), "the relay key")?;
+                    }
+                    SecretUse::Auth => {
+                        let path = Path::new(&env.credentials_dir).join("credentials");
+                        write_key(secret, "credentials", &path, "SMTP AUTH")?;
+                    }
+                    SecretUse::Ca => {
+                        let path = Path::new(&env.ca_dir).join(&mounted.name).join("ca.crt");
+                        write_key(secret, "ca.crt", &path, "trusted CA roots")?;
+                    }
+                }
             }
         }
 
@@ -213,7 +196,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// The value of `key` in a Secret, from `stringData` or (base64-decoded) `data`.
+/// The value of `key` in a Secret, from `stringData` or (base64-decoded) `data`;
+/// `stringData` wins, as it does when the API server merges the two.
 pub fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
         return Some(v.as_bytes().to_vec());

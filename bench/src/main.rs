@@ -1,12 +1,14 @@
 //! `relay-bench`: drives the same SMTP load through our relay and through Postfix on this
 //! machine, both forwarding to one `smtp-sink`, and prints a Markdown table of medians with
 //! the ratio ours/Postfix per row; then measures our relay's memory with many idle
-//! sessions and the time a manifest edit takes to be in force under `relayctl run`.
+//! sessions, with concurrent large messages, and the time a manifest edit takes to be in
+//! force under `relayctl run`.
 //!
 //! ```text
 //! relay-bench [--sessions 20] [--messages 10000] [--size 1024] [--recipients 1]
 //!             [--rounds 3] [--per-connection 100] [--idle-sessions 10000]
-//!             [--reload-edits 10] [--relayctl PATH] [--no-postfix]
+//!             [--reload-edits 10] [--big-sessions 20] [--big-size 35000000]
+//!             [--relayctl PATH] [--no-postfix]
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
 //! ```
@@ -16,6 +18,7 @@
 //! on error and on Ctrl-C too. The policy-decision micro benchmark is
 //! `cargo bench -p relay --bench ingress`.
 
+mod big;
 mod idle;
 mod load;
 mod ours;
@@ -41,6 +44,8 @@ struct Args {
     rounds: usize,
     per_connection: usize,
     idle_sessions: usize,
+    big_sessions: usize,
+    big_size: usize,
     reload_edits: usize,
     relayctl: Option<PathBuf>,
     postfix: bool,
@@ -58,6 +63,8 @@ impl Default for Args {
             rounds: 3,
             per_connection: 100,
             idle_sessions: 10_000,
+            big_sessions: 20,
+            big_size: 35_000_000,
             reload_edits: 10,
             relayctl: None,
             postfix: true,
@@ -88,6 +95,8 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--rounds" => a.rounds = num(value()?)?.max(1),
             "--per-connection" => a.per_connection = num(value()?)?.max(1),
             "--idle-sessions" => a.idle_sessions = num(value()?)?,
+            "--big-sessions" => a.big_sessions = num(value()?)?,
+            "--big-size" => a.big_size = num(value()?)?.max(1024),
             "--reload-edits" => a.reload_edits = num(value()?)?,
             "--relayctl" => a.relayctl = Some(PathBuf::from(value()?)),
             "--no-postfix" => a.postfix = false,
@@ -430,6 +439,38 @@ async fn bench(args: Args) -> Result<(), String> {
         );
     }
 
+    if args.big_sessions > 0 {
+        let spool = args.work_dir.join("spool-big");
+        let _ = std::fs::remove_dir_all(&spool);
+        // Delivery to a closed port: the messages stay queued, so this measures ingress.
+        let cfg = ours::config(&spool, 9, (args.big_sessions + 10) as u32);
+        let relay = ours::OurRelay::start(
+            &cfg,
+            &args.work_dir.join("relay-big.json"),
+            &args.work_dir.join("relay-big.log"),
+        )?;
+        let r = big::measure(
+            relay.smtp,
+            relay.pid(),
+            args.big_sessions,
+            args.big_size,
+            args.timeout,
+        )
+        .await?;
+        drop(relay);
+        let _ = std::fs::remove_dir_all(&spool);
+        println!();
+        println!(
+            "Large messages: {} concurrent messages of {:.1} MB in {:.1} s: relay RSS idle {:.1} MiB, peak {:.1} MiB, {:.1} MiB above idle. Target ≤ 64 MiB above idle.",
+            r.sessions,
+            r.size as f64 / 1e6,
+            r.elapsed.as_secs_f64(),
+            r.rss_idle_kib as f64 / 1024.0,
+            r.rss_peak_kib as f64 / 1024.0,
+            r.rss_peak_kib.saturating_sub(r.rss_idle_kib) as f64 / 1024.0
+        );
+    }
+
     if args.reload_edits > 0 {
         match args.relayctl.clone().or_else(default_relayctl) {
             Some(relayctl) => {
@@ -486,7 +527,7 @@ fn main() -> ExitCode {
                 eprintln!("relay-bench: {e}");
             }
             eprintln!(
-                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
             );
             return ExitCode::from(2);
         }

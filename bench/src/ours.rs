@@ -15,63 +15,17 @@ use relay::config::*;
 
 /// The bench's relay configuration.
 pub fn config(spool_dir: &Path, sink_port: u16, connections_per_ip: u32) -> RelayConfig {
-    let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut limits = LimitsConfig::for_customer(1_000_000, true);
     limits.user_messages_per_day = u64::MAX / 4;
     limits.user_recipients_per_day = u64::MAX / 4;
     limits.customer_recipients_per_day = u64::MAX / 4;
     limits.customer_recipients_per10_minutes = u64::MAX / 4;
     limits.connections_per_ip = connections_per_ip;
-    RelayConfig {
-        format: CONFIG_FORMAT,
-        hash: String::new(),
-        organization: OrganizationConfig {
-            name: "bench/acme".into(),
-            domains: vec!["acme.example".into()],
-            users: vec![],
-            credentials_file: None,
-        },
-        hostname: "relay.bench.example".into(),
-        listeners: ListenerConfig {
-            smtp: any,
-            submission: any,
-            smtps: any,
-        },
-        tls: None,
-        settings: vec![SettingConfig {
-            name: "bench/loopback".into(),
-            description: "the load generator".into(),
-            allowed_senders: AllowedSenders::OrganizationDomains,
-            ip_ranges: Some(vec![RangeConfig {
-                name: "bench/lo".into(),
-                network: "127.0.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
-            }]),
-            require_smtp_auth: false,
-            require_tls: false,
-        }],
-        routes: vec![RouteConfig {
-            name: "bench/sink".into(),
-            description: "smtp-sink".into(),
-            matcher: RouteMatcher::Default,
-            hosts: RouteHosts::Single(HostConfig {
-                host: "127.0.0.1".into(),
-                port: sink_port,
-            }),
-            mx_lookup: false,
-            tls: RouteTlsConfig {
-                require_tls: false,
-                require_ca_signed: false,
-                validate_hostname: false,
-                extra_ca_file: None,
-            },
-        }],
-        limits,
-        limit_store: LimitStoreConfig::Memory,
-        delivery: DeliveryConfig::default(),
-        spool_dir: spool_dir.to_string_lossy().into_owned(),
-        admin_listen: any,
-    }
-    .seal()
+    let mut cfg = RelayConfig::loopback(&spool_dir.to_string_lossy(), sink_port);
+    cfg.organization.name = "bench/acme".into();
+    cfg.hostname = "relay.bench.example".into();
+    cfg.limits = limits;
+    cfg.seal()
 }
 
 /// Our relay in a child process.

@@ -86,7 +86,8 @@ pub const USER_LIMIT: &str = "5.4.5 Daily SMTP relay limit exceeded for user.";
 pub const CUSTOMER_DAILY: &str = "5.7.1 Daily SMTP relay limit exceeded for customer.";
 pub const CUSTOMER_PEAK: &str = "4.2.1 Peak SMTP relay limit exceeded for customer.";
 /// SPEC §3.2.
-pub const STARTTLS_FIRST: &str = "5.7.0 Must issue a STARTTLS command first";
+pub const STARTTLS_FIRST: &str =
+    "5.7.0 Must issue a STARTTLS command first (submit on port 587 with STARTTLS)";
 
 /// One client command.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -46,7 +46,7 @@ fn require_tls_encrypting_postfix_relays_and_plain_postfix_gets_530() {
     );
     bounced(
         scn.get("plain"),
-        "530 5.7.0 Must issue a STARTTLS command first",
+        "530 5.7.0 Must issue a STARTTLS command first (submit on port 587 with STARTTLS)",
     );
     assert_eq!(count_subject(&scn, "sink", "tls-none"), 0);
 }

@@ -141,6 +141,7 @@ pub struct LimitOverrides {
 /// The relay workload of an organization.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.replicas) || self.replicas <= 1 || (has(self.limitStore) && self.limitStore.type == 'Redis')").message("relay.replicas above 1 needs relay.limitStore of type Redis: with the Memory store each replica would count limits on its own, multiplying them by the replica count"))]
 pub struct RelaySpec {
     /// Number of relay pods (default 1). More than one needs a Redis limit store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,41 +15,16 @@ use relay::session::{Action, Session, SessionConfig};
 use relay::smtp::Reply;
 
 fn config() -> RelayConfig {
-    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    RelayConfig {
-        format: CONFIG_FORMAT,
-        hash: String::new(),
-        organization: OrganizationConfig {
-            name: "acme/acme".into(),
-            domains: vec!["acme.example".into()],
-            users: vec!["bob@acme.example".into()],
-            credentials_file: None,
-        },
-        hostname: "relay.acme.example".into(),
-        listeners: ListenerConfig {
-            smtp: any,
-            submission: any,
-            smtps: any,
-        },
-        tls: None,
-        settings: vec![SettingConfig {
-            name: "acme/s".into(),
-            description: String::new(),
-            allowed_senders: AllowedSenders::AnyAddress,
-            ip_ranges: Some(vec![RangeConfig {
-                name: "acme/lo".into(),
-                network: "127.0.0.0/8".parse().unwrap(),
-            }]),
-            require_smtp_auth: false,
-            require_tls: false,
-        }],
-        routes: vec![],
-        limits: LimitsConfig::for_customer(10, true),
-        limit_store: LimitStoreConfig::Memory,
-        delivery: DeliveryConfig::default(),
-        spool_dir: "unused".into(),
-        admin_listen: any,
-    }
+    let mut cfg = RelayConfig::loopback("unused", 25);
+    cfg.organization.users = vec!["bob@acme.example".into()];
+    cfg.settings[0].allowed_senders = AllowedSenders::AnyAddress;
+    cfg.settings[0].ip_ranges = Some(vec![RangeConfig {
+        name: "acme/lo".into(),
+        network: "127.0.0.0/8".parse().unwrap(),
+    }]);
+    cfg.routes.clear();
+    cfg.limits = LimitsConfig::for_customer(10, true);
+    cfg
 }
 
 fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
@@ -74,6 +49,8 @@ fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
                 };
                 queue.extend(session.rcpt_result(rcpt, result));
             }
+            Action::Release { rcpts, .. } => assert!(!rcpts.is_empty()),
+            Action::DiscardData => {}
             Action::Spool(m) => {
                 assert!(!m.rcpts.is_empty());
                 let result = if answer & 4 == 0 {
@@ -106,8 +83,10 @@ fuzz_target!(|input: &[u8]| {
     while !rest.is_empty() && !session.is_closed() {
         let answer = rest[0];
         if session.in_data() {
-            let (used, actions) = session.on_data(rest);
+            let mut text = Vec::new();
+            let (used, actions) = session.on_data(rest, &mut text);
             assert!(used <= rest.len());
+            assert!(text.len() <= 512 + 2, "streamed past the size limit");
             rest = &rest[used..];
             run(&mut session, actions, answer);
         } else {

@@ -16,6 +16,75 @@ use ipnet::IpNet;
 use relay::config::{AllowedSenders, RelayConfig, RouteConfig, RouteHosts, SettingConfig};
 use serde::Serialize;
 
+/// Changes of content in the Secrets the organizations and routes reference (AUTH
+/// credentials, TLS certificate and key, CA roots). A rendered config names these only by
+/// file, so [`plan`] cannot see them; this says "credentials changed" for each, never what
+/// changed. A Secret that appears or disappears is reported the same way.
+pub fn secret_changes(
+    base: &crds::manifest::ManifestSet,
+    head: &crds::manifest::ManifestSet,
+) -> Vec<Change> {
+    use kube::ResourceExt;
+    use sha2::{Digest, Sha256};
+    let referenced = |set: &crds::manifest::ManifestSet| {
+        let mut names = std::collections::BTreeSet::new();
+        for org in &set.organizations {
+            let ns = org.object.namespace().unwrap_or_default();
+            if let Some(r) = &org.object.spec.auth_secret_ref {
+                names.insert((ns.clone(), r.name.clone(), "AUTH credentials"));
+            }
+            if let Some(r) = &org.object.spec.relay.tls_secret_ref {
+                names.insert((ns.clone(), r.name.clone(), "TLS certificate and key"));
+            }
+        }
+        for route in &set.routes {
+            let ns = route.object.namespace().unwrap_or_default();
+            if let Some(r) = &route.object.spec.tls.trusted_ca_secret_ref {
+                names.insert((ns, r.name.clone(), "CA roots"));
+            }
+        }
+        names
+    };
+    // A digest of the data the relay would see (stringData wins over data, as the API
+    // server merges them); the digest itself is never printed.
+    let digest = |set: &crds::manifest::ManifestSet, ns: &str, name: &str| {
+        set.secrets
+            .iter()
+            .find(|s| s.object.name_any() == name && s.object.namespace().unwrap_or_default() == ns)
+            .map(|s| {
+                let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+                for (k, v) in s.object.data.iter().flatten() {
+                    values.insert(k.clone(), v.0.clone());
+                }
+                for (k, v) in s.object.string_data.iter().flatten() {
+                    values.insert(k.clone(), v.as_bytes().to_vec());
+                }
+                let mut h = Sha256::new();
+                for (k, v) in &values {
+                    h.update(k.as_bytes());
+                    h.update([0]);
+                    h.update((v.len() as u64).to_be_bytes());
+                    h.update(v);
+                }
+                h.finalize().to_vec()
+            })
+    };
+    let mut names = referenced(base);
+    names.extend(referenced(head));
+    let mut out = Vec::new();
+    for (ns, name, what) in names {
+        if digest(base, &ns, &name) != digest(head, &ns, &name) {
+            push(
+                &mut out,
+                Severity::Notice,
+                &format!("Secret {ns}/{name}"),
+                format!("credentials changed ({what}; content not shown)"),
+            );
+        }
+    }
+    out
+}
+
 /// How much a reviewer should care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -70,6 +70,33 @@ fn change(base: &str, head: &str) -> (i32, String, String) {
     repo.plan(&[])
 }
 
+const SMTP_AUTH: &str = include_str!("../../examples/applications-smtp-auth/relay.yaml");
+
+/// A user's line removed from the credentials Secret changes no rendered field, yet it
+/// revokes a password: plan says so, without printing any of the Secret.
+#[test]
+fn a_credentials_secret_edit_is_reported_without_its_content() {
+    let ticketing = SMTP_AUTH
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("ticketing@acme.example:$argon2id")
+        })
+        .unwrap();
+    let head = SMTP_AUTH.replace(&format!("{ticketing}\n"), "");
+    assert_ne!(head, SMTP_AUTH);
+    let (code, out, err) = change(SMTP_AUTH, &head);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("Secret acme/smtp-credentials") && out.contains("credentials changed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("argon2id") && !out.contains("ticketing"),
+        "{out}"
+    );
+}
+
 #[test]
 fn reordering_and_reformatting_is_no_behavioural_change() {
     // Documents in reverse order, flow style, comments dropped, keys reordered.

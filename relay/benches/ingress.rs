@@ -17,31 +17,12 @@ use relay::policy::{ClientFacts, Policy};
 use relay::spool::{Envelope, Spool};
 
 fn config(settings: Vec<SettingConfig>) -> RelayConfig {
-    let any = "127.0.0.1:0".parse().unwrap();
-    RelayConfig {
-        format: CONFIG_FORMAT,
-        hash: String::new(),
-        organization: OrganizationConfig {
-            name: "acme/acme".into(),
-            domains: vec!["acme.example".into()],
-            users: vec!["alice@acme.example".into()],
-            credentials_file: None,
-        },
-        hostname: "relay.acme.example".into(),
-        listeners: ListenerConfig {
-            smtp: any,
-            submission: any,
-            smtps: any,
-        },
-        tls: None,
-        settings,
-        routes: vec![],
-        limits: LimitsConfig::for_customer(100, true),
-        limit_store: LimitStoreConfig::Memory,
-        delivery: DeliveryConfig::default(),
-        spool_dir: String::new(),
-        admin_listen: any,
-    }
+    let mut cfg = RelayConfig::loopback("", 25);
+    cfg.organization.users = vec!["alice@acme.example".into()];
+    cfg.settings = settings;
+    cfg.routes.clear();
+    cfg.limits = LimitsConfig::for_customer(100, true);
+    cfg
 }
 
 /// `settings` settings of `per_setting` /24 ranges each, over 10.0.0.0/8.

@@ -225,8 +225,12 @@ pub struct LimitsConfig {
     pub recipients_per_message: u32,
     /// Largest message accepted, in bytes (SIZE).
     pub max_message_bytes: u64,
-    /// Concurrent connections per client IP.
+    /// Concurrent connections per client IP (Postfix's default is 50 too).
     pub connections_per_ip: u32,
+    /// Concurrent connections in all, on every listener; beyond it new connections are
+    /// refused before any TLS handshake.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
     /// Seconds to wait for the next command or data line.
     pub idle_timeout_seconds: u64,
     /// Seconds a session may last in all.
@@ -250,12 +254,17 @@ impl LimitsConfig {
             customer_recipients_per10_minutes: peak,
             recipients_per_message: 100,
             max_message_bytes: 35 * 1024 * 1024,
-            connections_per_ip: 20,
+            connections_per_ip: 50,
+            max_connections: default_max_connections(),
             idle_timeout_seconds: 300,
             session_timeout_seconds: 1800,
             max_errors: 10,
         }
     }
+}
+
+fn default_max_connections() -> u32 {
+    20_000
 }
 
 /// Where limit counters live.
@@ -321,6 +330,65 @@ pub enum ConfigError {
 }
 
 impl RelayConfig {
+    /// A relay on one machine: every listener on `127.0.0.1` port 0 (free ports), the
+    /// admin endpoint likewise, no TLS, organization `acme/acme` with domain
+    /// `acme.example`, one setting letting `127.0.0.0/16` relay mail from the
+    /// organization's domains, one default route to `127.0.0.1:route_port`, the limits of
+    /// a paid 10,000-licence organization and the spool in `spool_dir`. The starting point
+    /// of the tests, benchmarks and fuzz targets; change fields as needed.
+    pub fn loopback(spool_dir: &str, route_port: u16) -> RelayConfig {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        RelayConfig {
+            format: CONFIG_FORMAT,
+            hash: String::new(),
+            organization: OrganizationConfig {
+                name: "acme/acme".into(),
+                domains: vec!["acme.example".into()],
+                users: vec![],
+                credentials_file: None,
+            },
+            hostname: "relay.acme.example".into(),
+            listeners: ListenerConfig {
+                smtp: any,
+                submission: any,
+                smtps: any,
+            },
+            tls: None,
+            settings: vec![SettingConfig {
+                name: "acme/loopback".into(),
+                description: "loopback".into(),
+                allowed_senders: AllowedSenders::OrganizationDomains,
+                ip_ranges: Some(vec![RangeConfig {
+                    name: "acme/lo".into(),
+                    network: IpNet::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0).into(), 16),
+                }]),
+                require_smtp_auth: false,
+                require_tls: false,
+            }],
+            routes: vec![RouteConfig {
+                name: "acme/default".into(),
+                description: "downstream".into(),
+                matcher: RouteMatcher::Default,
+                hosts: RouteHosts::Single(HostConfig {
+                    host: "127.0.0.1".into(),
+                    port: route_port,
+                }),
+                mx_lookup: false,
+                tls: RouteTlsConfig {
+                    require_tls: false,
+                    require_ca_signed: false,
+                    validate_hostname: false,
+                    extra_ca_file: None,
+                },
+            }],
+            limits: LimitsConfig::for_customer(10_000, true),
+            limit_store: LimitStoreConfig::Memory,
+            delivery: DeliveryConfig::default(),
+            spool_dir: spool_dir.to_string(),
+            admin_listen: any,
+        }
+    }
+
     /// SHA-256 of the canonical JSON form with `hash` empty.
     pub fn compute_hash(&self) -> String {
         let mut unhashed = self.clone();

@@ -1,9 +1,15 @@
 //! A config generation: one `RelayConfig` with everything derived from it (compiled
 //! policy, loaded credentials, rustls server config), built once and shared by `Arc`.
 //!
-//! A session keeps the generation it started with; a reload swaps in a new one for new
-//! sessions only. Building a generation reads the TLS and credential files, so a reload
-//! also picks up rotated certificates and passwords.
+//! Sessions pick up a new generation between transactions (see `server`). Building a
+//! generation reads the TLS and credential files, so a reload also picks up rotated
+//! certificates and passwords.
+//!
+//! The Secrets a config names are configuration too: [`content_hash`] covers the document
+//! and the bytes of every file it names (credentials, TLS certificate and key, CA roots),
+//! so a rotated certificate or a revoked password is a new generation, put in force by
+//! [`crate::RelayHandle::reload_if_changed`] like any other change. The hash never
+//! reveals the secrets: it is a SHA-256 over them.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -31,8 +37,10 @@ pub struct Generation {
     /// Increases by one per reload, starting at 1.
     pub id: u64,
     pub config: Arc<RelayConfig>,
-    /// SHA-256 of the config (computed when the document carried none).
+    /// SHA-256 of the config document (computed when the document carried none).
     pub hash: String,
+    /// SHA-256 of the document hash and of every file it names ([`content_hash`]).
+    pub content_hash: String,
     pub session: SessionConfig,
     pub credentials: Credentials,
     pub tls: Option<Arc<ServerConfig>>,
@@ -41,6 +49,7 @@ pub struct Generation {
 impl Generation {
     /// Builds generation `id` from `config`.
     pub fn build(id: u64, config: RelayConfig) -> Result<Self, GenerationError> {
+        let content_hash = content_hash(&config);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let credentials = Credentials::load(config.organization.credentials_file.as_deref())?;
         let policy = Arc::new(Policy::new(&config));
@@ -59,11 +68,59 @@ impl Generation {
             id,
             config: Arc::new(config),
             hash,
+            content_hash,
             session,
             credentials,
             tls,
         })
     }
+}
+
+/// The files a config names whose content is part of its behaviour, with what each is.
+pub fn named_files(config: &RelayConfig) -> Vec<(&'static str, &str)> {
+    let mut files = Vec::new();
+    if let Some(path) = &config.organization.credentials_file {
+        files.push(("AUTH credentials", path.as_str()));
+    }
+    if let Some(tls) = &config.tls {
+        files.push(("TLS certificate", tls.cert_file.as_str()));
+        files.push(("TLS key", tls.key_file.as_str()));
+    }
+    for route in &config.routes {
+        if let Some(ca) = &route.tls.extra_ca_file {
+            files.push(("route CA roots", ca.as_str()));
+        }
+    }
+    files
+}
+
+/// SHA-256 (hex) of the document hash and of the content of every file it names, in a
+/// fixed order. A file that cannot be read contributes its error kind, so its coming back
+/// is a change too.
+pub fn content_hash(config: &RelayConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let doc = if config.hash.is_empty() {
+        config.compute_hash()
+    } else {
+        config.hash.clone()
+    };
+    h.update(doc.as_bytes());
+    for (what, path) in named_files(config) {
+        h.update(b"\0");
+        h.update(what.as_bytes());
+        h.update(b"\0");
+        h.update(path.as_bytes());
+        h.update(b"\0");
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                h.update((bytes.len() as u64).to_be_bytes());
+                h.update(&bytes);
+            }
+            Err(e) => h.update(format!("unreadable: {:?}", e.kind()).as_bytes()),
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// Reads the PEM chain and key into a rustls server config using the ring provider.

@@ -87,6 +87,16 @@ pub enum StartError {
     Redis(#[from] limits_redis::RedisUrlError),
 }
 
+/// A reload that happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reload {
+    /// The generation now in force.
+    pub generation: u64,
+    /// The document was the same: only a file it names changed (say "credentials
+    /// changed", never what).
+    pub only_files: bool,
+}
+
 /// Why a new config was not put in force (the old one stays).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -106,6 +116,8 @@ pub struct RelayHandle {
     tasks: mpsc::Sender<()>,
     tasks_done: mpsc::Receiver<()>,
     reload_lock: Mutex<()>,
+    /// Content hash of the last config a reload refused.
+    refused: Mutex<Option<String>>,
     queue: Arc<QueueManager<Spool>>,
     delivery: tokio::task::JoinHandle<()>,
 }
@@ -158,7 +170,10 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
     )?);
     let generation = Generation::build(1, config)?;
     let metrics = Arc::new(metrics);
-    metrics.set_config(generation.id, &generation.hash);
+    metrics
+        .spool_quarantined
+        .set(spool.quarantined_at_open() as i64);
+    metrics.set_config(generation.id, &generation.hash, &generation.content_hash);
     let (accepted, accepted_rx) = broadcast::channel(ACCEPTED_CHANNEL);
     let shared = Arc::new(Shared::new(
         generation,
@@ -235,6 +250,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         tasks,
         tasks_done,
         reload_lock: Mutex::new(()),
+        refused: Mutex::new(None),
         queue,
         delivery,
     })
@@ -285,10 +301,10 @@ impl RelayHandle {
         self.admin_addr
     }
 
-    /// Puts a new config in force for new sessions and returns its generation. Re-reads
-    /// the TLS and credential files. Open sessions keep the generation they started
-    /// with. Listener, admin and spool addresses are fixed at start; changes to them are
-    /// logged and take effect on restart.
+    /// Puts a new config in force and returns its generation. Re-reads the TLS and
+    /// credential files. Open sessions take it up between transactions (their next MAIL
+    /// is judged by it). Listener, admin and spool addresses are fixed at start; changes
+    /// to them are logged and take effect on restart.
     pub fn reload(&self, config: RelayConfig) -> Result<u64, ReloadError> {
         // Serialize reloads so generations stay strictly increasing.
         let _lock = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,10 +326,51 @@ impl RelayHandle {
         let next = Generation::build(old.id + 1, config)?;
         self.queue.set_routes(routes);
         let id = next.id;
-        self.shared.metrics.set_config(id, &next.hash);
+        self.shared
+            .metrics
+            .set_config(id, &next.hash, &next.content_hash);
         tracing::info!(generation = id, hash = %next.hash, "configuration reloaded");
         self.shared.current.store(Arc::new(next));
         Ok(id)
+    }
+
+    /// Reloads when `config`, or the content of a file it names (credentials, TLS
+    /// certificate and key, CA roots), differs from what is in force; `Ok(None)` when
+    /// nothing changed. Callers poll with it, so a rotated or revoked Secret is in force
+    /// within one poll without any edit to the document.
+    pub fn reload_if_changed(&self, config: RelayConfig) -> Result<Option<Reload>, ReloadError> {
+        let current = self.shared.current.load_full();
+        let content = generation::content_hash(&config);
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        // Unchanged, or the same content already refused (reported once, not every poll).
+        if content == current.content_hash || refused.as_deref() == Some(content.as_str()) {
+            return Ok(None);
+        }
+        *refused = Some(content);
+        drop(refused);
+        let document = if config.hash.is_empty() {
+            config.compute_hash()
+        } else {
+            config.hash.clone()
+        };
+        let only_files = document == current.hash;
+        let generation = self.reload(config)?;
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if only_files {
+            tracing::info!(
+                generation,
+                "a file the configuration names changed (credentials, certificate or CA roots)"
+            );
+        }
+        Ok(Some(Reload {
+            generation,
+            only_files,
+        }))
+    }
+
+    /// Hash of the config document and the content of every file it names.
+    pub fn content_hash(&self) -> String {
+        self.shared.current.load().content_hash.clone()
     }
 
     /// The generation in force for new sessions.

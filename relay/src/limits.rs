@@ -6,14 +6,26 @@
 //! window until minute `m + 1440` and in the 10-minute window until minute `m + 10`.
 //! Time comes in as a value taken from an injected [`Clock`], so tests move it freely.
 //!
-//! Limits are checked at RCPT ("would this recipient exceed?", counting the recipients
-//! already accepted in the same transaction) and recorded once the message is spooled.
+//! Limits are exact under concurrency: a recipient that passes the check at RCPT is
+//! **reserved** for its transaction ([`TxId`]), and every check compares
+//! `counted + reserved + 1` with the limit. The reservations of a transaction are
+//! committed when its message is spooled ([`LimitStore::record`]) and released when it
+//! ends any other way ([`LimitStore::release`]: RSET, a new EHLO, a refused message, QUIT,
+//! a timeout, a dropped connection). So sessions that interleave between RCPT and DATA can
+//! never together pass a limit, not even by one recipient.
+//!
+//! The in-memory store forgets what left the 24-hour window: a user with neither counts
+//! nor reservations is dropped (swept once a minute), so memory is bounded by the senders
+//! active in the last 24 hours, not by every sender ever seen.
+//!
 //! This module does not know about SMTP sequencing; it owns the limit reply texts.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::LimitsConfig;
@@ -60,23 +72,57 @@ impl LimitHit {
     }
 }
 
-/// "May `user` add recipient `rcpt` to a message that already has `pending` recipients?"
+/// One SMTP transaction (MAIL to end of DATA or RSET), the owner of its reservations.
+/// Unique across processes with overwhelming probability: a random base per process plus
+/// a counter, so replicas sharing a Redis store never mix their transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(pub u64);
+
+impl TxId {
+    /// A new transaction id.
+    pub fn next() -> Self {
+        static BASE: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(|| rand::random::<u64>() & !0xFFFF_FFFF);
+        TxId(base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl std::fmt::Display for TxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// "May `user` add recipient `rcpt` to transaction `tx`, which already has `pending`
+/// recipients?" A yes reserves the recipient for `tx`.
 #[derive(Clone, Copy, Debug)]
 pub struct RcptQuery<'a> {
     pub now: SystemTime,
     pub limits: &'a LimitsConfig,
+    pub tx: TxId,
     /// Lower-case AUTH identity, else the envelope sender as given.
     pub user: &'a str,
-    /// Lower-case recipient address.
+    /// The recipient address (domain lower-case).
     pub rcpt: &'a str,
-    /// Recipients already accepted in this transaction (lower-case).
+    /// Recipients already reserved in this transaction.
     pub pending: &'a [String],
 }
 
-/// A message that was spooled: count it.
+/// A message of transaction `tx` was spooled: commit its reservations as counts.
 #[derive(Clone, Copy, Debug)]
 pub struct Usage<'a> {
     pub now: SystemTime,
+    pub tx: TxId,
+    pub user: &'a str,
+    pub rcpts: &'a [String],
+}
+
+/// Transaction `tx` ended without a message: give its reservations back.
+#[derive(Clone, Copy, Debug)]
+pub struct Release<'a> {
+    pub now: SystemTime,
+    pub tx: TxId,
     pub user: &'a str,
     pub rcpts: &'a [String],
 }
@@ -88,14 +134,18 @@ pub struct LimitStoreError(pub String);
 
 /// Where counters live. Implementations must be safe to share between sessions.
 pub trait LimitStore: Send + Sync {
-    /// `Ok(None)` when the recipient is within every limit.
+    /// `Ok(None)` when the recipient is within every limit; it is then reserved for the
+    /// query's transaction until [`LimitStore::record`] or [`LimitStore::release`].
     fn check<'a>(
         &'a self,
         query: RcptQuery<'a>,
     ) -> BoxFuture<'a, Result<Option<LimitHit>, LimitStoreError>>;
 
-    /// Counts an accepted message.
+    /// Counts an accepted message, turning its transaction's reservations into counts.
     fn record<'a>(&'a self, usage: Usage<'a>) -> BoxFuture<'a, Result<(), LimitStoreError>>;
+
+    /// Gives back the reservations of a transaction that ended without a message.
+    fn release<'a>(&'a self, release: Release<'a>) -> BoxFuture<'a, Result<(), LimitStoreError>>;
 }
 
 const DAY_MINUTES: u64 = 24 * 60;
@@ -107,7 +157,7 @@ fn minute(t: SystemTime) -> u64 {
 
 /// Counts per one-minute bucket, oldest first.
 #[derive(Debug, Default)]
-struct Buckets(VecDeque<(u64, u64)>);
+struct Buckets(std::collections::VecDeque<(u64, u64)>);
 
 impl Buckets {
     fn add(&mut self, now_min: u64, n: u64) {
@@ -132,6 +182,10 @@ impl Buckets {
             .map(|(_, c)| c)
             .sum()
     }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +194,10 @@ struct UserUsage {
     /// Recipient → minute it was last sent to.
     recipients: HashMap<String, u64>,
     oldest_recipient_minute: u64,
+    /// Open transactions of this user holding a message reservation.
+    reserved_messages: u64,
+    /// New (not yet counted) recipients reserved by open transactions → how many hold it.
+    reserved_recipients: HashMap<String, u32>,
 }
 
 impl UserUsage {
@@ -151,12 +209,71 @@ impl UserUsage {
                 self.recipients.values().copied().min().unwrap_or(now_min);
         }
     }
+
+    /// Nothing counted in the window and nothing reserved: the entry can go.
+    fn is_idle(&self) -> bool {
+        self.messages.is_empty()
+            && self.recipients.is_empty()
+            && self.reserved_messages == 0
+            && self.reserved_recipients.is_empty()
+    }
+}
+
+/// What one open transaction holds.
+#[derive(Debug, Default)]
+struct Reservation {
+    user: String,
+    /// Recipients reserved (each holds one customer reservation).
+    rcpts: u64,
+    /// Holds one user-message reservation.
+    message: bool,
+    /// Recipients not yet counted for the user when reserved (each holds one reference).
+    new_rcpts: Vec<String>,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     customer: Buckets,
+    customer_reserved: u64,
     users: HashMap<String, UserUsage>,
+    open: HashMap<TxId, Reservation>,
+    last_sweep_minute: u64,
+}
+
+impl Counters {
+    /// Once a minute: drops users with nothing in the window and nothing reserved.
+    fn sweep(&mut self, now_min: u64) {
+        if self.last_sweep_minute == now_min {
+            return;
+        }
+        self.last_sweep_minute = now_min;
+        self.customer.expire(now_min, DAY_MINUTES);
+        self.users.retain(|_, u| {
+            u.expire(now_min);
+            !u.is_idle()
+        });
+    }
+
+    /// Takes a transaction's reservations out of the totals.
+    fn unreserve(&mut self, tx: TxId) {
+        let Some(r) = self.open.remove(&tx) else {
+            return;
+        };
+        self.customer_reserved = self.customer_reserved.saturating_sub(r.rcpts);
+        if let Some(u) = self.users.get_mut(&r.user) {
+            if r.message {
+                u.reserved_messages = u.reserved_messages.saturating_sub(1);
+            }
+            for rcpt in &r.new_rcpts {
+                if let Some(n) = u.reserved_recipients.get_mut(rcpt) {
+                    *n -= 1;
+                    if *n == 0 {
+                        u.reserved_recipients.remove(rcpt);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Counters in this process (one replica).
@@ -170,52 +287,81 @@ impl MemoryLimitStore {
         Self::default()
     }
 
+    /// Users tracked now (counted in the window or holding reservations).
+    pub fn tracked_users(&self) -> usize {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .users
+            .len()
+    }
+
+    /// Transactions holding reservations now.
+    pub fn open_transactions(&self) -> usize {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .len()
+    }
+
     fn check_now(&self, q: &RcptQuery<'_>) -> Option<LimitHit> {
         let now_min = minute(q.now);
-        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let user = counters.users.get_mut(q.user);
-        let (user_messages, known_rcpt, unique) = match user {
-            Some(u) => {
-                u.expire(now_min);
-                (
-                    u.messages.sum_within(now_min, DAY_MINUTES),
-                    u.recipients.contains_key(q.rcpt),
-                    u.recipients.len() as u64,
-                )
+        let mut guard = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = &mut *guard;
+        counters.sweep(now_min);
+        let first = !counters.open.contains_key(&q.tx);
+        let user = counters.users.entry(q.user.to_string()).or_default();
+        user.expire(now_min);
+        let messages = user.messages.sum_within(now_min, DAY_MINUTES) + user.reserved_messages;
+        let counted = user.recipients.contains_key(q.rcpt);
+        let known = counted || user.reserved_recipients.contains_key(q.rcpt);
+        let unique = (user.recipients.len() + user.reserved_recipients.len()) as u64;
+        let hit = if first && messages + 1 > q.limits.user_messages_per_day {
+            Some(LimitHit::UserMessagesPerDay)
+        } else if !known && unique + 1 > q.limits.user_recipients_per_day {
+            Some(LimitHit::UserRecipientsPerDay)
+        } else {
+            counters.customer.expire(now_min, DAY_MINUTES);
+            let reserved = counters.customer_reserved;
+            if counters.customer.sum_within(now_min, DAY_MINUTES) + reserved + 1
+                > q.limits.customer_recipients_per_day
+            {
+                Some(LimitHit::CustomerRecipientsPerDay)
+            } else if counters.customer.sum_within(now_min, PEAK_MINUTES) + reserved + 1
+                > q.limits.customer_recipients_per10_minutes
+            {
+                Some(LimitHit::CustomerRecipientsPer10Minutes)
+            } else {
+                None
             }
-            None => (0, false, 0),
         };
-        if user_messages + 1 > q.limits.user_messages_per_day {
-            return Some(LimitHit::UserMessagesPerDay);
+        if hit.is_some() {
+            if user.is_idle() {
+                counters.users.remove(q.user);
+            }
+            return hit;
         }
-        let new_in_pending: HashSet<&str> = q
-            .pending
-            .iter()
-            .map(String::as_str)
-            .filter(|r| {
-                counters
-                    .users
-                    .get(q.user)
-                    .is_none_or(|u| !u.recipients.contains_key(*r))
-            })
-            .collect();
-        let rcpt_is_new = !known_rcpt && !new_in_pending.contains(q.rcpt);
-        if rcpt_is_new
-            && unique + new_in_pending.len() as u64 + 1 > q.limits.user_recipients_per_day
-        {
-            return Some(LimitHit::UserRecipientsPerDay);
+        if first {
+            user.reserved_messages += 1;
         }
-        counters.customer.expire(now_min, DAY_MINUTES);
-        let pending = q.pending.len() as u64;
-        if counters.customer.sum_within(now_min, DAY_MINUTES) + pending + 1
-            > q.limits.customer_recipients_per_day
-        {
-            return Some(LimitHit::CustomerRecipientsPerDay);
+        // Every open transaction holding a not-yet-counted address holds it, so the
+        // address stays reserved until the last of them ends.
+        if !counted {
+            *user
+                .reserved_recipients
+                .entry(q.rcpt.to_string())
+                .or_insert(0) += 1;
         }
-        if counters.customer.sum_within(now_min, PEAK_MINUTES) + pending + 1
-            > q.limits.customer_recipients_per10_minutes
-        {
-            return Some(LimitHit::CustomerRecipientsPer10Minutes);
+        counters.customer_reserved += 1;
+        let r = counters.open.entry(q.tx).or_insert_with(|| Reservation {
+            user: q.user.to_string(),
+            ..Reservation::default()
+        });
+        r.rcpts += 1;
+        r.message |= first;
+        if !counted {
+            r.new_rcpts.push(q.rcpt.to_string());
         }
         None
     }
@@ -223,6 +369,7 @@ impl MemoryLimitStore {
     fn record_now(&self, u: &Usage<'_>) {
         let now_min = minute(u.now);
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.unreserve(u.tx);
         counters.customer.add(now_min, u.rcpts.len() as u64);
         let user = counters.users.entry(u.user.to_string()).or_default();
         user.expire(now_min);
@@ -233,6 +380,16 @@ impl MemoryLimitStore {
         for r in u.rcpts {
             user.recipients.insert(r.clone(), now_min);
         }
+        counters.sweep(now_min);
+    }
+
+    fn release_now(&self, r: &Release<'_>) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.unreserve(r.tx);
+        if counters.users.get(r.user).is_some_and(UserUsage::is_idle) {
+            counters.users.remove(r.user);
+        }
+        counters.sweep(minute(r.now));
     }
 }
 
@@ -250,11 +407,19 @@ impl LimitStore for MemoryLimitStore {
             Ok(())
         })
     }
+
+    fn release<'a>(&'a self, release: Release<'a>) -> BoxFuture<'a, Result<(), LimitStoreError>> {
+        Box::pin(async move {
+            self.release_now(&release);
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::time::Duration;
 
     fn limits(msgs: u64, uniq: u64, day: u64, peak: u64) -> LimitsConfig {
@@ -271,6 +436,7 @@ mod tests {
         s: &MemoryLimitStore,
         now: SystemTime,
         l: &LimitsConfig,
+        tx: TxId,
         user: &str,
         rcpt: &str,
         pending: &[String],
@@ -278,10 +444,20 @@ mod tests {
         s.check_now(&RcptQuery {
             now,
             limits: l,
+            tx,
             user,
             rcpt,
             pending,
         })
+    }
+
+    fn commit(s: &MemoryLimitStore, now: SystemTime, tx: TxId, user: &str, rcpts: &[String]) {
+        s.record_now(&Usage {
+            now,
+            tx,
+            user,
+            rcpts,
+        });
     }
 
     #[test]
@@ -289,43 +465,208 @@ mod tests {
         let s = MemoryLimitStore::new();
         let l = limits(100, 2, 100, 100);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000 * 60);
-        s.record_now(&Usage {
-            now: t0,
-            user: "u",
-            rcpts: &["a@x".into(), "b@x".into()],
-        });
-        assert_eq!(check(&s, t0, &l, "u", "a@x", &[]), None);
+        commit(&s, t0, TxId(1), "u", &["a@x".into(), "b@x".into()]);
+        assert_eq!(check(&s, t0, &l, TxId(2), "u", "a@x", &[]), None);
         assert_eq!(
-            check(&s, t0, &l, "u", "c@x", &[]),
+            check(&s, t0, &l, TxId(2), "u", "c@x", &["a@x".into()]),
             Some(LimitHit::UserRecipientsPerDay)
         );
         let almost = t0 + Duration::from_secs(DAY_MINUTES * 60 - 60);
         assert_eq!(
-            check(&s, almost, &l, "u", "c@x", &[]),
+            check(&s, almost, &l, TxId(2), "u", "c@x", &["a@x".into()]),
             Some(LimitHit::UserRecipientsPerDay)
         );
         let day = t0 + Duration::from_secs(DAY_MINUTES * 60);
-        assert_eq!(check(&s, day, &l, "u", "c@x", &[]), None);
+        assert_eq!(
+            check(&s, day, &l, TxId(2), "u", "c@x", &["a@x".into()]),
+            None
+        );
     }
 
     #[test]
-    fn pending_recipients_count_toward_customer_limits() {
+    fn reserved_recipients_count_toward_customer_limits() {
         let s = MemoryLimitStore::new();
         let l = limits(100, 100, 100, 3);
         let t0 = UNIX_EPOCH + Duration::from_secs(60_000);
-        s.record_now(&Usage {
-            now: t0,
-            user: "u",
-            rcpts: &["a@x".into()],
-        });
-        let pending = vec!["b@x".to_string()];
-        assert_eq!(check(&s, t0, &l, "v", "c@x", &pending), None);
-        let pending = vec!["b@x".to_string(), "c@x".to_string()];
+        commit(&s, t0, TxId(1), "u", &["a@x".into()]);
+        assert_eq!(check(&s, t0, &l, TxId(2), "v", "b@x", &[]), None);
         assert_eq!(
-            check(&s, t0, &l, "v", "d@x", &pending),
+            check(&s, t0, &l, TxId(2), "v", "c@x", &["b@x".into()]),
+            None
+        );
+        assert_eq!(
+            check(
+                &s,
+                t0,
+                &l,
+                TxId(2),
+                "v",
+                "d@x",
+                &["b@x".into(), "c@x".into()]
+            ),
             Some(LimitHit::CustomerRecipientsPer10Minutes)
         );
         let later = t0 + Duration::from_secs(10 * 60);
-        assert_eq!(check(&s, later, &l, "v", "d@x", &pending), None);
+        assert_eq!(
+            check(
+                &s,
+                later,
+                &l,
+                TxId(2),
+                "v",
+                "d@x",
+                &["b@x".into(), "c@x".into()]
+            ),
+            None
+        );
+    }
+
+    /// The fault of the check-then-count store: two open transactions both passed the
+    /// check for the last unit of a limit, and both messages were counted.
+    #[test]
+    fn concurrent_transactions_cannot_share_the_last_recipient() {
+        let s = MemoryLimitStore::new();
+        let l = limits(100, 100, 100, 1);
+        let t0 = UNIX_EPOCH + Duration::from_secs(60_000);
+        assert_eq!(check(&s, t0, &l, TxId(1), "u", "a@x", &[]), None);
+        assert_eq!(
+            check(&s, t0, &l, TxId(2), "v", "b@x", &[]),
+            Some(LimitHit::CustomerRecipientsPer10Minutes)
+        );
+    }
+
+    #[test]
+    fn a_released_transaction_gives_its_recipients_back() {
+        let s = MemoryLimitStore::new();
+        let l = limits(1, 1, 100, 100);
+        let t0 = UNIX_EPOCH + Duration::from_secs(60_000);
+        assert_eq!(check(&s, t0, &l, TxId(1), "u", "a@x", &[]), None);
+        assert_eq!(
+            check(&s, t0, &l, TxId(2), "u", "b@x", &[]),
+            Some(LimitHit::UserMessagesPerDay)
+        );
+        s.release_now(&Release {
+            now: t0,
+            tx: TxId(1),
+            user: "u",
+            rcpts: &["a@x".into()],
+        });
+        assert_eq!(s.open_transactions(), 0);
+        assert_eq!(check(&s, t0, &l, TxId(2), "u", "b@x", &[]), None);
+    }
+
+    #[test]
+    fn senders_are_forgotten_a_day_after_their_last_message() {
+        let s = MemoryLimitStore::new();
+        let l = limits(100, 100, 1_000_000, 1_000_000);
+        let t0 = UNIX_EPOCH + Duration::from_secs(60_000);
+        for i in 0..1000 {
+            let user = format!("random{i}@acme.example");
+            let tx = TxId(i);
+            assert_eq!(check(&s, t0, &l, tx, &user, "r@x", &[]), None);
+            commit(&s, t0, tx, &user, &["r@x".into()]);
+        }
+        // A refused or released sender leaves nothing behind.
+        assert_eq!(
+            check(&s, t0, &limits(0, 0, 9, 9), TxId(5000), "x@y", "r@x", &[]),
+            Some(LimitHit::UserMessagesPerDay)
+        );
+        assert_eq!(s.tracked_users(), 1000);
+        let next_day = t0 + Duration::from_secs(DAY_MINUTES * 60);
+        assert_eq!(
+            check(&s, next_day, &l, TxId(6000), "new@acme.example", "r@x", &[]),
+            None
+        );
+        assert_eq!(
+            s.tracked_users(),
+            1,
+            "only the sender with a reservation is kept"
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Transaction `tx` of user `user` asks for recipient `rcpt`.
+        Rcpt { tx: u8, user: u8, rcpt: u8 },
+        /// Transaction `tx`'s message is spooled.
+        Commit { tx: u8 },
+        /// Transaction `tx` ends without a message.
+        Release { tx: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..8u8, 0..3u8, 0..12u8).prop_map(|(tx, user, rcpt)| Op::Rcpt { tx, user, rcpt }),
+            1 => (0..8u8).prop_map(|tx| Op::Commit { tx }),
+            1 => (0..8u8).prop_map(|tx| Op::Release { tx }),
+        ]
+    }
+
+    proptest! {
+        /// Any interleaving of many concurrent transactions: what is committed never
+        /// exceeds any limit by even one, and once every transaction has ended the store
+        /// answers exactly as the committed counts say (no leaked reservation).
+        #[test]
+        fn no_interleaving_exceeds_a_limit(
+            ops in proptest::collection::vec(op(), 1..200),
+            msgs in 1..6u64, uniq in 1..8u64, day in 1..20u64, peak in 1..15u64,
+        ) {
+            let s = MemoryLimitStore::new();
+            let l = limits(msgs, uniq, day, peak);
+            let now = UNIX_EPOCH + Duration::from_secs(60_000);
+            // tx slot -> (generation, user, recipients so far)
+            let mut open: HashMap<u8, (u64, String, Vec<String>)> = HashMap::new();
+            let mut generation = 0u64;
+            let mut customer = 0u64;
+            let mut user_msgs: HashMap<String, u64> = HashMap::new();
+            let mut user_rcpts: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Rcpt { tx, user, rcpt } => {
+                        let entry = open.entry(tx).or_insert_with(|| {
+                            generation += 1;
+                            (generation, format!("u{user}"), Vec::new())
+                        });
+                        let rcpt = format!("r{rcpt}@x");
+                        if entry.2.contains(&rcpt) {
+                            continue;
+                        }
+                        let hit = check(&s, now, &l, TxId(entry.0), &entry.1.clone(), &rcpt, &entry.2.clone());
+                        if hit.is_none() {
+                            entry.2.push(rcpt);
+                        }
+                    }
+                    Op::Commit { tx } => {
+                        if let Some((id, user, rcpts)) = open.remove(&tx) {
+                            if rcpts.is_empty() { continue; }
+                            commit(&s, now, TxId(id), &user, &rcpts);
+                            customer += rcpts.len() as u64;
+                            *user_msgs.entry(user.clone()).or_default() += 1;
+                            user_rcpts.entry(user).or_default().extend(rcpts);
+                        }
+                    }
+                    Op::Release { tx } => {
+                        if let Some((id, user, rcpts)) = open.remove(&tx) {
+                            s.release_now(&Release { now, tx: TxId(id), user: &user, rcpts: &rcpts });
+                        }
+                    }
+                }
+                prop_assert!(customer <= day.min(peak), "customer {customer} > {day}/{peak}");
+                for (u, n) in &user_msgs {
+                    prop_assert!(*n <= msgs, "{u} sent {n} > {msgs}");
+                }
+                for (u, r) in &user_rcpts {
+                    prop_assert!(r.len() as u64 <= uniq, "{u} reached {} > {uniq}", r.len());
+                }
+            }
+            for (_, (id, user, rcpts)) in open.drain() {
+                s.release_now(&Release { now, tx: TxId(id), user: &user, rcpts: &rcpts });
+            }
+            prop_assert_eq!(s.open_transactions(), 0);
+            // Exactness: with nothing reserved, a fresh user's first recipient passes iff
+            // the customer has room.
+            let fresh = check(&s, now, &l, TxId(u64::MAX), "fresh", "new@x", &[]);
+            prop_assert_eq!(fresh.is_none(), customer < day.min(peak));
+        }
     }
 }

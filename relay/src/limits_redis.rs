@@ -8,20 +8,18 @@
 //!
 //! - `check` runs one Lua script (atomic in Redis) that expires old buckets, compares
 //!   `counted + reserved + 1` with each limit, and, when every limit allows it, reserves
-//!   the recipient: one customer reservation per recipient, one user-message reservation
-//!   for the first recipient of a transaction (`pending` empty), and the address itself in
-//!   the user's reserved-recipient set when it is new. A reservation expires after the
-//!   session timeout plus a minute, the longest a transaction can stay open.
-//! - `record` (the message is spooled) runs a second script that turns reservations into
-//!   counts: it removes the oldest live reservations (as many as the message has
-//!   recipients, and one message reservation) and adds the counts. Removing the oldest
-//!   keeps `counted + reserved` unchanged, so two replicas can never together accept more
-//!   than the limit (every transaction ends before its reservations expire).
-//! - A transaction abandoned after RCPT (RSET, QUIT, a dropped connection, a refused
-//!   message) leaves its reservations until they expire: capacity comes back late, never
-//!   early. The store errs on the side of refusing (temporarily, with the limit replies).
-//!   This is the one visible difference from the in-memory store, which counts only at
-//!   accept (one process has no race to close).
+//!   the recipient for its transaction: a customer reservation `TX:rcpt`, a user-message
+//!   reservation `TX` for the first recipient of a transaction (`pending` empty), and the
+//!   address itself in the user's reserved-recipient set when it is new. A reservation
+//!   expires after the session timeout plus a minute, the longest a transaction can stay
+//!   open, should its relay die before it ends the transaction.
+//! - `record` (the message is spooled) runs a second script that turns the transaction's
+//!   own reservations into counts, so `counted + reserved` never drops while it runs.
+//! - `release` (RSET, QUIT, a refused message, a dropped connection) removes the
+//!   transaction's customer and message reservations at once. A new recipient it had
+//!   reserved in the user's unique-recipient set stays until it expires, since another
+//!   open transaction of the same user may hold the same address: that capacity comes
+//!   back late, never early.
 //!
 //! Time is the injected clock's (passed as arguments), never Redis' own, so tests move it
 //! freely and replicas only need synchronized clocks. Keys share the hash tag of the
@@ -43,7 +41,9 @@ use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use crate::limits::{BoxFuture, LimitHit, LimitStore, LimitStoreError, RcptQuery, Usage};
+use crate::limits::{
+    BoxFuture, LimitHit, LimitStore, LimitStoreError, RcptQuery, Release, TxId, Usage,
+};
 
 /// Longest wait for one Redis round trip (connect included) before answering 451.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,11 +85,11 @@ end
 
 /// KEYS: see [`Keys::all`]. ARGV: now_ms, now_min, reservation_ttl_ms, user messages limit,
 /// user recipients limit, customer day limit, customer peak limit, recipient, first (1/0),
-/// keep seconds. Returns 0 (reserved) or the number of the limit hit (1..4).
+/// keep seconds, transaction id. Returns 0 (reserved) or the number of the limit hit (1..4).
 const LUA_CHECK: &str = r#"
 local cb, cm, cs, cr = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local umb, umm, ums, umr = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local urc, urr, seq = KEYS[9], KEYS[10], KEYS[11]
+local urc, urr = KEYS[9], KEYS[10]
 local now_ms = tonumber(ARGV[1])
 local now_min = tonumber(ARGV[2])
 local ttl_ms = tonumber(ARGV[3])
@@ -98,6 +98,7 @@ local lim_day, lim_peak = tonumber(ARGV[6]), tonumber(ARGV[7])
 local rcpt = ARGV[8]
 local first = ARGV[9] == '1'
 local keep = tonumber(ARGV[10])
+local tx = ARGV[11]
 
 redis.call('ZREMRANGEBYSCORE', cr, '-inf', now_ms)
 redis.call('ZREMRANGEBYSCORE', umr, '-inf', now_ms)
@@ -124,22 +125,22 @@ end
 if peak + reserved + 1 > lim_peak then return 4 end
 
 local expiry = now_ms + ttl_ms
-local token = redis.call('INCR', seq)
-redis.call('ZADD', cr, expiry, token)
+redis.call('ZADD', cr, expiry, tx .. ':' .. rcpt)
 redis.call('EXPIRE', cr, keep)
 if not counted then
   redis.call('ZADD', urr, 'GT', expiry, rcpt)
   redis.call('EXPIRE', urr, keep)
 end
 if first then
-  redis.call('ZADD', umr, expiry, token)
+  redis.call('ZADD', umr, expiry, tx)
   redis.call('EXPIRE', umr, keep)
 end
 return 0
 "#;
 
-/// KEYS: see [`Keys::all`]. ARGV: now_ms, now_min, keep seconds, pop (1/0), recipients...
-/// Commits the oldest reservations (when `pop`) and counts the message.
+/// KEYS: see [`Keys::all`]. ARGV: now_ms, now_min, keep seconds, transaction id (empty: a
+/// late retry whose reservations may be gone), recipients... Commits the transaction's
+/// reservations and counts the message.
 const LUA_RECORD: &str = r#"
 local cb, cm, cs, cr = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local umb, umm, ums, umr = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -147,14 +148,14 @@ local urc, urr = KEYS[9], KEYS[10]
 local now_ms = tonumber(ARGV[1])
 local now_min = ARGV[2]
 local keep = tonumber(ARGV[3])
-local pop = ARGV[4] == '1'
+local tx = ARGV[4]
 local n = #ARGV - 4
 
 redis.call('ZREMRANGEBYSCORE', cr, '-inf', now_ms)
 redis.call('ZREMRANGEBYSCORE', umr, '-inf', now_ms)
-if pop then
-  if n > 0 then redis.call('ZPOPMIN', cr, n) end
-  redis.call('ZPOPMIN', umr, 1)
+if tx ~= '' then
+  for i = 5, #ARGV do redis.call('ZREM', cr, tx .. ':' .. ARGV[i]) end
+  redis.call('ZREM', umr, tx)
 end
 
 redis.call('HINCRBY', cb, now_min, n)
@@ -173,6 +174,16 @@ end
 return 0
 "#;
 
+/// KEYS: see [`Keys::all`]. ARGV: transaction id, recipients... Gives the transaction's
+/// customer and message reservations back.
+const LUA_RELEASE: &str = r#"
+local cr, umr = KEYS[4], KEYS[8]
+local tx = ARGV[1]
+for i = 2, #ARGV do redis.call('ZREM', cr, tx .. ':' .. ARGV[i]) end
+redis.call('ZREM', umr, tx)
+return 0
+"#;
+
 /// The keys of one (organization, user) pair, all under the organization's hash tag.
 struct Keys {
     prefix: String,
@@ -181,7 +192,7 @@ struct Keys {
 
 impl Keys {
     /// In the order both scripts expect.
-    fn all(&self) -> [String; 11] {
+    fn all(&self) -> [String; 10] {
         let p = &self.prefix;
         let u = &self.user;
         [
@@ -195,7 +206,6 @@ impl Keys {
             format!("{p}umr:{u}"),
             format!("{p}urc:{u}"),
             format!("{p}urr:{u}"),
-            format!("{p}seq"),
         ]
     }
 }
@@ -211,6 +221,7 @@ pub struct RedisLimitStore {
     prefix: String,
     check: Script,
     record: Script,
+    release: Script,
     errors: Counter,
 }
 
@@ -254,6 +265,7 @@ impl RedisLimitStore {
             prefix: format!("relay:{{{tag}}}:"),
             check: Script::new(&format!("{LUA_WINDOW}{LUA_CHECK}")),
             record: Script::new(&format!("{LUA_WINDOW}{LUA_RECORD}")),
+            release: Script::new(LUA_RELEASE),
             errors: Counter::default(),
         })
     }
@@ -300,7 +312,8 @@ impl RedisLimitStore {
             .arg(q.limits.customer_recipients_per10_minutes)
             .arg(q.rcpt)
             .arg(if q.pending.is_empty() { "1" } else { "0" })
-            .arg(KEEP_SECONDS);
+            .arg(KEEP_SECONDS)
+            .arg(q.tx.to_string());
         let mut conn = self.conn.clone();
         let answer = tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await;
         match answer {
@@ -320,6 +333,7 @@ impl RedisLimitStore {
             script: self.record.clone(),
             keys: self.keys(u.user).all(),
             now_ms: millis(u.now),
+            tx: u.tx,
             rcpts: u.rcpts.to_vec(),
         };
         let mut conn = self.conn.clone();
@@ -334,18 +348,40 @@ impl RedisLimitStore {
     }
 }
 
+impl RedisLimitStore {
+    /// Gives a transaction's reservations back. A failure only delays the capacity until
+    /// the reservations expire, so it is logged and counted, not retried.
+    async fn release_now(&self, r: Release<'_>) -> Result<(), LimitStoreError> {
+        let mut inv = self.release.prepare_invoke();
+        for k in self.keys(r.user).all() {
+            inv.key(k);
+        }
+        inv.arg(r.tx.to_string());
+        for rcpt in r.rcpts {
+            inv.arg(rcpt.as_str());
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(REDIS_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed("release", e)),
+            Err(_) => Err(self.failed("release", "timed out")),
+        }
+    }
+}
+
 /// Counting one accepted message, kept so a failed count can be retried.
 struct Count {
     script: Script,
-    keys: [String; 11],
+    keys: [String; 10],
     now_ms: u64,
+    tx: TxId,
     rcpts: Vec<String>,
 }
 
 impl Count {
     /// `pop`: turn this message's reservations into counts. A late retry does not pop:
-    /// its own reservations may have expired, and popping would then release those of
-    /// transactions still open, letting them exceed the limit.
+    /// its own reservations have expired or will, and counting them twice only errs on
+    /// the side of refusing.
     async fn send(&self, conn: &mut ConnectionManager, pop: bool) -> Result<(), String> {
         let mut inv = self.script.prepare_invoke();
         for k in &self.keys {
@@ -354,7 +390,11 @@ impl Count {
         inv.arg(self.now_ms)
             .arg(self.now_ms / 60_000)
             .arg(KEEP_SECONDS)
-            .arg(if pop { "1" } else { "0" });
+            .arg(if pop {
+                self.tx.to_string()
+            } else {
+                String::new()
+            });
         for r in &self.rcpts {
             inv.arg(r.as_str());
         }
@@ -398,5 +438,9 @@ impl LimitStore for RedisLimitStore {
 
     fn record<'a>(&'a self, usage: Usage<'a>) -> BoxFuture<'a, Result<(), LimitStoreError>> {
         Box::pin(self.record_now(usage))
+    }
+
+    fn release<'a>(&'a self, release: Release<'a>) -> BoxFuture<'a, Result<(), LimitStoreError>> {
+        Box::pin(self.release_now(release))
     }
 }

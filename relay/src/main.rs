@@ -92,17 +92,28 @@ async fn run(path: &str) -> Result<(), String> {
                 continue;
             }
         };
-        if new_text == text {
-            continue;
-        }
-        text = new_text;
-        match RelayConfig::from_json(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|c| handle.reload(c).map_err(|e| e.to_string()))
-        {
-            Ok(generation) => {
-                tracing::info!(generation, hash = %handle.config_hash(), "new configuration in force")
+        // The document, or a Secret file it names (rotated certificate, changed
+        // credentials): either is a new generation.
+        let config = match RelayConfig::from_json(&new_text) {
+            Ok(c) => c,
+            Err(e) => {
+                if new_text != text {
+                    tracing::error!(%path, error = %e, "invalid configuration; keeping the one in force");
+                }
+                text = new_text;
+                continue;
             }
+        };
+        text = new_text;
+        match handle.reload_if_changed(config) {
+            Ok(None) => {}
+            Ok(Some(reload)) => tracing::info!(
+                generation = reload.generation,
+                hash = %handle.config_hash(),
+                content_hash = %handle.content_hash(),
+                credentials_changed = reload.only_files,
+                "new configuration in force"
+            ),
             Err(e) => {
                 tracing::error!(%path, error = %e, "invalid configuration; keeping the one in force")
             }

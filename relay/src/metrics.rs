@@ -24,6 +24,7 @@ pub struct Metrics {
     pub config_generation: Gauge,
     config_info: Family<Labels, Gauge>,
     pub spool_depth: Gauge,
+    pub spool_quarantined: Gauge,
 }
 
 impl Default for Metrics {
@@ -46,6 +47,7 @@ impl Metrics {
             config_generation: Gauge::default(),
             config_info: Family::default(),
             spool_depth: Gauge::default(),
+            spool_quarantined: Gauge::default(),
         };
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(
@@ -88,6 +90,11 @@ impl Metrics {
             "Messages in the spool",
             m.spool_depth.clone(),
         );
+        registry.register(
+            "spool_quarantined",
+            "Spool files found torn or unparsable at start and moved to quarantine/",
+            m.spool_quarantined.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -96,12 +103,16 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Records the config in force.
-    pub fn set_config(&self, generation: u64, hash: &str) {
+    /// The generation in force, its document hash and its content hash (document plus
+    /// the files it names).
+    pub fn set_config(&self, generation: u64, hash: &str, content_hash: &str) {
         self.config_generation.set(generation as i64);
         self.config_info.clear();
         self.config_info
-            .get_or_create(&vec![("hash".to_string(), hash.to_string())])
+            .get_or_create(&vec![
+                ("hash".to_string(), hash.to_string()),
+                ("content_hash".to_string(), content_hash.to_string()),
+            ])
             .set(1);
     }
 

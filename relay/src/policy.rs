@@ -138,9 +138,10 @@ impl MailDecision {
                     ip.to_canonical()
                 ),
             )),
-            MailDecision::TlsRequired => {
-                Some(Reply::new(530, "5.7.0 Must issue a STARTTLS command first"))
-            }
+            MailDecision::TlsRequired => Some(Reply::new(
+                530,
+                "5.7.0 Must issue a STARTTLS command first (submit on port 587 with STARTTLS)",
+            )),
             MailDecision::SenderRejected(reason) => {
                 Some(Reply::new(550, format!("5.7.1 {reason}")))
             }
@@ -344,38 +345,16 @@ pub fn domain_of(address: &str) -> &str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{
-        CONFIG_FORMAT, DeliveryConfig, LimitStoreConfig, LimitsConfig, ListenerConfig,
-        OrganizationConfig, RangeConfig, SettingConfig,
-    };
+    use crate::config::{LimitsConfig, RangeConfig, SettingConfig};
     use proptest::prelude::*;
 
     pub(crate) fn config_with(settings: Vec<SettingConfig>) -> RelayConfig {
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        RelayConfig {
-            format: CONFIG_FORMAT,
-            hash: String::new(),
-            organization: OrganizationConfig {
-                name: "acme/acme".into(),
-                domains: vec!["acme.example".into()],
-                users: vec!["alice@acme.example".into()],
-                credentials_file: None,
-            },
-            hostname: "relay.acme.example".into(),
-            listeners: ListenerConfig {
-                smtp: any,
-                submission: any,
-                smtps: any,
-            },
-            tls: None,
-            settings,
-            routes: vec![],
-            limits: LimitsConfig::for_customer(10, true),
-            limit_store: LimitStoreConfig::Memory,
-            delivery: DeliveryConfig::default(),
-            spool_dir: String::new(),
-            admin_listen: any,
-        }
+        let mut cfg = RelayConfig::loopback("", 25);
+        cfg.organization.users = vec!["alice@acme.example".into()];
+        cfg.settings = settings;
+        cfg.routes.clear();
+        cfg.limits = LimitsConfig::for_customer(10, true);
+        cfg
     }
 
     fn setting(

@@ -1,6 +1,17 @@
-//! The I/O edge of ingress: accept loops for the three listeners, per-IP connection caps,
-//! timeouts, STARTTLS and implicit TLS, and the driver that feeds a [`Session`] and
-//! carries out its actions (credential checks, limit checks, spooling).
+//! The I/O edge of ingress: accept loops for the three listeners, per-IP and global
+//! connection caps, timeouts, STARTTLS and implicit TLS, and the driver that feeds a
+//! [`Session`] and carries out its actions (credential checks, limit checks, streaming the
+//! message text to the spool).
+//!
+//! Connection caps are taken at accept, before any TLS handshake: a connection over a cap
+//! gets `421 4.7.0` and is closed (on the implicit-TLS port, where no plaintext reply is
+//! possible, it is closed at once). A slot is released just before the session's last
+//! reply is written, so a client that reconnects on reading `221` finds it free. Every
+//! read and every write has a deadline (the idle timeout, within the session timeout).
+//!
+//! Before each command outside a transaction, the driver puts the configuration in force
+//! at that moment into the session: a disabled range or a deleted setting refuses the
+//! next MAIL of a session that was already open, and a removed user cannot authenticate.
 //!
 //! Replies are buffered and flushed when no further complete command is buffered, so a
 //! pipelining client gets its replies in order in one write. After STARTTLS any plaintext
@@ -10,7 +21,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,12 +34,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::generation::Generation;
-use crate::limits::{Clock, LimitStore, RcptQuery, Usage};
+use crate::limits::{Clock, LimitStore, RcptQuery, Release, Usage};
 use crate::metrics::Metrics;
 use crate::received::{Trace, received_header};
 use crate::session::{Action, Message, Session};
 use crate::smtp::{MAX_COMMAND_LINE, Reply};
-use crate::spool::{Envelope, Spool};
+use crate::spool::{Envelope, Incoming, Spool};
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +61,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub accepted: broadcast::Sender<Envelope>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    total: AtomicU32,
 }
 
 impl Shared {
@@ -68,34 +81,61 @@ impl Shared {
             metrics,
             accepted,
             per_ip: Mutex::new(HashMap::new()),
+            total: AtomicU32::new(0),
         }
+    }
+
+    /// Connections open now, on every listener.
+    pub fn connections(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
     }
 }
 
-/// A held per-IP connection slot; released on drop.
-struct IpSlot {
+/// A held connection slot (one of the client IP's and one of the global cap); released
+/// on drop.
+struct Slot {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
 
-impl IpSlot {
-    fn acquire(shared: &Arc<Shared>, ip: IpAddr, cap: u32) -> Option<Self> {
+/// Which cap refused a connection.
+enum Refusal {
+    PerIp,
+    Global,
+}
+
+impl Slot {
+    fn acquire(
+        shared: &Arc<Shared>,
+        ip: IpAddr,
+        per_ip: u32,
+        global: u32,
+    ) -> Result<Self, Refusal> {
         let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= cap {
-            return None;
+        if *n >= per_ip {
+            return Err(Refusal::PerIp);
+        }
+        // Under the map's lock, so two acquirers cannot both take the last global slot.
+        if shared.total.load(Ordering::Relaxed) >= global {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err(Refusal::Global);
         }
         *n += 1;
-        Some(Self {
+        shared.total.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
             shared: shared.clone(),
             ip,
         })
     }
 }
 
-impl Drop for IpSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.total.fetch_sub(1, Ordering::Relaxed);
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -130,6 +170,41 @@ pub async fn accept_loop(
         // Replies are already written one batch at a time; Nagle's algorithm would hold a
         // batch back until the client's delayed ACK (tens of milliseconds per message).
         let _ = stream.set_nodelay(true);
+        let ip = peer.ip().to_canonical();
+        let (per_ip, global, idle) = {
+            let current = shared.current.load();
+            let l = &current.config.limits;
+            (
+                l.connections_per_ip,
+                l.max_connections,
+                Duration::from_secs(l.idle_timeout_seconds),
+            )
+        };
+        let slot = match Slot::acquire(&shared, ip, per_ip, global) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let text = match refusal {
+                    Refusal::PerIp => format!("4.7.0 Too many connections from {ip}"),
+                    Refusal::Global => "4.7.0 Too many connections, try again later".to_string(),
+                };
+                let r = Reply::new(421, text);
+                shared
+                    .metrics
+                    .rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
+                if kind != ListenerKind::Smtps {
+                    // Best effort and bounded: a client that does not read loses the reply.
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), async {
+                            stream.write_all(&r.to_wire()).await?;
+                            stream.shutdown().await
+                        })
+                        .await;
+                    });
+                }
+                continue;
+            }
+        };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let guard = tasks.clone();
@@ -137,7 +212,7 @@ pub async fn accept_loop(
             let _guard = guard;
             shared.metrics.sessions.inc();
             shared.metrics.sessions_active.inc();
-            if let Err(e) = connection(stream, peer, kind, &shared, shutdown).await {
+            if let Err(e) = connection(stream, ip, kind, &shared, shutdown, slot).await {
                 tracing::debug!(%peer, error = %e, "session ended with an I/O error");
             }
             shared.metrics.sessions_active.dec();
@@ -178,73 +253,97 @@ where
 
 async fn connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    ip: IpAddr,
     kind: ListenerKind,
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    slot: Slot,
 ) -> io::Result<()> {
     let generation = shared.current.load_full();
-    let ip = peer.ip().to_canonical();
     let limits = &generation.config.limits;
-    let slot = IpSlot::acquire(shared, ip, limits.connections_per_ip);
-    let too_many = Reply::new(421, format!("4.7.0 Too many connections from {ip}"));
     let deadline = Instant::now() + Duration::from_secs(limits.session_timeout_seconds);
     let idle = Duration::from_secs(limits.idle_timeout_seconds);
     let mut conn = Conn {
         shared,
-        generation: &generation,
+        generation: generation.clone(),
         shutdown,
         deadline,
+        idle,
         buf: Vec::new(),
         out: Vec::new(),
         shutting_down: false,
+        slot: Some(slot),
+        incoming: None,
+        spool_failure: None,
     };
-    if kind == ListenerKind::Smtps {
+    let mut session;
+    let result = if kind == ListenerKind::Smtps {
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
         let Some(stream) = handshake(tls, stream, idle, deadline).await? else {
             return Ok(());
         };
-        if slot.is_none() {
-            return Box::pin(refuse(stream, &too_many, shared)).await;
-        }
         let desc = tls_description(stream.get_ref().1);
-        let mut session = Session::new(generation.session.clone(), ip, Some(desc));
+        session = Session::new(generation.session.clone(), ip, Some(desc));
         conn.out.extend(session.greeting().to_wire());
-        Box::pin(conn.drive(stream, &mut session)).await?;
-        return Ok(());
+        Box::pin(conn.drive(stream, &mut session)).await.map(drop)
+    } else {
+        session = Session::new(generation.session.clone(), ip, None);
+        conn.out.extend(session.greeting().to_wire());
+        match conn.drive(stream, &mut session).await {
+            Ok(Some(stream)) => match conn.generation.tls.clone() {
+                Some(tls) => match handshake(tls, stream, idle, deadline).await {
+                    Ok(Some(stream)) => {
+                        session.tls_started(tls_description(stream.get_ref().1));
+                        Box::pin(conn.drive(stream, &mut session)).await.map(drop)
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                None => Ok(()),
+            },
+            other => other.map(drop),
+        }
+    };
+    // However the session ended, its open transaction gives its reservations back and
+    // the text of an unfinished message goes.
+    conn.slot = None;
+    if let Some(incoming) = conn.incoming.take() {
+        shared.spool.discard(incoming).await;
     }
-    if slot.is_none() {
-        return refuse(stream, &too_many, shared).await;
+    if let Some(Action::Release { tx, user, rcpts }) = session.abandon() {
+        conn.release(tx, &user, &rcpts).await;
     }
-    let mut session = Session::new(generation.session.clone(), ip, None);
-    conn.out.extend(session.greeting().to_wire());
-    let Some(stream) = conn.drive(stream, &mut session).await? else {
-        return Ok(());
-    };
-    let Some(tls) = generation.tls.clone() else {
-        return Ok(());
-    };
-    let Some(stream) = handshake(tls, stream, idle, deadline).await? else {
-        return Ok(());
-    };
-    session.tls_started(tls_description(stream.get_ref().1));
-    Box::pin(conn.drive(stream, &mut session)).await?;
-    drop(slot);
-    Ok(())
+    result
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(
-    mut stream: S,
-    r: &Reply,
-    shared: &Shared,
+/// Writes with the idle timeout (bounded by the session deadline): a client that stops
+/// reading cannot hold a session open.
+async fn write_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    idle: Duration,
+    deadline: Instant,
 ) -> io::Result<()> {
-    shared
-        .metrics
-        .rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
-    stream.write_all(&r.to_wire()).await?;
-    stream.shutdown().await
+    let until = (Instant::now() + idle).min(deadline);
+    match tokio::time::timeout_at(until, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client did not read its replies",
+        )),
+    }
+}
+
+/// Shuts a stream down, within a short bound.
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
 }
 
 enum Flow {
@@ -255,12 +354,20 @@ enum Flow {
 
 struct Conn<'a> {
     shared: &'a Arc<Shared>,
-    generation: &'a Arc<Generation>,
+    /// The configuration the session works under now (refreshed between transactions).
+    generation: Arc<Generation>,
     shutdown: watch::Receiver<bool>,
     deadline: Instant,
+    idle: Duration,
     buf: Vec<u8>,
     out: Vec<u8>,
     shutting_down: bool,
+    /// The connection's slot, dropped as soon as the last reply is written.
+    slot: Option<Slot>,
+    /// The text of the message being received.
+    incoming: Option<Incoming>,
+    /// Why the text of the message being received could not be kept.
+    spool_failure: Option<crate::spool::SpoolError>,
 }
 
 /// Position just past the next LF, if a full line is buffered.
@@ -276,7 +383,7 @@ impl Conn<'_> {
         mut stream: S,
         session: &mut Session,
     ) -> io::Result<Option<S>> {
-        let idle = Duration::from_secs(self.generation.config.limits.idle_timeout_seconds);
+        let (idle, deadline) = (self.idle, self.deadline);
         let mut discarding = false;
         loop {
             // Handle everything complete in the buffer.
@@ -285,23 +392,40 @@ impl Conn<'_> {
                     if self.buf.is_empty() {
                         break;
                     }
-                    let (used, actions) = session.on_data(&self.buf);
-                    self.buf.drain(..used);
-                    if let Some(Action::Reply(r)) = actions.first() {
-                        // DATA ended without a spool action: the text was refused.
-                        tracing::info!(
-                            client = %session.client_ip(),
-                            result = %r.to_string().trim_end(),
-                            "message refused"
-                        );
+                    if self.spool_failure.is_some() {
+                        // The text cannot be kept: read on to the end, then refuse.
+                        let mut scratch = Vec::new();
+                        let (used, actions) = session.on_data(&self.buf, &mut scratch);
+                        self.buf.drain(..used);
+                        actions
+                    } else {
+                        let incoming = self.incoming.get_or_insert_with(|| {
+                            let spool = &self.shared.spool;
+                            let mut incoming = spool.begin(spool.new_id());
+                            let header = trace_header(
+                                self.shared,
+                                &self.generation,
+                                session,
+                                &incoming.id().to_string(),
+                            );
+                            incoming.buffer().extend_from_slice(header.as_bytes());
+                            incoming
+                        });
+                        let (used, actions) = session.on_data(&self.buf, incoming.buffer());
+                        self.buf.drain(..used);
+                        if let Err(e) = incoming.settle(&self.shared.spool).await {
+                            tracing::error!(error = %e, "cannot write a message's text to the spool");
+                            self.fail_incoming(e).await;
+                        }
+                        actions
                     }
-                    actions
                 } else if let Some(end) = line_end(&self.buf) {
                     let line: Vec<u8> = self.buf.drain(..end).collect();
                     if discarding {
                         discarding = false;
                         continue;
                     }
+                    self.refresh(session);
                     if line.len() > MAX_COMMAND_LINE {
                         session.line_too_long()
                     } else {
@@ -324,13 +448,15 @@ impl Conn<'_> {
                 match self.run(actions, session).await {
                     Flow::Continue => {}
                     Flow::Close => {
-                        stream.write_all(&self.out).await?;
-                        stream.shutdown().await.ok();
+                        // Freed before the last reply goes out: a client that reconnects
+                        // on reading it must find the slot free.
+                        self.slot = None;
+                        write_within(&mut stream, &self.out, idle, deadline).await?;
+                        close(&mut stream).await;
                         return Ok(None);
                     }
                     Flow::StartTls => {
-                        stream.write_all(&self.out).await?;
-                        stream.flush().await?;
+                        write_within(&mut stream, &self.out, idle, deadline).await?;
                         self.out.clear();
                         self.buf.clear();
                         return Ok(Some(stream));
@@ -338,18 +464,22 @@ impl Conn<'_> {
                 }
             }
             if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
-                stream.flush().await?;
+                write_within(&mut stream, &self.out, idle, deadline).await?;
                 self.out.clear();
             }
             if self.shutting_down && !session.in_data() {
-                stream
-                    .write_all(&session.shutdown_reply().to_wire())
-                    .await?;
-                stream.shutdown().await.ok();
+                self.slot = None;
+                write_within(
+                    &mut stream,
+                    &session.shutdown_reply().to_wire(),
+                    idle,
+                    deadline,
+                )
+                .await?;
+                close(&mut stream).await;
                 return Ok(None);
             }
-            let wake = (Instant::now() + idle).min(self.deadline);
+            let wake = (Instant::now() + idle).min(deadline);
             let read = tokio::select! {
                 r = tokio::time::timeout_at(wake, stream.read_buf(&mut self.buf)) => r,
                 _ = self.shutdown.changed(), if !self.shutting_down => {
@@ -362,11 +492,51 @@ impl Conn<'_> {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    stream.write_all(&session.timeout_reply().to_wire()).await?;
-                    stream.shutdown().await.ok();
+                    self.slot = None;
+                    write_within(
+                        &mut stream,
+                        &session.timeout_reply().to_wire(),
+                        idle,
+                        deadline,
+                    )
+                    .await?;
+                    close(&mut stream).await;
                     return Ok(None);
                 }
             }
+        }
+    }
+
+    /// Puts the configuration in force now into the session, between transactions.
+    fn refresh(&mut self, session: &mut Session) {
+        let current = self.shared.current.load();
+        if current.id != self.generation.id && session.reconfigure(current.session.clone()) {
+            self.generation = arc_swap::Guard::into_inner(current);
+        }
+    }
+
+    /// The text of the message being received could not be written: drop it; the message
+    /// is refused when its end arrives.
+    async fn fail_incoming(&mut self, e: crate::spool::SpoolError) {
+        if let Some(incoming) = self.incoming.take() {
+            self.shared.spool.discard(incoming).await;
+        }
+        self.spool_failure = Some(e);
+    }
+
+    async fn release(&self, tx: crate::limits::TxId, user: &str, rcpts: &[String]) {
+        let result = self
+            .shared
+            .limits
+            .release(Release {
+                now: self.shared.clock.now(),
+                tx,
+                user,
+                rcpts,
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "limit reservations not released; they expire instead");
         }
     }
 
@@ -394,6 +564,7 @@ impl Conn<'_> {
                     queue.extend(session.auth_result(identity, ok));
                 }
                 Action::CheckRcpt {
+                    tx,
                     user,
                     rcpt,
                     pending,
@@ -404,6 +575,7 @@ impl Conn<'_> {
                         .check(RcptQuery {
                             now: self.shared.clock.now(),
                             limits: &self.generation.config.limits,
+                            tx,
                             user: &user,
                             rcpt: &rcpt,
                             pending: &pending,
@@ -415,6 +587,16 @@ impl Conn<'_> {
                     }
                     queue.extend(session.rcpt_result(rcpt, result));
                 }
+                Action::Release { tx, user, rcpts } => {
+                    self.release(tx, &user, &rcpts).await;
+                }
+                Action::DiscardData => {
+                    if let Some(incoming) = self.incoming.take() {
+                        self.shared.spool.discard(incoming).await;
+                    }
+                    self.spool_failure = None;
+                    tracing::info!(client = %session.client_ip(), "message refused");
+                }
                 Action::Spool(message) => {
                     let result = self.spool(session.client_ip(), *message).await;
                     queue.extend(session.spooled(result));
@@ -424,24 +606,27 @@ impl Conn<'_> {
         Flow::Continue
     }
 
-    /// Adds the `Received:` header, spools, counts and announces one message.
-    async fn spool(&self, ip: IpAddr, m: Message) -> Result<String, Reply> {
+    /// Commits the streamed message to the spool, counts and announces it. On failure the
+    /// transaction's reservations go back.
+    async fn spool(&mut self, ip: IpAddr, m: Message) -> Result<String, Reply> {
         let shared = self.shared;
+        let incoming = self.incoming.take();
+        let failure = self.spool_failure.take();
+        let incoming = match (incoming, failure) {
+            (Some(incoming), None) => incoming,
+            (incoming, failure) => {
+                if let Some(incoming) = incoming {
+                    shared.spool.discard(incoming).await;
+                }
+                self.release(m.tx, &m.user, &m.rcpts).await;
+                let e = failure.unwrap_or(crate::spool::SpoolError::WriterStopped);
+                tracing::error!(sender = %m.mail_from, recipients = ?m.rcpts, error = %e, result = "not queued", "message");
+                return Err(e.reply());
+            }
+        };
         let now = shared.clock.now();
-        let queue_id = shared.spool.new_id();
+        let queue_id = incoming.id();
         let id_text = queue_id.to_string();
-        let header = received_header(&Trace {
-            helo: &m.helo,
-            ip,
-            tls: m.tls.as_deref(),
-            authenticated: m.auth_identity.is_some(),
-            hostname: &self.generation.config.hostname,
-            queue_id: &id_text,
-            at: now,
-        });
-        let mut data = Vec::with_capacity(header.len() + m.body.len());
-        data.extend_from_slice(header.as_bytes());
-        data.extend_from_slice(&m.body);
         let envelope = Envelope {
             queue_id,
             mail_from: m.mail_from,
@@ -452,9 +637,10 @@ impl Conn<'_> {
             auth_identity: m.auth_identity,
             tls: m.tls,
             received_at: now,
-            size: data.len() as u64,
+            size: incoming.len(),
         };
-        if let Err(e) = shared.spool.accept(&envelope, &data).await {
+        if let Err(e) = shared.spool.commit(&envelope, incoming).await {
+            self.release(m.tx, &m.user, &envelope.rcpts).await;
             tracing::error!(queue_id = %id_text, sender = %envelope.mail_from, recipients = ?envelope.rcpts, error = %e, result = "not queued", "message");
             return Err(e.reply());
         }
@@ -462,6 +648,7 @@ impl Conn<'_> {
             .limits
             .record(Usage {
                 now,
+                tx: m.tx,
                 user: &m.user,
                 rcpts: &envelope.rcpts,
             })
@@ -480,6 +667,7 @@ impl Conn<'_> {
             original_sender = envelope.original_mail_from.as_deref().unwrap_or(""),
             recipients = ?envelope.rcpts,
             client = %ip,
+            size = envelope.size,
             result = "queued",
             "message"
         );
@@ -487,4 +675,24 @@ impl Conn<'_> {
         let _ = shared.accepted.send(envelope);
         Ok(id_text)
     }
+}
+
+/// The `Received:` header written before a message's text, from what the session knows
+/// when DATA starts.
+fn trace_header(
+    shared: &Shared,
+    generation: &Generation,
+    session: &Session,
+    queue_id: &str,
+) -> String {
+    let (helo, auth, tls) = session.trace_facts();
+    received_header(&Trace {
+        helo,
+        ip: session.client_ip(),
+        tls,
+        authenticated: auth.is_some(),
+        hostname: &generation.config.hostname,
+        queue_id,
+        at: shared.clock.now(),
+    })
 }

@@ -7,6 +7,16 @@
 //! Actions that need an answer (`VerifyAuth`, `CheckRcpt`, `Spool`) are always last in
 //! their list; the caller answers through the matching method before feeding more input.
 //!
+//! Message text is streamed: [`Session::on_data`] appends the unstuffed text to a buffer
+//! the caller owns and drains (to the spool file), so a session never holds a whole
+//! message. Every transaction has a [`TxId`] owning its limit reservations; a transaction
+//! that ends without a message yields [`Action::Release`] (RSET, a new EHLO, a refused
+//! message), and [`Session::abandon`] does the same when the connection ends.
+//!
+//! Configuration is swapped in between transactions ([`Session::reconfigure`]), so each
+//! MAIL is judged by the policy in force at that moment; the session itself keeps only
+//! what it learnt from the client (HELO, TLS, AUTH).
+//!
 //! Not here: sockets, timeouts, TLS handshakes, the spool format, metrics.
 
 use std::net::IpAddr;
@@ -14,7 +24,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, SaslError};
 use crate::config::LimitsConfig;
-use crate::limits::{LimitHit, LimitStoreError};
+use crate::limits::{LimitHit, LimitStoreError, TxId};
 use crate::policy::{ClientFacts, MailDecision, Policy};
 use crate::smtp::{
     AuthMechanism, Command, CommandError, DataError, DataProgress, DataReader, Path, Reply,
@@ -32,9 +42,11 @@ pub struct SessionConfig {
     pub tls_available: bool,
 }
 
-/// A message ready to be spooled.
+/// A message whose text has been streamed: its envelope, ready to be committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The transaction whose limit reservations the message commits.
+    pub tx: TxId,
     /// Envelope sender after rewrite (`""` for the null sender).
     pub mail_from: String,
     /// The sender the client gave, when rewritten.
@@ -45,8 +57,6 @@ pub struct Message {
     pub tls: Option<String>,
     /// The limits user (AUTH identity, else the sender the client gave).
     pub user: String,
-    /// Unstuffed message text, without a `Received:` header yet.
-    pub body: Vec<u8>,
 }
 
 /// What the I/O layer must do.
@@ -61,14 +71,26 @@ pub enum Action {
         identity: String,
         password: String,
     },
-    /// Ask the limit store, then call [`Session::rcpt_result`].
+    /// Ask the limit store (which reserves the recipient for `tx` when it fits), then
+    /// call [`Session::rcpt_result`].
     CheckRcpt {
+        tx: TxId,
         user: String,
         rcpt: String,
         pending: Vec<String>,
     },
-    /// Spool the message (and count it), then call [`Session::spooled`].
+    /// Give back the limit reservations of a transaction that ended without a message.
+    /// Needs no answer.
+    Release {
+        tx: TxId,
+        user: String,
+        rcpts: Vec<String>,
+    },
+    /// The message text is complete (all of it went to the caller's buffer): make it
+    /// durable with this envelope and count it, then call [`Session::spooled`].
     Spool(Box<Message>),
+    /// The message text was refused (the reply follows): throw away what was streamed.
+    DiscardData,
     /// Flush replies and close the connection.
     Close,
 }
@@ -87,6 +109,7 @@ enum Mode {
 
 #[derive(Debug, Clone)]
 struct Transaction {
+    id: TxId,
     mail_from: String,
     original: Option<String>,
     rcpts: Vec<String>,
@@ -142,6 +165,34 @@ impl Session {
     /// The client IP.
     pub fn client_ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// Puts a new configuration in force for what follows. Only between transactions: a
+    /// transaction in progress finishes under the policy that accepted its sender.
+    /// Returns false (and changes nothing) while a transaction or exchange is open.
+    pub fn reconfigure(&mut self, cfg: SessionConfig) -> bool {
+        if self.tx.is_some() || !matches!(self.mode, Mode::Command) {
+            return false;
+        }
+        self.cfg = cfg;
+        true
+    }
+
+    /// The connection ended: the release of the open transaction's reservations, if any.
+    pub fn abandon(&mut self) -> Option<Action> {
+        self.mode = Mode::Closed;
+        self.drop_transaction()
+    }
+
+    /// Ends the open transaction; its reservations go back.
+    fn drop_transaction(&mut self) -> Option<Action> {
+        let user = self.user();
+        let tx = self.tx.take()?;
+        (!tx.rcpts.is_empty()).then_some(Action::Release {
+            tx: tx.id,
+            user,
+            rcpts: tx.rcpts,
+        })
     }
 
     /// A command line longer than 512 octets was received (and discarded).
@@ -220,20 +271,29 @@ impl Session {
         match cmd {
             Command::Helo(name) => {
                 self.helo = Some(name);
-                self.tx = None;
-                vec![reply(250, self.cfg.hostname.clone())]
+                let release = self.drop_transaction();
+                release
+                    .into_iter()
+                    .chain([reply(250, self.cfg.hostname.clone())])
+                    .collect()
             }
             Command::Ehlo(name) => {
                 self.helo = Some(name);
-                self.tx = None;
-                vec![Action::Reply(self.ehlo_reply())]
+                let release = self.drop_transaction();
+                release
+                    .into_iter()
+                    .chain([Action::Reply(self.ehlo_reply())])
+                    .collect()
             }
             Command::Mail { from, size } => self.mail(from, size),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
-                self.tx = None;
-                vec![reply(250, "2.0.0 OK")]
+                let release = self.drop_transaction();
+                release
+                    .into_iter()
+                    .chain([reply(250, "2.0.0 OK")])
+                    .collect()
             }
             Command::Noop => vec![reply(250, "2.0.0 OK")],
             Command::Quit => {
@@ -294,6 +354,7 @@ impl Session {
                 original,
             } => {
                 self.tx = Some(Transaction {
+                    id: TxId::next(),
                     mail_from,
                     original,
                     rcpts: Vec::new(),
@@ -347,8 +408,10 @@ impl Session {
             return vec![reply(452, "4.5.3 Error: too many recipients")];
         }
         let pending = tx.rcpts.clone();
+        let id = tx.id;
         self.mode = Mode::Waiting;
         vec![Action::CheckRcpt {
+            tx: id,
             user: self.user(),
             rcpt,
             pending,
@@ -388,41 +451,43 @@ impl Session {
         vec![reply(354, "End data with <CR><LF>.<CR><LF>")]
     }
 
-    /// Message text; returns how many bytes were consumed (the rest is the next command).
-    pub fn on_data(&mut self, input: &[u8]) -> (usize, Vec<Action>) {
+    /// Message text: appends the unstuffed text to `out` (the caller drains it to the
+    /// spool as it likes) and returns how many input bytes were consumed (the rest is the
+    /// next command).
+    pub fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Vec<Action>) {
         let Mode::Data(reader) = &mut self.mode else {
             return (0, Vec::new());
         };
-        let consumed = match reader.feed(input) {
+        let consumed = match reader.feed(input, out) {
             DataProgress::NeedMore => return (input.len(), Vec::new()),
             DataProgress::Done { consumed } => consumed,
         };
         let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else {
             return (consumed, Vec::new());
         };
-        let body = match reader.finish() {
-            Ok(body) => body,
-            Err(e) => {
-                self.tx = None;
-                let r = match e {
-                    DataError::BareLineEnding => Reply::new(
-                        550,
-                        "5.6.11 Message contains bare CR or LF characters; use CRLF line endings",
-                    ),
-                    DataError::LineTooLong => Reply::new(500, "5.5.2 Line too long"),
-                    DataError::TooBig => {
-                        Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
-                    }
-                };
-                return (consumed, vec![Action::Reply(r)]);
-            }
-        };
+        if let Err(e) = reader.finish() {
+            let r = match e {
+                DataError::BareLineEnding => Reply::new(
+                    550,
+                    "5.6.11 Message contains bare CR or LF characters; use CRLF line endings",
+                ),
+                DataError::LineTooLong => Reply::new(500, "5.5.2 Line too long"),
+                DataError::TooBig => {
+                    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+                }
+            };
+            let mut actions = vec![Action::DiscardData];
+            actions.extend(self.drop_transaction());
+            actions.push(Action::Reply(r));
+            return (consumed, actions);
+        }
         let user = self.user();
         let Some(tx) = self.tx.take() else {
             return (consumed, Vec::new());
         };
         self.mode = Mode::Waiting;
         let message = Message {
+            tx: tx.id,
             mail_from: tx.mail_from,
             original_mail_from: tx.original,
             rcpts: tx.rcpts,
@@ -430,12 +495,23 @@ impl Session {
             auth_identity: self.auth.clone(),
             tls: self.tls.clone(),
             user,
-            body,
         };
         (consumed, vec![Action::Spool(Box::new(message))])
     }
 
-    /// The spool's answer: the queue id, or the reply explaining the failure.
+    /// The envelope facts known when DATA starts (for the `Received:` header the caller
+    /// writes before the text): HELO name, AUTH identity and TLS description.
+    pub fn trace_facts(&self) -> (&str, Option<&str>, Option<&str>) {
+        (
+            self.helo.as_deref().unwrap_or(""),
+            self.auth.as_deref(),
+            self.tls.as_deref(),
+        )
+    }
+
+    /// The spool's answer: the queue id, or the reply explaining the failure (the caller
+    /// has then released the message's reservations itself, since the session no longer
+    /// holds its transaction).
     pub fn spooled(&mut self, result: Result<String, Reply>) -> Vec<Action> {
         self.mode = Mode::Command;
         match result {
@@ -451,6 +527,9 @@ impl Session {
         if !self.cfg.tls_available {
             return vec![reply(454, "4.7.0 TLS not available")];
         }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1 Error: MAIL transaction in progress"));
+        }
         self.mode = Mode::Waiting;
         vec![reply(220, "2.0.0 Ready to start TLS"), Action::StartTls]
     }
@@ -461,6 +540,7 @@ impl Session {
         self.tls = Some(description);
         self.helo = None;
         self.auth = None;
+        // STARTTLS is refused inside a transaction, so none is open here.
         self.tx = None;
         self.mode = Mode::Command;
     }
@@ -646,12 +726,13 @@ mod tests {
             line(&mut s, "DATA"),
             ["354 End data with <CR><LF>.<CR><LF>\r\n"]
         );
-        let (used, actions) = s.on_data(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+        let mut text = Vec::new();
+        let (used, actions) = s.on_data(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n", &mut text);
         assert_eq!(used, b"Subject: hi\r\n\r\nbody\r\n.\r\n".len());
         let Some(Action::Spool(m)) = actions.last() else {
             panic!("expected a spool action, got {actions:?}");
         };
-        assert_eq!(m.body, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(text, b"Subject: hi\r\n\r\nbody\r\n");
         assert_eq!(m.rcpts, vec!["b@dest.example".to_string()]);
         assert_eq!(m.user, "a@acme.example");
         assert_eq!(
@@ -693,6 +774,50 @@ mod tests {
             line(&mut s, "RCPT TO:<3@d.example>"),
             ["452 4.5.3 Error: too many recipients\r\n"]
         );
+    }
+
+    #[test]
+    fn a_transaction_that_ends_without_a_message_releases_its_recipients() {
+        let mut s = session(false);
+        line(&mut s, "HELO c");
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        line(&mut s, "RCPT TO:<1@d.example>");
+        let actions = s.on_line(b"RSET");
+        assert!(
+            matches!(&actions[0], Action::Release { rcpts, .. } if rcpts == &["1@d.example".to_string()]),
+            "{actions:?}"
+        );
+        // A refused message text releases too.
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        line(&mut s, "RCPT TO:<2@d.example>");
+        line(&mut s, "DATA");
+        let (_, actions) = s.on_data(b"bare\nLF\r\n.\r\n", &mut Vec::new());
+        assert!(matches!(actions[0], Action::DiscardData), "{actions:?}");
+        assert!(matches!(&actions[1], Action::Release { .. }), "{actions:?}");
+        // And a connection that goes away mid-transaction.
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        line(&mut s, "RCPT TO:<3@d.example>");
+        assert!(matches!(s.abandon(), Some(Action::Release { .. })));
+    }
+
+    #[test]
+    fn a_new_configuration_applies_between_transactions_only() {
+        let mut s = session(false);
+        let closed = config_with(vec![]);
+        let cfg = |c: &crate::config::RelayConfig| SessionConfig {
+            hostname: c.hostname.clone(),
+            limits: c.limits.clone(),
+            policy: Arc::new(Policy::new(c)),
+            tls_available: false,
+        };
+        line(&mut s, "HELO c");
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert!(!s.reconfigure(cfg(&closed)), "not inside a transaction");
+        assert_eq!(line(&mut s, "RCPT TO:<1@d.example>"), ["250 2.1.5 OK\r\n"]);
+        line(&mut s, "RSET");
+        assert!(s.reconfigure(cfg(&closed)));
+        let refused = line(&mut s, "MAIL FROM:<a@acme.example>").concat();
+        assert!(refused.starts_with("550 5.7.1"), "{refused}");
     }
 
     #[test]

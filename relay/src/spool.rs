@@ -1,8 +1,22 @@
 //! The durable spool: every accepted message is on disk, fsync'd, before `250` is sent.
 //!
-//! Layout under the spool directory: `queue/<QUEUE-ID>` holds one message (a header line,
-//! the envelope as JSON, the message bytes, and an `END` trailer that proves the file is
-//! complete); `quarantine/` receives files that fail to parse on recovery.
+//! Layout under the spool directory: `queue/<QUEUE-ID>` holds one message; `incoming/`
+//! holds the text of messages still being received that outgrew memory; `quarantine/`
+//! receives files that are provably torn or unparsable on recovery.
+//!
+//! A message file is `RELAYSPOOL2\n`, the message bytes, the envelope as JSON, and a
+//! fixed-size trailer `\nEND <data length> <envelope length>\n` (16 hex digits each) that
+//! proves the file complete. The envelope comes last because the text is streamed: a
+//! session's text goes to an [`Incoming`] as it arrives (in memory up to
+//! [`SPILL_BYTES`], then to a file in `incoming/`), so memory per session does not grow
+//! with the message. Files of the first layout (`RELAYSPOOL1 <env> <data>\n`, envelope
+//! first) are still read, so a spool written by an older relay is delivered.
+//!
+//! Recovery ([`Spool::open`]) checks every length with checked arithmetic before it
+//! allocates; a file whose lengths or trailer do not add up is torn and is quarantined
+//! (counted, logged); an I/O error is retried and, if it persists, fails the open instead
+//! of quarantining mail that may be intact. Files left in `incoming/` were never
+//! acknowledged and are removed.
 //!
 //! Group commit: sessions hand their message to a writer thread (one of [`WRITERS`], which
 //! take turns), which takes every message waiting at that moment as a batch, writes the
@@ -33,6 +47,14 @@ use crate::smtp::Reply;
 
 const MAGIC: &str = "RELAYSPOOL1";
 const TRAILER: &[u8] = b"\nEND\n";
+/// First line of the streamed layout.
+const HEADER2: &[u8] = b"RELAYSPOOL2\n";
+/// `\nEND ` + 16 hex + ` ` + 16 hex + `\n`.
+const TRAILER2_LEN: usize = 39;
+/// Message text kept in memory before it goes to a file in `incoming/`.
+pub const SPILL_BYTES: usize = 256 * 1024;
+/// Tries of a file that fails to read during recovery before the open fails.
+const RECOVERY_TRIES: u32 = 3;
 /// Most messages written per group commit.
 const MAX_BATCH: usize = 512;
 /// Most threads writing and flushing the files of one batch at once.
@@ -117,6 +139,8 @@ pub enum SpoolError {
     NotFound(QueueId),
     #[error("the spool writer has stopped")]
     WriterStopped,
+    #[error("{0} already exists; another process may be writing this spool")]
+    Exists(PathBuf),
 }
 
 impl SpoolError {
@@ -141,14 +165,93 @@ impl SpoolError {
 
 struct Job {
     path: PathBuf,
-    bytes: Vec<u8>,
+    content: Content,
     done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// What the writer puts at `Job::path`.
+enum Content {
+    /// The whole file.
+    Bytes(Vec<u8>),
+    /// Append `tail` to the streamed file at `incoming`, then move it into the queue.
+    Spilled { incoming: PathBuf, tail: Vec<u8> },
+}
+
+/// The text of a message being received: in memory up to [`SPILL_BYTES`], then in a file
+/// under `incoming/`. [`Spool::commit`] makes it a queued message;
+/// [`Spool::discard`] throws it away.
+#[derive(Debug)]
+pub struct Incoming {
+    id: QueueId,
+    buf: Vec<u8>,
+    file: Option<(PathBuf, tokio::fs::File)>,
+    len: u64,
+}
+
+impl Incoming {
+    /// The queue id the message will have.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// The buffer to append text to; call [`Incoming::settle`] after appending.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Bytes of text so far.
+    pub fn len(&self) -> u64 {
+        self.len + self.buf.len() as u64
+    }
+
+    /// True when no text has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves the buffered text to the file once it is large enough.
+    pub async fn settle(&mut self, spool: &Spool) -> Result<(), SpoolError> {
+        if self.buf.len() < SPILL_BYTES {
+            return Ok(());
+        }
+        self.spill(spool).await
+    }
+
+    async fn spill(&mut self, spool: &Spool) -> Result<(), SpoolError> {
+        use tokio::io::AsyncWriteExt;
+        if self.file.is_none() {
+            let path = spool.incoming_dir.join(self.id.to_string());
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+                .map_err(|e| SpoolError::io(&path, e))?;
+            file.write_all(HEADER2)
+                .await
+                .map_err(|e| SpoolError::io(&path, e))?;
+            self.file = Some((path, file));
+        }
+        if let Some((path, file)) = &mut self.file {
+            file.write_all(&self.buf)
+                .await
+                .map_err(|e| SpoolError::io(path, e))?;
+            self.len += self.buf.len() as u64;
+            self.buf.clear();
+            if self.buf.capacity() > 2 * SPILL_BYTES {
+                self.buf.shrink_to(SPILL_BYTES);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The on-disk queue.
 pub struct Spool {
     queue_dir: PathBuf,
+    incoming_dir: PathBuf,
     quarantine_dir: PathBuf,
+    quarantined: u64,
     writer: Mutex<mpsc::Sender<Job>>,
     last_id: AtomicU64,
     index: Mutex<BTreeSet<QueueId>>,
@@ -168,28 +271,35 @@ impl Spool {
     pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
         let dir = dir.as_ref();
         let queue_dir = dir.join("queue");
+        let incoming_dir = dir.join("incoming");
         let quarantine_dir = dir.join("quarantine");
-        for d in [&queue_dir, &quarantine_dir] {
+        for d in [&queue_dir, &incoming_dir, &quarantine_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
         }
+        discard_incoming(&incoming_dir)?;
         let mut index = BTreeSet::new();
+        let mut quarantined = 0;
         let entries = fs::read_dir(&queue_dir).map_err(|e| SpoolError::io(&queue_dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| SpoolError::io(&queue_dir, e))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let verdict = name
-                .parse::<QueueId>()
-                .map_err(|e| e.to_string())
-                .and_then(|id| verify_file(&path).map(|()| id).map_err(|e| e.to_string()));
+            let verdict = match name.parse::<QueueId>() {
+                Err(e) => Err(e.to_string()),
+                Ok(id) => match verify_with_retries(&path)? {
+                    Ok(()) => Ok(id),
+                    Err(reason) => Err(reason),
+                },
+            };
             match verdict {
                 Ok(id) => {
                     index.insert(id);
                 }
                 Err(reason) => {
                     let target = quarantine_dir.join(&name);
-                    tracing::warn!(file = %path.display(), %reason, quarantine = %target.display(), "corrupt spool file moved to quarantine");
+                    tracing::warn!(file = %path.display(), %reason, quarantine = %target.display(), "torn or unreadable spool file moved to quarantine");
                     fs::rename(&path, &target).map_err(|e| SpoolError::io(&path, e))?;
+                    quarantined += 1;
                 }
             }
         }
@@ -206,7 +316,9 @@ impl Spool {
         }
         Ok(Spool {
             queue_dir,
+            incoming_dir,
             quarantine_dir,
+            quarantined,
             writer: Mutex::new(tx),
             last_id: AtomicU64::new(last),
             index: Mutex::new(index),
@@ -236,20 +348,81 @@ impl Spool {
 
     /// Writes the message and waits until it is durable (file and directory fsync'd).
     pub async fn accept(&self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        let mut incoming = self.begin(envelope.queue_id);
+        incoming.buf.extend_from_slice(data);
+        self.commit(envelope, incoming).await
+    }
+
+    /// Starts the text of message `id` (from [`Spool::new_id`]).
+    pub fn begin(&self, id: QueueId) -> Incoming {
+        Incoming {
+            id,
+            buf: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    /// Throws away a message whose text was refused.
+    pub async fn discard(&self, incoming: Incoming) {
+        if let Some((path, file)) = incoming.file {
+            drop(file);
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a refused message's text");
+            }
+        }
+    }
+
+    /// Makes the streamed message durable with `envelope` (whose `queue_id` must be the
+    /// incoming id) and waits until it is: data and directory fsync'd.
+    pub async fn commit(
+        &self,
+        envelope: &Envelope,
+        mut incoming: Incoming,
+    ) -> Result<QueueId, SpoolError> {
         let id = envelope.queue_id;
         let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
             path: self.path_of(id),
             reason: e.to_string(),
         })?;
-        let mut bytes = Vec::with_capacity(json.len() + data.len() + 64);
-        bytes.extend_from_slice(format!("{MAGIC} {} {}\n", json.len(), data.len()).as_bytes());
-        bytes.extend_from_slice(&json);
-        bytes.extend_from_slice(data);
-        bytes.extend_from_slice(TRAILER);
+        let data_len = incoming.len();
+        let trailer = format!("\nEND {data_len:016x} {:016x}\n", json.len());
+        debug_assert_eq!(trailer.len(), TRAILER2_LEN);
+        let content = if incoming.file.is_none() {
+            let mut bytes =
+                Vec::with_capacity(HEADER2.len() + incoming.buf.len() + json.len() + TRAILER2_LEN);
+            bytes.extend_from_slice(HEADER2);
+            bytes.extend_from_slice(&incoming.buf);
+            bytes.extend_from_slice(&json);
+            bytes.extend_from_slice(trailer.as_bytes());
+            Content::Bytes(bytes)
+        } else {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = incoming.spill(self).await {
+                self.discard(incoming).await;
+                return Err(e);
+            }
+            let Some((path, mut file)) = incoming.file.take() else {
+                return Err(SpoolError::WriterStopped);
+            };
+            // tokio writes in the background: flush so the writer thread sees every byte.
+            let flushed = file.flush().await.map_err(|e| SpoolError::io(&path, e));
+            drop(file);
+            if let Err(e) = flushed {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+            let mut tail = json;
+            tail.extend_from_slice(trailer.as_bytes());
+            Content::Spilled {
+                incoming: path,
+                tail,
+            }
+        };
         let (done, wait) = oneshot::channel();
         let job = Job {
             path: self.path_of(id),
-            bytes,
+            content,
             done,
         };
         self.writer
@@ -319,6 +492,11 @@ impl Spool {
         &self.quarantine_dir
     }
 
+    /// Files moved to quarantine when the spool was opened.
+    pub fn quarantined_at_open(&self) -> u64 {
+        self.quarantined
+    }
+
     fn path_of(&self, id: QueueId) -> PathBuf {
         self.queue_dir.join(id.to_string())
     }
@@ -343,7 +521,14 @@ fn writer_loop(dir: &Path, rx: &Mutex<mpsc::Receiver<Job>>) {
         let results = write_batch(dir, &batch);
         for (job, result) in batch.into_iter().zip(results) {
             if result.is_err() {
-                let _ = fs::remove_file(&job.path);
+                // Only a file this job created or moved in: `create_new` refused any
+                // other, so an existing message of the same name is never touched.
+                if !matches!(result, Err(SpoolError::Exists(_))) {
+                    let _ = fs::remove_file(&job.path);
+                }
+                if let Content::Spilled { incoming, .. } = &job.content {
+                    let _ = fs::remove_file(incoming);
+                }
             }
             // The session may have gone away; the message then stays queued regardless.
             let _ = job.done.send(result);
@@ -446,16 +631,81 @@ fn write_batch(dir: &Path, batch: &[Job]) -> Vec<Result<(), SpoolError>> {
     results
 }
 
-/// Creates a message file and writes it (not flushed yet).
+/// Creates a message file and writes it, or completes a streamed one and moves it into
+/// the queue (not flushed yet).
 fn create_and_write(job: &Job) -> Result<File, SpoolError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&job.path)
-        .map_err(|e| SpoolError::io(&job.path, e))?;
-    file.write_all(&job.bytes)
-        .map_err(|e| SpoolError::io(&job.path, e))?;
-    Ok(file)
+    match &job.content {
+        Content::Bytes(bytes) => {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&job.path)
+                .map_err(|e| create_error(&job.path, e))?;
+            file.write_all(bytes)
+                .map_err(|e| SpoolError::io(&job.path, e))?;
+            Ok(file)
+        }
+        Content::Spilled { incoming, tail } => {
+            let mut file = OpenOptions::new()
+                .append(true)
+                .open(incoming)
+                .map_err(|e| SpoolError::io(incoming, e))?;
+            file.write_all(tail)
+                .map_err(|e| SpoolError::io(incoming, e))?;
+            // No replace: a name already in the queue belongs to another message.
+            if job.path.exists() {
+                return Err(SpoolError::Exists(job.path.clone()));
+            }
+            fs::rename(incoming, &job.path).map_err(|e| SpoolError::io(&job.path, e))?;
+            Ok(file)
+        }
+    }
+}
+
+fn create_error(path: &Path, e: io::Error) -> SpoolError {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        SpoolError::Exists(path.to_path_buf())
+    } else {
+        SpoolError::io(path, e)
+    }
+}
+
+/// Removes the text of messages that were being received when the last run ended: none
+/// of them was acknowledged.
+fn discard_incoming(dir: &Path) -> Result<(), SpoolError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(|e| SpoolError::io(dir, e))? {
+        let path = entry.map_err(|e| SpoolError::io(dir, e))?.path();
+        fs::remove_file(&path).map_err(|e| SpoolError::io(&path, e))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "discarded the partial text of messages never acknowledged"
+        );
+    }
+    Ok(())
+}
+
+/// Verifies a queued file: `Ok(Ok(()))` intact, `Ok(Err(reason))` provably torn or
+/// unparsable, `Err` an I/O error that persisted over [`RECOVERY_TRIES`] tries.
+fn verify_with_retries(path: &Path) -> Result<Result<(), String>, SpoolError> {
+    let mut tries = 0;
+    loop {
+        match verify_file(path) {
+            Ok(()) => return Ok(Ok(())),
+            Err(SpoolError::Corrupt { reason, .. }) => return Ok(Err(reason)),
+            Err(e) => {
+                tries += 1;
+                if tries >= RECOVERY_TRIES {
+                    return Err(e);
+                }
+                tracing::warn!(file = %path.display(), error = %e, "cannot read a spool file; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(100 * u64::from(tries)));
+            }
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -464,31 +714,81 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(|e| SpoolError::io(dir, e))
 }
 
-/// Splits a spool file into envelope JSON and message bytes.
-fn parse(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
-    let nl = bytes
+/// Where the envelope JSON and the message bytes lie in a file of `len` bytes, given its
+/// first bytes `head` (at least the header line) and its last [`TRAILER2_LEN`] bytes
+/// `tail`. Every sum is checked: lengths from a torn or hostile file cannot overflow into a
+/// huge allocation.
+fn layout(head: &[u8], tail: &[u8], len: u64) -> Result<(Range, Range), String> {
+    if head.starts_with(HEADER2) {
+        let text = std::str::from_utf8(tail).map_err(|_| "trailer is not text")?;
+        let rest = text
+            .strip_prefix("\nEND ")
+            .and_then(|r| r.strip_suffix('\n'))
+            .ok_or("missing END trailer")?;
+        let (data, env) = rest.split_once(' ').ok_or("bad trailer")?;
+        let hex = |s: &str| {
+            (s.len() == 16)
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+                .ok_or_else(|| "bad trailer lengths".to_string())
+        };
+        let (data_len, env_len) = (hex(data)?, hex(env)?);
+        let start = HEADER2.len() as u64;
+        let expected = start
+            .checked_add(data_len)
+            .and_then(|n| n.checked_add(env_len))
+            .and_then(|n| n.checked_add(TRAILER2_LEN as u64))
+            .ok_or("lengths overflow")?;
+        if expected != len {
+            return Err(format!("truncated: {len} bytes, expected {expected}"));
+        }
+        let env_start = start + data_len;
+        return Ok((env_start..env_start + env_len, start..start + data_len));
+    }
+    let nl = head
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("no header line")?;
-    let (env_len, data_len) = parse_header(&bytes[..nl])?;
-    let body = &bytes[nl + 1..];
-    if body.len() != env_len + data_len + TRAILER.len() || !body.ends_with(TRAILER) {
-        return Err(format!(
-            "truncated: expected {} bytes after the header, found {}",
-            env_len + data_len + TRAILER.len(),
-            body.len()
-        ));
+    let (env_len, data_len) = parse_header(&head[..nl])?;
+    let start = nl as u64 + 1;
+    let expected = start
+        .checked_add(env_len)
+        .and_then(|n| n.checked_add(data_len))
+        .and_then(|n| n.checked_add(TRAILER.len() as u64))
+        .ok_or("lengths overflow")?;
+    if expected != len {
+        return Err(format!("truncated: {len} bytes, expected {expected}"));
     }
-    Ok((&body[..env_len], &body[env_len..env_len + data_len]))
+    if !tail.ends_with(TRAILER) {
+        return Err("missing END trailer".into());
+    }
+    Ok((
+        start..start + env_len,
+        start + env_len..start + env_len + data_len,
+    ))
 }
 
-fn parse_header(line: &[u8]) -> Result<(usize, usize), String> {
+type Range = std::ops::Range<u64>;
+
+fn slice<'a>(bytes: &'a [u8], r: &Range) -> &'a [u8] {
+    // `layout` checked both ends against the length of `bytes`.
+    &bytes[r.start as usize..r.end as usize]
+}
+
+/// Splits a spool file into envelope JSON and message bytes.
+fn parse(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let tail = &bytes[bytes.len().saturating_sub(TRAILER2_LEN)..];
+    let (env, data) = layout(bytes, tail, bytes.len() as u64)?;
+    Ok((slice(bytes, &env), slice(bytes, &data)))
+}
+
+fn parse_header(line: &[u8]) -> Result<(u64, u64), String> {
     let text = std::str::from_utf8(line).map_err(|_| "header is not text")?;
     let mut parts = text.split(' ');
     if parts.next() != Some(MAGIC) {
         return Err("not a spool file".into());
     }
-    let mut num = || -> Result<usize, String> {
+    let mut num = || -> Result<u64, String> {
         parts
             .next()
             .and_then(|p| p.parse().ok())
@@ -505,32 +805,20 @@ fn verify_file(path: &Path) -> Result<(), SpoolError> {
     };
     let mut file = File::open(path).map_err(|e| SpoolError::io(path, e))?;
     let len = file.metadata().map_err(|e| SpoolError::io(path, e))?.len();
-    let mut head = vec![0u8; 128.min(len as usize)];
+    let mut head = vec![0u8; 128.min(len) as usize];
     file.read_exact(&mut head)
         .map_err(|e| SpoolError::io(path, e))?;
-    let nl = head
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| corrupt("no header line".into()))?;
-    let (env_len, data_len) = parse_header(&head[..nl]).map_err(corrupt)?;
-    let expected = (nl + 1 + env_len + data_len + TRAILER.len()) as u64;
-    if len != expected {
-        return Err(corrupt(format!(
-            "truncated: {len} bytes, expected {expected}"
-        )));
-    }
-    let mut env = vec![0u8; env_len];
-    file.seek(SeekFrom::Start(nl as u64 + 1))
-        .and_then(|_| file.read_exact(&mut env))
-        .map_err(|e| SpoolError::io(path, e))?;
-    serde_json::from_slice::<Envelope>(&env).map_err(|e| corrupt(e.to_string()))?;
-    let mut tail = [0u8; TRAILER.len()];
-    file.seek(SeekFrom::End(-(TRAILER.len() as i64)))
+    let mut tail = vec![0u8; (TRAILER2_LEN as u64).min(len) as usize];
+    file.seek(SeekFrom::Start(len - tail.len() as u64))
         .and_then(|_| file.read_exact(&mut tail))
         .map_err(|e| SpoolError::io(path, e))?;
-    if tail != TRAILER {
-        return Err(corrupt("missing END trailer".into()));
-    }
+    let (env, _) = layout(&head, &tail, len).map_err(corrupt)?;
+    // `layout` proved the envelope lies inside the file.
+    let mut json = vec![0u8; (env.end - env.start) as usize];
+    file.seek(SeekFrom::Start(env.start))
+        .and_then(|_| file.read_exact(&mut json))
+        .map_err(|e| SpoolError::io(path, e))?;
+    serde_json::from_slice::<Envelope>(&json).map_err(|e| corrupt(e.to_string()))?;
     Ok(())
 }
 
@@ -695,5 +983,145 @@ mod tests {
         }
         drop(spool);
         assert_eq!(Spool::open(dir.path()).unwrap().list().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_large_message_is_streamed_through_a_file_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut env = envelope(&spool);
+        let mut incoming = spool.begin(env.queue_id);
+        let mut expected = Vec::new();
+        for i in 0..40u32 {
+            let chunk = format!("line {i:04} {}\r\n", "x".repeat(20_000)).into_bytes();
+            expected.extend_from_slice(&chunk);
+            incoming.buffer().extend_from_slice(&chunk);
+            incoming.settle(&spool).await.unwrap();
+            assert!(
+                incoming.buffer().len() < SPILL_BYTES,
+                "memory stays bounded"
+            );
+        }
+        assert!(
+            fs::read_dir(dir.path().join("incoming")).unwrap().count() == 1,
+            "the text went to a file while it arrived"
+        );
+        env.size = incoming.len();
+        spool.commit(&env, incoming).await.unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("incoming")).unwrap().count(),
+            0
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        let (read_env, data) = spool.read(env.queue_id).unwrap();
+        assert_eq!(read_env, env);
+        assert_eq!(data, expected);
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_leaves_nothing_and_leftovers_of_a_crash_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut incoming = spool.begin(spool.new_id());
+        incoming
+            .buffer()
+            .extend_from_slice(&vec![b'x'; SPILL_BYTES + 1]);
+        incoming.settle(&spool).await.unwrap();
+        spool.discard(incoming).await;
+        assert_eq!(
+            fs::read_dir(dir.path().join("incoming")).unwrap().count(),
+            0
+        );
+        // A crash while a message was arriving leaves its partial text behind.
+        fs::write(
+            dir.path().join("incoming").join("00000000000000AA"),
+            b"partial",
+        )
+        .unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("incoming")).unwrap().count(),
+            0
+        );
+        assert!(spool.list().is_empty());
+        assert_eq!(spool.quarantined_at_open(), 0);
+    }
+
+    #[tokio::test]
+    async fn files_of_the_first_layout_are_still_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let env = envelope(&spool);
+        let json = serde_json::to_vec(&env).unwrap();
+        let mut old = format!("{MAGIC} {} 5\n", json.len()).into_bytes();
+        old.extend_from_slice(&json);
+        old.extend_from_slice(b"hello");
+        old.extend_from_slice(TRAILER);
+        fs::write(
+            dir.path().join("queue").join(env.queue_id.to_string()),
+            &old,
+        )
+        .unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.read(env.queue_id).unwrap(), (env, b"hello".to_vec()));
+    }
+
+    /// Lengths chosen so that their sum wraps around to the file's real length: an
+    /// unchecked sum passes the length check and then allocates exabytes (abort).
+    #[test]
+    fn lengths_that_overflow_are_a_torn_file_not_an_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = dir.path().join("queue");
+        fs::create_dir_all(&queue).unwrap();
+        let header_for = |env: u64, data: u64| format!("{MAGIC} {env} {data}\n");
+        // File length L = header + 5 (trailer); want header_len + env + data + 5 ≡ L (mod 2^64).
+        let data = 1u64;
+        let probe = header_for(u64::MAX, data);
+        let env = (u64::MAX - data).wrapping_add(1); // env + data = 2^64 → 0 after wrap
+        let header = header_for(env, data);
+        assert_eq!(probe.len(), header.len(), "same digits, same length");
+        let mut bytes = header.into_bytes();
+        bytes.extend_from_slice(TRAILER);
+        fs::write(queue.join("0000000000000001"), &bytes).unwrap();
+        // A streamed-layout file whose trailer lengths overflow likewise.
+        let mut v2 = HEADER2.to_vec();
+        v2.extend_from_slice(format!("\nEND {:016x} {:016x}\n", u64::MAX, 2u64).as_bytes());
+        fs::write(queue.join("0000000000000002"), &v2).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.list().is_empty());
+        assert_eq!(spool.quarantined_at_open(), 2);
+        assert!(dir.path().join("quarantine/0000000000000001").exists());
+    }
+
+    /// An entry that cannot be read (here a directory where a file should be) is not
+    /// proof of a torn message: the open fails instead of quarantining it.
+    #[test]
+    fn an_io_error_during_recovery_fails_the_open_and_quarantines_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = dir.path().join("queue");
+        fs::create_dir_all(queue.join("0000000000000003")).unwrap();
+        let e = Spool::open(dir.path()).unwrap_err();
+        assert!(matches!(e, SpoolError::Io { .. }), "{e}");
+        assert!(queue.join("0000000000000003").exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            0
+        );
+    }
+
+    /// Two writers with one queue id: the second fails, and the first's acknowledged
+    /// message is left alone (the old clean-up deleted it).
+    #[tokio::test]
+    async fn a_queue_id_collision_never_deletes_the_other_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let env = envelope(&spool);
+        spool.accept(&env, b"first").await.unwrap();
+        let e = spool.accept(&env, b"second").await.unwrap_err();
+        assert!(matches!(e, SpoolError::Exists(_)), "{e}");
+        assert_eq!(spool.read(env.queue_id).unwrap().1, b"first");
     }
 }

@@ -75,6 +75,8 @@ fn run(session: &mut Session, actions: Vec<Action>, answer: u8) {
                 };
                 queue.extend(session.rcpt_result(rcpt, result));
             }
+            Action::Release { rcpts, .. } => assert!(!rcpts.is_empty()),
+            Action::DiscardData => {}
             Action::Spool(m) => {
                 assert!(!m.rcpts.is_empty());
                 let result = if answer.is_multiple_of(3) {
@@ -121,7 +123,9 @@ proptest! {
                     Input::Line(b) | Input::Data(b) => b,
                     Input::Command(i) => COMMANDS[i].as_bytes().to_vec(),
                 };
-                let (used, actions) = session.on_data(&bytes);
+                let mut text = Vec::new();
+                let (used, actions) = session.on_data(&bytes, &mut text);
+                prop_assert!(text.len() <= 300 + 2);
                 prop_assert!(used <= bytes.len());
                 run(&mut session, actions, answer);
             } else {

@@ -58,50 +58,24 @@ impl Fixture {
     /// A config listening on `host` port 0 with TLS and credentials.
     fn config(&self, host: &str, settings: Vec<SettingConfig>) -> RelayConfig {
         let any: SocketAddr = format!("{host}:0").parse().unwrap();
-        RelayConfig {
-            format: CONFIG_FORMAT,
-            hash: String::new(),
-            organization: OrganizationConfig {
-                name: "acme/acme".into(),
-                domains: vec!["acme.example".into()],
-                users: vec!["alice@acme.example".into()],
-                credentials_file: Some(self.path("credentials")),
-            },
-            hostname: "relay.acme.example".into(),
-            listeners: ListenerConfig {
-                smtp: any,
-                submission: any,
-                smtps: any,
-            },
-            tls: Some(TlsFiles {
-                cert_file: self.path("tls.crt"),
-                key_file: self.path("tls.key"),
-            }),
-            settings,
-            // A default route to a closed loopback port: accepted mail stays queued so the
-            // tests can read the spool, and nothing leaves the machine.
-            routes: vec![RouteConfig {
-                name: "acme/hold".into(),
-                description: "closed port".into(),
-                matcher: RouteMatcher::Default,
-                hosts: RouteHosts::Single(HostConfig {
-                    host: "127.0.0.1".into(),
-                    port: 9,
-                }),
-                mx_lookup: false,
-                tls: RouteTlsConfig {
-                    require_tls: false,
-                    require_ca_signed: false,
-                    validate_hostname: false,
-                    extra_ca_file: None,
-                },
-            }],
-            limits: LimitsConfig::for_customer(100, true),
-            limit_store: LimitStoreConfig::Memory,
-            delivery: DeliveryConfig::default(),
-            spool_dir: self.spool_dir().to_string_lossy().into_owned(),
-            admin_listen: any,
-        }
+        // The default route goes to a closed loopback port: accepted mail stays queued so
+        // the tests can read the spool, and nothing leaves the machine.
+        let mut cfg = RelayConfig::loopback(&self.spool_dir().to_string_lossy(), 9);
+        cfg.organization.users = vec!["alice@acme.example".into()];
+        cfg.organization.credentials_file = Some(self.path("credentials"));
+        cfg.listeners = ListenerConfig {
+            smtp: any,
+            submission: any,
+            smtps: any,
+        };
+        cfg.admin_listen = any;
+        cfg.tls = Some(TlsFiles {
+            cert_file: self.path("tls.crt"),
+            key_file: self.path("tls.key"),
+        });
+        cfg.settings = settings;
+        cfg.limits = LimitsConfig::for_customer(100, true);
+        cfg
     }
 
     fn tls_connector(&self) -> TlsConnector {
@@ -393,7 +367,7 @@ async fn tls_required_gets_530_before_starttls_and_250_after() {
     );
     assert_eq!(
         c.cmd("MAIL FROM:<bob@acme.example>").await,
-        "530 5.7.0 Must issue a STARTTLS command first"
+        "530 5.7.0 Must issue a STARTTLS command first (submit on port 587 with STARTTLS)"
     );
     let mut c = starttls(&fx, c).await;
     let ehlo = c.cmd("EHLO client.acme.example").await;
@@ -1004,7 +978,7 @@ async fn customer_peak_limit_is_per_ten_minutes_and_temporary() {
 // ---------- §3.7 hot reload ----------
 
 #[tokio::test]
-async fn reload_keeps_open_sessions_on_their_config_and_gives_new_ones_the_new_policy() {
+async fn reload_lets_a_transaction_finish_and_judges_every_next_mail_by_the_new_policy() {
     let fx = Fixture::new();
     let open_cfg = fx.config(
         "127.0.0.1",
@@ -1019,6 +993,10 @@ async fn reload_keeps_open_sessions_on_their_config_and_gives_new_ones_the_new_p
     assert_eq!(relay.generation(), 1);
     let mut before = connect(relay.smtp_addr()).await;
     before.cmd("EHLO client.acme.example").await;
+    assert_eq!(
+        before.cmd("MAIL FROM:<bob@acme.example>").await,
+        "250 2.1.0 OK"
+    );
 
     let mut closed_cfg = open_cfg.clone();
     closed_cfg.settings[0].ip_ranges = Some(vec![RangeConfig {
@@ -1028,8 +1006,15 @@ async fn reload_keeps_open_sessions_on_their_config_and_gives_new_ones_the_new_p
     assert_eq!(relay.reload(closed_cfg.clone()).unwrap(), 2);
     assert_eq!(relay.generation(), 2);
 
-    // The session opened before the reload completes under the old policy.
-    queue_id(&before.send_mail("bob@acme.example", &["a@d.example"]).await);
+    // The transaction open during the reload completes under the old policy...
+    assert_eq!(before.cmd("RCPT TO:<a@d.example>").await, "250 2.1.5 OK");
+    assert!(before.cmd("DATA").await.starts_with("354"));
+    queue_id(&before.cmd("Subject: x\r\n\r\nx\r\n.").await);
+    // ...and the session's next MAIL is judged by the policy in force now (SPEC §3.7).
+    assert_eq!(
+        before.cmd("MAIL FROM:<bob@acme.example>").await,
+        "550 5.7.1 Client host [127.0.0.1] is not allowed to relay through this server"
+    );
     // A new session sees the new one.
     let mut after = connect(relay.smtp_addr()).await;
     after.cmd("EHLO client.acme.example").await;

@@ -231,7 +231,7 @@ async fn windows_and_unique_recipients_behave_as_in_memory() {
 }
 
 #[tokio::test]
-async fn an_abandoned_transaction_holds_its_recipients_until_the_session_timeout() {
+async fn an_ended_transaction_gives_its_recipients_back_at_once() {
     let redis = RedisServer::start();
     let clock = fake_clock();
     let dir = tempfile::tempdir().unwrap();
@@ -247,22 +247,44 @@ async fn an_abandoned_transaction_holds_its_recipients_until_the_session_timeout
     first.cmd("MAIL FROM:<bob@acme.example>").await;
     assert_eq!(first.cmd("RCPT TO:<a@d.example>").await, "250 2.1.5 OK");
     assert_eq!(first.cmd("RCPT TO:<b@d.example>").await, "250 2.1.5 OK");
-    assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye");
-
-    // The two recipients stay reserved: another session is refused.
+    // While the transaction is open its recipients are reserved.
     let mut c = ehlo(relay.smtp_addr()).await;
     let (_, refused, _) = c
         .transaction("carol@acme.example", &rcpts("c", 1), "x")
         .await;
     assert_eq!(refused, vec![CUSTOMER_DAY.to_string()]);
-    // Past the session timeout (plus the margin) the reservation is gone.
-    clock.advance(Duration::from_secs(600 + 61));
+    // RSET ends it: both come back at once, without waiting for any timeout.
+    assert_eq!(first.cmd("RSET").await, "250 2.0.0 OK");
     let (ok, _, done) = c
-        .transaction("carol@acme.example", &rcpts("c", 3), "x")
+        .transaction("carol@acme.example", &rcpts("c", 2), "x")
         .await;
     queue_id(&done.unwrap());
     assert_eq!(ok.len(), 2);
     relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reservation_whose_relay_died_expires_after_the_session_timeout() {
+    use relay::limits::{LimitStore, RcptQuery, TxId};
+    let redis = RedisServer::start();
+    let clock = fake_clock();
+    let mut limits = LimitsConfig::for_customer(1, true);
+    limits.customer_recipients_per_day = 1;
+    limits.session_timeout_seconds = 600;
+    let store = relay::RedisLimitStore::new(&redis.url(), "acme/org").unwrap();
+    let ask = |tx, rcpt: &'static str| RcptQuery {
+        now: relay::Clock::now(&*clock),
+        limits: &limits,
+        tx: TxId(tx),
+        user: "bob@acme.example",
+        rcpt,
+        pending: &[],
+    };
+    // A relay reserved and then vanished without ending its transaction.
+    assert_eq!(store.check(ask(1, "a@d.example")).await.unwrap(), None);
+    assert!(store.check(ask(2, "b@d.example")).await.unwrap().is_some());
+    clock.advance(Duration::from_secs(600 + 61));
+    assert_eq!(store.check(ask(2, "b@d.example")).await.unwrap(), None);
 }
 
 async fn metrics(relay: &RelayHandle) -> String {
@@ -314,14 +336,17 @@ async fn unreachable_redis_gives_451_at_rcpt_and_limits_return_with_redis() {
     for _ in 0..100 {
         c.cmd("MAIL FROM:<bob@acme.example>").await;
         last = c.cmd("RCPT TO:<b@d.example>").await;
-        c.cmd("RSET").await;
         if last != UNAVAILABLE {
             break;
         }
+        c.cmd("RSET").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The reservation of the RSET transaction above holds the single recipient allowed.
+    // Redis kept nothing, so the single recipient allowed is free again; it is counted
+    // when the message is accepted.
     assert_eq!(last, "250 2.1.5 OK");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    queue_id(&c.cmd("x\r\n.").await);
     let (_, refused, _) = c.transaction("bob@acme.example", &rcpts("c", 1), "x").await;
     assert_eq!(refused, vec![CUSTOMER_DAY.to_string()]);
     relay.shutdown().await;

@@ -259,7 +259,8 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
             return ExitCode::from(INVALID);
         }
     };
-    let changes = operator::plan::plan(&b.config, &h.config);
+    let mut changes = operator::plan::plan(&b.config, &h.config);
+    changes.extend(operator::plan::secret_changes(&base_set, &head_set));
     let out = match format {
         PlanFormat::Text => operator::plan::format::text(&changes),
         PlanFormat::Markdown => operator::plan::format::markdown(&changes),
@@ -356,7 +357,7 @@ async fn run(paths: Vec<PathBuf>, opts: operator::local::LocalOptions) -> ExitCo
     println!(
         "configuration generation {} in force (hash {})",
         handle.generation(),
-        short(&handle.config_hash())
+        short(&handle.content_hash())
     );
     println!(
         "watching {} for changes; Ctrl-C stops",
@@ -393,16 +394,24 @@ async fn run(paths: Vec<PathBuf>, opts: operator::local::LocalOptions) -> ExitCo
             );
             continue;
         };
-        if local.config.hash == handle.config_hash() {
-            println!("manifests changed; no behavioural change");
-            continue;
-        }
-        print_findings(&local.findings);
-        match handle.reload(local.config) {
-            Ok(generation) => println!(
-                "configuration generation {generation} in force (hash {})",
-                short(&handle.config_hash())
-            ),
+        // The document or the Secrets it names (written by `prepare`): the content hash
+        // covers both, so a deleted user or a rotated certificate is a change.
+        let findings = local.findings.clone();
+        match handle.reload_if_changed(local.config) {
+            Ok(None) => println!("manifests changed; no behavioural change"),
+            Ok(Some(reload)) => {
+                print_findings(&findings);
+                if reload.only_files {
+                    println!(
+                        "credentials changed (a Secret's content; the manifests' settings did not change)"
+                    );
+                }
+                println!(
+                    "configuration generation {} in force (hash {})",
+                    reload.generation,
+                    short(&handle.content_hash())
+                );
+            }
             Err(e) => eprintln!(
                 "error: the new configuration was refused, the previous one stays in force: {e}"
             ),

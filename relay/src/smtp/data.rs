@@ -5,7 +5,10 @@
 //! `LF.LF` or `LF.CRLF` sequence cannot smuggle a second message past a downstream
 //! server that reads line ends differently. An error does not stop the reader: it keeps
 //! consuming until the real end marker so the session stays in step with the client.
-//! Pure: bytes in, progress out; the session decides what to do with the result.
+//! Pure and streaming: bytes in, unstuffed text appended to the caller's buffer, progress
+//! out. The reader keeps no message text itself (only a byte count for the size limit),
+//! so memory does not grow with the message; the session decides what to do with the
+//! result.
 
 use super::MAX_TEXT_LINE;
 
@@ -48,7 +51,8 @@ enum State {
 #[derive(Debug)]
 pub struct DataReader {
     state: State,
-    body: Vec<u8>,
+    /// Unstuffed bytes of the message so far.
+    size: u64,
     line_len: usize,
     max_bytes: u64,
     error: Option<DataError>,
@@ -59,28 +63,30 @@ impl DataReader {
     pub fn new(max_bytes: u64) -> Self {
         Self {
             state: State::LineStart,
-            body: Vec::new(),
+            size: 0,
             line_len: 0,
             max_bytes,
             error: None,
         }
     }
 
-    /// Feeds bytes; stops right after the end marker.
-    pub fn feed(&mut self, input: &[u8]) -> DataProgress {
+    /// Feeds bytes, appending the unstuffed text to `out` (nothing more once an error was
+    /// seen); stops right after the end marker.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> DataProgress {
         for (i, &b) in input.iter().enumerate() {
-            if self.step(b) {
+            if self.step(b, out) {
                 return DataProgress::Done { consumed: i + 1 };
             }
         }
         DataProgress::NeedMore
     }
 
-    /// After `Done`: the unstuffed message, or the first error seen.
-    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+    /// After `Done`: the size of the unstuffed message, or the first error seen (what was
+    /// appended to the caller's buffer must then be thrown away).
+    pub fn finish(self) -> Result<u64, DataError> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.body),
+            None => Ok(self.size),
         }
     }
 
@@ -90,49 +96,50 @@ impl DataReader {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         if self.error.is_some() {
             return;
         }
-        if (self.body.len() + bytes.len()) as u64 > self.max_bytes {
+        let size = self.size.saturating_add(bytes.len() as u64);
+        if size > self.max_bytes {
             self.fail(DataError::TooBig);
-            self.body = Vec::new();
             return;
         }
-        self.body.extend_from_slice(bytes);
+        self.size = size;
+        out.extend_from_slice(bytes);
     }
 
     /// Returns true at the end marker.
-    fn step(&mut self, b: u8) -> bool {
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
         match self.state {
             State::LineStart => match b {
                 b'.' => self.state = State::Dot,
-                _ => self.text(b),
+                _ => self.text(b, out),
             },
             State::Dot => match b {
                 b'\r' => self.state = State::DotCr,
                 // Dot stuffing: the leading dot is dropped.
-                _ => self.text(b),
+                _ => self.text(b, out),
             },
             State::DotCr => {
                 if b == b'\n' {
                     return true;
                 }
                 self.fail(DataError::BareLineEnding);
-                self.push(b"\r");
+                self.push(b"\r", out);
                 self.line_len += 1;
-                self.text(b);
+                self.text(b, out);
             }
-            State::Text => self.text(b),
+            State::Text => self.text(b, out),
             State::Cr => {
                 if b == b'\n' {
-                    self.push(b"\r\n");
+                    self.push(b"\r\n", out);
                     self.line_len = 0;
                     self.state = State::LineStart;
                 } else {
                     self.fail(DataError::BareLineEnding);
-                    self.push(b"\r");
-                    self.text(b);
+                    self.push(b"\r", out);
+                    self.text(b, out);
                 }
             }
         }
@@ -140,7 +147,7 @@ impl DataReader {
     }
 
     /// A byte inside a line.
-    fn text(&mut self, b: u8) {
+    fn text(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
             b'\r' => self.state = State::Cr,
             b'\n' => {
@@ -154,7 +161,7 @@ impl DataReader {
                 if self.line_len > MAX_TEXT_LINE - 2 {
                     self.fail(DataError::LineTooLong);
                 }
-                self.push(&[b]);
+                self.push(&[b], out);
                 self.state = State::Text;
             }
         }
@@ -168,9 +175,15 @@ mod tests {
 
     fn read_all(input: &[u8], max: u64) -> (Result<Vec<u8>, DataError>, Option<usize>) {
         let mut r = DataReader::new(max);
-        match r.feed(input) {
-            DataProgress::Done { consumed } => (r.finish(), Some(consumed)),
-            DataProgress::NeedMore => (r.finish(), None),
+        let mut out = Vec::new();
+        let progress = r.feed(input, &mut out);
+        let result = r.finish().map(|size| {
+            assert_eq!(size, out.len() as u64);
+            out
+        });
+        match progress {
+            DataProgress::Done { consumed } => (result, Some(consumed)),
+            DataProgress::NeedMore => (result, None),
         }
     }
 
@@ -194,11 +207,13 @@ mod tests {
     #[test]
     fn end_marker_split_across_reads() {
         let mut r = DataReader::new(1000);
-        assert_eq!(r.feed(b"hello\r"), DataProgress::NeedMore);
-        assert_eq!(r.feed(b"\n."), DataProgress::NeedMore);
-        assert_eq!(r.feed(b"\r"), DataProgress::NeedMore);
-        assert_eq!(r.feed(b"\n"), DataProgress::Done { consumed: 1 });
-        assert_eq!(r.finish().unwrap(), b"hello\r\n");
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b"hello\r", &mut out), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\n.", &mut out), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\r", &mut out), DataProgress::NeedMore);
+        assert_eq!(r.feed(b"\n", &mut out), DataProgress::Done { consumed: 1 });
+        assert_eq!(r.finish().unwrap(), 7);
+        assert_eq!(out, b"hello\r\n");
     }
 
     #[test]
@@ -239,10 +254,37 @@ mod tests {
         #[test]
         fn never_panics_and_never_over_consumes(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let mut r = DataReader::new(500);
-            if let DataProgress::Done { consumed } = r.feed(&bytes) {
+            let mut out = Vec::new();
+            if let DataProgress::Done { consumed } = r.feed(&bytes, &mut out) {
                 prop_assert!(consumed <= bytes.len());
                 prop_assert!(bytes[..consumed].ends_with(b"\r\n.\r\n") || consumed == 3);
             }
+            prop_assert!(out.len() <= 500);
+        }
+
+        /// Streaming: any split of the input into reads gives the same text, the same
+        /// verdict and the same end as one read.
+        #[test]
+        fn chunked_feeding_equals_one_read(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'x')], 0..600),
+            cuts in proptest::collection::vec(1..50usize, 0..40),
+        ) {
+            let (whole, whole_end) = read_all(&bytes, 300);
+            let mut r = DataReader::new(300);
+            let mut out = Vec::new();
+            let mut at: usize = 0;
+            let mut end = None;
+            for cut in cuts.into_iter().chain(std::iter::once(usize::MAX)) {
+                let to = at.saturating_add(cut).min(bytes.len());
+                if let DataProgress::Done { consumed } = r.feed(&bytes[at..to], &mut out) {
+                    end = Some(at + consumed);
+                    break;
+                }
+                at = to;
+                if at == bytes.len() { break; }
+            }
+            prop_assert_eq!(end, whole_end);
+            prop_assert_eq!(r.finish().map(|_| out), whole);
         }
     }
 }

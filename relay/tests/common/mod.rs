@@ -13,62 +13,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A relay config: loopback listeners on port 0, loopback clients allowed
-/// (OrganizationDomains), default route to `127.0.0.1:route_port`.
+/// (OrganizationDomains), default route to `127.0.0.1:route_port`, quick retries.
 pub fn config(spool: &Path, route_port: u16) -> RelayConfig {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    RelayConfig {
-        format: CONFIG_FORMAT,
-        hash: String::new(),
-        organization: OrganizationConfig {
-            name: "acme/acme".into(),
-            domains: vec!["acme.example".into()],
-            users: vec![],
-            credentials_file: None,
-        },
-        hostname: "relay.acme.example".into(),
-        listeners: ListenerConfig {
-            smtp: any,
-            submission: any,
-            smtps: any,
-        },
-        tls: None,
-        settings: vec![SettingConfig {
-            name: "acme/loopback".into(),
-            description: "loopback".into(),
-            allowed_senders: AllowedSenders::OrganizationDomains,
-            ip_ranges: Some(vec![RangeConfig {
-                name: "acme/lo".into(),
-                network: "127.0.0.0/16".parse().unwrap(),
-            }]),
-            require_smtp_auth: false,
-            require_tls: false,
-        }],
-        routes: vec![RouteConfig {
-            name: "acme/default".into(),
-            description: "downstream".into(),
-            matcher: RouteMatcher::Default,
-            hosts: RouteHosts::Single(HostConfig {
-                host: "127.0.0.1".into(),
-                port: route_port,
-            }),
-            mx_lookup: false,
-            tls: RouteTlsConfig {
-                require_tls: false,
-                require_ca_signed: false,
-                validate_hostname: false,
-                extra_ca_file: None,
-            },
-        }],
-        limits: LimitsConfig::for_customer(10_000, true),
-        limit_store: LimitStoreConfig::Memory,
-        delivery: DeliveryConfig {
-            retry_schedule_seconds: vec![1],
-            max_retry_delay_seconds: 1,
-            ..DeliveryConfig::default()
-        },
-        spool_dir: spool.to_string_lossy().into_owned(),
-        admin_listen: any,
-    }
+    let mut cfg = RelayConfig::loopback(&spool.to_string_lossy(), route_port);
+    cfg.delivery = DeliveryConfig {
+        retry_schedule_seconds: vec![1],
+        max_retry_delay_seconds: 1,
+        ..DeliveryConfig::default()
+    };
+    cfg
 }
 
 /// A small SMTP client.
@@ -201,6 +154,7 @@ impl RedisServer {
 
     /// Starts one on `port` (to bring Redis back where the relay expects it).
     pub fn start_on(port: u16) -> Self {
+        ensure_redis_server();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -211,8 +165,8 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot run redis-server ({e}); install it (Debian package `redis-server`, \
-                     which .ci/run installs)"
+                    "cannot run redis-server ({e}); it could not be installed either \
+                     (Debian package `redis-server`)"
                 )
             });
         let mut server = Self { child, port };
@@ -272,6 +226,74 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.port
+    }
+}
+
+/// Makes sure `redis-server` is on the PATH, installing Debian's package when it is not
+/// (as the container tests install debootstrap), once per test binary. A machine where that
+/// is impossible (not root, no package index) gets a clear panic naming the package.
+fn ensure_redis_server() {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        let present = || {
+            Command::new("redis-server")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if present() {
+            return Ok(());
+        }
+        // One installer at a time across test binaries running in parallel.
+        let lock =
+            std::fs::File::create(std::env::temp_dir().join("relay-tests-redis-install.lock"))
+                .map_err(|e| e.to_string())?;
+        lock.lock().map_err(|e| e.to_string())?;
+        if present() {
+            return Ok(());
+        }
+        eprintln!("redis-server is missing: installing Debian's redis-server package");
+        let run = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("apt-get: {e}"))
+                .and_then(|s| {
+                    if s.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("apt-get {args:?}: {s}"))
+                    }
+                })
+        };
+        run(&["update", "-qq"])?;
+        run(&[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "redis-server",
+        ])?;
+        // The package starts a system instance on 6379; the tests use their own.
+        let _ = Command::new("sh")
+            .args(["-c", "service redis-server stop || true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if present() {
+            Ok(())
+        } else {
+            Err("installed, but still not runnable".into())
+        }
+    });
+    if let Err(e) = result {
+        panic!(
+            "redis-server is needed by the Redis limit-store tests and could not be installed: {e}"
+        );
     }
 }
 

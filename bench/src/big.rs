@@ -1,0 +1,141 @@
+//! Large messages: `n` sessions each send one message of `size` bytes at the same time,
+//! while the relay's resident memory is sampled every 10 ms; reports the idle RSS, the
+//! peak during the load and how long the messages took. With message text streamed to
+//! the spool, the peak above idle stays near `n` × the session buffer, not `n` × the
+//! message size. Every step has a timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::procfs;
+
+pub struct BigResult {
+    pub sessions: usize,
+    pub size: usize,
+    pub rss_idle_kib: u64,
+    pub rss_peak_kib: u64,
+    pub elapsed: Duration,
+}
+
+/// Reads one reply (bounded) and checks its code.
+async fn expect(s: &mut TcpStream, code: &str) -> Result<(), String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    for _ in 0..64 {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(last) = text.lines().last()
+            && text.ends_with('\n')
+            && last.len() >= 4
+            && last.as_bytes()[3] == b' '
+        {
+            return if last.starts_with(code) {
+                Ok(())
+            } else {
+                Err(format!("expected {code}, got {last}"))
+            };
+        }
+    }
+    Err("reply too long".into())
+}
+
+async fn send_one(addr: SocketAddr, i: usize, text: Arc<Vec<u8>>) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    expect(&mut s, "220").await?;
+    for (line, code) in [
+        ("EHLO big.acme.example\r\n".to_string(), "250"),
+        ("MAIL FROM:<big@acme.example>\r\n".to_string(), "250"),
+        (format!("RCPT TO:<big{i}@example.net>\r\n"), "250"),
+        ("DATA\r\n".to_string(), "354"),
+    ] {
+        s.write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(&mut s, code).await?;
+    }
+    s.write_all(&text).await.map_err(|e| e.to_string())?;
+    s.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
+    expect(&mut s, "250").await?;
+    s.write_all(b"QUIT\r\n").await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The message text: 998-octet lines (the longest allowed) up to `size` bytes.
+fn message(size: usize) -> Vec<u8> {
+    let mut m = b"From: <big@acme.example>\r\nSubject: relay-bench big\r\n\r\n".to_vec();
+    let line = [b"x".repeat(998), b"\r\n".to_vec()].concat();
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(&line);
+    }
+    m
+}
+
+/// Sends `n` messages of `size` bytes at once to `addr` and samples `pid`'s RSS.
+pub async fn measure(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    size: usize,
+    timeout: Duration,
+) -> Result<BigResult, String> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle_kib = procfs::rss_kib(pid);
+    let text = Arc::new(message(size));
+    let peak = Arc::new(AtomicU64::new(rss_idle_kib));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(procfs::rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let text = text.clone();
+        tasks.spawn(async move {
+            tokio::time::timeout(timeout, send_one(addr, i, text))
+                .await
+                .map_err(|_| "timed out".to_string())?
+        });
+    }
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    // A last sample once every reply is in.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    if let Some(e) = first_error {
+        return Err(format!("large messages: {e}"));
+    }
+    Ok(BigResult {
+        sessions: n,
+        size: text.len(),
+        rss_idle_kib,
+        rss_peak_kib: peak.load(Ordering::Relaxed),
+        elapsed,
+    })
+}

@@ -649,6 +649,28 @@ mod tests {
     /// control characters.
     const ADDRESS_LIKE: &str = "[<>@\"\\\\ a-zA-Z0-9=:,.\\[\\]\\-_+()ü\u{1}\u{85}]{0,40}";
 
+    /// Addresses near the grammar: dot-atoms, quoted strings, domains and literals, with
+    /// some characters that are not allowed.
+    fn near_addresses() -> impl Strategy<Value = String> {
+        let local = prop_oneof![
+            3 => "[a-zA-Z0-9!#+_ü-]{1,8}(\\.[a-zA-Z0-9ü]{1,5}){0,2}",
+            1 => "[a-zA-Z0-9.@ü\u{1}]{1,8}",
+            2 => "\"([ a-zA-Z@<>:()ü]|\\\\[\"\\\\a])*\"",
+            1 => "\"[ a-zA-Z@\\\\\"\u{1}]{0,10}\"",
+        ];
+        let domain = prop_oneof![
+            3 => "[a-zA-Z0-9ü]([a-zA-Z0-9ü-]{0,6}[a-zA-Z0-9])?(\\.[a-zA-Z][a-zA-Z0-9-]{0,6}){0,3}",
+            1 => "[a-zA-Z0-9ü_.-]{1,12}",
+            1 => "\\[[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\]",
+            1 => "\\[[iI][pP][vV]6:(2001:[dD][bB]8|::ffff)(:[0-9a-f]{1,4}){0,4}(::1)?\\]",
+        ];
+        let route = prop_oneof![
+            3 => Just(String::new()),
+            1 => "@[a-z]{1,5}(,@[a-z]{1,5}(\\.[a-z]{1,3})?){0,2}:",
+        ];
+        (route, local, domain).prop_map(|(r, l, d)| format!("{r}{l}@{d}"))
+    }
+
     proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -658,6 +680,20 @@ mod tests {
         #[test]
         fn never_panics_on_command_like_text(s in "(MAIL FROM:|RCPT TO:|AUTH |EHLO )[<>@\"\\\\ a-zA-Z0-9=:,.]{0,80}") {
             let _ = parse_command(s.as_bytes());
+        }
+
+        #[test]
+        fn near_addresses_that_are_accepted_parse_again_to_themselves(inner in near_addresses()) {
+            if let Ok(Command::Mail { from, .. }) = mail(&inner) {
+                prop_assert_eq!(
+                    parse_command(format!("MAIL FROM:{from} SMTPUTF8").as_bytes()),
+                    Ok(Command::Mail { from: from.clone(), size: None, smtputf8: true })
+                );
+                prop_assert!(!from.as_str().chars().any(char::is_control));
+                if let Ok(Command::Rcpt { to }) = rcpt(&inner) {
+                    prop_assert_eq!(to, from);
+                }
+            }
         }
 
         #[test]

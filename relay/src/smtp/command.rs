@@ -533,7 +533,7 @@ mod tests {
             mail(&format!("u@{label}a.example")),
             Err(CommandError::BadSenderAddress)
         );
-        let longest = vec![label.as_str(); 4].join(".");
+        let longest = [label.as_str(); 4].join(".");
         assert_eq!(longest.len(), 255);
         assert!(mail(&format!("u@{longest}")).is_ok());
         assert_eq!(

@@ -333,20 +333,23 @@ fn is_utf8_text(c: char) -> bool {
     !c.is_ascii() && !c.is_control()
 }
 
-/// A domain name, lower-cased: dot-separated labels of letters, digits and inner hyphens
-/// (U-labels allowed), at most 63 octets a label and 255 in all.
+/// A domain name, lower-cased (U-labels allowed).
 fn domain(d: &str) -> Option<String> {
-    let ok = d.len() <= 255
+    is_domain(d, is_utf8_text).then(|| d.to_lowercase())
+}
+
+/// Dot-separated labels of letters, digits and inner hyphens, plus what `also` allows; at
+/// most 63 octets a label and 255 in all.
+fn is_domain(d: &str, also: fn(char) -> bool) -> bool {
+    d.len() <= 255
         && d.split('.').all(|label| {
-            label.len() <= 63
+            (1..=63).contains(&label.len())
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().next().is_some()
                 && label
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || is_utf8_text(c))
-        });
-    ok.then(|| d.to_lowercase())
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || also(c))
+        })
 }
 
 /// `[IPv4]` or `[IPv6:...]`, in canonical form.
@@ -377,7 +380,7 @@ pub fn is_helo_name(name: &str) -> bool {
     if name.starts_with('[') {
         return address_literal(name).is_some();
     }
-    name.is_ascii() && domain(&name.replace('_', "a")).is_some()
+    is_domain(name, |c| c == '_')
 }
 
 #[cfg(test)]

@@ -451,7 +451,11 @@ impl Model {
         let Some((from, _, rcpts)) = &mut s.tx else {
             return Expected::code(503);
         };
-        let to = to.to_ascii_lowercase();
+        // SPEC §3.4: the local part keeps its case, the domain compares case-insensitively.
+        let to = match to.rsplit_once('@') {
+            Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+            None => to.to_string(),
+        };
         if from.is_empty() && !rcpts.is_empty() {
             return Expected::prefix(550, "5.5.3");
         }

@@ -1,10 +1,45 @@
 //! The SMTP command parser on arbitrary bytes: it returns a command or an error, never
-//! panics.
+//! panics; every accepted MAIL/RCPT path, written back as `<address>`, parses again to
+//! the same path, with no control characters; a HELO/EHLO name cannot add trace fields
+//! to the `Received:` header.
 #![no_main]
 
+use std::time::UNIX_EPOCH;
+
 use libfuzzer_sys::fuzz_target;
-use relay::smtp::parse_command;
+use relay::received::{Trace, received_header};
+use relay::smtp::{Command, parse_command};
 
 fuzz_target!(|line: &[u8]| {
-    let _ = parse_command(line);
+    match parse_command(line) {
+        Ok(Command::Mail { from, .. }) => {
+            assert!(!from.as_str().chars().any(char::is_control), "{from}");
+            let again = parse_command(format!("MAIL FROM:{from} SMTPUTF8").as_bytes());
+            assert!(
+                matches!(&again, Ok(Command::Mail { from: f, .. }) if *f == from),
+                "{from} parsed again as {again:?}"
+            );
+        }
+        Ok(Command::Rcpt { to }) => {
+            assert!(!to.as_str().chars().any(char::is_control), "{to}");
+            let again = parse_command(format!("RCPT TO:{to}").as_bytes());
+            assert_eq!(again, Ok(Command::Rcpt { to }));
+        }
+        Ok(Command::Helo(name) | Command::Ehlo(name)) => {
+            let header = received_header(&Trace {
+                helo: &name,
+                ip: [192, 0, 2, 1].into(),
+                tls: None,
+                authenticated: false,
+                hostname: "relay.example",
+                queue_id: "00AB",
+                at: UNIX_EPOCH,
+            });
+            assert!(header.is_ascii(), "{header:?}");
+            assert_eq!(header.matches(['(', ')']).count(), 2, "{header:?}");
+            assert_eq!(header.matches(';').count(), 1, "{header:?}");
+            assert_eq!(header.matches("\r\n").count(), 3, "{header:?}");
+        }
+        _ => {}
+    }
 });

@@ -1,13 +1,23 @@
 //! The `Received:` trace header the relay prepends to each accepted message (RFC 5321
 //! §4.4): client name and IP, TLS version and cipher, protocol, queue id, date.
 //! Pure formatting; the date is passed in.
+//!
+//! The HELO/EHLO name is the client's word, so it is written verbatim only when it is a
+//! domain name or an address literal ([`is_helo_name`]); anything else is written as
+//! `unknown`, which keeps `(`, `)`, `;`, spaces and non-ASCII text out of the header so a
+//! client cannot forge trace fields. The name as sent stays in the spool envelope.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jiff::Timestamp;
+
+use crate::smtp::command::is_helo_name;
+
 /// What the header records.
 #[derive(Clone, Copy, Debug)]
 pub struct Trace<'a> {
+    /// The HELO/EHLO name as the client sent it.
     pub helo: &'a str,
     pub ip: IpAddr,
     /// `"TLSv1_3 TLS13_AES_256_GCM_SHA384"` when TLS was used.
@@ -30,9 +40,14 @@ pub fn received_header(t: &Trace<'_>) -> String {
         Some((version, cipher)) => format!("\r\n\t(using {version} with cipher {cipher})"),
         None => String::new(),
     };
+    let helo = if is_helo_name(t.helo) {
+        t.helo
+    } else {
+        "unknown"
+    };
     format!(
         "Received: from {} ([{}]){}\r\n\tby {} with {} id {};\r\n\t{}\r\n",
-        t.helo,
+        helo,
         t.ip.to_canonical(),
         tls,
         t.hostname,
@@ -42,40 +57,17 @@ pub fn received_header(t: &Trace<'_>) -> String {
     )
 }
 
-/// `Tue, 25 Nov 2026 14:03:09 +0000`.
+/// `Tue, 25 Nov 2025 14:03:09 +0000`: RFC 5322 §3.3, in UTC. A time outside the years
+/// -9999 to 9999 is written as the nearest one inside.
 pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WEEKDAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let ts = Timestamp::try_from(t).unwrap_or_else(|_| {
+        if t < UNIX_EPOCH {
+            Timestamp::MIN
+        } else {
+            Timestamp::MAX
+        }
+    });
+    ts.strftime("%a, %d %b %Y %H:%M:%S +0000").to_string()
 }
 
 #[cfg(test)]
@@ -88,6 +80,73 @@ mod tests {
         assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
         assert_eq!(rfc5322_date(t), "Thu, 29 Feb 2024 12:34:56 +0000");
+    }
+
+    #[test]
+    fn dates_are_utc_with_two_digit_days() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_615_389);
+        assert_eq!(rfc5322_date(t), "Wed, 25 Nov 2026 14:03:09 +0000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_775_000_000); // 2026-03-31 23:33:20
+        assert_eq!(rfc5322_date(t), "Tue, 31 Mar 2026 23:33:20 +0000");
+    }
+
+    fn from_line(helo: &str) -> String {
+        let h = received_header(&Trace {
+            helo,
+            ip: "192.0.2.1".parse().unwrap(),
+            tls: None,
+            authenticated: false,
+            hostname: "relay.acme.example",
+            queue_id: "00AB",
+            at: UNIX_EPOCH,
+        });
+        assert!(h.is_ascii(), "{h:?}");
+        assert_eq!(h.matches('(').count(), 1, "{h:?}");
+        assert_eq!(h.matches(')').count(), 1, "{h:?}");
+        assert_eq!(h.matches(';').count(), 1, "{h:?}");
+        assert_eq!(h.matches("\r\n").count(), 3, "{h:?}");
+        h.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn a_helo_name_that_is_a_domain_or_literal_is_written_verbatim() {
+        for helo in [
+            "client.acme.example",
+            "localhost",
+            "desktop_7",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            assert_eq!(
+                from_line(helo),
+                format!("Received: from {helo} ([192.0.2.1])")
+            );
+        }
+    }
+
+    #[test]
+    fn any_other_helo_name_is_written_as_unknown() {
+        for helo in [
+            "evil.example (forged by relay.acme.example with ESMTPS id 1; Thu, 01 Jan 1970)",
+            "x;y",
+            "a(b",
+            "a)b",
+            "two words",
+            "m\u{fc}nchen.example",
+            "x\r\nX-Injected: 1",
+            "tab\there",
+            "[10.0.0.1",
+            "[IPv6:zz]",
+            "-lead.example",
+            "a..b",
+            "",
+        ] {
+            assert_eq!(
+                from_line(helo),
+                "Received: from unknown ([192.0.2.1])",
+                "{helo:?}"
+            );
+        }
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct Transaction {
     mail_from: String,
     original: Option<String>,
     rcpts: Vec<String>,
+    /// MAIL carried SMTPUTF8: recipients may be UTF-8 addresses (RFC 6531).
+    smtputf8: bool,
 }
 
 /// The state of one SMTP session.
@@ -130,6 +132,11 @@ pub struct Session {
 
 fn reply(code: u16, text: impl Into<String>) -> Action {
     Action::Reply(Reply::new(code, text))
+}
+
+/// RFC 6531 §3.7.1, in Postfix's words.
+fn utf8_without_smtputf8() -> Reply {
+    Reply::new(553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
 }
 
 impl Session {
@@ -257,6 +264,17 @@ impl Session {
                         Reply::new(502, "5.5.2 Error: command not recognized")
                     }
                     CommandError::Syntax(s) => Reply::new(501, format!("5.5.4 {s}")),
+                    CommandError::BadSenderAddress => {
+                        Reply::new(501, "5.1.3 Bad sender address syntax")
+                    }
+                    CommandError::BadRecipientAddress => {
+                        Reply::new(501, "5.1.3 Bad recipient address syntax")
+                    }
+                    CommandError::RecipientDomainIsIp => Reply::new(
+                        501,
+                        "5.1.3 Recipient domain must be a domain name, not an IP address",
+                    ),
+                    CommandError::Utf8WithoutSmtputf8 => utf8_without_smtputf8(),
                     CommandError::UnsupportedParameter(p) => {
                         Reply::new(555, format!("5.5.4 Unsupported option: {p}"))
                     }
@@ -285,7 +303,11 @@ impl Session {
                     .chain([Action::Reply(self.ehlo_reply())])
                     .collect()
             }
-            Command::Mail { from, size } => self.mail(from, size),
+            Command::Mail {
+                from,
+                size,
+                smtputf8,
+            } => self.mail(from, size, smtputf8),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
@@ -328,7 +350,7 @@ impl Session {
         Reply::multi(250, lines)
     }
 
-    fn mail(&mut self, from: Path, size: Option<u64>) -> Vec<Action> {
+    fn mail(&mut self, from: Path, size: Option<u64>, smtputf8: bool) -> Vec<Action> {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1 Error: send HELO/EHLO first"));
         }
@@ -358,6 +380,7 @@ impl Session {
                     mail_from,
                     original,
                     rcpts: Vec::new(),
+                    smtputf8,
                 });
                 vec![reply(250, "2.1.0 OK")]
             }
@@ -394,7 +417,11 @@ impl Session {
         let Some(tx) = &self.tx else {
             return self.error(Reply::new(503, "5.5.1 Error: need MAIL command"));
         };
-        let rcpt = to.as_str().to_ascii_lowercase();
+        if !tx.smtputf8 && !to.is_ascii() {
+            return self.error(utf8_without_smtputf8());
+        }
+        // The parser lower-cased the domain; the local part is the recipient's own.
+        let rcpt = to.as_str().to_string();
         if tx.mail_from.is_empty() && !tx.rcpts.is_empty() {
             return vec![reply(
                 550,
@@ -827,6 +854,155 @@ mod tests {
         assert_eq!(
             line(&mut s, "AUTH PLAIN AGFAYgBj"),
             ["538 5.7.11 Encryption required for requested authentication mechanism\r\n"]
+        );
+    }
+
+    #[test]
+    fn an_unquoted_at_in_the_local_part_is_a_bad_address() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<x@evil.example@acme.example>"),
+            ["501 5.1.3 Bad sender address syntax\r\n"]
+        );
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<x@evil.example@dest.example>"),
+            ["501 5.1.3 Bad recipient address syntax\r\n"]
+        );
+    }
+
+    #[test]
+    fn control_characters_in_an_address_are_a_bad_address() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a\x01b@acme.example>"),
+            ["501 5.1.3 Bad sender address syntax\r\n"]
+        );
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<\"a\tb\"@dest.example>"),
+            ["501 5.1.3 Bad recipient address syntax\r\n"]
+        );
+    }
+
+    #[test]
+    fn a_recipient_domain_that_is_an_ip_address_is_refused() {
+        let mut s = session(false);
+        s.cfg.limits.max_errors = 10;
+        line(&mut s, "EHLO c.acme.example");
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        for rcpt in ["u@[10.0.0.5]", "u@[IPv6:2001:db8::5]", "u@10.0.0.5"] {
+            assert_eq!(
+                line(&mut s, &format!("RCPT TO:<{rcpt}>")),
+                ["501 5.1.3 Recipient domain must be a domain name, not an IP address\r\n"],
+                "{rcpt}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_utf8_address_needs_the_smtputf8_parameter() {
+        let mut s = session(false);
+        s.cfg.limits.max_errors = 10;
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<jörg@acme.example>"),
+            ["553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"]
+        );
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<jörg@bücher.example>"),
+            ["553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"]
+        );
+        line(&mut s, "RSET");
+        assert_eq!(
+            line(
+                &mut s,
+                "MAIL FROM:<jörg@acme.example> SMTPUTF8 BODY=8BITMIME"
+            ),
+            ["250 2.1.0 OK\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "RCPT TO:<jörg@Bücher.example>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        line(&mut s, "DATA");
+        let (_, actions) = s.on_data(b"\r\n.\r\n");
+        let Some(Action::Spool(m)) = actions.last() else {
+            panic!("expected a spool action, got {actions:?}");
+        };
+        assert_eq!(m.mail_from, "jörg@acme.example");
+        assert_eq!(m.rcpts, ["jörg@bücher.example"]);
+        // SMTPUTF8 belongs to one transaction.
+        s.spooled(Ok("00AB".into()));
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<jörg@bücher.example>"),
+            ["553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"]
+        );
+    }
+
+    #[test]
+    fn recipient_local_part_keeps_its_case_and_the_domain_is_lower_cased() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        line(&mut s, "MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            line(&mut s, "RCPT TO:<Bob.Smith@Dest.EXAMPLE>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        // The same mailbox again: no second recipient, no second limit check.
+        assert_eq!(
+            texts(&s.on_line(b"RCPT TO:<Bob.Smith@dest.example>")),
+            ["250 2.1.5 OK\r\n"]
+        );
+        // Another local part by case is another mailbox.
+        assert_eq!(
+            line(&mut s, "RCPT TO:<bob.smith@dest.example>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        line(&mut s, "DATA");
+        let (_, actions) = s.on_data(b"\r\n.\r\n");
+        let Some(Action::Spool(m)) = actions.last() else {
+            panic!("expected a spool action, got {actions:?}");
+        };
+        assert_eq!(
+            m.rcpts,
+            ["Bob.Smith@dest.example", "bob.smith@dest.example"]
+        );
+    }
+
+    #[test]
+    fn helo_names_must_be_printable_ascii() {
+        let mut s = session(false);
+        assert_eq!(
+            line(&mut s, "EHLO bad\x7fname"),
+            ["501 5.5.4 Syntax: EHLO hostname (a domain name or address literal)\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "HELO münchen.example"),
+            ["501 5.5.4 Syntax: EHLO hostname (a domain name or address literal)\r\n"]
+        );
+        // Printable but not a domain: accepted here, sanitised in `Received:`.
+        assert_eq!(
+            line(&mut s, "HELO evil;by(forged)"),
+            ["250 relay.acme.example\r\n"]
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_argument_syntax_errors() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example> SIZE=big"),
+            ["501 5.5.4 Syntax: SIZE=<number>\r\n"]
+        );
+        assert_eq!(
+            line(&mut s, "MAIL FROM:a@acme.example"),
+            ["501 5.5.4 Syntax: MAIL FROM:<address>\r\n"]
         );
     }
 }

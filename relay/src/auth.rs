@@ -1,16 +1,32 @@
 //! SMTP AUTH: decoding the PLAIN and LOGIN exchanges (pure) and verifying a password
-//! against the organization's argon2id PHC hashes (CPU-heavy, run on the blocking pool).
+//! against the organization's argon2id PHC hashes (CPU-heavy, run on a bounded pool).
 //!
 //! Credentials come from `organization.credentials_file`: one `address:PHC` line per user,
 //! blank lines and `#` comments ignored. They are loaded once per config generation.
-//! Not here: when AUTH is allowed (after TLS only; `session` enforces that).
+//!
+//! [`Credentials::verify`] answers a [`Verdict`]:
+//! - an unknown user costs the same as a known one: argon2 runs against a dummy hash with
+//!   the parameters of the real ones (those of the first line, or argon2's defaults), so
+//!   the reply time says nothing about which users exist;
+//! - argon2 runs on an [`Argon2Pool`]: at most one verification per CPU at a time, a few
+//!   more waiting, and [`Verdict::Busy`] beyond that (answer [`busy_reply`], `454 4.3.0`)
+//!   instead of a blocking thread and 19 MiB per attempt. All generations share one
+//!   process-wide pool, so a reload does not raise the bound.
+//!
+//! Not here: when AUTH is allowed (after TLS only; `session` enforces that), and how often a
+//! client may try (`auth_throttle`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::password_hash::{Output, ParamsString, Salt};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordVerifier, Version};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use tokio::sync::Semaphore;
+
+use crate::smtp::Reply;
 
 /// A malformed SASL exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,10 +83,165 @@ pub enum CredentialsError {
     },
 }
 
-/// The PHC hashes of one config generation.
-#[derive(Clone, Debug, Default)]
+/// The outcome of a password check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password is the user's: `235`.
+    Valid,
+    /// Wrong password or unknown user (indistinguishable by design): `535 5.7.8`.
+    Invalid,
+    /// The argon2 pool and its queue are full; nothing was checked: answer [`busy_reply`]
+    /// and do not count it as a failure.
+    Busy,
+}
+
+/// The reply to [`Verdict::Busy`].
+pub fn busy_reply() -> Reply {
+    Reply::new(454, "4.3.0 Authentication service busy, try again later")
+}
+
+/// The argon2 pool refused a job: every worker is busy and the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the password check pool is full")]
+pub struct PoolFull;
+
+/// A bounded pool for password checks: at most `workers` run at once (each on a blocking
+/// thread), at most `queue` more wait for a worker, and a job beyond that is refused at
+/// once. Cloning shares the pool.
+#[derive(Clone, Debug)]
+pub struct Argon2Pool {
+    /// Permits for jobs running or waiting: `workers + queue`.
+    admitted: Arc<Semaphore>,
+    /// Permits for jobs running: `workers`.
+    running: Arc<Semaphore>,
+    completed: Arc<AtomicU64>,
+}
+
+/// Waiting jobs allowed per worker in the default pool.
+pub const QUEUE_PER_WORKER: usize = 4;
+
+impl Argon2Pool {
+    /// A pool of `workers` (at least one) and `queue` waiting places.
+    pub fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        Self {
+            admitted: Arc::new(Semaphore::new(workers + queue)),
+            running: Arc::new(Semaphore::new(workers)),
+            completed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The process-wide pool: one worker per CPU
+    /// ([`std::thread::available_parallelism`]) and [`QUEUE_PER_WORKER`] waiting places
+    /// per worker.
+    pub fn shared() -> Self {
+        static SHARED: OnceLock<Argon2Pool> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Self::new(workers, workers * QUEUE_PER_WORKER)
+            })
+            .clone()
+    }
+
+    /// Admits `job` now, or refuses it with [`PoolFull`]; the returned future waits for a
+    /// worker and runs the job on it. Dropping the future before it finishes gives the
+    /// place back (a job already running keeps its worker until it returns). A job that
+    /// panics answers `false`.
+    pub fn try_run<F>(&self, job: F) -> Result<impl Future<Output = bool> + use<F>, PoolFull>
+    where
+        F: FnOnce() -> bool + Send + 'static,
+    {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PoolFull)?;
+        let running = self.running.clone();
+        let completed = self.completed.clone();
+        Ok(async move {
+            // The pool never closes its semaphores.
+            let Ok(worker) = running.acquire_owned().await else {
+                return false;
+            };
+            // The permits move into the blocking job, so they are held while it runs
+            // even if this future is dropped.
+            tokio::task::spawn_blocking(move || {
+                let _permits = (admitted, worker);
+                let answer = job();
+                completed.fetch_add(1, Ordering::Relaxed);
+                answer
+            })
+            .await
+            .unwrap_or(false)
+        })
+    }
+
+    /// Jobs run to the end so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+}
+
+/// The PHC hashes of one config generation, and the pool they are checked on.
+#[derive(Clone, Debug)]
 pub struct Credentials {
     hashes: Arc<HashMap<String, String>>,
+    /// Checked for unknown users: same algorithm and parameters as the real hashes.
+    dummy: Arc<str>,
+    pool: Argon2Pool,
+}
+
+impl Default for Credentials {
+    /// Nobody can authenticate.
+    fn default() -> Self {
+        Self {
+            hashes: Arc::default(),
+            dummy: dummy_phc(None).into(),
+            pool: Argon2Pool::shared(),
+        }
+    }
+}
+
+/// A salt for the dummy hash; its value does not matter, only the work it causes.
+const DUMMY_SALT: &str = "ZHVtbXlzYWx0ZHVtbXlzYWx0";
+
+/// A PHC string nobody's password matches, costing what `model` costs to check (argon2's
+/// defaults when there is no usable model).
+fn dummy_phc(model: Option<&str>) -> String {
+    let model = model
+        .and_then(|phc| PasswordHash::new(phc).ok())
+        .filter(|hash| {
+            Algorithm::try_from(hash.algorithm).is_ok() && Params::try_from(hash).is_ok()
+        });
+    let (algorithm, version, params, output_len) = match &model {
+        Some(hash) => (
+            hash.algorithm,
+            hash.version,
+            hash.params.clone(),
+            hash.hash.map_or(Params::DEFAULT_OUTPUT_LEN, |h| h.len()),
+        ),
+        None => (
+            Algorithm::default().ident(),
+            Some(Version::default().into()),
+            ParamsString::try_from(&Params::DEFAULT).unwrap_or_default(),
+            Params::DEFAULT_OUTPUT_LEN,
+        ),
+    };
+    let dummy = PasswordHash {
+        algorithm,
+        version,
+        params,
+        salt: Salt::from_b64(DUMMY_SALT).ok(),
+        hash: Output::new(&vec![0xA5; output_len]).ok(),
+    };
+    dummy.to_string()
+}
+
+/// True when `password` matches `phc` (argon2; the parameters come from the PHC string).
+fn check(phc: &str, password: &[u8]) -> bool {
+    PasswordHash::new(phc)
+        .is_ok_and(|hash| Argon2::default().verify_password(password, &hash).is_ok())
 }
 
 impl Credentials {
@@ -89,6 +260,7 @@ impl Credentials {
     /// Parses the file content; `path` is only used in messages.
     pub fn parse(path: &str, text: &str) -> Result<Self, CredentialsError> {
         let mut hashes = HashMap::new();
+        let mut first = None;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -103,27 +275,37 @@ impl Credentials {
                 .split_once(':')
                 .ok_or_else(|| err("expected address:PHC"))?;
             PasswordHash::new(phc).map_err(|_| err("not a PHC string"))?;
+            first.get_or_insert_with(|| phc.to_string());
             hashes.insert(user.trim().to_ascii_lowercase(), phc.to_string());
         }
         Ok(Self {
             hashes: Arc::new(hashes),
+            dummy: dummy_phc(first.as_deref()).into(),
+            pool: Argon2Pool::shared(),
         })
     }
 
-    /// True when `password` is the password of `identity`. Runs argon2 on the blocking pool.
-    pub async fn verify(&self, identity: &str, password: String) -> bool {
-        let Some(phc) = self.hashes.get(&identity.to_ascii_lowercase()).cloned() else {
-            return false;
+    /// The same credentials, checked on `pool` instead of the process-wide one.
+    pub fn with_pool(self, pool: Argon2Pool) -> Self {
+        Self { pool, ..self }
+    }
+
+    /// Checks `password` for `identity` (case-insensitive) on the pool. An unknown
+    /// identity runs the same argon2 work against the dummy hash and is [`Verdict::Invalid`].
+    pub async fn verify(&self, identity: &str, password: String) -> Verdict {
+        let (phc, known) = match self.hashes.get(&identity.to_ascii_lowercase()) {
+            Some(phc) => (Arc::<str>::from(phc.as_str()), true),
+            None => (self.dummy.clone(), false),
         };
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc).is_ok_and(|hash| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false)
+        let job = move || check(&phc, password.as_bytes()) && known;
+        let Ok(run) = self.pool.try_run(job) else {
+            return Verdict::Busy;
+        };
+        if run.await {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        }
     }
 }
 
@@ -145,18 +327,125 @@ mod tests {
         assert_eq!(decode_plain(&other), Err(SaslError::Plain));
     }
 
+    /// A PHC line with cheap parameters, so tests stay fast.
+    fn phc(password: &str, m_cost: u32) -> String {
+        let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+        let params = Params::new(m_cost, 1, 1, None).unwrap();
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    fn alice(m_cost: u32) -> Credentials {
+        let line = format!("# users\nalice@acme.example:{}\n", phc("right", m_cost));
+        Credentials::parse("creds", &line).unwrap()
+    }
+
     #[tokio::test]
     async fn verifies_argon2id_phc_lines() {
-        let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
-        let phc = Argon2::default()
-            .hash_password(b"right", &salt)
-            .unwrap()
-            .to_string();
-        let creds =
-            Credentials::parse("creds", &format!("# users\nalice@acme.example:{phc}\n")).unwrap();
-        assert!(creds.verify("Alice@acme.example", "right".into()).await);
-        assert!(!creds.verify("alice@acme.example", "wrong".into()).await);
-        assert!(!creds.verify("bob@acme.example", "right".into()).await);
+        let creds = alice(64);
+        assert_eq!(
+            creds.verify("Alice@acme.example", "right".into()).await,
+            Verdict::Valid
+        );
+        assert_eq!(
+            creds.verify("alice@acme.example", "wrong".into()).await,
+            Verdict::Invalid
+        );
+        assert_eq!(
+            creds.verify("bob@acme.example", "right".into()).await,
+            Verdict::Invalid
+        );
         assert!(Credentials::parse("creds", "alice@acme.example:plain").is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_users_run_argon2_like_known_ones() {
+        let pool = Argon2Pool::new(1, 4);
+        let creds = alice(64).with_pool(pool.clone());
+        assert_eq!(
+            creds.verify("alice@acme.example", "wrong".into()).await,
+            Verdict::Invalid
+        );
+        assert_eq!(pool.completed(), 1);
+        assert_eq!(
+            creds.verify("nobody@acme.example", "wrong".into()).await,
+            Verdict::Invalid
+        );
+        assert_eq!(pool.completed(), 2, "an unknown user must run argon2 too");
+        let nobody = Credentials::default().with_pool(pool.clone());
+        assert_eq!(
+            nobody.verify("alice@acme.example", "right".into()).await,
+            Verdict::Invalid
+        );
+        assert_eq!(pool.completed(), 3);
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let creds = alice(256);
+        let dummy = PasswordHash::new(&creds.dummy).unwrap();
+        let real = PasswordHash::new(&creds.hashes["alice@acme.example"]).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(Params::try_from(&dummy), Params::try_from(&real));
+        assert!(!check(&creds.dummy, b"right"));
+
+        let none = Credentials::default();
+        let dummy = PasswordHash::new(&none.dummy).unwrap();
+        assert_eq!(
+            Algorithm::try_from(dummy.algorithm),
+            Ok(Algorithm::default())
+        );
+        let params = Params::try_from(&dummy).unwrap();
+        let default = Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert_eq!(params.output_len(), Some(Params::DEFAULT_OUTPUT_LEN));
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_answers_busy() {
+        let pool = Argon2Pool::new(1, 1);
+        let creds = alice(64).with_pool(pool.clone());
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn(pool.try_run(move || gate.recv().is_ok()).unwrap());
+        let waiting = tokio::spawn(pool.try_run(|| true).unwrap());
+        assert_eq!(
+            creds.verify("alice@acme.example", "right".into()).await,
+            Verdict::Busy
+        );
+        assert_eq!(
+            creds.verify("nobody@acme.example", "right".into()).await,
+            Verdict::Busy
+        );
+        release.send(()).unwrap();
+        assert!(running.await.unwrap());
+        assert!(waiting.await.unwrap());
+        assert_eq!(pool.completed(), 2, "a busy answer runs nothing");
+        assert_eq!(
+            creds.verify("alice@acme.example", "right".into()).await,
+            Verdict::Valid
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_check_gives_its_place_back() {
+        let pool = Argon2Pool::new(1, 0);
+        let held = pool.try_run(|| true).unwrap();
+        assert!(pool.try_run(|| true).is_err());
+        drop(held);
+        assert!(pool.try_run(|| true).unwrap().await);
+    }
+
+    #[test]
+    fn busy_reply_is_a_transient_failure() {
+        assert_eq!(
+            busy_reply().to_string(),
+            "454 4.3.0 Authentication service busy, try again later\r\n"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_throttle;
 pub mod clock;
 pub mod config;
 pub mod delivery;

@@ -25,6 +25,9 @@ pub struct Metrics {
     config_info: Family<Labels, Gauge>,
     pub spool_depth: Gauge,
     pub spool_quarantined: Gauge,
+    pub auth_failures: Family<Labels, Counter>,
+    pub auth_lockouts: Family<Labels, Counter>,
+    pub auth_busy: Counter,
 }
 
 impl Default for Metrics {
@@ -48,6 +51,9 @@ impl Metrics {
             config_info: Family::default(),
             spool_depth: Gauge::default(),
             spool_quarantined: Gauge::default(),
+            auth_failures: Family::default(),
+            auth_lockouts: Family::default(),
+            auth_busy: Counter::default(),
         };
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(
@@ -95,6 +101,22 @@ impl Metrics {
             "Spool files found torn or unparsable at start and moved to quarantine/",
             m.spool_quarantined.clone(),
         );
+        registry.register(
+            "auth_failures",
+            "Failed SMTP AUTH attempts, by reason (invalid: wrong credentials; locked_out: \
+             refused during a lockout without checking)",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_lockouts",
+            "AUTH lockouts started, by scope (ip or user)",
+            m.auth_lockouts.clone(),
+        );
+        registry.register(
+            "auth_busy",
+            "AUTH attempts answered 454 4.3.0 because the password check pool was full",
+            m.auth_busy.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -131,11 +153,44 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed AUTH attempt: `invalid` (wrong credentials; unknown users are not
+    /// told apart, so the metric holds no list of valid names) or `locked_out`.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a lockout started on `scope` (`ip` or `user`, see `auth_throttle::Scope`).
+    pub fn auth_lockout(&self, scope: &str) {
+        self.auth_lockouts
+            .get_or_create(&vec![("scope".to_string(), scope.to_string())])
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_failures_lockouts_and_busy_are_exported() {
+        let m = Metrics::new();
+        m.auth_failure("invalid");
+        m.auth_failure("invalid");
+        m.auth_lockout("user");
+        m.auth_busy.inc();
+        let text = m.render();
+        assert!(text.contains("relay_auth_failures_total{reason=\"invalid\"} 2"));
+        assert!(text.contains("relay_auth_lockouts_total{scope=\"user\"} 1"));
+        assert!(text.contains("relay_auth_busy_total 1"));
     }
 }

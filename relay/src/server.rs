@@ -559,7 +559,8 @@ impl Conn<'_> {
                         .generation
                         .credentials
                         .verify(&identity, password)
-                        .await;
+                        .await
+                        == crate::auth::Verdict::Valid;
                     tracing::info!(client = %session.client_ip(), %identity, ok, "SMTP AUTH");
                     queue.extend(session.auth_result(identity, ok));
                 }

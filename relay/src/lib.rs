@@ -58,6 +58,8 @@ pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     /// Limit counters; `None` builds the store named by `config.limit_store`.
     pub limit_store: Option<Arc<dyn LimitStore>>,
+    /// AUTH throttling (delays and lockouts after failures).
+    pub auth_throttle: auth_throttle::ThrottleConfig,
 }
 
 impl Default for StartOptions {
@@ -65,6 +67,7 @@ impl Default for StartOptions {
         Self {
             clock: Arc::new(SystemClock),
             limit_store: None,
+            auth_throttle: auth_throttle::ThrottleConfig::default(),
         }
     }
 }
@@ -183,6 +186,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         opts.clock,
         metrics.clone(),
         accepted,
+        auth_throttle::AuthThrottle::new(opts.auth_throttle.clone()),
     ));
 
     let smtp = bind("smtp", listeners.smtp).await?;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub accepted: broadcast::Sender<Envelope>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     total: AtomicU32,
+    /// AUTH failures per client and per user, across sessions and generations.
+    pub auth_throttle: crate::auth_throttle::AuthThrottle,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         accepted: broadcast::Sender<Envelope>,
+        auth_throttle: crate::auth_throttle::AuthThrottle,
     ) -> Self {
         Self {
             current: ArcSwap::from_pointee(generation),
@@ -82,6 +85,7 @@ impl Shared {
             accepted,
             per_ip: Mutex::new(HashMap::new()),
             total: AtomicU32::new(0),
+            auth_throttle,
         }
     }
 
@@ -507,6 +511,57 @@ impl Conn<'_> {
         }
     }
 
+    /// One AUTH attempt: the throttle first (delay or lockout), then the password check
+    /// on the bounded pool, against the credentials in force now.
+    async fn authenticate(
+        &mut self,
+        session: &mut Session,
+        identity: String,
+        password: String,
+    ) -> Vec<Action> {
+        use crate::auth::Verdict;
+        use crate::auth_throttle::{Decision, lockout_reply};
+        let shared = self.shared;
+        let ip = session.client_ip();
+        match shared
+            .auth_throttle
+            .check(ip, &identity, shared.clock.now())
+        {
+            Decision::LockedOut { scope, .. } => {
+                shared.metrics.auth_failure("locked_out");
+                tracing::info!(client = %ip, %identity, scope = scope.label(), result = "locked out", "SMTP AUTH");
+                return session.auth_not_checked(lockout_reply());
+            }
+            Decision::Delay(d) => tokio::time::sleep(d).await,
+            Decision::Allow => {}
+        }
+        let credentials = self.shared.current.load().credentials.clone();
+        match credentials.verify(&identity, password).await {
+            Verdict::Valid => {
+                shared.auth_throttle.record_success(&identity);
+                tracing::info!(client = %ip, %identity, result = "ok", "SMTP AUTH");
+                session.auth_result(identity, true)
+            }
+            Verdict::Invalid => {
+                shared.metrics.auth_failure("invalid");
+                for scope in shared
+                    .auth_throttle
+                    .record_failure(ip, &identity, shared.clock.now())
+                {
+                    shared.metrics.auth_lockout(scope.label());
+                    tracing::warn!(client = %ip, %identity, scope = scope.label(), "AUTH lockout started");
+                }
+                tracing::info!(client = %ip, %identity, result = "invalid", "SMTP AUTH");
+                session.auth_result(identity, false)
+            }
+            Verdict::Busy => {
+                shared.metrics.auth_busy.inc();
+                tracing::warn!(client = %ip, "AUTH refused: the password check pool is full");
+                session.auth_not_checked(crate::auth::busy_reply())
+            }
+        }
+    }
+
     /// Puts the configuration in force now into the session, between transactions.
     fn refresh(&mut self, session: &mut Session) {
         let current = self.shared.current.load();
@@ -555,14 +610,7 @@ impl Conn<'_> {
                 Action::Close => return Flow::Close,
                 Action::StartTls => return Flow::StartTls,
                 Action::VerifyAuth { identity, password } => {
-                    let ok = self
-                        .generation
-                        .credentials
-                        .verify(&identity, password)
-                        .await
-                        == crate::auth::Verdict::Valid;
-                    tracing::info!(client = %session.client_ip(), %identity, ok, "SMTP AUTH");
-                    queue.extend(session.auth_result(identity, ok));
+                    queue.extend(self.authenticate(session, identity, password).await);
                 }
                 Action::CheckRcpt {
                     tx,

@@ -646,6 +646,13 @@ impl Session {
         }
     }
 
+    /// The credentials were not checked (a lockout, or the check pool is full): `r` says
+    /// why. Counts as an error, so a client cannot loop on it.
+    pub fn auth_not_checked(&mut self, r: Reply) -> Vec<Action> {
+        self.mode = Mode::Command;
+        self.error(r)
+    }
+
     /// The credential check's answer.
     pub fn auth_result(&mut self, identity: String, ok: bool) -> Vec<Action> {
         self.mode = Mode::Command;
@@ -929,7 +936,7 @@ mod tests {
             ["250 2.1.5 OK\r\n"]
         );
         line(&mut s, "DATA");
-        let (_, actions) = s.on_data(b"\r\n.\r\n");
+        let (_, actions) = s.on_data(b"\r\n.\r\n", &mut Vec::new());
         let Some(Action::Spool(m)) = actions.last() else {
             panic!("expected a spool action, got {actions:?}");
         };
@@ -964,7 +971,7 @@ mod tests {
             ["250 2.1.5 OK\r\n"]
         );
         line(&mut s, "DATA");
-        let (_, actions) = s.on_data(b"\r\n.\r\n");
+        let (_, actions) = s.on_data(b"\r\n.\r\n", &mut Vec::new());
         let Some(Action::Spool(m)) = actions.last() else {
             panic!("expected a spool action, got {actions:?}");
         };

@@ -496,3 +496,122 @@ async fn a_35_mb_message_is_streamed_to_the_spool_and_an_oversized_one_leaves_no
     assert_eq!(relay.spool().depth(), 1);
     relay.shutdown().await;
 }
+
+async fn auth_from(
+    relay: &RelayHandle,
+    cert_der: &[u8],
+    src: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let tcp = connect_tcp_from(src, relay.smtps_addr()).await;
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = connector(cert_der).connect(name, tcp).await.unwrap();
+    let mut c = Client {
+        io: BufReader::new(tls),
+    };
+    c.reply().await;
+    c.cmd("EHLO client.acme.example").await;
+    let token = STANDARD.encode(format!("\0{user}\0{password}"));
+    c.cmd(&format!("AUTH PLAIN {token}")).await
+}
+
+/// Reconnecting does not reset the count: failures for one user, from any address, slow
+/// down and then lock the user out (even with the right password), while another user is
+/// served; an unknown user gets exactly the reply a wrong password gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_auth_failures_lock_the_user_out_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, cert_der) = tls_files(dir.path());
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "alice@acme.example:{}\nbob@acme.example:{}\n",
+            phc("alice's secret"),
+            phc("bob's secret")
+        ),
+    )
+    .unwrap();
+    let mut cfg = held(dir.path());
+    cfg.tls = Some(tls);
+    cfg.organization.credentials_file = Some(credentials.to_string_lossy().into_owned());
+    let throttle = relay::auth_throttle::ThrottleConfig {
+        first_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+        ..Default::default()
+    };
+    assert_eq!(throttle.user_lockout_failures, 5);
+    let relay = relay::start(
+        cfg,
+        StartOptions {
+            auth_throttle: throttle,
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    const INVALID: &str = "535 5.7.8 Authentication credentials invalid";
+    const LOCKED: &str = "454 4.7.0 Too many authentication failures, try again later";
+    assert_eq!(
+        auth_from(&relay, &cert_der, "127.0.0.2", "nobody@acme.example", "x").await,
+        INVALID,
+        "an unknown user is answered like a wrong password"
+    );
+    for (i, src) in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            auth_from(&relay, &cert_der, src, "bob@acme.example", "guess").await,
+            INVALID,
+            "guess {i}"
+        );
+    }
+    assert_eq!(
+        auth_from(
+            &relay,
+            &cert_der,
+            "127.0.0.7",
+            "bob@acme.example",
+            "bob's secret"
+        )
+        .await,
+        LOCKED
+    );
+    assert_eq!(
+        auth_from(
+            &relay,
+            &cert_der,
+            "127.0.0.8",
+            "alice@acme.example",
+            "alice's secret"
+        )
+        .await,
+        "235 2.7.0 Authentication successful"
+    );
+    let text = {
+        let mut s = TcpStream::connect(relay.admin_addr()).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    assert!(
+        text.contains("relay_auth_lockouts_total{scope=\"user\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay_auth_failures_total{reason=\"locked_out\"} 1"),
+        "{text}"
+    );
+    relay.shutdown().await;
+}

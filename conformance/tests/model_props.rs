@@ -387,7 +387,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         config,
         StartOptions {
             clock: clock.clone(),
-            limit_store: None,
+            ..StartOptions::default()
         },
     )
     .await
@@ -449,7 +449,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             sink.messages().into_iter().map(move |m| Delivery {
                 destination: Destination::Route(name.clone()),
                 mail_from: m.mail_from,
-                rcpts: m.rcpt_to.iter().map(|r| r.to_ascii_lowercase()).collect(),
+                rcpts: m.rcpt_to.clone(),
             })
         })
         .map(normalize)

@@ -92,7 +92,8 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--messages" => a.messages = num(value()?)?.max(1),
             "--size" => a.size = num(value()?)?.max(1),
             "--recipients" => a.recipients = num(value()?)?.clamp(1, 100),
-            "--rounds" => a.rounds = num(value()?)?.max(1),
+            // 0 skips the side-by-side throughput rounds (memory and reload only).
+            "--rounds" => a.rounds = num(value()?)?,
             "--per-connection" => a.per_connection = num(value()?)?.max(1),
             "--idle-sessions" => a.idle_sessions = num(value()?)?,
             "--big-sessions" => a.big_sessions = num(value()?)?,
@@ -392,10 +393,15 @@ async fn bench(args: Args) -> Result<(), String> {
             "not run".into()
         }
     );
-    let sink = Sink::start()?;
     let mut ours_runs = Vec::new();
     let mut pf_runs = Vec::new();
-    for round in 1..=args.rounds {
+    let sink = if args.rounds > 0 {
+        Some(Sink::start()?)
+    } else {
+        None
+    };
+    for round in (1..=args.rounds).filter(|_| sink.is_some()) {
+        let Some(sink) = &sink else { break };
         let mut order = vec![System::Ours];
         if args.postfix {
             // Alternate who goes first, so neither always gets the quieter half.
@@ -406,7 +412,7 @@ async fn bench(args: Args) -> Result<(), String> {
             }
         }
         for system in order {
-            let run = run_system(system, &args, &sink).await?;
+            let run = run_system(system, &args, sink).await?;
             print_run(system, round, &run);
             match system {
                 System::Ours => ours_runs.push(run),
@@ -415,7 +421,9 @@ async fn bench(args: Args) -> Result<(), String> {
         }
     }
     drop(sink);
-    print_table(&args, &ours_runs, &pf_runs);
+    if args.rounds > 0 {
+        print_table(&args, &ours_runs, &pf_runs);
+    }
 
     if args.idle_sessions > 0 {
         let spool = args.work_dir.join("spool-idle");

@@ -12,6 +12,7 @@ pub mod auth_throttle;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod envelope;
 pub mod generation;
 pub mod limits;
 pub mod limits_redis;

@@ -26,6 +26,9 @@
 //! spool's own files are flushed: a whole-filesystem `syncfs` would also wait for every
 //! other writer's dirty data on a shared volume.
 //!
+//! The envelope type ([`Envelope`], [`QueueId`]) lives in `envelope`, shared with the
+//! session driver and delivery.
+//!
 //! Not here: what happens to a message next (delivery takes it from the accepted-message
 //! channel and [`Spool::list`]), limits or policy.
 
@@ -33,16 +36,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use crate::envelope::{BadQueueId, Envelope, QueueId};
 use crate::smtp::Reply;
 
 const MAGIC: &str = "RELAYSPOOL1";
@@ -63,67 +64,6 @@ const SYNC_THREADS: usize = 8;
 /// instead of waiting, so a message waits for about one flush, not up to two.
 const WRITERS: usize = 4;
 
-/// A queue id: microseconds since the epoch, bumped to stay unique, so ids sort in
-/// arrival order. Printed as 16 upper-case hex digits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct QueueId(u64);
-
-impl fmt::Display for QueueId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016X}", self.0)
-    }
-}
-
-impl FromStr for QueueId {
-    type Err = SpoolError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 16 {
-            return Err(SpoolError::BadId(s.to_string()));
-        }
-        u64::from_str_radix(s, 16)
-            .map(QueueId)
-            .map_err(|_| SpoolError::BadId(s.to_string()))
-    }
-}
-
-impl From<QueueId> for String {
-    fn from(id: QueueId) -> String {
-        id.to_string()
-    }
-}
-
-impl TryFrom<String> for QueueId {
-    type Error = SpoolError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-/// Everything about a message except its bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Envelope {
-    pub queue_id: QueueId,
-    /// Envelope sender after any rewrite; `""` is the null sender.
-    pub mail_from: String,
-    /// The sender the client gave, when it was rewritten to `postmaster@`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original_mail_from: Option<String>,
-    pub rcpts: Vec<String>,
-    pub client_ip: IpAddr,
-    /// HELO/EHLO name.
-    pub helo: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth_identity: Option<String>,
-    /// `"TLSv1_3 TLS13_AES_256_GCM_SHA384"` style, when the client used TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<String>,
-    pub received_at: SystemTime,
-    /// Message size in bytes (after the `Received:` header was added).
-    pub size: u64,
-}
-
 /// Spool failures; each maps to one SMTP reply through [`SpoolError::reply`].
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -133,8 +73,8 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("spool file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{0} is not a queue id")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] BadQueueId),
     #[error("no message {0} in the spool")]
     NotFound(QueueId),
     #[error("the spool writer has stopped")]
@@ -833,15 +773,7 @@ impl crate::delivery::queue::MessageStore for Spool {
     fn read(&self, queue_id: &str) -> io::Result<crate::delivery::queue::StoredMessage> {
         let id = parse_id(queue_id)?;
         let (envelope, data) = Spool::read(self, id).map_err(into_io)?;
-        Ok(crate::delivery::queue::StoredMessage {
-            envelope: crate::delivery::queue::Envelope {
-                queue_id: queue_id.to_string(),
-                mail_from: envelope.mail_from,
-                rcpt_to: envelope.rcpts,
-                received_at: envelope.received_at,
-            },
-            data,
-        })
+        Ok(crate::delivery::queue::StoredMessage { envelope, data })
     }
 
     fn enqueue(
@@ -851,19 +783,13 @@ impl crate::delivery::queue::MessageStore for Spool {
         data: &[u8],
         received_at: SystemTime,
     ) -> io::Result<String> {
-        let envelope = Envelope {
-            queue_id: self.new_id(),
-            mail_from: mail_from.to_string(),
-            original_mail_from: None,
-            rcpts: rcpt_to.to_vec(),
-            // Generated here (a DSN), not received from a client.
-            client_ip: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            helo: String::new(),
-            auth_identity: None,
-            tls: None,
+        let envelope = Envelope::generated(
+            self.new_id(),
+            mail_from,
+            rcpt_to,
             received_at,
-            size: data.len() as u64,
-        };
+            data.len() as u64,
+        );
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("no runtime to write the spool: {e}")))?;
         let id = runtime

@@ -39,18 +39,7 @@ use super::pool::HostPool;
 use super::retry::{RetryDecision, RetrySchedule};
 use super::route::{RouteChoice, RouteTable, group_by_table, resolve_choice};
 
-/// The envelope of a spooled message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The spool's id of the message; safe as a file name.
-    pub queue_id: String,
-    /// Envelope sender; empty for the null sender `<>`.
-    pub mail_from: String,
-    /// Envelope recipients.
-    pub rcpt_to: Vec<String>,
-    /// When the relay accepted the message.
-    pub received_at: SystemTime,
-}
+pub use crate::envelope::{Envelope, QueueId};
 
 /// A spooled message: envelope and raw content (CRLF lines, as received after DATA).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +59,8 @@ pub struct StoredMessage {
 /// impl MessageStore for Spool {
 ///     fn list(&self) -> io::Result<Vec<String>> { self.queue_ids() }
 ///     fn read(&self, id: &str) -> io::Result<StoredMessage> {
-///         let (env, data) = self.load(id)?;
-///         Ok(StoredMessage { envelope: Envelope { queue_id: id.into(), mail_from: env.from,
-///             rcpt_to: env.rcpts, received_at: env.received }, data })
+///         let (envelope, data) = self.load(id)?;
+///         Ok(StoredMessage { envelope, data })
 ///     }
 ///     fn enqueue(&self, from: &str, rcpt: &[String], data: &[u8], at: SystemTime)
 ///         -> io::Result<String> { self.store_fsynced(from, rcpt, data, at) }
@@ -176,7 +164,7 @@ impl MessageState {
             attempts: 0,
             next_attempt_unix: unix(now),
             recipients: envelope
-                .rcpt_to
+                .rcpts
                 .iter()
                 .map(|r| (r.clone(), RecipientState::Pending { last_error: None }))
                 .collect(),
@@ -842,7 +830,7 @@ impl<S: MessageStore> Inner<S> {
             .collect();
         let dsn = build_dsn(&BounceReport {
             reporting_mta: &self.hostname,
-            queue_id: &envelope.queue_id,
+            queue_id: &envelope.queue_id.to_string(),
             arrival: envelope.received_at,
             now,
             original_sender: &envelope.mail_from,
@@ -906,13 +894,24 @@ impl DirectoryStore {
         })
     }
 
-    fn new_id(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
+    fn new_id(&self) -> QueueId {
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
+            .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        format!("{nanos:x}-{}-{n}", std::process::id())
+        let mut prev = self.counter.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.counter.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return QueueId(next),
+                Err(p) => prev = p,
+            }
+        }
     }
 }
 
@@ -949,13 +948,14 @@ impl MessageStore for DirectoryStore {
         data: &[u8],
         received_at: SystemTime,
     ) -> io::Result<String> {
-        let queue_id = self.new_id();
-        let envelope = Envelope {
-            queue_id: queue_id.clone(),
-            mail_from: mail_from.to_string(),
-            rcpt_to: rcpt_to.to_vec(),
+        let envelope = Envelope::generated(
+            self.new_id(),
+            mail_from,
+            rcpt_to,
             received_at,
-        };
+            data.len() as u64,
+        );
+        let queue_id = envelope.queue_id.to_string();
         write_atomic(&self.dir, &format!("{queue_id}.eml"), data)?;
         let env = serde_json::to_vec(&envelope).map_err(io::Error::other)?;
         // The envelope is written last: a message without one is not listed.

@@ -419,7 +419,6 @@ impl LimitStore for MemoryLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use std::time::Duration;
 
     fn limits(msgs: u64, uniq: u64, day: u64, peak: u64) -> LimitsConfig {
@@ -582,91 +581,5 @@ mod tests {
             1,
             "only the sender with a reservation is kept"
         );
-    }
-
-    #[derive(Clone, Debug)]
-    enum Op {
-        /// Transaction `tx` of user `user` asks for recipient `rcpt`.
-        Rcpt { tx: u8, user: u8, rcpt: u8 },
-        /// Transaction `tx`'s message is spooled.
-        Commit { tx: u8 },
-        /// Transaction `tx` ends without a message.
-        Release { tx: u8 },
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            4 => (0..8u8, 0..3u8, 0..12u8).prop_map(|(tx, user, rcpt)| Op::Rcpt { tx, user, rcpt }),
-            1 => (0..8u8).prop_map(|tx| Op::Commit { tx }),
-            1 => (0..8u8).prop_map(|tx| Op::Release { tx }),
-        ]
-    }
-
-    proptest! {
-        /// Any interleaving of many concurrent transactions: what is committed never
-        /// exceeds any limit by even one, and once every transaction has ended the store
-        /// answers exactly as the committed counts say (no leaked reservation).
-        #[test]
-        fn no_interleaving_exceeds_a_limit(
-            ops in proptest::collection::vec(op(), 1..200),
-            msgs in 1..6u64, uniq in 1..8u64, day in 1..20u64, peak in 1..15u64,
-        ) {
-            let s = MemoryLimitStore::new();
-            let l = limits(msgs, uniq, day, peak);
-            let now = UNIX_EPOCH + Duration::from_secs(60_000);
-            // tx slot -> (generation, user, recipients so far)
-            let mut open: HashMap<u8, (u64, String, Vec<String>)> = HashMap::new();
-            let mut generation = 0u64;
-            let mut customer = 0u64;
-            let mut user_msgs: HashMap<String, u64> = HashMap::new();
-            let mut user_rcpts: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::Rcpt { tx, user, rcpt } => {
-                        let entry = open.entry(tx).or_insert_with(|| {
-                            generation += 1;
-                            (generation, format!("u{user}"), Vec::new())
-                        });
-                        let rcpt = format!("r{rcpt}@x");
-                        if entry.2.contains(&rcpt) {
-                            continue;
-                        }
-                        let hit = check(&s, now, &l, TxId(entry.0), &entry.1.clone(), &rcpt, &entry.2.clone());
-                        if hit.is_none() {
-                            entry.2.push(rcpt);
-                        }
-                    }
-                    Op::Commit { tx } => {
-                        if let Some((id, user, rcpts)) = open.remove(&tx) {
-                            if rcpts.is_empty() { continue; }
-                            commit(&s, now, TxId(id), &user, &rcpts);
-                            customer += rcpts.len() as u64;
-                            *user_msgs.entry(user.clone()).or_default() += 1;
-                            user_rcpts.entry(user).or_default().extend(rcpts);
-                        }
-                    }
-                    Op::Release { tx } => {
-                        if let Some((id, user, rcpts)) = open.remove(&tx) {
-                            s.release_now(&Release { now, tx: TxId(id), user: &user, rcpts: &rcpts });
-                        }
-                    }
-                }
-                prop_assert!(customer <= day.min(peak), "customer {customer} > {day}/{peak}");
-                for (u, n) in &user_msgs {
-                    prop_assert!(*n <= msgs, "{u} sent {n} > {msgs}");
-                }
-                for (u, r) in &user_rcpts {
-                    prop_assert!(r.len() as u64 <= uniq, "{u} reached {} > {uniq}", r.len());
-                }
-            }
-            for (_, (id, user, rcpts)) in open.drain() {
-                s.release_now(&Release { now, tx: TxId(id), user: &user, rcpts: &rcpts });
-            }
-            prop_assert_eq!(s.open_transactions(), 0);
-            // Exactness: with nothing reserved, a fresh user's first recipient passes iff
-            // the customer has room.
-            let fresh = check(&s, now, &l, TxId(u64::MAX), "fresh", "new@x", &[]);
-            prop_assert_eq!(fresh.is_none(), customer < day.min(peak));
-        }
     }
 }

@@ -1,5 +1,6 @@
 //! `relayctl run`: the quickstart relays to a local sink, and editing a manifest changes
-//! the policy for new sessions without a restart while an open session finishes.
+//! the policy for new sessions without a restart while an open session finishes; editing
+//! only a Secret (a user removed from the AUTH credentials) is a new configuration too.
 
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const QUICKSTART: &str = include_str!("../../examples/quickstart/relay.yaml");
+const SMTP_AUTH: &str = include_str!("../../examples/applications-smtp-auth/relay.yaml");
 
 struct Running {
     child: Child,
@@ -223,4 +225,97 @@ async fn an_invalid_edit_keeps_the_running_configuration() {
     )
     .unwrap();
     run.wait_for("configuration generation 2 in force");
+}
+
+/// AUTH PLAIN on the implicit-TLS port, trusting the certificate `relayctl run` made.
+async fn auth_plain(smtps: SocketAddr, cert_pem: &[u8], user: &str, password: &str) -> String {
+    use base64::Engine;
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &cert_pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(smtps).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(tls);
+    let mut r = BufReader::new(r);
+    async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all.trim_end().to_string();
+            }
+        }
+    }
+    assert!(reply(&mut r).await.starts_with("220 "));
+    w.write_all(b"EHLO app.acme.example\r\n").await.unwrap();
+    assert!(reply(&mut r).await.starts_with("250"));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    w.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())
+        .await
+        .unwrap();
+    reply(&mut r).await
+}
+
+#[tokio::test]
+async fn a_user_removed_from_the_credentials_secret_cannot_log_in_after_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("manifests")).unwrap();
+    let manifest = dir.path().join("manifests/relay.yaml");
+    std::fs::write(&manifest, SMTP_AUTH).unwrap();
+    let run = spawn_run(dir.path());
+    let smtps: SocketAddr = run
+        .wait_for("  smtps ")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    run.wait_for("configuration generation 1 in force");
+    let cert = std::fs::read(dir.path().join("state/tls/self-signed.crt")).unwrap();
+    assert_eq!(
+        auth_plain(smtps, &cert, "ticketing@acme.example", "app-secret-2").await,
+        "235 2.7.0 Authentication successful"
+    );
+    // The ticketing application's password leaked: its line goes from the Secret. No
+    // other field of any manifest changes.
+    let ticketing = SMTP_AUTH
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("ticketing@acme.example:$argon2id")
+        })
+        .unwrap();
+    std::fs::write(&manifest, SMTP_AUTH.replace(&format!("{ticketing}\n"), "")).unwrap();
+    run.wait_for("credentials changed");
+    let line = run.wait_for("configuration generation 2 in force");
+    assert!(!line.contains("argon2"), "{line}");
+    assert_eq!(
+        auth_plain(smtps, &cert, "ticketing@acme.example", "app-secret-2").await,
+        "535 5.7.8 Authentication credentials invalid"
+    );
+    assert_eq!(
+        auth_plain(
+            smtps,
+            &cert,
+            "alice@acme.example",
+            "correct horse battery staple"
+        )
+        .await,
+        "235 2.7.0 Authentication successful"
+    );
 }

@@ -18,6 +18,7 @@ use crate::common::{Condition, SecretRef};
     cel,
     derive = "PartialEq",
     status = "OrganizationStatus",
+    validation = kube::core::Rule::new(r"size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an Organization's name must be a DNS label (at most 63 lowercase letters, digits and '-', no dots): it names the relay's Service and labels its pods"),
     shortname = "smtporg",
     category = "smtprelay",
     doc = "An organization's SMTP relay instance: domains, users, licences and relay workload",
@@ -168,6 +169,11 @@ pub struct RelaySpec {
     /// Spool volume (default: an emptyDir; set a size for a PersistentVolumeClaim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
+    /// Networks (CIDRs) allowed to reach the SMTP ports; empty means anywhere. The admin
+    /// port is only ever open to the operator's and the monitoring namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry of relay.allowedClientCidrs must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))]
+    pub allowed_client_cidrs: Vec<String>,
     /// Where rate-limit counters live (default Memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_store: Option<LimitStoreSpec>,

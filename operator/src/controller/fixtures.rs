@@ -203,7 +203,9 @@ where
 }
 
 /// The parts of an API path: `(group, namespace, resource, name, subresource)`.
-fn parse(path: &str) -> Option<(String, String, String, Option<String>, Option<String>)> {
+type PathParts = (String, String, String, Option<String>, Option<String>);
+
+fn parse(path: &str) -> Option<PathParts> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {
         ["api", _version, rest @ ..] => (String::new(), rest),

@@ -389,12 +389,9 @@ mod tests {
 
     /// A mock API server for the Lease: answers from `answers` in order (`None`: never
     /// answer, a hung request); returns the `(method, path, body)` of each request.
-    fn server(
-        answers: Vec<Option<(u16, Value)>>,
-    ) -> (
-        kube::Client,
-        tokio::task::JoinHandle<Vec<(String, String, Value)>>,
-    ) {
+    type Seen = tokio::task::JoinHandle<Vec<(String, String, Value)>>;
+
+    fn server(answers: Vec<Option<(u16, Value)>>) -> (kube::Client, Seen) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();

@@ -242,13 +242,19 @@ pub struct SpoolSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Redis' || (has(self.url) && self.url.startsWith('redis'))").message("limitStore type Redis needs a url such as redis://redis:6379"))]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Memory' || !has(self.url)").message("limitStore type Memory takes no url"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.url) || !self.url.contains('@')").message("limitStore.url must not carry credentials (it ends up in the relay's ConfigMap); put the Redis password in a Secret and name it in limitStore.passwordSecretRef"))]
+#[x_kube(validation = kube::core::Rule::new("self.type == 'Redis' || !has(self.passwordSecretRef)").message("limitStore.passwordSecretRef is only for type Redis"))]
 pub struct LimitStoreSpec {
     /// `Memory` (one replica) or `Redis` (shared by replicas).
     #[serde(rename = "type")]
     pub kind: LimitStoreKind,
-    /// Redis URL, for `type: Redis`.
+    /// Redis URL, for `type: Redis`, without credentials (`redis://host:6379/0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A Secret whose key `password` holds the Redis password. It is mounted into the
+    /// relay pods; it never appears in the spec, the ConfigMap or status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretRef>,
 }
 
 /// Kind of limit store.

@@ -47,3 +47,40 @@ fn secret_references_are_valid_secret_names() {
         );
     }
 }
+
+fn with_store(store: &str) -> Organization {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: Organization
+metadata: {{name: acme, namespace: acme}}
+spec:
+  domains: [acme.example]
+  licenses: 1
+  relay: {{replicas: 2, limitStore: {store}}}
+"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_redis_password_comes_from_a_secret_never_from_the_url() {
+    let ok = "{type: Redis, url: 'redis://redis:6379/0', passwordSecretRef: {name: redis-auth}}";
+    assert_eq!(validate_object(&with_store(ok)), Ok(()));
+    let in_url = "{type: Redis, url: 'redis://:hunter2@redis:6379/0'}";
+    let errors = validate_object(&with_store(in_url)).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("limitStore.url must not carry credentials")),
+        "{errors:?}"
+    );
+    let memory = "{type: Memory, passwordSecretRef: {name: redis-auth}}";
+    let errors = validate_object(&with_store(memory)).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("passwordSecretRef is only for type Redis")),
+        "{errors:?}"
+    );
+}

@@ -352,6 +352,14 @@ async fn referenced_secrets(
     let mut names = BTreeSet::new();
     names.extend(org.spec.relay.tls_secret_ref.iter().map(|r| r.name.clone()));
     names.extend(org.spec.auth_secret_ref.iter().map(|r| r.name.clone()));
+    names.extend(
+        org.spec
+            .relay
+            .limit_store
+            .iter()
+            .filter_map(|s| s.password_secret_ref.as_ref())
+            .map(|r| r.name.clone()),
+    );
     for r in routes {
         names.extend(
             r.spec

@@ -26,7 +26,10 @@ fn redis_config(
 ) -> RelayConfig {
     // Delivery goes to a closed port: accepted mail stays in the spool to be counted.
     let mut cfg = config(dir, 9);
-    cfg.limit_store = LimitStoreConfig::Redis { url: redis.url() };
+    cfg.limit_store = LimitStoreConfig::Redis {
+        url: redis.url(),
+        password_file: None,
+    };
     set(&mut cfg.limits);
     cfg
 }
@@ -335,6 +338,7 @@ async fn a_relay_starts_while_redis_is_down_and_answers_451() {
     let mut cfg = config(&dir.path().join("spool"), 9);
     cfg.limit_store = LimitStoreConfig::Redis {
         url: format!("redis://127.0.0.1:{port}/"),
+        password_file: None,
     };
     let relay = start(cfg, &clock).await;
     let mut c = ehlo(relay.smtp_addr()).await;

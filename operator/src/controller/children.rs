@@ -83,6 +83,8 @@ pub enum SecretUse {
     Auth,
     /// A route's `tls.trustedCaSecretRef`: `ca.crt`.
     Ca,
+    /// `relay.limitStore.passwordSecretRef`: `password`.
+    RedisPassword,
 }
 
 /// A Secret the relay pods mount.
@@ -113,6 +115,15 @@ pub fn mounted_secrets(
     }
     if let Some(r) = &org.spec.auth_secret_ref {
         add(SecretUse::Auth, &r.name);
+    }
+    if let Some(r) = org
+        .spec
+        .relay
+        .limit_store
+        .as_ref()
+        .and_then(|s| s.password_secret_ref.as_ref())
+    {
+        add(SecretUse::RedisPassword, &r.name);
     }
     for route in routes {
         if route.namespace() != org.namespace() {
@@ -447,6 +458,11 @@ fn deployment(
                 format!("{}/{}", env.ca_dir, m.name),
                 &["ca.crt"],
             ),
+            SecretUse::RedisPassword => {
+                let file = env.redis_password_file();
+                let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+                ("redis".into(), dir.to_string(), &["password"])
+            }
         };
         volumes.push(Volume {
             name: volume.clone(),

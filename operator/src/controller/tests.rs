@@ -816,6 +816,67 @@ async fn a_forbidden_load_balancer_is_not_created() {
     );
 }
 
+#[tokio::test]
+async fn the_redis_password_is_mounted_from_its_secret_and_never_in_the_config_map() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.limit_store = Some(crds::LimitStoreSpec {
+        kind: crds::LimitStoreKind::Redis,
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: Some(crds::SecretRef {
+            name: "redis-auth".into(),
+        }),
+    });
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("redis-auth".into());
+    secret.metadata.namespace = Some("acme".into());
+    secret.data = Some(
+        [(
+            "password".to_string(),
+            k8s_openapi::ByteString(b"hunter2".to_vec()),
+        )]
+        .into(),
+    );
+    world.secrets.push(secret);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(lines(&log).contains(&"GET /api/v1/namespaces/acme/secrets/redis-auth".to_string()));
+    let cm = world
+        .child::<ConfigMap>("acme", "acme-relay-config")
+        .unwrap();
+    let config = cm["data"]["config.json"].as_str().unwrap();
+    assert!(!config.contains("hunter2"));
+    let applied = RelayConfig::from_json(config).unwrap();
+    assert_eq!(
+        applied.limit_store,
+        relay::config::LimitStoreConfig::Redis {
+            url: "redis://redis:6379/0".into(),
+            password_file: Some("/etc/smtprelay/redis/password".into()),
+        }
+    );
+    let pod = &world.child::<Deployment>("acme", "acme-relay").unwrap()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "redis")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "redis-auth");
+    assert_eq!(
+        volume["secret"]["items"],
+        json!([{"key": "password", "path": "password"}])
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .to_string()
+            .contains("/etc/smtprelay/redis")
+    );
+    assert!(
+        !serde_json::to_string(&world.organizations[0].status)
+            .unwrap()
+            .contains("hunter2")
+    );
+}
+
 // --- Several Organizations, deletion, render errors ---------------------------------------
 
 #[tokio::test]

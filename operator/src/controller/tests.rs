@@ -642,6 +642,51 @@ async fn a_refused_child_is_a_condition_with_the_servers_message_and_the_rest_is
     );
 }
 
+#[tokio::test]
+async fn an_unreadable_secret_fails_the_reconcile_with_context_and_changes_nothing() {
+    let mut world = settled("applications-smtp-auth").await;
+    world.refusals.push(Refusal {
+        method: "GET",
+        path_suffix: "/secrets/smtp-credentials".into(),
+        code: 500,
+        reason: "InternalError",
+        message: "etcdserver: request timed out".into(),
+    });
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "get");
+    assert!(
+        error
+            .to_string()
+            .starts_with("reading Secret acme/smtp-credentials: "),
+        "{error}"
+    );
+    assert_eq!(writes(&log), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_refused_status_write_fails_the_reconcile_naming_the_object() {
+    let mut world = World::example("quickstart");
+    world.refusals.push(Refusal {
+        method: "PATCH",
+        path_suffix: "/mailroutes/default/status".into(),
+        code: 409,
+        reason: "Conflict",
+        message: "the object has been modified".into(),
+    });
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "status");
+    assert!(
+        error
+            .to_string()
+            .starts_with("writing the status of MailRoute acme/default: "),
+        "{error}"
+    );
+    // What was written before stays written.
+    assert!(world.organizations[0].status.is_some());
+}
+
 #[test]
 fn failed_reconciles_back_off_exponentially_with_jitter_up_to_a_cap() {
     use super::backoff;

@@ -654,7 +654,7 @@ fn refusals(org: &Organization, settings: &Settings) -> Vec<Problem> {
         out.push(Problem::new(
             "ImageNotAllowed",
             format!(
-                "relay.image {image} is not in the operator's list of allowed images; the relay keeps running its current image"
+                "relay.image {image} is not in the operator's list of allowed images; the relay keeps its current image"
             ),
         ));
     }
@@ -663,10 +663,50 @@ fn refusals(org: &Organization, settings: &Settings) -> Vec<Problem> {
     {
         out.push(Problem::new(
             "LoadBalancerForbidden",
-            "relay.serviceType LoadBalancer is forbidden by the operator; the Service keeps its current type".into(),
+            "relay.serviceType LoadBalancer is forbidden by the operator; the Service keeps its current type (ClusterIP for a new one)".into(),
         ));
     }
     out
+}
+
+/// `org` as the operator runs it: a refused image is replaced by the one the relay runs
+/// now (or the default), a refused Service type by the current one (or ClusterIP), so that
+/// everything else the Organization asks for still takes effect.
+fn within_bounds(
+    org: &Organization,
+    refused: &[Problem],
+    deployment: Option<&Deployment>,
+    services: &Store<Service>,
+) -> Organization {
+    let mut allowed = org.clone();
+    let refused = |reason: &str| refused.iter().any(|p| p.reason == reason);
+    if refused("ImageNotAllowed") {
+        allowed.spec.relay.image = deployment.and_then(|d| {
+            d.spec
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .first()?
+                .image
+                .clone()
+        });
+    }
+    if refused("LoadBalancerForbidden") {
+        let current = org.namespace().and_then(|ns| {
+            services.get(&ObjectRef::new(&children::relay_name(&org.name_any())).within(&ns))
+        });
+        allowed.spec.relay.service_type = Some(
+            match current
+                .as_ref()
+                .and_then(|s| s.spec.as_ref()?.type_.as_deref())
+            {
+                Some("NodePort") => crds::ServiceType::NodePort,
+                _ => crds::ServiceType::ClusterIP,
+            },
+        );
+    }
+    allowed
 }
 
 /// Applies `desired` and records a refusal as a [`Problem`] (the API server's message)
@@ -780,59 +820,51 @@ async fn reconcile_org<P: TlsProber>(
     let mounted = children::mounted_secrets(org, &routes, &secret_names);
     let secrets_hash = children::secrets_hash(&mounted, &secrets);
     let mut problems = refusals(org, &ctx.settings);
+    let allowed = within_bounds(org, &problems, existing.as_ref(), &stores.services);
     let built = children::build(
-        org,
+        &allowed,
         &rendered.config,
         &mounted,
         &secrets_hash,
         &ctx.settings.defaults,
     );
     let mut failed = None;
-    let mut p = Vec::new();
     ensure_or_note(
         client,
         &stores.config_maps,
         &built.config_map,
-        &mut p,
+        &mut problems,
         &mut failed,
     )
     .await;
     if let Some(pvc) = &built.spool_claim {
-        ensure_or_note(client, &stores.claims, pvc, &mut p, &mut failed).await;
+        ensure_or_note(client, &stores.claims, pvc, &mut problems, &mut failed).await;
     }
-    // A refused image keeps the Deployment as it is; a refused Service type the Service.
-    let deployment = if problems.iter().any(|p| p.reason == "ImageNotAllowed") {
-        existing.clone()
-    } else {
-        ensure_or_note(
-            client,
-            &stores.deployments,
-            &built.deployment,
-            &mut p,
-            &mut failed,
-        )
-        .await
-    };
-    if !problems.iter().any(|p| p.reason == "LoadBalancerForbidden") {
-        ensure_or_note(
-            client,
-            &stores.services,
-            &built.service,
-            &mut p,
-            &mut failed,
-        )
-        .await;
-    }
-    ensure_or_note(client, &stores.pdbs, &built.pdb, &mut p, &mut failed).await;
+    let deployment = ensure_or_note(
+        client,
+        &stores.deployments,
+        &built.deployment,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
+    ensure_or_note(
+        client,
+        &stores.services,
+        &built.service,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
+    ensure_or_note(client, &stores.pdbs, &built.pdb, &mut problems, &mut failed).await;
     ensure_or_note(
         client,
         &stores.network_policies,
         &built.network_policy,
-        &mut p,
+        &mut problems,
         &mut failed,
     )
     .await;
-    problems.extend(p);
 
     // Status of the Organization, then the Events that announce it.
     let new = status::organization_rendered(

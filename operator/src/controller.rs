@@ -56,6 +56,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use relay::config::RouteConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::Digest;
 
 use crate::render::{Objects, RenderEnv, render};
 use children::{ChildDefaults, MANAGED_BY};
@@ -404,6 +405,11 @@ pub fn holds(actual: &serde_json::Value, desired: &serde_json::Value) -> bool {
     }
 }
 
+/// Annotation on every child: the hash of the apply that produced it. A field the
+/// operator stops setting changes the hash, so the child is applied again (and server-side
+/// apply removes the field), although what is left is still all in the stored object.
+pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
+
 fn apply_body<K>(object: &K) -> serde_json::Value
 where
     K: Resource<DynamicType = ()> + Serialize,
@@ -412,11 +418,17 @@ where
     let mut body = serde_json::to_value(object).unwrap_or_default();
     body["apiVersion"] = K::api_version(&()).into();
     body["kind"] = K::kind(&()).into();
+    let hash = hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()));
+    if !body["metadata"]["annotations"].is_object() {
+        body["metadata"]["annotations"] = serde_json::json!({});
+    }
+    body["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = hash.into();
     body
 }
 
-/// Server-side applies `desired` unless `store` shows the API server already holds it.
-/// Returns the object as the API server has it.
+/// Server-side applies `desired` unless `store` shows the API server already holds it
+/// (the same applied hash, and every field still as applied: a change by someone else is
+/// put back). Returns the object as the API server has it.
 async fn ensure<K>(client: &Client, store: &Store<K>, desired: &K) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>

@@ -308,6 +308,54 @@ async fn changed_mail_route_writes_only_the_config_map_and_the_statuses_that_cha
     );
 }
 
+#[tokio::test]
+async fn a_field_the_operator_stops_setting_is_removed_from_the_child() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.resources =
+        Some(serde_json::from_value(json!({"limits": {"memory": "256Mi"}})).unwrap());
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    let resources = |w: &World| {
+        w.child::<Deployment>("acme", "acme-relay").unwrap()["spec"]["template"]["spec"]
+            ["containers"][0]["resources"]
+            .clone()
+    };
+    assert_eq!(resources(&world), json!({"limits": {"memory": "256Mi"}}));
+    world.organizations[0].spec.relay.resources = None;
+    world.organizations[0].metadata.generation = Some(2);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(
+        writes(&log)
+            .contains(&"PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay".to_string()),
+        "{:#?}",
+        writes(&log)
+    );
+    assert_eq!(resources(&world), Value::Null);
+}
+
+#[tokio::test]
+async fn a_child_changed_by_someone_else_is_put_back() {
+    let mut world = settled("quickstart").await;
+    let path = "/apis/apps/v1/namespaces/acme/deployments/acme-relay";
+    world.children.get_mut(path).unwrap()["spec"]["replicas"] = json!(5);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    // The Deployment, and the Organization's status: a new generation is rolling out.
+    assert_eq!(
+        writes(&log),
+        [
+            format!("PATCH {path}"),
+            format!("PATCH {API}/organizations/acme/status")
+        ]
+    );
+    assert_eq!(world.children[path]["spec"]["replicas"], 1);
+    assert_eq!(
+        condition(&org_status(&world), "Progressing")["reason"],
+        "RolloutPending"
+    );
+}
+
 // --- Names the API server accepts -------------------------------------------------------
 
 #[tokio::test]

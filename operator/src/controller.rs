@@ -926,7 +926,7 @@ async fn reconcile_org<P: TlsProber>(
             s,
             s.status.as_ref(),
             &new,
-            &[watched(ACCEPTED, "False", false)],
+            &[watched(ACCEPTED, "False", true)],
         )
         .await?;
     }
@@ -937,7 +937,7 @@ async fn reconcile_org<P: TlsProber>(
             r,
             r.status.as_ref(),
             &new,
-            &[watched(ACCEPTED, "False", false)],
+            &[watched(ACCEPTED, "False", true)],
         )
         .await?;
     }
@@ -968,7 +968,7 @@ async fn reconcile_org<P: TlsProber>(
             old,
             &new,
             &[
-                watched(ACCEPTED, "False", false),
+                watched(ACCEPTED, "False", true),
                 watched(TLS_VERIFIED, "False", true),
             ],
         )

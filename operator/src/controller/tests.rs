@@ -129,10 +129,15 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         format!("PATCH {API}/organizations/acme/status"),
         EVENTS.into(),
         EVENTS.into(),
+        // Each object joining the relay configuration is announced.
         format!("PATCH {API}/smtprelaysettings/loopback-clients/status"),
+        EVENTS.into(),
         format!("PATCH {API}/ipallowranges/loopback-v4/status"),
+        EVENTS.into(),
         format!("PATCH {API}/ipallowranges/loopback-v6/status"),
+        EVENTS.into(),
         format!("PATCH {API}/mailroutes/default/status"),
+        EVENTS.into(),
     ]);
     assert_eq!(lines(&log), expected);
 
@@ -199,7 +204,11 @@ async fn new_organization_gets_all_children_then_status_then_events() {
             "Organization/acme".into()
         )
     );
-    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(
+        (ev[5].0.as_str(), ev[5].1.as_str(), ev[5].3.as_str()),
+        ("Normal", "TlsChecksRelaxed", "MailRoute/default")
+    );
+    assert_eq!(ev.len(), 6, "{ev:?}");
     let setting = serde_json::to_value(&world.settings[0].status).unwrap();
     assert_eq!(setting["matchedRanges"], 2);
     assert_eq!(

@@ -189,6 +189,26 @@ pub struct Writers {
 }
 
 impl Stores {
+    /// True once every store holds its watch's initial list. Before that a reconcile
+    /// would render an Organization without its settings and routes and apply a config
+    /// that refuses all mail.
+    pub fn ready(&self) -> bool {
+        use futures::FutureExt;
+        fn one<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
+            matches!(s.wait_until_ready().now_or_never(), Some(Ok(())))
+        }
+        one(&self.organizations)
+            && one(&self.settings)
+            && one(&self.ranges)
+            && one(&self.routes)
+            && one(&self.config_maps)
+            && one(&self.deployments)
+            && one(&self.services)
+            && one(&self.pdbs)
+            && one(&self.claims)
+            && one(&self.network_policies)
+    }
+
     /// Empty stores and their writers.
     pub fn new() -> (Self, Writers) {
         let (organizations, w_organizations) = reflector::store();
@@ -773,12 +793,16 @@ async fn reconcile_org<P: TlsProber>(
         // Children go with their owner (owner references); nothing to undo here.
         return Ok(Action::await_change());
     }
+    let stores = &ctx.stores;
+    if !stores.ready() {
+        // The watches are still listing: come back when the caches are whole.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let name = org.name_any();
     let ns = org
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let client = &ctx.client;
-    let stores = &ctx.stores;
     let organizations = in_namespace(&stores.organizations, &ns);
     let settings = in_namespace(&stores.settings, &ns);
     let ranges = in_namespace(&stores.ranges, &ns);

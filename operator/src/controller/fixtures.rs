@@ -195,10 +195,13 @@ fn store_of<K>(items: impl IntoIterator<Item = K>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
+    // As a watch fills it: an initial list, then ready.
     let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
     for item in items {
-        writer.apply_watcher_event(&watcher::Event::Apply(item));
+        writer.apply_watcher_event(&watcher::Event::InitApply(item));
     }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
     reader
 }
 

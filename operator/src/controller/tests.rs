@@ -744,6 +744,33 @@ async fn a_refused_status_write_fails_the_reconcile_naming_the_object() {
     assert!(world.organizations[0].status.is_some());
 }
 
+#[tokio::test]
+async fn nothing_is_applied_before_the_caches_hold_the_initial_lists() {
+    let world = World::example("quickstart");
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    // Fresh stores, as at start-up: no watch has listed yet.
+    let ctx = Arc::new(super::Context::new(
+        kube::Client::new(service, "default"),
+        world.operator.clone(),
+        ProbingDisabled,
+        Arc::new(super::metrics::Metrics::default()),
+        None,
+    ));
+    // The mock never answers: a request would make the reconcile wait until the timeout.
+    let action = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::reconcile(Arc::new(world.org()), ctx),
+    )
+    .await
+    .expect("the reconcile called the API server")
+    .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    drop(handle);
+}
+
 #[test]
 fn failed_reconciles_back_off_exponentially_with_jitter_up_to_a_cap() {
     use super::backoff;

@@ -661,22 +661,23 @@ fn bump(object: &mut Value) {
     object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
 }
 
+/// The objects of kind `K` among `objects` (keyed by path), in path order.
 fn typed_from<K: DeserializeOwned + Resource<DynamicType = ()>>(
     objects: &BTreeMap<String, Value>,
 ) -> Vec<K> {
-    let marker = format!("/{}/", K::plural(&()));
+    // `/api/v1/namespaces/{ns}/secrets/{name}`: the group and version before the
+    // namespace, the plural after it.
+    let collection = K::url_path(&(), Some("ns"));
+    let (prefix, plural) = collection.split_once("/namespaces/ns/").unwrap_or_default();
     objects
         .iter()
-        .filter(|(k, _)| {
-            k.contains(&marker)
-                && k.starts_with(
-                    K::url_path(&(), Some("x"))
-                        .split("/namespaces/")
-                        .next()
-                        .unwrap_or_default(),
-                )
+        .filter(|(path, _)| {
+            path.starts_with(&format!("{prefix}/namespaces/"))
+                && path.rsplit('/').nth(1) == Some(plural)
         })
-        .filter_map(|(_, v)| serde_json::from_value(v.clone()).ok())
+        .map(|(path, v)| {
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
         .collect()
 }
 

@@ -389,3 +389,65 @@ async fn a_message_accepted_while_redis_is_down_is_counted_when_it_returns() {
     assert_eq!((ok.len(), refused), (1, vec![CUSTOMER_DAY.to_string()]));
     relay.shutdown().await;
 }
+
+/// A `redis-server` that requires `password`, killed on drop.
+struct PasswordRedis(std::process::Child, u16);
+
+impl PasswordRedis {
+    fn start(password: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", password])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self(child, port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {port} did not start");
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_redis_password_is_read_from_its_file_and_never_needed_in_the_url() {
+    let redis = PasswordRedis::start("s3cret-from-a-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret-from-a-secret\n").unwrap();
+    let url = format!("redis://127.0.0.1:{}/", redis.1);
+    for (password_file, accepted) in [
+        (Some(password_file.to_string_lossy().into_owned()), true),
+        (None, false),
+    ] {
+        let clock = fake_clock();
+        let spool = tempfile::tempdir().unwrap();
+        let mut cfg = config(&spool.path().join("spool"), 9);
+        cfg.limit_store = LimitStoreConfig::Redis {
+            url: url.clone(),
+            password_file,
+        };
+        let relay = start(cfg, &clock).await;
+        let mut c = ehlo(relay.smtp_addr()).await;
+        let (_, refused, _) = c.transaction("bob@acme.example", &rcpts("p", 1), "x").await;
+        // Without the password Redis answers NOAUTH: the limit check cannot be made.
+        assert_eq!(refused.is_empty(), accepted, "{refused:?}");
+        relay.shutdown().await;
+    }
+}

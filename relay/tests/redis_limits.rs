@@ -408,9 +408,11 @@ impl PasswordRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server");
+        // Owned at once: killed and reaped on drop, also when it never starts.
+        let server = Self(child, port);
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self(child, port);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

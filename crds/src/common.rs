@@ -11,5 +11,6 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 pub struct SecretRef {
     /// Name of the Secret.
     #[x_kube(validation = kube::core::Rule::new("self != ''").message("secret name must not be empty"))]
+    #[x_kube(validation = kube::core::Rule::new(r"size(self) <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secret name must be a valid Secret name: lowercase letters, digits, '-' and '.', at most 253 characters"))]
     pub name: String,
 }

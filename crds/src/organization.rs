@@ -18,6 +18,7 @@ use crate::common::{Condition, SecretRef};
     cel,
     derive = "PartialEq",
     status = "OrganizationStatus",
+    validation = kube::core::Rule::new(r"size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an Organization's name must be a DNS label (at most 63 lowercase letters, digits and '-', no dots): it names the relay's Service and labels its pods"),
     shortname = "smtporg",
     category = "smtprelay",
     doc = "An organization's SMTP relay instance: domains, users, licences and relay workload",
@@ -169,6 +170,11 @@ pub struct RelaySpec {
     /// Spool volume (default: an emptyDir; set a size for a PersistentVolumeClaim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
+    /// Networks (CIDRs) allowed to reach the SMTP ports; empty means anywhere. The admin
+    /// port is only ever open to the operator's and the monitoring namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry of relay.allowedClientCidrs must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))]
+    pub allowed_client_cidrs: Vec<String>,
     /// Where rate-limit counters live (default Memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_store: Option<LimitStoreSpec>,
@@ -237,13 +243,19 @@ pub struct SpoolSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Redis' || (has(self.url) && self.url.startsWith('redis'))").message("limitStore type Redis needs a url such as redis://redis:6379"))]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Memory' || !has(self.url)").message("limitStore type Memory takes no url"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.url) || !self.url.contains('@')").message("limitStore.url must not carry credentials (it ends up in the relay's ConfigMap); put the Redis password in a Secret and name it in limitStore.passwordSecretRef"))]
+#[x_kube(validation = kube::core::Rule::new("self.type == 'Redis' || !has(self.passwordSecretRef)").message("limitStore.passwordSecretRef is only for type Redis"))]
 pub struct LimitStoreSpec {
     /// `Memory` (one replica) or `Redis` (shared by replicas).
     #[serde(rename = "type")]
     pub kind: LimitStoreKind,
-    /// Redis URL, for `type: Redis`.
+    /// Redis URL, for `type: Redis`, without credentials (`redis://host:6379/0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A Secret whose key `password` holds the Redis password. It is mounted into the
+    /// relay pods; it never appears in the spec, the ConfigMap or status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretRef>,
 }
 
 /// Kind of limit store.

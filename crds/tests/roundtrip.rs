@@ -71,11 +71,15 @@ fn organization() -> impl Strategy<Value = Organization> {
         opt(prop_oneof![
             Just(LimitStoreSpec {
                 kind: LimitStoreKind::Memory,
-                url: None
+                url: None,
+                password_secret_ref: None,
             }),
             "[a-z]{1,8}".prop_map(|h| LimitStoreSpec {
                 kind: LimitStoreKind::Redis,
-                url: Some(format!("redis://{h}:6379"))
+                url: Some(format!("redis://{h}:6379")),
+                password_secret_ref: Some(SecretRef {
+                    name: format!("{h}-auth")
+                }),
             }),
         ]),
         labels(),

@@ -1,73 +1,80 @@
 //! The controller: reconciles each Organization into a running relay.
 //!
-//! One namespace is one organization. A reconcile lists the namespace's objects, calls
-//! [`render`] (the same function `relayctl` calls), applies the children built by
-//! [`children::build`] with server-side apply under one field manager, and writes the
-//! status of every kind. Every change it makes is also a Kubernetes Event on the object
-//! concerned (the audit log); a reconcile that changes nothing writes nothing but the
-//! idempotent applies.
+//! One namespace is one organization. A reconcile reads the namespace's objects from the
+//! controller's reflector stores (no LIST per reconcile), GETs only the Secrets the
+//! objects name, calls [`render`] (the same function `relayctl` calls), applies the
+//! children built by [`children::build`] with server-side apply under one field manager,
+//! and writes the status of every kind, also with server-side apply, so that a field that
+//! becomes empty is removed. A child whose stored state already holds everything the
+//! operator wants is not applied again, and a status equal to the one stored is not
+//! written: a reconcile of an unchanged Organization writes nothing.
+//!
+//! Status is written before the Events that announce it: Events are the audit log, but
+//! status is the state, and a lost Event must never cost a repeated probe or rollout. An
+//! Event the API server refuses is logged and counted, not retried.
 //!
 //! Render errors leave the children as they are (the previous config stays in force) and
-//! mark the Organization Degraded. Deletion needs no finalizer: every child carries a
-//! controller owner reference, so the garbage collector removes the relay with its
-//! Organization.
+//! mark the Organization Degraded. A child the API server refuses (an immutable field, a
+//! quota) is a Degraded condition with the server's message; the other children are
+//! still applied and the reconcile is retried with exponential backoff. Deletion needs no
+//! finalizer: every child carries a controller owner reference, so the garbage collector
+//! removes the relay with its Organization.
 //!
-//! Pure parts live in submodules: [`children`] (what to apply), [`status`] (what to
-//! report), [`leader`] (the election rule). [`metrics`] and [`probe`] are the edges.
+//! Pure parts live in submodules: [`children`] (what to apply), [`names`] (names the API
+//! server accepts), [`status`] (what to report), [`leader`] (the election rule). [`metrics`]
+//! and [`probe`] are the edges.
 
 pub mod children;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod probe;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crds::{Condition, IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use relay::config::RouteConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::Digest;
 
-use crate::render::{Finding, ObjectKind, Objects, RenderEnv, render};
+use crate::render::{Objects, RenderEnv, render};
 use children::{ChildDefaults, MANAGED_BY};
 use metrics::Metrics;
 use probe::TlsProber;
-use status::{ACCEPTED, DEGRADED, TLS_VERIFIED};
+use status::{ACCEPTED, DEGRADED, Problem, TLS_VERIFIED};
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "smtprelay-operator";
+
+/// Largest Event note `events.k8s.io/v1` accepts, in bytes.
+pub const MAX_EVENT_NOTE: usize = 1024;
 
 /// Why a reconcile failed. Each variant names the object and the API call.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Organization {0} has no namespace; Organizations are namespaced")]
     NoNamespace(String),
-    #[error("listing {kind} in namespace {namespace}: {source}")]
-    List {
-        kind: &'static str,
-        namespace: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("reading {kind} {namespace}/{name}: {source}")]
     Get {
         kind: &'static str,
@@ -92,14 +99,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("publishing Event {reason} on {namespace}/{name}: {source}")]
-    Event {
-        reason: String,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
 }
 
 impl Error {
@@ -107,11 +106,9 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::NoNamespace(_) => "no_namespace",
-            Error::List { .. } => "list",
             Error::Get { .. } => "get",
             Error::Apply { .. } => "apply",
             Error::Status { .. } => "status",
-            Error::Event { .. } => "event",
         }
     }
 }
@@ -129,8 +126,17 @@ pub struct Settings {
     pub probe_ca_dir: Option<std::path::PathBuf>,
     /// Requeue while the relay rolls out.
     pub rollout_requeue: Duration,
-    /// Requeue of a settled Organization (drift and probe schedule).
+    /// Requeue of a settled Organization (drift, Secret rotation and probe schedule).
     pub settled_requeue: Duration,
+    /// First retry after a failed reconcile; doubles with each further failure.
+    pub error_backoff: Duration,
+    /// Longest wait between retries of a failing reconcile.
+    pub error_backoff_cap: Duration,
+    /// Images an Organization may name in `spec.relay.image` (the default image is always
+    /// allowed). Tenants must not run arbitrary images with the relay's identity.
+    pub allowed_images: Vec<String>,
+    /// Refuse `serviceType: LoadBalancer` (a cluster that must not expose tenants' relays).
+    pub forbid_load_balancer: bool,
 }
 
 impl Default for Settings {
@@ -142,12 +148,107 @@ impl Default for Settings {
             probe_ca_dir: Some(std::env::temp_dir().join("smtprelay-operator-ca")),
             rollout_requeue: Duration::from_secs(15),
             settled_requeue: Duration::from_secs(300),
+            error_backoff: Duration::from_secs(5),
+            error_backoff_cap: Duration::from_secs(300),
+            allowed_images: Vec::new(),
+            forbid_load_balancer: false,
         }
     }
 }
 
 /// The clock of status times and probe scheduling (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What the watches have seen: the inputs of every reconcile and the children as they are.
+#[derive(Clone)]
+pub struct Stores {
+    pub organizations: Store<Organization>,
+    pub settings: Store<SmtpRelaySetting>,
+    pub ranges: Store<IpAllowRange>,
+    pub routes: Store<MailRoute>,
+    pub config_maps: Store<ConfigMap>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub claims: Store<PersistentVolumeClaim>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+/// The writing ends of [`Stores`], fed by the watches of [`run`].
+pub struct Writers {
+    organizations: reflector::store::Writer<Organization>,
+    settings: reflector::store::Writer<SmtpRelaySetting>,
+    ranges: reflector::store::Writer<IpAllowRange>,
+    routes: reflector::store::Writer<MailRoute>,
+    config_maps: reflector::store::Writer<ConfigMap>,
+    deployments: reflector::store::Writer<Deployment>,
+    services: reflector::store::Writer<Service>,
+    pdbs: reflector::store::Writer<PodDisruptionBudget>,
+    claims: reflector::store::Writer<PersistentVolumeClaim>,
+    network_policies: reflector::store::Writer<NetworkPolicy>,
+}
+
+impl Stores {
+    /// True once every store holds its watch's initial list. Before that a reconcile
+    /// would render an Organization without its settings and routes and apply a config
+    /// that refuses all mail.
+    pub fn ready(&self) -> bool {
+        use futures::FutureExt;
+        fn one<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
+            matches!(s.wait_until_ready().now_or_never(), Some(Ok(())))
+        }
+        one(&self.organizations)
+            && one(&self.settings)
+            && one(&self.ranges)
+            && one(&self.routes)
+            && one(&self.config_maps)
+            && one(&self.deployments)
+            && one(&self.services)
+            && one(&self.pdbs)
+            && one(&self.claims)
+            && one(&self.network_policies)
+    }
+
+    /// Empty stores and their writers.
+    pub fn new() -> (Self, Writers) {
+        let (organizations, w_organizations) = reflector::store();
+        let (settings, w_settings) = reflector::store();
+        let (ranges, w_ranges) = reflector::store();
+        let (routes, w_routes) = reflector::store();
+        let (config_maps, w_config_maps) = reflector::store();
+        let (deployments, w_deployments) = reflector::store();
+        let (services, w_services) = reflector::store();
+        let (pdbs, w_pdbs) = reflector::store();
+        let (claims, w_claims) = reflector::store();
+        let (network_policies, w_network_policies) = reflector::store();
+        (
+            Self {
+                organizations,
+                settings,
+                ranges,
+                routes,
+                config_maps,
+                deployments,
+                services,
+                pdbs,
+                claims,
+                network_policies,
+            },
+            Writers {
+                organizations: w_organizations,
+                settings: w_settings,
+                ranges: w_ranges,
+                routes: w_routes,
+                config_maps: w_config_maps,
+                deployments: w_deployments,
+                services: w_services,
+                pdbs: w_pdbs,
+                claims: w_claims,
+                network_policies: w_network_policies,
+            },
+        )
+    }
+}
 
 /// Shared state of all reconciles.
 pub struct Context<P> {
@@ -157,16 +258,39 @@ pub struct Context<P> {
     pub prober: P,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Source of the backoff jitter: a number in `[0, 1)` (injectable for tests).
+    pub jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+    pub stores: Stores,
+    /// Taken by [`run`], which feeds the stores.
+    writers: Mutex<Option<Writers>>,
+    /// Consecutive failed reconciles per Organization (the backoff of [`error_policy`]).
+    failures: Mutex<HashMap<ObjectRef<Organization>, u32>>,
 }
 
 impl<P: TlsProber> Context<P> {
-    /// A context with the system clock and the reporter `smtprelay-operator`.
+    /// A context with the system clock, the reporter `smtprelay-operator` and empty stores
+    /// that [`run`] fills.
     pub fn new(
         client: Client,
         settings: Settings,
         prober: P,
         metrics: Arc<Metrics>,
         instance: Option<String>,
+    ) -> Self {
+        let (stores, writers) = Stores::new();
+        let mut ctx = Self::with_stores(client, settings, prober, metrics, instance, stores);
+        ctx.writers = Mutex::new(Some(writers));
+        ctx
+    }
+
+    /// A context reading from `stores` that someone else keeps current (tests).
+    pub fn with_stores(
+        client: Client,
+        settings: Settings,
+        prober: P,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        stores: Stores,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -179,6 +303,10 @@ impl<P: TlsProber> Context<P> {
             prober,
             metrics,
             clock: Arc::new(Timestamp::now),
+            jitter: Arc::new(fastrand::f64),
+            stores,
+            writers: Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -191,39 +319,137 @@ pub async fn reconcile<P: TlsProber>(
     let started = Instant::now();
     let result = reconcile_org(&org, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(org.as_ref()));
+    }
     result
 }
 
-/// Failed reconciles are retried soon; the error is logged and counted.
+/// Failed reconciles are retried after an exponential backoff with jitter, capped (see
+/// [`backoff`]); the error is logged and counted.
 pub fn error_policy<P: TlsProber>(
     org: Arc<Organization>,
     error: &Error,
     ctx: Arc<Context<P>>,
 ) -> Action {
-    tracing::warn!(organization = %org.name_any(), %error, "reconcile failed");
     ctx.metrics.failed(error.metric_label());
-    Action::requeue(Duration::from_secs(30))
+    let failures = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(ObjectRef::from_obj(org.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let wait = backoff(
+        failures,
+        ctx.settings.error_backoff,
+        ctx.settings.error_backoff_cap,
+        (ctx.jitter)(),
+    );
+    tracing::warn!(organization = %org.name_any(), namespace = ?org.namespace(), %error, failures, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
 }
 
-async fn list<K>(client: &Client, namespace: &str, kind: &'static str) -> Result<Vec<K>, Error>
+/// The wait before retry number `failures` (1 for the first): `base` doubled per failure
+/// and capped at `cap`, then "equal jitter": half of it fixed, half scaled by `unit` (a
+/// random number in `[0, 1)`), so that Organizations failing together do not retry in step.
+pub fn backoff(failures: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1 << exponent).min(cap);
+    full / 2 + full.div_f64(2.0).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The Secrets `org` and its routes name, each fetched with one GET (the operator lists no
+/// Secrets: it may read only those it is pointed at). Missing ones are left out.
+async fn referenced_secrets(
+    client: &Client,
+    namespace: &str,
+    org: &Organization,
+    routes: &[Arc<MailRoute>],
+) -> Result<Vec<Secret>, Error> {
+    let mut names = BTreeSet::new();
+    names.extend(org.spec.relay.tls_secret_ref.iter().map(|r| r.name.clone()));
+    names.extend(org.spec.auth_secret_ref.iter().map(|r| r.name.clone()));
+    names.extend(
+        org.spec
+            .relay
+            .limit_store
+            .iter()
+            .filter_map(|s| s.password_secret_ref.as_ref())
+            .map(|r| r.name.clone()),
+    );
+    for r in routes {
+        names.extend(
+            r.spec
+                .tls
+                .trusted_ca_secret_ref
+                .iter()
+                .map(|r| r.name.clone()),
+        );
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut secrets = Vec::new();
+    for name in names {
+        match api.get_opt(&name).await {
+            Ok(Some(s)) => secrets.push(s),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(Error::Get {
+                    kind: "Secret",
+                    namespace: namespace.into(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(secrets)
+}
+
+/// True when every field of `desired` is in `actual` with the same value: the API server
+/// already holds what an apply would send (it may hold more: defaults, status, other
+/// managers' fields). Lists must have the same length and match element by element.
+pub fn holds(actual: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (desired, actual) {
+        (Value::Object(d), Value::Object(a)) => d
+            .iter()
+            .all(|(k, dv)| a.get(k).is_some_and(|av| holds(av, dv))),
+        (Value::Array(d), Value::Array(a)) => {
+            d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| holds(av, dv))
+        }
+        (d, a) => d == a,
+    }
+}
+
+/// Annotation on every child: the hash of the apply that produced it. A field the
+/// operator stops setting changes the hash, so the child is applied again (and server-side
+/// apply removes the field), although what is left is still all in the stored object.
+pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
+
+fn apply_body<K>(object: &K) -> serde_json::Value
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Serialize,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .map_err(|source| Error::List {
-            kind,
-            namespace: namespace.into(),
-            source,
-        })
+    // Server-side apply needs apiVersion and kind in the body.
+    let mut body = serde_json::to_value(object).unwrap_or_default();
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    let hash = hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()));
+    if !body["metadata"]["annotations"].is_object() {
+        body["metadata"]["annotations"] = serde_json::json!({});
+    }
+    body["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = hash.into();
+    body
 }
 
-async fn apply<K>(client: &Client, object: &K) -> Result<K, Error>
+/// Server-side applies `desired` unless `store` shows the API server already holds it
+/// (the same applied hash, and every field still as applied: a change by someone else is
+/// put back). Returns the object as the API server has it.
+async fn ensure<K>(client: &Client, store: &Store<K>, desired: &K) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -231,13 +457,17 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let namespace = object.namespace().unwrap_or_default();
-    let name = object.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let name = desired.name_any();
+    let body = apply_body(desired);
+    let key = ObjectRef::<K>::new(&name).within(&namespace);
+    if let Some(current) = store.get(&key) {
+        let stored = serde_json::to_value(current.as_ref()).unwrap_or_default();
+        if holds(&stored, &body) {
+            return Ok(current.as_ref().clone());
+        }
+    }
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-    // Server-side apply needs apiVersion and kind in the body.
-    let mut body = serde_json::to_value(object).unwrap_or_default();
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -252,7 +482,8 @@ where
     })
 }
 
-/// Writes `status` (merge patch of the status subresource).
+/// Writes `status` with server-side apply on the status subresource: the operator owns
+/// every status field it sets, so a field it no longer sends is removed.
 async fn write_status<K, S>(client: &Client, object: &K, new: &S) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -264,74 +495,110 @@ where
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-    let patch = serde_json::json!({ "status": new });
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| Error::Status {
-            kind: K::kind(&()).into_owned(),
-            namespace,
-            name,
-            source,
-        })?;
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name, "namespace": namespace},
+        "status": new,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        kind: K::kind(&()).into_owned(),
+        namespace,
+        name,
+        source,
+    })?;
     Ok(())
 }
 
-async fn publish<P, K>(
-    ctx: &Context<P>,
-    object: &K,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) -> Result<(), Error>
+/// `note` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub fn truncate_note(note: &str, max: usize) -> String {
+    if note.len() <= max {
+        return note.to_string();
+    }
+    const MORE: &str = "…";
+    let mut end = max.saturating_sub(MORE.len());
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &note[..end])
+}
+
+/// Publishes an Event (note cut to what the API server accepts). A refused Event is logged
+/// and counted; it does not fail the reconcile, whose state is already in status.
+async fn publish<P, K>(ctx: &Context<P>, object: &K, type_: EventType, reason: &str, note: &str)
 where
     K: Resource<DynamicType = ()>,
 {
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(truncate_note(note, MAX_EVENT_NOTE)),
         action: "Reconcile".into(),
         secondary: None,
     };
-    ctx.recorder
-        .publish(&event, &object.object_ref(&()))
-        .await
-        .map_err(|source| Error::Event {
-            reason: reason.into(),
-            namespace: object.meta().namespace.clone().unwrap_or_default(),
-            name: object.meta().name.clone().unwrap_or_default(),
-            source,
-        })
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        ctx.metrics.failed("event");
+        tracing::warn!(
+            reason,
+            kind = %K::kind(&()),
+            namespace = ?object.meta().namespace,
+            name = ?object.meta().name,
+            %error,
+            "could not publish Event"
+        );
+    }
 }
 
-/// Publishes an Event when condition `type_` changed between `old` and `new`.
+/// A condition type to announce with an Event when it changes: the status that warns,
+/// and whether its first appearance in the good state is worth an Event too.
+struct Watched {
+    type_: &'static str,
+    bad_when: &'static str,
+    announce_first_good: bool,
+}
+
+const fn watched(type_: &'static str, bad_when: &'static str, first: bool) -> Watched {
+    Watched {
+        type_,
+        bad_when,
+        announce_first_good: first,
+    }
+}
+
+/// Publishes an Event when condition `w.type_` changed between `old` and `new`.
 async fn publish_if_changed<P, K>(
     ctx: &Context<P>,
     object: &K,
     old: &[Condition],
     new: &[Condition],
-    type_: &str,
-    bad_when: &str,
-) -> Result<(), Error>
-where
+    w: &Watched,
+) where
     K: Resource<DynamicType = ()>,
 {
-    let Some(now) = status::condition(new, type_) else {
-        return Ok(());
+    let Some(now) = status::condition(new, w.type_) else {
+        return;
     };
-    let before = status::condition(old, type_);
+    let before = status::condition(old, w.type_);
     let same = before.is_some_and(|b| {
         (&b.status, &b.reason, &b.message) == (&now.status, &now.reason, &now.message)
     });
-    if same {
-        return Ok(());
+    let bad = now.status == w.bad_when;
+    let first_good = before.is_none() && !bad;
+    if same || (first_good && !(w.announce_first_good && now.status == "True")) {
+        return;
     }
-    let severity = if now.status == bad_when {
+    let severity = if bad {
         EventType::Warning
     } else {
         EventType::Normal
     };
-    publish(ctx, object, severity, &now.reason, now.message.clone()).await
+    publish(ctx, object, severity, &now.reason, &now.message).await
 }
 
 /// Status types that carry conditions.
@@ -360,15 +627,15 @@ impl Conditions for crds::MailRouteStatus {
     }
 }
 
-/// When the status changed: one Event per condition of `watched` (`(type, status that
-/// warns)`) that changed, then the status write. Events go first so that a failed Event
-/// fails the reconcile before the status hides the change, and is retried with it.
+/// When the status changed: the status write, then one Event per watched condition that
+/// changed. Status goes first: it is what the next reconcile compares with, so a refused
+/// Event cannot make a probe or a rollout repeat.
 async fn record<P, K, S>(
     ctx: &Context<P>,
     object: &K,
     old: Option<&S>,
     new: &S,
-    watched: &[(&str, &str)],
+    watched: &[Watched],
 ) -> Result<(), Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -380,16 +647,142 @@ where
     if old == Some(new) {
         return Ok(());
     }
-    let before = old.map(|o| o.conditions()).unwrap_or_default();
-    for (type_, warn_when) in watched {
-        publish_if_changed(ctx, object, before, new.conditions(), type_, warn_when).await?;
-    }
     write_status(&ctx.client, object, new).await?;
+    let before = old.map(|o| o.conditions()).unwrap_or_default();
+    for w in watched {
+        publish_if_changed(ctx, object, before, new.conditions(), w).await;
+    }
     Ok(())
 }
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    namespace: &str,
+) -> Vec<Arc<K>> {
+    let mut items: Vec<Arc<K>> = store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .collect();
+    items.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    items
+}
+
+fn owned<K: Clone>(items: &[Arc<K>]) -> Vec<K> {
+    items.iter().map(|i| i.as_ref().clone()).collect()
+}
+
+/// Why the operator refuses to run what `org` asks for (tenant boundaries set by flags).
+fn refusals(org: &Organization, settings: &Settings) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(image) = &org.spec.relay.image
+        && *image != settings.defaults.relay_image
+        && !settings.allowed_images.contains(image)
+    {
+        out.push(Problem::new(
+            "ImageNotAllowed",
+            format!(
+                "relay.image {image} is not in the operator's list of allowed images; the relay keeps its current image"
+            ),
+        ));
+    }
+    if settings.forbid_load_balancer
+        && org.spec.relay.service_type == Some(crds::ServiceType::LoadBalancer)
+    {
+        out.push(Problem::new(
+            "LoadBalancerForbidden",
+            "relay.serviceType LoadBalancer is forbidden by the operator; the Service keeps its current type (ClusterIP for a new one)".into(),
+        ));
+    }
+    out
+}
+
+/// `org` as the operator runs it: a refused image is replaced by the one the relay runs
+/// now (or the default), a refused Service type by the current one (or ClusterIP), so that
+/// everything else the Organization asks for still takes effect.
+fn within_bounds(
+    org: &Organization,
+    refused: &[Problem],
+    deployment: Option<&Deployment>,
+    services: &Store<Service>,
+) -> Organization {
+    let mut allowed = org.clone();
+    let refused = |reason: &str| refused.iter().any(|p| p.reason == reason);
+    if refused("ImageNotAllowed") {
+        allowed.spec.relay.image = deployment.and_then(|d| {
+            d.spec
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .first()?
+                .image
+                .clone()
+        });
+    }
+    if refused("LoadBalancerForbidden") {
+        let current = org.namespace().and_then(|ns| {
+            services.get(&ObjectRef::new(&children::relay_name(&org.name_any())).within(&ns))
+        });
+        allowed.spec.relay.service_type = Some(
+            match current
+                .as_ref()
+                .and_then(|s| s.spec.as_ref()?.type_.as_deref())
+            {
+                Some("NodePort") => crds::ServiceType::NodePort,
+                _ => crds::ServiceType::ClusterIP,
+            },
+        );
+    }
+    allowed
+}
+
+/// Applies `desired` and records a refusal as a [`Problem`] (the API server's message)
+/// instead of stopping: one refused child must not keep the others from being applied.
+async fn ensure_or_note<K>(
+    client: &Client,
+    store: &Store<K>,
+    desired: &K,
+    problems: &mut Vec<Problem>,
+    failed: &mut Option<Error>,
+) -> Option<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    match ensure(client, store, desired).await {
+        Ok(k) => Some(k),
+        Err(e) => {
+            let server_message = match &e {
+                Error::Apply {
+                    source: kube::Error::Api(s),
+                    ..
+                } => s.message.clone(),
+                Error::Apply { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            problems.push(Problem::new(
+                "ApplyFailed",
+                format!(
+                    "the API server refused {} {}: {server_message}",
+                    K::kind(&()),
+                    desired.name_any()
+                ),
+            ));
+            tracing::warn!(error = %e, "apply failed");
+            failed.get_or_insert(e);
+            store
+                .get(&ObjectRef::from_obj(desired))
+                .map(|k| k.as_ref().clone())
+        }
+    }
 }
 
 async fn reconcile_org<P: TlsProber>(
@@ -400,19 +793,31 @@ async fn reconcile_org<P: TlsProber>(
         // Children go with their owner (owner references); nothing to undo here.
         return Ok(Action::await_change());
     }
+    let stores = &ctx.stores;
+    if !stores.ready() {
+        // The watches are still listing: come back when the caches are whole.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let name = org.name_any();
     let ns = org
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let client = &ctx.client;
-    let organizations: Vec<Organization> = list(client, &ns, "Organization").await?;
-    let settings: Vec<SmtpRelaySetting> = list(client, &ns, "SmtpRelaySetting").await?;
-    let ranges: Vec<IpAllowRange> = list(client, &ns, "IpAllowRange").await?;
-    let routes: Vec<MailRoute> = list(client, &ns, "MailRoute").await?;
-    let secrets: Vec<Secret> = list(client, &ns, "Secret").await?;
+    let organizations = in_namespace(&stores.organizations, &ns);
+    let settings = in_namespace(&stores.settings, &ns);
+    let ranges = in_namespace(&stores.ranges, &ns);
+    let routes = in_namespace(&stores.routes, &ns);
+    let secrets = referenced_secrets(client, &ns, org, &routes).await?;
     let secret_names: BTreeSet<String> = secrets.iter().map(|s| s.name_any()).collect();
     let now = Time((ctx.clock)());
 
+    // The store may lag behind the object that triggered this reconcile.
+    let mut organizations = owned(&organizations);
+    match organizations.iter_mut().find(|o| o.name_any() == name) {
+        Some(o) => *o = org.clone(),
+        None => organizations.push(org.clone()),
+    }
+    let (settings, ranges, routes) = (owned(&settings), owned(&ranges), owned(&routes));
     let rendered = render(
         &ns,
         Objects {
@@ -425,164 +830,144 @@ async fn reconcile_org<P: TlsProber>(
         &ctx.settings.env,
     );
     let old_status = org.status.clone();
-    let old_conditions = old_status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
     let rendered = match rendered {
         Ok(r) => r,
         Err(e) => {
             // Children stay as they are: the config in force keeps working.
             let new = status::organization_failed(org, &e.to_string(), &now);
-            record(ctx, org, old_status.as_ref(), &new, &[(DEGRADED, "True")]).await?;
+            record(
+                ctx,
+                org,
+                old_status.as_ref(),
+                &new,
+                &[watched(DEGRADED, "True", false)],
+            )
+            .await?;
             return Ok(Action::requeue(ctx.settings.settled_requeue));
         }
     };
 
     // Children.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let relay_name = children::relay_name(&name);
-    let existing = deployments
-        .get_opt(&relay_name)
-        .await
-        .map_err(|source| Error::Get {
-            kind: "Deployment",
-            namespace: ns.clone(),
-            name: relay_name.clone(),
-            source,
-        })?;
+    let existing = stores
+        .deployments
+        .get(&ObjectRef::new(&relay_name).within(&ns))
+        .map(|d| d.as_ref().clone());
     let mounted = children::mounted_secrets(org, &routes, &secret_names);
     let secrets_hash = children::secrets_hash(&mounted, &secrets);
+    let mut problems = refusals(org, &ctx.settings);
+    let allowed = within_bounds(org, &problems, existing.as_ref(), &stores.services);
     let built = children::build(
-        org,
+        &allowed,
         &rendered.config,
         &mounted,
         &secrets_hash,
         &ctx.settings.defaults,
     );
-    apply::<ConfigMap>(client, &built.config_map).await?;
+    let mut failed = None;
+    ensure_or_note(
+        client,
+        &stores.config_maps,
+        &built.config_map,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
     if let Some(pvc) = &built.spool_claim {
-        apply::<PersistentVolumeClaim>(client, pvc).await?;
+        ensure_or_note(client, &stores.claims, pvc, &mut problems, &mut failed).await;
     }
-    let deployment = apply::<Deployment>(client, &built.deployment).await?;
-    apply::<Service>(client, &built.service).await?;
-    apply::<PodDisruptionBudget>(client, &built.pdb).await?;
+    let deployment = ensure_or_note(
+        client,
+        &stores.deployments,
+        &built.deployment,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
+    ensure_or_note(
+        client,
+        &stores.services,
+        &built.service,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
+    ensure_or_note(client, &stores.pdbs, &built.pdb, &mut problems, &mut failed).await;
+    ensure_or_note(
+        client,
+        &stores.network_policies,
+        &built.network_policy,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
 
-    // Audit log of what changed.
-    let new_hash = &rendered.config.hash;
-    match old_status.as_ref().and_then(|s| s.config_hash.as_deref()) {
-        Some(old) if old == new_hash => {}
-        Some(old) => {
-            publish(
-                ctx,
-                org,
-                EventType::Normal,
-                "ConfigUpdated",
-                format!(
-                    "relay config changed from {} to {}; relays reload it without restarting",
-                    short(old),
-                    short(new_hash)
-                ),
-            )
-            .await?
-        }
-        None => {
-            publish(
-                ctx,
-                org,
-                EventType::Normal,
-                "ConfigUpdated",
-                format!("relay config {} applied (first version)", short(new_hash)),
-            )
-            .await?
-        }
-    }
-    let old_secrets_hash = existing.as_ref().and_then(|d| {
-        d.spec
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(children::SECRETS_HASH_ANNOTATION)
-            .cloned()
-    });
-    match (&existing, old_secrets_hash) {
-        (None, _) => {
-            publish(
-                ctx,
-                org,
-                EventType::Normal,
-                "RelayCreated",
-                format!(
-                    "created Deployment {relay_name} with {} replica(s)",
-                    org.spec.relay.replicas.unwrap_or(1).max(1)
-                ),
-            )
-            .await?
-        }
-        (Some(_), Some(old)) if old == secrets_hash => {}
-        (Some(_), old) => {
-            let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
-            publish(
-                ctx,
-                org,
-                EventType::Normal,
-                "SecretsChanged",
-                format!(
-                    "mounted Secrets [{}] changed (hash {} to {}): relay pods restart to load them",
-                    names.join(", "),
-                    short(old.as_deref().unwrap_or("none")),
-                    short(&secrets_hash)
-                ),
-            )
-            .await?
-        }
-    }
-
-    // Status of the Organization.
+    // Status of the Organization, then the Events that announce it.
     let new = status::organization_rendered(
         org,
         &rendered.config,
         &rendered.findings,
-        deployment.status.as_ref(),
+        deployment.as_ref(),
+        &problems,
         &now,
     );
-    announce_findings(ctx, org, &old_conditions, &rendered.findings).await?;
-    record(
+    let changed = old_status.as_ref() != Some(&new);
+    if changed {
+        write_status(client, org, &new).await?;
+    }
+    // The audit log: what changed first, then what it did to the conditions.
+    announce_changes(
         ctx,
         org,
         old_status.as_ref(),
-        &new,
-        &[(status::READY, "False")],
+        &rendered.config.hash,
+        existing.as_ref(),
+        deployment.is_some(),
+        &mounted,
+        &secrets_hash,
     )
-    .await?;
-    let ready =
-        status::condition(&new.conditions, status::READY).is_some_and(|c| c.status == "True");
+    .await;
+    if changed {
+        let before = old_status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        for w in [
+            watched(status::READY, "False", true),
+            watched(DEGRADED, "True", false),
+        ] {
+            publish_if_changed(ctx, org, before, &new.conditions, &w).await;
+        }
+    }
+    let settled = status::condition(&new.conditions, status::PROGRESSING)
+        .is_some_and(|c| c.status == "False");
 
     // Status of the other kinds.
-    for s in settings
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(&ns))
-    {
+    for s in &settings {
         let new = status::setting(s, &rendered.config, &rendered.findings, &now);
-        let old = s.status.as_ref();
-        record(ctx, s, old, &new, &[(ACCEPTED, "False")]).await?;
+        record(
+            ctx,
+            s,
+            s.status.as_ref(),
+            &new,
+            &[watched(ACCEPTED, "False", true)],
+        )
+        .await?;
     }
-    for r in ranges
-        .iter()
-        .filter(|r| r.namespace().as_deref() == Some(&ns))
-    {
+    for r in &ranges {
         let new = status::range(r, &rendered.findings, &now);
-        let old = r.status.as_ref();
-        record(ctx, r, old, &new, &[(ACCEPTED, "False")]).await?;
+        record(
+            ctx,
+            r,
+            r.status.as_ref(),
+            &new,
+            &[watched(ACCEPTED, "False", true)],
+        )
+        .await?;
     }
     let interval =
         SignedDuration::try_from(ctx.settings.probe_interval).unwrap_or(SignedDuration::MAX);
-    for route in routes
-        .iter()
-        .filter(|r| r.namespace().as_deref() == Some(&ns))
-    {
+    for route in &routes {
         let old = route.status.as_ref();
         let due = old.is_none_or(|s| {
             s.observed_generation != route.metadata.generation
@@ -606,18 +991,86 @@ async fn reconcile_org<P: TlsProber>(
             route,
             old,
             &new,
-            &[(ACCEPTED, "False"), (TLS_VERIFIED, "False")],
+            &[
+                watched(ACCEPTED, "False", true),
+                watched(TLS_VERIFIED, "False", true),
+            ],
         )
         .await?;
     }
 
-    Ok(Action::requeue(if ready {
+    if let Some(e) = failed {
+        // Status says what the API server refused; retry with backoff.
+        return Err(e);
+    }
+    Ok(Action::requeue(if settled {
         ctx.settings
             .settled_requeue
             .min(ctx.settings.probe_interval)
     } else {
         ctx.settings.rollout_requeue
     }))
+}
+
+/// The audit log of what the reconcile changed: a new config, a new relay, new Secrets.
+#[allow(clippy::too_many_arguments)]
+async fn announce_changes<P: TlsProber>(
+    ctx: &Context<P>,
+    org: &Organization,
+    old_status: Option<&crds::OrganizationStatus>,
+    new_hash: &str,
+    existing: Option<&Deployment>,
+    deployed: bool,
+    mounted: &[children::MountedSecret],
+    secrets_hash: &str,
+) {
+    match old_status.and_then(|s| s.config_hash.as_deref()) {
+        Some(old) if old == new_hash => {}
+        Some(old) => {
+            let note = format!(
+                "relay config changed from {} to {}; relays reload it without restarting",
+                short(old),
+                short(new_hash)
+            );
+            publish(ctx, org, EventType::Normal, "ConfigUpdated", &note).await
+        }
+        None => {
+            let note = format!("relay config {} applied (first version)", short(new_hash));
+            publish(ctx, org, EventType::Normal, "ConfigUpdated", &note).await
+        }
+    }
+    let old_secrets_hash = existing.and_then(|d| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(children::SECRETS_HASH_ANNOTATION)
+            .cloned()
+    });
+    match (existing, old_secrets_hash) {
+        (None, _) if deployed => {
+            let note = format!(
+                "created Deployment {} with {} replica(s)",
+                children::relay_name(&org.name_any()),
+                org.spec.relay.replicas.unwrap_or(1).max(1)
+            );
+            publish(ctx, org, EventType::Normal, "RelayCreated", &note).await
+        }
+        (None, _) => {}
+        (Some(_), Some(old)) if old == secrets_hash => {}
+        (Some(_), old) => {
+            let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
+            let note = format!(
+                "mounted Secrets [{}] changed (hash {} to {}): relay pods restart to load them",
+                names.join(", "),
+                short(old.as_deref().unwrap_or("none")),
+                short(secrets_hash)
+            );
+            publish(ctx, org, EventType::Normal, "SecretsChanged", &note).await
+        }
+    }
 }
 
 /// The route as the operator probes it: its CA file (a Secret mount path in relay pods) is
@@ -661,38 +1114,6 @@ async fn with_local_ca(
     cfg
 }
 
-/// One Warning Event per Organization finding that is new since the last status.
-async fn announce_findings<P: TlsProber>(
-    ctx: &Context<P>,
-    org: &Organization,
-    old_conditions: &[Condition],
-    findings: &[Finding],
-) -> Result<(), Error> {
-    let before = status::condition(old_conditions, DEGRADED)
-        .filter(|c| c.status == "True")
-        .map(|c| c.message.as_str())
-        .unwrap_or_default();
-    for f in findings
-        .iter()
-        .filter(|f| f.kind == ObjectKind::Organization)
-    {
-        if !before.contains(&f.message) {
-            publish(ctx, org, EventType::Warning, f.reason, f.message.clone()).await?;
-        }
-    }
-    if !before.is_empty() && !findings.iter().any(|f| f.kind == ObjectKind::Organization) {
-        publish(
-            ctx,
-            org,
-            EventType::Normal,
-            "Recovered",
-            "the problems reported earlier are resolved".into(),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 /// Every Organization of the namespace of a changed object: one namespace is one
 /// organization, so a change to any of its objects reconciles it.
 fn organizations_in(
@@ -707,51 +1128,104 @@ fn organizations_in(
         .collect()
 }
 
+/// Inputs change the relay on a new generation (spec) or new labels (selectors match
+/// IpAllowRanges by label); status writes, the operator's own included, do not.
+fn input_changed<K: Resource>(obj: &K) -> Option<u64> {
+    predicates::generation::<K>
+        .combine(predicates::labels::<K>)
+        .hash_property(obj)
+}
+
+/// A watch of every `K` that feeds `writer` and yields the objects whose spec or labels
+/// changed.
+fn inputs<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(input_changed::<K>, Default::default())
+}
+
+/// A watch of the operator's children of kind `K` (by label) that feeds `writer`.
+fn children_of<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    watcher(Api::<K>::all(client.clone()), owned)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+}
+
 /// Runs the controller until `shutdown` resolves.
+///
+/// Every watched kind feeds a reflector store that reconciles read from. Organizations
+/// and their inputs trigger a reconcile only when their spec or labels change, so the
+/// operator's own status writes do not reconcile again; children trigger one on any
+/// change (a Deployment's status is how a rollout is seen).
 pub async fn run<P: TlsProber>(
     ctx: Arc<Context<P>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Some(w) = ctx.writers.lock().ok().and_then(|mut w| w.take()) else {
+        tracing::error!("the controller of this context is already running");
+        return;
+    };
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let controller = Controller::new(
-        Api::<Organization>::all(client.clone()),
-        watcher::Config::default(),
+    let stores = ctx.stores.clone();
+    let (s1, s2, s3) = (
+        stores.organizations.clone(),
+        stores.organizations.clone(),
+        stores.organizations.clone(),
     );
-    let store = controller.store();
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
-    controller
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
-        .watches(
-            Api::<SmtpRelaySetting>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| organizations_in(&s1, o.namespace()),
-        )
-        .watches(
-            Api::<IpAllowRange>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| organizations_in(&s2, o.namespace()),
-        )
-        .watches(
-            Api::<MailRoute>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| organizations_in(&s3, o.namespace()),
-        )
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| organizations_in(&s4, o.namespace()),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((org, _)) => tracing::debug!(organization = %org.name, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "reconcile error"),
-            }
-        })
-        .await;
+    Controller::for_stream(
+        inputs(&client, w.organizations),
+        stores.organizations.clone(),
+    )
+    .owns_stream(children_of(&client, w.config_maps))
+    .owns_stream(children_of(&client, w.deployments))
+    .owns_stream(children_of(&client, w.services))
+    .owns_stream(children_of(&client, w.pdbs))
+    .owns_stream(children_of(&client, w.claims))
+    .owns_stream(children_of(&client, w.network_policies))
+    .watches_stream(inputs(&client, w.settings), move |o| {
+        organizations_in(&s1, o.namespace())
+    })
+    .watches_stream(inputs(&client, w.ranges), move |o| {
+        organizations_in(&s2, o.namespace())
+    })
+    .watches_stream(inputs(&client, w.routes), move |o| {
+        organizations_in(&s3, o.namespace())
+    })
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((org, _)) => tracing::debug!(organization = %org.name, "reconciled"),
+            Err(e) => tracing::warn!(error = %e, "reconcile error"),
+        }
+    })
+    .await;
 }

@@ -144,6 +144,10 @@ impl LocalOptions {
                         let path = Path::new(&env.ca_dir).join(&mounted.name).join("ca.crt");
                         write_key(secret, "ca.crt", &path, "trusted CA roots")?;
                     }
+                    SecretUse::RedisPassword => {
+                        let path = env.redis_password_file();
+                        write_key(secret, "password", Path::new(&path), "the Redis password")?;
+                    }
                 }
             }
         }

@@ -64,6 +64,18 @@ impl RenderEnv {
             delivery: DeliveryConfig::default(),
         }
     }
+
+    /// Where the Redis password Secret's `password` key is mounted: `redis/password` next
+    /// to the TLS directory (`/etc/smtprelay/redis/password` in a pod).
+    pub fn redis_password_file(&self) -> String {
+        let tls = std::path::Path::new(&self.tls_dir);
+        tls.parent()
+            .unwrap_or(tls)
+            .join("redis")
+            .join("password")
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// The kind of object a [`Finding`] is about.
@@ -236,6 +248,19 @@ pub fn render(
     let limit_store = match &spec.relay.limit_store {
         Some(s) if s.kind == LimitStoreKind::Redis => LimitStoreConfig::Redis {
             url: s.url.clone().unwrap_or_default(),
+            // Only the path of the mounted Secret: the password itself never enters the
+            // config (or the ConfigMap that carries it).
+            password_file: match &s.password_secret_ref {
+                Some(r) if secret_exists(&r.name) => Some(env.redis_password_file()),
+                Some(r) => {
+                    findings.push(org_finding(
+                        "RedisPasswordSecretMissing",
+                        format!("relay.limitStore.passwordSecretRef names Secret {} which does not exist: the relays connect to Redis without a password", r.name),
+                    ));
+                    None
+                }
+                None => None,
+            },
         },
         _ => LimitStoreConfig::Memory,
     };

@@ -273,8 +273,13 @@ fn default_max_connections() -> u32 {
 pub enum LimitStoreConfig {
     /// In this process (one replica).
     Memory,
-    /// Shared by all replicas.
-    Redis { url: String },
+    /// Shared by all replicas. The password, if any, is read from `password_file` (a
+    /// mounted Secret) and is never part of the config.
+    Redis {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<String>,
+    },
 }
 
 /// Delivery behaviour.

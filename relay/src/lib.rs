@@ -149,8 +149,16 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
     let limits: Arc<dyn LimitStore> = match (&opts.limit_store, &config.limit_store) {
         (Some(store), _) => store.clone(),
         (None, LimitStoreConfig::Memory) => Arc::new(MemoryLimitStore::new()),
-        (None, LimitStoreConfig::Redis { url }) => {
-            let store = RedisLimitStore::new(url, &config.organization.name)?;
+        (None, LimitStoreConfig::Redis { url, password_file }) => {
+            let password = match password_file {
+                Some(file) => Some(limits_redis::read_password(file)?),
+                None => None,
+            };
+            let store = RedisLimitStore::with_password(
+                url,
+                password.as_deref(),
+                &config.organization.name,
+            )?;
             metrics.registry_mut().register(
                 "limit_store_errors",
                 "Limit checks (answered 451) and counts that failed because Redis did not answer",

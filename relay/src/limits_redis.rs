@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, IntoConnectionInfo, Script};
 
 use crate::limits::{
     BoxFuture, LimitHit, LimitStore, LimitStoreError, RcptQuery, Release, TxId, Usage,
@@ -241,13 +241,40 @@ fn millis(t: SystemTime) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The Redis password from a mounted Secret file (one trailing newline dropped).
+pub fn read_password(file: &str) -> Result<String, RedisUrlError> {
+    std::fs::read_to_string(file)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| RedisUrlError(format!("Redis password file {file}: {e}")))
+}
+
 impl RedisLimitStore {
     /// A store for `organization` at `url` (`redis://host:port/db`). Connects lazily, so a
     /// relay starts while Redis is down and answers 451 at RCPT until it comes back; the
     /// connection is re-established in the background after a failure. Must be called
     /// inside a tokio runtime.
     pub fn new(url: &str, organization: &str) -> Result<Self, RedisUrlError> {
-        let client = Client::open(url).map_err(|e| RedisUrlError(format!("{url}: {e}")))?;
+        Self::with_password(url, None, organization)
+    }
+
+    /// As [`new`](Self::new), authenticating with `password` (read from a mounted Secret,
+    /// never written into the URL of the config).
+    pub fn with_password(
+        url: &str,
+        password: Option<&str>,
+        organization: &str,
+    ) -> Result<Self, RedisUrlError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| RedisUrlError(format!("{url}: {e}")))?;
+        let info = match password {
+            Some(p) => {
+                let redis = info.redis_settings().clone().set_password(p);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        };
+        let client = Client::open(info).map_err(|e| RedisUrlError(format!("{url}: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))

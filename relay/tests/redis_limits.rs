@@ -26,7 +26,10 @@ fn redis_config(
 ) -> RelayConfig {
     // Delivery goes to a closed port: accepted mail stays in the spool to be counted.
     let mut cfg = config(dir, 9);
-    cfg.limit_store = LimitStoreConfig::Redis { url: redis.url() };
+    cfg.limit_store = LimitStoreConfig::Redis {
+        url: redis.url(),
+        password_file: None,
+    };
     set(&mut cfg.limits);
     cfg
 }
@@ -360,6 +363,7 @@ async fn a_relay_starts_while_redis_is_down_and_answers_451() {
     let mut cfg = config(&dir.path().join("spool"), 9);
     cfg.limit_store = LimitStoreConfig::Redis {
         url: format!("redis://127.0.0.1:{port}/"),
+        password_file: None,
     };
     let relay = start(cfg, &clock).await;
     let mut c = ehlo(relay.smtp_addr()).await;
@@ -409,4 +413,68 @@ async fn a_message_accepted_while_redis_is_down_is_counted_when_it_returns() {
     queue_id(&done.unwrap());
     assert_eq!((ok.len(), refused), (1, vec![CUSTOMER_DAY.to_string()]));
     relay.shutdown().await;
+}
+
+/// A `redis-server` that requires `password`, killed on drop.
+struct PasswordRedis(std::process::Child, u16);
+
+impl PasswordRedis {
+    fn start(password: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", password])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        // Owned at once: killed and reaped on drop, also when it never starts.
+        let server = Self(child, port);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {port} did not start");
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_redis_password_is_read_from_its_file_and_never_needed_in_the_url() {
+    let redis = PasswordRedis::start("s3cret-from-a-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret-from-a-secret\n").unwrap();
+    let url = format!("redis://127.0.0.1:{}/", redis.1);
+    for (password_file, accepted) in [
+        (Some(password_file.to_string_lossy().into_owned()), true),
+        (None, false),
+    ] {
+        let clock = fake_clock();
+        let spool = tempfile::tempdir().unwrap();
+        let mut cfg = config(&spool.path().join("spool"), 9);
+        cfg.limit_store = LimitStoreConfig::Redis {
+            url: url.clone(),
+            password_file,
+        };
+        let relay = start(cfg, &clock).await;
+        let mut c = ehlo(relay.smtp_addr()).await;
+        let (_, refused, _) = c.transaction("bob@acme.example", &rcpts("p", 1), "x").await;
+        // Without the password Redis answers NOAUTH: the limit check cannot be made.
+        assert_eq!(refused.is_empty(), accepted, "{refused:?}");
+        relay.shutdown().await;
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Serves its metrics, campaigns for the leader Lease, and reconciles Organizations only
 //! while it holds the lease. Losing the lease ends the process (its Deployment restarts it
-//! as a follower), so two replicas never reconcile at once.
+//! as a follower), so two replicas never reconcile at once. On SIGTERM the leader stops
+//! reconciling and then releases the lease, so that a follower takes over at once.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -38,15 +39,58 @@ struct Args {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "smtprelay-operator")]
     lease_name: String,
-    /// This replica's identity in the Lease (normally the pod name).
-    #[arg(long, default_value = "smtprelay-operator")]
-    identity: String,
+    /// This replica's identity in the Lease. Default: `$POD_NAME`, else `$HOSTNAME` (the
+    /// pod name in a pod), else a random one. Two replicas must never share it.
+    #[arg(long)]
+    identity: Option<String>,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
     /// Seconds between TLS probes of each MailRoute.
     #[arg(long, default_value_t = 600)]
     probe_interval_seconds: u64,
+    /// An image Organizations may name in `spec.relay.image` (repeatable). The default
+    /// relay image is always allowed; any other image is refused unless listed.
+    #[arg(long = "allowed-relay-image")]
+    allowed_relay_images: Vec<String>,
+    /// Refuse `spec.relay.serviceType: LoadBalancer`.
+    #[arg(long)]
+    forbid_load_balancer: bool,
+    /// Namespaces whose pods may reach the relays' admin port (repeatable; default: the
+    /// lease namespace, i.e. the operator's own, and `monitoring`).
+    #[arg(long = "admin-namespace")]
+    admin_namespaces: Vec<String>,
+}
+
+/// This replica's identity in the Lease.
+fn identity(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("smtprelay-operator-{:016x}", fastrand::u64(..)))
+}
+
+/// Resolves on SIGTERM (how the kubelet stops a pod) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[tokio::main]
@@ -74,23 +118,41 @@ async fn operate(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     tokio::spawn(serve(listener, metrics.clone()));
 
+    let identity = identity(args.identity);
     let (leading_tx, mut leading) = watch::channel(false);
-    let elector = LeaderElector {
-        api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        lease_name: args.lease_name.clone(),
-        identity: args.identity.clone(),
-        lease_duration: Duration::from_secs(args.lease_seconds),
-        renew_every: Duration::from_secs((args.lease_seconds / 3).max(1)),
-    };
-    let election = tokio::spawn(elector.run(leading_tx));
-    tracing::info!(identity = %args.identity, "waiting for the leader lease");
-    leading.wait_for(|l| *l).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_seconds.max(3)),
+    );
+    let election = tokio::spawn(elector.run(leading_tx, async move {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(%identity, "waiting for the leader lease");
+    tokio::select! {
+        r = leading.wait_for(|l| *l) => { r?; }
+        () = terminated() => {
+            let _ = stop_tx.send(());
+            let _ = election.await;
+            return Ok(());
+        }
+    }
 
+    let admin_namespaces = if args.admin_namespaces.is_empty() {
+        vec![args.lease_namespace.clone(), "monitoring".into()]
+    } else {
+        args.admin_namespaces
+    };
     let settings = Settings {
         defaults: ChildDefaults {
             relay_image: args.relay_image,
+            admin_namespaces,
         },
         probe_interval: Duration::from_secs(args.probe_interval_seconds),
+        allowed_images: args.allowed_relay_images,
+        forbid_load_balancer: args.forbid_load_balancer,
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(
@@ -98,25 +160,28 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         settings,
         DeliveryProber,
         metrics,
-        Some(args.identity),
+        Some(identity),
     ));
     let mut lost = leading.clone();
     let shutdown = async move {
-        let signal = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
         let lost = async {
             let _ = lost.wait_for(|l| !*l).await;
         };
         tokio::select! {
-            () = signal => {}
+            () = terminated() => {}
             () = lost => {}
         }
     };
     run(ctx, shutdown).await;
-    election.abort();
-    if !*leading.borrow() {
+    // Reconciling has stopped: now the lease may go.
+    let still_leading = *leading.borrow();
+    let _ = stop_tx.send(());
+    let elector = election.await?;
+    if !still_leading {
         anyhow::bail!("lost the leader lease; exiting so that another replica leads");
+    }
+    if let Err(e) = elector.release().await {
+        tracing::warn!(error = %e, "could not release the leader lease; a follower takes over when it expires");
     }
     Ok(())
 }

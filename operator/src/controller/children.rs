@@ -2,7 +2,9 @@
 //!
 //! [`build`] turns an Organization, its rendered [`RelayConfig`](relay::config::RelayConfig)
 //! and the hash of its mounted Secrets into the ConfigMap, Deployment, Service,
-//! PodDisruptionBudget and (for a persistent spool) PersistentVolumeClaim that run its relay.
+//! PodDisruptionBudget, NetworkPolicy and (for a persistent spool) PersistentVolumeClaim
+//! that run its relay. Names come from [`names`](super::names), so they are valid whatever
+//! the Organization and its Secrets are called.
 //! The same inputs always give the same objects, so server-side apply with one field manager
 //! is idempotent, and golden files pin the output.
 //!
@@ -24,6 +26,10 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -31,6 +37,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use relay::config::RelayConfig;
 use sha2::{Digest, Sha256};
+
+use super::names;
 
 /// Pod-template annotation holding the hash of the mounted Secrets' data.
 pub const SECRETS_HASH_ANNOTATION: &str = "smtprelay.dev/secrets-hash";
@@ -52,12 +60,16 @@ const RELAY_UID: i64 = 65532;
 pub struct ChildDefaults {
     /// Relay image when `spec.relay.image` is unset.
     pub relay_image: String,
+    /// Namespaces whose pods may reach the relay's admin port (`/metrics`, queue
+    /// administration): the operator's own and the monitoring namespace.
+    pub admin_namespaces: Vec<String>,
 }
 
 impl Default for ChildDefaults {
     fn default() -> Self {
         Self {
             relay_image: "smtprelay-relay:dev".into(),
+            admin_namespaces: vec!["smtprelay-system".into(), "monitoring".into()],
         }
     }
 }
@@ -71,6 +83,8 @@ pub enum SecretUse {
     Auth,
     /// A route's `tls.trustedCaSecretRef`: `ca.crt`.
     Ca,
+    /// `relay.limitStore.passwordSecretRef`: `password`.
+    RedisPassword,
 }
 
 /// A Secret the relay pods mount.
@@ -101,6 +115,15 @@ pub fn mounted_secrets(
     }
     if let Some(r) = &org.spec.auth_secret_ref {
         add(SecretUse::Auth, &r.name);
+    }
+    if let Some(r) = org
+        .spec
+        .relay
+        .limit_store
+        .as_ref()
+        .and_then(|s| s.password_secret_ref.as_ref())
+    {
+        add(SecretUse::RedisPassword, &r.name);
     }
     for route in routes {
         if route.namespace() != org.namespace() {
@@ -147,6 +170,7 @@ pub struct Children {
     pub deployment: Deployment,
     pub service: Service,
     pub pdb: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
     /// Only when `spec.relay.spool.size` asks for a persistent spool.
     pub spool_claim: Option<PersistentVolumeClaim>,
 }
@@ -163,6 +187,7 @@ impl Children {
         push(serde_yaml::to_string(&self.deployment)?);
         push(serde_yaml::to_string(&self.service)?);
         push(serde_yaml::to_string(&self.pdb)?);
+        push(serde_yaml::to_string(&self.network_policy)?);
         if let Some(pvc) = &self.spool_claim {
             push(serde_yaml::to_string(pvc)?);
         }
@@ -172,17 +197,24 @@ impl Children {
 
 /// Name of the ConfigMap holding the RelayConfig.
 pub fn config_map_name(org: &str) -> String {
-    format!("{org}-relay-config")
+    names::child_name("", org, "-relay-config")
 }
 
-/// Name of the Deployment, Service and PodDisruptionBudget.
+/// Name of the Deployment, Service, PodDisruptionBudget and NetworkPolicy: a DNS-1035
+/// label (as a Service name must be) whatever the Organization is called.
 pub fn relay_name(org: &str) -> String {
-    format!("{org}-relay")
+    names::child_name("", org, "-relay")
 }
 
 /// Name of the spool PersistentVolumeClaim.
 pub fn spool_claim_name(org: &str) -> String {
-    format!("{org}-relay-spool")
+    names::child_name("", org, "-relay-spool")
+}
+
+/// Name of the volume of a route's CA Secret: a DNS-1123 label even when the Secret's
+/// name has dots or is long.
+pub fn ca_volume_name(secret: &str) -> String {
+    names::child_name("ca-", secret, "")
 }
 
 /// Labels selecting the relay pods of one Organization.
@@ -192,7 +224,10 @@ pub fn selector_labels(org: &str) -> BTreeMap<String, String> {
             "app.kubernetes.io/name".to_string(),
             "smtprelay".to_string(),
         ),
-        ("app.kubernetes.io/instance".to_string(), org.to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            names::label_value(org),
+        ),
     ])
 }
 
@@ -296,10 +331,78 @@ pub fn build(
     };
     Children {
         config_map,
+        network_policy: network_policy(org, config, defaults),
         deployment,
         service,
         pdb,
         spool_claim,
+    }
+}
+
+/// Ingress to the relay pods: the SMTP ports from `relay.allowedClientCidrs` (anywhere
+/// when empty), the admin port only from the operator's and the monitoring namespaces.
+/// Egress is left open: the relay delivers to whatever MX hosts mail is addressed to.
+fn network_policy(
+    org: &Organization,
+    config: &RelayConfig,
+    defaults: &ChildDefaults,
+) -> NetworkPolicy {
+    let name = org.name_any();
+    let port = |p: u16| NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(p))),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let cidrs = &org.spec.relay.allowed_client_cidrs;
+    let smtp = NetworkPolicyIngressRule {
+        ports: Some(vec![
+            port(config.listeners.smtp.port()),
+            port(config.listeners.submission.port()),
+            port(config.listeners.smtps.port()),
+        ]),
+        from: (!cidrs.is_empty()).then(|| {
+            cidrs
+                .iter()
+                .map(|c| NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: c.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+    };
+    let admin = NetworkPolicyIngressRule {
+        ports: Some(vec![port(config.admin_listen.port())]),
+        from: Some(
+            defaults
+                .admin_namespaces
+                .iter()
+                .map(|ns| NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_string(),
+                            ns.clone(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    };
+    NetworkPolicy {
+        metadata: meta(org, relay_name(&name)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![smtp, admin]),
+            ..Default::default()
+        }),
     }
 }
 
@@ -351,10 +454,15 @@ fn deployment(
             SecretUse::Tls => ("tls".into(), env.tls_dir.clone(), &["tls.crt", "tls.key"]),
             SecretUse::Auth => ("auth".into(), env.credentials_dir.clone(), &["credentials"]),
             SecretUse::Ca => (
-                format!("ca-{}", m.name),
+                ca_volume_name(&m.name),
                 format!("{}/{}", env.ca_dir, m.name),
                 &["ca.crt"],
             ),
+            SecretUse::RedisPassword => {
+                let file = env.redis_password_file();
+                let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+                ("redis".into(), dir.to_string(), &["password"])
+            }
         };
         volumes.push(Volume {
             name: volume.clone(),

@@ -1,27 +1,50 @@
-//! A mocked API server for reconcile tests, in the manner of controller-rs.
+//! A mocked API server for reconcile tests, in the manner of controller-rs, as strict as
+//! the real one where the operator could go wrong.
 //!
-//! [`World`] holds the objects of one namespace as an API server would return them.
-//! [`World::reconcile`] runs one real reconcile against a `tower-test` mock service that
-//! answers from the world and records every request (method, path, query, JSON body), so
-//! tests assert exactly what reconcile asked of the cluster. It owns no assertions.
+//! [`World`] holds the objects of a cluster as an API server would return them.
+//! [`World::reconcile`] runs real reconciles against a `tower-test` mock service that
+//! answers from the world, changes it as the API server would, and records every request
+//! (method, path, query, content type, JSON body), so tests assert what reconcile asked of
+//! the cluster and what the cluster then holds. The server:
+//!
+//! - authorises every request with the ClusterRole of `deploy/rbac.yaml`, including the
+//!   `OwnerReferencesPermissionEnforcement` check on `blockOwnerDeletion` and the `create`
+//!   a server-side apply needs to create an object;
+//! - rejects invalid object names (Service names are DNS-1035 labels), label values and
+//!   volume names, Event notes over 1 KiB, changes to a Deployment's selector and to a
+//!   PersistentVolumeClaim's spec (a claim never shrinks);
+//! - applies a merge patch of status with merge-patch semantics (a field the patch omits
+//!   stays) and a server-side apply of status as the sole manager of status (a field the
+//!   apply omits goes);
+//! - adds defaults to what is applied, and reports a Deployment's old status (a lagging
+//!   `observedGeneration`) until [`World::settle`] plays the Deployment controller.
+//!
+//! It owns no assertions.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crds::manifest::load_paths;
 use crds::{IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use http::{Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::metrics::Metrics;
+use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value};
 use super::probe::TlsProber;
-use super::{Context, Error, FIELD_MANAGER, Settings, reconcile};
+use super::{Context, Error, FIELD_MANAGER, Settings, Stores, reconcile};
 use relay::config::{DeliveryConfig, RouteConfig};
 
 /// The fixed time of every fixture reconcile.
@@ -33,7 +56,10 @@ pub struct Recorded {
     pub method: String,
     pub path: String,
     pub query: String,
+    pub content_type: String,
     pub body: Value,
+    /// The status code the mock answered with.
+    pub code: u16,
 }
 
 impl Recorded {
@@ -45,25 +71,75 @@ impl Recorded {
     /// True for a server-side apply with the operator's one field manager, forced.
     pub fn is_forced_apply(&self) -> bool {
         self.method == "PATCH"
+            && self.content_type == "application/apply-patch+yaml"
             && self
                 .query
                 .contains(&format!("fieldManager={FIELD_MANAGER}"))
             && self.query.contains("force=true")
     }
+
+    /// True for a request that changes something in the cluster.
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
 }
 
-/// The objects of one namespace in the fake API server.
-#[derive(Clone, Debug, Default)]
+/// One rule of a ClusterRole.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    #[serde(default)]
+    pub api_groups: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub verbs: Vec<String>,
+    #[serde(default)]
+    pub resource_names: Vec<String>,
+}
+
+/// The rules of the operator's ClusterRole as `deploy/rbac.yaml` ships them.
+pub fn shipped_rules() -> Vec<Rule> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "ClusterRole" {
+            return serde_json::from_value(v["rules"].clone()).unwrap();
+        }
+    }
+    panic!("no ClusterRole in {}", path.display())
+}
+
+/// A request the mock refuses on purpose (a quota, an admission webhook).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub method: &'static str,
+    pub path_suffix: String,
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The objects of a cluster in the fake API server.
+#[derive(Clone, Debug)]
 pub struct World {
     pub organizations: Vec<Organization>,
     pub settings: Vec<SmtpRelaySetting>,
     pub ranges: Vec<IpAllowRange>,
     pub routes: Vec<MailRoute>,
     pub secrets: Vec<Secret>,
-    /// The relay Deployment as it exists before the reconcile (`None`: not yet created).
-    pub deployment: Option<Value>,
-    /// `status` the API server reports for the Deployment after apply.
+    /// Everything else the API server holds (the operator's children), by object path.
+    pub children: BTreeMap<String, Value>,
+    /// Events posted, in order.
+    pub events: Vec<Value>,
+    /// `status` the Deployment controller writes once it observes a generation.
     pub deployment_status: Value,
+    /// The operator's ClusterRole; `None` authorises everything.
+    pub rules: Option<Vec<Rule>>,
+    pub refusals: Vec<Refusal>,
+    /// Settings of the reconciles' context.
+    pub operator: Settings,
 }
 
 /// A prober that answers from a fixed table and remembers which routes it probed.
@@ -103,7 +179,526 @@ fn stamp<K: kube::Resource>(mut object: K) -> K {
     object
 }
 
+/// The path of an object of kind `K`.
+pub fn path_of<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    format!("{}/{name}", K::url_path(&(), Some(namespace)))
+}
+
+fn typed_path<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    path_of::<K>(
+        object.meta().namespace.as_deref().unwrap_or("default"),
+        object.meta().name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn store_of<K>(items: impl IntoIterator<Item = K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    // As a watch fills it: an initial list, then ready.
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&watcher::Event::InitApply(item));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+/// The parts of an API path: `(group, namespace, resource, name, subresource)`.
+type PathParts = (String, String, String, Option<String>, Option<String>);
+
+fn parse(path: &str) -> Option<PathParts> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => return None,
+    };
+    match rest {
+        ["namespaces", ns, resource, tail @ ..] => Some((
+            group,
+            ns.to_string(),
+            resource.to_string(),
+            tail.first().map(|s| s.to_string()),
+            tail.get(1).map(|s| s.to_string()),
+        )),
+        _ => None,
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: String) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message})
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Bytes of a quantity such as `10Gi` (enough of the grammar for storage requests).
+fn quantity(q: &str) -> Option<f64> {
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let factor = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    n.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// What the API server's validation says about `body` (a child of kind `kind`), if wrong.
+fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<String> {
+    let mut errors = Vec::new();
+    let name_ok = if kind == "Service" {
+        is_dns1035_label(name)
+    } else {
+        is_dns1123_subdomain(name)
+    };
+    if !name_ok {
+        errors.push(format!(
+            "metadata.name: Invalid value: \"{name}\": must be a {}",
+            if kind == "Service" {
+                "DNS-1035 label"
+            } else {
+                "DNS-1123 subdomain"
+            }
+        ));
+    }
+    let mut label_maps = vec![
+        ("metadata.labels", &body["metadata"]["labels"]),
+        ("spec.selector", &body["spec"]["selector"]),
+        (
+            "spec.selector.matchLabels",
+            &body["spec"]["selector"]["matchLabels"],
+        ),
+        (
+            "spec.podSelector.matchLabels",
+            &body["spec"]["podSelector"]["matchLabels"],
+        ),
+        (
+            "spec.template.metadata.labels",
+            &body["spec"]["template"]["metadata"]["labels"],
+        ),
+    ];
+    if kind != "Service" {
+        label_maps.retain(|(f, _)| *f != "spec.selector");
+    }
+    for (field, map) in label_maps {
+        for (k, v) in map.as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or_default();
+            if !is_label_value(v) {
+                errors.push(format!("{field}: Invalid value: \"{v}\": a valid label value must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters (label {k})"));
+            }
+        }
+    }
+    if kind == "Deployment" {
+        let pod = &body["spec"]["template"]["spec"];
+        let volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        for v in &volumes {
+            if !is_dns1123_label(v) {
+                errors.push(format!("spec.template.spec.volumes.name: Invalid value: \"{v}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
+            }
+        }
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                let n = m["name"].as_str().unwrap_or_default();
+                if !volumes.contains(&n) {
+                    errors.push(format!(
+                        "spec.template.spec.containers.volumeMounts.name: Not found: \"{n}\""
+                    ));
+                }
+            }
+            for p in c["ports"].as_array().into_iter().flatten() {
+                let n = p["name"].as_str().unwrap_or_default();
+                if n.len() > 15 {
+                    errors.push(format!("spec.template.spec.containers.ports.name: Invalid value: \"{n}\": must be no more than 15 characters"));
+                }
+            }
+        }
+        if let Some(old) = old
+            && old["spec"]["selector"] != body["spec"]["selector"]
+        {
+            errors.push("spec.selector: Invalid value: field is immutable".into());
+        }
+    }
+    if kind == "PersistentVolumeClaim"
+        && let Some(old) = old
+    {
+        let strip = |v: &Value| {
+            let mut s = v["spec"].clone();
+            if let Some(o) = s.as_object_mut() {
+                o.remove("resources");
+                o.remove("volumeName");
+                o.remove("volumeMode");
+            }
+            s
+        };
+        if strip(old) != strip(body) {
+            errors.push("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into());
+        }
+        let storage = |v: &Value| {
+            v["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .and_then(quantity)
+        };
+        if let (Some(before), Some(after)) = (storage(old), storage(body))
+            && after < before
+        {
+            errors.push(
+                "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
+                    .into(),
+            );
+        }
+    }
+    (!errors.is_empty()).then(|| format!("{kind} \"{name}\" is invalid: [{}]", errors.join(", ")))
+}
+
+/// Defaults the API server adds to what is applied (so that comparisons with stored
+/// objects meet fields the operator never set).
+fn defaulted(kind: &str, mut body: Value) -> Value {
+    match kind {
+        "Deployment" => {
+            body["spec"]["progressDeadlineSeconds"] = json!(600);
+            body["spec"]["revisionHistoryLimit"] = json!(10);
+            if let Some(cs) = body["spec"]["template"]["spec"]["containers"].as_array_mut() {
+                for c in cs {
+                    c["terminationMessagePath"] = json!("/dev/termination-log");
+                }
+            }
+        }
+        "Service" => {
+            body["spec"]["clusterIP"] = json!("10.96.0.10");
+            body["spec"]["sessionAffinity"] = json!("None");
+        }
+        "PersistentVolumeClaim" => {
+            body["spec"]["volumeMode"] = json!("Filesystem");
+        }
+        _ => {}
+    }
+    body
+}
+
+struct Server {
+    objects: BTreeMap<String, Value>,
+    events: Vec<Value>,
+    rules: Option<Vec<Rule>>,
+    refusals: Vec<Refusal>,
+    log: Vec<Recorded>,
+}
+
+impl Server {
+    fn allowed(&self, group: &str, resource: &str, verb: &str) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        rules.iter().any(|r| {
+            r.resource_names.is_empty()
+                && r.api_groups.iter().any(|g| g == group || g == "*")
+                && r.resources.iter().any(|x| x == resource || x == "*")
+                && r.verbs.iter().any(|v| v == verb || v == "*")
+        })
+    }
+
+    fn forbidden(group: &str, resource: &str, verb: &str, ns: &str) -> (u16, Value) {
+        (
+            403,
+            status_body(
+                403,
+                "Forbidden",
+                format!(
+                    "{resource} is forbidden: User \"system:serviceaccount:smtprelay-system:smtprelay-operator\" cannot {verb} resource \"{resource}\" in API group \"{group}\" in the namespace \"{ns}\""
+                ),
+            ),
+        )
+    }
+
+    fn answer(&mut self, r: &Recorded) -> (u16, Value) {
+        let Some((group, ns, resource, name, sub)) = parse(&r.path) else {
+            return (404, status_body(404, "NotFound", r.path.clone()));
+        };
+        let watch = r.query.contains("watch=true");
+        let object_path = match &sub {
+            Some(_) => r.path.rsplit_once('/').map_or(r.path.as_str(), |(p, _)| p),
+            None => r.path.as_str(),
+        };
+        let exists = self.objects.contains_key(object_path);
+        let verb = match (r.method.as_str(), &name) {
+            ("GET", None) if watch => "watch",
+            ("GET", None) => "list",
+            ("GET", Some(_)) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => "unknown",
+        };
+        let full_resource = match &sub {
+            Some(s) => format!("{resource}/{s}"),
+            None => resource.clone(),
+        };
+        if !self.allowed(&group, &full_resource, verb) {
+            return Self::forbidden(&group, &full_resource, verb, &ns);
+        }
+        // Creating through an apply needs `create` as well.
+        if verb == "patch" && !exists && sub.is_none() && !self.allowed(&group, &resource, "create")
+        {
+            return Self::forbidden(&group, &resource, "create", &ns);
+        }
+        // OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs `update` on the
+        // owner's finalizers.
+        let blocks = r.body["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["blockOwnerDeletion"] == true);
+        if blocks && !exists && !self.allowed("smtprelay.dev", "organizations/finalizers", "update")
+        {
+            return (
+                403,
+                status_body(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{resource} \"{}\" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on: , <nil>",
+                        name.clone().unwrap_or_default()
+                    ),
+                ),
+            );
+        }
+        if let Some(f) = self
+            .refusals
+            .iter()
+            .find(|f| f.method == r.method && r.path.ends_with(&f.path_suffix))
+        {
+            return (f.code, status_body(f.code, f.reason, f.message.clone()));
+        }
+
+        let not_found = || {
+            (
+                404,
+                status_body(
+                    404,
+                    "NotFound",
+                    format!(
+                        "{resource} \"{}\" not found",
+                        name.clone().unwrap_or_default()
+                    ),
+                ),
+            )
+        };
+        match (r.method.as_str(), &name, &sub) {
+            ("GET", None, None) => {
+                let prefix = format!("{}/", r.path);
+                let items: Vec<Value> = self
+                    .objects
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(k, _)| !k[prefix.len()..].contains('/'))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            ("GET", Some(_), None) => match self.objects.get(&r.path) {
+                Some(v) => (200, v.clone()),
+                None => not_found(),
+            },
+            ("POST", None, None) if resource == "events" => {
+                let note = r.body["note"].as_str().unwrap_or_default();
+                let event_name = r.body["metadata"]["name"].as_str().unwrap_or_default();
+                if note.len() > 1024 {
+                    return (
+                        422,
+                        status_body(
+                            422,
+                            "Invalid",
+                            format!(
+                                "Event.events.k8s.io \"{event_name}\" is invalid: note: Too long: may not be more than 1024 bytes"
+                            ),
+                        ),
+                    );
+                }
+                self.events.push(r.body.clone());
+                (201, r.body.clone())
+            }
+            ("PATCH", Some(_), None) if resource == "events" => (200, r.body.clone()),
+            ("PATCH", Some(_), Some(s)) if s == "status" => {
+                let target = r.path.trim_end_matches("/status").to_string();
+                let Some(object) = self.objects.get_mut(&target) else {
+                    return not_found();
+                };
+                match r.content_type.as_str() {
+                    "application/merge-patch+json" => {
+                        merge_patch(&mut object["status"], &r.body["status"]);
+                    }
+                    "application/apply-patch+yaml" => {
+                        if r.body["apiVersion"].is_null() || r.body["kind"].is_null() {
+                            return (
+                                400,
+                                status_body(
+                                    400,
+                                    "BadRequest",
+                                    "apiVersion and kind must be set in an apply patch".into(),
+                                ),
+                            );
+                        }
+                        // The operator is the only manager of status: what it omits goes.
+                        object["status"] = r.body["status"].clone();
+                    }
+                    other => {
+                        return (
+                            415,
+                            status_body(
+                                415,
+                                "UnsupportedMediaType",
+                                format!("unsupported patch type {other}"),
+                            ),
+                        );
+                    }
+                }
+                bump(object);
+                (200, object.clone())
+            }
+            ("PATCH", Some(n), None) if r.content_type == "application/apply-patch+yaml" => {
+                let kind = r.body["kind"].as_str().unwrap_or_default().to_string();
+                if kind.is_empty() || r.body["apiVersion"].is_null() {
+                    return (
+                        400,
+                        status_body(
+                            400,
+                            "BadRequest",
+                            "apiVersion and kind must be set in an apply patch".into(),
+                        ),
+                    );
+                }
+                let old = self.objects.get(&r.path).cloned();
+                if let Some(message) = invalid(&kind, n, &r.body, old.as_ref()) {
+                    return (422, status_body(422, "Invalid", message));
+                }
+                let mut new = defaulted(&kind, r.body.clone());
+                new["metadata"]["namespace"] = json!(ns.clone());
+                match &old {
+                    Some(old) => {
+                        for keep in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
+                            if !old["metadata"][keep].is_null() {
+                                new["metadata"][keep] = old["metadata"][keep].clone();
+                            }
+                        }
+                        new["status"] = old["status"].clone();
+                        if old["spec"] != new["spec"] {
+                            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                            new["metadata"]["generation"] = json!(g + 1);
+                        }
+                    }
+                    None => {
+                        new["metadata"]["uid"] = json!(format!("uid-{n}"));
+                        new["metadata"]["generation"] = json!(1);
+                        new["metadata"]["resourceVersion"] = json!("1");
+                        if kind == "Deployment" {
+                            // Nothing observed yet.
+                            new["status"] = json!({});
+                        }
+                    }
+                }
+                if new["status"].is_null()
+                    && let Some(o) = new.as_object_mut()
+                {
+                    o.remove("status");
+                }
+                bump(&mut new);
+                self.objects.insert(r.path.clone(), new.clone());
+                (200, new)
+            }
+            ("PATCH", _, _) => (
+                415,
+                status_body(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the operator must apply, not {}", r.content_type),
+                ),
+            ),
+            _ => not_found(),
+        }
+    }
+}
+
+fn bump(object: &mut Value) {
+    let rv: u64 = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    object["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+}
+
+/// The objects of kind `K` among `objects` (keyed by path), in path order.
+fn typed_from<K: DeserializeOwned + Resource<DynamicType = ()>>(
+    objects: &BTreeMap<String, Value>,
+) -> Vec<K> {
+    // `/api/v1/namespaces/{ns}/secrets/{name}`: the group and version before the
+    // namespace, the plural after it.
+    let collection = K::url_path(&(), Some("ns"));
+    let (prefix, plural) = collection.split_once("/namespaces/ns/").unwrap_or_default();
+    objects
+        .iter()
+        .filter(|(path, _)| {
+            path.starts_with(&format!("{prefix}/namespaces/"))
+                && path.rsplit('/').nth(1) == Some(plural)
+        })
+        .map(|(path, v)| {
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
+        .collect()
+}
+
 impl World {
+    /// An empty cluster that authorises requests with the shipped ClusterRole.
+    pub fn empty() -> Self {
+        Self {
+            organizations: Vec::new(),
+            settings: Vec::new(),
+            ranges: Vec::new(),
+            routes: Vec::new(),
+            secrets: Vec::new(),
+            children: BTreeMap::new(),
+            events: Vec::new(),
+            deployment_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            rules: Some(shipped_rules()),
+            refusals: Vec::new(),
+            operator: Settings::default(),
+        }
+    }
+
     /// The objects of an example folder, as if applied to a cluster.
     pub fn example(name: &str) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -120,149 +715,146 @@ impl World {
             settings: set.settings.into_iter().map(|l| stamp(l.object)).collect(),
             ranges: set.ranges.into_iter().map(|l| stamp(l.object)).collect(),
             routes: set.routes.into_iter().map(|l| stamp(l.object)).collect(),
-            secrets: set.secrets.into_iter().map(|l| stamp(l.object)).collect(),
-            deployment: None,
-            deployment_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            secrets: set
+                .secrets
+                .into_iter()
+                .map(|l| {
+                    // The API server folds stringData into data.
+                    let mut s = stamp(l.object);
+                    for (k, v) in s.string_data.take().into_iter().flatten() {
+                        s.data
+                            .get_or_insert_with(Default::default)
+                            .insert(k, k8s_openapi::ByteString(v.into_bytes()));
+                    }
+                    s
+                })
+                .collect(),
+            ..Self::empty()
         }
     }
 
-    /// The world's (only) Organization.
+    /// The world's first Organization.
     pub fn org(&self) -> Organization {
         self.organizations[0].clone()
     }
 
-    /// Applies the status writes of a previous reconcile, as the API server would have.
-    pub fn absorb(&mut self, log: &[Recorded]) {
-        for r in log.iter().filter(|r| r.path.ends_with("/status")) {
-            let status = r.body["status"].clone();
-            let name = r.path.rsplit('/').nth(1).unwrap_or_default().to_string();
-            let set = |v: &mut Value| {
-                v["status"] = status.clone();
-            };
-            fn update<K>(items: &mut [K], name: &str, f: impl Fn(&mut Value))
-            where
-                K: serde::Serialize + serde::de::DeserializeOwned + ResourceExt,
-            {
-                for item in items.iter_mut().filter(|i| i.name_any() == name) {
-                    let mut v = serde_json::to_value(&*item).unwrap();
-                    f(&mut v);
-                    *item = serde_json::from_value(v).unwrap();
-                }
-            }
-            if r.path.contains("/organizations/") {
-                update(&mut self.organizations, &name, set);
-            } else if r.path.contains("/smtprelaysettings/") {
-                update(&mut self.settings, &name, set);
-            } else if r.path.contains("/ipallowranges/") {
-                update(&mut self.ranges, &name, set);
-            } else if r.path.contains("/mailroutes/") {
-                update(&mut self.routes, &name, set);
-            }
-        }
-        if let Some(d) = log
-            .iter()
-            .find(|r| r.is_forced_apply() && r.path.contains("/deployments/"))
-        {
-            self.deployment = Some(d.body.clone());
-        }
-    }
-
-    fn list(items: Vec<Value>) -> Value {
-        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
-    }
-
-    fn values<K: serde::Serialize>(items: &[K]) -> Vec<Value> {
-        items
-            .iter()
-            .map(|i| serde_json::to_value(i).unwrap())
-            .collect()
-    }
-
-    fn object_named(&self, path: &str) -> Option<Value> {
-        let name = path.rsplit('/').nth(1)?;
-        let find = |items: Vec<Value>| {
-            items
-                .into_iter()
-                .find(|v| v["metadata"]["name"].as_str() == Some(name))
-        };
-        if path.contains("/organizations/") {
-            find(Self::values(&self.organizations))
-        } else if path.contains("/smtprelaysettings/") {
-            find(Self::values(&self.settings))
-        } else if path.contains("/ipallowranges/") {
-            find(Self::values(&self.ranges))
-        } else if path.contains("/mailroutes/") {
-            find(Self::values(&self.routes))
-        } else {
-            None
-        }
-    }
-
-    fn answer(&self, r: &Recorded) -> (StatusCode, Value) {
-        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{} not found", r.path)});
-        let ns = "/namespaces/acme/";
-        let p = r.path.as_str();
-        match r.method.as_str() {
-            "GET" if p.ends_with(&format!("{ns}organizations")) => (
-                StatusCode::OK,
-                Self::list(Self::values(&self.organizations)),
-            ),
-            "GET" if p.ends_with(&format!("{ns}smtprelaysettings")) => {
-                (StatusCode::OK, Self::list(Self::values(&self.settings)))
-            }
-            "GET" if p.ends_with(&format!("{ns}ipallowranges")) => {
-                (StatusCode::OK, Self::list(Self::values(&self.ranges)))
-            }
-            "GET" if p.ends_with(&format!("{ns}mailroutes")) => {
-                (StatusCode::OK, Self::list(Self::values(&self.routes)))
-            }
-            "GET" if p.ends_with(&format!("{ns}secrets")) => {
-                (StatusCode::OK, Self::list(Self::values(&self.secrets)))
-            }
-            "GET" if p.contains("/deployments/") => match &self.deployment {
-                Some(d) => (StatusCode::OK, d.clone()),
-                None => (StatusCode::NOT_FOUND, not_found),
-            },
-            "PATCH" if p.ends_with("/status") => match self.object_named(p) {
-                Some(mut v) => {
-                    v["status"] = r.body["status"].clone();
-                    (StatusCode::OK, v)
-                }
-                None => (StatusCode::NOT_FOUND, not_found),
-            },
-            "PATCH" if r.is_forced_apply() => {
-                let mut v = r.body.clone();
-                v["metadata"]["uid"] = json!("uid-child");
-                v["metadata"]["resourceVersion"] = json!("2");
-                if p.contains("/deployments/") {
-                    v["status"] = self.deployment_status.clone();
-                }
-                (StatusCode::OK, v)
-            }
-            "POST" if p.contains("/events") => (StatusCode::CREATED, r.body.clone()),
-            _ => (StatusCode::NOT_FOUND, not_found),
-        }
-    }
-
-    /// Runs one reconcile of the world's Organization against the mock API server.
-    pub async fn reconcile<P: TlsProber>(
+    /// A child the operator applied, as the API server holds it.
+    pub fn child<K: Resource<DynamicType = ()>>(
         &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&Value> {
+        self.children.get(&path_of::<K>(namespace, name))
+    }
+
+    /// Plays the Deployment controller: every Deployment's status now describes its
+    /// current generation, with the counts of [`World::deployment_status`].
+    pub fn settle(&mut self) {
+        for (path, d) in self.children.iter_mut() {
+            if path.contains("/deployments/") {
+                let mut status = self.deployment_status.clone();
+                status["observedGeneration"] = d["metadata"]["generation"].clone();
+                d["status"] = status;
+            }
+        }
+    }
+
+    fn objects(&self) -> BTreeMap<String, Value> {
+        let mut objects = self.children.clone();
+        fn put<K: Resource<DynamicType = ()> + serde::Serialize>(
+            objects: &mut BTreeMap<String, Value>,
+            items: &[K],
+        ) {
+            for i in items {
+                objects.insert(typed_path(i), serde_json::to_value(i).unwrap());
+            }
+        }
+        put(&mut objects, &self.organizations);
+        put(&mut objects, &self.settings);
+        put(&mut objects, &self.ranges);
+        put(&mut objects, &self.routes);
+        put(&mut objects, &self.secrets);
+        objects
+    }
+
+    fn absorb(&mut self, mut objects: BTreeMap<String, Value>) {
+        self.organizations = typed_from(&objects);
+        self.settings = typed_from(&objects);
+        self.ranges = typed_from(&objects);
+        self.routes = typed_from(&objects);
+        self.secrets = typed_from(&objects);
+        objects.retain(|k, _| {
+            ![
+                "/organizations/",
+                "/smtprelaysettings/",
+                "/ipallowranges/",
+                "/mailroutes/",
+                "/secrets/",
+            ]
+            .iter()
+            .any(|m| k.contains(m))
+        });
+        self.children = objects;
+    }
+
+    /// The reflector stores as the controller's watches would hold the world.
+    fn stores(&self) -> Stores {
+        fn kids<K: DeserializeOwned + Resource<DynamicType = ()> + Clone + 'static>(
+            w: &World,
+        ) -> Store<K> {
+            store_of(typed_from::<K>(&w.children))
+        }
+        Stores {
+            organizations: store_of(self.organizations.clone()),
+            settings: store_of(self.settings.clone()),
+            ranges: store_of(self.ranges.clone()),
+            routes: store_of(self.routes.clone()),
+            config_maps: kids::<ConfigMap>(self),
+            deployments: kids::<Deployment>(self),
+            services: kids::<Service>(self),
+            pdbs: kids::<PodDisruptionBudget>(self),
+            claims: kids::<PersistentVolumeClaim>(self),
+            network_policies: kids::<NetworkPolicy>(self),
+        }
+    }
+
+    /// Runs one reconcile of the world's first Organization; the world then holds what the
+    /// API server holds afterwards.
+    pub async fn reconcile<P: TlsProber>(
+        &mut self,
         prober: P,
     ) -> (Result<Action, Error>, Vec<Recorded>) {
-        self.reconcile_object(self.org(), prober).await
+        let org = self.org();
+        self.reconcile_object(org, prober).await
     }
 
-    /// Runs one reconcile of `org` against the mock API server.
+    /// Runs one reconcile of `org`.
     pub async fn reconcile_object<P: TlsProber>(
-        &self,
+        &mut self,
         org: Organization,
         prober: P,
     ) -> (Result<Action, Error>, Vec<Recorded>) {
+        let (mut results, log) = self.reconcile_all(vec![org], prober).await;
+        (results.remove(0), log)
+    }
+
+    /// Runs one reconcile of each of `orgs`, in order, with one context (one controller)
+    /// and the stores as they were at the start.
+    pub async fn reconcile_all<P: TlsProber>(
+        &mut self,
+        orgs: Vec<Organization>,
+        prober: P,
+    ) -> (Vec<Result<Action, Error>>, Vec<Recorded>) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let world = self.clone();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let server_log = log.clone();
-        let server = tokio::spawn(async move {
+        let server = Arc::new(Mutex::new(Server {
+            objects: self.objects(),
+            events: Vec::new(),
+            rules: self.rules.clone(),
+            refusals: self.refusals.clone(),
+            log: Vec::new(),
+        }));
+        let serving = server.clone();
+        let task = tokio::spawn(async move {
             // Ends when the last client is dropped.
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
@@ -272,16 +864,26 @@ impl World {
                 } else {
                     serde_json::from_slice(&bytes).unwrap()
                 };
-                let recorded = Recorded {
+                let mut recorded = Recorded {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
                     query: parts.uri.query().unwrap_or_default().to_string(),
+                    content_type: parts
+                        .headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
                     body,
+                    code: 0,
                 };
-                let (status, answer) = world.answer(&recorded);
-                server_log.lock().unwrap().push(recorded);
+                let mut s = serving.lock().unwrap();
+                let (code, answer) = s.answer(&recorded);
+                recorded.code = code;
+                s.log.push(recorded);
+                drop(s);
                 let response = Response::builder()
-                    .status(status)
+                    .status(StatusCode::from_u16(code).unwrap())
                     .body(Body::from(serde_json::to_vec(&answer).unwrap()))
                     .unwrap();
                 send.send_response(response);
@@ -294,31 +896,33 @@ impl World {
             RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let client = Client::new(service, "default");
-        let ctx = Arc::new(Context {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: Some("test".into()),
-                },
-            ),
+        let mut ctx = Context::with_stores(
             client,
-            settings: Settings {
-                probe_ca_dir: Some(
-                    std::env::temp_dir()
-                        .join(format!("smtprelay-operator-test-{}", std::process::id())),
-                ),
-                ..Settings::default()
+            Settings {
+                probe_ca_dir: Some(ca_dir.clone()),
+                ..self.operator.clone()
             },
             prober,
-            metrics: Arc::new(Metrics::default()),
-            clock: Arc::new(|| Timestamp::from_second(NOW).unwrap()),
-        });
-        let result = reconcile(Arc::new(org), ctx.clone()).await;
+            Arc::new(Metrics::default()),
+            Some("test".into()),
+            self.stores(),
+        );
+        ctx.clock = Arc::new(|| Timestamp::from_second(NOW).unwrap());
+        let ctx = Arc::new(ctx);
+        let mut results = Vec::new();
+        for org in orgs {
+            results.push(reconcile(Arc::new(org), ctx.clone()).await);
+        }
         drop(ctx);
-        server.await.unwrap();
+        task.await.unwrap();
         let _ = std::fs::remove_dir_all(&ca_dir);
-        let log = log.lock().unwrap().clone();
-        (result, log)
+        let server = Arc::try_unwrap(server)
+            .map_err(|_| "server still shared")
+            .unwrap()
+            .into_inner()
+            .unwrap();
+        self.absorb(server.objects);
+        self.events.extend(server.events);
+        (results, server.log)
     }
 }

@@ -11,11 +11,12 @@ use crds::{
     Condition, IpAllowRange, IpAllowRangeStatus, MailRoute, MailRouteStatus, Organization,
     OrganizationStatus, SmtpRelaySetting, SmtpRelaySettingStatus,
 };
-use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use relay::config::RelayConfig;
 
+use super::probe::verdict;
 use crate::render::{Finding, ObjectKind, parse_network};
 
 pub const READY: &str = "Ready";
@@ -32,7 +33,8 @@ const ADVISORY_FINDINGS: &[&str] = &["TlsChecksRelaxed"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
     pub type_: &'static str,
-    pub status: bool,
+    /// `None` is `Unknown`: not yet known (a rollout nobody has observed).
+    pub status: Option<bool>,
     pub reason: String,
     pub message: String,
 }
@@ -41,7 +43,17 @@ impl Want {
     pub fn new(type_: &'static str, status: bool, reason: &str, message: String) -> Self {
         Self {
             type_,
-            status,
+            status: Some(status),
+            reason: reason.into(),
+            message,
+        }
+    }
+
+    /// A condition whose status is `Unknown`.
+    pub fn unknown(type_: &'static str, reason: &str, message: String) -> Self {
+        Self {
+            type_,
+            status: None,
             reason: reason.into(),
             message,
         }
@@ -56,7 +68,11 @@ pub fn set_condition(
     generation: Option<i64>,
     now: &Time,
 ) {
-    let status = if want.status { "True" } else { "False" };
+    let status = match want.status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let last_transition_time = conditions
         .iter()
         .find(|c| c.type_ == want.type_ && c.status == status)
@@ -85,82 +101,188 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
-/// Status of an Organization whose objects rendered: Ready when every desired replica
-/// is available, Degraded while an Organization finding (missing Secret, Redis required)
-/// stands.
+/// Something that keeps the relay from being what the Organization asks for: a render
+/// finding, a child the API server refused, a rollout that stopped, a refused image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &str, message: String) -> Self {
+        Self {
+            reason: reason.into(),
+            message,
+        }
+    }
+}
+
+/// What the Deployment says about the rollout, trusted only once the Deployment controller
+/// has observed the generation the last apply produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// No Deployment (not created, or its apply was refused).
+    Absent,
+    /// The Deployment controller has not yet observed the latest spec: the replica
+    /// counts describe the previous one.
+    Pending { generation: i64 },
+    /// Observed: counts are current. `stuck` holds the message of a
+    /// `ProgressDeadlineExceeded`.
+    Observed {
+        available: i32,
+        updated: i32,
+        ready: i32,
+        stuck: Option<String>,
+    },
+}
+
+impl Rollout {
+    pub fn of(deployment: Option<&Deployment>) -> Self {
+        let Some(d) = deployment else {
+            return Rollout::Absent;
+        };
+        let generation = d.metadata.generation.unwrap_or(0);
+        let Some(status) = d.status.as_ref() else {
+            return Rollout::Pending { generation };
+        };
+        if status.observed_generation.unwrap_or(0) < generation {
+            return Rollout::Pending { generation };
+        }
+        let stuck = status.conditions.iter().flatten().find(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.status.as_deref() == Some("False")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
+        Rollout::Observed {
+            available: status.available_replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            ready: status.ready_replicas.unwrap_or(0),
+            stuck: stuck.map(|c| c.message.clone().unwrap_or_default()),
+        }
+    }
+}
+
+/// Status of an Organization whose objects rendered. Ready: every desired replica is
+/// available (as observed for the current Deployment generation). Progressing: a rollout
+/// is under way or not yet observed. Degraded: a finding about the Organization, a child
+/// the API server refused, a refused image or Service type, or a rollout past its
+/// deadline. Messages carry no replica counts (those are `readyReplicas`), so a rollout
+/// step is not a new Ready message, nor an Event.
 pub fn organization_rendered(
     org: &Organization,
     config: &RelayConfig,
     findings: &[Finding],
-    deployment: Option<&DeploymentStatus>,
+    deployment: Option<&Deployment>,
+    problems: &[Problem],
     now: &Time,
 ) -> OrganizationStatus {
     let old = org.status.clone().unwrap_or_default();
     let generation = org.metadata.generation;
     let desired = org.spec.relay.replicas.unwrap_or(1).max(1);
-    let available = deployment.and_then(|d| d.available_replicas).unwrap_or(0);
-    let updated = deployment.and_then(|d| d.updated_replicas).unwrap_or(0);
-    let ready_replicas = deployment.and_then(|d| d.ready_replicas).unwrap_or(0);
-    let ready = available == desired && updated == desired;
     let hash = short(&config.hash);
+    let rollout = Rollout::of(deployment);
 
     let mut conditions = old.conditions.clone();
-    set_condition(
-        &mut conditions,
-        if ready {
-            Want::new(
-                READY,
-                true,
-                "RelayAvailable",
-                format!("{available}/{desired} relay replicas available; config {hash} in force"),
-            )
-        } else {
-            Want::new(
+    let (ready, progressing) = match &rollout {
+        Rollout::Absent => (
+            Some(Want::new(
                 READY,
                 false,
-                "RelayUnavailable",
-                format!(
-                    "{available}/{desired} relay replicas available ({updated} updated); config {hash} applied"
-                ),
-            )
-        },
-        generation,
-        now,
-    );
-    set_condition(
-        &mut conditions,
-        if ready {
+                "RelayMissing",
+                "the relay Deployment does not exist".into(),
+            )),
             Want::new(
                 PROGRESSING,
                 false,
-                "RolloutComplete",
-                format!("config {hash} rolled out"),
-            )
-        } else {
+                "NoDeployment",
+                "no relay Deployment to roll out".into(),
+            ),
+        ),
+        Rollout::Pending { generation } => (
+            // The previous pods still serve: Ready stays what it was until the new
+            // generation is observed.
+            condition(&old.conditions, READY).is_none().then(|| {
+                Want::unknown(
+                    READY,
+                    "RolloutPending",
+                    format!("config {hash} applied; waiting for the relay to start"),
+                )
+            }),
             Want::new(
                 PROGRESSING,
                 true,
-                "RollingOut",
-                format!("waiting for {desired} relay replicas with config {hash}"),
-            )
-        },
-        generation,
-        now,
-    );
-    let own: Vec<&Finding> = findings
+                "RolloutPending",
+                format!("waiting for the Deployment controller to observe generation {generation}"),
+            ),
+        ),
+        Rollout::Observed {
+            available, updated, ..
+        } => {
+            let ready = if *available >= desired {
+                Want::new(
+                    READY,
+                    true,
+                    "RelayAvailable",
+                    format!("relay available; config {hash} in force"),
+                )
+            } else {
+                Want::new(
+                    READY,
+                    false,
+                    "RelayUnavailable",
+                    format!("fewer relay replicas available than desired; config {hash} applied"),
+                )
+            };
+            let progressing = if *updated >= desired && *available >= desired {
+                Want::new(
+                    PROGRESSING,
+                    false,
+                    "RolloutComplete",
+                    format!("config {hash} rolled out"),
+                )
+            } else {
+                Want::new(
+                    PROGRESSING,
+                    true,
+                    "RollingOut",
+                    format!("rolling out the relay with config {hash}"),
+                )
+            };
+            (Some(ready), progressing)
+        }
+    };
+    if let Some(ready) = ready {
+        set_condition(&mut conditions, ready, generation, now);
+    }
+    set_condition(&mut conditions, progressing, generation, now);
+
+    let mut all: Vec<Problem> = findings
         .iter()
         .filter(|f| f.kind == ObjectKind::Organization)
+        .map(|f| Problem::new(f.reason, f.message.clone()))
         .collect();
+    all.extend(problems.iter().cloned());
+    if let Rollout::Observed {
+        stuck: Some(message),
+        ..
+    } = &rollout
+    {
+        all.push(Problem::new(
+            "ProgressDeadlineExceeded",
+            format!("the relay rollout stopped progressing: {message}"),
+        ));
+    }
     set_condition(
         &mut conditions,
-        match own.as_slice() {
+        match all.as_slice() {
             [] => Want::new(DEGRADED, false, "AsExpected", "no problems found".into()),
             [first, ..] => Want::new(
                 DEGRADED,
                 true,
-                first.reason,
-                own.iter()
-                    .map(|f| format!("{}: {}", f.reason, f.message))
+                &first.reason,
+                all.iter()
+                    .map(|p| format!("{}: {}", p.reason, p.message))
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
@@ -168,11 +290,16 @@ pub fn organization_rendered(
         generation,
         now,
     );
+    let ready_replicas = match rollout {
+        Rollout::Observed { ready, .. } => Some(ready),
+        Rollout::Pending { .. } => old.ready_replicas,
+        Rollout::Absent => None,
+    };
     OrganizationStatus {
         conditions,
         observed_generation: generation,
         config_hash: Some(config.hash.clone()),
-        ready_replicas: Some(ready_replicas),
+        ready_replicas,
     }
 }
 
@@ -304,6 +431,11 @@ pub fn route(
         now,
     );
     if let Some(results) = probe {
+        // Only the TLS verdict, in a form that stays the same while the failure does.
+        let results: ProbeResults = results
+            .iter()
+            .map(|(host, r)| (host.clone(), r.clone().map_err(|e| verdict(&e))))
+            .collect();
         let failed: Vec<String> = results
             .iter()
             .filter_map(|(host, r)| r.as_ref().err().map(|e| format!("{host}: {e}")))
@@ -451,16 +583,23 @@ spec:
         (org, rendered.config, rendered.findings)
     }
 
+    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-relay", "generation": generation},
+            "spec": {"selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn replicas_without_redis_degrade_and_rollout_is_progressing() {
         let (org, config, findings) = org_and_config(3);
-        let rolling = DeploymentStatus {
-            available_replicas: Some(2),
-            updated_replicas: Some(3),
-            ready_replicas: Some(2),
-            ..Default::default()
-        };
-        let s = organization_rendered(&org, &config, &findings, Some(&rolling), &at(1));
+        let rolling = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "availableReplicas": 2, "updatedReplicas": 3, "readyReplicas": 2}),
+        );
+        let s = organization_rendered(&org, &config, &findings, Some(&rolling), &[], &at(1));
         let degraded = condition(&s.conditions, DEGRADED).unwrap();
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
@@ -476,7 +615,7 @@ spec:
         assert_eq!(
             ready.message,
             format!(
-                "2/3 relay replicas available (3 updated); config {} applied",
+                "fewer relay replicas available than desired; config {} applied",
                 &config.hash[..12]
             )
         );
@@ -490,14 +629,37 @@ spec:
     }
 
     #[test]
+    fn counts_of_a_generation_not_yet_observed_are_not_trusted() {
+        let (org, config, _) = org_and_config(1);
+        // The apply made generation 5; the status still describes generation 4.
+        let stale = deployment(
+            5,
+            serde_json::json!({"observedGeneration": 4, "availableReplicas": 1, "updatedReplicas": 1, "readyReplicas": 1}),
+        );
+        let s = organization_rendered(&org, &config, &[], Some(&stale), &[], &at(1));
+        let progressing = condition(&s.conditions, PROGRESSING).unwrap();
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "RolloutPending")
+        );
+        assert_eq!(condition(&s.conditions, READY).unwrap().status, "Unknown");
+    }
+
+    #[test]
     fn render_failure_keeps_the_config_in_force() {
         let (mut org, config, _) = org_and_config(1);
-        let ok = DeploymentStatus {
-            available_replicas: Some(1),
-            updated_replicas: Some(1),
-            ..Default::default()
-        };
-        org.status = Some(organization_rendered(&org, &config, &[], Some(&ok), &at(1)));
+        let ok = deployment(
+            1,
+            serde_json::json!({"observedGeneration": 1, "availableReplicas": 1, "updatedReplicas": 1}),
+        );
+        org.status = Some(organization_rendered(
+            &org,
+            &config,
+            &[],
+            Some(&ok),
+            &[],
+            &at(1),
+        ));
         let s = organization_failed(
             &org,
             "MailRoute a and MailRoute b are both default routes",

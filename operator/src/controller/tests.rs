@@ -1,30 +1,58 @@
-//! Reconcile against the mocked API server: each test lists the requests reconcile makes
-//! and checks the bodies a user would see (children, status, Events).
+//! Reconcile against the mocked API server: each test checks what a user or the cluster
+//! would notice: the requests made, the children and status the cluster then holds, and
+//! the Events posted.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use relay::config::{RelayConfig, RouteHosts};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::fixtures::{FakeProber, NOW, Recorded, World};
+use super::fixtures::{FakeProber, NOW, Recorded, Refusal, World};
 use super::probe::ProbingDisabled;
 use crate::render::{Objects, RenderEnv, render};
 
 const API: &str = "/apis/smtprelay.dev/v1alpha1/namespaces/acme";
+const EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/acme/events";
+const CHILD_APPLIES: [&str; 5] = [
+    "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config",
+    "PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay",
+    "PATCH /api/v1/namespaces/acme/services/acme-relay",
+    "PATCH /apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay",
+    "PATCH /apis/networking.k8s.io/v1/namespaces/acme/networkpolicies/acme-relay",
+];
 
 fn lines(log: &[Recorded]) -> Vec<String> {
     log.iter().map(Recorded::line).collect()
 }
 
-/// `(type, reason, note, regarding kind/name)` of every Event posted.
+fn writes(log: &[Recorded]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.is_write())
+        .map(Recorded::line)
+        .collect()
+}
+
+/// Requests the API server refused.
+fn refused(log: &[Recorded]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.code >= 400 && r.code != 404)
+        .map(|r| format!("{} -> {}", r.line(), r.code))
+        .collect()
+}
+
+/// `(type, reason, note, regarding kind/name)` of every Event the API server accepted.
 fn events(log: &[Recorded]) -> Vec<(String, String, String, String)> {
     log.iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .filter(|r| r.method == "POST" && r.path.ends_with("/events") && r.code < 300)
         .map(|r| {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
             (
@@ -54,6 +82,10 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+fn org_status(world: &World) -> Value {
+    serde_json::to_value(world.organizations[0].status.clone()).unwrap()
+}
+
 fn rendered(world: &World) -> RelayConfig {
     let secrets: BTreeSet<String> = world.secrets.iter().map(|s| s.name_any()).collect();
     render(
@@ -71,44 +103,33 @@ fn rendered(world: &World) -> RelayConfig {
     .config
 }
 
-const CHILD_APPLIES: [&str; 4] = [
-    "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config",
-    "PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay",
-    "PATCH /api/v1/namespaces/acme/services/acme-relay",
-    "PATCH /apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay",
-];
-
-fn reads() -> Vec<String> {
-    vec![
-        format!("GET {API}/organizations"),
-        format!("GET {API}/smtprelaysettings"),
-        format!("GET {API}/ipallowranges"),
-        format!("GET {API}/mailroutes"),
-        "GET /api/v1/namespaces/acme/secrets".into(),
-        "GET /apis/apps/v1/namespaces/acme/deployments/acme-relay".into(),
-    ]
+/// The world after its first reconcile and the Deployment controller's rollout.
+async fn settled(example: &str) -> World {
+    let mut world = World::example(example);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    world.settle();
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    world
 }
 
-const EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/acme/events";
-
 #[tokio::test]
-async fn new_organization_gets_all_children_status_and_events() {
-    let world = World::example("quickstart");
+async fn new_organization_gets_all_children_then_status_then_events() {
+    let mut world = World::example("quickstart");
     let (result, log) = world.reconcile(ProbingDisabled).await;
-    assert_eq!(
-        result.unwrap(),
-        Action::requeue(std::time::Duration::from_secs(300))
-    );
+    // The Deployment controller has not seen the new Deployment yet: requeue soon.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
+    assert_eq!(refused(&log), Vec::<String>::new());
 
-    let mut expected = reads();
-    expected.extend(CHILD_APPLIES.map(String::from));
-    // Events first, then the status write they describe.
+    // No LIST and no Secret read (quickstart names none): inputs come from the caches.
+    let mut expected: Vec<String> = CHILD_APPLIES.map(String::from).to_vec();
     expected.extend([
-        EVENTS.to_string(),
-        EVENTS.into(),
-        EVENTS.into(),
         format!("PATCH {API}/organizations/acme/status"),
         EVENTS.into(),
+        EVENTS.into(),
+        // Each object joining the relay configuration is announced.
         format!("PATCH {API}/smtprelaysettings/loopback-clients/status"),
         EVENTS.into(),
         format!("PATCH {API}/ipallowranges/loopback-v4/status"),
@@ -116,123 +137,51 @@ async fn new_organization_gets_all_children_status_and_events() {
         format!("PATCH {API}/ipallowranges/loopback-v6/status"),
         EVENTS.into(),
         format!("PATCH {API}/mailroutes/default/status"),
+        EVENTS.into(),
     ]);
     assert_eq!(lines(&log), expected);
 
-    // Every child: server-side apply, one field manager, forced, owned by the Organization.
     for path in CHILD_APPLIES {
         let r = log.iter().find(|r| r.line() == path).unwrap();
         assert!(r.is_forced_apply(), "{path}?{}", r.query);
-        assert_eq!(
-            r.query, "&force=true&fieldManager=smtprelay-operator",
-            "{path}"
-        );
         let owner = &r.body["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "Organization");
         assert_eq!(owner["uid"], "uid-acme");
         assert_eq!(owner["controller"], true);
+        assert_eq!(owner["blockOwnerDeletion"], true);
     }
+    // Status is a server-side apply too.
+    let status_write = request(&log, "PATCH", &format!("{API}/organizations/acme/status"));
+    assert!(status_write.is_forced_apply());
+    assert_eq!(status_write.body["kind"], "Organization");
 
-    // The ConfigMap carries exactly what render produced.
     let config = rendered(&world);
-    let cm = request(
-        &log,
-        "PATCH",
-        "/api/v1/namespaces/acme/configmaps/acme-relay-config",
-    );
-    assert_eq!(cm.body["kind"], "ConfigMap");
-    assert_eq!(cm.body["data"]["config.json"], config.to_json());
-
-    let deployment = &request(
-        &log,
-        "PATCH",
-        "/apis/apps/v1/namespaces/acme/deployments/acme-relay",
-    )
-    .body;
-    assert_eq!(deployment["spec"]["replicas"], 1);
+    let cm = world
+        .child::<ConfigMap>("acme", "acme-relay-config")
+        .unwrap();
+    assert_eq!(cm["data"]["config.json"], config.to_json());
+    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["command"],
-        serde_json::json!(["relay", "--config", "/etc/smtprelay/config/config.json"])
+        json!(["relay", "--config", "/etc/smtprelay/config/config.json"])
     );
-    let ports: Vec<i64> = container["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["containerPort"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ports, [2525, 5587, 4465, 9090]);
-    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    // The pod template never carries the config hash: config changes hot-reload.
     assert!(
         !deployment["spec"]["template"]
             .to_string()
             .contains(&config.hash)
     );
 
-    let service = &request(&log, "PATCH", "/api/v1/namespaces/acme/services/acme-relay").body;
-    let service_ports: Vec<(i64, &str)> = service["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["port"].as_i64().unwrap(),
-                p["targetPort"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        service_ports,
-        [(25, "smtp"), (587, "submission"), (465, "smtps")]
-    );
-    let pdb = &request(
-        &log,
-        "PATCH",
-        "/apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay",
-    )
-    .body;
-    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-
-    // Status: Ready with the hash in force.
-    let status =
-        &request(&log, "PATCH", &format!("{API}/organizations/acme/status")).body["status"];
+    // Not Ready yet, and saying why; no Warning for a relay that is starting.
+    let status = org_status(&world);
     assert_eq!(status["configHash"], config.hash.as_str());
-    assert_eq!(status["observedGeneration"], 1);
-    let ready = condition(status, "Ready");
-    assert_eq!(ready["status"], "True");
+    let ready = condition(&status, "Ready");
     assert_eq!(
-        ready["message"],
-        format!(
-            "1/1 relay replicas available; config {} in force",
-            &config.hash[..12]
-        )
+        (&ready["status"], &ready["reason"]),
+        (&json!("Unknown"), &json!("RolloutPending"))
     );
-    assert_eq!(condition(status, "Degraded")["status"], "False");
-    assert_eq!(condition(status, "Progressing")["status"], "False");
-
-    let setting = &request(
-        &log,
-        "PATCH",
-        &format!("{API}/smtprelaysettings/loopback-clients/status"),
-    )
-    .body["status"];
-    assert_eq!(setting["matchedRanges"], 2);
-    assert_eq!(condition(setting, "Accepted")["status"], "True");
-    let range = &request(
-        &log,
-        "PATCH",
-        &format!("{API}/ipallowranges/loopback-v6/status"),
-    )
-    .body["status"];
-    assert_eq!(range["network"], "::1/128");
-    let route = &request(&log, "PATCH", &format!("{API}/mailroutes/default/status")).body["status"];
-    let accepted = condition(route, "Accepted");
-    assert_eq!(
-        (&accepted["status"], &accepted["reason"]),
-        (&"True".into(), &"TlsChecksRelaxed".into())
-    );
-
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
     let ev = events(&log);
     assert_eq!(
         ev[0],
@@ -256,34 +205,72 @@ async fn new_organization_gets_all_children_status_and_events() {
         )
     );
     assert_eq!(
-        (ev[2].1.as_str(), ev[2].3.as_str()),
-        ("RelayAvailable", "Organization/acme")
+        (ev[5].0.as_str(), ev[5].1.as_str(), ev[5].3.as_str()),
+        ("Normal", "TlsChecksRelaxed", "MailRoute/default")
+    );
+    assert_eq!(ev.len(), 6, "{ev:?}");
+    let setting = serde_json::to_value(&world.settings[0].status).unwrap();
+    assert_eq!(setting["matchedRanges"], 2);
+    assert_eq!(
+        world.ranges[1].status.as_ref().unwrap().network.as_deref(),
+        Some("::1/128")
+    );
+
+    // The Deployment controller rolls it out: Ready, one Normal Event, nothing else.
+    world.settle();
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        writes(&log),
+        [
+            format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into()
+        ]
+    );
+    let ready = condition(&org_status(&world), "Ready").clone();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(
+        ready["message"],
+        format!("relay available; config {} in force", &config.hash[..12])
     );
     assert_eq!(
-        (ev[6].1.as_str(), ev[6].3.as_str()),
-        ("TlsChecksRelaxed", "MailRoute/default")
+        events(&log),
+        [(
+            "Normal".into(),
+            "RelayAvailable".into(),
+            format!("relay available; config {} in force", &config.hash[..12]),
+            "Organization/acme".into()
+        )]
     );
 }
 
 #[tokio::test]
-async fn reconcile_without_changes_writes_no_status_and_no_event() {
-    let mut world = World::example("quickstart");
-    let (_, first) = world.reconcile(ProbingDisabled).await;
-    world.absorb(&first);
+async fn reconcile_without_changes_makes_no_request_at_all() {
+    let mut world = settled("quickstart").await;
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-    let mut expected = reads();
-    expected.extend(CHILD_APPLIES.map(String::from));
-    assert_eq!(lines(&log), expected);
+    assert_eq!(lines(&log), Vec::<String>::new());
 }
 
 #[tokio::test]
-async fn changed_mail_route_reapplies_the_config_map_and_records_old_and_new_hash() {
-    let mut world = World::example("quickstart");
-    let (_, first) = world.reconcile(ProbingDisabled).await;
-    world.absorb(&first);
-    let old = rendered(&world);
+async fn reconcile_without_changes_only_reads_the_named_secrets() {
+    let mut world = settled("applications-smtp-auth").await;
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    // The credentials exist; relay-tls does not (a GET that finds nothing).
+    assert_eq!(
+        lines(&log),
+        [
+            "GET /api/v1/namespaces/acme/secrets/relay-tls",
+            "GET /api/v1/namespaces/acme/secrets/smtp-credentials"
+        ]
+    );
+}
 
+#[tokio::test]
+async fn changed_mail_route_writes_only_the_config_map_and_the_statuses_that_changed() {
+    let mut world = settled("quickstart").await;
+    let old = rendered(&world);
     let route = &mut world.routes[0];
     route.spec.single_host.as_mut().unwrap().port = 2526;
     route.metadata.generation = Some(2);
@@ -292,72 +279,763 @@ async fn changed_mail_route_reapplies_the_config_map_and_records_old_and_new_has
 
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-    let mut expected = reads();
-    expected.extend(CHILD_APPLIES.map(String::from));
-    expected.extend([
-        EVENTS.to_string(),
-        EVENTS.into(),
-        format!("PATCH {API}/organizations/acme/status"),
-        format!("PATCH {API}/mailroutes/default/status"),
-    ]);
-    assert_eq!(lines(&log), expected);
-
-    let cm = request(
-        &log,
-        "PATCH",
-        "/api/v1/namespaces/acme/configmaps/acme-relay-config",
+    assert_eq!(
+        writes(&log),
+        [
+            "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string(),
+            format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into(),
+            EVENTS.into(),
+            format!("PATCH {API}/mailroutes/default/status"),
+        ]
     );
-    let applied = RelayConfig::from_json(cm.body["data"]["config.json"].as_str().unwrap()).unwrap();
+    let cm = world
+        .child::<ConfigMap>("acme", "acme-relay-config")
+        .unwrap();
+    let applied = RelayConfig::from_json(cm["data"]["config.json"].as_str().unwrap()).unwrap();
     assert_eq!(applied, new);
     let RouteHosts::Single(host) = &applied.routes[0].hosts else {
         panic!("single host expected")
     };
     assert_eq!((host.host.as_str(), host.port), ("127.0.0.1", 2526));
-    assert_eq!(
-        cm.body["metadata"]["annotations"]["smtprelay.dev/config-hash"],
-        new.hash.as_str()
-    );
-
     let ev = events(&log);
     assert_eq!(
-        ev[0],
-        (
-            "Normal".into(),
-            "ConfigUpdated".into(),
-            format!(
-                "relay config changed from {} to {}; relays reload it without restarting",
-                &old.hash[..12],
-                &new.hash[..12]
-            ),
-            "Organization/acme".into()
+        ev[0].2,
+        format!(
+            "relay config changed from {} to {}; relays reload it without restarting",
+            &old.hash[..12],
+            &new.hash[..12]
         )
     );
-    // Ready's message names the new hash, so it is a (Normal) change too.
     assert_eq!(
         (ev[1].0.as_str(), ev[1].1.as_str()),
         ("Normal", "RelayAvailable")
     );
-    assert_eq!(ev.len(), 2);
-    let status =
-        &request(&log, "PATCH", &format!("{API}/organizations/acme/status")).body["status"];
-    assert_eq!(status["configHash"], new.hash.as_str());
-    let route_status =
-        &request(&log, "PATCH", &format!("{API}/mailroutes/default/status")).body["status"];
-    assert_eq!(route_status["observedGeneration"], 2);
+    assert_eq!(
+        world.routes[0].status.as_ref().unwrap().observed_generation,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_field_the_operator_stops_setting_is_removed_from_the_child() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.resources =
+        Some(serde_json::from_value(json!({"limits": {"memory": "256Mi"}})).unwrap());
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    let resources = |w: &World| {
+        w.child::<Deployment>("acme", "acme-relay").unwrap()["spec"]["template"]["spec"]
+            ["containers"][0]["resources"]
+            .clone()
+    };
+    assert_eq!(resources(&world), json!({"limits": {"memory": "256Mi"}}));
+    world.organizations[0].spec.relay.resources = None;
+    world.organizations[0].metadata.generation = Some(2);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(
+        writes(&log)
+            .contains(&"PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay".to_string()),
+        "{:#?}",
+        writes(&log)
+    );
+    assert_eq!(resources(&world), Value::Null);
+}
+
+#[tokio::test]
+async fn a_child_changed_by_someone_else_is_put_back() {
+    let mut world = settled("quickstart").await;
+    let path = "/apis/apps/v1/namespaces/acme/deployments/acme-relay";
+    world.children.get_mut(path).unwrap()["spec"]["replicas"] = json!(5);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    // The Deployment, and the Organization's status: a new generation is rolling out.
+    assert_eq!(
+        writes(&log),
+        [
+            format!("PATCH {path}"),
+            format!("PATCH {API}/organizations/acme/status")
+        ]
+    );
+    assert_eq!(world.children[path]["spec"]["replicas"], 1);
+    assert_eq!(
+        condition(&org_status(&world), "Progressing")["reason"],
+        "RolloutPending"
+    );
+}
+
+// --- Names the API server accepts -------------------------------------------------------
+
+#[tokio::test]
+async fn organizations_named_with_a_leading_digit_or_at_length_63_get_valid_children() {
+    for name in ["1acme".to_string(), format!("acme-{}", "x".repeat(58))] {
+        let mut world = World::example("quickstart");
+        world.organizations[0].metadata.name = Some(name.clone());
+        let (result, log) = world.reconcile(ProbingDisabled).await;
+        assert_eq!(refused(&log), Vec::<String>::new(), "{name}");
+        result.unwrap();
+        let services: Vec<&String> = world
+            .children
+            .keys()
+            .filter(|k| k.contains("/services/"))
+            .collect();
+        assert_eq!(services.len(), 1, "{name}: {services:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_ca_secret_with_a_dot_in_its_name_is_mounted() {
+    let mut world = World::example("tls-relaxed-route");
+    world.routes[0].spec.tls.trusted_ca_secret_ref = Some(crds::SecretRef {
+        name: "partner.example-ca".into(),
+    });
+    let mut ca = k8s_openapi::api::core::v1::Secret::default();
+    ca.metadata.name = Some("partner.example-ca".into());
+    ca.metadata.namespace = Some("acme".into());
+    ca.data = Some(
+        [(
+            "ca.crt".to_string(),
+            k8s_openapi::ByteString(b"root".to_vec()),
+        )]
+        .into(),
+    );
+    world.secrets.push(ca);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(refused(&log), Vec::<String>::new());
+    result.unwrap();
+    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
+    let mounts =
+        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
+    assert!(
+        mounts.contains("/etc/smtprelay/ca/partner.example-ca"),
+        "{mounts}"
+    );
+}
+
+// --- Events within limits, after status -------------------------------------------------
+
+#[tokio::test]
+async fn a_long_probe_message_is_one_event_within_limits_and_the_probe_is_not_repeated() {
+    let mut world = World::example("tls-relaxed-route");
+    let long = format!("invalid peer certificate: {}", "é".repeat(1500));
+    let prober = Arc::new(FakeProber {
+        answers: vec![("10.20.0.15:25".into(), Err(long))],
+        ..Default::default()
+    });
+    let (result, log) = world.reconcile(prober.clone()).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    let status = world.routes[0].status.clone().unwrap();
+    let tls = super::status::condition(&status.conditions, "TlsConnectionVerified").unwrap();
+    assert_eq!(tls.status, "False");
+    let warning = events(&log)
+        .into_iter()
+        .find(|e| e.1 == "CertificateValidationFailed")
+        .unwrap();
+    assert!(
+        warning.2.len() <= 1024 && warning.2.ends_with('…'),
+        "{}",
+        warning.2.len()
+    );
+    assert!(
+        warning
+            .2
+            .starts_with("10.20.0.15:25: invalid peer certificate: éé")
+    );
+
+    let (result, again) = world.reconcile(prober.clone()).await;
+    result.unwrap();
+    assert_eq!(prober.probed.lock().unwrap().len(), 1, "probed again");
+    assert!(
+        !lines(&again)
+            .iter()
+            .any(|l| l.contains("mailroutes/archive/status"))
+    );
+}
+
+#[tokio::test]
+async fn a_refused_event_neither_fails_the_reconcile_nor_loses_the_status() {
+    let mut world = World::example("quickstart");
+    world.refusals.push(Refusal {
+        method: "POST",
+        path_suffix: "/events".into(),
+        code: 403,
+        reason: "Forbidden",
+        message: "events is forbidden".into(),
+    });
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(lines(&log).contains(&format!("PATCH {API}/mailroutes/default/status")));
+    assert!(world.organizations[0].status.is_some());
+}
+
+#[tokio::test]
+async fn an_unchanged_expired_certificate_is_not_a_new_event_at_every_probe() {
+    let expired = |now: u64| {
+        Arc::new(FakeProber {
+            answers: vec![(
+                "10.20.0.15:25".into(),
+                Err(format!(
+                    "invalid peer certificate: certificate expired: verification time {now} (UNIX), but certificate is not valid after 1699990000 ({} seconds ago)",
+                    now - 1_699_990_000
+                )),
+            )],
+            ..Default::default()
+        })
+    };
+    let mut world = World::example("tls-relaxed-route");
+    let (_, first) = world.reconcile(expired(1_700_000_000)).await;
+    assert_eq!(
+        events(&first)
+            .iter()
+            .filter(|e| e.1 == "CertificateValidationFailed")
+            .count(),
+        1
+    );
+    // Due again (a new generation), probed again ten minutes later: same verdict.
+    world.routes[0].metadata.generation = Some(2);
+    let prober = expired(1_700_000_600);
+    let (result, second) = world.reconcile(prober.clone()).await;
+    result.unwrap();
+    assert_eq!(prober.probed.lock().unwrap().len(), 1);
+    assert_eq!(events(&second), vec![], "{:#?}", lines(&second));
+}
+
+#[tokio::test]
+async fn a_connection_failure_reports_no_more_than_the_tls_verdict() {
+    let mut world = World::example("tls-relaxed-route");
+    let prober = Arc::new(FakeProber {
+        answers: vec![(
+            "10.20.0.15:25".into(),
+            Err("connect to 10.20.0.15:25: Connection refused (os error 111)".into()),
+        )],
+        ..Default::default()
+    });
+    world.reconcile(prober).await.0.unwrap();
+    let status = serde_json::to_value(world.routes[0].status.clone()).unwrap();
+    assert_eq!(
+        condition(&status, "TlsConnectionVerified")["message"],
+        "10.20.0.15:25: no TLS verdict: the host could not be reached or did not answer"
+    );
+    assert!(!status.to_string().contains("refused"), "{status}");
+}
+
+// --- Status that clears -----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_status_field_that_becomes_empty_is_removed_and_then_left_alone() {
+    let mut world = settled("quickstart").await;
+    assert_eq!(
+        world.settings[0].status.as_ref().unwrap().matched_ranges,
+        Some(2)
+    );
+    let setting = &mut world.settings[0];
+    setting.spec.authentication.ip_allow_ranges.enabled = false;
+    setting.spec.authentication.require_smtp_auth = true;
+    setting.spec.encryption.require_tls = true;
+    setting.metadata.generation = Some(2);
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(
+        world.settings[0].status.as_ref().unwrap().matched_ranges,
+        None
+    );
+
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(writes(&log), Vec::<String>::new());
+}
+
+// --- Ready tells the truth during rollouts ----------------------------------------------
+
+#[tokio::test]
+async fn a_rollout_the_deployment_controller_has_not_seen_is_not_complete() {
+    let mut world = settled("applications-smtp-auth").await;
+    assert_eq!(
+        condition(&org_status(&world), "Progressing")["status"],
+        "False"
+    );
+    // A rotated Secret changes the pod template: a new Deployment generation whose
+    // status still describes the old one.
+    world.secrets[0].data.as_mut().unwrap().insert(
+        "credentials".into(),
+        k8s_openapi::ByteString(b"a:$argon2id$new".to_vec()),
+    );
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
+    let status = org_status(&world);
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(
+        (&progressing["status"], &progressing["reason"]),
+        (&json!("True"), &json!("RolloutPending"))
+    );
+    // The old pods still serve: Ready stays, and no Warning.
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+    let ev = events(&log);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].1, "SecretsChanged");
+    assert!(
+        ev[0]
+            .2
+            .starts_with("mounted Secrets [smtp-credentials] changed")
+    );
+
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(
+        condition(&org_status(&world), "Progressing")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn more_replicas_available_than_desired_is_ready() {
+    let mut world = World::example("quickstart");
+    world.deployment_status =
+        json!({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(condition(&org_status(&world), "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_rollout_past_its_deadline_is_degraded() {
+    let mut world = World::example("quickstart");
+    world.deployment_status = json!({
+        "replicas": 1, "updatedReplicas": 0, "availableReplicas": 1,
+        "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                        "message": "ReplicaSet \"acme-relay-5d8\" has timed out progressing."}]
+    });
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    let (_, log) = world.reconcile(ProbingDisabled).await;
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ProgressDeadlineExceeded");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("has timed out progressing")
+    );
+    assert!(
+        events(&log)
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ProgressDeadlineExceeded")
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_step_is_neither_a_new_ready_message_nor_an_event() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.replicas = Some(3);
+    world.deployment_status =
+        json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 1, "availableReplicas": 1});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let before = condition(&org_status(&world), "Ready").clone();
+    assert_eq!(before["status"], "False");
+    world.deployment_status =
+        json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 2, "availableReplicas": 2});
+    world.settle();
+    let (_, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(events(&log), vec![]);
+    assert_eq!(condition(&org_status(&world), "Ready"), &before);
+    assert_eq!(
+        world.organizations[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .ready_replicas,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_child_is_a_condition_with_the_servers_message_and_the_rest_is_applied() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.spool = Some(crds::SpoolSpec {
+        size: Some("10Gi".into()),
+        storage_class_name: None,
+    });
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+
+    // Shrinking a claim is refused; the ConfigMap change still goes out.
+    world.organizations[0]
+        .spec
+        .relay
+        .spool
+        .as_mut()
+        .unwrap()
+        .size = Some("5Gi".into());
+    world.organizations[0].spec.licenses = 20;
+    world.organizations[0].metadata.generation = Some(2);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "apply");
+    assert!(
+        error
+            .to_string()
+            .starts_with("applying PersistentVolumeClaim acme/acme-relay-spool")
+    );
+    assert!(
+        lines(&log)
+            .contains(&"PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string())
+    );
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert_eq!(
+        degraded["message"],
+        "ApplyFailed: the API server refused PersistentVolumeClaim acme-relay-spool: PersistentVolumeClaim \"acme-relay-spool\" is invalid: [spec.resources.requests.storage: Forbidden: field can not be less than previous value]"
+    );
+    assert!(
+        events(&log)
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ApplyFailed")
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_secret_fails_the_reconcile_with_context_and_changes_nothing() {
+    let mut world = settled("applications-smtp-auth").await;
+    world.refusals.push(Refusal {
+        method: "GET",
+        path_suffix: "/secrets/smtp-credentials".into(),
+        code: 500,
+        reason: "InternalError",
+        message: "etcdserver: request timed out".into(),
+    });
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "get");
+    assert!(
+        error
+            .to_string()
+            .starts_with("reading Secret acme/smtp-credentials: "),
+        "{error}"
+    );
+    assert_eq!(writes(&log), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_refused_status_write_fails_the_reconcile_naming_the_object() {
+    let mut world = World::example("quickstart");
+    world.refusals.push(Refusal {
+        method: "PATCH",
+        path_suffix: "/mailroutes/default/status".into(),
+        code: 409,
+        reason: "Conflict",
+        message: "the object has been modified".into(),
+    });
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "status");
+    assert!(
+        error
+            .to_string()
+            .starts_with("writing the status of MailRoute acme/default: "),
+        "{error}"
+    );
+    // What was written before stays written.
+    assert!(world.organizations[0].status.is_some());
+}
+
+#[tokio::test]
+async fn nothing_is_applied_before_the_caches_hold_the_initial_lists() {
+    let world = World::example("quickstart");
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    // Fresh stores, as at start-up: no watch has listed yet.
+    let ctx = Arc::new(super::Context::new(
+        kube::Client::new(service, "default"),
+        world.operator.clone(),
+        ProbingDisabled,
+        Arc::new(super::metrics::Metrics::default()),
+        None,
+    ));
+    // The mock never answers: a request would make the reconcile wait until the timeout.
+    let action = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::reconcile(Arc::new(world.org()), ctx),
+    )
+    .await
+    .expect("the reconcile called the API server")
+    .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    drop(handle);
+}
+
+#[test]
+fn failed_reconciles_back_off_exponentially_with_jitter_up_to_a_cap() {
+    use super::backoff;
+    let (base, cap) = (Duration::from_secs(5), Duration::from_secs(300));
+    // Without jitter (unit 0) the lower bound doubles: 2.5 s, 5 s, 10 s, ...
+    let low: Vec<u64> = (1..=9)
+        .map(|n| backoff(n, base, cap, 0.0).as_millis() as u64)
+        .collect();
+    assert_eq!(
+        low,
+        [
+            2500, 5000, 10000, 20000, 40000, 80000, 150000, 150000, 150000
+        ]
+    );
+    assert_eq!(backoff(3, base, cap, 0.999_999).as_secs(), 19);
+    assert_eq!(backoff(u32::MAX, base, cap, 1.0), cap);
+}
+
+#[tokio::test]
+async fn error_policy_waits_longer_after_each_failure_and_forgets_after_a_success() {
+    let world = World::example("quickstart");
+    let settings = super::Settings {
+        error_backoff: Duration::from_secs(4),
+        ..world.operator.clone()
+    };
+    let (service, _handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let mut ctx = super::Context::with_stores(
+        kube::Client::new(service, "default"),
+        settings,
+        ProbingDisabled,
+        Arc::new(super::metrics::Metrics::default()),
+        None,
+        super::Stores::new().0,
+    );
+    ctx.jitter = Arc::new(|| 0.5);
+    let ctx = Arc::new(ctx);
+    let org = Arc::new(world.org());
+    let error = super::Error::NoNamespace("acme".into());
+    let fail = || super::error_policy(org.clone(), &error, ctx.clone());
+    // 4 s, 8 s, 16 s, each at three quarters (half fixed, half jittered).
+    let waits = [fail(), fail(), fail()];
+    assert_eq!(
+        waits,
+        [3000, 6000, 12000].map(|ms| Action::requeue(Duration::from_millis(ms)))
+    );
+    // A successful reconcile (here of a deleted Organization: no request) starts over.
+    let mut deleted = world.org();
+    deleted.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).unwrap()));
+    super::reconcile(Arc::new(deleted), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        super::error_policy(org.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_millis(3000))
+    );
+}
+
+// --- RBAC, NetworkPolicy and tenant boundaries --------------------------------------------
+
+#[tokio::test]
+async fn without_the_finalizers_rule_no_child_can_be_created() {
+    let mut world = World::example("quickstart");
+    world
+        .rules
+        .as_mut()
+        .unwrap()
+        .retain(|r| !r.resources.iter().any(|x| x == "organizations/finalizers"));
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert!(result.is_err());
+    assert!(refused(&log).iter().all(|l| l.ends_with("-> 403")));
+    assert_eq!(refused(&log).len(), 5, "{:#?}", refused(&log));
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("blockOwnerDeletion")
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_read_one_by_one_and_never_listed() {
+    let rules = super::fixtures::shipped_rules();
+    let secrets: Vec<_> = rules
+        .iter()
+        .filter(|r| r.resources.iter().any(|x| x == "secrets"))
+        .collect();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].verbs, ["get"]);
+    let mut world = World::example("applications-smtp-auth");
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    let secret_reads: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| l.contains("/secrets"))
+        .collect();
+    assert_eq!(
+        secret_reads,
+        [
+            "GET /api/v1/namespaces/acme/secrets/relay-tls",
+            "GET /api/v1/namespaces/acme/secrets/smtp-credentials"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_network_policy_opens_smtp_as_the_organization_says_and_admin_to_operators() {
+    let mut world = World::example("quickstart");
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let policy = world
+        .child::<NetworkPolicy>("acme", "acme-relay")
+        .unwrap()
+        .clone();
+    let ingress = &policy["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["from"],
+        Value::Null,
+        "SMTP from anywhere by default"
+    );
+    assert_eq!(ingress[0]["ports"][0]["port"], 2525);
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{"port": 9090, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "smtprelay-system"
+    );
+
+    world.organizations[0].spec.relay.allowed_client_cidrs = vec!["10.0.0.0/8".into()];
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let policy = world.child::<NetworkPolicy>("acme", "acme-relay").unwrap();
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"],
+        json!([{"ipBlock": {"cidr": "10.0.0.0/8"}}])
+    );
+}
+
+#[tokio::test]
+async fn an_image_outside_the_allow_list_is_not_deployed_but_the_rest_of_the_spec_is() {
+    let mut world = settled("quickstart").await;
+    world.organizations[0].spec.relay.image = Some("evil.example/miner:latest".into());
+    world.organizations[0].spec.relay.replicas = Some(2);
+    world.organizations[0].spec.relay.limit_store = Some(crds::LimitStoreSpec {
+        kind: crds::LimitStoreKind::Redis,
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: None,
+    });
+    world.organizations[0].metadata.generation = Some(2);
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
+    let image = |d: &Value| d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(image(deployment), "smtprelay-relay:dev");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert_eq!(degraded["reason"], "ImageNotAllowed");
+
+    world.operator.allowed_images = vec!["evil.example/miner:latest".into()];
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
+    assert_eq!(image(deployment), "evil.example/miner:latest");
+    assert_eq!(
+        condition(&org_status(&world), "Degraded")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_load_balancer_is_not_created() {
+    let mut world = World::example("quickstart");
+    world.operator.forbid_load_balancer = true;
+    world.organizations[0].spec.relay.service_type = Some(crds::ServiceType::LoadBalancer);
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let service = world.child::<Service>("acme", "acme-relay").unwrap();
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        condition(&org_status(&world), "Degraded")["reason"],
+        "LoadBalancerForbidden"
+    );
+}
+
+// --- Several Organizations, deletion, render errors ---------------------------------------
+
+#[tokio::test]
+async fn two_organizations_in_one_namespace_are_both_degraded_and_get_no_relay() {
+    let mut world = World::example("quickstart");
+    let mut second = world.org();
+    second.metadata.name = Some("globex".into());
+    second.metadata.uid = Some("uid-globex".into());
+    world.organizations.push(second.clone());
+    let orgs = world.organizations.clone();
+    let (results, log) = world.reconcile_all(orgs, ProbingDisabled).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert!(world.children.is_empty(), "{:?}", world.children.keys());
+    for org in &world.organizations {
+        let status = serde_json::to_value(&org.status).unwrap();
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded["reason"], "RenderFailed", "{}", org.name_any());
+        assert!(
+            degraded["message"]
+                .as_str()
+                .unwrap()
+                .contains("acme, globex"),
+            "{degraded}"
+        );
+    }
+    assert_eq!(events(&log).len(), 2);
+}
+
+#[tokio::test]
+async fn render_error_degrades_the_organization_and_leaves_children_alone() {
+    let mut world = settled("quickstart").await;
+    let mut second = world.routes[0].clone();
+    second.metadata.name = Some("another-default".into());
+    world.routes.push(second);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(
+        writes(&log),
+        [
+            format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into()
+        ]
+    );
+    let status = org_status(&world);
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "RenderFailed");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("MailRoute another-default and MailRoute default are both default routes")
+    );
+    assert_eq!(
+        condition(&status, "Ready")["status"],
+        "True",
+        "the old config keeps serving"
+    );
+    assert_eq!(
+        (events(&log)[0].0.as_str(), events(&log)[0].1.as_str()),
+        ("Warning", "RenderFailed")
+    );
+}
+
+#[tokio::test]
+async fn deleted_organization_is_left_to_the_garbage_collector() {
+    let mut world = World::example("quickstart");
+    let mut org = world.org();
+    org.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).unwrap()));
+    let (result, log) = world.reconcile_object(org, ProbingDisabled).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(lines(&log), Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
-    // The example names relay-tls but ships only the credentials Secret.
-    let world = World::example("applications-smtp-auth");
-    assert_eq!(world.secrets.len(), 1);
+    let mut world = World::example("applications-smtp-auth");
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-
-    let status =
-        &request(&log, "PATCH", &format!("{API}/organizations/acme/status")).body["status"];
-    let degraded = condition(status, "Degraded");
-    assert_eq!(degraded["status"], "True");
+    let degraded = condition(&org_status(&world), "Degraded").clone();
     assert_eq!(degraded["reason"], "TlsSecretMissing");
     assert_eq!(
         degraded["message"],
@@ -367,38 +1045,17 @@ async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
         .into_iter()
         .find(|e| e.1 == "TlsSecretMissing")
         .unwrap();
-    assert_eq!(warning.0, "Warning");
-    assert_eq!(warning.3, "Organization/acme");
-    assert!(warning.2.contains("Secret relay-tls which does not exist"));
-
-    // The setting that needs TLS is not accepted, and says why.
-    let setting = &request(
-        &log,
-        "PATCH",
-        &format!("{API}/smtprelaysettings/applications/status"),
-    )
-    .body["status"];
-    let accepted = condition(setting, "Accepted");
+    assert_eq!(
+        (warning.0.as_str(), warning.3.as_str()),
+        ("Warning", "Organization/acme")
+    );
+    let setting = serde_json::to_value(&world.settings[0].status).unwrap();
+    let accepted = condition(&setting, "Accepted");
     assert_eq!(
         (&accepted["status"], &accepted["reason"]),
-        (&"False".into(), &"NoRelayCertificate".into())
+        (&json!("False"), &json!("NoRelayCertificate"))
     );
-    let setting_event = events(&log)
-        .into_iter()
-        .find(|e| e.3 == "SmtpRelaySetting/applications")
-        .unwrap();
-    assert_eq!(
-        (setting_event.0.as_str(), setting_event.1.as_str()),
-        ("Warning", "NoRelayCertificate")
-    );
-
-    // The pods mount the credentials but not the missing TLS Secret (they would not start).
-    let deployment = &request(
-        &log,
-        "PATCH",
-        "/apis/apps/v1/namespaces/acme/deployments/acme-relay",
-    )
-    .body;
+    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
     let volumes: Vec<&str> = deployment["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -406,133 +1063,6 @@ async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
         .map(|v| v["name"].as_str().unwrap())
         .collect();
     assert_eq!(volumes, ["config", "auth", "spool"]);
-}
-
-#[tokio::test]
-async fn render_error_degrades_the_organization_and_leaves_children_alone() {
-    let mut world = World::example("quickstart");
-    let mut second = world.routes[0].clone();
-    second.metadata.name = Some("another-default".into());
-    world.routes.push(second);
-    let (result, log) = world.reconcile(ProbingDisabled).await;
-    result.unwrap();
-    let mut expected = reads();
-    expected.truncate(5); // no Deployment read, no apply
-    expected.extend([
-        EVENTS.to_string(),
-        format!("PATCH {API}/organizations/acme/status"),
-    ]);
-    assert_eq!(lines(&log), expected);
-    let status = &log[6].body["status"];
-    let degraded = condition(status, "Degraded");
-    assert_eq!(degraded["reason"], "RenderFailed");
-    assert_eq!(
-        degraded["message"],
-        "MailRoute another-default and MailRoute default are both default routes; keep one `default: true`; no config has been applied yet"
-    );
-    assert_eq!(events(&log)[0].0, "Warning");
-    assert_eq!(events(&log)[0].1, "RenderFailed");
-}
-
-#[tokio::test]
-async fn deleted_organization_is_left_to_the_garbage_collector() {
-    let world = World::example("quickstart");
-    let mut org = world.org();
-    org.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).unwrap()));
-    let (result, log) = world.reconcile_object(org, ProbingDisabled).await;
-    assert_eq!(result.unwrap(), Action::await_change());
-    assert_eq!(lines(&log), Vec::<String>::new());
-}
-
-#[tokio::test]
-async fn failed_tls_probe_marks_the_route_and_warns() {
-    let world = World::example("tls-relaxed-route");
-    let prober = Arc::new(FakeProber {
-        answers: vec![(
-            "10.20.0.15:25".into(),
-            Err("invalid peer certificate: Expired".into()),
-        )],
-        ..Default::default()
-    });
-    let (result, log) = world.reconcile(prober.clone()).await;
-    result.unwrap();
-    assert_eq!(*prober.probed.lock().unwrap(), ["acme/archive"]);
-    let status =
-        &request(&log, "PATCH", &format!("{API}/mailroutes/archive/status")).body["status"];
-    let tls = condition(status, "TlsConnectionVerified");
-    assert_eq!(tls["status"], "False");
-    assert_eq!(tls["reason"], "CertificateValidationFailed");
-    assert_eq!(
-        tls["message"],
-        "10.20.0.15:25: invalid peer certificate: Expired"
-    );
-    assert_eq!(status["lastProbeTime"], "2023-11-14T22:13:20Z");
-    let warning = events(&log)
-        .into_iter()
-        .find(|e| e.1 == "CertificateValidationFailed")
-        .unwrap();
-    assert_eq!(
-        warning,
-        (
-            "Warning".into(),
-            "CertificateValidationFailed".into(),
-            "10.20.0.15:25: invalid peer certificate: Expired".into(),
-            "MailRoute/archive".into()
-        )
-    );
-
-    // Probed again only when due: the next reconcile (same time, same generation) does not.
-    let mut world = world;
-    world.absorb(&log);
-    let (_, again) = world.reconcile(prober.clone()).await;
-    assert_eq!(prober.probed.lock().unwrap().len(), 1);
-    assert!(
-        !lines(&again)
-            .iter()
-            .any(|l| l.contains("mailroutes/archive/status"))
-    );
-}
-
-#[tokio::test]
-async fn rotated_secret_restarts_relays_with_an_event() {
-    let mut world = World::example("applications-smtp-auth");
-    let (_, first) = world.reconcile(ProbingDisabled).await;
-    world.absorb(&first);
-    let old_hash = world.deployment.as_ref().unwrap()["spec"]["template"]["metadata"]["annotations"]
-        ["smtprelay.dev/secrets-hash"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let creds = world.secrets[0].string_data.as_mut().unwrap();
-    creds.insert(
-        "credentials".into(),
-        "alice@acme.example:$argon2id$v=19$new".into(),
-    );
-    let (result, log) = world.reconcile(ProbingDisabled).await;
-    result.unwrap();
-    let deployment = &request(
-        &log,
-        "PATCH",
-        "/apis/apps/v1/namespaces/acme/deployments/acme-relay",
-    )
-    .body;
-    let new_hash =
-        deployment["spec"]["template"]["metadata"]["annotations"]["smtprelay.dev/secrets-hash"]
-            .as_str()
-            .unwrap();
-    assert_ne!(new_hash, old_hash);
-    let ev = events(&log);
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(
-        ev[0].2,
-        format!(
-            "mounted Secrets [smtp-credentials] changed (hash {} to {}): relay pods restart to load them",
-            &old_hash[..12],
-            &new_hash[..12]
-        )
-    );
-    // The config itself did not change: no ConfigUpdated.
-    assert_eq!(ev[0].1, "SecretsChanged");
 }
 
 #[tokio::test]
@@ -556,30 +1086,14 @@ async fn private_ca_of_a_route_is_used_when_probing() {
         answers: vec![("10.20.0.15:25".into(), Ok(()))],
         ..Default::default()
     });
-    let (result, log) = world.reconcile(prober.clone()).await;
-    result.unwrap();
+    world.reconcile(prober.clone()).await.0.unwrap();
     assert_eq!(
         *prober.ca_seen.lock().unwrap(),
         ["-----BEGIN CERTIFICATE-----\nprivate root\n"]
     );
-    let status =
-        &request(&log, "PATCH", &format!("{API}/mailroutes/archive/status")).body["status"];
-    let tls = condition(status, "TlsConnectionVerified");
-    assert_eq!(
-        (&tls["status"], &tls["reason"]),
-        (&"True".into(), &"Verified".into())
-    );
+    let status = serde_json::to_value(world.routes[0].status.clone()).unwrap();
+    let tls = condition(&status, "TlsConnectionVerified");
     assert_eq!(tls["message"], "TLS verified for 10.20.0.15:25");
-    // Relay pods get the same CA as a Secret volume.
-    let deployment = &request(
-        &log,
-        "PATCH",
-        "/apis/apps/v1/namespaces/acme/deployments/acme-relay",
-    )
-    .body;
-    let mounts =
-        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
-    assert!(mounts.contains("/etc/smtprelay/ca/archive-ca"), "{mounts}");
 }
 
 #[test]
@@ -600,10 +1114,26 @@ fn a_change_in_a_namespace_reconciles_the_organization_of_that_namespace_only() 
     assert_eq!(super::organizations_in(&reader, Some("initech".into())), []);
 }
 
+#[test]
+fn status_writes_do_not_trigger_a_reconcile_but_spec_and_label_changes_do() {
+    let org = World::example("quickstart").org();
+    let base = super::input_changed(&org);
+    let mut status_only = org.clone();
+    status_only.status = Some(Default::default());
+    status_only.metadata.resource_version = Some("99".into());
+    assert_eq!(super::input_changed(&status_only), base);
+    let mut spec = org.clone();
+    spec.metadata.generation = Some(2);
+    assert_ne!(super::input_changed(&spec), base);
+    let mut labels = org;
+    labels.metadata.labels = Some([("smtprelay.dev/allow".to_string(), "x".to_string())].into());
+    assert_ne!(super::input_changed(&labels), base);
+}
+
 /// Starts the real controller against a mock API server that answers every list with
 /// nothing and leaves watches open, and checks what it watches (and so what RBAC needs).
 #[tokio::test]
-async fn controller_watches_organizations_children_inputs_and_secret_metadata() {
+async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
     use http::{Request, Response};
     use kube::client::Body;
     use std::collections::BTreeMap;
@@ -620,34 +1150,21 @@ async fn controller_watches_organizations_children_inputs_and_secret_metadata() 
                 open_watches.push(send);
                 continue;
             }
-            let accept = request
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let metadata_only = accept.contains("PartialObjectMetadataList");
             lists.insert(
                 request.uri().path().to_string(),
-                format!(
-                    "{}{}",
-                    query
-                        .split('&')
-                        .find(|q| q.starts_with("labelSelector="))
-                        .unwrap_or_default(),
-                    if metadata_only { " metadata-only" } else { "" }
-                ),
+                query
+                    .split('&')
+                    .find(|q| q.starts_with("labelSelector="))
+                    .unwrap_or_default()
+                    .to_string(),
             );
-            let list = serde_json::json!({
-                "apiVersion": "v1", "kind": if metadata_only { "PartialObjectMetadataList" } else { "List" },
-                "metadata": {"resourceVersion": "1"}, "items": []
-            });
+            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []});
             send.send_response(
                 Response::builder()
                     .body(Body::from(serde_json::to_vec(&list).unwrap()))
                     .unwrap(),
             );
-            if lists.len() == 9
+            if lists.len() == 10
                 && let Some(tx) = seen_all.take()
             {
                 let _ = tx.send(lists.clone());
@@ -666,16 +1183,15 @@ async fn controller_watches_organizations_children_inputs_and_secret_metadata() 
     let controller = tokio::spawn(super::run(ctx, async move {
         let _ = stopped.await;
     }));
-    let lists = tokio::time::timeout(std::time::Duration::from_secs(60), all_seen)
+    let lists = tokio::time::timeout(Duration::from_secs(60), all_seen)
         .await
-        .expect("the controller did not list its nine kinds")
+        .expect("the controller did not list its ten kinds")
         .unwrap();
     let _ = stop.send(());
     controller.await.unwrap();
     server.abort();
 
-    // Children and Secrets are watched by metadata only (kube's `owns` does so by itself).
-    let owned = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsmtprelay-operator metadata-only";
+    let owned = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsmtprelay-operator";
     let expected: BTreeMap<String, String> = [
         ("/apis/smtprelay.dev/v1alpha1/organizations", ""),
         ("/apis/smtprelay.dev/v1alpha1/smtprelaysettings", ""),
@@ -684,11 +1200,175 @@ async fn controller_watches_organizations_children_inputs_and_secret_metadata() 
         ("/api/v1/configmaps", owned),
         ("/apis/apps/v1/deployments", owned),
         ("/api/v1/services", owned),
+        ("/api/v1/persistentvolumeclaims", owned),
         ("/apis/policy/v1/poddisruptionbudgets", owned),
-        ("/api/v1/secrets", " metadata-only"),
+        ("/apis/networking.k8s.io/v1/networkpolicies", owned),
     ]
     .into_iter()
     .map(|(p, q)| (p.to_string(), q.to_string()))
     .collect();
     assert_eq!(lists, expected);
+    // Everything watched is allowed by the shipped ClusterRole.
+    let rules = super::fixtures::shipped_rules();
+    for path in lists.keys() {
+        let resource = path.rsplit('/').next().unwrap();
+        for verb in ["list", "watch"] {
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.resources.iter().any(|x| x == resource)
+                        && r.verbs.iter().any(|v| v == verb)),
+                "{verb} {resource}"
+            );
+        }
+    }
+}
+
+// --- Cost per reconcile --------------------------------------------------------------------
+
+/// `n` copies of the `applications-smtp-auth` example (with its TLS Secret), one per
+/// namespace `org-0000`, `org-0001`, ...
+fn many(n: usize) -> World {
+    let template = World::example("applications-smtp-auth");
+    let mut tls = template.secrets[0].clone();
+    tls.metadata.name = Some("relay-tls".into());
+    tls.data = Some(
+        [
+            (
+                "tls.crt".to_string(),
+                k8s_openapi::ByteString(b"cert".to_vec()),
+            ),
+            (
+                "tls.key".to_string(),
+                k8s_openapi::ByteString(b"key".to_vec()),
+            ),
+        ]
+        .into(),
+    );
+    let mut world = World {
+        organizations: Vec::new(),
+        settings: Vec::new(),
+        ranges: Vec::new(),
+        routes: Vec::new(),
+        secrets: Vec::new(),
+        ..template.clone()
+    };
+    fn moved<K: kube::Resource + Clone>(k: &K, ns: &str) -> K {
+        let mut k = k.clone();
+        k.meta_mut().namespace = Some(ns.into());
+        k.meta_mut().uid = Some(format!(
+            "uid-{ns}-{}",
+            k.meta().name.clone().unwrap_or_default()
+        ));
+        k
+    }
+    for i in 0..n {
+        let ns = format!("org-{i:04}");
+        world
+            .organizations
+            .extend(template.organizations.iter().map(|o| moved(o, &ns)));
+        world
+            .settings
+            .extend(template.settings.iter().map(|o| moved(o, &ns)));
+        world
+            .routes
+            .extend(template.routes.iter().map(|o| moved(o, &ns)));
+        world
+            .secrets
+            .extend(template.secrets.iter().map(|o| moved(o, &ns)));
+        world.secrets.push(moved(&tls, &ns));
+    }
+    world
+}
+
+/// Requests of one pass over every Organization: `(reads, writes, events)`, where events
+/// are counted apart from writes (they are the audit log, not state).
+#[derive(Debug, PartialEq, Eq)]
+struct Cost {
+    reads: usize,
+    writes: usize,
+    events: usize,
+}
+
+async fn pass(world: &mut World) -> (Cost, Vec<Recorded>, Duration) {
+    let orgs = world.organizations.clone();
+    let started = std::time::Instant::now();
+    let (results, log) = world.reconcile_all(orgs, ProbingDisabled).await;
+    let took = started.elapsed();
+    for r in results {
+        r.unwrap();
+    }
+    assert_eq!(refused(&log), Vec::<String>::new());
+    let is_event = |r: &&Recorded| r.path.ends_with("/events");
+    let cost = Cost {
+        reads: log.iter().filter(|r| r.method == "GET").count(),
+        writes: log.iter().filter(|r| r.is_write() && !is_event(r)).count(),
+        events: log.iter().filter(is_event).count(),
+    };
+    (cost, log, took)
+}
+
+/// Creates, rolls out, settles and then changes a route of every tenth of `n`
+/// Organizations, and returns the cost of each pass.
+async fn reconcile_cost(n: usize) -> Vec<(&'static str, Cost, Duration)> {
+    let mut world = many(n);
+    let mut out = Vec::new();
+    let (c, _, t) = pass(&mut world).await;
+    out.push(("create", c, t));
+    world.settle();
+    let (c, _, t) = pass(&mut world).await;
+    out.push(("rolled out", c, t));
+    let (c, _, t) = pass(&mut world).await;
+    out.push(("steady state", c, t));
+    for route in world.routes.iter_mut().step_by(10) {
+        route.spec.single_host.as_mut().unwrap().port = 2587;
+        route.metadata.generation = Some(2);
+    }
+    let (c, log, t) = pass(&mut world).await;
+    // Each changed Organization: its ConfigMap, its status and its route's status.
+    let changed = n.div_ceil(10);
+    let per_object: std::collections::BTreeMap<String, usize> = log
+        .iter()
+        .filter(|r| r.is_write() && !r.path.ends_with("/events"))
+        .fold(Default::default(), |mut m, r| {
+            *m.entry(r.path.clone()).or_default() += 1;
+            m
+        });
+    assert!(per_object.values().all(|&w| w == 1), "{per_object:?}");
+    assert_eq!(c.writes, 3 * changed);
+    out.push(("one route changed in every tenth", c, t));
+    out
+}
+
+#[tokio::test]
+async fn at_steady_state_reconciles_write_nothing_and_changes_write_each_object_once() {
+    let costs = reconcile_cost(20).await;
+    let steady = &costs[2];
+    assert_eq!(
+        steady.1,
+        Cost {
+            reads: 40,
+            writes: 0,
+            events: 0
+        }
+    );
+}
+
+/// The benchmark of `docs/benchmarks.md`:
+/// `cargo test -p operator --lib reconcile_cost_at_1000 -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "benchmark: run explicitly"]
+async fn reconcile_cost_at_1000_organizations() {
+    let n = 1000;
+    println!("| pass ({n} Organizations) | reconciles | GET | writes | Events | wall time |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, c, t) in reconcile_cost(n).await {
+        println!(
+            "| {name} | {n} | {} | {} | {} | {:.0} ms |",
+            c.reads,
+            c.writes,
+            c.events,
+            t.as_secs_f64() * 1000.0
+        );
+    }
 }

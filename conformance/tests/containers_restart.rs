@@ -50,8 +50,8 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
 
     let relay = scn.get("relay");
     relay.kill().unwrap();
+    // `start` returns once Postfix has logged that it is up again.
     scn.get("sink").start().unwrap();
-    docker::wait_postfix(scn.get("sink")).unwrap();
     relay.start().unwrap();
 
     let drained = docker::poll(OUTCOME, || {

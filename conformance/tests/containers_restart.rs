@@ -1,6 +1,6 @@
 //! Must show — durability (SPEC §3.4, §3.5): mail the relay accepted while its downstream
-//! server is stopped survives `docker kill` of the relay; after the relay and the server
-//! start again, every message reaches the server exactly once.
+//! server is stopped survives a SIGKILL of the relay container; after the relay and the
+//! server start again, every message reaches the server exactly once.
 
 mod common;
 

@@ -1,73 +1,96 @@
-//! The container tier's harness, over the `docker` command line.
+//! The container tier's harness, over testcontainers and the bollard client it re-exports.
 //!
 //! A [`Scenario`] owns one private dual-stack network with a random subnet and every
 //! container started on it; dropping it (also when a test panics) removes the containers
 //! and then the network. Containers get fixed addresses ([`Scenario::ip4`]), so manifests
 //! can be written before anything starts. Its functions start the project's images in their
 //! roles: Postfix clients and servers, dnsmasq, and the relay with a config rendered from
-//! manifests, and read what a user would look at: the sink's maildir, the client's queue
-//! (`postqueue -j`) and the sender's mailbox.
+//! manifests and copied in, and read what a user would look at: the sink's maildir, the
+//! client's queue (`postqueue -j`) and the sender's mailbox.
 //!
-//! The CLI is used rather than a Docker API client because it negotiates the API version
-//! with older engines. Images are never pulled: [`images`] builds them locally with
+//! Containers are started, waited for (each role's ready line in its log), exec'd into,
+//! read, stopped and removed through testcontainers. What testcontainers does not offer
+//! (networks with chosen subnets and IPv6, fixed endpoint addresses, `kill`, copying into a
+//! running container, listing by label) goes through [`testcontainers::bollard`] with the
+//! client testcontainers itself uses. All of it runs on one tokio runtime owned by this
+//! module, so tests stay plain `#[test]` functions. Every resource carries the label
+//! [`LABEL`] with the scenario's id.
+//!
+//! Images are never pulled: [`images`] builds them locally with
 //! `conformance/images/build.sh` when they are missing. Every wait is bounded by a
 //! deadline. Not here: what a scenario asserts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use operator::render::RenderEnv;
 use relay::RelayConfig;
 use relay::config::{DeliveryConfig, ListenerConfig};
+use testcontainers::bollard::models::{
+    EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest,
+};
+use testcontainers::bollard::query_parameters::{
+    KillContainerOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    UploadToContainerOptions,
+};
+use testcontainers::bollard::{self, Docker};
+use testcontainers::core::logs::LogFrame;
+use testcontainers::core::{ExecCommand, WaitFor, client::docker_client_instance};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::io::AsyncBufReadExt;
 
 use crate::manifests::{CREDENTIALS, Manifests};
 use crate::pki::Pem;
 
-/// Runs `docker args…` and returns its standard output.
-pub fn docker(args: &[&str]) -> io::Result<String> {
-    docker_with_input(args, None)
+/// Label on every container and network of a scenario; its value is [`Scenario::id`].
+pub const LABEL: &str = "dev.smtprelay.conformance.scenario";
+
+/// The runtime every Docker call of the harness runs on (one per test process, so the
+/// connection pool of the Docker client is never shared across runtimes).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("conformance-docker")
+            .enable_all()
+            .build()
+            .expect("cannot start the harness's tokio runtime")
+    })
 }
 
-fn docker_with_input(args: &[&str], input: Option<&str>) -> io::Result<String> {
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(io::Error::other(format!(
-            "docker {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+fn block_on<F: Future>(future: F) -> F::Output {
+    runtime().block_on(future)
+}
+
+fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{context}: {e}"))
+}
+
+/// The bollard client testcontainers uses (same endpoint, settings and connection pool
+/// while any of its containers is alive).
+async fn client() -> io::Result<Docker> {
+    docker_client_instance()
+        .await
+        .map_err(|e| err("cannot reach Docker", e))
 }
 
 /// True when the Docker engine answers.
 pub fn docker_available() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    block_on(async {
+        match client().await {
+            Ok(docker) => docker.ping().await.is_ok(),
+            Err(_) => false,
+        }
+    })
 }
 
 /// Prints the skip notice and returns true when Docker is not reachable.
@@ -79,24 +102,6 @@ pub fn skip_without_docker() -> bool {
     true
 }
 
-/// Makes a directory tree readable by every user (containers run as their own users).
-pub fn make_readable(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let meta = std::fs::metadata(&p)?;
-        if meta.is_dir() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-            for entry in std::fs::read_dir(&p)? {
-                stack.push(entry?.path());
-            }
-        } else {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
-        }
-    }
-    Ok(())
-}
-
 /// Tags of the project's images.
 #[derive(Clone, Debug)]
 pub struct Images {
@@ -106,6 +111,11 @@ pub struct Images {
 }
 
 /// The project's images, built (or found in the build cache) once per test process.
+///
+/// `build.sh` stays a shell script over the docker CLI: it pipes a debootstrap tree into
+/// `docker import` and runs the same `docker build` a developer would, caches by content
+/// hash, and is also how `deploy/` gets its images; it runs once per test process, never
+/// per scenario.
 pub fn images() -> io::Result<&'static Images> {
     static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
     IMAGES
@@ -160,86 +170,248 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// The log line that says a role's process is ready, and where it appears.
+#[derive(Clone, Copy, Debug)]
+struct Ready {
+    line: &'static str,
+    on_stderr: bool,
+    within: Duration,
+}
+
+impl Ready {
+    /// Postfix's master has opened every service (port 25 and the pickup socket included)
+    /// before it logs this.
+    const POSTFIX: Ready = Ready {
+        line: "daemon started",
+        on_stderr: false,
+        within: Duration::from_secs(30),
+    };
+    /// Printed by the relay binary once all listeners are bound.
+    const RELAY: Ready = Ready {
+        line: "relay listening",
+        on_stderr: false,
+        within: Duration::from_secs(20),
+    };
+    /// dnsmasq logs this after binding port 53.
+    const DNS: Ready = Ready {
+        line: "started, version",
+        on_stderr: true,
+        within: Duration::from_secs(20),
+    };
+
+    fn wait_for(self) -> WaitFor {
+        if self.on_stderr {
+            WaitFor::message_on_stderr(self.line)
+        } else {
+            WaitFor::message_on_stdout(self.line)
+        }
+    }
+}
+
 /// A running container; removed (with its anonymous volumes) when dropped.
-#[derive(Debug)]
 pub struct Container {
     pub name: String,
     pub ip4: Ipv4Addr,
     pub ip6: Ipv6Addr,
+    ready: Ready,
+    /// `None` only while dropping.
+    inner: Option<ContainerAsync<GenericImage>>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("name", &self.name)
+            .field("ip4", &self.ip4)
+            .field("ip6", &self.ip6)
+            .finish()
+    }
 }
 
 impl Container {
-    /// Runs a command in the container.
+    fn inner(&self) -> io::Result<&ContainerAsync<GenericImage>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| io::Error::other(format!("{} is gone", self.name)))
+    }
+
+    /// Runs a command in the container and returns its standard output; a non-zero exit
+    /// is an error carrying its standard error.
     pub fn exec(&self, args: &[&str]) -> io::Result<String> {
-        let mut all = vec!["exec", self.name.as_str()];
-        all.extend_from_slice(args);
-        docker(&all)
+        self.exec_env(args, &[])
     }
 
-    /// Runs a command with `input` on its standard input.
-    pub fn exec_stdin(&self, args: &[&str], input: &str) -> io::Result<String> {
-        let mut all = vec!["exec", "-i", self.name.as_str()];
-        all.extend_from_slice(args);
-        docker_with_input(&all, Some(input))
+    /// Runs a command with extra environment variables (how text is handed to a command
+    /// without quoting it into a shell line).
+    pub fn exec_env(&self, args: &[&str], env: &[(&str, &str)]) -> io::Result<String> {
+        let what = || format!("exec {args:?} in {}", self.name);
+        block_on(async {
+            let cmd = ExecCommand::new(args.iter().copied()).with_env_vars(env.iter().copied());
+            let mut result = self.inner()?.exec(cmd).await.map_err(|e| err(what(), e))?;
+            let stdout = result.stdout_to_vec().await.map_err(|e| err(what(), e))?;
+            let stderr = result.stderr_to_vec().await.map_err(|e| err(what(), e))?;
+            // The output streams end when the process does; its exit code is then known
+            // (or about to be: the daemon records it right after).
+            let mut code = None;
+            for _ in 0..50 {
+                code = result.exit_code().await.map_err(|e| err(what(), e))?;
+                if code.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match code {
+                Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+                code => Err(io::Error::other(format!(
+                    "{} exited with {code:?}: {}",
+                    what(),
+                    String::from_utf8_lossy(&stderr).trim()
+                ))),
+            }
+        })
     }
 
-    /// `docker kill`: the process dies without any chance to clean up.
+    /// SIGKILL: the process dies without any chance to clean up.
     pub fn kill(&self) -> io::Result<()> {
-        docker(&["kill", &self.name]).map(|_| ())
+        block_on(async {
+            let options = KillContainerOptions {
+                signal: "KILL".into(),
+            };
+            client()
+                .await?
+                .kill_container(self.inner()?.id(), Some(options))
+                .await
+                .map_err(|e| err(format!("kill {}", self.name), e))
+        })
     }
 
-    /// `docker stop`: the host goes away.
+    /// Stops the container (SIGTERM, SIGKILL after 2 s): the host goes away.
     pub fn stop(&self) -> io::Result<()> {
-        docker(&["stop", "-t", "2", &self.name]).map(|_| ())
+        block_on(async {
+            self.inner()?
+                .stop_with_timeout(Some(2))
+                .await
+                .map_err(|e| err(format!("stop {}", self.name), e))
+        })
     }
 
-    /// `docker start` after a stop or kill (same address, same filesystem).
+    /// Starts the container again after a stop or kill (same address, same filesystem)
+    /// and waits until its process has logged its ready line once more.
     pub fn start(&self) -> io::Result<()> {
-        docker(&["start", &self.name]).map(|_| ())
+        block_on(async {
+            let inner = self.inner()?;
+            let before = self.ready_lines().await?;
+            inner
+                .start()
+                .await
+                .map_err(|e| err(format!("start {}", self.name), e))?;
+            self.wait_ready_lines(before + 1).await
+        })
     }
 
-    /// The container's log so far (stdout and stderr).
-    pub fn logs(&self) -> String {
-        Command::new("docker")
-            .args(["logs", &self.name])
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default()
+    /// How often the ready line appears in the log so far.
+    async fn ready_lines(&self) -> io::Result<usize> {
+        let inner = self.inner()?;
+        let text = if self.ready.on_stderr {
+            inner.stderr_to_vec().await
+        } else {
+            inner.stdout_to_vec().await
+        }
+        .map_err(|e| err(format!("logs of {}", self.name), e))?;
+        Ok(String::from_utf8_lossy(&text)
+            .matches(self.ready.line)
+            .count())
     }
+
+    /// Follows the log until the ready line has appeared `times` times.
+    async fn wait_ready_lines(&self, times: usize) -> io::Result<()> {
+        let inner = self.inner()?;
+        let mut log = if self.ready.on_stderr {
+            inner.stderr(true)
+        } else {
+            inner.stdout(true)
+        };
+        let follow = async {
+            let mut seen = 0;
+            let mut line = String::new();
+            while seen < times {
+                line.clear();
+                if log.read_line(&mut line).await? == 0 {
+                    return Err(io::Error::other("the log ended"));
+                }
+                if line.contains(self.ready.line) {
+                    seen += 1;
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.ready.within, follow).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(err(format!("{} did not get ready", self.name), e)),
+            Err(_) => Err(io::Error::other(format!(
+                "{} did not log {:?} within {:?}",
+                self.name, self.ready.line, self.ready.within
+            ))),
+        }
+    }
+
+    /// The container's log so far (stdout, then stderr).
+    pub fn logs(&self) -> String {
+        block_on(async {
+            let Ok(inner) = self.inner() else {
+                return String::new();
+            };
+            let out = inner.stdout_to_vec().await.unwrap_or_default();
+            let errs = inner.stderr_to_vec().await.unwrap_or_default();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&errs)
+            )
+        })
+    }
+
+    /// Copies `data` into the running container as `dir/name` (mode 0644), replacing
+    /// what is there.
+    pub fn copy_in(&self, dir: &str, name: &str, data: &[u8]) -> io::Result<()> {
+        let id = self.inner()?.id().to_string();
+        block_on(upload(&id, dir, name, data))
+    }
+}
+
+/// Copies `data` into container `container` (id or name) as `dir/name` (mode 0644).
+async fn upload(container: &str, dir: &str, name: &str, data: &[u8]) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    header.set_cksum();
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.append_data(&mut header, name, data)?;
+    let archive = archive.into_inner()?;
+    let options = UploadToContainerOptions {
+        path: dir.into(),
+        ..Default::default()
+    };
+    client()
+        .await?
+        .upload_to_container(container, Some(options), bollard::body_full(archive.into()))
+        .await
+        .map_err(|e| err(format!("copy {name} into {container}:{dir}"), e))
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A private dual-stack network; removed when dropped (after its containers).
-#[derive(Debug)]
-struct Network {
-    name: String,
-    /// Second and third octet of `10.a.b.0/24`, also the groups of `fd00:a:b::/64` (hex).
-    a: u8,
-    b: u8,
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if let Some(inner) = self.inner.take() {
+            // testcontainers removes the container in its own Drop, which needs a runtime.
+            let _entered = runtime().enter();
+            drop(inner);
+        }
     }
 }
 
@@ -254,7 +426,9 @@ fn random_u32() -> u32 {
         .wrapping_mul(2_654_435_761)
 }
 
-/// Role addresses inside a scenario network (last octet / last group).
+/// Role addresses inside a scenario network (last octet / last group). Addresses from
+/// [`host::DYNAMIC`] up are left to Docker for a container's first moments (see
+/// [`Scenario::run`]).
 pub mod host {
     pub const GATEWAY: u8 = 1;
     pub const RELAY: u8 = 10;
@@ -262,6 +436,8 @@ pub mod host {
     /// Clients are `CLIENT + n`, servers `SERVER + n`.
     pub const CLIENT: u8 = 20;
     pub const SERVER: u8 = 40;
+    /// Start of the range Docker assigns from (`.128/25`).
+    pub const DYNAMIC: u8 = 128;
 }
 
 /// A Postfix client's configuration (`ROLE=client`).
@@ -277,13 +453,18 @@ pub struct ClientOptions {
     pub hostname: String,
 }
 
-/// One scenario: a network and the containers on it. Fields drop in order: containers
-/// first, then the network, then the host directories mounted into them.
+/// Files a container gets before it starts: path inside the container and content.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// One scenario: a network and the containers on it. Dropping it removes the containers,
+/// then anything else carrying its label, then the network.
 pub struct Scenario {
     containers: Vec<Container>,
-    network: Network,
-    dirs: Vec<tempfile::TempDir>,
-    /// Short name used in container names.
+    network: String,
+    /// Second and third octet of `10.a.b.0/24`, also the groups of `fd00:a:b::/64` (hex).
+    a: u8,
+    b: u8,
+    /// Short name used in container names and as the value of [`LABEL`].
     pub id: String,
 }
 
@@ -291,47 +472,67 @@ impl Scenario {
     /// Creates the network `smtprelay-<label>-<random>` with `10.a.b.0/24` and
     /// `fd00:a:b::/64`, retrying with another subnet if one is taken.
     pub fn new(label: &str) -> io::Result<Self> {
-        let mut last = None;
-        for _ in 0..8 {
-            let r = random_u32();
-            let (a, b) = (100 + (r % 100) as u8, ((r >> 8) % 250) as u8 + 1);
-            let id = format!("{label}-{:06x}", r & 0xff_ffff);
-            let name = format!("smtprelay-{id}");
-            match docker(&[
-                "network",
-                "create",
-                "--ipv6",
-                "--subnet",
-                &format!("10.{a}.{b}.0/24"),
-                "--subnet",
-                &format!("fd00:{a:x}:{b:x}::/64"),
-                &name,
-            ]) {
-                Ok(_) => {
-                    return Ok(Self {
-                        containers: Vec::new(),
-                        network: Network { name, a, b },
-                        dirs: Vec::new(),
-                        id,
-                    });
+        block_on(async {
+            let docker = client().await?;
+            let mut last = None;
+            for _ in 0..8 {
+                let r = random_u32();
+                let (a, b) = (100 + (r % 100) as u8, ((r >> 8) % 250) as u8 + 1);
+                let id = format!("{label}-{:06x}", r & 0xff_ffff);
+                let network = format!("smtprelay-{id}");
+                let pool = |subnet: String, ip_range: String| IpamConfig {
+                    subnet: Some(subnet),
+                    ip_range: Some(ip_range),
+                    ..Default::default()
+                };
+                let request = NetworkCreateRequest {
+                    name: network.clone(),
+                    driver: Some("bridge".into()),
+                    enable_ipv6: Some(true),
+                    ipam: Some(Ipam {
+                        config: Some(vec![
+                            pool(
+                                format!("10.{a}.{b}.0/24"),
+                                format!("10.{a}.{b}.{}/25", host::DYNAMIC),
+                            ),
+                            pool(
+                                format!("fd00:{a:x}:{b:x}::/64"),
+                                format!("fd00:{a:x}:{b:x}::{:x}/121", host::DYNAMIC),
+                            ),
+                        ]),
+                        ..Default::default()
+                    }),
+                    labels: Some(HashMap::from([(LABEL.to_string(), id.clone())])),
+                    ..Default::default()
+                };
+                match docker.create_network(request).await {
+                    Ok(_) => {
+                        return Ok(Self {
+                            containers: Vec::new(),
+                            network,
+                            a,
+                            b,
+                            id,
+                        });
+                    }
+                    Err(e) => last = Some(err(format!("create network {network}"), e)),
                 }
-                Err(e) => last = Some(e),
             }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("cannot create a network")))
+            Err(last.unwrap_or_else(|| io::Error::other("cannot create a network")))
+        })
     }
 
     /// The IPv4 address of host number `n` on this network.
     pub fn ip4(&self, n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.network.a, self.network.b, n)
+        Ipv4Addr::new(10, self.a, self.b, n)
     }
 
     /// The IPv6 address of host number `n` on this network.
     pub fn ip6(&self, n: u8) -> Ipv6Addr {
         Ipv6Addr::new(
             0xfd00,
-            u16::from(self.network.a),
-            u16::from(self.network.b),
+            u16::from(self.a),
+            u16::from(self.b),
             0,
             0,
             0,
@@ -342,60 +543,95 @@ impl Scenario {
 
     /// The network in CIDR form.
     pub fn subnet4(&self) -> String {
-        format!("10.{}.{}.0/24", self.network.a, self.network.b)
+        format!("10.{}.{}.0/24", self.a, self.b)
     }
 
-    /// A new directory to mount into containers; removed with the scenario.
-    pub fn dir(&mut self) -> io::Result<PathBuf> {
-        let d = tempfile::Builder::new().prefix("smtprelay-scn").tempdir()?;
-        let path = d.path().to_path_buf();
-        make_readable(&path)?;
-        self.dirs.push(d);
-        Ok(path)
-    }
-
-    /// Runs `image` as host `n` named `<role>-<id>`.
-    pub fn run(
+    /// Runs `image` as host `n` named `<role>-<id>` with `files` copied in, waits for its
+    /// ready line, then moves it to its fixed addresses.
+    ///
+    /// testcontainers cannot give a container fixed addresses at creation, so it starts
+    /// with one Docker picks from the upper half of the subnet (no scenario host lives
+    /// there) and is then reconnected with the fixed ones through bollard. Services bind
+    /// wildcard addresses, and nothing talks to a container before this returns.
+    fn run(
         &mut self,
         role: &str,
         n: u8,
         image: &str,
         env: &[(&str, String)],
-        mounts: &[(&Path, &str)],
+        files: Files,
+        ready: Ready,
     ) -> io::Result<&Container> {
+        if n >= host::DYNAMIC {
+            return Err(io::Error::other(format!(
+                "host {n} lies in the dynamic range (from {})",
+                host::DYNAMIC
+            )));
+        }
         let name = format!("{role}-{}", self.id);
+        let (repo, tag) = image
+            .rsplit_once(':')
+            .ok_or_else(|| io::Error::other(format!("image {image} has no tag")))?;
+        let early_log = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let consumer = {
+            let early_log = early_log.clone();
+            move |frame: &LogFrame| {
+                if let Ok(mut log) = early_log.lock() {
+                    log.extend_from_slice(frame.bytes());
+                }
+            }
+        };
+        let mut request = GenericImage::new(repo, tag)
+            .with_wait_for(ready.wait_for())
+            .with_container_name(&name)
+            .with_hostname(role)
+            .with_network(&self.network)
+            .with_label(LABEL, &self.id)
+            .with_startup_timeout(ready.within)
+            .with_log_consumer(consumer)
+            // Nothing outside the scenario network needs to reach a container.
+            .with_host_config_modifier(|config| config.publish_all_ports = Some(false));
+        for (k, v) in env {
+            request = request.with_env_var(*k, v);
+        }
+        for (path, data) in files {
+            request = request.with_copy_to(path, data);
+        }
         let ip4 = self.ip4(n);
         let ip6 = self.ip6(n);
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "-d".into(),
-            "--name".into(),
-            name.clone(),
-            "--hostname".into(),
-            role.into(),
-            "--network".into(),
-            self.network.name.clone(),
-            "--ip".into(),
-            ip4.to_string(),
-            "--ip6".into(),
-            ip6.to_string(),
-        ];
-        for (k, v) in env {
-            args.push("-e".into());
-            args.push(format!("{k}={v}"));
+        let network = self.network.clone();
+        let started = block_on(async {
+            let inner = request.start().await.map_err(|e| {
+                let log = early_log.lock().map(|l| l.clone()).unwrap_or_default();
+                io::Error::other(format!(
+                    "{name} did not start: {e}\n{}",
+                    String::from_utf8_lossy(&log)
+                ))
+            })?;
+            let container = Container {
+                name: name.clone(),
+                ip4,
+                ip6,
+                ready,
+                inner: Some(inner),
+            };
+            readdress(&network, &container).await?;
+            Ok::<_, io::Error>(container)
+        });
+        match started {
+            Ok(container) => {
+                self.containers.push(container);
+                self.containers
+                    .last()
+                    .ok_or_else(|| io::Error::other("no container"))
+            }
+            Err(e) => {
+                // A container created but never handed over (failed copy or start) is not
+                // testcontainers' to remove.
+                block_on(remove_container(&name));
+                Err(e)
+            }
         }
-        for (host, path) in mounts {
-            args.push("-v".into());
-            args.push(format!("{}:{path}", host.display()));
-        }
-        args.push(image.into());
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        // Register before running so a half-started container is removed too.
-        self.containers.push(Container { name, ip4, ip6 });
-        docker(&refs)?;
-        self.containers
-            .last()
-            .ok_or_else(|| io::Error::other("no container"))
     }
 
     /// The container named `<role>-<id>`.
@@ -411,19 +647,17 @@ impl Scenario {
     /// one it offers the image's default self-signed certificate).
     pub fn postfix_server(&mut self, role: &str, n: u8, cert: Option<&Pem>) -> io::Result<()> {
         let image = images()?.postfix.clone();
-        let mut mounts = Vec::new();
-        let dir;
+        let mut files = Files::new();
         if let Some(cert) = cert {
-            dir = self.dir()?;
-            cert.write_to(&dir)?;
-            mounts.push((dir.as_path(), "/certs"));
+            files.push(("/certs/tls.crt".into(), cert.cert_pem.clone().into_bytes()));
+            files.push(("/certs/tls.key".into(), cert.key_pem.clone().into_bytes()));
         }
         let env = [
             ("ROLE", "server".to_string()),
             ("MYHOSTNAME", format!("{role}.partner.test")),
         ];
-        self.run(role, n, &image, &env, &mounts)?;
-        wait_postfix(self.get(role))
+        self.run(role, n, &image, &env, files, Ready::POSTFIX)
+            .map(|_| ())
     }
 
     /// A Postfix client as host `n` that relays everything through the relay.
@@ -445,29 +679,25 @@ impl Scenario {
             env.push(("SASL_USER", user.clone()));
             env.push(("SASL_PASSWORD", password.clone()));
         }
-        self.run(role, n, &image, &env, &[])?;
-        wait_postfix(self.get(role))
+        self.run(role, n, &image, &env, Files::new(), Ready::POSTFIX)
+            .map(|_| ())
     }
 
     /// The DNS server (dnsmasq) as host [`host::DNS`] with `records` as its configuration.
     pub fn dns(&mut self, records: &str) -> io::Result<SocketAddr> {
         let image = images()?.dns.clone();
-        let dir = self.dir()?;
-        std::fs::write(dir.join("scenario.conf"), records)?;
-        make_readable(&dir)?;
-        self.run(
-            "dns",
-            host::DNS,
-            &image,
-            &[],
-            &[(dir.as_path(), "/etc/dnsmasq.d")],
-        )?;
+        let files = vec![(
+            "/etc/dnsmasq.d/scenario.conf".to_string(),
+            records.as_bytes().to_vec(),
+        )];
+        self.run("dns", host::DNS, &image, &[], files, Ready::DNS)?;
         Ok(SocketAddr::new(IpAddr::V4(self.ip4(host::DNS)), 53))
     }
 
     /// Starts the relay as host [`host::RELAY`] with the config rendered from `manifests`,
-    /// its own certificate `tls` and the credentials file; returns a handle that can
-    /// rewrite the config in place (hot reload).
+    /// its own certificate `tls`, the credentials file and the CA roots copied in under
+    /// `/etc/smtprelay`; returns a handle that can rewrite the config in place (hot
+    /// reload).
     pub fn relay(
         &mut self,
         manifests: &Manifests,
@@ -476,43 +706,144 @@ impl Scenario {
         delivery: DeliveryConfig,
     ) -> io::Result<RelayFiles> {
         let image = images()?.relay.clone();
-        let root = self.dir()?;
-        let files = RelayFiles {
-            root: root.clone(),
-            env: container_env(delivery),
-        };
-        std::fs::create_dir_all(root.join("config"))?;
-        std::fs::create_dir_all(root.join("auth"))?;
-        std::fs::write(root.join("auth/credentials"), CREDENTIALS)?;
+        let env = container_env(delivery);
+        let config = manifests.render(&env).map_err(io::Error::other)?;
+        let mut files = vec![
+            (
+                format!("{}/{}", RelayFiles::CONFIG_DIR, RelayFiles::CONFIG_FILE),
+                config.to_json().into_bytes(),
+            ),
+            (
+                "/etc/smtprelay/auth/credentials".to_string(),
+                CREDENTIALS.as_bytes().to_vec(),
+            ),
+        ];
         if let Some(tls) = tls {
-            tls.write_to(&root.join("tls"))?;
+            files.push((
+                "/etc/smtprelay/tls/tls.crt".into(),
+                tls.cert_pem.clone().into_bytes(),
+            ));
+            files.push((
+                "/etc/smtprelay/tls/tls.key".into(),
+                tls.key_pem.clone().into_bytes(),
+            ));
         }
         for (secret, pem) in cas {
-            let d = root.join("ca").join(secret);
-            std::fs::create_dir_all(&d)?;
-            std::fs::write(d.join("ca.crt"), pem)?;
+            files.push((
+                format!("/etc/smtprelay/ca/{secret}/ca.crt"),
+                pem.as_bytes().to_vec(),
+            ));
         }
-        files.write(manifests)?;
-        make_readable(&root)?;
-        self.run(
-            "relay",
-            host::RELAY,
-            &image,
-            &[],
-            &[(root.as_path(), "/etc/smtprelay")],
-        )?;
-        let relay = self.get("relay");
-        let started = poll(Duration::from_secs(20), || {
-            relay.logs().contains("relay listening").then_some(())
-        });
-        if started.is_none() {
-            return Err(io::Error::other(format!(
-                "relay did not start:\n{}",
-                relay.logs()
-            )));
-        }
-        Ok(files)
+        let id = self.id.clone();
+        self.run("relay", host::RELAY, &image, &[], files, Ready::RELAY)?;
+        Ok(RelayFiles {
+            container: format!("relay-{id}"),
+            env,
+        })
     }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        {
+            let _entered = runtime().enter();
+            self.containers.clear();
+        }
+        block_on(async {
+            // Whatever carries the label and is still there (a container whose start
+            // failed half-way) goes too, then the network.
+            if let Ok((containers, _)) = labelled(&self.id).await {
+                for name in containers {
+                    remove_container(&name).await;
+                }
+            }
+            if let Ok(docker) = client().await {
+                let _ = docker.remove_network(&self.network).await;
+            }
+        });
+    }
+}
+
+/// Moves `container` from the address Docker gave it to its fixed ones.
+async fn readdress(network: &str, container: &Container) -> io::Result<()> {
+    let docker = client().await?;
+    let id = container
+        .inner
+        .as_ref()
+        .map(|c| c.id().to_string())
+        .unwrap_or_default();
+    let what = |e| err(format!("address {} on {network}", container.name), e);
+    docker
+        .disconnect_network(
+            network,
+            NetworkDisconnectRequest {
+                container: id.clone(),
+                force: Some(true),
+            },
+        )
+        .await
+        .map_err(what)?;
+    docker
+        .connect_network(
+            network,
+            NetworkConnectRequest {
+                container: id,
+                endpoint_config: Some(EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: Some(container.ip4.to_string()),
+                        ipv6_address: Some(container.ip6.to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .map_err(what)
+}
+
+async fn remove_container(name: &str) {
+    if let Ok(docker) = client().await {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let _ = docker.remove_container(name, Some(options)).await;
+    }
+}
+
+/// Names of the containers (running or not) and networks labelled with scenario `id`.
+async fn labelled(id: &str) -> io::Result<(Vec<String>, Vec<String>)> {
+    let docker = client().await?;
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL}={id}")])]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| err("list containers", e))?;
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map_err(|e| err("list networks", e))?;
+    Ok((
+        containers
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect(),
+        networks.into_iter().filter_map(|n| n.name).collect(),
+    ))
+}
+
+/// Names of the containers and networks that still carry [`LABEL`]`=id`.
+pub fn leftovers(id: &str) -> io::Result<(Vec<String>, Vec<String>)> {
+    block_on(labelled(id))
 }
 
 /// Where the relay container runs: dual-stack listeners on the pod ports and the pod's
@@ -547,38 +878,28 @@ pub fn quick_delivery(overrides: &[(&str, IpAddr)]) -> DeliveryConfig {
     }
 }
 
-/// The relay container's mounted configuration directory.
+/// The relay container's configuration: which container, and how its config is rendered.
 pub struct RelayFiles {
-    root: PathBuf,
+    container: String,
     env: RenderEnv,
 }
 
 impl RelayFiles {
-    /// Renders `manifests` and writes `config.json` in place; the relay notices within a
-    /// second and reloads.
+    const CONFIG_DIR: &str = "/etc/smtprelay/config";
+    const CONFIG_FILE: &str = "config.json";
+
+    /// Renders `manifests` and copies `config.json` into the relay container in place;
+    /// the relay notices within a second and reloads.
     pub fn write(&self, manifests: &Manifests) -> io::Result<RelayConfig> {
         let config = manifests.render(&self.env).map_err(io::Error::other)?;
-        let path = self.root.join("config/config.json");
-        std::fs::write(&path, config.to_json())?;
-        make_readable(&self.root.join("config"))?;
+        block_on(upload(
+            &self.container,
+            Self::CONFIG_DIR,
+            Self::CONFIG_FILE,
+            config.to_json().as_bytes(),
+        ))?;
         Ok(config)
     }
-}
-
-/// Waits until Postfix accepts local submissions (its pickup service exists).
-pub fn wait_postfix(c: &Container) -> io::Result<()> {
-    poll(Duration::from_secs(30), || {
-        c.exec(&["test", "-S", "/var/spool/postfix/public/pickup"])
-            .ok()
-    })
-    .map(|_| ())
-    .ok_or_else(|| {
-        io::Error::other(format!(
-            "Postfix in {} did not start:\n{}",
-            c.name,
-            c.logs()
-        ))
-    })
 }
 
 /// Submits a message on a Postfix client with `sendmail -f from rcpts…`.
@@ -587,9 +908,17 @@ pub fn sendmail(client: &Container, from: &str, rcpts: &[&str], subject: &str) -
         "From: <{from}>\nTo: {}\nSubject: {subject}\nMessage-ID: <{subject}@conformance.test>\n\nbody of {subject}\n",
         rcpts.join(", ")
     );
-    let mut args = vec!["sendmail", "-f", from];
+    // The message travels in the environment: the exec API has no standard input here.
+    let mut args = vec![
+        "sh",
+        "-c",
+        "printf '%s' \"$MESSAGE\" | sendmail -f \"$0\" \"$@\"",
+        from,
+    ];
     args.extend_from_slice(rcpts);
-    client.exec_stdin(&args, &text).map(|_| ())
+    client
+        .exec_env(&args, &[("MESSAGE", text.as_str())])
+        .map(|_| ())
 }
 
 /// The messages in a downstream server's maildir (`/var/mail/vhosts/sink/new`).

@@ -7,8 +7,9 @@
 //!   where each accepted message lands. It does not import the relay's policy or limits.
 //! - [`smtp`]: a plain SMTP client over tokio that records a transcript.
 //! - [`pki`]: test certificates (CA-signed, self-signed, wrong name) as PEM files.
-//! - [`docker`]: the container tier's harness (networks, Postfix clients and servers, the
-//!   relay image, DNS), with guards that remove everything even when a test fails.
+//! - [`docker`]: the container tier's harness over testcontainers (networks, Postfix clients
+//!   and servers, the relay image, DNS), with guards that remove everything even when a test
+//!   fails.
 //!
 //! This crate owns no relay behaviour; it only drives and observes it.
 

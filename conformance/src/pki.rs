@@ -19,13 +19,11 @@ pub struct Pem {
 }
 
 impl Pem {
-    /// Writes `tls.crt` and `tls.key` into `dir` (world-readable: containers run as other
-    /// users).
+    /// Writes `tls.crt` and `tls.key` into `dir`.
     pub fn write_to(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("tls.crt"), &self.cert_pem)?;
-        std::fs::write(dir.join("tls.key"), &self.key_pem)?;
-        crate::docker::make_readable(dir)
+        std::fs::write(dir.join("tls.key"), &self.key_pem)
     }
 }
 

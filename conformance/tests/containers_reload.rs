@@ -1,7 +1,7 @@
-//! Must show — hot reload (SPEC §3.7): the relay container watches its mounted config
-//! file; disabling the client's range in the manifests and rewriting the file makes new
-//! sessions from that client fail with `550 5.7.1` within seconds, while a session opened
-//! before the change finishes its message and is delivered.
+//! Must show — hot reload (SPEC §3.7): the relay container watches its config file;
+//! disabling the client's range in the manifests and copying the rewritten file in makes
+//! new sessions from that client fail with `550 5.7.1` within seconds, while a session
+//! opened before the change finishes its message and is delivered.
 
 mod common;
 

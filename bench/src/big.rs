@@ -1,7 +1,9 @@
 //! Large messages: `n` sessions each send one message of `size` bytes at the same time,
 //! while the relay's resident memory is sampled every 10 ms; reports the idle RSS, the
-//! peak during the load and how long the messages took. With message text streamed to
-//! the spool, the peak above idle stays near `n` × the session buffer, not `n` × the
+//! peak while the messages stream in (until the first `250`: ingress alone), the peak
+//! over the whole run (delivery included: it starts on each message as soon as it is
+//! acknowledged) and how long the messages took. With message text streamed to the
+//! spool, the ingress peak above idle stays near `n` × the session buffer, not `n` × the
 //! message size. Every step has a timeout.
 
 use std::net::SocketAddr;
@@ -18,6 +20,9 @@ pub struct BigResult {
     pub sessions: usize,
     pub size: usize,
     pub rss_idle_kib: u64,
+    /// Peak until the first message was acknowledged.
+    pub rss_ingress_peak_kib: u64,
+    /// Peak over the whole run.
     pub rss_peak_kib: u64,
     pub elapsed: Duration,
 }
@@ -48,7 +53,12 @@ async fn expect(s: &mut TcpStream, code: &str) -> Result<(), String> {
     Err("reply too long".into())
 }
 
-async fn send_one(addr: SocketAddr, i: usize, text: Arc<Vec<u8>>) -> Result<(), String> {
+async fn send_one(
+    addr: SocketAddr,
+    i: usize,
+    text: Arc<Vec<u8>>,
+    acked: Arc<AtomicBool>,
+) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     expect(&mut s, "220").await?;
     for (line, code) in [
@@ -65,6 +75,7 @@ async fn send_one(addr: SocketAddr, i: usize, text: Arc<Vec<u8>>) -> Result<(), 
     s.write_all(&text).await.map_err(|e| e.to_string())?;
     s.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
     expect(&mut s, "250").await?;
+    acked.store(true, Ordering::Relaxed);
     s.write_all(b"QUIT\r\n").await.map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -91,12 +102,19 @@ pub async fn measure(
     let rss_idle_kib = procfs::rss_kib(pid);
     let text = Arc::new(message(size));
     let peak = Arc::new(AtomicU64::new(rss_idle_kib));
+    let ingress_peak = Arc::new(AtomicU64::new(rss_idle_kib));
     let done = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
+        let (peak, ingress_peak, done, acked) =
+            (peak.clone(), ingress_peak.clone(), done.clone(), acked.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(procfs::rss_kib(pid), Ordering::Relaxed);
+                let rss = procfs::rss_kib(pid);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                if !acked.load(Ordering::Relaxed) {
+                    ingress_peak.fetch_max(rss, Ordering::Relaxed);
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
@@ -105,8 +123,9 @@ pub async fn measure(
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let text = text.clone();
+        let acked = acked.clone();
         tasks.spawn(async move {
-            tokio::time::timeout(timeout, send_one(addr, i, text))
+            tokio::time::timeout(timeout, send_one(addr, i, text, acked))
                 .await
                 .map_err(|_| "timed out".to_string())?
         });
@@ -135,6 +154,7 @@ pub async fn measure(
         sessions: n,
         size: text.len(),
         rss_idle_kib,
+        rss_ingress_peak_kib: ingress_peak.load(Ordering::Relaxed),
         rss_peak_kib: peak.load(Ordering::Relaxed),
         elapsed,
     })

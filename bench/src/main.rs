@@ -469,11 +469,13 @@ async fn bench(args: Args) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&spool);
         println!();
         println!(
-            "Large messages: {} concurrent messages of {:.1} MB in {:.1} s: relay RSS idle {:.1} MiB, peak {:.1} MiB, {:.1} MiB above idle. Target ≤ 64 MiB above idle.",
+            "Large messages: {} concurrent messages of {:.1} MB in {:.1} s: relay RSS idle {:.1} MiB; while they stream in (until the first 250) peak {:.1} MiB, {:.1} MiB above idle (target ≤ 64 MiB above idle); over the whole run, delivery attempts included, peak {:.1} MiB ({:.1} MiB above idle).",
             r.sessions,
             r.size as f64 / 1e6,
             r.elapsed.as_secs_f64(),
             r.rss_idle_kib as f64 / 1024.0,
+            r.rss_ingress_peak_kib as f64 / 1024.0,
+            r.rss_ingress_peak_kib.saturating_sub(r.rss_idle_kib) as f64 / 1024.0,
             r.rss_peak_kib as f64 / 1024.0,
             r.rss_peak_kib.saturating_sub(r.rss_idle_kib) as f64 / 1024.0
         );

@@ -17,7 +17,7 @@ use kube::CustomResourceExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{API_VERSION, IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
+use crate::{API_VERSION, IpAllowRange, MailRoute, Organization, RelayExpectation, SmtpRelaySetting};
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +56,9 @@ pub struct ManifestSet {
     pub routes: Vec<Loaded<MailRoute>>,
     /// `v1` Secrets (TLS certificates, AUTH credentials, CA roots), as kubectl applies them.
     pub secrets: Vec<Loaded<Secret>>,
+    /// Policy test cases (`relayctl test`); they configure nothing and are not counted
+    /// by [`ManifestSet::len`].
+    pub expectations: Vec<Loaded<RelayExpectation>>,
 }
 
 impl ManifestSet {
@@ -357,7 +360,11 @@ fn load_document(
     ));
 
     let (allowed, is_secret) = match (api_version.as_str(), kind.as_str()) {
-        (API_VERSION, "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute") => {
+        (
+            API_VERSION,
+            "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute"
+            | "RelayExpectation",
+        ) => {
             (TOP_LEVEL_CRD, false)
         }
         ("v1", "Secret") => (TOP_LEVEL_SECRET, true),
@@ -368,7 +375,8 @@ fn load_document(
                 Some("kind".into()),
                 format!(
                     "unknown kind {kind} of apiVersion {api_version}: expected Organization, \
-                     SmtpRelaySetting, IpAllowRange or MailRoute of {API_VERSION}, or a v1 Secret"
+                     SmtpRelaySetting, IpAllowRange, MailRoute or RelayExpectation of \
+                     {API_VERSION}, or a v1 Secret"
                 ),
             ));
         }
@@ -431,6 +439,7 @@ fn load_document(
         "Organization" => set.organizations.push(checked(text, source, &object)?),
         "SmtpRelaySetting" => set.settings.push(checked(text, source, &object)?),
         "IpAllowRange" => set.ranges.push(checked(text, source, &object)?),
+        "RelayExpectation" => set.expectations.push(checked(text, source, &object)?),
         _ => set.routes.push(checked(text, source, &object)?),
     }
     Ok(())
@@ -601,6 +610,7 @@ fn check_duplicates(set: &ManifestSet, errors: &mut Vec<ManifestError>) {
     dup("IpAllowRange", &set.ranges, errors);
     dup("MailRoute", &set.routes, errors);
     dup("Secret", &set.secrets, errors);
+    dup("RelayExpectation", &set.expectations, errors);
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `relayctl`: the command line of the SmtpRelay project: print the CRDs, validate and render
-//! manifests offline, and run a relay from manifests on this machine.
+//! manifests offline, explain and test their policy, review changes between Git revisions,
+//! and run a relay from manifests on this machine.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,7 +64,47 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: std::net::SocketAddr,
     },
-    /// What changes in relay behaviour between two Git revisions of the manifests.
+    /// What the relay would answer to one session, and why: each SmtpRelaySetting box by
+    /// box, the replies to MAIL and RCPT, any sender rewrite, and each recipient's route.
+    ///
+    /// Exit code 0: answered (accepted or refused); 2: invalid manifests or arguments.
+    Explain {
+        /// Files or directories of YAML manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The client's IP address.
+        #[arg(long)]
+        client_ip: std::net::IpAddr,
+        /// HELO/EHLO name (default: the address literal of the client IP).
+        #[arg(long)]
+        helo: Option<String>,
+        /// The client logs in as USER (its password is assumed right).
+        #[arg(long, value_name = "USER")]
+        auth: Option<String>,
+        /// The client uses TLS (STARTTLS, or port 465).
+        #[arg(long)]
+        tls: bool,
+        /// Envelope sender (`""` for the null sender).
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// Envelope recipient (repeatable).
+        #[arg(long = "to", value_name = "ADDR", required = true)]
+        to: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+    },
+    /// Check the cases of the RelayExpectation documents among the manifests.
+    ///
+    /// Exit code 0: every case passed; 1: a case failed (a diff is printed); 2: invalid
+    /// manifests, or no RelayExpectation found.
+    Test {
+        /// Files or directories of YAML manifests and expectation files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// What changes in relay behaviour between two Git revisions of the manifests,
+    /// including RelayExpectation cases whose outcome changes.
     ///
     /// Exit code 0: no behavioural change; 1: changes; 2: invalid manifests or a Git error.
     Plan {
@@ -122,6 +163,12 @@ impl LocalArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum PlanFormat {
     Text,
     Markdown,
@@ -137,6 +184,28 @@ fn main() -> ExitCode {
             format,
             paths,
         } => plan(&base, head.as_deref(), format, paths),
+        Command::Explain {
+            paths,
+            client_ip,
+            helo,
+            auth,
+            tls,
+            from,
+            to,
+            format,
+        } => explain(
+            &paths,
+            &operator::explain::Query {
+                client_ip,
+                helo,
+                tls,
+                auth,
+                from,
+                to,
+            },
+            format,
+        ),
+        Command::Test { paths } => test(&paths),
         Command::Run { paths, local } => runtime().block_on(run(paths, local.options())),
         Command::TestTls {
             paths,
@@ -156,7 +225,19 @@ fn main() -> ExitCode {
         },
         Command::Validate { paths } => match crds::manifest::load_paths(&paths) {
             Ok(set) => {
-                println!("{} objects valid", set.len());
+                let cases: usize = set
+                    .expectations
+                    .iter()
+                    .map(|x| x.object.spec.cases.len())
+                    .sum();
+                if cases > 0 {
+                    println!(
+                        "{} objects valid, {cases} expectation case(s) (check them with relayctl test)",
+                        set.len()
+                    );
+                } else {
+                    println!("{} objects valid", set.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -261,6 +342,10 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
     };
     let mut changes = operator::plan::plan(&b.config, &h.config);
     changes.extend(operator::plan::secret_changes(&base_set, &head_set));
+    changes.extend(operator::expect::outcome_changes(
+        (&b.config, &base_set),
+        (&h.config, &head_set),
+    ));
     let out = match format {
         PlanFormat::Text => operator::plan::format::text(&changes),
         PlanFormat::Markdown => operator::plan::format::markdown(&changes),
@@ -268,6 +353,77 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
     };
     print!("{out}");
     if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Exit code of `explain` and `test` for manifests or arguments that cannot be used.
+const INVALID_INPUT: u8 = 2;
+
+/// Loads and renders manifests as the operator would, printing what is wrong.
+fn load_rendered(
+    paths: &[PathBuf],
+) -> Result<(crds::manifest::ManifestSet, relay::config::RelayConfig), ExitCode> {
+    let set = crds::manifest::load_paths(paths).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s)", errors.0.len());
+        ExitCode::from(INVALID_INPUT)
+    })?;
+    match operator::manifests::render_set_assuming_secrets(&set, &RenderEnv::pod()) {
+        Ok((rendered, assumed)) => {
+            print_findings(&rendered.findings);
+            for name in assumed {
+                eprintln!(
+                    "note: Secret {name} is not among the manifests; assumed present, as on a cluster"
+                );
+            }
+            Ok((set, rendered.config))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(INVALID_INPUT))
+        }
+    }
+}
+
+/// `relayctl explain`: one hypothetical session, played through the relay's session.
+fn explain(paths: &[PathBuf], query: &operator::explain::Query, format: ExplainFormat) -> ExitCode {
+    let (set, config) = match load_rendered(paths) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let ranges = operator::explain::range_facts(&set);
+    let e = operator::explain::explain(&config, &ranges, query);
+    match format {
+        ExplainFormat::Text => print!("{}", operator::explain::text(&e)),
+        ExplainFormat::Json => print!("{}", operator::explain::json(&e)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `relayctl test`: every RelayExpectation case against the manifests.
+fn test(paths: &[PathBuf]) -> ExitCode {
+    let (set, config) = match load_rendered(paths) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if set.expectations.is_empty() {
+        eprintln!(
+            "error: no RelayExpectation found in {}: nothing to test",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(INVALID_INPUT);
+    }
+    let ranges = operator::explain::range_facts(&set);
+    let results = operator::expect::evaluate(&config, &ranges, &set.expectations);
+    print!("{}", operator::expect::text(&results));
+    if results.iter().all(|r| r.passed()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -439,7 +439,23 @@ fn load_document(
         "Organization" => set.organizations.push(checked(text, source, &object)?),
         "SmtpRelaySetting" => set.settings.push(checked(text, source, &object)?),
         "IpAllowRange" => set.ranges.push(checked(text, source, &object)?),
-        "RelayExpectation" => set.expectations.push(checked(text, source, &object)?),
+        "RelayExpectation" => {
+            let loaded: Loaded<RelayExpectation> = checked(text, source, &object)?;
+            let cases = &loaded.object.spec.cases;
+            for (i, case) in cases.iter().enumerate() {
+                if cases[..i].iter().any(|c| c.name == case.name) {
+                    return Err(err(
+                        locate_value(text, "name", &case.name)
+                            .map(|l| source.line + l - 1)
+                            .unwrap_or(0),
+                        object,
+                        Some(format!("spec.cases[{i}].name")),
+                        format!("duplicate case name {:?}: case names must be unique", case.name),
+                    ));
+                }
+            }
+            set.expectations.push(loaded)
+        }
         _ => set.routes.push(checked(text, source, &object)?),
     }
     Ok(())
@@ -563,6 +579,25 @@ fn locate(text: &str, path: &[&str]) -> Option<usize> {
         min_indent = indent + 1;
     }
     found
+}
+
+/// The 1-based line of the last `key: value` line (list item or not) whose value is
+/// `value`, quoted or not. Best effort, for pointing at a repeated value.
+fn locate_value(text: &str, key: &str, value: &str) -> Option<usize> {
+    let quoted = format!("{value:?}");
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let body = line.trim_start().trim_start_matches("- ");
+            body.strip_prefix(key)
+                .and_then(|r| r.strip_prefix(':'))
+                .is_some_and(|v| {
+                    let v = v.trim();
+                    v == value || v == quoted || v == format!("'{value}'")
+                })
+        })
+        .map(|(i, _)| i + 1)
+        .last()
 }
 
 /// serde_yaml starts some messages with the path of the enclosing mapping

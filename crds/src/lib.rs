@@ -20,12 +20,12 @@ pub mod route;
 pub mod setting;
 
 pub use common::{Condition, SecretRef};
+pub use expectation::{
+    ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
+};
 pub use organization::{
     Billing, LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts, Organization,
     OrganizationSpec, OrganizationStatus, RelaySpec, ServiceType, SpoolSpec,
-};
-pub use expectation::{
-    ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

@@ -17,7 +17,9 @@ use kube::CustomResourceExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{API_VERSION, IpAllowRange, MailRoute, Organization, RelayExpectation, SmtpRelaySetting};
+use crate::{
+    API_VERSION, IpAllowRange, MailRoute, Organization, RelayExpectation, SmtpRelaySetting,
+};
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -362,11 +364,8 @@ fn load_document(
     let (allowed, is_secret) = match (api_version.as_str(), kind.as_str()) {
         (
             API_VERSION,
-            "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute"
-            | "RelayExpectation",
-        ) => {
-            (TOP_LEVEL_CRD, false)
-        }
+            "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute" | "RelayExpectation",
+        ) => (TOP_LEVEL_CRD, false),
         ("v1", "Secret") => (TOP_LEVEL_SECRET, true),
         _ => {
             return Err(err(
@@ -450,7 +449,10 @@ fn load_document(
                             .unwrap_or(0),
                         object,
                         Some(format!("spec.cases[{i}].name")),
-                        format!("duplicate case name {:?}: case names must be unique", case.name),
+                        format!(
+                            "duplicate case name {:?}: case names must be unique",
+                            case.name
+                        ),
                     ));
                 }
             }

@@ -486,7 +486,9 @@ fn ip_failure(setting: &str, selected: usize, ip: IpAddr, ranges: &[RangeFact]) 
             r.name, r.network
         );
     }
-    format!("range not selected: {ip} is in none of the {selected} enabled range(s) this setting selects")
+    format!(
+        "range not selected: {ip} is in none of the {selected} enabled range(s) this setting selects"
+    )
 }
 
 fn describe_route(route: &RouteConfig, choice: &RouteChoice) -> RouteExplanation {

@@ -65,14 +65,28 @@ fn render_with(
     if assume_referenced {
         let in_namespace = |ns: Option<String>| ns.unwrap_or_else(|| "default".into()) == namespace;
         let mut referenced = BTreeSet::new();
-        for org in set.organizations.iter().filter(|o| in_namespace(o.object.namespace())) {
+        for org in set
+            .organizations
+            .iter()
+            .filter(|o| in_namespace(o.object.namespace()))
+        {
             let spec = &org.object.spec;
             referenced.extend(spec.auth_secret_ref.iter().map(|r| r.name.clone()));
             referenced.extend(spec.relay.tls_secret_ref.iter().map(|r| r.name.clone()));
         }
-        for route in set.routes.iter().filter(|r| in_namespace(r.object.namespace())) {
+        for route in set
+            .routes
+            .iter()
+            .filter(|r| in_namespace(r.object.namespace()))
+        {
             referenced.extend(
-                route.object.spec.tls.trusted_ca_secret_ref.iter().map(|r| r.name.clone()),
+                route
+                    .object
+                    .spec
+                    .tls
+                    .trusted_ca_secret_ref
+                    .iter()
+                    .map(|r| r.name.clone()),
             );
         }
         for name in referenced {

@@ -61,7 +61,11 @@ fn quickstart_loopback_mail_is_accepted_and_routed_to_the_sink() {
     );
     assert_line(
         &out,
-        &["IP allow list", "ok", "127.0.0.1 is in range acme/loopback-v4"],
+        &[
+            "IP allow list",
+            "ok",
+            "127.0.0.1 is in range acme/loopback-v4",
+        ],
     );
     assert_line(&out, &["MAIL FROM:<app@acme.example>", "→ 250 2.1.0 OK"]);
     assert_line(&out, &["RCPT TO:<bob@example.net>", "→ 250 2.1.5 OK"]);
@@ -97,7 +101,10 @@ fn on_premise_names_the_disabled_range_the_unselected_range_and_missing_tls() {
     );
     assert_line(
         &disabled,
-        &["MAIL FROM:<a@acme.example>", "→ 550 5.7.1 Client host [198.51.100.7] is not allowed to relay through this server"],
+        &[
+            "MAIL FROM:<a@acme.example>",
+            "→ 550 5.7.1 Client host [198.51.100.7] is not allowed to relay through this server",
+        ],
     );
     assert_line(&disabled, &["acme/head-office: does not accept"]);
 
@@ -114,7 +121,10 @@ fn on_premise_names_the_disabled_range_the_unselected_range_and_missing_tls() {
     );
     assert_line(
         &outside,
-        &["failed", "range not selected: 192.0.2.1 is in none of the 2 enabled range(s)"],
+        &[
+            "failed",
+            "range not selected: 192.0.2.1 is in none of the 2 enabled range(s)",
+        ],
     );
 
     let plain = explain(
@@ -130,7 +140,11 @@ fn on_premise_names_the_disabled_range_the_unselected_range_and_missing_tls() {
     );
     assert_line(
         &plain,
-        &["TLS", "failed", "TLS missing: the setting requires STARTTLS"],
+        &[
+            "TLS",
+            "failed",
+            "TLS missing: the setting requires STARTTLS",
+        ],
     );
     assert_line(&plain, &["→ 530 5.7.0 Must issue a STARTTLS command first"]);
 
@@ -149,7 +163,11 @@ fn on_premise_names_the_disabled_range_the_unselected_range_and_missing_tls() {
     assert_line(&foreign, &["STARTTLS", "→ 220 2.0.0 Ready to start TLS"]);
     assert_line(
         &foreign,
-        &["sender", "failed", "Sender domain other.example does not belong to the organization"],
+        &[
+            "sender",
+            "failed",
+            "Sender domain other.example does not belong to the organization",
+        ],
     );
     assert_line(
         &foreign,
@@ -173,7 +191,11 @@ fn applications_name_missing_auth_and_show_the_sender_rewrite() {
     );
     assert_line(
         &anonymous,
-        &["SMTP AUTH", "failed", "AUTH missing: the setting requires SMTP AUTH"],
+        &[
+            "SMTP AUTH",
+            "failed",
+            "AUTH missing: the setting requires SMTP AUTH",
+        ],
     );
 
     let out = explain(
@@ -191,12 +213,20 @@ fn applications_name_missing_auth_and_show_the_sender_rewrite() {
         ],
     );
     assert_line(&out, &["AUTH PLAIN (credentials)", "→ 235 2.7.0"]);
-    assert_line(&out, &["Envelope sender rewritten to postmaster@acme.example"]);
     assert_line(
         &out,
-        &["c@example.net → acme/default: outbound-gateway.acme.example:587; TLS required, CA-signed certificate, hostname checked"],
+        &["Envelope sender rewritten to postmaster@acme.example"],
     );
-    assert_line(&out, &["note: assumed the password of ticketing@acme.example is right"]);
+    assert_line(
+        &out,
+        &[
+            "c@example.net → acme/default: outbound-gateway.acme.example:587; TLS required, CA-signed certificate, hostname checked",
+        ],
+    );
+    assert_line(
+        &out,
+        &["note: assumed the password of ticketing@acme.example is right"],
+    );
 
     // AUTH without TLS: the relay refuses it, and so does the explanation.
     let plain = explain(
@@ -232,7 +262,9 @@ fn routes_show_weights_mx_lookup_direct_delivery_and_relaxed_tls() {
     );
     assert_line(
         &partner,
-        &["x@partner.example → acme/partner: primary mx1.partner.example:25 50%, primary mx2.partner.example:25 50%, secondary backup.partner.example:2525 100%; TLS required, CA-signed certificate, hostname checked"],
+        &[
+            "x@partner.example → acme/partner: primary mx1.partner.example:25 50%, primary mx2.partner.example:25 50%, secondary backup.partner.example:2525 100%; TLS required, CA-signed certificate, hostname checked",
+        ],
     );
     assert_line(
         &partner,
@@ -370,7 +402,10 @@ fn a_failing_case_prints_a_diff_and_exits_1() {
     let dir = scenario(EXPECTATION);
     let (code, out, _) = relayctl_in(dir.path(), &["test", "."]);
     assert_eq!(code, 0, "{out}");
-    assert_line(&out, &["pass  RelayExpectation acme/policy", "loopback sends"]);
+    assert_line(
+        &out,
+        &["pass  RelayExpectation acme/policy", "loopback sends"],
+    );
 }
 
 #[test]
@@ -393,7 +428,10 @@ fn malformed_expectations_are_invalid_input_with_file_line_and_field() {
     let dir = scenario(&unknown);
     let (code, _, err) = relayctl_in(dir.path(), &["test", "."]);
     assert_eq!(code, 2, "{err}");
-    assert_line(&err, &["expectations.yaml:12", "spec.cases[0].expect", "acepted"]);
+    assert_line(
+        &err,
+        &["expectations.yaml:12", "spec.cases[0].expect", "acepted"],
+    );
 
     let twice = format!(
         "{EXPECTATION}    - name: loopback sends\n      client: {{ip: 127.0.0.1}}\n      from: a@acme.example\n      to: [b@example.net]\n      expect: {{accepted: true}}\n"
@@ -403,7 +441,11 @@ fn malformed_expectations_are_invalid_input_with_file_line_and_field() {
     assert_eq!(code, 1, "{err}");
     assert_line(
         &err,
-        &["expectations.yaml:13", "spec.cases[1].name", "duplicate case name"],
+        &[
+            "expectations.yaml:13",
+            "spec.cases[1].name",
+            "duplicate case name",
+        ],
     );
 
     let (code, _, err) = relayctl(&["test", "invalid/range-host-bits.yaml"]);

@@ -233,10 +233,7 @@ fn combine(settings: &[SettingVerdict], sender: &str) -> MailDecision {
     if identified.is_empty() {
         return MailDecision::ClientNotAllowed;
     }
-    let usable: Vec<&SettingVerdict> = identified
-        .into_iter()
-        .filter(|v| v.tls.passes())
-        .collect();
+    let usable: Vec<&SettingVerdict> = identified.into_iter().filter(|v| v.tls.passes()).collect();
     if usable.is_empty() {
         return MailDecision::TlsRequired;
     }
@@ -258,9 +255,7 @@ fn combine(settings: &[SettingVerdict], sender: &str) -> MailDecision {
     let reason = usable
         .iter()
         .find_map(|v| match &v.sender {
-            SenderCheck::Rejected(r) | SenderCheck::Rewritten { reason: r, .. } => {
-                Some(r.clone())
-            }
+            SenderCheck::Rejected(r) | SenderCheck::Rewritten { reason: r, .. } => Some(r.clone()),
             SenderCheck::Allowed => None,
         })
         .unwrap_or_default();

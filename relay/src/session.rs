@@ -392,7 +392,10 @@ impl Session {
                 "5.3.4 Message size exceeds fixed maximum message size",
             )];
         }
-        let decision = self.cfg.policy.decide_mail(&self.client_facts(), from.as_str());
+        let decision = self
+            .cfg
+            .policy
+            .decide_mail(&self.client_facts(), from.as_str());
         match decision {
             MailDecision::Accept {
                 mail_from,

@@ -344,9 +344,8 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
     changes.extend(operator::plan::secret_changes(&base_set, &head_set));
     // Expectation cases run as `relayctl test` runs them: Secrets the manifests reference
     // but do not hold (a cert-manager certificate) are assumed present, as on a cluster.
-    let assuming = |set| {
-        operator::manifests::render_set_assuming_secrets(set, &env).map(|(r, _)| r.config)
-    };
+    let assuming =
+        |set| operator::manifests::render_set_assuming_secrets(set, &env).map(|(r, _)| r.config);
     if let (Ok(bx), Ok(hx)) = (assuming(&base_set), assuming(&head_set)) {
         changes.extend(operator::expect::outcome_changes(
             (&bx, &base_set),

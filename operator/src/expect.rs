@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use relay::config::RelayConfig;
 use serde::Serialize;
 
-use crate::explain::{Explanation, Query, RangeFact, explain, refusal};
+use crate::explain::{Explanation, ManifestFacts, Query, explain, refusal};
 use crate::plan::{Change, Severity};
 
 /// A field of `expect` that did not match.
@@ -188,7 +188,7 @@ fn object_name(x: &RelayExpectation) -> String {
 /// Evaluates every case of `expectations` against `config`.
 pub fn evaluate(
     config: &RelayConfig,
-    ranges: &[RangeFact],
+    facts: &ManifestFacts,
     expectations: &[Loaded<RelayExpectation>],
 ) -> Vec<CaseResult> {
     let mut out = Vec::new();
@@ -198,7 +198,7 @@ pub fn evaluate(
         for case in &loaded.object.spec.cases {
             let (outcome, mismatches) = match query_of(case) {
                 Ok(query) => {
-                    let e = explain(config, ranges, &query);
+                    let e = explain(config, facts, &query);
                     (outcome(&e, &query), check(case, &e, &query))
                 }
                 Err(message) => (
@@ -267,8 +267,8 @@ pub fn outcome_changes(
             cases.push(b.clone());
         }
     }
-    let base_results = evaluate(base.0, &crate::explain::range_facts(base.1), &cases);
-    let head_results = evaluate(head.0, &crate::explain::range_facts(head.1), &cases);
+    let base_results = evaluate(base.0, &ManifestFacts::of(base.1), &cases);
+    let head_results = evaluate(head.0, &ManifestFacts::of(head.1), &cases);
     base_results
         .iter()
         .zip(&head_results)

@@ -16,6 +16,7 @@
 //!
 //! Not here: parsing arguments (`relayctl`), expectation files ([`crate::expect`]).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -57,6 +58,51 @@ pub struct RangeFact {
     pub enabled: bool,
     /// `namespace/name` of every setting with ipAllowRanges on whose selector matches it.
     pub selected_by: Vec<String>,
+}
+
+/// What the manifests say beyond the rendered config, for naming things in an explanation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestFacts {
+    /// Every IpAllowRange, disabled ones included.
+    pub ranges: Vec<RangeFact>,
+    /// When the Organization's credentials Secret is among the manifests: its name and
+    /// the users it holds. `None`: the Secret lives only on the cluster, so any user is
+    /// assumed to log in.
+    pub auth_users: Option<(String, BTreeSet<String>)>,
+}
+
+impl ManifestFacts {
+    /// The facts of a manifest set.
+    pub fn of(set: &ManifestSet) -> Self {
+        Self {
+            ranges: range_facts(set),
+            auth_users: auth_users(set),
+        }
+    }
+}
+
+/// The users of the Organization's credentials Secret, when the manifests hold it. The
+/// file is one `address:PHC` line per user (see `relay::auth::Credentials`).
+fn auth_users(set: &ManifestSet) -> Option<(String, BTreeSet<String>)> {
+    let org = set.organizations.first()?;
+    let ns = org.object.namespace().unwrap_or_else(|| "default".into());
+    let name = &org.object.spec.auth_secret_ref.as_ref()?.name;
+    let secret = set.secrets.iter().find(|s| {
+        s.object.name_any() == *name
+            && s.object.namespace().unwrap_or_else(|| "default".into()) == ns
+    })?;
+    let text = crate::local::secret_value(&secret.object, "credentials")?;
+    let text = String::from_utf8_lossy(&text);
+    let users = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(u, _)| u.trim().to_ascii_lowercase())
+        })
+        .collect();
+    Some((format!("{ns}/{name}"), users))
 }
 
 /// The ranges of a manifest set, for naming the range behind an IP box's verdict.
@@ -219,7 +265,8 @@ impl Explanation {
 }
 
 /// Plays `query` through the relay's session state machine under `config`.
-pub fn explain(config: &RelayConfig, ranges: &[RangeFact], query: &Query) -> Explanation {
+pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Explanation {
+    let ranges = facts.ranges.as_slice();
     let mut notes = Vec::new();
     let tls_available = config.tls.is_some();
     let mut session = Session::new(
@@ -257,14 +304,29 @@ pub fn explain(config: &RelayConfig, ranges: &[RangeFact], query: &Query) -> Exp
         match actions.last() {
             Some(Action::VerifyAuth { identity, .. }) => {
                 let identity = identity.clone();
-                let ok = config.organization.credentials_file.is_some();
-                if ok {
-                    notes.push(format!("assumed the password of {identity} is right"));
-                } else {
-                    notes.push(
-                        "the Organization has no authSecretRef: every AUTH fails with 535".into(),
-                    );
-                }
+                let unknown = facts
+                    .auth_users
+                    .as_ref()
+                    .filter(|(_, users)| !users.contains(&identity));
+                let ok = match (&config.organization.credentials_file, unknown) {
+                    (None, _) => {
+                        notes.push(
+                            "the Organization has no authSecretRef: every AUTH fails with 535"
+                                .into(),
+                        );
+                        false
+                    }
+                    (Some(_), Some((secret, _))) => {
+                        notes.push(format!(
+                            "{identity} has no credentials in Secret {secret}: AUTH fails with 535"
+                        ));
+                        false
+                    }
+                    (Some(_), None) => {
+                        notes.push(format!("assumed the password of {identity} is right"));
+                        true
+                    }
+                };
                 let result = session.auth_result(identity, ok);
                 record(&mut transcript, shown, &result);
             }

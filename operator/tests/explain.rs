@@ -243,6 +243,27 @@ fn applications_name_missing_auth_and_show_the_sender_rewrite() {
         ],
     );
     assert_line(&plain, &["AUTH PLAIN (credentials)", "→ 538 5.7.11"]);
+
+    // A user the credentials Secret beside the manifests does not hold cannot log in.
+    let unknown = explain(
+        "applications-smtp-auth",
+        &[
+            "--client-ip",
+            "198.51.100.20",
+            "--tls",
+            "--auth",
+            "bob@acme.example",
+            "--from",
+            "bob@acme.example",
+            "--to",
+            "c@example.net",
+        ],
+    );
+    assert_line(&unknown, &["AUTH PLAIN (credentials)", "→ 535 5.7.8"]);
+    assert_line(
+        &unknown,
+        &["note: bob@acme.example has no credentials in Secret acme/smtp-credentials"],
+    );
 }
 
 #[test]

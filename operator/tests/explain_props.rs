@@ -247,7 +247,7 @@ fn explain_answers_what_the_relay_answers_over_smtp() {
             from: s.from.to_string(),
             to: s.to.iter().map(|t| t.to_string()).collect(),
         };
-        let e = explain(&cfg, &[], &query);
+        let e = explain(&cfg, &Default::default(), &query);
         prop_assert_eq!(&e.mail_reply, &mail, "MAIL reply");
         let explained: Vec<String> = e
             .recipients

@@ -400,8 +400,8 @@ fn explain(paths: &[PathBuf], query: &operator::explain::Query, format: ExplainF
         Ok(x) => x,
         Err(code) => return code,
     };
-    let ranges = operator::explain::range_facts(&set);
-    let e = operator::explain::explain(&config, &ranges, query);
+    let facts = operator::explain::ManifestFacts::of(&set);
+    let e = operator::explain::explain(&config, &facts, query);
     match format {
         ExplainFormat::Text => print!("{}", operator::explain::text(&e)),
         ExplainFormat::Json => print!("{}", operator::explain::json(&e)),
@@ -426,8 +426,8 @@ fn test(paths: &[PathBuf]) -> ExitCode {
         );
         return ExitCode::from(INVALID_INPUT);
     }
-    let ranges = operator::explain::range_facts(&set);
-    let results = operator::expect::evaluate(&config, &ranges, &set.expectations);
+    let facts = operator::explain::ManifestFacts::of(&set);
+    let results = operator::expect::evaluate(&config, &facts, &set.expectations);
     print!("{}", operator::expect::text(&results));
     if results.iter().all(|r| r.passed()) {
         ExitCode::SUCCESS

@@ -244,6 +244,8 @@ pub struct Explanation {
     /// The AUTH identity in force at MAIL.
     pub auth: Option<String>,
     pub settings: Vec<SettingExplanation>,
+    /// False when MAIL was refused before the policy was asked (bad syntax, no EHLO).
+    pub policy_consulted: bool,
     /// Every command played and its reply.
     pub transcript: Vec<Exchange>,
     /// The reply to MAIL FROM.
@@ -360,6 +362,13 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         None => Vec::new(),
     };
     let mail = play(&mut session, &mail_line, &mut transcript);
+    // The policy answers 250, 530 or 550 5.7.1; anything else came before it.
+    let policy_consulted = verdict.is_some()
+        && mail.as_ref().is_some_and(|m| {
+            m.code == 250
+                || m.code == 530
+                || (m.code == 550 && m.lines.first().is_some_and(|l| l.starts_with("5.7.1")))
+        });
     let mail_ok = mail.as_ref().is_some_and(Exchange::positive);
     // The decision the session just acted on (same policy, same facts).
     let rewritten_sender = match verdict.map(|v| v.decision) {
@@ -418,6 +427,7 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         tls: tls_at_mail,
         auth: auth_at_mail,
         settings,
+        policy_consulted,
         transcript,
         mail_reply: mail.map(|e| e.reply()).unwrap_or_default(),
         rewritten_sender,
@@ -647,10 +657,15 @@ pub fn text(e: &Explanation) -> String {
         out,
         "SmtpRelaySettings (mail is accepted when one of them accepts it):"
     );
-    if e.settings.is_empty() {
+    if !e.policy_consulted {
+        let _ = writeln!(
+            out,
+            "  (not consulted: MAIL was refused before the sender policy was asked)"
+        );
+    } else if e.settings.is_empty() {
         let _ = writeln!(out, "  (none: no client may relay)");
     }
-    for s in &e.settings {
+    for s in e.settings.iter().filter(|_| e.policy_consulted) {
         let _ = writeln!(
             out,
             "  {}: {}",

@@ -75,6 +75,24 @@ fn quickstart_loopback_mail_is_accepted_and_routed_to_the_sink() {
     );
     assert_line(&out, &["Result: accepted"]);
     assert_line(&out, &["note: limits are counted at runtime"]);
+
+    // Syntax comes before policy, as in the relay.
+    let bad = explain(
+        "quickstart",
+        &[
+            "--client-ip",
+            "127.0.0.1",
+            "--from",
+            "a b@acme.example",
+            "--to",
+            "bob@example.net",
+        ],
+    );
+    assert_line(
+        &bad,
+        &["(not consulted: MAIL was refused before the sender policy was asked)"],
+    );
+    assert_line(&bad, &["→ 501 5.1.3 Bad sender address syntax"]);
 }
 
 #[test]

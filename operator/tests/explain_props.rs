@@ -1,7 +1,8 @@
-//! Property: for random policies and sessions, `relayctl explain` answers exactly what the
+//! Property: for random manifests and sessions, `relayctl explain` answers exactly what the
 //! relay answers over SMTP. One relay runs in this process on loopback (with a
-//! certificate and real AUTH credentials); each case puts a generated configuration in
-//! force, plays the session over TCP (implicit TLS when the session has TLS, from
+//! certificate and real AUTH credentials); each case renders generated manifests
+//! (settings with label selectors, ranges enabled or not) as `relayctl` does, puts the
+//! configuration in force, plays the session over TCP (implicit TLS when the session has TLS, from
 //! 127.0.0.1 or 127.0.0.2) and compares the MAIL and RCPT replies with the explanation's.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 48).
@@ -10,10 +11,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use operator::explain::{Query, explain};
+use operator::explain::{ManifestFacts, Query, explain};
+use operator::manifests::render_set;
+use operator::render::RenderEnv;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use relay::config::{AllowedSenders, RangeConfig, RelayConfig, SettingConfig, TlsFiles};
+use relay::config::RelayConfig;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
@@ -25,12 +28,21 @@ const USERS: [(&str, &str); 2] = [
     ("alice@acme.example", "correct horse battery staple"),
     ("ticketing@acme.example", "app-secret-2"),
 ];
-const NETWORKS: [&str; 4] = ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.0/30", "10.0.0.0/8"];
+const NETWORKS: [&str; 4] = ["127.0.0.1", "127.0.0.2/32", "127.0.0.0/30", "10.0.0.0/16"];
+
+#[derive(Clone, Debug)]
+struct GenRange {
+    network: usize,
+    enabled: bool,
+    site: &'static str,
+}
 
 #[derive(Clone, Debug)]
 struct GenSetting {
-    senders: u8,
-    ranges: Option<Vec<usize>>,
+    senders: &'static str,
+    /// `None`: the IP allow list is off; `Some(None)`: on, selecting every range;
+    /// `Some(Some(site))`: on, selecting ranges labelled `site`.
+    ip: Option<Option<&'static str>>,
     auth: bool,
     tls: bool,
 }
@@ -45,20 +57,117 @@ struct GenSession {
     to: Vec<&'static str>,
 }
 
+fn site() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just("hq"), Just("branch")]
+}
+
+fn range() -> impl Strategy<Value = GenRange> {
+    (0..NETWORKS.len(), any::<bool>(), site()).prop_map(|(network, enabled, site)| GenRange {
+        network,
+        enabled,
+        site,
+    })
+}
+
 fn setting() -> impl Strategy<Value = GenSetting> {
     (
-        0u8..3,
-        proptest::option::of(proptest::collection::vec(0..NETWORKS.len(), 0..3)),
+        prop_oneof![
+            Just("RegisteredUsers"),
+            Just("OrganizationDomains"),
+            Just("AnyAddress")
+        ],
+        proptest::option::of(proptest::option::of(site())),
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(senders, ranges, auth, tls)| GenSetting {
+        .prop_map(|(senders, ip, auth, tls)| GenSetting {
             senders,
             // The API's rules: one authentication method at least; AUTH needs TLS.
-            auth: auth || ranges.is_none(),
-            tls: tls || auth || ranges.is_none(),
-            ranges,
+            auth: auth || ip.is_none(),
+            tls: tls || auth || ip.is_none(),
+            ip,
         })
+}
+
+/// The manifests of one case: the Organization with its Secrets, the settings and ranges.
+fn manifests(settings: &[GenSetting], ranges: &[GenRange]) -> String {
+    let mut out = String::from(
+        "apiVersion: smtprelay.dev/v1alpha1
+kind: Organization
+metadata: {name: acme, namespace: acme}
+spec:
+  domains: [acme.example]
+  users: [alice@acme.example, ticketing@acme.example]
+  authSecretRef: {name: smtp-credentials}
+  licenses: 100
+  billing: Paid
+  relay:
+    hostname: relay.acme.example
+    tlsSecretRef: {name: relay-tls}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: smtp-credentials, namespace: acme}
+stringData:
+  credentials: |
+CREDENTIALS---
+apiVersion: v1
+kind: Secret
+metadata: {name: relay-tls, namespace: acme}
+type: kubernetes.io/tls
+stringData: {tls.crt: x, tls.key: x}
+---
+apiVersion: smtprelay.dev/v1alpha1
+kind: MailRoute
+metadata: {name: default, namespace: acme}
+spec:
+  description: everything
+  match: {default: true}
+  singleHost: {host: 127.0.0.1, port: 2525}
+",
+    );
+    // The Secret holds what the relay's credentials file holds.
+    let indented: String = CREDENTIALS.lines().map(|l| format!("    {l}\n")).collect();
+    out = out.replace("CREDENTIALS", &indented);
+    for (i, s) in settings.iter().enumerate() {
+        let ip = match s.ip {
+            None => "{enabled: false}".to_string(),
+            Some(None) => "{enabled: true}".to_string(),
+            Some(Some(site)) => {
+                format!("{{enabled: true, selector: {{matchLabels: {{site: {site}}}}}}}")
+            }
+        };
+        out.push_str(&format!(
+            "---
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelaySetting
+metadata: {{name: s{i}, namespace: acme}}
+spec:
+  description: setting {i}
+  allowedSenders: {}
+  authentication:
+    ipAllowRanges: {ip}
+    requireSmtpAuth: {}
+  encryption: {{requireTls: {}}}
+",
+            s.senders, s.auth, s.tls
+        ));
+    }
+    for (i, r) in ranges.iter().enumerate() {
+        out.push_str(&format!(
+            "---
+apiVersion: smtprelay.dev/v1alpha1
+kind: IpAllowRange
+metadata: {{name: r{i}, namespace: acme, labels: {{site: {}}}}}
+spec:
+  description: range {i}
+  cidr: {}
+  enabled: {}
+",
+            r.site, NETWORKS[r.network], r.enabled
+        ));
+    }
+    out
 }
 
 fn session() -> impl Strategy<Value = GenSession> {
@@ -91,35 +200,6 @@ fn session() -> impl Strategy<Value = GenSession> {
             from,
             to,
         })
-}
-
-fn config(base: &RelayConfig, settings: &[GenSetting]) -> RelayConfig {
-    let mut cfg = base.clone();
-    cfg.settings = settings
-        .iter()
-        .enumerate()
-        .map(|(i, s)| SettingConfig {
-            name: format!("acme/s{i}"),
-            description: String::new(),
-            allowed_senders: [
-                AllowedSenders::RegisteredUsers,
-                AllowedSenders::OrganizationDomains,
-                AllowedSenders::AnyAddress,
-            ][s.senders as usize],
-            ip_ranges: s.ranges.as_ref().map(|r| {
-                r.iter()
-                    .map(|n| RangeConfig {
-                        name: format!("acme/r{n}"),
-                        network: NETWORKS[*n].parse().unwrap(),
-                    })
-                    .collect()
-            }),
-            require_smtp_auth: s.auth,
-            require_tls: s.tls,
-        })
-        .collect();
-    cfg.hash.clear();
-    cfg.seal()
 }
 
 async fn reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Option<String> {
@@ -198,13 +278,17 @@ fn explain_answers_what_the_relay_answers_over_smtp() {
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     std::fs::write(&creds, CREDENTIALS).unwrap();
-    let mut base = RelayConfig::loopback(&dir.path().join("spool").to_string_lossy(), 9);
-    base.organization.users = USERS.iter().map(|(u, _)| u.to_string()).collect();
-    base.organization.credentials_file = Some(creds.to_string_lossy().into_owned());
-    base.tls = Some(TlsFiles {
-        cert_file: cert.to_string_lossy().into_owned(),
-        key_file: key.to_string_lossy().into_owned(),
-    });
+    let base = RelayConfig::loopback(&dir.path().join("spool").to_string_lossy(), 9);
+    // Rendered configs name the files above and keep the relay's addresses.
+    let env = RenderEnv {
+        listeners: base.listeners.clone(),
+        admin_listen: base.admin_listen,
+        spool_dir: base.spool_dir.clone(),
+        tls_dir: dir.path().to_string_lossy().into_owned(),
+        credentials_dir: dir.path().to_string_lossy().into_owned(),
+        ca_dir: dir.path().to_string_lossy().into_owned(),
+        delivery: base.delivery.clone(),
+    };
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(made.cert.der().clone()).unwrap();
@@ -232,9 +316,18 @@ fn explain_answers_what_the_relay_answers_over_smtp() {
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = (proptest::collection::vec(setting(), 0..4), session());
-    let result = runner.run(&strategy, |(settings, s)| {
-        let cfg = config(&base, &settings);
+    let strategy = (
+        proptest::collection::vec(setting(), 0..4),
+        proptest::collection::vec(range(), 0..4),
+        session(),
+    );
+    let result = runner.run(&strategy, |(settings, ranges, s)| {
+        let text = manifests(&settings, &ranges);
+        let set = crds::manifest::load_sources(&[("case.yaml".to_string(), text)])
+            .map_err(|e| TestCaseError::fail(format!("manifests: {e}")))?;
+        let cfg = render_set(&set, &env)
+            .map_err(|e| TestCaseError::fail(format!("render: {e}")))?
+            .config;
         handle
             .reload(cfg.clone())
             .map_err(|e| TestCaseError::fail(format!("reload: {e}")))?;
@@ -247,7 +340,7 @@ fn explain_answers_what_the_relay_answers_over_smtp() {
             from: s.from.to_string(),
             to: s.to.iter().map(|t| t.to_string()).collect(),
         };
-        let e = explain(&cfg, &Default::default(), &query);
+        let e = explain(&cfg, &ManifestFacts::of(&set), &query);
         prop_assert_eq!(&e.mail_reply, &mail, "MAIL reply");
         let explained: Vec<String> = e
             .recipients

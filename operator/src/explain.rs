@@ -719,7 +719,16 @@ pub fn text(e: &Explanation) -> String {
         if e.accepted {
             "accepted".to_string()
         } else {
-            format!("refused ({})", refusal(e))
+            let taken = e.recipients.iter().filter(|r| r.accepted).count();
+            if taken > 0 {
+                format!(
+                    "partly accepted: {taken} of {} recipient(s) ({})",
+                    e.recipients.len(),
+                    refusal(e)
+                )
+            } else {
+                format!("refused ({})", refusal(e))
+            }
         }
     );
     for n in &e.notes {

@@ -93,6 +93,34 @@ fn quickstart_loopback_mail_is_accepted_and_routed_to_the_sink() {
         &["(not consulted: MAIL was refused before the sender policy was asked)"],
     );
     assert_line(&bad, &["→ 501 5.1.3 Bad sender address syntax"]);
+
+    // A bounce takes one recipient: the second is refused, the first still goes.
+    let bounce = explain(
+        "quickstart",
+        &[
+            "--client-ip",
+            "127.0.0.1",
+            "--helo",
+            "mx.acme.example",
+            "--from",
+            "",
+            "--to",
+            "a@example.net",
+            "--to",
+            "b@example.net",
+        ],
+    );
+    assert_line(
+        &bounce,
+        &[
+            "RCPT TO:<b@example.net>",
+            "→ 550 5.5.3 Null sender accepts exactly one recipient",
+        ],
+    );
+    assert_line(
+        &bounce,
+        &["Result: partly accepted: 1 of 2 recipient(s) (RCPT b@example.net: 550 5.5.3"],
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use operator::render::RenderEnv;
 #[command(
     name = "relayctl",
     version,
-    about = "Manage SmtpRelay manifests: validate, render, run"
+    about = "Manage SmtpRelay manifests: validate, render, explain, test, plan, run"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,8 +64,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: std::net::SocketAddr,
     },
-    /// What the relay would answer to one session, and why: each SmtpRelaySetting box by
-    /// box, the replies to MAIL and RCPT, any sender rewrite, and each recipient's route.
+    /// What the relay would answer to one session, and why.
+    ///
+    /// Prints each SmtpRelaySetting box by box (IP allow list, SMTP AUTH, TLS, sender),
+    /// the replies to MAIL and each RCPT, any sender rewrite, and each recipient's route.
     ///
     /// Exit code 0: answered (accepted or refused); 2: invalid manifests or arguments.
     Explain {
@@ -103,8 +105,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// What changes in relay behaviour between two Git revisions of the manifests,
-    /// including RelayExpectation cases whose outcome changes.
+    /// What changes in relay behaviour between two Git revisions of the manifests.
+    ///
+    /// RelayExpectation cases run at both revisions; a case whose outcome changes is listed.
     ///
     /// Exit code 0: no behavioural change; 1: changes; 2: invalid manifests or a Git error.
     Plan {

@@ -5,8 +5,9 @@
 //! generation builds it), so the replies are the relay's replies: EHLO, STARTTLS when the
 //! client has TLS, AUTH when it has an identity, MAIL, then RCPT per recipient. Three
 //! answers the relay gets from outside the state machine are assumed, and said so: the
-//! TLS handshake succeeds, the AUTH password is right (we cannot know it; with no
-//! credentials Secret the relay refuses every login, and so does the explanation), and
+//! TLS handshake succeeds, the AUTH password is right (we cannot know it; without an
+//! `authSecretRef`, or for a user missing from the credentials Secret when the manifests
+//! hold it, the relay refuses the login, and so does the explanation), and
 //! every recipient is within the limits (they are counted at runtime, SPEC §3.6).
 //!
 //! Why the MAIL reply is what it is comes from [`relay::policy::Policy::explain_mail`],
@@ -146,7 +147,7 @@ pub fn range_facts(set: &ManifestSet) -> Vec<RangeFact> {
 #[serde(rename_all = "camelCase")]
 pub struct Exchange {
     pub command: String,
-    /// Reply code; 0 when the command got no reply.
+    /// Reply code.
     pub code: u16,
     /// Reply text lines (without the code).
     pub lines: Vec<String>,

@@ -1,5 +1,5 @@
 //! The SmtpRelay API (`smtprelay.dev/v1alpha1`): the four custom resource kinds users
-//! write in Git, their CRD schemas with CEL validation rules, and the offline loader that
+//! write in Git (plus `RelayExpectation`, policy tests the operator ignores), their CRD schemas with CEL validation rules, and the offline loader that
 //! turns a set of YAML files into typed, validated objects.
 //!
 //! The CEL rules attached to the types are the single source of truth for single-object
@@ -12,6 +12,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod common;
+pub mod expectation;
 pub mod manifest;
 pub mod organization;
 pub mod range;
@@ -19,6 +20,9 @@ pub mod route;
 pub mod setting;
 
 pub use common::{Condition, SecretRef};
+pub use expectation::{
+    ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
+};
 pub use organization::{
     Billing, LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts, Organization,
     OrganizationSpec, OrganizationStatus, RelaySpec, ServiceType, SpoolSpec,
@@ -40,7 +44,7 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "smtprelay.dev/v1alpha1";
 
-/// The CustomResourceDefinitions of all four kinds, in a fixed order.
+/// The CustomResourceDefinitions of every kind, in a fixed order.
 pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
@@ -50,6 +54,7 @@ pub fn all_crds()
         SmtpRelaySetting::crd(),
         IpAllowRange::crd(),
         MailRoute::crd(),
+        RelayExpectation::crd(),
     ]
 }
 

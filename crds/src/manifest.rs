@@ -17,7 +17,9 @@ use kube::CustomResourceExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{API_VERSION, IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
+use crate::{
+    API_VERSION, IpAllowRange, MailRoute, Organization, RelayExpectation, SmtpRelaySetting,
+};
 
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +58,9 @@ pub struct ManifestSet {
     pub routes: Vec<Loaded<MailRoute>>,
     /// `v1` Secrets (TLS certificates, AUTH credentials, CA roots), as kubectl applies them.
     pub secrets: Vec<Loaded<Secret>>,
+    /// Policy test cases (`relayctl test`); they configure nothing and are not counted
+    /// by [`ManifestSet::len`].
+    pub expectations: Vec<Loaded<RelayExpectation>>,
 }
 
 impl ManifestSet {
@@ -357,9 +362,10 @@ fn load_document(
     ));
 
     let (allowed, is_secret) = match (api_version.as_str(), kind.as_str()) {
-        (API_VERSION, "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute") => {
-            (TOP_LEVEL_CRD, false)
-        }
+        (
+            API_VERSION,
+            "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute" | "RelayExpectation",
+        ) => (TOP_LEVEL_CRD, false),
         ("v1", "Secret") => (TOP_LEVEL_SECRET, true),
         _ => {
             return Err(err(
@@ -368,7 +374,8 @@ fn load_document(
                 Some("kind".into()),
                 format!(
                     "unknown kind {kind} of apiVersion {api_version}: expected Organization, \
-                     SmtpRelaySetting, IpAllowRange or MailRoute of {API_VERSION}, or a v1 Secret"
+                     SmtpRelaySetting, IpAllowRange, MailRoute or RelayExpectation of \
+                     {API_VERSION}, or a v1 Secret"
                 ),
             ));
         }
@@ -431,6 +438,26 @@ fn load_document(
         "Organization" => set.organizations.push(checked(text, source, &object)?),
         "SmtpRelaySetting" => set.settings.push(checked(text, source, &object)?),
         "IpAllowRange" => set.ranges.push(checked(text, source, &object)?),
+        "RelayExpectation" => {
+            let loaded: Loaded<RelayExpectation> = checked(text, source, &object)?;
+            let cases = &loaded.object.spec.cases;
+            for (i, case) in cases.iter().enumerate() {
+                if cases[..i].iter().any(|c| c.name == case.name) {
+                    return Err(err(
+                        locate_value(text, "name", &case.name)
+                            .map(|l| source.line + l - 1)
+                            .unwrap_or(0),
+                        object,
+                        Some(format!("spec.cases[{i}].name")),
+                        format!(
+                            "duplicate case name {:?}: case names must be unique",
+                            case.name
+                        ),
+                    ));
+                }
+            }
+            set.expectations.push(loaded)
+        }
         _ => set.routes.push(checked(text, source, &object)?),
     }
     Ok(())
@@ -556,6 +583,25 @@ fn locate(text: &str, path: &[&str]) -> Option<usize> {
     found
 }
 
+/// The 1-based line of the last `key: value` line (list item or not) whose value is
+/// `value`, quoted or not. Best effort, for pointing at a repeated value.
+fn locate_value(text: &str, key: &str, value: &str) -> Option<usize> {
+    let quoted = format!("{value:?}");
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let body = line.trim_start().trim_start_matches("- ");
+            body.strip_prefix(key)
+                .and_then(|r| r.strip_prefix(':'))
+                .is_some_and(|v| {
+                    let v = v.trim();
+                    v == value || v == quoted || v == format!("'{value}'")
+                })
+        })
+        .map(|(i, _)| i + 1)
+        .last()
+}
+
 /// serde_yaml starts some messages with the path of the enclosing mapping
 /// (`spec.authentication: unknown field ...`); the error carries the full path already.
 fn strip_path_prefix(message: &str) -> String {
@@ -601,6 +647,7 @@ fn check_duplicates(set: &ManifestSet, errors: &mut Vec<ManifestError>) {
     dup("IpAllowRange", &set.ranges, errors);
     dup("MailRoute", &set.routes, errors);
     dup("Secret", &set.secrets, errors);
+    dup("RelayExpectation", &set.expectations, errors);
 }
 
 #[cfg(test)]

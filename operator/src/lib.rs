@@ -3,6 +3,8 @@
 //! on a cluster. Nothing here speaks SMTP; the `relay` crate does.
 
 pub mod controller;
+pub mod expect;
+pub mod explain;
 pub mod git;
 pub mod local;
 pub mod manifests;

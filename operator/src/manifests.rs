@@ -30,6 +30,25 @@ pub fn organization_namespace(set: &ManifestSet) -> Result<String, RenderError> 
 
 /// Renders the organization of a manifest set (exactly one namespace with an Organization).
 pub fn render_set(set: &ManifestSet, env: &RenderEnv) -> Result<Rendered, RenderError> {
+    render_with(set, env, false).map(|(r, _)| r)
+}
+
+/// Renders as [`render_set`] does, but as if every Secret the objects reference existed:
+/// a TLS certificate or credentials Secret usually comes from cert-manager or a secret
+/// store, not from Git. Returns the names of the Secrets assumed, for `relayctl explain`
+/// and `test` to say so.
+pub fn render_set_assuming_secrets(
+    set: &ManifestSet,
+    env: &RenderEnv,
+) -> Result<(Rendered, Vec<String>), RenderError> {
+    render_with(set, env, true)
+}
+
+fn render_with(
+    set: &ManifestSet,
+    env: &RenderEnv,
+    assume_referenced: bool,
+) -> Result<(Rendered, Vec<String>), RenderError> {
     let namespace = organization_namespace(set)?;
     let organizations: Vec<_> = set.organizations.iter().map(|l| l.object.clone()).collect();
     let settings: Vec<_> = set.settings.iter().map(|l| l.object.clone()).collect();
@@ -41,7 +60,42 @@ pub fn render_set(set: &ManifestSet, env: &RenderEnv) -> Result<Rendered, Render
         .filter(|s| s.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
         .map(|s| s.object.name_any())
         .collect();
-    render(
+    let mut secrets = secrets;
+    let mut assumed = Vec::new();
+    if assume_referenced {
+        let in_namespace = |ns: Option<String>| ns.unwrap_or_else(|| "default".into()) == namespace;
+        let mut referenced = BTreeSet::new();
+        for org in set
+            .organizations
+            .iter()
+            .filter(|o| in_namespace(o.object.namespace()))
+        {
+            let spec = &org.object.spec;
+            referenced.extend(spec.auth_secret_ref.iter().map(|r| r.name.clone()));
+            referenced.extend(spec.relay.tls_secret_ref.iter().map(|r| r.name.clone()));
+        }
+        for route in set
+            .routes
+            .iter()
+            .filter(|r| in_namespace(r.object.namespace()))
+        {
+            referenced.extend(
+                route
+                    .object
+                    .spec
+                    .tls
+                    .trusted_ca_secret_ref
+                    .iter()
+                    .map(|r| r.name.clone()),
+            );
+        }
+        for name in referenced {
+            if secrets.insert(name.clone()) {
+                assumed.push(format!("{namespace}/{name}"));
+            }
+        }
+    }
+    let rendered = render(
         &namespace,
         Objects {
             organizations: &organizations,
@@ -51,5 +105,6 @@ pub fn render_set(set: &ManifestSet, env: &RenderEnv) -> Result<Rendered, Render
             secrets: &secrets,
         },
         env,
-    )
+    )?;
+    Ok((rendered, assumed))
 }

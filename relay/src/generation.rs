@@ -19,7 +19,6 @@ use rustls::ServerConfig;
 
 use crate::auth::{Credentials, CredentialsError};
 use crate::config::{RelayConfig, TlsFiles};
-use crate::policy::Policy;
 use crate::session::SessionConfig;
 
 /// Why a config cannot be put in force.
@@ -52,18 +51,12 @@ impl Generation {
         let content_hash = content_hash(&config);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let credentials = Credentials::load(config.organization.credentials_file.as_deref())?;
-        let policy = Arc::new(Policy::new(&config));
         let hash = if config.hash.is_empty() {
             config.compute_hash()
         } else {
             config.hash.clone()
         };
-        let session = SessionConfig {
-            hostname: config.hostname.clone(),
-            limits: config.limits.clone(),
-            policy,
-            tls_available: tls.is_some(),
-        };
+        let session = SessionConfig::for_config(&config, tls.is_some());
         Ok(Self {
             id,
             config: Arc::new(config),

@@ -20,6 +20,10 @@
 //! domain the HELO name belongs to). The null sender needs that same identification in
 //! every mode and is never rewritten; its one-recipient rule is enforced by `session`.
 //!
+//! [`Policy::explain_mail`] answers the same question box by box for every setting (IP
+//! allow list, AUTH, TLS, sender), for `relayctl explain`; `decide_mail` is its decision,
+//! so the explanation and the relay share one implementation.
+//!
 //! Not here: SMTP sequencing (`session`), credentials (`auth`), counters (`limits`).
 
 use std::collections::HashSet;
@@ -149,6 +153,115 @@ impl MailDecision {
     }
 }
 
+/// The state of one box of a setting (SPEC §3.2): off, on and satisfied, or on and not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BoxCheck {
+    /// The setting does not ask for it.
+    NotRequired,
+    /// Asked for and satisfied.
+    Satisfied,
+    /// Asked for and not satisfied.
+    Failed,
+}
+
+impl BoxCheck {
+    /// True unless the box is on and unsatisfied.
+    pub fn passes(self) -> bool {
+        self != BoxCheck::Failed
+    }
+}
+
+/// What one setting says of the envelope sender (SPEC §3.3).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SenderCheck {
+    /// Accepted as the client gave it.
+    Allowed,
+    /// Not accepted as given (`reason`), but `AnyAddress` rewrites it to `to`.
+    Rewritten { to: String, reason: String },
+    /// Refused, with the reason the client is told.
+    Rejected(String),
+}
+
+/// One setting's verdict on a client and sender, box by box.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingVerdict {
+    /// The setting's sender mode.
+    pub senders: AllowedSenders,
+    /// The IP allow list: the client IP lies in an enabled range the setting selects.
+    pub ip: BoxCheck,
+    /// SMTP AUTH: the client authenticated.
+    pub auth: BoxCheck,
+    /// TLS: the connection is encrypted when MAIL arrives.
+    pub tls: BoxCheck,
+    /// The sender check (evaluated whatever the other boxes say).
+    pub sender: SenderCheck,
+}
+
+impl SettingVerdict {
+    /// Every authentication box the setting has on is satisfied (SPEC §3.2).
+    pub fn identifies_client(&self) -> bool {
+        self.ip.passes() && self.auth.passes()
+    }
+
+    /// The setting accepts this client, over this transport, with this sender.
+    pub fn accepts(&self) -> bool {
+        self.identifies_client()
+            && self.tls.passes()
+            && !matches!(self.sender, SenderCheck::Rejected(_))
+    }
+}
+
+/// [`Policy::explain_mail`]'s answer: every setting's verdict and their combination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailExplanation {
+    /// One verdict per setting, in the config's order.
+    pub settings: Vec<SettingVerdict>,
+    /// What the relay decides (the same as [`Policy::decide_mail`]).
+    pub decision: MailDecision,
+}
+
+/// Combines the settings' verdicts (settings are OR-ed, SPEC §2.2): a client no setting
+/// identifies is refused; then one whose identifying settings all need TLS it lacks; then
+/// the first setting taking the sender as given wins, else an `AnyAddress` rewrite, else
+/// the first refusal reason.
+fn combine(settings: &[SettingVerdict], sender: &str) -> MailDecision {
+    let identified: Vec<&SettingVerdict> =
+        settings.iter().filter(|v| v.identifies_client()).collect();
+    if identified.is_empty() {
+        return MailDecision::ClientNotAllowed;
+    }
+    let usable: Vec<&SettingVerdict> = identified.into_iter().filter(|v| v.tls.passes()).collect();
+    if usable.is_empty() {
+        return MailDecision::TlsRequired;
+    }
+    if usable.iter().any(|v| v.sender == SenderCheck::Allowed) {
+        return MailDecision::Accept {
+            mail_from: sender.to_string(),
+            original: None,
+        };
+    }
+    if let Some(to) = usable.iter().find_map(|v| match &v.sender {
+        SenderCheck::Rewritten { to, .. } => Some(to.clone()),
+        _ => None,
+    }) {
+        return MailDecision::Accept {
+            mail_from: to,
+            original: Some(sender.to_string()),
+        };
+    }
+    let reason = usable
+        .iter()
+        .find_map(|v| match &v.sender {
+            SenderCheck::Rejected(r) | SenderCheck::Rewritten { reason: r, .. } => Some(r.clone()),
+            SenderCheck::Allowed => None,
+        })
+        .unwrap_or_default();
+    MailDecision::SenderRejected(reason)
+}
+
 #[derive(Clone, Debug)]
 struct CompiledSetting {
     senders: AllowedSenders,
@@ -211,50 +324,61 @@ impl Policy {
 
     /// Decides MAIL FROM; `sender` is `""` for the null sender.
     pub fn decide_mail(&self, client: &ClientFacts<'_>, sender: &str) -> MailDecision {
-        let identified: Vec<&CompiledSetting> = self
+        self.explain_mail(client, sender).decision
+    }
+
+    /// Decides MAIL FROM and says why: the verdict of every setting, box by box, in the
+    /// order of the config, and the decision they combine to. [`Policy::decide_mail`] is
+    /// this function's `decision`, so an explanation can never disagree with the relay.
+    pub fn explain_mail(&self, client: &ClientFacts<'_>, sender: &str) -> MailExplanation {
+        let settings: Vec<SettingVerdict> = self
             .settings
             .iter()
-            .filter(|s| {
-                let ip_ok = s.ips.as_ref().is_none_or(|set| set.contains(client.ip));
-                let auth_ok = !s.require_auth || client.auth.is_some();
-                ip_ok && auth_ok
-            })
+            .map(|s| self.evaluate_setting(s, client, sender))
             .collect();
-        if identified.is_empty() {
-            return MailDecision::ClientNotAllowed;
+        let decision = combine(&settings, sender);
+        MailExplanation { settings, decision }
+    }
+
+    /// One setting's boxes for this client and sender.
+    fn evaluate_setting(
+        &self,
+        s: &CompiledSetting,
+        client: &ClientFacts<'_>,
+        sender: &str,
+    ) -> SettingVerdict {
+        let ip = match &s.ips {
+            None => BoxCheck::NotRequired,
+            Some(set) if set.contains(client.ip) => BoxCheck::Satisfied,
+            Some(_) => BoxCheck::Failed,
+        };
+        let auth = match (s.require_auth, client.auth) {
+            (false, _) => BoxCheck::NotRequired,
+            (true, Some(_)) => BoxCheck::Satisfied,
+            (true, None) => BoxCheck::Failed,
+        };
+        let tls = match (s.require_tls, client.tls) {
+            (false, _) => BoxCheck::NotRequired,
+            (true, true) => BoxCheck::Satisfied,
+            (true, false) => BoxCheck::Failed,
+        };
+        let sender = match self.sender_as_is(s.senders, client, sender) {
+            Ok(()) => SenderCheck::Allowed,
+            Err(reason) => match (s.senders, self.identifying_domain(client)) {
+                (AllowedSenders::AnyAddress, Some(domain)) => SenderCheck::Rewritten {
+                    to: format!("postmaster@{domain}"),
+                    reason,
+                },
+                _ => SenderCheck::Rejected(reason),
+            },
+        };
+        SettingVerdict {
+            senders: s.senders,
+            ip,
+            auth,
+            tls,
+            sender,
         }
-        let usable: Vec<&CompiledSetting> = identified
-            .into_iter()
-            .filter(|s| !s.require_tls || client.tls)
-            .collect();
-        if usable.is_empty() {
-            return MailDecision::TlsRequired;
-        }
-        let mut first_reason = None;
-        for s in &usable {
-            match self.sender_as_is(s.senders, client, sender) {
-                Ok(()) => {
-                    return MailDecision::Accept {
-                        mail_from: sender.to_string(),
-                        original: None,
-                    };
-                }
-                Err(reason) => {
-                    first_reason.get_or_insert(reason);
-                }
-            }
-        }
-        if usable
-            .iter()
-            .any(|s| s.senders == AllowedSenders::AnyAddress)
-            && let Some(domain) = self.identifying_domain(client)
-        {
-            return MailDecision::Accept {
-                mail_from: format!("postmaster@{domain}"),
-                original: Some(sender.to_string()),
-            };
-        }
-        MailDecision::SenderRejected(first_reason.unwrap_or_default())
     }
 
     /// Whether a setting of mode `mode` accepts `sender` without rewriting it.
@@ -486,6 +610,43 @@ pub(crate) mod tests {
                 original: None
             }
         );
+    }
+
+    #[test]
+    fn explanations_name_each_failing_box_and_agree_with_the_decision() {
+        let p = Policy::new(&config_with(vec![
+            setting(
+                AllowedSenders::OrganizationDomains,
+                Some(vec!["192.0.2.0/24"]),
+                false,
+                true,
+            ),
+            setting(AllowedSenders::AnyAddress, None, true, true),
+        ]));
+        let mut c = facts("192.0.2.1");
+        let e = p.explain_mail(&c, "x@other.example");
+        assert_eq!(e.decision, MailDecision::TlsRequired);
+        assert_eq!(
+            (e.settings[0].ip, e.settings[0].tls),
+            (BoxCheck::Satisfied, BoxCheck::Failed)
+        );
+        assert_eq!(
+            e.settings[0].sender,
+            SenderCheck::Rejected(
+                "Sender domain other.example does not belong to the organization".into()
+            )
+        );
+        assert_eq!(e.settings[1].auth, BoxCheck::Failed);
+        c.tls = true;
+        c.auth = Some("app@acme.example");
+        let e = p.explain_mail(&c, "x@other.example");
+        assert!(!e.settings[0].accepts());
+        assert!(e.settings[1].accepts());
+        assert!(matches!(
+            &e.settings[1].sender,
+            SenderCheck::Rewritten { to, .. } if to == "postmaster@acme.example"
+        ));
+        assert_eq!(e.decision, p.decide_mail(&c, "x@other.example"));
     }
 
     /// An independent, deliberately naive model of SPEC §3.2–3.3 for the property test.

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::{self, SaslError};
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, RelayConfig};
 use crate::limits::{LimitHit, LimitStoreError, TxId};
 use crate::policy::{ClientFacts, MailDecision, Policy};
 use crate::smtp::{
@@ -40,6 +40,20 @@ pub struct SessionConfig {
     pub policy: Arc<Policy>,
     /// STARTTLS can be offered (the relay has a certificate).
     pub tls_available: bool,
+}
+
+impl SessionConfig {
+    /// What sessions need from `config`, compiled; `tls_available` says whether the relay
+    /// holds a certificate (loading it is the caller's business). Pure: reads no file, so
+    /// `relayctl explain` builds sessions exactly as a config generation does.
+    pub fn for_config(config: &RelayConfig, tls_available: bool) -> Self {
+        Self {
+            hostname: config.hostname.clone(),
+            limits: config.limits.clone(),
+            policy: Arc::new(Policy::new(config)),
+            tls_available,
+        }
+    }
 }
 
 /// A message whose text has been streamed: its envelope, ready to be committed.
@@ -172,6 +186,21 @@ impl Session {
     /// The client IP.
     pub fn client_ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// What the session knows about the client, as the policy is asked at MAIL.
+    pub fn client_facts(&self) -> ClientFacts<'_> {
+        ClientFacts {
+            ip: self.ip,
+            tls: self.tls.is_some(),
+            auth: self.auth.as_deref(),
+            helo: self.helo.as_deref(),
+        }
+    }
+
+    /// The configuration in force (its policy answers [`Policy::explain_mail`]).
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
     }
 
     /// Puts a new configuration in force for what follows. Only between transactions: a
@@ -363,13 +392,10 @@ impl Session {
                 "5.3.4 Message size exceeds fixed maximum message size",
             )];
         }
-        let facts = ClientFacts {
-            ip: self.ip,
-            tls: self.tls.is_some(),
-            auth: self.auth.as_deref(),
-            helo: self.helo.as_deref(),
-        };
-        let decision = self.cfg.policy.decide_mail(&facts, from.as_str());
+        let decision = self
+            .cfg
+            .policy
+            .decide_mail(&self.client_facts(), from.as_str());
         match decision {
             MailDecision::Accept {
                 mail_from,

@@ -1,5 +1,6 @@
 //! `relayctl`: the command line of the SmtpRelay project: print the CRDs, validate and render
-//! manifests offline, and run a relay from manifests on this machine.
+//! manifests offline, explain and test their policy, review changes between Git revisions,
+//! and run a relay from manifests on this machine.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use operator::render::RenderEnv;
 #[command(
     name = "relayctl",
     version,
-    about = "Manage SmtpRelay manifests: validate, render, run"
+    about = "Manage SmtpRelay manifests: validate, render, explain, test, plan, run"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,7 +64,50 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525")]
         listen: std::net::SocketAddr,
     },
+    /// What the relay would answer to one session, and why.
+    ///
+    /// Prints each SmtpRelaySetting box by box (IP allow list, SMTP AUTH, TLS, sender),
+    /// the replies to MAIL and each RCPT, any sender rewrite, and each recipient's route.
+    ///
+    /// Exit code 0: answered (accepted or refused); 2: invalid manifests or arguments.
+    Explain {
+        /// Files or directories of YAML manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The client's IP address.
+        #[arg(long)]
+        client_ip: std::net::IpAddr,
+        /// HELO/EHLO name (default: the address literal of the client IP).
+        #[arg(long)]
+        helo: Option<String>,
+        /// The client logs in as USER (its password is assumed right).
+        #[arg(long, value_name = "USER")]
+        auth: Option<String>,
+        /// The client uses TLS (STARTTLS, or port 465).
+        #[arg(long)]
+        tls: bool,
+        /// Envelope sender (`""` for the null sender).
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// Envelope recipient (repeatable).
+        #[arg(long = "to", value_name = "ADDR", required = true)]
+        to: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+    },
+    /// Check the cases of the RelayExpectation documents among the manifests.
+    ///
+    /// Exit code 0: every case passed; 1: a case failed (a diff is printed); 2: invalid
+    /// manifests, or no RelayExpectation found.
+    Test {
+        /// Files or directories of YAML manifests and expectation files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// What changes in relay behaviour between two Git revisions of the manifests.
+    ///
+    /// RelayExpectation cases run at both revisions; a case whose outcome changes is listed.
     ///
     /// Exit code 0: no behavioural change; 1: changes; 2: invalid manifests or a Git error.
     Plan {
@@ -122,6 +166,12 @@ impl LocalArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum PlanFormat {
     Text,
     Markdown,
@@ -137,6 +187,28 @@ fn main() -> ExitCode {
             format,
             paths,
         } => plan(&base, head.as_deref(), format, paths),
+        Command::Explain {
+            paths,
+            client_ip,
+            helo,
+            auth,
+            tls,
+            from,
+            to,
+            format,
+        } => explain(
+            &paths,
+            &operator::explain::Query {
+                client_ip,
+                helo,
+                tls,
+                auth,
+                from,
+                to,
+            },
+            format,
+        ),
+        Command::Test { paths } => test(&paths),
         Command::Run { paths, local } => runtime().block_on(run(paths, local.options())),
         Command::TestTls {
             paths,
@@ -156,7 +228,19 @@ fn main() -> ExitCode {
         },
         Command::Validate { paths } => match crds::manifest::load_paths(&paths) {
             Ok(set) => {
-                println!("{} objects valid", set.len());
+                let cases: usize = set
+                    .expectations
+                    .iter()
+                    .map(|x| x.object.spec.cases.len())
+                    .sum();
+                if cases > 0 {
+                    println!(
+                        "{} objects valid, {cases} expectation case(s) (check them with relayctl test)",
+                        set.len()
+                    );
+                } else {
+                    println!("{} objects valid", set.len());
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -261,6 +345,16 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
     };
     let mut changes = operator::plan::plan(&b.config, &h.config);
     changes.extend(operator::plan::secret_changes(&base_set, &head_set));
+    // Expectation cases run as `relayctl test` runs them: Secrets the manifests reference
+    // but do not hold (a cert-manager certificate) are assumed present, as on a cluster.
+    let assuming =
+        |set| operator::manifests::render_set_assuming_secrets(set, &env).map(|(r, _)| r.config);
+    if let (Ok(bx), Ok(hx)) = (assuming(&base_set), assuming(&head_set)) {
+        changes.extend(operator::expect::outcome_changes(
+            (&bx, &base_set),
+            (&hx, &head_set),
+        ));
+    }
     let out = match format {
         PlanFormat::Text => operator::plan::format::text(&changes),
         PlanFormat::Markdown => operator::plan::format::markdown(&changes),
@@ -268,6 +362,77 @@ fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>)
     };
     print!("{out}");
     if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Exit code of `explain` and `test` for manifests or arguments that cannot be used.
+const INVALID_INPUT: u8 = 2;
+
+/// Loads and renders manifests as the operator would, printing what is wrong.
+fn load_rendered(
+    paths: &[PathBuf],
+) -> Result<(crds::manifest::ManifestSet, relay::config::RelayConfig), ExitCode> {
+    let set = crds::manifest::load_paths(paths).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s)", errors.0.len());
+        ExitCode::from(INVALID_INPUT)
+    })?;
+    match operator::manifests::render_set_assuming_secrets(&set, &RenderEnv::pod()) {
+        Ok((rendered, assumed)) => {
+            print_findings(&rendered.findings);
+            for name in assumed {
+                eprintln!(
+                    "note: Secret {name} is not among the manifests; assumed present, as on a cluster"
+                );
+            }
+            Ok((set, rendered.config))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(INVALID_INPUT))
+        }
+    }
+}
+
+/// `relayctl explain`: one hypothetical session, played through the relay's session.
+fn explain(paths: &[PathBuf], query: &operator::explain::Query, format: ExplainFormat) -> ExitCode {
+    let (set, config) = match load_rendered(paths) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let facts = operator::explain::ManifestFacts::of(&set);
+    let e = operator::explain::explain(&config, &facts, query);
+    match format {
+        ExplainFormat::Text => print!("{}", operator::explain::text(&e)),
+        ExplainFormat::Json => print!("{}", operator::explain::json(&e)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `relayctl test`: every RelayExpectation case against the manifests.
+fn test(paths: &[PathBuf]) -> ExitCode {
+    let (set, config) = match load_rendered(paths) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if set.expectations.is_empty() {
+        eprintln!(
+            "error: no RelayExpectation found in {}: nothing to test",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(INVALID_INPUT);
+    }
+    let facts = operator::explain::ManifestFacts::of(&set);
+    let results = operator::expect::evaluate(&config, &facts, &set.expectations);
+    print!("{}", operator::expect::text(&results));
+    if results.iter().all(|r| r.passed()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -106,8 +106,12 @@ pub async fn measure(
     let done = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (peak, ingress_peak, done, acked) =
-            (peak.clone(), ingress_peak.clone(), done.clone(), acked.clone());
+        let (peak, ingress_peak, done, acked) = (
+            peak.clone(),
+            ingress_peak.clone(),
+            done.clone(),
+            acked.clone(),
+        );
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 let rss = procfs::rss_kib(pid);

@@ -21,7 +21,7 @@ pub mod setting;
 pub use common::{Condition, SecretRef};
 pub use organization::{
     Billing, LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts, Organization,
-    OrganizationSpec, OrganizationStatus, RelaySpec, ServiceType, SpoolSpec,
+    OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod limits_redis;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod received;
 pub mod server;
 pub mod session;

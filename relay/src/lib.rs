@@ -452,6 +452,8 @@ impl RelayHandle {
         {
             tracing::warn!("deliveries still under way at the end of the shutdown grace period");
         }
+        // Nothing of this relay writes any more: a relay started next may take the spool.
+        shared.spool.unlock();
         tracing::info!("relay stopped");
     }
 }

@@ -4,7 +4,9 @@
 //! Kubernetes.
 //!
 //! [`start`] binds the listeners and returns a [`RelayHandle`] to reload, observe and stop
-//! the relay; the `relay` binary and `relayctl run` both go through it.
+//! the relay; the `relay` binary and `relayctl run` both go through it. A graceful stop
+//! ([`RelayHandle::stop`]) fails readiness first, keeps the listeners open for a drain
+//! delay, then closes them and waits for open sessions and deliveries under way.
 
 pub mod admin;
 pub mod auth;
@@ -414,6 +416,22 @@ impl RelayHandle {
     /// The delivery queue manager (tests inspect and drive it).
     pub fn queue(&self) -> Arc<QueueManager<Spool>> {
         self.queue.clone()
+    }
+
+    /// A graceful stop, as on SIGTERM in a pod: `/readyz` fails at once, the listeners
+    /// stay open and keep serving for `drain_delay` (so load balancers and the Service's
+    /// endpoints stop sending new connections before any is refused), then
+    /// [`RelayHandle::shutdown`].
+    pub async fn stop(self, drain_delay: Duration) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                seconds = drain_delay.as_secs_f64(),
+                "not ready; the listeners stay open while endpoints are updated"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
+        self.shutdown().await;
     }
 
     /// Stops accepting, tells idle sessions `421`, lets messages in DATA finish, and

@@ -262,7 +262,9 @@ pub async fn accept_loop(
             Ok(slot) => slot,
             Err(refusal) => {
                 let r = refusal_reply(&shared, refusal, ip);
-                tokio::spawn(refuse(stream, kind, r, idle));
+                if kind != ListenerKind::Smtps {
+                    tokio::spawn(refuse(stream, kind, r, idle));
+                }
                 continue;
             }
         };
@@ -285,7 +287,17 @@ pub async fn accept_loop(
                             refuse(stream, kind, r, idle).await;
                             return;
                         }
-                        (client, watch_for_header)
+                        // TLS clients speak first: a forged header comes before the
+                        // handshake (looked at once the peer's own cap is charged).
+                        if watch_for_header
+                            && kind == ListenerKind::Smtps
+                            && forged_before_tls(&stream, client, idle).await
+                        {
+                            return;
+                        }
+                        // SMTP clients wait for the greeting: a forged header shows as
+                        // the first line.
+                        (client, watch_for_header && kind != ListenerKind::Smtps)
                     }
                     Origin::Refused => return,
                 },
@@ -318,7 +330,7 @@ const UNANNOUNCED_WAIT: Duration = Duration::from_secs(1);
 /// Who a connection is for, as the PROXY protocol stage decided.
 enum Origin {
     /// The client is at `ip`. `watch_for_header`: the peer is not a trusted proxy, so
-    /// a header in its first line is a forgery.
+    /// a header from it is a forgery.
     Client { ip: IpAddr, watch_for_header: bool },
     /// Closed (the reason is logged).
     Refused,
@@ -366,6 +378,20 @@ async fn read_proxy_header(stream: &mut TcpStream, until: Instant) -> Option<pro
     tokio::time::timeout_at(until, read).await.ok().flatten()
 }
 
+/// Whether a direct client of the implicit-TLS port starts with a PROXY header instead of
+/// a TLS handshake (closed, with a log line), or says nothing within `idle` (closed, as
+/// the handshake would be).
+async fn forged_before_tls(stream: &TcpStream, peer: IpAddr, idle: Duration) -> bool {
+    match first_byte(stream, idle).await {
+        FirstByte::Byte(b) if proxy::may_start_header(b) => {
+            tracing::warn!(%peer, listener = ?ListenerKind::Smtps, "connection closed: PROXY header from a peer that is not a trusted proxy");
+            true
+        }
+        FirstByte::Byte(_) => false,
+        FirstByte::Silent | FirstByte::Closed => true,
+    }
+}
+
 /// The PROXY protocol stage of a connection from `peer` (SPEC §3.2): a trusted proxy's
 /// header names the client; a header from anyone else, or none when one is required,
 /// closes the connection with a log line.
@@ -386,19 +412,7 @@ async fn proxied_client(
             tracing::warn!(%peer, listener = ?kind, "connection closed: the PROXY protocol is required and the peer is not a trusted proxy");
             return Origin::Refused;
         }
-        if kind != ListenerKind::Smtps {
-            // SMTP clients wait for the greeting: a forged header shows in the first line.
-            return direct(true);
-        }
-        // TLS clients speak first: a forged header would come before the handshake.
-        return match first_byte(stream, PROXY_HEADER_TIMEOUT).await {
-            FirstByte::Byte(b) if proxy::may_start_header(b) => {
-                tracing::warn!(%peer, listener = ?kind, "connection closed: PROXY header from a peer that is not a trusted proxy");
-                Origin::Refused
-            }
-            FirstByte::Closed => Origin::Refused,
-            _ => direct(false),
-        };
+        return direct(true);
     }
     let wait = if config.required {
         PROXY_HEADER_TIMEOUT

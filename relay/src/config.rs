@@ -57,7 +57,7 @@ pub struct RelayConfig {
 }
 
 /// Who may tell the relay, with a PROXY protocol (v1 or v2) header, which client a
-/// connection is for (SPEC §3.2).
+/// connection is for (SPEC §3.2). A reload applies it to the next connection accepted.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyProtocolConfig {

@@ -325,3 +325,27 @@ async fn on_the_implicit_tls_port_the_header_comes_before_the_handshake() {
     relay.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn turning_the_proxy_protocol_on_applies_to_the_next_connection_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let behind = behind_proxy(dir.path(), true);
+    let mut direct_cfg = behind.clone();
+    direct_cfg.proxy_protocol = None;
+    let relay = start(direct_cfg).await;
+    let addr = relay.smtp_addr();
+    // Without it, a direct client is greeted.
+    let _open = through_proxy("127.0.0.3", addr, b"").await;
+    relay.reload(behind).unwrap();
+    let mut direct = tcp_from("127.0.0.3", addr).await;
+    assert!(closed_without_a_word(&mut direct).await);
+    let header = v2_header(client_at(OUTSIDE), addr, &[]);
+    let mut c = through_proxy(PROXY, addr, &header).await;
+    c.cmd("EHLO client.example").await;
+    assert!(
+        c.cmd("MAIL FROM:<app@acme.example>")
+            .await
+            .starts_with(&format!("550 5.7.1 Client host [{OUTSIDE}]"))
+    );
+    relay.shutdown().await;
+}

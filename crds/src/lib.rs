@@ -25,7 +25,7 @@ pub use expectation::{
 };
 pub use organization::{
     Billing, LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts, Organization,
-    OrganizationSpec, OrganizationStatus, RelaySpec, ServiceType, SpoolSpec,
+    OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

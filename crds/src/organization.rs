@@ -178,6 +178,26 @@ pub struct RelaySpec {
     /// Where rate-limit counters live (default Memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_store: Option<LimitStoreSpec>,
+    /// PROXY protocol (v1 or v2) from load balancers in front of the relay, so allow
+    /// ranges, per-IP caps, limits and `Received:` see the real client (SPEC §3.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolSpec>,
+}
+
+/// Load balancers allowed to name the client with a PROXY protocol header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocolSpec {
+    /// Addresses or CIDRs of the proxies (for example the load balancer's subnet). A
+    /// header from any other address closes the connection.
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("proxyProtocol.trustedProxies must list at least one address or CIDR of the load balancers"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isIP(c) || isCIDR(c))").message("every entry of proxyProtocol.trustedProxies must be an IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8 or 2001:db8::/64"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, !isCIDR(c) || cidr(c) == cidr(c).masked())").message("an entry of proxyProtocol.trustedProxies has host bits set below its prefix; write the network address, such as 10.0.0.0/8"))]
+    pub trusted_proxies: Vec<String>,
+    /// Every connection must come from a trusted proxy with a header (default false: a
+    /// connection without one is a direct client).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// Listener ports of the relay Service.

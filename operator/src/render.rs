@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use relay::config::{
     AllowedSenders, CONFIG_FORMAT, DeliveryConfig, HostConfig, LimitStoreConfig, LimitsConfig,
-    ListenerConfig, OrganizationConfig, RangeConfig, RelayConfig, RouteConfig, RouteHosts,
-    RouteMatcher, RouteTlsConfig, SettingConfig, TlsFiles, WeightedHostConfig,
+    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig, RouteConfig,
+    RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig, TlsFiles, WeightedHostConfig,
 };
 
 /// Where the rendered relay runs: listeners and the paths at which Secrets are mounted.
@@ -274,6 +274,27 @@ pub fn render(
         ));
     }
     let limits = resolve_limits(org);
+    let proxy_protocol = match &spec.relay.proxy_protocol {
+        Some(p) => {
+            let mut trusted_proxies = Vec::with_capacity(p.trusted_proxies.len());
+            for text in &p.trusted_proxies {
+                trusted_proxies.push(parse_network(text).ok_or_else(|| RenderError::Invalid {
+                    kind: ObjectKind::Organization,
+                    name: org.name_any(),
+                    message: format!(
+                        "relay.proxyProtocol.trustedProxies entry {text:?} is not an address or network"
+                    ),
+                })?);
+            }
+            trusted_proxies.sort();
+            trusted_proxies.dedup();
+            Some(ProxyProtocolConfig {
+                trusted_proxies,
+                required: p.required,
+            })
+        }
+        None => None,
+    };
 
     // Ranges: canonical networks of enabled ranges.
     let mut networks: BTreeMap<String, IpNet> = BTreeMap::new();
@@ -502,6 +523,7 @@ pub fn render(
         delivery: env.delivery.clone(),
         spool_dir: env.spool_dir.clone(),
         admin_listen: env.admin_listen,
+        proxy_protocol,
     }
     .seal();
     findings.sort();

@@ -245,3 +245,46 @@ fn a_namespace_without_organization_is_an_error() {
         "no Organization in namespace acme: every relay needs exactly one"
     );
 }
+
+#[test]
+fn proxy_protocol_renders_canonical_networks_and_stays_out_of_the_config_when_unset() {
+    let set = example("quickstart");
+    let (mut orgs, settings, ranges, routes) = objects_of(&set);
+    let secrets = BTreeSet::new();
+    let rendered = |orgs: &[crds::Organization]| {
+        render(
+            "acme",
+            Objects {
+                organizations: orgs,
+                settings: &settings,
+                ranges: &ranges,
+                routes: &routes,
+                secrets: &secrets,
+            },
+            &RenderEnv::pod(),
+        )
+        .unwrap()
+        .config
+    };
+    let plain = rendered(&orgs);
+    assert_eq!(plain.proxy_protocol, None);
+    assert!(!plain.to_json().contains("proxyProtocol"));
+    orgs[0].spec.relay.proxy_protocol = Some(crds::ProxyProtocolSpec {
+        trusted_proxies: vec![
+            "10.0.0.7".into(),
+            "2001:DB8:0:0::/64".into(),
+            "10.0.0.7".into(),
+        ],
+        required: true,
+    });
+    let behind = rendered(&orgs);
+    let proxy = behind.proxy_protocol.clone().unwrap();
+    let nets: Vec<String> = proxy
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.7/32", "2001:db8::/64"]);
+    assert!(proxy.required);
+    assert_ne!(behind.hash, plain.hash);
+}

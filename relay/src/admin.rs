@@ -1,5 +1,7 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process
-//! answers) and `/readyz` (listeners are up and the relay is not shutting down).
+//! answers) and `/readyz` (listeners are up and the relay is not stopping). On a graceful
+//! stop `/readyz` answers 503 first, while the SMTP listeners still serve for the drain
+//! delay; the endpoint closes with them.
 //!
 //! Owns only HTTP plumbing; the numbers come from [`crate::metrics::Metrics`].
 

@@ -50,6 +50,24 @@ pub struct RelayConfig {
     pub spool_dir: String,
     /// Address of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
     pub admin_listen: SocketAddr,
+    /// PROXY protocol on every SMTP listener (behind a load balancer); `None`: the
+    /// connection's peer is the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// Who may tell the relay, with a PROXY protocol (v1 or v2) header, which client a
+/// connection is for (SPEC §3.2). A reload applies it to the next connection accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// Load balancers allowed to send a header. A header from any other peer closes the
+    /// connection.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Every connection must come from a trusted proxy and start with a header; without
+    /// it the connection is closed. Off: a connection without a header (from a trusted
+    /// proxy or not) is a direct client.
+    pub required: bool,
 }
 
 /// The organization (customer) a relay serves.
@@ -391,6 +409,7 @@ impl RelayConfig {
             delivery: DeliveryConfig::default(),
             spool_dir: spool_dir.to_string(),
             admin_listen: any,
+            proxy_protocol: None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! Kubernetes.
 //!
 //! [`start`] binds the listeners and returns a [`RelayHandle`] to reload, observe and stop
-//! the relay; the `relay` binary and `relayctl run` both go through it.
+//! the relay; the `relay` binary and `relayctl run` both go through it. A graceful stop
+//! ([`RelayHandle::stop`]) fails readiness first, keeps the listeners open for a drain
+//! delay, then closes them and waits for open sessions and deliveries under way.
 
 pub mod admin;
 pub mod auth;
@@ -18,6 +20,7 @@ pub mod limits;
 pub mod limits_redis;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod received;
 pub mod server;
 pub mod session;
@@ -415,6 +418,22 @@ impl RelayHandle {
         self.queue.clone()
     }
 
+    /// A graceful stop, as on SIGTERM in a pod: `/readyz` fails at once, the listeners
+    /// stay open and keep serving for `drain_delay` (so load balancers and the Service's
+    /// endpoints stop sending new connections before any is refused), then
+    /// [`RelayHandle::shutdown`].
+    pub async fn stop(self, drain_delay: Duration) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                seconds = drain_delay.as_secs_f64(),
+                "not ready; the listeners stay open while endpoints are updated"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, tells idle sessions `421`, lets messages in DATA finish, and
     /// returns when every session has ended (or after the session timeout) and the
     /// delivery attempts under way have finished (bounded by the connect timeout), so no
@@ -451,6 +470,8 @@ impl RelayHandle {
         {
             tracing::warn!("deliveries still under way at the end of the shutdown grace period");
         }
+        // Nothing of this relay writes any more: a relay started next may take the spool.
+        shared.spool.unlock();
         tracing::info!("relay stopped");
     }
 }

@@ -1,21 +1,33 @@
-//! The `relay` binary: `relay --config FILE.json`.
+//! The `relay` binary: `relay --config FILE.json [--drain-delay-seconds N]`.
 //!
 //! Loads the RelayConfig document, starts the relay, prints one line with the listening
 //! addresses (`relay listening smtp=… submission=… smtps=… admin=…`) on stdout, polls the
 //! file every second and reloads when its content changes (an invalid new document is
-//! logged and the old config stays in force), and shuts down gracefully on SIGTERM or
-//! SIGINT, so it behaves as PID 1 in a container.
+//! logged and the old config stays in force), and stops gracefully on SIGTERM or SIGINT
+//! (not ready at once, listeners open for the drain delay, then open sessions and
+//! deliveries under way finish), so it behaves as PID 1 in a container. A spool that
+//! another process holds, like any other start failure, exits non-zero with the reason.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use relay::{RelayConfig, StartOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
-fn usage() -> ExitCode {
-    eprintln!("usage: relay --config FILE.json");
-    ExitCode::from(2)
+/// The SMTP relay of one organization.
+#[derive(Parser, Debug)]
+#[command(name = "relay", version)]
+struct Args {
+    /// The RelayConfig document (JSON), re-read every second.
+    #[arg(long, value_name = "FILE.json")]
+    config: PathBuf,
+    /// Seconds between failing readiness and closing the listeners on SIGTERM, so
+    /// Service endpoints and load balancers stop sending new connections first.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    drain_delay_seconds: u64,
 }
 
 fn load(path: &str) -> Result<(String, RelayConfig), String> {
@@ -37,12 +49,9 @@ fn main() -> ExitCode {
         // itself go to the closed stderr and panic).
         .log_internal_errors(false)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = match args.as_slice() {
-        [flag, path] if flag == "--config" => path.clone(),
-        [flag] if flag.starts_with("--config=") => flag["--config=".len()..].to_string(),
-        _ => return usage(),
-    };
+    let args = Args::parse();
+    let path = args.config.to_string_lossy().into_owned();
+    let drain_delay = Duration::from_secs(args.drain_delay_seconds);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,7 +62,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&path)) {
+    match runtime.block_on(run(&path, drain_delay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(path: &str) -> Result<(), String> {
+async fn run(path: &str, drain_delay: Duration) -> Result<(), String> {
     let (mut text, config) = load(path)?;
     let handle = relay::start(config, StartOptions::default())
         .await
@@ -119,7 +128,7 @@ async fn run(path: &str) -> Result<(), String> {
             }
         }
     }
-    tracing::info!("signal received, shutting down");
-    handle.shutdown().await;
+    tracing::info!("signal received, stopping");
+    handle.stop(drain_delay).await;
     Ok(())
 }

@@ -9,6 +9,14 @@
 //! reply is written, so a client that reconnects on reading `221` finds it free. Every
 //! read and every write has a deadline (the idle timeout, within the session timeout).
 //!
+//! Behind a load balancer (`RelayConfig::proxy_protocol`), the PROXY protocol header
+//! ([`crate::proxy`]) is read first, before any TLS (port 465 too) and before the
+//! client's per-IP slot is charged: a connection takes a global slot at accept and the
+//! per-IP slot of the address the header names. A header from a peer outside the trusted
+//! proxies, an invalid one, or none where one is required closes the connection with a
+//! log line. Allow ranges, per-IP caps, limits and `Received:` all see the address the
+//! proxy reports.
+//!
 //! Before each command outside a transaction, the driver puts the configuration in force
 //! at that moment into the session: a disabled range or a deleted setting refuses the
 //! next MAIL of a session that was already open, and a removed user cannot authenticate.
@@ -33,9 +41,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::ProxyProtocolConfig;
 use crate::generation::Generation;
 use crate::limits::{Clock, LimitStore, RcptQuery, Release, Usage};
 use crate::metrics::Metrics;
+use crate::proxy;
 use crate::received::{Trace, received_header};
 use crate::session::{Action, Message, Session};
 use crate::smtp::{MAX_COMMAND_LINE, Reply};
@@ -95,11 +105,11 @@ impl Shared {
     }
 }
 
-/// A held connection slot (one of the client IP's and one of the global cap); released
-/// on drop.
+/// A held connection slot: one of the global cap and, once the client's address is known,
+/// one of that address's; released on drop.
 struct Slot {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 /// Which cap refused a connection.
@@ -109,6 +119,7 @@ enum Refusal {
 }
 
 impl Slot {
+    /// Both slots at once, for a connection whose peer is its client.
     fn acquire(
         shared: &Arc<Shared>,
         ip: IpAddr,
@@ -131,8 +142,36 @@ impl Slot {
         shared.total.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             shared: shared.clone(),
-            ip,
+            ip: Some(ip),
         })
+    }
+
+    /// A global slot only, for a connection whose client a PROXY header may still name.
+    fn global(shared: &Arc<Shared>, global: u32) -> Result<Self, Refusal> {
+        let _map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.total.load(Ordering::Relaxed) >= global {
+            return Err(Refusal::Global);
+        }
+        shared.total.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            shared: shared.clone(),
+            ip: None,
+        })
+    }
+
+    /// Adds the client's own slot to a global one.
+    fn charge(&mut self, ip: IpAddr, per_ip: u32) -> Result<(), Refusal> {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= per_ip {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err(Refusal::PerIp);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
     }
 }
 
@@ -140,13 +179,42 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         self.shared.total.fetch_sub(1, Ordering::Relaxed);
-        if let Some(n) = map.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = map.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&ip);
             }
         }
     }
+}
+
+/// The `421` of a connection over a cap, counted.
+fn refusal_reply(shared: &Shared, refusal: Refusal, ip: IpAddr) -> Reply {
+    let text = match refusal {
+        Refusal::PerIp => format!("4.7.0 Too many connections from {ip}"),
+        Refusal::Global => "4.7.0 Too many connections, try again later".to_string(),
+    };
+    let r = Reply::new(421, text);
+    shared
+        .metrics
+        .rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
+    r
+}
+
+/// Writes a refusal and closes, best effort and bounded: a client that does not read
+/// loses the reply. On the implicit-TLS port no plaintext reply is possible: it is closed
+/// at once.
+async fn refuse(mut stream: TcpStream, kind: ListenerKind, r: Reply, idle: Duration) {
+    if kind == ListenerKind::Smtps {
+        return;
+    }
+    let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), async {
+        stream.write_all(&r.to_wire()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Accepts connections until shutdown. `tasks` is cloned into every session so the
@@ -175,36 +243,27 @@ pub async fn accept_loop(
         // batch back until the client's delayed ACK (tens of milliseconds per message).
         let _ = stream.set_nodelay(true);
         let ip = peer.ip().to_canonical();
-        let (per_ip, global, idle) = {
+        let (per_ip, global, idle, proxy) = {
             let current = shared.current.load();
             let l = &current.config.limits;
             (
                 l.connections_per_ip,
                 l.max_connections,
                 Duration::from_secs(l.idle_timeout_seconds),
+                current.config.proxy_protocol.clone(),
             )
         };
-        let slot = match Slot::acquire(&shared, ip, per_ip, global) {
+        // Behind a proxy the client's own cap waits for its address (from the header).
+        let slot = match &proxy {
+            None => Slot::acquire(&shared, ip, per_ip, global),
+            Some(_) => Slot::global(&shared, global),
+        };
+        let mut slot = match slot {
             Ok(slot) => slot,
             Err(refusal) => {
-                let text = match refusal {
-                    Refusal::PerIp => format!("4.7.0 Too many connections from {ip}"),
-                    Refusal::Global => "4.7.0 Too many connections, try again later".to_string(),
-                };
-                let r = Reply::new(421, text);
-                shared
-                    .metrics
-                    .rejected(r.code, r.lines.first().map(String::as_str).unwrap_or(""));
+                let r = refusal_reply(&shared, refusal, ip);
                 if kind != ListenerKind::Smtps {
-                    // Best effort and bounded: a client that does not read loses the reply.
-                    tokio::spawn(async move {
-                        let mut stream = stream;
-                        let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), async {
-                            stream.write_all(&r.to_wire()).await?;
-                            stream.shutdown().await
-                        })
-                        .await;
-                    });
+                    tokio::spawn(refuse(stream, kind, r, idle));
                 }
                 continue;
             }
@@ -214,13 +273,175 @@ pub async fn accept_loop(
         let guard = tasks.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            let mut stream = stream;
+            let (client, watch_for_header) = match proxy {
+                None => (ip, false),
+                Some(proxy) => match proxied_client(&mut stream, ip, kind, &proxy).await {
+                    Origin::Client {
+                        ip: client,
+                        watch_for_header,
+                    } => {
+                        if let Err(refusal) = slot.charge(client, per_ip) {
+                            let r = refusal_reply(&shared, refusal, client);
+                            drop(slot);
+                            refuse(stream, kind, r, idle).await;
+                            return;
+                        }
+                        // TLS clients speak first: a forged header comes before the
+                        // handshake (looked at once the peer's own cap is charged).
+                        if watch_for_header
+                            && kind == ListenerKind::Smtps
+                            && forged_before_tls(&stream, client, idle).await
+                        {
+                            return;
+                        }
+                        // SMTP clients wait for the greeting: a forged header shows as
+                        // the first line.
+                        (client, watch_for_header && kind != ListenerKind::Smtps)
+                    }
+                    Origin::Refused => return,
+                },
+            };
             shared.metrics.sessions.inc();
             shared.metrics.sessions_active.inc();
-            if let Err(e) = connection(stream, ip, kind, &shared, shutdown, slot).await {
-                tracing::debug!(%peer, error = %e, "session ended with an I/O error");
+            let session = connection(
+                stream,
+                client,
+                kind,
+                &shared,
+                shutdown,
+                slot,
+                watch_for_header,
+            );
+            if let Err(e) = session.await {
+                tracing::debug!(%peer, %client, error = %e, "session ended with an I/O error");
             }
             shared.metrics.sessions_active.dec();
         });
+    }
+}
+
+/// How long a trusted proxy has to send its whole header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a trusted proxy's connection may stay silent before, when headers are not
+/// required, it is taken for a direct client (which waits for the greeting).
+const UNANNOUNCED_WAIT: Duration = Duration::from_secs(1);
+
+/// Who a connection is for, as the PROXY protocol stage decided.
+enum Origin {
+    /// The client is at `ip`. `watch_for_header`: the peer is not a trusted proxy, so
+    /// a header from it is a forgery.
+    Client { ip: IpAddr, watch_for_header: bool },
+    /// Closed (the reason is logged).
+    Refused,
+}
+
+/// What arrived first on a connection.
+enum FirstByte {
+    Byte(u8),
+    Silent,
+    Closed,
+}
+
+/// Looks at the first byte without taking it.
+async fn first_byte(stream: &TcpStream, wait: Duration) -> FirstByte {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut b)).await {
+        Err(_) => FirstByte::Silent,
+        Ok(Ok(1)) => FirstByte::Byte(b[0]),
+        Ok(_) => FirstByte::Closed,
+    }
+}
+
+/// Reads a PROXY header, never past its end (on port 465 the TLS handshake follows).
+/// `None` when it did not arrive in time or the peer closed.
+async fn read_proxy_header(stream: &mut TcpStream, until: Instant) -> Option<proxy::Parsed> {
+    let mut buf = vec![0u8; proxy::MAX_HEADER];
+    let mut len = 0;
+    let read = async {
+        loop {
+            match proxy::parse(&buf[..len]) {
+                proxy::Parsed::Incomplete { needed } => {
+                    let end = (len + needed).min(buf.len());
+                    if end == len {
+                        return Some(proxy::Parsed::Invalid("PROXY header too long"));
+                    }
+                    match stream.read(&mut buf[len..end]).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => len += n,
+                    }
+                }
+                done => return Some(done),
+            }
+        }
+    };
+    tokio::time::timeout_at(until, read).await.ok().flatten()
+}
+
+/// Whether a direct client of the implicit-TLS port starts with a PROXY header instead of
+/// a TLS handshake (closed, with a log line), or says nothing within `idle` (closed, as
+/// the handshake would be).
+async fn forged_before_tls(stream: &TcpStream, peer: IpAddr, idle: Duration) -> bool {
+    match first_byte(stream, idle).await {
+        FirstByte::Byte(b) if proxy::may_start_header(b) => {
+            tracing::warn!(%peer, listener = ?ListenerKind::Smtps, "connection closed: PROXY header from a peer that is not a trusted proxy");
+            true
+        }
+        FirstByte::Byte(_) => false,
+        FirstByte::Silent | FirstByte::Closed => true,
+    }
+}
+
+/// The PROXY protocol stage of a connection from `peer` (SPEC §3.2): a trusted proxy's
+/// header names the client; a header from anyone else, or none when one is required,
+/// closes the connection with a log line.
+async fn proxied_client(
+    stream: &mut TcpStream,
+    peer: IpAddr,
+    kind: ListenerKind,
+    config: &ProxyProtocolConfig,
+) -> Origin {
+    let until = Instant::now() + PROXY_HEADER_TIMEOUT;
+    let trusted = config.trusted_proxies.iter().any(|net| net.contains(&peer));
+    let direct = |watch_for_header| Origin::Client {
+        ip: peer,
+        watch_for_header,
+    };
+    if !trusted {
+        if config.required {
+            tracing::warn!(%peer, listener = ?kind, "connection closed: the PROXY protocol is required and the peer is not a trusted proxy");
+            return Origin::Refused;
+        }
+        return direct(true);
+    }
+    let wait = if config.required {
+        PROXY_HEADER_TIMEOUT
+    } else {
+        UNANNOUNCED_WAIT
+    };
+    match first_byte(stream, wait).await {
+        FirstByte::Closed => return Origin::Refused,
+        FirstByte::Byte(b) if proxy::may_start_header(b) => {}
+        _ if config.required => {
+            tracing::warn!(%peer, listener = ?kind, "connection closed: no PROXY header from a trusted proxy, and one is required");
+            return Origin::Refused;
+        }
+        _ => return direct(false),
+    }
+    match read_proxy_header(stream, until).await {
+        Some(proxy::Parsed::Header { source, .. }) => Origin::Client {
+            ip: source.ip().to_canonical(),
+            watch_for_header: false,
+        },
+        Some(proxy::Parsed::Local { .. }) => direct(false),
+        Some(proxy::Parsed::Invalid(reason)) => {
+            tracing::warn!(%peer, listener = ?kind, %reason, "connection closed: invalid PROXY header");
+            Origin::Refused
+        }
+        Some(proxy::Parsed::Incomplete { .. }) | None => {
+            tracing::warn!(%peer, listener = ?kind, "connection closed: the PROXY header did not arrive complete within 5 s");
+            Origin::Refused
+        }
     }
 }
 
@@ -262,6 +483,7 @@ async fn connection(
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     slot: Slot,
+    watch_for_header: bool,
 ) -> io::Result<()> {
     let generation = shared.current.load_full();
     let limits = &generation.config.limits;
@@ -279,6 +501,7 @@ async fn connection(
         slot: Some(slot),
         incoming: None,
         spool_failure: None,
+        watch_for_header,
     };
     let mut session;
     let result = if kind == ListenerKind::Smtps {
@@ -372,6 +595,8 @@ struct Conn<'a> {
     incoming: Option<Incoming>,
     /// Why the text of the message being received could not be kept.
     spool_failure: Option<crate::spool::SpoolError>,
+    /// The peer is not a trusted proxy: a PROXY header as its first line is a forgery.
+    watch_for_header: bool,
 }
 
 /// Position just past the next LF, if a full line is buffered.
@@ -424,6 +649,14 @@ impl Conn<'_> {
                         actions
                     }
                 } else if let Some(end) = line_end(&self.buf) {
+                    if std::mem::take(&mut self.watch_for_header)
+                        && proxy::looks_like_header(&self.buf)
+                    {
+                        tracing::warn!(peer = %session.client_ip(), "connection closed: PROXY header from a peer that is not a trusted proxy");
+                        self.slot = None;
+                        close(&mut stream).await;
+                        return Ok(None);
+                    }
                     let line: Vec<u8> = self.buf.drain(..end).collect();
                     if discarding {
                         discarding = false;

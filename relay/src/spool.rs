@@ -26,6 +26,13 @@
 //! spool's own files are flushed: a whole-filesystem `syncfs` would also wait for every
 //! other writer's dirty data on a shared volume.
 //!
+//! One process per spool: [`Spool::open`] takes an exclusive lock (`flock`) on the file
+//! `lock` in the spool directory, and writes the holder's pid and host name into it. A
+//! second process (two pods on one volume, a relay started twice) gets
+//! [`SpoolError::Locked`] naming the holder, before it reads or removes anything. The lock
+//! goes with the process (the kernel releases it on exit, even on SIGKILL), or earlier
+//! through [`Spool::unlock`] at the end of a graceful stop.
+//!
 //! The envelope type ([`Envelope`], [`QueueId`]) lives in `envelope`, shared with the
 //! session driver and delivery.
 //!
@@ -81,6 +88,10 @@ pub enum SpoolError {
     WriterStopped,
     #[error("{0} already exists; another process may be writing this spool")]
     Exists(PathBuf),
+    #[error(
+        "the spool {dir} is in use by another relay process ({holder}); a spool belongs to one process: stop that one, or give this one its own spool directory"
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
 impl SpoolError {
@@ -101,6 +112,52 @@ impl SpoolError {
             _ => Reply::new(451, "4.3.0 Local error in processing: message not queued"),
         }
     }
+}
+
+/// Takes the spool's lock and writes who holds it, or says who does.
+fn take_lock(dir: &Path) -> Result<File, SpoolError> {
+    fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| SpoolError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            // Bounded: the holder writes one short line.
+            let _ = (&file).take(256).read_to_string(&mut text);
+            let holder = match text.trim() {
+                "" => "holder unknown".to_string(),
+                t => t.to_string(),
+            };
+            return Err(SpoolError::Locked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io(&path, e)),
+    }
+    let holder = format!("pid {} on host {}\n", std::process::id(), hostname());
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(holder.as_bytes()))
+        .map_err(|e| SpoolError::io(&path, e))?;
+    Ok(file)
+}
+
+/// This machine's (in a pod: the pod's) host name, for the lock file.
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 struct Job {
@@ -188,6 +245,8 @@ impl Incoming {
 
 /// The on-disk queue.
 pub struct Spool {
+    /// The open, locked `lock` file; `None` once unlocked.
+    lock: Mutex<Option<File>>,
     queue_dir: PathBuf,
     incoming_dir: PathBuf,
     quarantine_dir: PathBuf,
@@ -210,6 +269,9 @@ impl Spool {
     /// there. Files that cannot be parsed are moved to `quarantine/` with a warning.
     pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
         let dir = dir.as_ref();
+        // Before anything is read or removed: `incoming/` of a running relay is its
+        // sessions' unacknowledged text, not leftovers.
+        let lock = take_lock(dir)?;
         let queue_dir = dir.join("queue");
         let incoming_dir = dir.join("incoming");
         let quarantine_dir = dir.join("quarantine");
@@ -255,6 +317,7 @@ impl Spool {
                 .map_err(|e| SpoolError::io(dir, e))?;
         }
         Ok(Spool {
+            lock: Mutex::new(Some(lock)),
             queue_dir,
             incoming_dir,
             quarantine_dir,
@@ -263,6 +326,16 @@ impl Spool {
             last_id: AtomicU64::new(last),
             index: Mutex::new(index),
         })
+    }
+
+    /// Releases the spool's lock, so another [`Spool::open`] of the directory (a relay
+    /// started next in this process) succeeds while tasks of this one still let go of it.
+    /// Call only once nothing writes through this spool any more.
+    pub fn unlock(&self) {
+        let file = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(file) = file {
+            let _ = file.unlock();
+        }
     }
 
     /// A new unique, time-ordered queue id.
@@ -1036,6 +1109,35 @@ mod tests {
             fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_second_open_of_a_spool_in_use_fails_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path()).unwrap();
+        let e = Spool::open(dir.path()).unwrap_err();
+        let SpoolError::Locked { holder, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(
+            holder.starts_with(&format!("pid {} on host ", std::process::id())),
+            "{holder}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("in use by another relay process"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        // Once the first lets go (unlocked, or dropped), the spool opens again.
+        first.unlock();
+        let second = Spool::open(dir.path()).unwrap();
+        drop(first);
+        drop(second);
+        Spool::open(dir.path()).unwrap();
     }
 
     /// Two writers with one queue id: the second fails, and the first's acknowledged

@@ -11,13 +11,18 @@
 //!   `OwnerReferencesPermissionEnforcement` check on `blockOwnerDeletion` and the `create`
 //!   a server-side apply needs to create an object;
 //! - rejects invalid object names (Service names are DNS-1035 labels), label values and
-//!   volume names, Event notes over 1 KiB, changes to a Deployment's selector and to a
-//!   PersistentVolumeClaim's spec (a claim never shrinks);
+//!   volume names, Event notes over 1 KiB, changes to a Deployment's selector, to the
+//!   fields of a StatefulSet other than replicas, template, update strategy and claim
+//!   retention policy, and to a PersistentVolumeClaim's spec (a claim never shrinks), and
+//!   a StatefulSet whose `serviceName` names no Service;
 //! - applies a merge patch of status with merge-patch semantics (a field the patch omits
 //!   stays) and a server-side apply of status as the sole manager of status (a field the
 //!   apply omits goes);
-//! - adds defaults to what is applied, and reports a Deployment's old status (a lagging
-//!   `observedGeneration`) until [`World::settle`] plays the Deployment controller.
+//! - adds defaults to what is applied, and reports a StatefulSet's old status (a lagging
+//!   `observedGeneration`) until [`World::settle`] plays the StatefulSet controller and
+//!   the kubelet (ready pods whose relays answer with the config their ConfigMap holds).
+//!
+//! Relay pods answer through [`FakePodReports`], from [`World::pod_answers`].
 //!
 //! It owns no assertions.
 
@@ -28,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use crds::manifest::load_paths;
 use crds::{IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use http::{Request, Response, StatusCode};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -43,6 +48,7 @@ use serde_json::{Value, json};
 
 use super::metrics::Metrics;
 use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value};
+use super::pod_reports::PodReports;
 use super::probe::TlsProber;
 use super::{Context, Error, FIELD_MANAGER, Settings, Stores, reconcile};
 use relay::config::{DeliveryConfig, RouteConfig};
@@ -133,13 +139,35 @@ pub struct World {
     pub children: BTreeMap<String, Value>,
     /// Events posted, in order.
     pub events: Vec<Value>,
-    /// `status` the Deployment controller writes once it observes a generation.
-    pub deployment_status: Value,
+    /// `status` the StatefulSet controller writes once it observes a generation; its
+    /// `readyReplicas` is how many ready pods [`World::settle`] runs.
+    pub stateful_set_status: Value,
+    /// What each relay pod (by IP) answers when asked for its config hash; a pod not
+    /// listed does not answer.
+    pub pod_answers: BTreeMap<String, Result<String, String>>,
     /// The operator's ClusterRole; `None` authorises everything.
     pub rules: Option<Vec<Rule>>,
     pub refusals: Vec<Refusal>,
     /// Settings of the reconciles' context.
     pub operator: Settings,
+}
+
+/// Relay pods that answer from a fixed table (by pod IP).
+pub struct FakePodReports(pub BTreeMap<String, Result<String, String>>);
+
+impl PodReports for FakePodReports {
+    fn config_hash(
+        &self,
+        ip: std::net::IpAddr,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'_, Result<String, String>> {
+        let answer = self
+            .0
+            .get(&ip.to_string())
+            .cloned()
+            .unwrap_or_else(|| Err(format!("{ip}: connection refused")));
+        Box::pin(async move { answer })
+    }
 }
 
 /// A prober that answers from a fixed table and remembers which routes it probed.
@@ -315,14 +343,26 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             }
         }
     }
-    if kind == "Deployment" {
+    if kind == "Deployment" || kind == "StatefulSet" {
         let pod = &body["spec"]["template"]["spec"];
-        let volumes: Vec<&str> = pod["volumes"]
+        let mut volumes: Vec<&str> = pod["volumes"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|v| v["name"].as_str())
             .collect();
+        let claims: Vec<&str> = body["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["metadata"]["name"].as_str())
+            .collect();
+        for c in &claims {
+            if volumes.contains(c) {
+                errors.push(format!("spec.template.spec.volumes.name: Duplicate value: \"{c}\" (also a volumeClaimTemplate)"));
+            }
+        }
+        volumes.extend(claims);
         for v in &volumes {
             if !is_dns1123_label(v) {
                 errors.push(format!("spec.template.spec.volumes.name: Invalid value: \"{v}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
@@ -348,6 +388,29 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             && old["spec"]["selector"] != body["spec"]["selector"]
         {
             errors.push("spec.selector: Invalid value: field is immutable".into());
+        }
+    }
+    if kind == "StatefulSet"
+        && let Some(old) = old
+    {
+        let fixed = |v: &Value| {
+            let mut s = v["spec"].clone();
+            if let Some(o) = s.as_object_mut() {
+                for free in [
+                    "replicas",
+                    "ordinals",
+                    "template",
+                    "updateStrategy",
+                    "persistentVolumeClaimRetentionPolicy",
+                    "minReadySeconds",
+                ] {
+                    o.remove(free);
+                }
+            }
+            s
+        };
+        if fixed(old) != fixed(&defaulted(kind, body.clone())) {
+            errors.push("spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".into());
         }
     }
     if kind == "PersistentVolumeClaim"
@@ -396,11 +459,28 @@ fn defaulted(kind: &str, mut body: Value) -> Value {
             }
         }
         "Service" => {
-            body["spec"]["clusterIP"] = json!("10.96.0.10");
+            if body["spec"]["clusterIP"].is_null() {
+                body["spec"]["clusterIP"] = json!("10.96.0.10");
+            }
             body["spec"]["sessionAffinity"] = json!("None");
         }
         "PersistentVolumeClaim" => {
             body["spec"]["volumeMode"] = json!("Filesystem");
+        }
+        "StatefulSet" => {
+            body["spec"]["revisionHistoryLimit"] = json!(10);
+            for c in body["spec"]["volumeClaimTemplates"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                c["spec"]["volumeMode"] = json!("Filesystem");
+            }
+            if let Some(cs) = body["spec"]["template"]["spec"]["containers"].as_array_mut() {
+                for c in cs {
+                    c["terminationMessagePath"] = json!("/dev/termination-log");
+                }
+            }
         }
         _ => {}
     }
@@ -606,6 +686,26 @@ impl Server {
                 if let Some(message) = invalid(&kind, n, &r.body, old.as_ref()) {
                     return (422, status_body(422, "Invalid", message));
                 }
+                // Not the API server's rule, but the StatefulSet controller's: without its
+                // governing Service the pods get no stable names. Apply the Service first.
+                if kind == "StatefulSet" {
+                    let governing = format!(
+                        "/api/v1/namespaces/{ns}/services/{}",
+                        r.body["spec"]["serviceName"].as_str().unwrap_or_default()
+                    );
+                    if !self.objects.contains_key(&governing) {
+                        return (
+                            422,
+                            status_body(
+                                422,
+                                "Invalid",
+                                format!(
+                                    "StatefulSet \"{n}\": the governing Service {governing} does not exist"
+                                ),
+                            ),
+                        );
+                    }
+                }
                 let mut new = defaulted(&kind, r.body.clone());
                 new["metadata"]["namespace"] = json!(ns.clone());
                 match &old {
@@ -625,7 +725,7 @@ impl Server {
                         new["metadata"]["uid"] = json!(format!("uid-{n}"));
                         new["metadata"]["generation"] = json!(1);
                         new["metadata"]["resourceVersion"] = json!("1");
-                        if kind == "Deployment" {
+                        if kind == "Deployment" || kind == "StatefulSet" {
                             // Nothing observed yet.
                             new["status"] = json!({});
                         }
@@ -640,6 +740,10 @@ impl Server {
                 self.objects.insert(r.path.clone(), new.clone());
                 (200, new)
             }
+            ("DELETE", Some(_), None) => match self.objects.remove(&r.path) {
+                Some(v) => (200, v),
+                None => not_found(),
+            },
             ("PATCH", _, _) => (
                 415,
                 status_body(
@@ -692,7 +796,8 @@ impl World {
             secrets: Vec::new(),
             children: BTreeMap::new(),
             events: Vec::new(),
-            deployment_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            stateful_set_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            pod_answers: BTreeMap::new(),
             rules: Some(shipped_rules()),
             refusals: Vec::new(),
             operator: Settings::default(),
@@ -747,14 +852,48 @@ impl World {
         self.children.get(&path_of::<K>(namespace, name))
     }
 
-    /// Plays the Deployment controller: every Deployment's status now describes its
-    /// current generation, with the counts of [`World::deployment_status`].
+    /// Plays the StatefulSet controller and the kubelet: every StatefulSet's status now
+    /// describes its current generation, with the counts of
+    /// [`World::stateful_set_status`]; it runs `readyReplicas` ready pods
+    /// (`<name>-0`, `<name>-1`, … at `10.0.0.1`, `10.0.0.2`, …) whose relays have the
+    /// config of the Organization's ConfigMap in force.
     pub fn settle(&mut self) {
+        let mut pods = Vec::new();
         for (path, d) in self.children.iter_mut() {
-            if path.contains("/deployments/") {
-                let mut status = self.deployment_status.clone();
+            if path.contains("/statefulsets/") {
+                let mut status = self.stateful_set_status.clone();
                 status["observedGeneration"] = d["metadata"]["generation"].clone();
                 d["status"] = status;
+                pods.push(d.clone());
+            }
+        }
+        self.children.retain(|p, _| !p.contains("/pods/"));
+        self.pod_answers.clear();
+        for set in pods {
+            let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = set["metadata"]["name"].as_str().unwrap_or_default();
+            let config_map = self
+                .children
+                .get(&format!("/api/v1/namespaces/{ns}/configmaps/{name}-config"))
+                .map(|c| c["metadata"]["annotations"]["smtprelay.dev/config-hash"].clone());
+            let ready = self.stateful_set_status["readyReplicas"]
+                .as_i64()
+                .unwrap_or(0);
+            for i in 0..ready {
+                let pod = format!("{name}-{i}");
+                let ip = format!("10.0.0.{}", i + 1);
+                self.children.insert(
+                    format!("/api/v1/namespaces/{ns}/pods/{pod}"),
+                    json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": pod, "namespace": ns,
+                            "labels": set["spec"]["template"]["metadata"]["labels"].clone()},
+                        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+                    }),
+                );
+                if let Some(Value::String(hash)) = &config_map {
+                    self.pod_answers.insert(ip, Ok(hash.clone()));
+                }
             }
         }
     }
@@ -811,10 +950,11 @@ impl World {
             routes: store_of(self.routes.clone()),
             config_maps: kids::<ConfigMap>(self),
             deployments: kids::<Deployment>(self),
+            stateful_sets: kids::<StatefulSet>(self),
             services: kids::<Service>(self),
             pdbs: kids::<PodDisruptionBudget>(self),
-            claims: kids::<PersistentVolumeClaim>(self),
             network_policies: kids::<NetworkPolicy>(self),
+            pods: kids::<Pod>(self),
         }
     }
 
@@ -908,6 +1048,7 @@ impl World {
             self.stores(),
         );
         ctx.clock = Arc::new(|| Timestamp::from_second(NOW).unwrap());
+        ctx.pod_reports = Arc::new(FakePodReports(self.pod_answers.clone()));
         let ctx = Arc::new(ctx);
         let mut results = Vec::new();
         for org in orgs {

@@ -953,7 +953,7 @@ async fn reconcile_org<P: TlsProber>(
     let relay_name = children::relay_name(&name);
     let existing = stores
         .stateful_sets
-        .get(&ObjectRef::new(&relay_name).within(&ns))
+        .get(&ObjectRef::new(&children::stateful_set_name(&name)).within(&ns))
         .map(|d| d.as_ref().clone());
     let old_config_map = stores
         .config_maps
@@ -1172,7 +1172,7 @@ async fn announce_changes<P: TlsProber>(
     if existing.is_none() && deployed {
         let note = format!(
             "created StatefulSet {} with {} replica(s), each with its own spool",
-            children::relay_name(&org.name_any()),
+            children::stateful_set_name(&org.name_any()),
             org.spec.relay.replicas.unwrap_or(1).max(1)
         );
         publish(ctx, org, EventType::Normal, "RelayCreated", &note).await

@@ -221,11 +221,17 @@ pub fn config_map_name(org: &str) -> String {
     names::child_name("", org, "-relay-config")
 }
 
-/// Name of the StatefulSet, Service, PodDisruptionBudget and NetworkPolicy (and of the
-/// Deployment that ran the relay before StatefulSets): a DNS-1035 label (as a Service name
+/// Name of the Service, PodDisruptionBudget and NetworkPolicy (and of the StatefulSet and
+/// of the Deployment that ran the relay before StatefulSets, for all but very long names): a DNS-1035 label (as a Service name
 /// must be) whatever the Organization is called.
 pub fn relay_name(org: &str) -> String {
     names::child_name("", org, "-relay")
+}
+
+/// Name of the StatefulSet: the same as [`relay_name`] unless that is too long for the
+/// StatefulSet's pods to start (see [`names::MAX_STATEFUL_SET`]).
+pub fn stateful_set_name(org: &str) -> String {
+    names::child_name_within("", org, "-relay", names::MAX_STATEFUL_SET)
 }
 
 /// Name of the headless Service that governs the StatefulSet.
@@ -621,7 +627,7 @@ fn stateful_set(
         ..Default::default()
     };
     StatefulSet {
-        metadata: meta(org, relay_name(&name)),
+        metadata: meta(org, stateful_set_name(&name)),
         spec: StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(pods_service_name(&name)),
@@ -921,6 +927,16 @@ spec:
         sized.spec.relay.resources = Some(own.clone());
         let c = children_for(&sized, &[]);
         assert_eq!(pod_spec(&c).containers[0].resources, Some(own));
+    }
+
+    #[test]
+    fn a_stateful_set_name_leaves_room_for_its_pods_labels() {
+        assert_eq!(stateful_set_name("acme"), relay_name("acme"));
+        let long = format!("acme-{}", "x".repeat(58));
+        let name = stateful_set_name(&long);
+        assert!(name.len() <= names::MAX_STATEFUL_SET, "{name}");
+        assert!(names::is_dns1035_label(&name));
+        assert_ne!(name, stateful_set_name(&format!("acme-{}", "y".repeat(58))));
     }
 
     #[test]

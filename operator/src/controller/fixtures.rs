@@ -316,6 +316,11 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             }
         ));
     }
+    // The API server takes a longer StatefulSet, but none of its pods could start: their
+    // `controller-revision-hash` label would exceed 63 characters.
+    if kind == "StatefulSet" && name.len() > super::names::MAX_STATEFUL_SET {
+        errors.push(format!("metadata.name: Invalid value: \"{name}\": a StatefulSet name longer than {} characters gives its pods an invalid controller-revision-hash label", super::names::MAX_STATEFUL_SET));
+    }
     let mut label_maps = vec![
         ("metadata.labels", &body["metadata"]["labels"]),
         ("spec.selector", &body["spec"]["selector"]),
@@ -872,10 +877,14 @@ impl World {
         for set in pods {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = set["metadata"]["name"].as_str().unwrap_or_default();
+            // One Organization per namespace: its ConfigMap is the one with a config hash.
+            let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
             let config_map = self
                 .children
-                .get(&format!("/api/v1/namespaces/{ns}/configmaps/{name}-config"))
-                .map(|c| c["metadata"]["annotations"]["smtprelay.dev/config-hash"].clone());
+                .iter()
+                .filter(|(p, _)| p.starts_with(&prefix))
+                .map(|(_, c)| c["metadata"]["annotations"]["smtprelay.dev/config-hash"].clone())
+                .find(|h| h.is_string());
             let ready = self.stateful_set_status["readyReplicas"]
                 .as_i64()
                 .unwrap_or(0);

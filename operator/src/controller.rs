@@ -1064,6 +1064,15 @@ async fn reconcile_org<P: TlsProber>(
         ] {
             publish_if_changed(ctx, org, before, &new.conditions, &w).await;
         }
+        // The audit log's last word on a config: when every relay runs it. The steps on
+        // the way (pods still on the old hash) are status only: they are expected.
+        if let Some(now) = status::condition(&new.conditions, status::IN_FORCE)
+            && now.status == "True"
+            && status::condition(before, status::IN_FORCE)
+                .is_none_or(|b| (&b.status, &b.message) != (&now.status, &now.message))
+        {
+            publish(ctx, org, EventType::Normal, "ConfigInForce", &now.message).await;
+        }
     }
     // Settled once rolled out and in force on every ready pod (the kubelet refreshes
     // ConfigMap volumes within a minute or two; until then come back soon).

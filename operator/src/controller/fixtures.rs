@@ -860,7 +860,8 @@ impl World {
     /// Plays the StatefulSet controller and the kubelet: every StatefulSet's status now
     /// describes its current generation, with the counts of
     /// [`World::stateful_set_status`]; it runs `readyReplicas` ready pods
-    /// (`<name>-0`, `<name>-1`, … at `10.0.0.1`, `10.0.0.2`, …) whose relays have the
+    /// (`<name>-0`, `<name>-1`, … at `10.0.0.1`, `10.0.0.2`, … for the first StatefulSet,
+    /// `10.0.1.1`, … for the next) whose relays have the
     /// config of the Organization's ConfigMap in force.
     pub fn settle(&mut self) {
         let mut pods = Vec::new();
@@ -874,7 +875,7 @@ impl World {
         }
         self.children.retain(|p, _| !p.contains("/pods/"));
         self.pod_answers.clear();
-        for set in pods {
+        for (k, set) in pods.into_iter().enumerate() {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = set["metadata"]["name"].as_str().unwrap_or_default();
             // One Organization per namespace: its ConfigMap is the one with a config hash.
@@ -890,7 +891,8 @@ impl World {
                 .unwrap_or(0);
             for i in 0..ready {
                 let pod = format!("{name}-{i}");
-                let ip = format!("10.0.0.{}", i + 1);
+                // One /24 per StatefulSet, in path order.
+                let ip = format!("10.{}.{}.{}", k / 256, k % 256, i + 1);
                 self.children.insert(
                     format!("/api/v1/namespaces/{ns}/pods/{pod}"),
                     json!({

@@ -228,7 +228,7 @@ async fn new_organization_gets_all_children_then_status_then_events() {
     );
 
     // The StatefulSet controller rolls it out and the pod reports the config: Ready and
-    // InForce, one Normal Event, nothing else.
+    // InForce, two Normal Events, nothing else.
     world.settle();
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
@@ -236,6 +236,7 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         writes(&log),
         [
             format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into(),
             EVENTS.into()
         ]
     );
@@ -252,12 +253,23 @@ async fn new_organization_gets_all_children_then_status_then_events() {
     );
     assert_eq!(
         events(&log),
-        [(
-            "Normal".into(),
-            "RelayAvailable".into(),
-            format!("relay available; config {} applied", &config.hash[..12]),
-            "Organization/acme".into()
-        )]
+        [
+            (
+                "Normal".into(),
+                "RelayAvailable".into(),
+                format!("relay available; config {} applied", &config.hash[..12]),
+                "Organization/acme".into()
+            ),
+            (
+                "Normal".into(),
+                "ConfigInForce".into(),
+                format!(
+                    "every ready relay pod reports config {}",
+                    &config.hash[..12]
+                ),
+                "Organization/acme".into()
+            )
+        ]
     );
 }
 
@@ -702,9 +714,17 @@ async fn a_config_is_in_force_only_once_every_ready_pod_reports_it() {
         "Pending"
     );
 
-    // The kubelet catches up: every ready pod reports the new hash.
+    // The kubelet catches up: every ready pod reports the new hash, and the audit log
+    // says so.
     world.settle();
-    let (result, _) = world.reconcile(ProbingDisabled).await;
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(
+        events(&log)
+            .into_iter()
+            .map(|e| (e.0, e.1))
+            .collect::<Vec<_>>(),
+        [("Normal".to_string(), "ConfigInForce".to_string())]
+    );
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
     let in_force = condition(&org_status(&world), "InForce").clone();
     assert_eq!(

@@ -1248,16 +1248,17 @@ async fn replace_deployment<P: TlsProber>(
         .flatten()
         .find_map(|v| v.persistent_volume_claim.as_ref())
         .map(|c| c.claim_name.clone());
+    let set = children::stateful_set_name(&org.name_any());
     let (kind, note) = match claim {
         Some(claim) => (
             EventType::Warning,
             format!(
-                "replaced Deployment {name} by the StatefulSet of the same name; its spool claim {claim} is kept: drain its queue before deleting it"
+                "replaced Deployment {name} by StatefulSet {set}; its spool claim {claim} is kept: drain its queue before deleting it"
             ),
         ),
         None => (
             EventType::Normal,
-            format!("replaced Deployment {name} by the StatefulSet of the same name"),
+            format!("replaced Deployment {name} by StatefulSet {set}"),
         ),
     };
     publish(ctx, org, kind, "DeploymentReplaced", &note).await;

@@ -221,9 +221,10 @@ pub fn config_map_name(org: &str) -> String {
     names::child_name("", org, "-relay-config")
 }
 
-/// Name of the Service, PodDisruptionBudget and NetworkPolicy (and of the StatefulSet and
-/// of the Deployment that ran the relay before StatefulSets, for all but very long names): a DNS-1035 label (as a Service name
-/// must be) whatever the Organization is called.
+/// Name of the Service, PodDisruptionBudget, NetworkPolicy and of the Deployment that ran
+/// the relay before StatefulSets (and of the StatefulSet unless too long, see
+/// [`stateful_set_name`]): a DNS-1035 label (as a Service name must be) whatever the
+/// Organization is called.
 pub fn relay_name(org: &str) -> String {
     names::child_name("", org, "-relay")
 }
@@ -237,12 +238,6 @@ pub fn stateful_set_name(org: &str) -> String {
 /// Name of the headless Service that governs the StatefulSet.
 pub fn pods_service_name(org: &str) -> String {
     names::child_name("", org, "-relay-pods")
-}
-
-/// Name of the spool claim of the Deployment that ran the relay before StatefulSets. The
-/// operator no longer applies it and never deletes it: it may still hold queued mail.
-pub fn legacy_spool_claim_name(org: &str) -> String {
-    names::child_name("", org, "-relay-spool")
 }
 
 /// Name of the spool volume and of the StatefulSet's claim template: pod `N` gets the

@@ -1031,6 +1031,11 @@ async fn reconcile_org<P: TlsProber>(
             stateful_set: stateful_set.as_ref(),
             ephemeral_spool: children::ephemeral_spool(&allowed),
             reports: &reports,
+            content_hash: Some(&children::content_hash_in_pods(
+                &rendered.config,
+                &mounted,
+                &secrets,
+            )),
         },
         &problems,
         &now,
@@ -1292,8 +1297,8 @@ async fn pod_reports<P: TlsProber>(
         })
         .collect();
     let asks = ready.into_iter().map(|(pod, ip)| async move {
-        let hash = ctx.pod_reports.config_hash(ip, admin_port).await;
-        PodReport { pod, hash }
+        let running = ctx.pod_reports.running(ip, admin_port).await;
+        PodReport { pod, running }
     });
     futures::future::join_all(asks).await
 }

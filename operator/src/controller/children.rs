@@ -185,6 +185,65 @@ pub fn secrets_hash(mounted: &[MountedSecret], secrets: &[Secret]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The volume, mount directory and keys of a mounted Secret in relay pods.
+fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) {
+    let env = crate::render::RenderEnv::pod();
+    match m.usage {
+        SecretUse::Tls => ("tls".into(), env.tls_dir.clone(), &["tls.crt", "tls.key"]),
+        SecretUse::Auth => ("auth".into(), env.credentials_dir.clone(), &["credentials"]),
+        SecretUse::Ca => (
+            ca_volume_name(&m.name),
+            format!("{}/{}", env.ca_dir, m.name),
+            &["ca.crt"],
+        ),
+        SecretUse::RedisPassword => {
+            let file = env.redis_password_file();
+            let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+            ("redis".into(), dir.to_string(), &["password"])
+        }
+    }
+}
+
+/// The content hash a relay pod reports once its kubelet has written the current data
+/// of the mounted Secrets: [`relay::generation::content_hash`] over the files as they
+/// appear in the pod. A key a Secret lacks is a missing file there too.
+pub fn content_hash_in_pods(
+    config: &RelayConfig,
+    mounted: &[MountedSecret],
+    secrets: &[Secret],
+) -> String {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for m in mounted {
+        let Some(secret) = secrets.iter().find(|s| s.name_any() == m.name) else {
+            continue;
+        };
+        let (_, dir, keys) = secret_mount(m);
+        for key in keys {
+            let value = secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(*key))
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(|| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(*key))
+                        .map(|ByteString(v)| v.clone())
+                });
+            if let Some(value) = value {
+                files.insert(format!("{dir}/{key}"), value);
+            }
+        }
+    }
+    relay::generation::content_hash_with(config, |path| {
+        files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    })
+}
+
 /// Everything applied for one Organization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
@@ -497,22 +556,8 @@ fn stateful_set(
         read_only: Some(true),
         ..Default::default()
     }];
-    let env = crate::render::RenderEnv::pod();
     for m in mounted {
-        let (volume, path, keys): (String, String, &[&str]) = match m.usage {
-            SecretUse::Tls => ("tls".into(), env.tls_dir.clone(), &["tls.crt", "tls.key"]),
-            SecretUse::Auth => ("auth".into(), env.credentials_dir.clone(), &["credentials"]),
-            SecretUse::Ca => (
-                ca_volume_name(&m.name),
-                format!("{}/{}", env.ca_dir, m.name),
-                &["ca.crt"],
-            ),
-            SecretUse::RedisPassword => {
-                let file = env.redis_password_file();
-                let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
-                ("redis".into(), dir.to_string(), &["password"])
-            }
-        };
+        let (volume, path, keys) = secret_mount(m);
         volumes.push(Volume {
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
@@ -823,6 +868,39 @@ spec:
         let reconfigured = children_for(&more, &[tls_secret("cert-1")]);
         assert_ne!(before.config_map, reconfigured.config_map);
         assert_eq!(sts(&before).template, sts(&reconfigured).template);
+    }
+
+    #[test]
+    fn the_content_hash_pods_should_report_follows_each_mounted_file() {
+        let o = org(ORG);
+        let names = BTreeSet::from(["relay-tls".to_string()]);
+        let config = render(
+            "acme",
+            Objects {
+                organizations: std::slice::from_ref(&o),
+                settings: &[],
+                ranges: &[],
+                routes: &[],
+                secrets: &names,
+            },
+            &RenderEnv::pod(),
+        )
+        .unwrap()
+        .config;
+        let mounted = mounted_secrets(&o, &[], &names);
+        let hash = |secret: Secret| content_hash_in_pods(&config, &mounted, &[secret]);
+        let before = hash(tls_secret("cert-1"));
+        assert_eq!(before, hash(tls_secret("cert-1")));
+        assert_ne!(before, hash(tls_secret("cert-2")));
+        let mut new_key = tls_secret("cert-1");
+        new_key
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("tls.key".into(), ByteString(b"key-2".to_vec()));
+        assert_ne!(before, hash(new_key));
+        // The document alone (no file readable) is another hash again.
+        assert_ne!(before, content_hash_in_pods(&config, &[], &[]));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use serde_json::{Value, json};
 
 use super::metrics::Metrics;
 use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value};
-use super::pod_reports::PodReports;
+use super::pod_reports::{PodReports, Running};
 use super::probe::TlsProber;
 use super::{Context, Error, FIELD_MANAGER, Settings, Stores, reconcile};
 use relay::config::{DeliveryConfig, RouteConfig};
@@ -142,9 +142,9 @@ pub struct World {
     /// `status` the StatefulSet controller writes once it observes a generation; its
     /// `readyReplicas` is how many ready pods [`World::settle`] runs.
     pub stateful_set_status: Value,
-    /// What each relay pod (by IP) answers when asked for its config hash; a pod not
-    /// listed does not answer.
-    pub pod_answers: BTreeMap<String, Result<String, String>>,
+    /// What each relay pod (by IP) answers when asked for its config; a pod not listed
+    /// does not answer.
+    pub pod_answers: BTreeMap<String, Result<Running, String>>,
     /// The operator's ClusterRole; `None` authorises everything.
     pub rules: Option<Vec<Rule>>,
     pub refusals: Vec<Refusal>,
@@ -153,14 +153,14 @@ pub struct World {
 }
 
 /// Relay pods that answer from a fixed table (by pod IP).
-pub struct FakePodReports(pub BTreeMap<String, Result<String, String>>);
+pub struct FakePodReports(pub BTreeMap<String, Result<Running, String>>);
 
 impl PodReports for FakePodReports {
-    fn config_hash(
+    fn running(
         &self,
         ip: std::net::IpAddr,
         _port: u16,
-    ) -> futures::future::BoxFuture<'_, Result<String, String>> {
+    ) -> futures::future::BoxFuture<'_, Result<Running, String>> {
         let answer = self
             .0
             .get(&ip.to_string())
@@ -878,14 +878,40 @@ impl World {
         for (k, set) in pods.into_iter().enumerate() {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = set["metadata"]["name"].as_str().unwrap_or_default();
-            // One Organization per namespace: its ConfigMap is the one with a config hash.
+            // One Organization per namespace: its ConfigMap is the one with a config, and
+            // its relays load the Secrets as they are now.
             let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
-            let config_map = self
+            let config = self
                 .children
                 .iter()
                 .filter(|(p, _)| p.starts_with(&prefix))
-                .map(|(_, c)| c["metadata"]["annotations"]["smtprelay.dev/config-hash"].clone())
-                .find(|h| h.is_string());
+                .find_map(|(_, c)| c["data"]["config.json"].as_str())
+                .and_then(|text| relay::config::RelayConfig::from_json(text).ok());
+            let running = config.map(|config| {
+                let in_ns = |o: Option<String>| o.as_deref() == Some(ns);
+                let secrets: Vec<Secret> = self
+                    .secrets
+                    .iter()
+                    .filter(|s| in_ns(s.metadata.namespace.clone()))
+                    .cloned()
+                    .collect();
+                let names = secrets
+                    .iter()
+                    .filter_map(|s| s.metadata.name.clone())
+                    .collect();
+                let mounted = self
+                    .organizations
+                    .iter()
+                    .find(|o| in_ns(o.metadata.namespace.clone()))
+                    .map(|o| super::children::mounted_secrets(o, &self.routes, &names))
+                    .unwrap_or_default();
+                Running {
+                    content_hash: Some(super::children::content_hash_in_pods(
+                        &config, &mounted, &secrets,
+                    )),
+                    hash: config.hash,
+                }
+            });
             let ready = self.stateful_set_status["readyReplicas"]
                 .as_i64()
                 .unwrap_or(0);
@@ -902,8 +928,8 @@ impl World {
                         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
                     }),
                 );
-                if let Some(Value::String(hash)) = &config_map {
-                    self.pod_answers.insert(ip, Ok(hash.clone()));
+                if let Some(running) = &running {
+                    self.pod_answers.insert(ip, Ok(running.clone()));
                 }
             }
         }

@@ -1,10 +1,11 @@
 //! What each ready relay pod says about the config it has in force.
 //!
 //! The relay's admin endpoint publishes `relay_config_info{hash="…",content_hash="…"} 1`
-//! on `/metrics`. [`PodReports`] asks one pod for that line; [`HttpPodReports`] does so
+//! on `/metrics`: the document hash, and the hash of the document and the files it names.
+//! [`PodReports`] asks one pod for that line; [`HttpPodReports`] does so
 //! over HTTP straight to the pod's address (the relay's NetworkPolicy admits the
 //! operator's namespace to the admin port; no API server proxy and no extra RBAC), and
-//! tests answer with a mock. [`config_hash`] is the pure parser of the metrics text.
+//! tests answer with a mock. [`running`] is the pure parser of the metrics text.
 //!
 //! This module decides nothing: [`status::in_force`](super::status::in_force) turns the
 //! answers into the `InForce` condition.
@@ -19,24 +20,39 @@ use hyper::body::Bytes;
 /// Name of the relay's config metric.
 pub const CONFIG_INFO_METRIC: &str = "relay_config_info";
 
-/// Asks one relay pod which config hash it has in force.
-pub trait PodReports: Send + Sync + 'static {
-    /// The document hash the relay at `ip` (admin port `port`) runs, or why it could not
-    /// be learned.
-    fn config_hash(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<String, String>>;
+/// The config a relay has in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// Hash of the RelayConfig document.
+    pub hash: String,
+    /// Hash of the document and of the files it names (certificates, credentials, CA
+    /// roots), when the relay publishes it.
+    pub content_hash: Option<String>,
 }
 
-/// The `hash` label of the config metric in Prometheus text, if present.
-pub fn config_hash(metrics: &str) -> Option<String> {
+/// Asks one relay pod which config it has in force.
+pub trait PodReports: Send + Sync + 'static {
+    /// What the relay at `ip` (admin port `port`) runs, or why it could not be learned.
+    fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>>;
+}
+
+/// The labels of the config metric in Prometheus text, if present.
+pub fn running(metrics: &str) -> Option<Running> {
     metrics.lines().find_map(|line| {
         let labels = line
             .strip_prefix(CONFIG_INFO_METRIC)?
             .strip_prefix('{')?
             .split_once('}')?
             .0;
-        labels.split(',').find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == "hash").then(|| value.trim_matches('"').to_string())
+        let label = |name: &str| {
+            labels.split(',').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.trim_matches('"').to_string())
+            })
+        };
+        Some(Running {
+            hash: label("hash")?,
+            content_hash: label("content_hash"),
         })
     })
 }
@@ -87,13 +103,13 @@ async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
 }
 
 impl PodReports for HttpPodReports {
-    fn config_hash(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<String, String>> {
+    fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>> {
         Box::pin(async move {
             let addr = SocketAddr::new(ip, port);
             let text = tokio::time::timeout(self.timeout, fetch_metrics(addr))
                 .await
                 .map_err(|_| format!("GET http://{addr}/metrics timed out"))??;
-            config_hash(&text).ok_or_else(|| format!("{addr} publishes no {CONFIG_INFO_METRIC}"))
+            running(&text).ok_or_else(|| format!("{addr} publishes no {CONFIG_INFO_METRIC}"))
         })
     }
 }
@@ -108,12 +124,18 @@ relay_config_info{hash=\"abc123\",content_hash=\"def456\"} 1\n\
 relay_config_generation 3\n";
 
     #[test]
-    fn the_hash_label_of_the_config_metric_is_read() {
-        assert_eq!(config_hash(METRICS).as_deref(), Some("abc123"));
-        assert_eq!(config_hash("relay_config_generation 3\n"), None);
+    fn the_labels_of_the_config_metric_are_read() {
+        let abc = Running {
+            hash: "abc123".into(),
+            content_hash: Some("def456".into()),
+        };
+        assert_eq!(running(METRICS), Some(abc));
+        assert_eq!(running("relay_config_generation 3\n"), None);
         // `content_hash` is not `hash`, whichever comes first.
         let swapped = "relay_config_info{content_hash=\"x\",hash=\"y\"} 1";
-        assert_eq!(config_hash(swapped).as_deref(), Some("y"));
+        assert_eq!(running(swapped).map(|r| r.hash).as_deref(), Some("y"));
+        let old = "relay_config_info{hash=\"y\"} 1";
+        assert_eq!(running(old).unwrap().content_hash, None);
     }
 
     #[tokio::test]
@@ -133,9 +155,10 @@ relay_config_generation 3\n";
         });
         let reports = HttpPodReports::default();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(reports.config_hash(ip, port).await.as_deref(), Ok("abc123"));
+        let first = reports.running(ip, port).await.unwrap();
+        assert_eq!(first.hash, "abc123");
         // Nothing listens there any more.
-        let err = reports.config_hash(ip, port).await.unwrap_err();
+        let err = reports.running(ip, port).await.unwrap_err();
         assert!(err.contains("127.0.0.1"), "{err}");
     }
 }

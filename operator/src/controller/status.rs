@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use relay::config::RelayConfig;
 
+use super::pod_reports::Running;
 use super::probe::verdict;
 use crate::render::{Finding, ObjectKind, parse_network};
 
@@ -37,22 +38,31 @@ pub struct Relay<'a> {
     pub ephemeral_spool: bool,
     /// The answers of the ready relay pods.
     pub reports: &'a [PodReport],
+    /// The content hash pods report once their Secret files are current (`None`: not
+    /// compared).
+    pub content_hash: Option<&'a str>,
 }
 
 /// What one ready relay pod said about the config it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodReport {
     pub pod: String,
-    /// The document hash in force (`relay_config_info{hash=...}`), or why the pod could
-    /// not be asked.
-    pub hash: Result<String, String>,
+    /// The config in force (`relay_config_info{hash=...,content_hash=...}`), or why the
+    /// pod could not be asked.
+    pub running: Result<Running, String>,
 }
 
-/// `InForce`: True only when every ready pod reports the hash of the latest config. False with `Rollout` while a pod
-/// still runs an older hash (the kubelet has not yet refreshed its ConfigMap volume, or
-/// the pod refused the new config), `Pending` while no pod is ready or a pod did not
-/// answer.
-pub fn in_force(config: &RelayConfig, rollout: &Rollout, reports: &[PodReport]) -> Want {
+/// `InForce`: True only when every ready pod reports the hash of the latest config (and,
+/// when `content_hash` is given and the pod reports one, the content hash of the current
+/// Secret files). False with `Rollout` while a pod still runs an older config or older
+/// files (the kubelet has not yet refreshed its volumes, or the pod refused the new
+/// config), `Pending` while no pod is ready or a pod did not answer.
+pub fn in_force(
+    config: &RelayConfig,
+    content_hash: Option<&str>,
+    rollout: &Rollout,
+    reports: &[PodReport],
+) -> Want {
     let hash = short(&config.hash);
     if !matches!(rollout, Rollout::Observed { ready, .. } if *ready > 0) || reports.is_empty() {
         return Want::new(
@@ -65,9 +75,18 @@ pub fn in_force(config: &RelayConfig, rollout: &Rollout, reports: &[PodReport]) 
     let mut behind = Vec::new();
     let mut silent = Vec::new();
     for r in reports {
-        match &r.hash {
-            Ok(h) if *h == config.hash => {}
-            Ok(h) => behind.push(format!("{} runs {}", r.pod, short(h))),
+        match &r.running {
+            Ok(run) if run.hash != config.hash => {
+                behind.push(format!("{} runs {}", r.pod, short(&run.hash)))
+            }
+            Ok(Running {
+                content_hash: Some(c),
+                ..
+            }) if content_hash.is_some_and(|want| want != c) => behind.push(format!(
+                "{} has not yet loaded the current Secret files",
+                r.pod
+            )),
+            Ok(_) => {}
             Err(e) => silent.push(format!("{}: {e}", r.pod)),
         }
     }
@@ -257,6 +276,7 @@ pub fn organization_rendered(
         stateful_set,
         ephemeral_spool,
         reports,
+        content_hash,
     } = relay;
     let old = org.status.clone().unwrap_or_default();
     let generation = org.metadata.generation;
@@ -348,7 +368,7 @@ pub fn organization_rendered(
     all.extend(problems.iter().cloned());
     set_condition(
         &mut conditions,
-        in_force(config, &rollout, reports),
+        in_force(config, content_hash, &rollout, reports),
         generation,
         now,
     );
@@ -701,6 +721,7 @@ spec:
                 stateful_set: Some(&rolling),
                 ephemeral_spool: false,
                 reports: &[],
+                content_hash: None,
             },
             &[],
             &at(1),
@@ -749,6 +770,7 @@ spec:
                 stateful_set: Some(&stale),
                 ephemeral_spool: false,
                 reports: &[],
+                content_hash: None,
             },
             &[],
             &at(1),
@@ -776,6 +798,7 @@ spec:
                 stateful_set: Some(&ok),
                 ephemeral_spool: false,
                 reports: &[],
+                content_hash: None,
             },
             &[],
             &at(1),
@@ -802,7 +825,10 @@ spec:
     fn report(pod: &str, hash: &str) -> PodReport {
         PodReport {
             pod: pod.into(),
-            hash: Ok(hash.into()),
+            running: Ok(Running {
+                hash: hash.into(),
+                content_hash: Some("files-1".into()),
+            }),
         }
     }
 
@@ -822,6 +848,7 @@ spec:
                     stateful_set: Some(&ready),
                     ephemeral_spool: false,
                     reports,
+                    content_hash: None,
                 },
                 &[],
                 &at(1),
@@ -846,12 +873,37 @@ spec:
         );
         let silent = PodReport {
             pod: "acme-relay-1".into(),
-            hash: Err("connection refused".into()),
+            running: Err("connection refused".into()),
         };
         let (st, reason, _) = status(&[report("acme-relay-0", &config.hash), silent]);
         assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
         let (st, reason, _) = status(&[]);
         assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
+    }
+
+    #[test]
+    fn a_pod_on_the_latest_config_with_older_secret_files_is_not_in_force() {
+        let (_, config, _) = org_and_config(1);
+        let rollout = Rollout::Observed {
+            available: 1,
+            updated: 1,
+            ready: 1,
+        };
+        let pod = [report("acme-relay-0", &config.hash)];
+        let rotated = in_force(&config, Some("files-2"), &rollout, &pod);
+        assert_eq!(
+            (rotated.status, rotated.reason.as_str()),
+            (Some(false), "Rollout")
+        );
+        assert!(
+            rotated
+                .message
+                .ends_with("acme-relay-0 has not yet loaded the current Secret files"),
+            "{}",
+            rotated.message
+        );
+        let current = in_force(&config, Some("files-1"), &rollout, &pod);
+        assert_eq!(current.status, Some(true));
     }
 
     #[test]
@@ -865,6 +917,7 @@ spec:
                 stateful_set: None,
                 ephemeral_spool: true,
                 reports: &[],
+                content_hash: None,
             },
             &[],
             &at(1),
@@ -884,6 +937,7 @@ spec:
                 stateful_set: None,
                 ephemeral_spool: false,
                 reports: &[],
+                content_hash: None,
             },
             &[],
             &at(2),

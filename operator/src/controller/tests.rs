@@ -622,7 +622,7 @@ async fn a_rollout_the_stateful_set_controller_has_not_seen_is_not_complete() {
 }
 
 #[tokio::test]
-async fn a_rotated_secret_restarts_no_pod() {
+async fn a_rotated_secret_restarts_no_pod_and_is_in_force_once_pods_load_it() {
     let mut world = settled("applications-smtp-auth").await;
     world.secrets[0].data.as_mut().unwrap().insert(
         "credentials".into(),
@@ -630,12 +630,14 @@ async fn a_rotated_secret_restarts_no_pod() {
     );
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-    // Only the ConfigMap's annotation (the audit trail) changes: the pod template, and
-    // so the pods, stay; the relays reload the file the kubelet refreshes.
+    // Only the ConfigMap's annotation (the audit trail) and the Organization's status
+    // change: the pod template, and so the pods, stay; the relays reload the file the
+    // kubelet refreshes.
     assert_eq!(
         writes(&log),
         [
             "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string(),
+            format!("PATCH {API}/organizations/acme/status"),
             EVENTS.into()
         ]
     );
@@ -648,6 +650,30 @@ async fn a_rotated_secret_restarts_no_pod() {
         "{ev:?}"
     );
     assert!(ev[0].2.contains("without restarting"));
+    // The pods still report the old files: the rotation is not in force yet.
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(
+        (&in_force["status"], &in_force["reason"]),
+        (&json!("False"), &json!("Rollout"))
+    );
+    assert!(
+        in_force["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("acme-relay-0 has not yet loaded the current Secret files")
+    );
+    // The kubelet writes the new file and the relay reloads it.
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(condition(&org_status(&world), "InForce")["status"], "True");
+}
+
+/// A relay's answer that names its document hash only (as relays before content hashes).
+fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
+    Ok(super::pod_reports::Running {
+        hash: hash.into(),
+        content_hash: None,
+    })
 }
 
 #[tokio::test]
@@ -677,7 +703,7 @@ async fn a_config_is_in_force_only_once_every_ready_pod_reports_it() {
     world.organizations[0].metadata.generation = Some(2);
     world
         .pod_answers
-        .insert("10.0.0.1".into(), Ok("not yet".into()));
+        .insert("10.0.0.1".into(), running("not yet"));
     let (result, _) = world.reconcile(ProbingDisabled).await;
     let new_hash = org_status(&world)["configHash"]
         .as_str()
@@ -686,10 +712,10 @@ async fn a_config_is_in_force_only_once_every_ready_pod_reports_it() {
     assert_ne!(old_hash, new_hash);
     world
         .pod_answers
-        .insert("10.0.0.1".into(), Ok(new_hash.clone()));
+        .insert("10.0.0.1".into(), running(&new_hash));
     world
         .pod_answers
-        .insert("10.0.0.2".into(), Ok(old_hash.clone()));
+        .insert("10.0.0.2".into(), running(&old_hash));
     let (again, _) = world.reconcile(ProbingDisabled).await;
     // Not settled: come back soon.
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));

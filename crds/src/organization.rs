@@ -167,7 +167,8 @@ pub struct RelaySpec {
     /// Resource requests and limits of the relay container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Spool volume (default: an emptyDir; set a size for a PersistentVolumeClaim).
+    /// Spool volume: a PersistentVolumeClaim per pod by default; `ephemeral: true` for an
+    /// emptyDir (acknowledged mail is lost when the pod goes away).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
     /// Networks (CIDRs) allowed to reach the SMTP ports; empty means anywhere. The admin
@@ -249,13 +250,21 @@ pub enum ServiceType {
 /// Spool volume of the relay pods.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.ephemeral) || !self.ephemeral || !has(self.storageClassName)").message("relay.spool.storageClassName needs a persistent spool; an ephemeral spool is an emptyDir"))]
 pub struct SpoolSpec {
-    /// Size of a PersistentVolumeClaim per pod, e.g. `10Gi`; unset means an emptyDir.
+    /// Size of each pod's spool claim (default 1Gi), or the size limit of the emptyDir
+    /// of an ephemeral spool. Fixed once the relay exists: a StatefulSet's claim
+    /// templates cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    /// StorageClass of the claim.
+    /// StorageClass of the claims (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// An emptyDir instead of a claim per pod: mail acknowledged but not yet delivered is
+    /// lost whenever a pod goes away (rollout, node drain, eviction). Shown as a Warning
+    /// condition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 /// Where rate-limit counters live.

@@ -13,12 +13,21 @@
 //! status is the state, and a lost Event must never cost a repeated probe or rollout. An
 //! Event the API server refuses is logged and counted, not retried.
 //!
+//! The relay runs as a StatefulSet, one spool claim per pod. An Organization whose relay
+//! still runs as the Deployment of earlier versions gets its StatefulSet next to it; the
+//! Deployment is deleted only once every StatefulSet pod is ready, so clients are served
+//! throughout. The old Deployment's spool claim is never deleted (see `deploy/README.md`
+//! on draining it).
+//!
+//! "In force" is what the pods say: each ready relay pod is asked ([`pod_reports`]) which
+//! config hash it runs, and `InForce` is True only when all of them run the latest.
+//!
 //! Render errors leave the children as they are (the previous config stays in force) and
 //! mark the Organization Degraded. A child the API server refuses (an immutable field, a
 //! quota) is a Degraded condition with the server's message; the other children are
 //! still applied and the reconcile is retried with exponential backoff. Deletion needs no
 //! finalizer: every child carries a controller owner reference, so the garbage collector
-//! removes the relay with its Organization.
+//! removes the relay with its Organization (the StatefulSet's spool claims are retained).
 //!
 //! Pure parts live in submodules: [`children`] (what to apply), [`names`] (names the API
 //! server accepts), [`status`] (what to report), [`leader`] (the election rule). [`metrics`]
@@ -30,6 +39,7 @@ mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod pod_reports;
 pub mod probe;
 pub mod status;
 #[cfg(test)]
@@ -41,13 +51,13 @@ use std::time::{Duration, Instant};
 
 use crds::{Condition, IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -61,8 +71,9 @@ use sha2::Digest;
 use crate::render::{Objects, RenderEnv, render};
 use children::{ChildDefaults, MANAGED_BY};
 use metrics::Metrics;
+use pod_reports::{HttpPodReports, PodReports};
 use probe::TlsProber;
-use status::{ACCEPTED, DEGRADED, Problem, TLS_VERIFIED};
+use status::{ACCEPTED, DEGRADED, PodReport, Problem, TLS_VERIFIED};
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "smtprelay-operator";
@@ -91,6 +102,14 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("deleting {kind} {namespace}/{name}: {source}")]
+    Delete {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing the status of {kind} {namespace}/{name}: {source}")]
     Status {
         kind: String,
@@ -108,6 +127,7 @@ impl Error {
             Error::NoNamespace(_) => "no_namespace",
             Error::Get { .. } => "get",
             Error::Apply { .. } => "apply",
+            Error::Delete { .. } => "delete",
             Error::Status { .. } => "status",
         }
     }
@@ -167,11 +187,15 @@ pub struct Stores {
     pub ranges: Store<IpAllowRange>,
     pub routes: Store<MailRoute>,
     pub config_maps: Store<ConfigMap>,
+    /// Deployments of relays from before StatefulSets, until they are replaced.
     pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
     pub services: Store<Service>,
     pub pdbs: Store<PodDisruptionBudget>,
-    pub claims: Store<PersistentVolumeClaim>,
     pub network_policies: Store<NetworkPolicy>,
+    /// Relay pods (by the label of their template): which are ready, and where to ask
+    /// them for the config in force.
+    pub pods: Store<Pod>,
 }
 
 /// The writing ends of [`Stores`], fed by the watches of [`run`].
@@ -182,10 +206,11 @@ pub struct Writers {
     routes: reflector::store::Writer<MailRoute>,
     config_maps: reflector::store::Writer<ConfigMap>,
     deployments: reflector::store::Writer<Deployment>,
+    stateful_sets: reflector::store::Writer<StatefulSet>,
     services: reflector::store::Writer<Service>,
     pdbs: reflector::store::Writer<PodDisruptionBudget>,
-    claims: reflector::store::Writer<PersistentVolumeClaim>,
     network_policies: reflector::store::Writer<NetworkPolicy>,
+    pods: reflector::store::Writer<Pod>,
 }
 
 impl Stores {
@@ -203,10 +228,11 @@ impl Stores {
             && one(&self.routes)
             && one(&self.config_maps)
             && one(&self.deployments)
+            && one(&self.stateful_sets)
             && one(&self.services)
             && one(&self.pdbs)
-            && one(&self.claims)
             && one(&self.network_policies)
+            && one(&self.pods)
     }
 
     /// Empty stores and their writers.
@@ -217,10 +243,11 @@ impl Stores {
         let (routes, w_routes) = reflector::store();
         let (config_maps, w_config_maps) = reflector::store();
         let (deployments, w_deployments) = reflector::store();
+        let (stateful_sets, w_stateful_sets) = reflector::store();
         let (services, w_services) = reflector::store();
         let (pdbs, w_pdbs) = reflector::store();
-        let (claims, w_claims) = reflector::store();
         let (network_policies, w_network_policies) = reflector::store();
+        let (pods, w_pods) = reflector::store();
         (
             Self {
                 organizations,
@@ -229,10 +256,11 @@ impl Stores {
                 routes,
                 config_maps,
                 deployments,
+                stateful_sets,
                 services,
                 pdbs,
-                claims,
                 network_policies,
+                pods,
             },
             Writers {
                 organizations: w_organizations,
@@ -241,10 +269,11 @@ impl Stores {
                 routes: w_routes,
                 config_maps: w_config_maps,
                 deployments: w_deployments,
+                stateful_sets: w_stateful_sets,
                 services: w_services,
                 pdbs: w_pdbs,
-                claims: w_claims,
                 network_policies: w_network_policies,
+                pods: w_pods,
             },
         )
     }
@@ -256,6 +285,8 @@ pub struct Context<P> {
     pub recorder: Recorder,
     pub settings: Settings,
     pub prober: P,
+    /// Asks relay pods which config they run (replaceable for tests).
+    pub pod_reports: Arc<dyn PodReports>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     /// Source of the backoff jitter: a number in `[0, 1)` (injectable for tests).
@@ -301,6 +332,7 @@ impl<P: TlsProber> Context<P> {
             client,
             settings,
             prober,
+            pod_reports: Arc::new(HttpPodReports::default()),
             metrics,
             clock: Arc::new(Timestamp::now),
             jitter: Arc::new(fastrand::f64),
@@ -701,19 +733,67 @@ fn refusals(org: &Organization, settings: &Settings) -> Vec<Problem> {
     out
 }
 
+/// The spool a StatefulSet was created with: its claim template, or its emptyDir.
+fn spool_of(stateful_set: &StatefulSet) -> Option<crds::SpoolSpec> {
+    let spec = &stateful_set.spec;
+    if let Some(claim) = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .find(|c| c.metadata.name.as_deref() == Some(children::SPOOL_VOLUME))
+    {
+        let claim = claim.spec.as_ref()?;
+        return Some(crds::SpoolSpec {
+            size: claim
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| q.0.clone()),
+            storage_class_name: claim.storage_class_name.clone(),
+            ephemeral: false,
+        });
+    }
+    let empty_dir = spec
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == children::SPOOL_VOLUME)?
+        .empty_dir
+        .as_ref()?;
+    Some(crds::SpoolSpec {
+        size: empty_dir.size_limit.as_ref().map(|q| q.0.clone()),
+        storage_class_name: None,
+        ephemeral: true,
+    })
+}
+
+/// A spool spec with its defaults filled in, for comparison.
+fn spool_with_defaults(spool: Option<&crds::SpoolSpec>) -> crds::SpoolSpec {
+    let mut s = spool.cloned().unwrap_or_default();
+    s.size
+        .get_or_insert_with(|| children::DEFAULT_SPOOL_SIZE.into());
+    s
+}
+
 /// `org` as the operator runs it: a refused image is replaced by the one the relay runs
-/// now (or the default), a refused Service type by the current one (or ClusterIP), so that
-/// everything else the Organization asks for still takes effect.
+/// now (or the default), a refused Service type by the current one (or ClusterIP), and a
+/// spool change by the spool the StatefulSet has (its claim templates cannot change: the
+/// API server refuses the update), so that everything else the Organization asks for
+/// still takes effect. A kept spool is added to `problems`.
 fn within_bounds(
     org: &Organization,
-    refused: &[Problem],
-    deployment: Option<&Deployment>,
+    problems: &mut Vec<Problem>,
+    stateful_set: Option<&StatefulSet>,
     services: &Store<Service>,
 ) -> Organization {
     let mut allowed = org.clone();
-    let refused = |reason: &str| refused.iter().any(|p| p.reason == reason);
+    let refused = |reason: &str| problems.iter().any(|p| p.reason == reason);
     if refused("ImageNotAllowed") {
-        allowed.spec.relay.image = deployment.and_then(|d| {
+        allowed.spec.relay.image = stateful_set.and_then(|d| {
             d.spec
                 .template
                 .spec
@@ -737,6 +817,28 @@ fn within_bounds(
                 _ => crds::ServiceType::ClusterIP,
             },
         );
+    }
+    if let Some(current) = stateful_set.and_then(spool_of)
+        && spool_with_defaults(Some(&current)) != spool_with_defaults(org.spec.relay.spool.as_ref())
+    {
+        let describe = |s: &crds::SpoolSpec| {
+            let s = spool_with_defaults(Some(s));
+            let size = s.size.unwrap_or_default();
+            match (s.ephemeral, s.storage_class_name) {
+                (true, _) => format!("an emptyDir of at most {size}"),
+                (false, Some(class)) => format!("a {size} claim of class {class} per pod"),
+                (false, None) => format!("a {size} claim per pod"),
+            }
+        };
+        problems.push(Problem::new(
+            "SpoolUnchangeable",
+            format!(
+                "relay.spool asks for {} but the relay's StatefulSet was created with {}, and a StatefulSet's claim templates cannot change; the relay keeps its spool (grow claims by editing them; to change the kind, drain and recreate the relay)",
+                describe(org.spec.relay.spool.as_ref().unwrap_or(&Default::default())),
+                describe(&current)
+            ),
+        ));
+        allowed.spec.relay.spool = Some(current);
     }
     allowed
 }
@@ -850,13 +952,17 @@ async fn reconcile_org<P: TlsProber>(
     // Children.
     let relay_name = children::relay_name(&name);
     let existing = stores
-        .deployments
-        .get(&ObjectRef::new(&relay_name).within(&ns))
+        .stateful_sets
+        .get(&ObjectRef::new(&children::stateful_set_name(&name)).within(&ns))
         .map(|d| d.as_ref().clone());
+    let old_config_map = stores
+        .config_maps
+        .get(&ObjectRef::new(&children::config_map_name(&name)).within(&ns))
+        .map(|c| c.as_ref().clone());
     let mounted = children::mounted_secrets(org, &routes, &secret_names);
     let secrets_hash = children::secrets_hash(&mounted, &secrets);
     let mut problems = refusals(org, &ctx.settings);
-    let allowed = within_bounds(org, &problems, existing.as_ref(), &stores.services);
+    let allowed = within_bounds(org, &mut problems, existing.as_ref(), &stores.services);
     let built = children::build(
         &allowed,
         &rendered.config,
@@ -873,13 +979,19 @@ async fn reconcile_org<P: TlsProber>(
         &mut failed,
     )
     .await;
-    if let Some(pvc) = &built.spool_claim {
-        ensure_or_note(client, &stores.claims, pvc, &mut problems, &mut failed).await;
-    }
-    let deployment = ensure_or_note(
+    // The headless Service first: the StatefulSet names it.
+    ensure_or_note(
         client,
-        &stores.deployments,
-        &built.deployment,
+        &stores.services,
+        &built.pods_service,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
+    let stateful_set = ensure_or_note(
+        client,
+        &stores.stateful_sets,
+        &built.stateful_set,
         &mut problems,
         &mut failed,
     )
@@ -901,13 +1013,30 @@ async fn reconcile_org<P: TlsProber>(
         &mut failed,
     )
     .await;
+    let desired = allowed.spec.relay.replicas.unwrap_or(1).max(1);
+    let rollout = status::Rollout::of(stateful_set.as_ref());
+    let replaced = replace_deployment(ctx, org, &ns, &relay_name, &rollout, desired).await;
+    if let Err(e) = replaced {
+        problems.push(Problem::new("DeploymentNotReplaced", e.to_string()));
+        failed.get_or_insert(e);
+    }
+    let reports = pod_reports(ctx, &ns, &name, rendered.config.admin_listen.port()).await;
 
     // Status of the Organization, then the Events that announce it.
     let new = status::organization_rendered(
         org,
         &rendered.config,
         &rendered.findings,
-        deployment.as_ref(),
+        status::Relay {
+            stateful_set: stateful_set.as_ref(),
+            ephemeral_spool: children::ephemeral_spool(&allowed),
+            reports: &reports,
+            content_hash: Some(&children::content_hash_in_pods(
+                &rendered.config,
+                &mounted,
+                &secrets,
+            )),
+        },
         &problems,
         &now,
     );
@@ -922,7 +1051,8 @@ async fn reconcile_org<P: TlsProber>(
         old_status.as_ref(),
         &rendered.config.hash,
         existing.as_ref(),
-        deployment.is_some(),
+        stateful_set.is_some(),
+        old_config_map.as_ref(),
         &mounted,
         &secrets_hash,
     )
@@ -935,12 +1065,25 @@ async fn reconcile_org<P: TlsProber>(
         for w in [
             watched(status::READY, "False", true),
             watched(DEGRADED, "True", false),
+            watched(status::SPOOL_EPHEMERAL, "True", false),
         ] {
             publish_if_changed(ctx, org, before, &new.conditions, &w).await;
         }
+        // The audit log's last word on a config: when every relay runs it. The steps on
+        // the way (pods still on the old hash) are status only: they are expected.
+        if let Some(now) = status::condition(&new.conditions, status::IN_FORCE)
+            && now.status == "True"
+            && status::condition(before, status::IN_FORCE)
+                .is_none_or(|b| (&b.status, &b.message) != (&now.status, &now.message))
+        {
+            publish(ctx, org, EventType::Normal, "ConfigInForce", &now.message).await;
+        }
     }
+    // Settled once rolled out and in force on every ready pod (the kubelet refreshes
+    // ConfigMap volumes within a minute or two; until then come back soon).
     let settled = status::condition(&new.conditions, status::PROGRESSING)
-        .is_some_and(|c| c.status == "False");
+        .is_some_and(|c| c.status == "False")
+        && status::condition(&new.conditions, status::IN_FORCE).is_some_and(|c| c.status == "True");
 
     // Status of the other kinds.
     for s in &settings {
@@ -1019,8 +1162,9 @@ async fn announce_changes<P: TlsProber>(
     org: &Organization,
     old_status: Option<&crds::OrganizationStatus>,
     new_hash: &str,
-    existing: Option<&Deployment>,
+    existing: Option<&StatefulSet>,
     deployed: bool,
+    old_config_map: Option<&ConfigMap>,
     mounted: &[children::MountedSecret],
     secrets_hash: &str,
 ) {
@@ -1039,38 +1183,124 @@ async fn announce_changes<P: TlsProber>(
             publish(ctx, org, EventType::Normal, "ConfigUpdated", &note).await
         }
     }
-    let old_secrets_hash = existing.and_then(|d| {
-        d.spec
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(children::SECRETS_HASH_ANNOTATION)
-            .cloned()
-    });
-    match (existing, old_secrets_hash) {
-        (None, _) if deployed => {
-            let note = format!(
-                "created Deployment {} with {} replica(s)",
-                children::relay_name(&org.name_any()),
-                org.spec.relay.replicas.unwrap_or(1).max(1)
-            );
-            publish(ctx, org, EventType::Normal, "RelayCreated", &note).await
-        }
-        (None, _) => {}
-        (Some(_), Some(old)) if old == secrets_hash => {}
-        (Some(_), old) => {
-            let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
-            let note = format!(
-                "mounted Secrets [{}] changed (hash {} to {}): relay pods restart to load them",
-                names.join(", "),
-                short(old.as_deref().unwrap_or("none")),
-                short(secrets_hash)
-            );
-            publish(ctx, org, EventType::Normal, "SecretsChanged", &note).await
+    if existing.is_none() && deployed {
+        let note = format!(
+            "created StatefulSet {} with {} replica(s), each with its own spool",
+            children::stateful_set_name(&org.name_any()),
+            org.spec.relay.replicas.unwrap_or(1).max(1)
+        );
+        publish(ctx, org, EventType::Normal, "RelayCreated", &note).await
+    }
+    let old_secrets_hash = old_config_map
+        .and_then(|c| c.metadata.annotations.as_ref())
+        .and_then(|a| a.get(children::SECRETS_HASH_ANNOTATION));
+    if let Some(old) = old_secrets_hash
+        && old != secrets_hash
+    {
+        let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
+        let note = format!(
+            "mounted Secrets [{}] changed (hash {} to {}): relays reload the files without restarting once the kubelet has refreshed them",
+            names.join(", "),
+            short(old),
+            short(secrets_hash)
+        );
+        publish(ctx, org, EventType::Normal, "SecretsChanged", &note).await
+    }
+}
+
+/// Deletes the Deployment that ran this relay before StatefulSets, once the StatefulSet
+/// has every desired pod ready (so clients are served throughout). Only a Deployment
+/// this Organization controls is touched. Its spool claim, if it had one, stays: it may
+/// hold queued mail (see `deploy/README.md`).
+async fn replace_deployment<P: TlsProber>(
+    ctx: &Context<P>,
+    org: &Organization,
+    ns: &str,
+    name: &str,
+    rollout: &status::Rollout,
+    desired: i32,
+) -> Result<(), Error> {
+    let Some(old) = ctx.stores.deployments.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(());
+    };
+    let ours = old
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == org.metadata.uid.as_ref());
+    if !ours || old.metadata.deletion_timestamp.is_some() || !rollout.complete(desired) {
+        return Ok(());
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(source) => {
+            return Err(Error::Delete {
+                kind: "Deployment",
+                namespace: ns.into(),
+                name: name.into(),
+                source,
+            });
         }
     }
+    let claim = old
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone());
+    let set = children::stateful_set_name(&org.name_any());
+    let (kind, note) = match claim {
+        Some(claim) => (
+            EventType::Warning,
+            format!(
+                "replaced Deployment {name} by StatefulSet {set}; its spool claim {claim} is kept: drain its queue before deleting it"
+            ),
+        ),
+        None => (
+            EventType::Normal,
+            format!("replaced Deployment {name} by StatefulSet {set}"),
+        ),
+    };
+    publish(ctx, org, kind, "DeploymentReplaced", &note).await;
+    Ok(())
+}
+
+/// What every ready relay pod of `org` says about its config, asked concurrently.
+async fn pod_reports<P: TlsProber>(
+    ctx: &Context<P>,
+    ns: &str,
+    org: &str,
+    admin_port: u16,
+) -> Vec<PodReport> {
+    let selector = children::selector_labels(org);
+    let ready: Vec<(String, std::net::IpAddr)> = in_namespace(&ctx.stores.pods, ns)
+        .into_iter()
+        .filter(|p| {
+            let labels = p.labels();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ip = status.pod_ip.as_deref()?.parse().ok()?;
+            ready.then(|| (p.name_any(), ip))
+        })
+        .collect();
+    let asks = ready.into_iter().map(|(pod, ip)| async move {
+        let running = ctx.pod_reports.running(ip, admin_port).await;
+        PodReport { pod, running }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// The route as the operator probes it: its CA file (a Secret mount path in relay pods) is
@@ -1184,7 +1414,7 @@ where
 /// Every watched kind feeds a reflector store that reconciles read from. Organizations
 /// and their inputs trigger a reconcile only when their spec or labels change, so the
 /// operator's own status writes do not reconcile again; children trigger one on any
-/// change (a Deployment's status is how a rollout is seen).
+/// change (a StatefulSet's status is how a rollout is seen), and so do relay pods.
 pub async fn run<P: TlsProber>(
     ctx: Arc<Context<P>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -1195,7 +1425,8 @@ pub async fn run<P: TlsProber>(
     };
     let client = ctx.client.clone();
     let stores = ctx.stores.clone();
-    let (s1, s2, s3) = (
+    let (s1, s2, s3, s4) = (
+        stores.organizations.clone(),
         stores.organizations.clone(),
         stores.organizations.clone(),
         stores.organizations.clone(),
@@ -1206,10 +1437,14 @@ pub async fn run<P: TlsProber>(
     )
     .owns_stream(children_of(&client, w.config_maps))
     .owns_stream(children_of(&client, w.deployments))
+    .owns_stream(children_of(&client, w.stateful_sets))
     .owns_stream(children_of(&client, w.services))
     .owns_stream(children_of(&client, w.pdbs))
-    .owns_stream(children_of(&client, w.claims))
     .owns_stream(children_of(&client, w.network_policies))
+    // A relay pod turning ready (or going) changes which pods must report the config.
+    .watches_stream(children_of(&client, w.pods), move |p| {
+        organizations_in(&s4, p.namespace())
+    })
     .watches_stream(inputs(&client, w.settings), move |o| {
         organizations_in(&s1, o.namespace())
     })

@@ -47,7 +47,7 @@ pub struct RenderEnv {
 }
 
 impl RenderEnv {
-    /// The layout of a relay pod, as the operator's Deployment mounts it.
+    /// The layout of a relay pod, as the operator's StatefulSet mounts it.
     pub fn pod() -> Self {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Self {

@@ -1,19 +1,30 @@
 //! Golden files of the children the operator applies for every example (except
-//! `invalid/` and `ci/`): ConfigMap, Deployment, Service and PodDisruptionBudget as YAML. A change in
-//! what the operator deploys shows up as a reviewable diff of `tests/golden/<example>.yaml`.
+//! `invalid/` and `ci/`): ConfigMap, StatefulSet, headless and client Services,
+//! PodDisruptionBudget and NetworkPolicy as YAML, and for variants of examples whose relay
+//! settings no example uses (`tests/golden/variant-*.yaml`: LoadBalancer and NodePort
+//! Services, several replicas, a sized claim, an ephemeral spool). A change in what the
+//! operator deploys shows up as a reviewable diff of `tests/golden/<example>.yaml`.
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p operator --test controller_golden`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crds::manifest::load_paths;
+use crds::{LimitStoreKind, LimitStoreSpec, Organization, ServiceType, SpoolSpec};
 use kube::ResourceExt;
 use operator::controller::children::{ChildDefaults, build, mounted_secrets, secrets_hash};
 use operator::manifests::{organization_namespace, render_set};
 use operator::render::RenderEnv;
 
 fn children_yaml(example: &Path) -> String {
-    let set = load_paths(&[example.to_path_buf()]).unwrap();
+    children_yaml_with(example, |_| {})
+}
+
+fn children_yaml_with(example: &Path, change: impl Fn(&mut Organization)) -> String {
+    let mut set = load_paths(&[example.to_path_buf()]).unwrap();
+    for org in &mut set.organizations {
+        change(&mut org.object);
+    }
     let rendered = render_set(&set, &RenderEnv::pod()).unwrap();
     let namespace = organization_namespace(&set).unwrap();
     let org = set
@@ -34,6 +45,71 @@ fn children_yaml(example: &Path) -> String {
         &ChildDefaults::default(),
     );
     children.to_yaml().unwrap()
+}
+
+/// Compares `actual` with the golden file `name`, or writes it under `UPDATE_GOLDEN`.
+fn check(name: &str, actual: &str, stale: &mut Vec<String>) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let golden = root.join("tests/golden").join(format!("{name}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        eprintln!(
+            "{name}: children differ from {} from line {}:\n  golden: {:?}\n  actual: {:?}",
+            golden.display(),
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first)
+        );
+        stale.push(name.to_string());
+    }
+}
+
+#[test]
+fn children_of_relay_variants_match_their_golden_files() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut stale = Vec::new();
+    // Three replicas behind a cloud load balancer, each with a 5Gi claim of class `fast`.
+    let load_balanced = children_yaml_with(&examples.join("on-premise-ip-range"), |o| {
+        o.spec.relay.service_type = Some(ServiceType::LoadBalancer);
+        o.spec.relay.replicas = Some(3);
+        o.spec.relay.limit_store = Some(LimitStoreSpec {
+            kind: LimitStoreKind::Redis,
+            url: Some("redis://redis:6379/0".into()),
+            password_secret_ref: None,
+        });
+        o.spec.relay.spool = Some(SpoolSpec {
+            size: Some("5Gi".into()),
+            storage_class_name: Some("fast".into()),
+            ephemeral: false,
+        });
+    });
+    check(
+        "variant-load-balancer-3-replicas",
+        &load_balanced,
+        &mut stale,
+    );
+    // A NodePort Service and an emptyDir spool chosen on purpose.
+    let ephemeral = children_yaml_with(&examples.join("quickstart"), |o| {
+        o.spec.relay.service_type = Some(ServiceType::NodePort);
+        o.spec.relay.spool = Some(SpoolSpec {
+            ephemeral: true,
+            ..Default::default()
+        });
+    });
+    check("variant-node-port-ephemeral-spool", &ephemeral, &mut stale);
+    assert!(
+        stale.is_empty(),
+        "golden files out of date for {stale:?}; if the change is intended, regenerate with:\n  UPDATE_GOLDEN=1 cargo test -p operator --test controller_golden"
+    );
 }
 
 #[test]

@@ -91,6 +91,15 @@ pub fn named_files(config: &RelayConfig) -> Vec<(&'static str, &str)> {
 /// fixed order. A file that cannot be read contributes its error kind, so its coming back
 /// is a change too.
 pub fn content_hash(config: &RelayConfig) -> String {
+    content_hash_with(config, |path| std::fs::read(path))
+}
+
+/// [`content_hash`] with the files read by `read` instead of from disk: the operator
+/// computes the hash a relay pod should report from the Secrets it mounts there.
+pub fn content_hash_with(
+    config: &RelayConfig,
+    read: impl Fn(&str) -> std::io::Result<Vec<u8>>,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let doc = if config.hash.is_empty() {
@@ -105,7 +114,7 @@ pub fn content_hash(config: &RelayConfig) -> String {
         h.update(b"\0");
         h.update(path.as_bytes());
         h.update(b"\0");
-        match std::fs::read(path) {
+        match read(path) {
             Ok(bytes) => {
                 h.update((bytes.len() as u64).to_be_bytes());
                 h.update(&bytes);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 #[command(
     name = "operator",
     version,
-    about = "Reconcile SmtpRelay Organizations into relay Deployments"
+    about = "Reconcile SmtpRelay Organizations into relay StatefulSets"
 )]
 struct Args {
     /// Address of `/metrics` and `/healthz`.

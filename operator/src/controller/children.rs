@@ -1,16 +1,22 @@
 //! The objects the operator owns for one Organization, built by pure functions.
 //!
 //! [`build`] turns an Organization, its rendered [`RelayConfig`](relay::config::RelayConfig)
-//! and the hash of its mounted Secrets into the ConfigMap, Deployment, Service,
-//! PodDisruptionBudget, NetworkPolicy and (for a persistent spool) PersistentVolumeClaim
-//! that run its relay. Names come from [`names`](super::names), so they are valid whatever
-//! the Organization and its Secrets are called.
+//! and the hash of its mounted Secrets into the ConfigMap, StatefulSet, its headless
+//! Service, the client Service, PodDisruptionBudget and NetworkPolicy that run its relay.
+//! Names come from [`names`](super::names), so they are valid whatever the Organization
+//! and its Secrets are called.
 //! The same inputs always give the same objects, so server-side apply with one field manager
 //! is idempotent, and golden files pin the output.
 //!
-//! The config hash is deliberately *not* in the pod template: relays hot-reload the
-//! ConfigMap. Only a change of a mounted Secret's data changes the template (through
-//! [`SECRETS_HASH_ANNOTATION`]) and so restarts the pods.
+//! Each relay pod owns its spool: a claim from the StatefulSet's `volumeClaimTemplates`
+//! (an emptyDir only when `spool.ephemeral` says so), kept when a pod is replaced or the
+//! StatefulSet scaled down, so mail acknowledged by a pod waits on its claim for the next
+//! pod with that ordinal.
+//!
+//! Neither the config hash nor the Secrets' hash is in the pod template: relays reload
+//! the ConfigMap and every file it names (TLS keys, credentials, CA roots) when their
+//! content changes, so no change of configuration or Secret restarts a pod. The Secrets'
+//! hash sits on the ConfigMap ([`SECRETS_HASH_ANNOTATION`]) for the audit log only.
 //!
 //! Nothing here talks to the API server; `controller` applies what this module builds.
 
@@ -18,13 +24,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crds::{MailRoute, Organization, ServiceType};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -40,7 +49,8 @@ use sha2::{Digest, Sha256};
 
 use super::names;
 
-/// Pod-template annotation holding the hash of the mounted Secrets' data.
+/// ConfigMap annotation holding the hash of the mounted Secrets' data (the audit log's
+/// `SecretsChanged` Event; it restarts nothing).
 pub const SECRETS_HASH_ANNOTATION: &str = "smtprelay.dev/secrets-hash";
 /// ConfigMap annotation holding the hash of the RelayConfig it carries.
 pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
@@ -54,6 +64,18 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "smtprelay
 const ADMIN_PORT_NAME: &str = "admin";
 /// Non-root user the relay runs as (the distroless `nonroot` user).
 const RELAY_UID: i64 = 65532;
+/// Spool claim (or emptyDir size limit) when `spool.size` is unset.
+pub const DEFAULT_SPOOL_SIZE: &str = "1Gi";
+/// Seconds a stopping relay keeps its listeners open after turning unready, so that
+/// endpoints and load balancers stop sending it new connections first.
+pub const DRAIN_DELAY_SECONDS: i64 = 10;
+/// Most seconds of the stop budget given to open sessions (a message in DATA finishing);
+/// a session still open after that is cut by the kubelet and its unacknowledged message
+/// retried by the client.
+pub const SESSION_FINISH_CAP_SECONDS: i64 = 300;
+/// Seconds the startup probe waits for a relay to recover its spool (a large queue is
+/// read and indexed before the relay listens): 360 checks 5 s apart.
+pub const STARTUP_BUDGET_SECONDS: i32 = 1800;
 
 /// Settings of the operator that shape children but are not part of the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,16 +185,76 @@ pub fn secrets_hash(mounted: &[MountedSecret], secrets: &[Secret]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The volume, mount directory and keys of a mounted Secret in relay pods.
+fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) {
+    let env = crate::render::RenderEnv::pod();
+    match m.usage {
+        SecretUse::Tls => ("tls".into(), env.tls_dir.clone(), &["tls.crt", "tls.key"]),
+        SecretUse::Auth => ("auth".into(), env.credentials_dir.clone(), &["credentials"]),
+        SecretUse::Ca => (
+            ca_volume_name(&m.name),
+            format!("{}/{}", env.ca_dir, m.name),
+            &["ca.crt"],
+        ),
+        SecretUse::RedisPassword => {
+            let file = env.redis_password_file();
+            let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+            ("redis".into(), dir.to_string(), &["password"])
+        }
+    }
+}
+
+/// The content hash a relay pod reports once its kubelet has written the current data
+/// of the mounted Secrets: [`relay::generation::content_hash`] over the files as they
+/// appear in the pod. A key a Secret lacks is a missing file there too.
+pub fn content_hash_in_pods(
+    config: &RelayConfig,
+    mounted: &[MountedSecret],
+    secrets: &[Secret],
+) -> String {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for m in mounted {
+        let Some(secret) = secrets.iter().find(|s| s.name_any() == m.name) else {
+            continue;
+        };
+        let (_, dir, keys) = secret_mount(m);
+        for key in keys {
+            let value = secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(*key))
+                .map(|v| v.as_bytes().to_vec())
+                .or_else(|| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(*key))
+                        .map(|ByteString(v)| v.clone())
+                });
+            if let Some(value) = value {
+                files.insert(format!("{dir}/{key}"), value);
+            }
+        }
+    }
+    relay::generation::content_hash_with(config, |path| {
+        files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    })
+}
+
 /// Everything applied for one Organization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
     pub config_map: ConfigMap,
-    pub deployment: Deployment,
+    pub stateful_set: StatefulSet,
+    /// The headless Service of the StatefulSet (stable pod names).
+    pub pods_service: Service,
+    /// The Service clients connect to.
     pub service: Service,
     pub pdb: PodDisruptionBudget,
     pub network_policy: NetworkPolicy,
-    /// Only when `spec.relay.spool.size` asks for a persistent spool.
-    pub spool_claim: Option<PersistentVolumeClaim>,
 }
 
 impl Children {
@@ -184,13 +266,11 @@ impl Children {
             out.push_str(&doc);
         };
         push(serde_yaml::to_string(&self.config_map)?);
-        push(serde_yaml::to_string(&self.deployment)?);
+        push(serde_yaml::to_string(&self.stateful_set)?);
+        push(serde_yaml::to_string(&self.pods_service)?);
         push(serde_yaml::to_string(&self.service)?);
         push(serde_yaml::to_string(&self.pdb)?);
         push(serde_yaml::to_string(&self.network_policy)?);
-        if let Some(pvc) = &self.spool_claim {
-            push(serde_yaml::to_string(pvc)?);
-        }
         Ok(out)
     }
 }
@@ -200,16 +280,28 @@ pub fn config_map_name(org: &str) -> String {
     names::child_name("", org, "-relay-config")
 }
 
-/// Name of the Deployment, Service, PodDisruptionBudget and NetworkPolicy: a DNS-1035
-/// label (as a Service name must be) whatever the Organization is called.
+/// Name of the Service, PodDisruptionBudget, NetworkPolicy and of the Deployment that ran
+/// the relay before StatefulSets (and of the StatefulSet unless too long, see
+/// [`stateful_set_name`]): a DNS-1035 label (as a Service name must be) whatever the
+/// Organization is called.
 pub fn relay_name(org: &str) -> String {
     names::child_name("", org, "-relay")
 }
 
-/// Name of the spool PersistentVolumeClaim.
-pub fn spool_claim_name(org: &str) -> String {
-    names::child_name("", org, "-relay-spool")
+/// Name of the StatefulSet: the same as [`relay_name`] unless that is too long for the
+/// StatefulSet's pods to start (see [`names::MAX_STATEFUL_SET`]).
+pub fn stateful_set_name(org: &str) -> String {
+    names::child_name_within("", org, "-relay", names::MAX_STATEFUL_SET)
 }
+
+/// Name of the headless Service that governs the StatefulSet.
+pub fn pods_service_name(org: &str) -> String {
+    names::child_name("", org, "-relay-pods")
+}
+
+/// Name of the spool volume and of the StatefulSet's claim template: pod `N` gets the
+/// claim `spool-<relay>-N`.
+pub const SPOOL_VOLUME: &str = "spool";
 
 /// Name of the volume of a route's CA Secret: a DNS-1123 label even when the Secret's
 /// name has dots or is long.
@@ -261,6 +353,43 @@ fn meta(org: &Organization, name: String) -> ObjectMeta {
     }
 }
 
+/// True when the Organization asked for an emptyDir spool.
+pub fn ephemeral_spool(org: &Organization) -> bool {
+    org.spec.relay.spool.as_ref().is_some_and(|s| s.ephemeral)
+}
+
+/// `terminationGracePeriodSeconds` of relay pods: the budget of a relay's stop. After
+/// SIGTERM the relay turns unready and keeps listening for [`DRAIN_DELAY_SECONDS`], then
+/// closes its listeners and waits for open sessions (at most the session timeout; this
+/// budget gives them up to [`SESSION_FINISH_CAP_SECONDS`]), then for delivery attempts
+/// under way (at most four connect timeouts). With the default limits: 10 + 300 + 4 × 30
+/// = 430 s.
+pub fn termination_grace_seconds(config: &RelayConfig) -> i64 {
+    let session = i64::try_from(config.limits.session_timeout_seconds)
+        .unwrap_or(i64::MAX)
+        .min(SESSION_FINISH_CAP_SECONDS);
+    let delivery = i64::try_from(config.delivery.connect_timeout_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(4)
+        .max(1);
+    DRAIN_DELAY_SECONDS
+        .saturating_add(session)
+        .saturating_add(delivery)
+}
+
+/// Requests of the relay container when `relay.resources` is unset: enough to be
+/// scheduled as Burstable rather than evicted first as BestEffort. No limits: a relay
+/// under load should not be throttled or killed for a short burst.
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        ..Default::default()
+    }
+}
+
 /// Builds the children of `org` from its rendered config and the hash of its mounted
 /// Secrets (see [`secrets_hash`]).
 pub fn build(
@@ -275,47 +404,19 @@ pub fn build(
     let replicas = relay.replicas.unwrap_or(1).max(1);
 
     let mut cm_meta = meta(org, config_map_name(&name));
-    cm_meta.annotations = Some(BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_string(),
-        config.hash.clone(),
-    )]));
+    cm_meta.annotations = Some(BTreeMap::from([
+        (CONFIG_HASH_ANNOTATION.to_string(), config.hash.clone()),
+        (
+            SECRETS_HASH_ANNOTATION.to_string(),
+            secrets_hash.to_string(),
+        ),
+    ]));
     let config_map = ConfigMap {
         metadata: cm_meta,
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), config.to_json())])),
         ..Default::default()
     };
 
-    let spool_claim = relay
-        .spool
-        .as_ref()
-        .and_then(|s| s.size.as_ref().map(|size| (s, size)))
-        .map(|(spool, size)| PersistentVolumeClaim {
-            metadata: meta(org, spool_claim_name(&name)),
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                storage_class_name: spool.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_string(),
-                        Quantity(size.clone()),
-                    )])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-
-    let deployment = deployment(
-        org,
-        config,
-        mounted,
-        secrets_hash,
-        defaults,
-        replicas,
-        spool_claim.is_some(),
-    );
-    let service = service(org);
     let pdb = PodDisruptionBudget {
         metadata: meta(org, relay_name(&name)),
         spec: Some(PodDisruptionBudgetSpec {
@@ -323,8 +424,9 @@ pub fn build(
                 match_labels: Some(selector_labels(&name)),
                 ..Default::default()
             }),
-            min_available: (replicas > 1).then_some(IntOrString::Int(1)),
-            max_unavailable: (replicas <= 1).then_some(IntOrString::Int(1)),
+            // A node drain takes one relay pod at a time; with one replica it may take
+            // that one (its claim waits for it on the new node).
+            max_unavailable: Some(IntOrString::Int(1)),
             ..Default::default()
         }),
         ..Default::default()
@@ -332,13 +434,12 @@ pub fn build(
     Children {
         config_map,
         network_policy: network_policy(org, config, defaults),
-        deployment,
-        service,
+        stateful_set: stateful_set(org, config, mounted, defaults, replicas),
+        pods_service: pods_service(org, config),
+        service: service(org),
         pdb,
-        spool_claim,
     }
 }
-
 /// Ingress to the relay pods: the SMTP ports from `relay.allowedClientCidrs` (anywhere
 /// when empty), the admin port only from the operator's and the monitoring namespaces.
 /// Egress is left open: the relay delivers to whatever MX hosts mail is addressed to.
@@ -406,15 +507,13 @@ fn network_policy(
     }
 }
 
-fn deployment(
+fn stateful_set(
     org: &Organization,
     config: &RelayConfig,
     mounted: &[MountedSecret],
-    secrets_hash: &str,
     defaults: &ChildDefaults,
     replicas: i32,
-    persistent_spool: bool,
-) -> Deployment {
+) -> StatefulSet {
     let name = org.name_any();
     let relay = &org.spec.relay;
     let port = |name: &str, port: u16| ContainerPort {
@@ -424,15 +523,24 @@ fn deployment(
         ..Default::default()
     };
     let admin_port = config.admin_listen.port();
-    let http_probe = |path: &str, period: i32| Probe {
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(ADMIN_PORT_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
+        failure_threshold: Some(failures),
         ..Default::default()
     };
+    let ephemeral = relay.spool.as_ref().is_some_and(|s| s.ephemeral);
+    let spool_size = Quantity(
+        relay
+            .spool
+            .as_ref()
+            .and_then(|s| s.size.clone())
+            .unwrap_or_else(|| DEFAULT_SPOOL_SIZE.into()),
+    );
 
     let mut volumes = vec![Volume {
         name: "config".into(),
@@ -448,22 +556,8 @@ fn deployment(
         read_only: Some(true),
         ..Default::default()
     }];
-    let env = crate::render::RenderEnv::pod();
     for m in mounted {
-        let (volume, path, keys): (String, String, &[&str]) = match m.usage {
-            SecretUse::Tls => ("tls".into(), env.tls_dir.clone(), &["tls.crt", "tls.key"]),
-            SecretUse::Auth => ("auth".into(), env.credentials_dir.clone(), &["credentials"]),
-            SecretUse::Ca => (
-                ca_volume_name(&m.name),
-                format!("{}/{}", env.ca_dir, m.name),
-                &["ca.crt"],
-            ),
-            SecretUse::RedisPassword => {
-                let file = env.redis_password_file();
-                let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
-                ("redis".into(), dir.to_string(), &["password"])
-            }
-        };
+        let (volume, path, keys) = secret_mount(m);
         volumes.push(Volume {
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
@@ -488,24 +582,18 @@ fn deployment(
             ..Default::default()
         });
     }
-    volumes.push(if persistent_spool {
-        Volume {
-            name: "spool".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: spool_claim_name(&name),
+    if ephemeral {
+        volumes.push(Volume {
+            name: SPOOL_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(spool_size.clone()),
                 ..Default::default()
             }),
             ..Default::default()
-        }
-    } else {
-        Volume {
-            name: "spool".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }
-    });
+        });
+    }
     mounts.push(VolumeMount {
-        name: "spool".into(),
+        name: SPOOL_VOLUME.into(),
         mount_path: config.spool_dir.clone(),
         ..Default::default()
     });
@@ -522,6 +610,8 @@ fn deployment(
             "relay".into(),
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+            "--drain-delay-seconds".into(),
+            DRAIN_DELAY_SECONDS.to_string(),
         ]),
         ports: Some(vec![
             port("smtp", config.listeners.smtp.port()),
@@ -529,9 +619,12 @@ fn deployment(
             port("smtps", config.listeners.smtps.port()),
             port(ADMIN_PORT_NAME, admin_port),
         ]),
-        liveness_probe: Some(http_probe("/healthz", 10)),
-        readiness_probe: Some(http_probe("/readyz", 5)),
-        resources: relay.resources.clone(),
+        // Started once `/healthz` answers (after spool recovery); restarted when it stops
+        // answering; in the Service only while `/readyz` says the listeners take mail.
+        startup_probe: Some(http_probe("/healthz", 5, STARTUP_BUDGET_SECONDS / 5)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        resources: Some(relay.resources.clone().unwrap_or_else(default_resources)),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -552,24 +645,52 @@ fn deployment(
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), admin_port.to_string()),
         ("prometheus.io/path".to_string(), "/metrics".to_string()),
-        (
-            SECRETS_HASH_ANNOTATION.to_string(),
-            secrets_hash.to_string(),
-        ),
     ]);
-    Deployment {
-        metadata: meta(org, relay_name(&name)),
-        spec: DeploymentSpec {
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(SPOOL_VOLUME.into()),
+            labels: Some(labels(&name)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: relay
+                .spool
+                .as_ref()
+                .and_then(|s| s.storage_class_name.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), spool_size)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: meta(org, stateful_set_name(&name)),
+        spec: StatefulSetSpec {
             replicas: Some(replicas),
+            service_name: Some(pods_service_name(&name)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&name)),
                 ..Default::default()
             },
-            // One ReadWriteOnce claim cannot be attached by two pods during a rollout.
-            strategy: persistent_spool.then(|| DeploymentStrategy {
-                type_: Some("Recreate".into()),
+            // Pods need no start order; a rollout replaces one pod at a time, each new
+            // pod on the claim of the pod it replaces.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
                 ..Default::default()
             }),
+            // Claims stay when pods go: a scaled-down or deleted relay's queue is kept
+            // until it is drained.
+            persistent_volume_claim_retention_policy: (!ephemeral).then(|| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                }
+            }),
+            volume_claim_templates: (!ephemeral).then(|| vec![claim]),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name)),
@@ -579,6 +700,7 @@ fn deployment(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(config)),
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -594,6 +716,28 @@ fn deployment(
             },
             ..Default::default()
         },
+        ..Default::default()
+    }
+}
+
+/// The headless Service that governs the StatefulSet: stable DNS names per pod
+/// (`<relay>-N.<relay>-pods`), no load balancing. Not-ready pods are left out.
+fn pods_service(org: &Organization, config: &RelayConfig) -> Service {
+    let name = org.name_any();
+    Service {
+        metadata: meta(org, pods_service_name(&name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some(ADMIN_PORT_NAME.into()),
+                port: i32::from(config.admin_listen.port()),
+                target_port: Some(IntOrString::String(ADMIN_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -618,10 +762,15 @@ fn service(org: &Organization) -> Service {
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
+    // Traffic from outside the cluster goes only to relays on the node it reaches, so the
+    // relay sees the client's own address (allow ranges, per-IP caps, `Received:`), not
+    // a node's.
+    let external = service_type != "ClusterIP";
     Service {
         metadata: meta(org, relay_name(&name)),
         spec: Some(ServiceSpec {
             type_: Some(service_type.into()),
+            external_traffic_policy: external.then(|| "Local".into()),
             selector: Some(selector_labels(&name)),
             ports: Some(vec![
                 port("smtp", ports.smtp),
@@ -695,35 +844,63 @@ spec:
         }
     }
 
-    fn template_annotations(c: &Children) -> BTreeMap<String, String> {
-        c.deployment
-            .spec
-            .template
-            .clone()
-            .metadata
-            .unwrap()
-            .annotations
-            .unwrap()
+    fn pod_spec(c: &Children) -> PodSpec {
+        c.stateful_set.spec.clone().template.spec.unwrap()
+    }
+
+    fn sts(c: &Children) -> StatefulSetSpec {
+        c.stateful_set.spec.clone()
     }
 
     #[test]
-    fn secret_rotation_restarts_pods_but_config_changes_do_not() {
+    fn neither_secret_rotation_nor_config_changes_touch_the_pod_template() {
         let o = org(ORG);
         let before = children_for(&o, &[tls_secret("cert-1")]);
         let rotated = children_for(&o, &[tls_secret("cert-2")]);
-        assert_ne!(
-            template_annotations(&before)[SECRETS_HASH_ANNOTATION],
-            template_annotations(&rotated)[SECRETS_HASH_ANNOTATION]
-        );
-        // A config change (more licences) changes the ConfigMap, not the pod template.
+        // The relay reloads the rotated files itself: no new pods.
+        assert_eq!(sts(&before).template, sts(&rotated).template);
+        let annotation = |c: &Children| {
+            c.config_map.metadata.annotations.clone().unwrap()[SECRETS_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(annotation(&before), annotation(&rotated));
         let mut more = o.clone();
         more.spec.licenses = 50;
         let reconfigured = children_for(&more, &[tls_secret("cert-1")]);
         assert_ne!(before.config_map, reconfigured.config_map);
-        assert_eq!(
-            before.deployment.spec.template,
-            reconfigured.deployment.spec.template
-        );
+        assert_eq!(sts(&before).template, sts(&reconfigured).template);
+    }
+
+    #[test]
+    fn the_content_hash_pods_should_report_follows_each_mounted_file() {
+        let o = org(ORG);
+        let names = BTreeSet::from(["relay-tls".to_string()]);
+        let config = render(
+            "acme",
+            Objects {
+                organizations: std::slice::from_ref(&o),
+                settings: &[],
+                ranges: &[],
+                routes: &[],
+                secrets: &names,
+            },
+            &RenderEnv::pod(),
+        )
+        .unwrap()
+        .config;
+        let mounted = mounted_secrets(&o, &[], &names);
+        let hash = |secret: Secret| content_hash_in_pods(&config, &mounted, &[secret]);
+        let before = hash(tls_secret("cert-1"));
+        assert_eq!(before, hash(tls_secret("cert-1")));
+        assert_ne!(before, hash(tls_secret("cert-2")));
+        let mut new_key = tls_secret("cert-1");
+        new_key
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("tls.key".into(), ByteString(b"key-2".to_vec()));
+        assert_ne!(before, hash(new_key));
+        // The document alone (no file readable) is another hash again.
+        assert_ne!(before, content_hash_in_pods(&config, &[], &[]));
     }
 
     #[test]
@@ -743,22 +920,106 @@ spec:
     }
 
     #[test]
-    fn missing_tls_secret_is_not_mounted() {
+    fn missing_tls_secret_is_not_mounted_and_the_spool_is_a_claim_per_pod() {
         let c = children_for(&org(ORG), &[]);
-        let volumes = c.deployment.spec.template.spec.unwrap().volumes.unwrap();
+        let volumes = pod_spec(&c).volumes.unwrap();
         let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(names, ["config", "spool"]);
+        assert_eq!(names, ["config"]);
+        let spec = sts(&c);
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some(SPOOL_VOLUME));
+        let claim = claim.spec.clone().unwrap();
+        assert_eq!(claim.access_modes.unwrap(), ["ReadWriteOnce"]);
+        assert_eq!(
+            claim.resources.unwrap().requests.unwrap()["storage"],
+            Quantity(DEFAULT_SPOOL_SIZE.into())
+        );
+        let retain = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(retain.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(retain.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(spec.service_name.as_deref(), Some("acme-relay-pods"));
+        let headless = c.pods_service.spec.unwrap();
+        assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            c.pods_service.metadata.name.as_deref(),
+            Some("acme-relay-pods")
+        );
     }
 
     #[test]
-    fn several_replicas_keep_one_available_during_disruptions() {
+    fn an_ephemeral_spool_is_a_size_limited_empty_dir_and_no_claim() {
+        let mut o = org(ORG);
+        o.spec.relay.spool = Some(crds::SpoolSpec {
+            size: Some("2Gi".into()),
+            storage_class_name: None,
+            ephemeral: true,
+        });
+        let c = children_for(&o, &[]);
+        assert!(ephemeral_spool(&o));
+        assert_eq!(sts(&c).volume_claim_templates, None);
+        assert_eq!(sts(&c).persistent_volume_claim_retention_policy, None);
+        let spool = pod_spec(&c)
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == SPOOL_VOLUME)
+            .unwrap();
+        assert_eq!(
+            spool.empty_dir.unwrap().size_limit,
+            Some(Quantity("2Gi".into()))
+        );
+    }
+
+    #[test]
+    fn pods_stop_within_one_budget_with_probes_and_default_requests() {
+        let o = org(ORG);
+        let c = children_for(&o, &[]);
+        let pod = pod_spec(&c);
+        // 10 s drain delay + 300 s for open sessions + 4 x 30 s connect timeout.
+        assert_eq!(pod.termination_grace_period_seconds, Some(430));
+        let relay = &pod.containers[0];
+        let command = relay.command.clone().unwrap();
+        assert_eq!(
+            command[command.len() - 2..],
+            ["--drain-delay-seconds".to_string(), "10".to_string()]
+        );
+        let path = |p: &Option<Probe>| p.clone().unwrap().http_get.unwrap().path.unwrap();
+        assert_eq!(path(&relay.readiness_probe), "/readyz");
+        assert_eq!(path(&relay.liveness_probe), "/healthz");
+        let startup = relay.startup_probe.clone().unwrap();
+        assert_eq!(
+            startup.period_seconds.unwrap() * startup.failure_threshold.unwrap(),
+            STARTUP_BUDGET_SECONDS
+        );
+        assert_eq!(relay.resources, Some(default_resources()));
+        let mut sized = o.clone();
+        let own = ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), Quantity("2".into()))])),
+            ..Default::default()
+        };
+        sized.spec.relay.resources = Some(own.clone());
+        let c = children_for(&sized, &[]);
+        assert_eq!(pod_spec(&c).containers[0].resources, Some(own));
+    }
+
+    #[test]
+    fn a_stateful_set_name_leaves_room_for_its_pods_labels() {
+        assert_eq!(stateful_set_name("acme"), relay_name("acme"));
+        let long = format!("acme-{}", "x".repeat(58));
+        let name = stateful_set_name(&long);
+        assert!(name.len() <= names::MAX_STATEFUL_SET, "{name}");
+        assert!(names::is_dns1035_label(&name));
+        assert_ne!(name, stateful_set_name(&format!("acme-{}", "y".repeat(58))));
+    }
+
+    #[test]
+    fn a_drain_takes_at_most_one_relay_pod_at_a_time() {
         let three = children_for(&org(ORG), &[]).pdb.spec.unwrap();
-        assert_eq!(three.min_available, Some(IntOrString::Int(1)));
-        assert_eq!(three.max_unavailable, None);
+        assert_eq!(three.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(three.min_available, None);
         let mut single = org(ORG);
         single.spec.relay.replicas = None;
         let one = children_for(&single, &[]).pdb.spec.unwrap();
-        assert_eq!(one.min_available, None);
         assert_eq!(one.max_unavailable, Some(IntOrString::Int(1)));
     }
 
@@ -767,7 +1028,8 @@ spec:
         let c = children_for(&org(ORG), &[]);
         for refs in [
             &c.config_map.metadata.owner_references,
-            &c.deployment.metadata.owner_references,
+            &c.stateful_set.metadata.owner_references,
+            &c.pods_service.metadata.owner_references,
             &c.service.metadata.owner_references,
             &c.pdb.metadata.owner_references,
         ] {
@@ -781,21 +1043,32 @@ spec:
     }
 
     #[test]
-    fn service_ports_type_and_persistent_spool_follow_the_spec() {
+    fn service_ports_type_traffic_policy_and_spool_claim_follow_the_spec() {
         let mut o = org(ORG);
+        let internal = children_for(&o, &[]).service.spec.unwrap();
+        assert_eq!(internal.external_traffic_policy, None);
         o.spec.relay.ports = Some(crds::ListenerPorts {
             smtp: 2025,
             submission: 2587,
             smtps: 2465,
         });
-        o.spec.relay.service_type = Some(ServiceType::LoadBalancer);
         o.spec.relay.spool = Some(crds::SpoolSpec {
             size: Some("10Gi".into()),
             storage_class_name: Some("fast".into()),
+            ephemeral: false,
         });
+        for (kind, name) in [
+            (ServiceType::LoadBalancer, "LoadBalancer"),
+            (ServiceType::NodePort, "NodePort"),
+        ] {
+            o.spec.relay.service_type = Some(kind);
+            let svc = children_for(&o, &[]).service.spec.unwrap();
+            assert_eq!(svc.type_.as_deref(), Some(name));
+            // The relay sees the client's address, not a node's.
+            assert_eq!(svc.external_traffic_policy.as_deref(), Some("Local"));
+        }
         let c = children_for(&o, &[]);
-        let svc = c.service.spec.unwrap();
-        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+        let svc = c.service.spec.clone().unwrap();
         let ports: Vec<(i32, String)> = svc
             .ports
             .unwrap()
@@ -816,31 +1089,14 @@ spec:
                 (2465, "smtps".to_string())
             ]
         );
-        let pvc = c.spool_claim.unwrap();
-        assert_eq!(pvc.metadata.name.as_deref(), Some("acme-relay-spool"));
-        let spec = pvc.spec.unwrap();
-        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(
-            spec.resources.unwrap().requests.unwrap()["storage"],
-            Quantity("10Gi".into())
-        );
-        let deployment = c.deployment.spec;
-        assert_eq!(
-            deployment.strategy.unwrap().type_.as_deref(),
-            Some("Recreate")
-        );
-        let spool = deployment
-            .template
+        let claim = sts(&c).volume_claim_templates.unwrap()[0]
             .spec
-            .unwrap()
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "spool")
+            .clone()
             .unwrap();
+        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(
-            spool.persistent_volume_claim.unwrap().claim_name,
-            "acme-relay-spool"
+            claim.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("10Gi".into())
         );
     }
 }

@@ -11,13 +11,18 @@
 //!   `OwnerReferencesPermissionEnforcement` check on `blockOwnerDeletion` and the `create`
 //!   a server-side apply needs to create an object;
 //! - rejects invalid object names (Service names are DNS-1035 labels), label values and
-//!   volume names, Event notes over 1 KiB, changes to a Deployment's selector and to a
-//!   PersistentVolumeClaim's spec (a claim never shrinks);
+//!   volume names, Event notes over 1 KiB, changes to a Deployment's selector, to the
+//!   fields of a StatefulSet other than replicas, template, update strategy and claim
+//!   retention policy, and to a PersistentVolumeClaim's spec (a claim never shrinks), and
+//!   a StatefulSet whose `serviceName` names no Service;
 //! - applies a merge patch of status with merge-patch semantics (a field the patch omits
 //!   stays) and a server-side apply of status as the sole manager of status (a field the
 //!   apply omits goes);
-//! - adds defaults to what is applied, and reports a Deployment's old status (a lagging
-//!   `observedGeneration`) until [`World::settle`] plays the Deployment controller.
+//! - adds defaults to what is applied, and reports a StatefulSet's old status (a lagging
+//!   `observedGeneration`) until [`World::settle`] plays the StatefulSet controller and
+//!   the kubelet (ready pods whose relays answer with the config their ConfigMap holds).
+//!
+//! Relay pods answer through [`FakePodReports`], from [`World::pod_answers`].
 //!
 //! It owns no assertions.
 
@@ -28,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use crds::manifest::load_paths;
 use crds::{IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use http::{Request, Response, StatusCode};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -43,6 +48,7 @@ use serde_json::{Value, json};
 
 use super::metrics::Metrics;
 use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value};
+use super::pod_reports::{PodReports, Running};
 use super::probe::TlsProber;
 use super::{Context, Error, FIELD_MANAGER, Settings, Stores, reconcile};
 use relay::config::{DeliveryConfig, RouteConfig};
@@ -133,13 +139,35 @@ pub struct World {
     pub children: BTreeMap<String, Value>,
     /// Events posted, in order.
     pub events: Vec<Value>,
-    /// `status` the Deployment controller writes once it observes a generation.
-    pub deployment_status: Value,
+    /// `status` the StatefulSet controller writes once it observes a generation; its
+    /// `readyReplicas` is how many ready pods [`World::settle`] runs.
+    pub stateful_set_status: Value,
+    /// What each relay pod (by IP) answers when asked for its config; a pod not listed
+    /// does not answer.
+    pub pod_answers: BTreeMap<String, Result<Running, String>>,
     /// The operator's ClusterRole; `None` authorises everything.
     pub rules: Option<Vec<Rule>>,
     pub refusals: Vec<Refusal>,
     /// Settings of the reconciles' context.
     pub operator: Settings,
+}
+
+/// Relay pods that answer from a fixed table (by pod IP).
+pub struct FakePodReports(pub BTreeMap<String, Result<Running, String>>);
+
+impl PodReports for FakePodReports {
+    fn running(
+        &self,
+        ip: std::net::IpAddr,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'_, Result<Running, String>> {
+        let answer = self
+            .0
+            .get(&ip.to_string())
+            .cloned()
+            .unwrap_or_else(|| Err(format!("{ip}: connection refused")));
+        Box::pin(async move { answer })
+    }
 }
 
 /// A prober that answers from a fixed table and remembers which routes it probed.
@@ -288,6 +316,11 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             }
         ));
     }
+    // The API server takes a longer StatefulSet, but none of its pods could start: their
+    // `controller-revision-hash` label would exceed 63 characters.
+    if kind == "StatefulSet" && name.len() > super::names::MAX_STATEFUL_SET {
+        errors.push(format!("metadata.name: Invalid value: \"{name}\": a StatefulSet name longer than {} characters gives its pods an invalid controller-revision-hash label", super::names::MAX_STATEFUL_SET));
+    }
     let mut label_maps = vec![
         ("metadata.labels", &body["metadata"]["labels"]),
         ("spec.selector", &body["spec"]["selector"]),
@@ -315,14 +348,26 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             }
         }
     }
-    if kind == "Deployment" {
+    if kind == "Deployment" || kind == "StatefulSet" {
         let pod = &body["spec"]["template"]["spec"];
-        let volumes: Vec<&str> = pod["volumes"]
+        let mut volumes: Vec<&str> = pod["volumes"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|v| v["name"].as_str())
             .collect();
+        let claims: Vec<&str> = body["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["metadata"]["name"].as_str())
+            .collect();
+        for c in &claims {
+            if volumes.contains(c) {
+                errors.push(format!("spec.template.spec.volumes.name: Duplicate value: \"{c}\" (also a volumeClaimTemplate)"));
+            }
+        }
+        volumes.extend(claims);
         for v in &volumes {
             if !is_dns1123_label(v) {
                 errors.push(format!("spec.template.spec.volumes.name: Invalid value: \"{v}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
@@ -348,6 +393,29 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             && old["spec"]["selector"] != body["spec"]["selector"]
         {
             errors.push("spec.selector: Invalid value: field is immutable".into());
+        }
+    }
+    if kind == "StatefulSet"
+        && let Some(old) = old
+    {
+        let fixed = |v: &Value| {
+            let mut s = v["spec"].clone();
+            if let Some(o) = s.as_object_mut() {
+                for free in [
+                    "replicas",
+                    "ordinals",
+                    "template",
+                    "updateStrategy",
+                    "persistentVolumeClaimRetentionPolicy",
+                    "minReadySeconds",
+                ] {
+                    o.remove(free);
+                }
+            }
+            s
+        };
+        if fixed(old) != fixed(&defaulted(kind, body.clone())) {
+            errors.push("spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".into());
         }
     }
     if kind == "PersistentVolumeClaim"
@@ -396,11 +464,28 @@ fn defaulted(kind: &str, mut body: Value) -> Value {
             }
         }
         "Service" => {
-            body["spec"]["clusterIP"] = json!("10.96.0.10");
+            if body["spec"]["clusterIP"].is_null() {
+                body["spec"]["clusterIP"] = json!("10.96.0.10");
+            }
             body["spec"]["sessionAffinity"] = json!("None");
         }
         "PersistentVolumeClaim" => {
             body["spec"]["volumeMode"] = json!("Filesystem");
+        }
+        "StatefulSet" => {
+            body["spec"]["revisionHistoryLimit"] = json!(10);
+            for c in body["spec"]["volumeClaimTemplates"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                c["spec"]["volumeMode"] = json!("Filesystem");
+            }
+            if let Some(cs) = body["spec"]["template"]["spec"]["containers"].as_array_mut() {
+                for c in cs {
+                    c["terminationMessagePath"] = json!("/dev/termination-log");
+                }
+            }
         }
         _ => {}
     }
@@ -606,6 +691,26 @@ impl Server {
                 if let Some(message) = invalid(&kind, n, &r.body, old.as_ref()) {
                     return (422, status_body(422, "Invalid", message));
                 }
+                // Not the API server's rule, but the StatefulSet controller's: without its
+                // governing Service the pods get no stable names. Apply the Service first.
+                if kind == "StatefulSet" {
+                    let governing = format!(
+                        "/api/v1/namespaces/{ns}/services/{}",
+                        r.body["spec"]["serviceName"].as_str().unwrap_or_default()
+                    );
+                    if !self.objects.contains_key(&governing) {
+                        return (
+                            422,
+                            status_body(
+                                422,
+                                "Invalid",
+                                format!(
+                                    "StatefulSet \"{n}\": the governing Service {governing} does not exist"
+                                ),
+                            ),
+                        );
+                    }
+                }
                 let mut new = defaulted(&kind, r.body.clone());
                 new["metadata"]["namespace"] = json!(ns.clone());
                 match &old {
@@ -625,7 +730,7 @@ impl Server {
                         new["metadata"]["uid"] = json!(format!("uid-{n}"));
                         new["metadata"]["generation"] = json!(1);
                         new["metadata"]["resourceVersion"] = json!("1");
-                        if kind == "Deployment" {
+                        if kind == "Deployment" || kind == "StatefulSet" {
                             // Nothing observed yet.
                             new["status"] = json!({});
                         }
@@ -640,6 +745,10 @@ impl Server {
                 self.objects.insert(r.path.clone(), new.clone());
                 (200, new)
             }
+            ("DELETE", Some(_), None) => match self.objects.remove(&r.path) {
+                Some(v) => (200, v),
+                None => not_found(),
+            },
             ("PATCH", _, _) => (
                 415,
                 status_body(
@@ -692,7 +801,8 @@ impl World {
             secrets: Vec::new(),
             children: BTreeMap::new(),
             events: Vec::new(),
-            deployment_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            stateful_set_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            pod_answers: BTreeMap::new(),
             rules: Some(shipped_rules()),
             refusals: Vec::new(),
             operator: Settings::default(),
@@ -747,14 +857,80 @@ impl World {
         self.children.get(&path_of::<K>(namespace, name))
     }
 
-    /// Plays the Deployment controller: every Deployment's status now describes its
-    /// current generation, with the counts of [`World::deployment_status`].
+    /// Plays the StatefulSet controller and the kubelet: every StatefulSet's status now
+    /// describes its current generation, with the counts of
+    /// [`World::stateful_set_status`]; it runs `readyReplicas` ready pods
+    /// (`<name>-0`, `<name>-1`, … at `10.0.0.1`, `10.0.0.2`, … for the first StatefulSet,
+    /// `10.0.1.1`, … for the next) whose relays have the
+    /// config of the Organization's ConfigMap in force.
     pub fn settle(&mut self) {
+        let mut pods = Vec::new();
         for (path, d) in self.children.iter_mut() {
-            if path.contains("/deployments/") {
-                let mut status = self.deployment_status.clone();
+            if path.contains("/statefulsets/") {
+                let mut status = self.stateful_set_status.clone();
                 status["observedGeneration"] = d["metadata"]["generation"].clone();
                 d["status"] = status;
+                pods.push(d.clone());
+            }
+        }
+        self.children.retain(|p, _| !p.contains("/pods/"));
+        self.pod_answers.clear();
+        for (k, set) in pods.into_iter().enumerate() {
+            let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = set["metadata"]["name"].as_str().unwrap_or_default();
+            // One Organization per namespace: its ConfigMap is the one with a config, and
+            // its relays load the Secrets as they are now.
+            let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
+            let config = self
+                .children
+                .iter()
+                .filter(|(p, _)| p.starts_with(&prefix))
+                .find_map(|(_, c)| c["data"]["config.json"].as_str())
+                .and_then(|text| relay::config::RelayConfig::from_json(text).ok());
+            let running = config.map(|config| {
+                let in_ns = |o: Option<String>| o.as_deref() == Some(ns);
+                let secrets: Vec<Secret> = self
+                    .secrets
+                    .iter()
+                    .filter(|s| in_ns(s.metadata.namespace.clone()))
+                    .cloned()
+                    .collect();
+                let names = secrets
+                    .iter()
+                    .filter_map(|s| s.metadata.name.clone())
+                    .collect();
+                let mounted = self
+                    .organizations
+                    .iter()
+                    .find(|o| in_ns(o.metadata.namespace.clone()))
+                    .map(|o| super::children::mounted_secrets(o, &self.routes, &names))
+                    .unwrap_or_default();
+                Running {
+                    content_hash: Some(super::children::content_hash_in_pods(
+                        &config, &mounted, &secrets,
+                    )),
+                    hash: config.hash,
+                }
+            });
+            let ready = self.stateful_set_status["readyReplicas"]
+                .as_i64()
+                .unwrap_or(0);
+            for i in 0..ready {
+                let pod = format!("{name}-{i}");
+                // One /24 per StatefulSet, in path order.
+                let ip = format!("10.{}.{}.{}", k / 256, k % 256, i + 1);
+                self.children.insert(
+                    format!("/api/v1/namespaces/{ns}/pods/{pod}"),
+                    json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": pod, "namespace": ns,
+                            "labels": set["spec"]["template"]["metadata"]["labels"].clone()},
+                        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+                    }),
+                );
+                if let Some(running) = &running {
+                    self.pod_answers.insert(ip, Ok(running.clone()));
+                }
             }
         }
     }
@@ -811,10 +987,11 @@ impl World {
             routes: store_of(self.routes.clone()),
             config_maps: kids::<ConfigMap>(self),
             deployments: kids::<Deployment>(self),
+            stateful_sets: kids::<StatefulSet>(self),
             services: kids::<Service>(self),
             pdbs: kids::<PodDisruptionBudget>(self),
-            claims: kids::<PersistentVolumeClaim>(self),
             network_policies: kids::<NetworkPolicy>(self),
+            pods: kids::<Pod>(self),
         }
     }
 
@@ -908,6 +1085,7 @@ impl World {
             self.stores(),
         );
         ctx.clock = Arc::new(|| Timestamp::from_second(NOW).unwrap());
+        ctx.pod_reports = Arc::new(FakePodReports(self.pod_answers.clone()));
         let ctx = Arc::new(ctx);
         let mut results = Vec::new();
         for org in orgs {

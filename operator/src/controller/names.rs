@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 pub const MAX_LABEL: usize = 63;
 /// Longest DNS-1123 subdomain (the name of most objects).
 pub const MAX_SUBDOMAIN: usize = 253;
+/// Longest StatefulSet name whose pods can start: each pod carries the label
+/// `controller-revision-hash: <name>-<10-character hash>`, a label value (at most 63).
+pub const MAX_STATEFUL_SET: usize = 52;
 
 fn alnum(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit()
@@ -78,8 +81,14 @@ fn sanitised(s: &str) -> String {
 /// of at most 40 characters of `[a-z0-9-]`). The hash is over `base`, so distinct bases
 /// keep distinct names.
 pub fn child_name(prefix: &str, base: &str, suffix: &str) -> String {
+    child_name_within(prefix, base, suffix, MAX_LABEL)
+}
+
+/// [`child_name`] of at most `max` (at most [`MAX_LABEL`]) characters.
+pub fn child_name_within(prefix: &str, base: &str, suffix: &str, max: usize) -> String {
+    let max = max.min(MAX_LABEL);
     let plain = format!("{prefix}{base}{suffix}");
-    if is_dns1035_label(&plain) {
+    if is_dns1035_label(&plain) && plain.len() <= max {
         return plain;
     }
     let digest = hash(base, 10);
@@ -88,7 +97,7 @@ pub fn child_name(prefix: &str, base: &str, suffix: &str) -> String {
     if prefix.is_empty() && !stem.starts_with(|c: char| c.is_ascii_lowercase()) {
         stem.insert_str(0, "o-");
     }
-    let room = MAX_LABEL.saturating_sub(prefix.len() + 1 + digest.len() + suffix.len());
+    let room = max.saturating_sub(prefix.len() + 1 + digest.len() + suffix.len());
     stem.truncate(room);
     let stem = stem.trim_end_matches('-');
     if stem.is_empty() {

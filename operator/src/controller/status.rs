@@ -1,6 +1,6 @@
 //! Status of every kind, computed by pure functions from what reconcile saw.
 //!
-//! Each function takes the object's old status, what render (and the Deployment, and the
+//! Each function takes the object's old status, what render (and the StatefulSet, and the
 //! TLS prober) said, and the current time, and returns the new status. A condition keeps
 //! its `lastTransitionTime` while its status stays the same, so a reconcile that changes
 //! nothing computes a status equal to the old one, and the controller writes (and emits
@@ -11,11 +11,12 @@ use crds::{
     Condition, IpAllowRange, IpAllowRangeStatus, MailRoute, MailRouteStatus, Organization,
     OrganizationStatus, SmtpRelaySetting, SmtpRelaySettingStatus,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use relay::config::RelayConfig;
 
+use super::pod_reports::Running;
 use super::probe::verdict;
 use crate::render::{Finding, ObjectKind, parse_network};
 
@@ -24,6 +25,100 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const ACCEPTED: &str = "Accepted";
 pub const TLS_VERIFIED: &str = "TlsConnectionVerified";
+pub const IN_FORCE: &str = "InForce";
+/// A Warning condition: the spool does not outlive its pod.
+pub const SPOOL_EPHEMERAL: &str = "SpoolEphemeral";
+
+/// What reconcile saw of the running relay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Relay<'a> {
+    /// The StatefulSet as the API server holds it (none: not created or refused).
+    pub stateful_set: Option<&'a StatefulSet>,
+    /// The spool is an emptyDir.
+    pub ephemeral_spool: bool,
+    /// The answers of the ready relay pods.
+    pub reports: &'a [PodReport],
+    /// The content hash pods report once their Secret files are current (`None`: not
+    /// compared).
+    pub content_hash: Option<&'a str>,
+}
+
+/// What one ready relay pod said about the config it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReport {
+    pub pod: String,
+    /// The config in force (`relay_config_info{hash=...,content_hash=...}`), or why the
+    /// pod could not be asked.
+    pub running: Result<Running, String>,
+}
+
+/// `InForce`: True only when every ready pod reports the hash of the latest config (and,
+/// when `content_hash` is given and the pod reports one, the content hash of the current
+/// Secret files). False with `Rollout` while a pod still runs an older config or older
+/// files (the kubelet has not yet refreshed its volumes, or the pod refused the new
+/// config), `Pending` while no pod is ready or a pod did not answer.
+pub fn in_force(
+    config: &RelayConfig,
+    content_hash: Option<&str>,
+    rollout: &Rollout,
+    reports: &[PodReport],
+) -> Want {
+    let hash = short(&config.hash);
+    if !matches!(rollout, Rollout::Observed { ready, .. } if *ready > 0) || reports.is_empty() {
+        return Want::new(
+            IN_FORCE,
+            false,
+            "Pending",
+            format!("no ready relay pod reports config {hash} yet"),
+        );
+    }
+    let mut behind = Vec::new();
+    let mut silent = Vec::new();
+    for r in reports {
+        match &r.running {
+            Ok(run) if run.hash != config.hash => {
+                behind.push(format!("{} runs {}", r.pod, short(&run.hash)))
+            }
+            Ok(Running {
+                content_hash: Some(c),
+                ..
+            }) if content_hash.is_some_and(|want| want != c) => behind.push(format!(
+                "{} has not yet loaded the current Secret files",
+                r.pod
+            )),
+            Ok(_) => {}
+            Err(e) => silent.push(format!("{}: {e}", r.pod)),
+        }
+    }
+    if !behind.is_empty() {
+        return Want::new(
+            IN_FORCE,
+            false,
+            "Rollout",
+            format!(
+                "config {hash} is not yet in force on every ready pod: {}",
+                behind.join(", ")
+            ),
+        );
+    }
+    if !silent.is_empty() {
+        return Want::new(
+            IN_FORCE,
+            false,
+            "Pending",
+            format!(
+                "could not learn the config in force from every ready pod: {}",
+                silent.join("; ")
+            ),
+        );
+    }
+    Want::new(
+        IN_FORCE,
+        true,
+        "AllPodsReport",
+        format!("every ready relay pod reports config {hash}"),
+    )
+}
 
 /// Findings that describe a choice the author made on purpose: the object is still
 /// accepted, the reason says what is unusual about it.
@@ -118,70 +213,76 @@ impl Problem {
     }
 }
 
-/// What the Deployment says about the rollout, trusted only once the Deployment controller
-/// has observed the generation the last apply produced.
+/// What the StatefulSet says about the rollout, trusted only once the StatefulSet
+/// controller has observed the generation the last apply produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rollout {
-    /// No Deployment (not created, or its apply was refused).
+    /// No StatefulSet (not created, or its apply was refused).
     Absent,
-    /// The Deployment controller has not yet observed the latest spec: the replica
+    /// The StatefulSet controller has not yet observed the latest spec: the replica
     /// counts describe the previous one.
     Pending { generation: i64 },
-    /// Observed: counts are current. `stuck` holds the message of a
-    /// `ProgressDeadlineExceeded`.
+    /// Observed: counts are current.
     Observed {
         available: i32,
         updated: i32,
         ready: i32,
-        stuck: Option<String>,
     },
 }
 
 impl Rollout {
-    pub fn of(deployment: Option<&Deployment>) -> Self {
-        let Some(d) = deployment else {
+    pub fn of(stateful_set: Option<&StatefulSet>) -> Self {
+        let Some(s) = stateful_set else {
             return Rollout::Absent;
         };
-        let generation = d.metadata.generation.unwrap_or(0);
-        let Some(status) = d.status.as_ref() else {
+        let generation = s.metadata.generation.unwrap_or(0);
+        let Some(status) = s.status.as_ref() else {
             return Rollout::Pending { generation };
         };
         if status.observed_generation.unwrap_or(0) < generation {
             return Rollout::Pending { generation };
         }
-        let stuck = status.conditions.iter().flatten().find(|c| {
-            c.type_.as_deref() == Some("Progressing")
-                && c.status.as_deref() == Some("False")
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        });
         Rollout::Observed {
-            available: status.available_replicas.unwrap_or(0),
+            available: status
+                .available_replicas
+                .unwrap_or(status.ready_replicas.unwrap_or(0)),
             updated: status.updated_replicas.unwrap_or(0),
             ready: status.ready_replicas.unwrap_or(0),
-            stuck: stuck.map(|c| c.message.clone().unwrap_or_default()),
         }
+    }
+
+    /// True when every desired replica of the current generation is ready.
+    pub fn complete(&self, desired: i32) -> bool {
+        matches!(self, Rollout::Observed { available, updated, .. } if *available >= desired && *updated >= desired)
     }
 }
 
 /// Status of an Organization whose objects rendered. Ready: every desired replica is
-/// available (as observed for the current Deployment generation). Progressing: a rollout
+/// available (as observed for the current StatefulSet generation). Progressing: a rollout
 /// is under way or not yet observed. Degraded: a finding about the Organization, a child
-/// the API server refused, a refused image or Service type, or a rollout past its
-/// deadline. Messages carry no replica counts (those are `readyReplicas`), so a rollout
-/// step is not a new Ready message, nor an Event.
+/// the API server refused, a refused image, Service type or spool change. InForce: see
+/// [`in_force`]. SpoolEphemeral: a Warning while the spool is an emptyDir. Messages carry
+/// no replica counts (those are `readyReplicas`), so a rollout step is not a new Ready
+/// message, nor an Event.
 pub fn organization_rendered(
     org: &Organization,
     config: &RelayConfig,
     findings: &[Finding],
-    deployment: Option<&Deployment>,
+    relay: Relay<'_>,
     problems: &[Problem],
     now: &Time,
 ) -> OrganizationStatus {
+    let Relay {
+        stateful_set,
+        ephemeral_spool,
+        reports,
+        content_hash,
+    } = relay;
     let old = org.status.clone().unwrap_or_default();
     let generation = org.metadata.generation;
     let desired = org.spec.relay.replicas.unwrap_or(1).max(1);
     let hash = short(&config.hash);
-    let rollout = Rollout::of(deployment);
+    let rollout = Rollout::of(stateful_set);
 
     let mut conditions = old.conditions.clone();
     let (ready, progressing) = match &rollout {
@@ -190,13 +291,13 @@ pub fn organization_rendered(
                 READY,
                 false,
                 "RelayMissing",
-                "the relay Deployment does not exist".into(),
+                "the relay StatefulSet does not exist".into(),
             )),
             Want::new(
                 PROGRESSING,
                 false,
-                "NoDeployment",
-                "no relay Deployment to roll out".into(),
+                "NoStatefulSet",
+                "no relay StatefulSet to roll out".into(),
             ),
         ),
         Rollout::Pending { generation } => (
@@ -213,7 +314,9 @@ pub fn organization_rendered(
                 PROGRESSING,
                 true,
                 "RolloutPending",
-                format!("waiting for the Deployment controller to observe generation {generation}"),
+                format!(
+                    "waiting for the StatefulSet controller to observe generation {generation}"
+                ),
             ),
         ),
         Rollout::Observed {
@@ -224,7 +327,7 @@ pub fn organization_rendered(
                     READY,
                     true,
                     "RelayAvailable",
-                    format!("relay available; config {hash} in force"),
+                    format!("relay available; config {hash} applied"),
                 )
             } else {
                 Want::new(
@@ -263,15 +366,26 @@ pub fn organization_rendered(
         .map(|f| Problem::new(f.reason, f.message.clone()))
         .collect();
     all.extend(problems.iter().cloned());
-    if let Rollout::Observed {
-        stuck: Some(message),
-        ..
-    } = &rollout
-    {
-        all.push(Problem::new(
-            "ProgressDeadlineExceeded",
-            format!("the relay rollout stopped progressing: {message}"),
-        ));
+    set_condition(
+        &mut conditions,
+        in_force(config, content_hash, &rollout, reports),
+        generation,
+        now,
+    );
+    if ephemeral_spool {
+        set_condition(
+            &mut conditions,
+            Want::new(
+                SPOOL_EPHEMERAL,
+                true,
+                "EmptyDirSpool",
+                "relay.spool.ephemeral is set: the spool is an emptyDir, so mail acknowledged but not yet delivered is lost whenever a relay pod goes away (rollout, node drain, eviction)".into(),
+            ),
+            generation,
+            now,
+        );
+    } else {
+        conditions.retain(|c| c.type_ != SPOOL_EPHEMERAL);
     }
     set_condition(
         &mut conditions,
@@ -583,10 +697,10 @@ spec:
         (org, rendered.config, rendered.findings)
     }
 
-    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+    fn stateful_set(generation: i64, status: serde_json::Value) -> StatefulSet {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "acme-relay", "generation": generation},
-            "spec": {"selector": {}, "template": {}},
+            "spec": {"selector": {}, "template": {}, "serviceName": "acme-relay-pods"},
             "status": status,
         }))
         .unwrap()
@@ -595,11 +709,23 @@ spec:
     #[test]
     fn replicas_without_redis_degrade_and_rollout_is_progressing() {
         let (org, config, findings) = org_and_config(3);
-        let rolling = deployment(
+        let rolling = stateful_set(
             2,
             serde_json::json!({"observedGeneration": 2, "availableReplicas": 2, "updatedReplicas": 3, "readyReplicas": 2}),
         );
-        let s = organization_rendered(&org, &config, &findings, Some(&rolling), &[], &at(1));
+        let s = organization_rendered(
+            &org,
+            &config,
+            &findings,
+            Relay {
+                stateful_set: Some(&rolling),
+                ephemeral_spool: false,
+                reports: &[],
+                content_hash: None,
+            },
+            &[],
+            &at(1),
+        );
         let degraded = condition(&s.conditions, DEGRADED).unwrap();
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
@@ -632,11 +758,23 @@ spec:
     fn counts_of_a_generation_not_yet_observed_are_not_trusted() {
         let (org, config, _) = org_and_config(1);
         // The apply made generation 5; the status still describes generation 4.
-        let stale = deployment(
+        let stale = stateful_set(
             5,
             serde_json::json!({"observedGeneration": 4, "availableReplicas": 1, "updatedReplicas": 1, "readyReplicas": 1}),
         );
-        let s = organization_rendered(&org, &config, &[], Some(&stale), &[], &at(1));
+        let s = organization_rendered(
+            &org,
+            &config,
+            &[],
+            Relay {
+                stateful_set: Some(&stale),
+                ephemeral_spool: false,
+                reports: &[],
+                content_hash: None,
+            },
+            &[],
+            &at(1),
+        );
         let progressing = condition(&s.conditions, PROGRESSING).unwrap();
         assert_eq!(
             (progressing.status.as_str(), progressing.reason.as_str()),
@@ -648,7 +786,7 @@ spec:
     #[test]
     fn render_failure_keeps_the_config_in_force() {
         let (mut org, config, _) = org_and_config(1);
-        let ok = deployment(
+        let ok = stateful_set(
             1,
             serde_json::json!({"observedGeneration": 1, "availableReplicas": 1, "updatedReplicas": 1}),
         );
@@ -656,7 +794,12 @@ spec:
             &org,
             &config,
             &[],
-            Some(&ok),
+            Relay {
+                stateful_set: Some(&ok),
+                ephemeral_spool: false,
+                reports: &[],
+                content_hash: None,
+            },
             &[],
             &at(1),
         ));
@@ -677,5 +820,128 @@ spec:
             )
         );
         assert_eq!(degraded.last_transition_time, at(2));
+    }
+
+    fn report(pod: &str, hash: &str) -> PodReport {
+        PodReport {
+            pod: pod.into(),
+            running: Ok(Running {
+                hash: hash.into(),
+                content_hash: Some("files-1".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn in_force_only_when_every_ready_pod_reports_the_latest_hash() {
+        let (org, config, _) = org_and_config(1);
+        let ready = stateful_set(
+            1,
+            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        let status = |reports: &[PodReport]| {
+            let s = organization_rendered(
+                &org,
+                &config,
+                &[],
+                Relay {
+                    stateful_set: Some(&ready),
+                    ephemeral_spool: false,
+                    reports,
+                    content_hash: None,
+                },
+                &[],
+                &at(1),
+            );
+            let c = condition(&s.conditions, IN_FORCE).unwrap().clone();
+            (c.status, c.reason, c.message)
+        };
+        let (st, reason, _) = status(&[
+            report("acme-relay-0", &config.hash),
+            report("acme-relay-1", &config.hash),
+        ]);
+        assert_eq!((st.as_str(), reason.as_str()), ("True", "AllPodsReport"));
+        // The kubelet has not yet refreshed pod 1's ConfigMap volume.
+        let (st, reason, message) = status(&[
+            report("acme-relay-0", &config.hash),
+            report("acme-relay-1", "0123456789abcdef"),
+        ]);
+        assert_eq!((st.as_str(), reason.as_str()), ("False", "Rollout"));
+        assert!(
+            message.ends_with("acme-relay-1 runs 0123456789ab"),
+            "{message}"
+        );
+        let silent = PodReport {
+            pod: "acme-relay-1".into(),
+            running: Err("connection refused".into()),
+        };
+        let (st, reason, _) = status(&[report("acme-relay-0", &config.hash), silent]);
+        assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
+        let (st, reason, _) = status(&[]);
+        assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
+    }
+
+    #[test]
+    fn a_pod_on_the_latest_config_with_older_secret_files_is_not_in_force() {
+        let (_, config, _) = org_and_config(1);
+        let rollout = Rollout::Observed {
+            available: 1,
+            updated: 1,
+            ready: 1,
+        };
+        let pod = [report("acme-relay-0", &config.hash)];
+        let rotated = in_force(&config, Some("files-2"), &rollout, &pod);
+        assert_eq!(
+            (rotated.status, rotated.reason.as_str()),
+            (Some(false), "Rollout")
+        );
+        assert!(
+            rotated
+                .message
+                .ends_with("acme-relay-0 has not yet loaded the current Secret files"),
+            "{}",
+            rotated.message
+        );
+        let current = in_force(&config, Some("files-1"), &rollout, &pod);
+        assert_eq!(current.status, Some(true));
+    }
+
+    #[test]
+    fn an_ephemeral_spool_is_a_warning_condition_that_goes_with_it() {
+        let (mut org, config, _) = org_and_config(1);
+        let s = organization_rendered(
+            &org,
+            &config,
+            &[],
+            Relay {
+                stateful_set: None,
+                ephemeral_spool: true,
+                reports: &[],
+                content_hash: None,
+            },
+            &[],
+            &at(1),
+        );
+        let c = condition(&s.conditions, SPOOL_EPHEMERAL).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "EmptyDirSpool")
+        );
+        assert!(c.message.contains("lost"));
+        org.status = Some(s);
+        let s = organization_rendered(
+            &org,
+            &config,
+            &[],
+            Relay {
+                stateful_set: None,
+                ephemeral_spool: false,
+                reports: &[],
+                content_hash: None,
+            },
+            &[],
+            &at(2),
+        );
+        assert!(condition(&s.conditions, SPOOL_EPHEMERAL).is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,9 +22,10 @@ use crate::render::{Objects, RenderEnv, render};
 
 const API: &str = "/apis/smtprelay.dev/v1alpha1/namespaces/acme";
 const EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/acme/events";
-const CHILD_APPLIES: [&str; 5] = [
+const CHILD_APPLIES: [&str; 6] = [
     "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config",
-    "PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay",
+    "PATCH /api/v1/namespaces/acme/services/acme-relay-pods",
+    "PATCH /apis/apps/v1/namespaces/acme/statefulsets/acme-relay",
     "PATCH /api/v1/namespaces/acme/services/acme-relay",
     "PATCH /apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay",
     "PATCH /apis/networking.k8s.io/v1/namespaces/acme/networkpolicies/acme-relay",
@@ -119,7 +120,7 @@ async fn settled(example: &str) -> World {
 async fn new_organization_gets_all_children_then_status_then_events() {
     let mut world = World::example("quickstart");
     let (result, log) = world.reconcile(ProbingDisabled).await;
-    // The Deployment controller has not seen the new Deployment yet: requeue soon.
+    // The StatefulSet controller has not seen the new StatefulSet yet: requeue soon.
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
     assert_eq!(refused(&log), Vec::<String>::new());
 
@@ -160,16 +161,26 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         .child::<ConfigMap>("acme", "acme-relay-config")
         .unwrap();
     assert_eq!(cm["data"]["config.json"], config.to_json());
-    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    let container = &stateful_set["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["command"],
-        json!(["relay", "--config", "/etc/smtprelay/config/config.json"])
+        json!([
+            "relay",
+            "--config",
+            "/etc/smtprelay/config/config.json",
+            "--drain-delay-seconds",
+            "10"
+        ])
     );
     assert!(
-        !deployment["spec"]["template"]
+        !stateful_set["spec"]["template"]
             .to_string()
             .contains(&config.hash)
+    );
+    assert_eq!(
+        condition(&org_status(&world), "InForce")["reason"],
+        "Pending"
     );
 
     // Not Ready yet, and saying why; no Warning for a relay that is starting.
@@ -200,7 +211,7 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         (
             "Normal".into(),
             "RelayCreated".into(),
-            "created Deployment acme-relay with 1 replica(s)".into(),
+            "created StatefulSet acme-relay with 1 replica(s), each with its own spool".into(),
             "Organization/acme".into()
         )
     );
@@ -216,7 +227,8 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         Some("::1/128")
     );
 
-    // The Deployment controller rolls it out: Ready, one Normal Event, nothing else.
+    // The StatefulSet controller rolls it out and the pod reports the config: Ready and
+    // InForce, two Normal Events, nothing else.
     world.settle();
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
@@ -224,6 +236,7 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         writes(&log),
         [
             format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into(),
             EVENTS.into()
         ]
     );
@@ -231,16 +244,32 @@ async fn new_organization_gets_all_children_then_status_then_events() {
     assert_eq!(ready["status"], "True");
     assert_eq!(
         ready["message"],
-        format!("relay available; config {} in force", &config.hash[..12])
+        format!("relay available; config {} applied", &config.hash[..12])
+    );
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(
+        (&in_force["status"], &in_force["reason"]),
+        (&json!("True"), &json!("AllPodsReport"))
     );
     assert_eq!(
         events(&log),
-        [(
-            "Normal".into(),
-            "RelayAvailable".into(),
-            format!("relay available; config {} in force", &config.hash[..12]),
-            "Organization/acme".into()
-        )]
+        [
+            (
+                "Normal".into(),
+                "RelayAvailable".into(),
+                format!("relay available; config {} applied", &config.hash[..12]),
+                "Organization/acme".into()
+            ),
+            (
+                "Normal".into(),
+                "ConfigInForce".into(),
+                format!(
+                    "every ready relay pod reports config {}",
+                    &config.hash[..12]
+                ),
+                "Organization/acme".into()
+            )
+        ]
     );
 }
 
@@ -325,32 +354,44 @@ async fn a_field_the_operator_stops_setting_is_removed_from_the_child() {
     world.reconcile(ProbingDisabled).await.0.unwrap();
     world.settle();
     let resources = |w: &World| {
-        w.child::<Deployment>("acme", "acme-relay").unwrap()["spec"]["template"]["spec"]
-            ["containers"][0]["resources"]
+        w.child::<StatefulSet>("acme", "acme-relay").unwrap()["spec"]["template"]["spec"]
+            ["containers"][0]["securityContext"]["runAsUser"]
             .clone()
     };
-    assert_eq!(resources(&world), json!({"limits": {"memory": "256Mi"}}));
+    assert_eq!(resources(&world), json!(65532));
+    // A field the operator stops setting: here the security context, taken out of the
+    // applied object by hand as a newer operator version would.
+    let path = "/apis/apps/v1/namespaces/acme/statefulsets/acme-relay";
+    world.children.get_mut(path).unwrap()["metadata"]["annotations"]["smtprelay.dev/applied-hash"] =
+        json!("an older apply");
     world.organizations[0].spec.relay.resources = None;
     world.organizations[0].metadata.generation = Some(2);
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
     assert!(
         writes(&log)
-            .contains(&"PATCH /apis/apps/v1/namespaces/acme/deployments/acme-relay".to_string()),
+            .contains(&"PATCH /apis/apps/v1/namespaces/acme/statefulsets/acme-relay".to_string()),
         "{:#?}",
         writes(&log)
     );
-    assert_eq!(resources(&world), Value::Null);
+    // The limits set before are gone; the default requests take their place.
+    let resources = world.child::<StatefulSet>("acme", "acme-relay").unwrap()["spec"]["template"]
+        ["spec"]["containers"][0]["resources"]
+        .clone();
+    assert_eq!(
+        resources,
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}})
+    );
 }
 
 #[tokio::test]
 async fn a_child_changed_by_someone_else_is_put_back() {
     let mut world = settled("quickstart").await;
-    let path = "/apis/apps/v1/namespaces/acme/deployments/acme-relay";
+    let path = "/apis/apps/v1/namespaces/acme/statefulsets/acme-relay";
     world.children.get_mut(path).unwrap()["spec"]["replicas"] = json!(5);
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-    // The Deployment, and the Organization's status: a new generation is rolling out.
+    // The StatefulSet, and the Organization's status: a new generation is rolling out.
     assert_eq!(
         writes(&log),
         [
@@ -380,7 +421,7 @@ async fn organizations_named_with_a_leading_digit_or_at_length_63_get_valid_chil
             .keys()
             .filter(|k| k.contains("/services/"))
             .collect();
-        assert_eq!(services.len(), 1, "{name}: {services:?}");
+        assert_eq!(services.len(), 2, "{name}: {services:?}");
     }
 }
 
@@ -404,9 +445,9 @@ async fn a_ca_secret_with_a_dot_in_its_name_is_mounted() {
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert_eq!(refused(&log), Vec::<String>::new());
     result.unwrap();
-    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
     let mounts =
-        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
+        stateful_set["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].to_string();
     assert!(
         mounts.contains("/etc/smtprelay/ca/partner.example-ca"),
         "{mounts}"
@@ -549,18 +590,17 @@ async fn a_status_field_that_becomes_empty_is_removed_and_then_left_alone() {
 // --- Ready tells the truth during rollouts ----------------------------------------------
 
 #[tokio::test]
-async fn a_rollout_the_deployment_controller_has_not_seen_is_not_complete() {
+async fn a_rollout_the_stateful_set_controller_has_not_seen_is_not_complete() {
     let mut world = settled("applications-smtp-auth").await;
     assert_eq!(
         condition(&org_status(&world), "Progressing")["status"],
         "False"
     );
-    // A rotated Secret changes the pod template: a new Deployment generation whose
-    // status still describes the old one.
-    world.secrets[0].data.as_mut().unwrap().insert(
-        "credentials".into(),
-        k8s_openapi::ByteString(b"a:$argon2id$new".to_vec()),
-    );
+    // New resources change the pod template: a new StatefulSet generation whose status
+    // still describes the old one.
+    world.organizations[0].spec.relay.resources =
+        Some(serde_json::from_value(json!({"requests": {"cpu": "1"}})).unwrap());
+    world.organizations[0].metadata.generation = Some(2);
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
     let status = org_status(&world);
@@ -571,14 +611,7 @@ async fn a_rollout_the_deployment_controller_has_not_seen_is_not_complete() {
     );
     // The old pods still serve: Ready stays, and no Warning.
     assert_eq!(condition(&status, "Ready")["status"], "True");
-    let ev = events(&log);
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(ev[0].1, "SecretsChanged");
-    assert!(
-        ev[0]
-            .2
-            .starts_with("mounted Secrets [smtp-credentials] changed")
-    );
+    assert_eq!(events(&log), vec![]);
 
     world.settle();
     world.reconcile(ProbingDisabled).await.0.unwrap();
@@ -589,9 +622,222 @@ async fn a_rollout_the_deployment_controller_has_not_seen_is_not_complete() {
 }
 
 #[tokio::test]
+async fn a_rotated_secret_restarts_no_pod_and_is_in_force_once_pods_load_it() {
+    let mut world = settled("applications-smtp-auth").await;
+    world.secrets[0].data.as_mut().unwrap().insert(
+        "credentials".into(),
+        k8s_openapi::ByteString(b"a:$argon2id$new".to_vec()),
+    );
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    // Only the ConfigMap's annotation (the audit trail) and the Organization's status
+    // change: the pod template, and so the pods, stay; the relays reload the file the
+    // kubelet refreshes.
+    assert_eq!(
+        writes(&log),
+        [
+            "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string(),
+            format!("PATCH {API}/organizations/acme/status"),
+            EVENTS.into()
+        ]
+    );
+    let ev = events(&log);
+    assert_eq!(ev[0].1, "SecretsChanged");
+    assert!(
+        ev[0]
+            .2
+            .starts_with("mounted Secrets [smtp-credentials] changed"),
+        "{ev:?}"
+    );
+    assert!(ev[0].2.contains("without restarting"));
+    // The pods still report the old files: the rotation is not in force yet.
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(
+        (&in_force["status"], &in_force["reason"]),
+        (&json!("False"), &json!("Rollout"))
+    );
+    assert!(
+        in_force["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("acme-relay-0 has not yet loaded the current Secret files")
+    );
+    // The kubelet writes the new file and the relay reloads it.
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(condition(&org_status(&world), "InForce")["status"], "True");
+}
+
+/// A relay's answer that names its document hash only (as relays before content hashes).
+fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
+    Ok(super::pod_reports::Running {
+        hash: hash.into(),
+        content_hash: None,
+    })
+}
+
+#[tokio::test]
+async fn a_config_is_in_force_only_once_every_ready_pod_reports_it() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.replicas = Some(2);
+    world.organizations[0].spec.relay.limit_store = Some(crds::LimitStoreSpec {
+        kind: crds::LimitStoreKind::Redis,
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: None,
+    });
+    world.stateful_set_status =
+        json!({"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(in_force["status"], "True", "{in_force}");
+    let old_hash = org_status(&world)["configHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A new config: the ConfigMap is applied at once, but pod 1's kubelet has not yet
+    // refreshed its volume, so that relay still runs the old config.
+    world.organizations[0].spec.licenses = 20;
+    world.organizations[0].metadata.generation = Some(2);
+    world
+        .pod_answers
+        .insert("10.0.0.1".into(), running("not yet"));
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    let new_hash = org_status(&world)["configHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(old_hash, new_hash);
+    world
+        .pod_answers
+        .insert("10.0.0.1".into(), running(&new_hash));
+    world
+        .pod_answers
+        .insert("10.0.0.2".into(), running(&old_hash));
+    let (again, _) = world.reconcile(ProbingDisabled).await;
+    // Not settled: come back soon.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
+    assert_eq!(again.unwrap(), Action::requeue(Duration::from_secs(15)));
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(
+        (&in_force["status"], &in_force["reason"]),
+        (&json!("False"), &json!("Rollout"))
+    );
+    assert!(
+        in_force["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("acme-relay-1 runs {}", &old_hash[..12])),
+        "{in_force}"
+    );
+    // A ready pod that does not answer is not counted as running the new config.
+    world.pod_answers.remove("10.0.0.2");
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(
+        condition(&org_status(&world), "InForce")["reason"],
+        "Pending"
+    );
+
+    // The kubelet catches up: every ready pod reports the new hash, and the audit log
+    // says so.
+    world.settle();
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(
+        events(&log)
+            .into_iter()
+            .map(|e| (e.0, e.1))
+            .collect::<Vec<_>>(),
+        [("Normal".to_string(), "ConfigInForce".to_string())]
+    );
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(300)));
+    let in_force = condition(&org_status(&world), "InForce").clone();
+    assert_eq!(
+        (&in_force["status"], &in_force["reason"]),
+        (&json!("True"), &json!("AllPodsReport"))
+    );
+}
+
+#[tokio::test]
+async fn the_deployment_of_an_earlier_version_goes_only_once_the_stateful_set_is_ready() {
+    let mut world = World::example("quickstart");
+    let old = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "acme-relay", "namespace": "acme", "generation": 3,
+            "labels": {"app.kubernetes.io/managed-by": "smtprelay-operator"},
+            "ownerReferences": [{"apiVersion": "smtprelay.dev/v1alpha1", "kind": "Organization",
+                "name": "acme", "uid": "uid-acme", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "smtprelay"}},
+            "template": {"spec": {"containers": [{"name": "relay"}],
+                "volumes": [{"name": "spool", "persistentVolumeClaim": {"claimName": "acme-relay-spool"}}]}}},
+    });
+    let deployment = "/apis/apps/v1/namespaces/acme/deployments/acme-relay";
+    let claim = "/api/v1/namespaces/acme/persistentvolumeclaims/acme-relay-spool";
+    world.children.insert(deployment.into(), old);
+    world.children.insert(
+        claim.into(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "acme-relay-spool", "namespace": "acme"}}),
+    );
+
+    // The StatefulSet starts next to the Deployment, which keeps serving.
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(!lines(&log).iter().any(|l| l.starts_with("DELETE")));
+    assert!(world.children.contains_key(deployment));
+
+    // Its pods are ready: the Deployment goes, with a Warning naming the kept claim.
+    world.settle();
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    assert!(lines(&log).contains(&format!("DELETE {deployment}")));
+    assert!(!world.children.contains_key(deployment));
+    assert!(
+        world.children.contains_key(claim),
+        "the old claim may hold mail"
+    );
+    let replaced = events(&log)
+        .into_iter()
+        .find(|e| e.1 == "DeploymentReplaced")
+        .unwrap();
+    assert_eq!(replaced.0, "Warning");
+    assert!(
+        replaced.2.contains("acme-relay-spool is kept"),
+        "{replaced:?}"
+    );
+
+    // A Deployment of that name that the Organization does not control is left alone.
+    let mut world = World::example("quickstart");
+    world.children.insert(
+        deployment.into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "acme-relay", "namespace": "acme",
+                "labels": {"app.kubernetes.io/managed-by": "smtprelay-operator"}},
+            "spec": {"selector": {}, "template": {}}}),
+    );
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    let (_, log) = world.reconcile(ProbingDisabled).await;
+    assert!(!lines(&log).iter().any(|l| l.starts_with("DELETE")));
+}
+
+#[tokio::test]
+async fn the_shipped_role_may_delete_deployments_but_nothing_else() {
+    let rules = super::fixtures::shipped_rules();
+    let deletable: Vec<String> = rules
+        .iter()
+        .filter(|r| r.verbs.iter().any(|v| v == "delete" || v == "*"))
+        .flat_map(|r| r.resources.clone())
+        .collect();
+    assert_eq!(deletable, ["deployments"]);
+}
+
+#[tokio::test]
 async fn more_replicas_available_than_desired_is_ready() {
     let mut world = World::example("quickstart");
-    world.deployment_status =
+    world.stateful_set_status =
         json!({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2});
     world.reconcile(ProbingDisabled).await.0.unwrap();
     world.settle();
@@ -600,44 +846,70 @@ async fn more_replicas_available_than_desired_is_ready() {
 }
 
 #[tokio::test]
-async fn a_rollout_past_its_deadline_is_degraded() {
-    let mut world = World::example("quickstart");
-    world.deployment_status = json!({
-        "replicas": 1, "updatedReplicas": 0, "availableReplicas": 1,
-        "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                        "message": "ReplicaSet \"acme-relay-5d8\" has timed out progressing."}]
+async fn a_spool_change_after_creation_keeps_the_spool_and_says_why() {
+    let mut world = settled("quickstart").await;
+    world.organizations[0].spec.relay.spool = Some(crds::SpoolSpec {
+        size: Some("10Gi".into()),
+        storage_class_name: Some("fast".into()),
+        ephemeral: false,
     });
-    world.reconcile(ProbingDisabled).await.0.unwrap();
-    world.settle();
-    let (_, log) = world.reconcile(ProbingDisabled).await;
+    world.organizations[0].spec.licenses = 20;
+    world.organizations[0].metadata.generation = Some(2);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    // Nothing the API server would refuse is sent; the rest of the change goes out.
+    assert_eq!(refused(&log), Vec::<String>::new());
+    assert!(
+        writes(&log)
+            .contains(&"PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string())
+    );
+    let claim = &world.child::<StatefulSet>("acme", "acme-relay").unwrap()["spec"]["volumeClaimTemplates"]
+        [0]["spec"];
+    assert_eq!(claim["resources"]["requests"]["storage"], "1Gi");
     let degraded = condition(&org_status(&world), "Degraded").clone();
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(degraded["reason"], "SpoolUnchangeable");
     assert!(
         degraded["message"]
             .as_str()
             .unwrap()
-            .contains("has timed out progressing")
+            .contains("asks for a 10Gi claim of class fast per pod but the relay's StatefulSet was created with a 1Gi claim per pod"),
+        "{degraded}"
     );
+}
+
+#[tokio::test]
+async fn an_ephemeral_spool_is_a_warning_with_an_event() {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.spool = Some(crds::SpoolSpec {
+        ephemeral: true,
+        ..Default::default()
+    });
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    let warning = condition(&org_status(&world), "SpoolEphemeral").clone();
+    assert_eq!(warning["status"], "True");
     assert!(
         events(&log)
             .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "ProgressDeadlineExceeded")
+            .any(|e| e.0 == "Warning" && e.1 == "EmptyDirSpool")
     );
+    let set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    assert!(set["spec"]["volumeClaimTemplates"].is_null());
 }
 
 #[tokio::test]
 async fn a_rollout_step_is_neither_a_new_ready_message_nor_an_event() {
     let mut world = World::example("quickstart");
     world.organizations[0].spec.relay.replicas = Some(3);
-    world.deployment_status =
+    world.stateful_set_status =
         json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 1, "availableReplicas": 1});
     world.reconcile(ProbingDisabled).await.0.unwrap();
     world.settle();
     world.reconcile(ProbingDisabled).await.0.unwrap();
     let before = condition(&org_status(&world), "Ready").clone();
     assert_eq!(before["status"], "False");
-    world.deployment_status =
+    world.stateful_set_status =
         json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 2, "availableReplicas": 2});
     world.settle();
     let (_, log) = world.reconcile(ProbingDisabled).await;
@@ -655,23 +927,19 @@ async fn a_rollout_step_is_neither_a_new_ready_message_nor_an_event() {
 
 #[tokio::test]
 async fn a_refused_child_is_a_condition_with_the_servers_message_and_the_rest_is_applied() {
-    let mut world = World::example("quickstart");
-    world.organizations[0].spec.relay.spool = Some(crds::SpoolSpec {
-        size: Some("10Gi".into()),
-        storage_class_name: None,
+    let mut world = settled("quickstart").await;
+    // An admission webhook refuses the PodDisruptionBudget; the ConfigMap change still
+    // goes out.
+    world.refusals.push(Refusal {
+        method: "PATCH",
+        path_suffix: "/poddisruptionbudgets/acme-relay".into(),
+        code: 403,
+        reason: "Forbidden",
+        message: "admission webhook \"pdb.example\" denied the request: no PDBs here".into(),
     });
-    world.reconcile(ProbingDisabled).await.0.unwrap();
-    world.settle();
-    world.reconcile(ProbingDisabled).await.0.unwrap();
-
-    // Shrinking a claim is refused; the ConfigMap change still goes out.
-    world.organizations[0]
-        .spec
-        .relay
-        .spool
-        .as_mut()
-        .unwrap()
-        .size = Some("5Gi".into());
+    world
+        .children
+        .remove("/apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay");
     world.organizations[0].spec.licenses = 20;
     world.organizations[0].metadata.generation = Some(2);
     let (result, log) = world.reconcile(ProbingDisabled).await;
@@ -680,7 +948,7 @@ async fn a_refused_child_is_a_condition_with_the_servers_message_and_the_rest_is
     assert!(
         error
             .to_string()
-            .starts_with("applying PersistentVolumeClaim acme/acme-relay-spool")
+            .starts_with("applying PodDisruptionBudget acme/acme-relay")
     );
     assert!(
         lines(&log)
@@ -690,7 +958,7 @@ async fn a_refused_child_is_a_condition_with_the_servers_message_and_the_rest_is
     assert_eq!(degraded["reason"], "ApplyFailed");
     assert_eq!(
         degraded["message"],
-        "ApplyFailed: the API server refused PersistentVolumeClaim acme-relay-spool: PersistentVolumeClaim \"acme-relay-spool\" is invalid: [spec.resources.requests.storage: Forbidden: field can not be less than previous value]"
+        "ApplyFailed: the API server refused PodDisruptionBudget acme-relay: admission webhook \"pdb.example\" denied the request: no PDBs here"
     );
     assert!(
         events(&log)
@@ -844,7 +1112,12 @@ async fn without_the_finalizers_rule_no_child_can_be_created() {
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert!(result.is_err());
     assert!(refused(&log).iter().all(|l| l.ends_with("-> 403")));
-    assert_eq!(refused(&log).len(), 5, "{:#?}", refused(&log));
+    assert_eq!(
+        refused(&log).len(),
+        CHILD_APPLIES.len(),
+        "{:#?}",
+        refused(&log)
+    );
     let degraded = condition(&org_status(&world), "Degraded").clone();
     assert!(
         degraded["message"]
@@ -926,17 +1199,17 @@ async fn an_image_outside_the_allow_list_is_not_deployed_but_the_rest_of_the_spe
     world.organizations[0].metadata.generation = Some(2);
     let (result, _) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
-    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
     let image = |d: &Value| d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
-    assert_eq!(image(deployment), "smtprelay-relay:dev");
-    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(image(stateful_set), "smtprelay-relay:dev");
+    assert_eq!(stateful_set["spec"]["replicas"], 2);
     let degraded = condition(&org_status(&world), "Degraded").clone();
     assert_eq!(degraded["reason"], "ImageNotAllowed");
 
     world.operator.allowed_images = vec!["evil.example/miner:latest".into()];
     world.reconcile(ProbingDisabled).await.0.unwrap();
-    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
-    assert_eq!(image(deployment), "evil.example/miner:latest");
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    assert_eq!(image(stateful_set), "evil.example/miner:latest");
     assert_eq!(
         condition(&org_status(&world), "Degraded")["status"],
         "False"
@@ -1055,14 +1328,14 @@ async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
         (&accepted["status"], &accepted["reason"]),
         (&json!("False"), &json!("NoRelayCertificate"))
     );
-    let deployment = world.child::<Deployment>("acme", "acme-relay").unwrap();
-    let volumes: Vec<&str> = deployment["spec"]["template"]["spec"]["volumes"]
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    let volumes: Vec<&str> = stateful_set["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["config", "auth", "spool"]);
+    assert_eq!(volumes, ["config", "auth"]);
 }
 
 #[tokio::test]
@@ -1164,7 +1437,7 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
                     .body(Body::from(serde_json::to_vec(&list).unwrap()))
                     .unwrap(),
             );
-            if lists.len() == 10
+            if lists.len() == 11
                 && let Some(tx) = seen_all.take()
             {
                 let _ = tx.send(lists.clone());
@@ -1185,7 +1458,7 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
     }));
     let lists = tokio::time::timeout(Duration::from_secs(60), all_seen)
         .await
-        .expect("the controller did not list its ten kinds")
+        .expect("the controller did not list its eleven kinds")
         .unwrap();
     let _ = stop.send(());
     controller.await.unwrap();
@@ -1199,8 +1472,9 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
         ("/apis/smtprelay.dev/v1alpha1/mailroutes", ""),
         ("/api/v1/configmaps", owned),
         ("/apis/apps/v1/deployments", owned),
+        ("/apis/apps/v1/statefulsets", owned),
         ("/api/v1/services", owned),
-        ("/api/v1/persistentvolumeclaims", owned),
+        ("/api/v1/pods", owned),
         ("/apis/policy/v1/poddisruptionbudgets", owned),
         ("/apis/networking.k8s.io/v1/networkpolicies", owned),
     ]

@@ -1,0 +1,164 @@
+//! What each ready relay pod says about the config it has in force.
+//!
+//! The relay's admin endpoint publishes `relay_config_info{hash="…",content_hash="…"} 1`
+//! on `/metrics`: the document hash, and the hash of the document and the files it names.
+//! [`PodReports`] asks one pod for that line; [`HttpPodReports`] does so
+//! over HTTP straight to the pod's address (the relay's NetworkPolicy admits the
+//! operator's namespace to the admin port; no API server proxy and no extra RBAC), and
+//! tests answer with a mock. [`running`] is the pure parser of the metrics text.
+//!
+//! This module decides nothing: [`status::in_force`](super::status::in_force) turns the
+//! answers into the `InForce` condition.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+
+/// Name of the relay's config metric.
+pub const CONFIG_INFO_METRIC: &str = "relay_config_info";
+
+/// The config a relay has in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// Hash of the RelayConfig document.
+    pub hash: String,
+    /// Hash of the document and of the files it names (certificates, credentials, CA
+    /// roots), when the relay publishes it.
+    pub content_hash: Option<String>,
+}
+
+/// Asks one relay pod which config it has in force.
+pub trait PodReports: Send + Sync + 'static {
+    /// What the relay at `ip` (admin port `port`) runs, or why it could not be learned.
+    fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>>;
+}
+
+/// The labels of the config metric in Prometheus text, if present.
+pub fn running(metrics: &str) -> Option<Running> {
+    metrics.lines().find_map(|line| {
+        let labels = line
+            .strip_prefix(CONFIG_INFO_METRIC)?
+            .strip_prefix('{')?
+            .split_once('}')?
+            .0;
+        let label = |name: &str| {
+            labels.split(',').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.trim_matches('"').to_string())
+            })
+        };
+        Some(Running {
+            hash: label("hash")?,
+            content_hash: label("content_hash"),
+        })
+    })
+}
+
+/// Reads `/metrics` from the pod's admin port over HTTP/1.1, within a timeout.
+#[derive(Clone, Debug)]
+pub struct HttpPodReports {
+    pub timeout: Duration,
+}
+
+impl Default for HttpPodReports {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("/metrics")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?
+        .to_bytes();
+    connection.abort();
+    if !status.is_success() {
+        return Err(format!("GET http://{addr}/metrics answered {status}"));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+impl PodReports for HttpPodReports {
+    fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>> {
+        Box::pin(async move {
+            let addr = SocketAddr::new(ip, port);
+            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr))
+                .await
+                .map_err(|_| format!("GET http://{addr}/metrics timed out"))??;
+            running(&text).ok_or_else(|| format!("{addr} publishes no {CONFIG_INFO_METRIC}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "# HELP relay_config_info Hash of the config in force (value 1).\n\
+# TYPE relay_config_info gauge\n\
+relay_config_info{hash=\"abc123\",content_hash=\"def456\"} 1\n\
+relay_config_generation 3\n";
+
+    #[test]
+    fn the_labels_of_the_config_metric_are_read() {
+        let abc = Running {
+            hash: "abc123".into(),
+            content_hash: Some("def456".into()),
+        };
+        assert_eq!(running(METRICS), Some(abc));
+        assert_eq!(running("relay_config_generation 3\n"), None);
+        // `content_hash` is not `hash`, whichever comes first.
+        let swapped = "relay_config_info{content_hash=\"x\",hash=\"y\"} 1";
+        assert_eq!(running(swapped).map(|r| r.hash).as_deref(), Some("y"));
+        let old = "relay_config_info{hash=\"y\"} 1";
+        assert_eq!(running(old).unwrap().content_hash, None);
+    }
+
+    #[tokio::test]
+    async fn a_pod_is_asked_over_http_and_a_silent_one_is_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{METRICS}",
+                METRICS.len()
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let reports = HttpPodReports::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = reports.running(ip, port).await.unwrap();
+        assert_eq!(first.hash, "abc123");
+        // Nothing listens there any more.
+        let err = reports.running(ip, port).await.unwrap_err();
+        assert!(err.contains("127.0.0.1"), "{err}");
+    }
+}

@@ -75,6 +75,26 @@ pub struct Envelope {
     pub size: u64,
 }
 
+impl QueueId {
+    /// A new id later than every id `last` has given out: the current time in
+    /// microseconds, bumped past `last` when ids are taken faster than the clock moves.
+    pub fn next_after(last: &std::sync::atomic::AtomicU64) -> QueueId {
+        use std::sync::atomic::Ordering;
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let mut prev = last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match last.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return QueueId(next),
+                Err(p) => prev = p,
+            }
+        }
+    }
+}
+
 impl Envelope {
     /// The envelope of a message the relay generates itself (a DSN): no client, no HELO.
     pub fn generated(

@@ -44,9 +44,9 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
@@ -340,23 +340,7 @@ impl Spool {
 
     /// A new unique, time-ordered queue id.
     pub fn new_id(&self) -> QueueId {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
-        let mut prev = self.last_id.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self.last_id.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return QueueId(next),
-                Err(p) => prev = p,
-            }
-        }
+        QueueId::next_after(&self.last_id)
     }
 
     /// Writes the message and waits until it is durable (file and directory fsync'd).
@@ -899,6 +883,7 @@ fn into_io(e: SpoolError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn envelope(spool: &Spool) -> Envelope {
         Envelope {

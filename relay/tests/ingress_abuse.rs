@@ -14,26 +14,17 @@ use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHasher};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Client, config, connect, connect_from, queue_id};
+use common::{
+    Client, config, connect, connect_from, connector, queue_id, spooled_recipients, tls_files,
+};
 use relay::config::*;
 use relay::{RelayHandle, StartOptions};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
 
 async fn start(cfg: RelayConfig) -> RelayHandle {
     relay::start(cfg, StartOptions::default()).await.unwrap()
-}
-
-/// Recipients of every message in the spool.
-fn spooled_recipients(relay: &RelayHandle) -> usize {
-    let spool = relay.spool();
-    spool
-        .list()
-        .into_iter()
-        .map(|id| spool.read(id).unwrap().0.rcpts.len())
-        .sum()
 }
 
 /// Waits (bounded: `tries` × 100 ms) until `f` holds.
@@ -181,34 +172,6 @@ async fn fifty_parallel_one_message_connections_at_the_default_cap_are_all_serve
     let defaults = LimitsConfig::for_customer(1, true);
     assert_eq!(defaults.connections_per_ip, 50, "Postfix's default");
     clients_at_exactly_the_cap(defaults.connections_per_ip).await;
-}
-
-fn tls_files(dir: &Path) -> (TlsFiles, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (
-        TlsFiles {
-            cert_file: cert.to_string_lossy().into_owned(),
-            key_file: key.to_string_lossy().into_owned(),
-        },
-        ck.cert.der().to_vec(),
-    )
-}
-
-fn connector(cert_der: &[u8]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert_der.to_vec())).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
 }
 
 async fn connect_tcp_from(src: &str, addr: SocketAddr) -> TcpStream {

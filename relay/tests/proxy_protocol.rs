@@ -10,18 +10,16 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Client, config, queue_id};
+use common::{Client, config, connector, queue_id, tls_files};
 use ipnet::IpNet;
 use relay::config::*;
 use relay::proxy::{v1_header, v2_header};
 use relay::{RelayHandle, StartOptions};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
 
 const PROXY: &str = "127.0.0.2";
 const INSIDE: &str = "192.0.2.10";
@@ -243,34 +241,6 @@ async fn the_per_ip_cap_counts_the_clients_behind_the_proxy_not_the_proxy() {
     );
     assert!(first.cmd("NOOP").await.starts_with("250"));
     relay.shutdown().await;
-}
-
-fn tls_files(dir: &Path) -> (TlsFiles, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (
-        TlsFiles {
-            cert_file: cert.to_string_lossy().into_owned(),
-            key_file: key.to_string_lossy().into_owned(),
-        },
-        ck.cert.der().to_vec(),
-    )
-}
-
-fn connector(cert_der: &[u8]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert_der.to_vec())).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
 }
 
 #[tokio::test]

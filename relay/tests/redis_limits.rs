@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{Client, RedisServer, config, connect, queue_id};
+use common::{Client, RedisServer, config, connect, queue_id, spooled_recipients};
 use relay::config::{LimitStoreConfig, LimitsConfig, RelayConfig};
 use relay::{FakeClock, RelayHandle, StartOptions};
 use tokio::net::TcpStream;
@@ -62,16 +62,6 @@ async fn ehlo(addr: std::net::SocketAddr) -> Client<TcpStream> {
     let mut c = connect(addr).await;
     c.cmd("EHLO client.acme.example").await;
     c
-}
-
-/// Recipients of every message in a relay's spool.
-fn spooled_recipients(relay: &RelayHandle) -> usize {
-    let spool = relay.spool();
-    spool
-        .list()
-        .into_iter()
-        .map(|id| spool.read(id).unwrap().0.rcpts.len())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -895,23 +895,7 @@ impl DirectoryStore {
     }
 
     fn new_id(&self) -> QueueId {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        let mut prev = self.counter.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self.counter.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return QueueId(next),
-                Err(p) => prev = p,
-            }
-        }
+        QueueId::next_after(&self.counter)
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use relay::RelayHandle;
 use relay::config::*;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -302,4 +303,47 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A self-signed certificate for `localhost` written to `dir`: the relay's TLS files and
+/// the certificate (DER) for a client to trust.
+pub fn tls_files(dir: &Path) -> (TlsFiles, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (
+        TlsFiles {
+            cert_file: cert.to_string_lossy().into_owned(),
+            key_file: key.to_string_lossy().into_owned(),
+        },
+        ck.cert.der().to_vec(),
+    )
+}
+
+/// A TLS client trusting only `cert_der`.
+pub fn connector(cert_der: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// Recipients of every message in a relay's spool.
+pub fn spooled_recipients(relay: &RelayHandle) -> usize {
+    let spool = relay.spool();
+    spool
+        .list()
+        .into_iter()
+        .map(|id| spool.read(id).unwrap().0.rcpts.len())
+        .sum()
 }

@@ -192,6 +192,7 @@ fn organization(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
         ),
         _ => {}
     }
+    proxy_protocol(base, head, &object, out);
     if base.hostname != head.hostname {
         push(
             out,
@@ -582,6 +583,77 @@ fn limits(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
 }
 
 /// Everything without a dedicated sentence: listeners, limit store, delivery, spool.
+/// PROXY protocol: a trusted proxy may report any client address, so trusting more
+/// addresses, or no longer requiring the header, loosens who the relay believes a client is.
+fn proxy_protocol(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Change>) {
+    let trusted = |c: &RelayConfig| -> Vec<IpNet> {
+        c.proxy_protocol
+            .as_ref()
+            .map(|p| p.trusted_proxies.clone())
+            .unwrap_or_default()
+    };
+    match (&base.proxy_protocol, &head.proxy_protocol) {
+        (None, None) => {}
+        (None, Some(h)) => push(
+            out,
+            Severity::Warning,
+            object,
+            format!(
+                "PROXY protocol turned on: {} may report any client address{}",
+                join_nets(&h.trusted_proxies),
+                if h.required { " (header required)" } else { "" }
+            ),
+        ),
+        (Some(_), None) => push(
+            out,
+            Severity::Warning,
+            object,
+            "PROXY protocol turned off: connections through a load balancer now show the balancer's address".into(),
+        ),
+        (Some(b), Some(h)) => {
+            let (gained_count, gained) = difference(&trusted(head), &trusted(base));
+            let (lost_count, lost) = difference(&trusted(base), &trusted(head));
+            if gained_count > 0 {
+                push(
+                    out,
+                    Severity::Warning,
+                    object,
+                    format!(
+                        "trusted proxies gained {gained_count} address(es): {} (each may report any client address)",
+                        join_nets(&gained)
+                    ),
+                );
+            }
+            if lost_count > 0 {
+                push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!(
+                        "trusted proxies lost {lost_count} address(es): {}",
+                        join_nets(&lost)
+                    ),
+                );
+            }
+            match (b.required, h.required) {
+                (true, false) => push(
+                    out,
+                    Severity::Warning,
+                    object,
+                    "PROXY header no longer required: connections without one are taken as direct clients".into(),
+                ),
+                (false, true) => push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    "PROXY header now required: connections without one are closed".into(),
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
 fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
     let strip = |c: &RelayConfig| {
         let mut v = to_value(c);
@@ -594,6 +666,7 @@ fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
                 "limits",
                 "tls",
                 "hostname",
+                "proxyProtocol",
             ] {
                 o.remove(k);
             }
@@ -866,5 +939,45 @@ mod tests {
         );
         let (count, _) = difference(&nets(&["2001:db8::/112"]), &nets(&["10.0.0.0/16"]));
         assert_eq!(count, 65_536, "families never cancel out");
+    }
+
+    #[test]
+    fn trusting_more_proxies_or_dropping_the_required_header_is_a_warning() {
+        use relay::config::ProxyProtocolConfig;
+        let base = RelayConfig::loopback("spool", 25);
+        let mut on = base.clone();
+        on.proxy_protocol = Some(ProxyProtocolConfig {
+            trusted_proxies: vec!["10.0.0.0/24".parse().unwrap()],
+            required: true,
+        });
+        let turned_on = plan(&base, &on);
+        assert_eq!(turned_on.len(), 1, "{turned_on:?}");
+        assert_eq!(turned_on[0].severity, Severity::Warning);
+        assert_eq!(
+            turned_on[0].change,
+            "PROXY protocol turned on: 10.0.0.0/24 may report any client address (header required)"
+        );
+        let mut wider = on.clone();
+        if let Some(p) = &mut wider.proxy_protocol {
+            p.trusted_proxies = vec!["10.0.0.0/23".parse().unwrap()];
+            p.required = false;
+        }
+        let changes: Vec<(Severity, String)> = plan(&on, &wider)
+            .into_iter()
+            .map(|c| (c.severity, c.change))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (
+                    Severity::Warning,
+                    "trusted proxies gained 256 address(es): 10.0.1.0/24 (each may report any client address)".to_string()
+                ),
+                (
+                    Severity::Warning,
+                    "PROXY header no longer required: connections without one are taken as direct clients".to_string()
+                ),
+            ]
+        );
     }
 }

@@ -86,6 +86,29 @@ fn spawn_run(dir: &std::path::Path) -> Running {
     Running { child, lines }
 }
 
+/// One (possibly multi-line) reply, lines joined, trailing CRLF removed.
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        all.push_str(&line);
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return all.trim_end().to_string();
+        }
+    }
+}
+
+/// The address `relayctl run` printed for listener `name` (`smtp`, `smtps`, ...).
+fn listening(run: &Running, name: &str) -> SocketAddr {
+    run.wait_for(&format!("  {name} "))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 struct Session {
     r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
@@ -104,15 +127,7 @@ impl Session {
     }
 
     async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            self.r.read_line(&mut line).await.unwrap();
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all.trim_end().to_string();
-            }
-        }
+        read_reply(&mut self.r).await
     }
 
     async fn cmd(&mut self, line: &str) -> String {
@@ -137,13 +152,7 @@ async fn quickstart_relays_to_the_sink_and_a_manifest_edit_applies_without_resta
     .unwrap();
 
     let run = spawn_run(dir.path());
-    let smtp: SocketAddr = run
-        .wait_for("  smtp ")
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let smtp = listening(&run, "smtp");
     run.wait_for("configuration generation 1 in force");
 
     // A session opened under the first configuration...
@@ -202,13 +211,7 @@ async fn an_invalid_edit_keeps_the_running_configuration() {
     let manifest = dir.path().join("manifests/relay.yaml");
     std::fs::write(&manifest, QUICKSTART).unwrap();
     let run = spawn_run(dir.path());
-    let smtp: SocketAddr = run
-        .wait_for("  smtp ")
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let smtp = listening(&run, "smtp");
     run.wait_for("configuration generation 1 in force");
     std::fs::write(&manifest, QUICKSTART.replace("licenses: 10", "licenses: 0")).unwrap();
     run.wait_for("spec.licenses: licenses must be at least 1");
@@ -250,25 +253,14 @@ async fn auth_plain(smtps: SocketAddr, cert_pem: &[u8], user: &str, password: &s
         .unwrap();
     let (r, mut w) = tokio::io::split(tls);
     let mut r = BufReader::new(r);
-    async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).await.unwrap();
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all.trim_end().to_string();
-            }
-        }
-    }
-    assert!(reply(&mut r).await.starts_with("220 "));
+    assert!(read_reply(&mut r).await.starts_with("220 "));
     w.write_all(b"EHLO app.acme.example\r\n").await.unwrap();
-    assert!(reply(&mut r).await.starts_with("250"));
+    assert!(read_reply(&mut r).await.starts_with("250"));
     let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     w.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())
         .await
         .unwrap();
-    reply(&mut r).await
+    read_reply(&mut r).await
 }
 
 #[tokio::test]
@@ -278,13 +270,7 @@ async fn a_user_removed_from_the_credentials_secret_cannot_log_in_after_the_next
     let manifest = dir.path().join("manifests/relay.yaml");
     std::fs::write(&manifest, SMTP_AUTH).unwrap();
     let run = spawn_run(dir.path());
-    let smtps: SocketAddr = run
-        .wait_for("  smtps ")
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let smtps = listening(&run, "smtps");
     run.wait_for("configuration generation 1 in force");
     let cert = std::fs::read(dir.path().join("state/tls/self-signed.crt")).unwrap();
     assert_eq!(

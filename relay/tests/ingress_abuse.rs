@@ -15,7 +15,8 @@ use argon2::{Argon2, PasswordHasher};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{
-    Client, config, connect, connect_from, connector, queue_id, spooled_recipients, tls_files,
+    Client, config, connect, connect_from, connector, metrics, queue_id, spooled_recipients,
+    tls_files,
 };
 use relay::config::*;
 use relay::{RelayHandle, StartOptions};
@@ -250,13 +251,9 @@ async fn beyond_the_global_cap_new_connections_get_421() {
 }
 
 async fn sessions_active(relay: &RelayHandle) -> String {
-    let mut s = TcpStream::connect(relay.admin_addr()).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    metrics(relay)
         .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body.lines()
+        .lines()
         .find(|l| l.starts_with("relay_sessions_active "))
         .unwrap_or("")
         .to_string()
@@ -349,16 +346,7 @@ fn phc(password: &str) -> String {
 }
 
 async fn auth_plain(relay: &RelayHandle, cert_der: &[u8], user: &str, password: &str) -> String {
-    let tcp = TcpStream::connect(relay.smtps_addr()).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = connector(cert_der).connect(name, tcp).await.unwrap();
-    let mut c = Client {
-        io: BufReader::new(tls),
-    };
-    c.reply().await;
-    c.cmd("EHLO client.acme.example").await;
-    let token = STANDARD.encode(format!("\0{user}\0{password}"));
-    c.cmd(&format!("AUTH PLAIN {token}")).await
+    auth_from(relay, cert_der, "127.0.0.1", user, password).await
 }
 
 /// A user's line deleted from the credentials Secret: the document is unchanged, yet the
@@ -559,15 +547,7 @@ async fn repeated_auth_failures_lock_the_user_out_across_connections() {
         .await,
         "235 2.7.0 Authentication successful"
     );
-    let text = {
-        let mut s = TcpStream::connect(relay.admin_addr()).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        body
-    };
+    let text = metrics(&relay).await;
     assert!(
         text.contains("relay_auth_lockouts_total{scope=\"user\"} 1"),
         "{text}"

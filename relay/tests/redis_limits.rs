@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{Client, RedisServer, config, connect, queue_id, spooled_recipients};
+use common::{Client, RedisServer, config, connect, metrics, queue_id, spooled_recipients};
 use relay::config::{LimitStoreConfig, LimitsConfig, RelayConfig};
 use relay::{FakeClock, RelayHandle, StartOptions};
 use tokio::net::TcpStream;
@@ -278,17 +278,6 @@ async fn a_reservation_whose_relay_died_expires_after_the_session_timeout() {
     assert!(store.check(ask(2, "b@d.example")).await.unwrap().is_some());
     clock.advance(Duration::from_secs(600 + 61));
     assert_eq!(store.check(ask(2, "b@d.example")).await.unwrap(), None);
-}
-
-async fn metrics(relay: &RelayHandle) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(relay.admin_addr()).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]

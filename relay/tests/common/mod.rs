@@ -347,3 +347,15 @@ pub fn spooled_recipients(relay: &RelayHandle) -> usize {
         .map(|id| spool.read(id).unwrap().0.rcpts.len())
         .sum()
 }
+
+/// The relay's `/metrics` page, headers included.
+pub async fn metrics(relay: &RelayHandle) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(relay.admin_addr()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -1,10 +1,11 @@
 //! Large messages: `n` sessions each send one message of `size` bytes at the same time,
-//! while the relay's resident memory is sampled every 10 ms; reports the idle RSS, the
-//! peak while the messages stream in (until the first `250`: ingress alone), the peak
-//! over the whole run (delivery included: it starts on each message as soon as it is
-//! acknowledged) and how long the messages took. With message text streamed to the
-//! spool, the ingress peak above idle stays near `n` × the session buffer, not `n` × the
-//! message size. Every step has a timeout.
+//! and the relay delivers them to a [`TimedSink`], while the relay's resident memory is
+//! sampled every 10 ms; reports the idle RSS, the peak while the messages stream in
+//! (until the first `250`: ingress alone), the peak over the whole run (delivery of all
+//! `n` to the sink included: it starts on each message as soon as it is acknowledged),
+//! how long the messages took to be accepted and to arrive. With message text streamed
+//! to the spool and from the spool to the socket, both peaks above idle stay near `n` ×
+//! a buffer, not `n` × the message size. Every step has a timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::downstream::TimedSink;
 use crate::procfs;
 
 pub struct BigResult {
@@ -24,7 +26,11 @@ pub struct BigResult {
     pub rss_ingress_peak_kib: u64,
     /// Peak over the whole run.
     pub rss_peak_kib: u64,
+    /// Until the last `250`.
     pub elapsed: Duration,
+    /// Messages that arrived at the sink, and when the last did.
+    pub delivered: usize,
+    pub delivered_after: Duration,
 }
 
 /// Reads one reply (bounded) and checks its code.
@@ -90,13 +96,15 @@ fn message(size: usize) -> Vec<u8> {
     m
 }
 
-/// Sends `n` messages of `size` bytes at once to `addr` and samples `pid`'s RSS.
+/// Sends `n` messages of `size` bytes at once to `addr`, waits until the relay has
+/// delivered them to `sink`, and samples `pid`'s RSS all along.
 pub async fn measure(
     addr: SocketAddr,
     pid: u32,
     n: usize,
     size: usize,
     timeout: Duration,
+    sink: &TimedSink,
 ) -> Result<BigResult, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle_kib = procfs::rss_kib(pid);
@@ -147,7 +155,10 @@ pub async fn measure(
         }
     }
     let elapsed = start.elapsed();
-    // A last sample once every reply is in.
+    sink.wait_for(n, start + timeout).await;
+    let delivered = sink.count();
+    let delivered_after = start.elapsed();
+    // A last sample once every message is in.
     tokio::time::sleep(Duration::from_millis(50)).await;
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
@@ -161,5 +172,7 @@ pub async fn measure(
         rss_ingress_peak_kib: ingress_peak.load(Ordering::Relaxed),
         rss_peak_kib: peak.load(Ordering::Relaxed),
         elapsed,
+        delivered,
+        delivered_after,
     })
 }

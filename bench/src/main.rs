@@ -1,13 +1,16 @@
 //! `relay-bench`: drives the same SMTP load through our relay and through Postfix on this
 //! machine, both forwarding to one `smtp-sink`, and prints a Markdown table of medians with
 //! the ratio ours/Postfix per row; then measures our relay's memory with many idle
-//! sessions, with concurrent large messages, and the time a manifest edit takes to be in
-//! force under `relayctl run`.
+//! sessions and with concurrent large messages delivered to a sink, the delivery time of a
+//! route while another route's destination is a tarpit, and the time a manifest edit
+//! takes to be in force under `relayctl run`.
 //!
 //! ```text
 //! relay-bench [--sessions 20] [--messages 10000] [--size 1024] [--recipients 1]
 //!             [--rounds 3] [--per-connection 100] [--idle-sessions 10000]
 //!             [--reload-edits 10] [--big-sessions 20] [--big-size 35000000]
+//!             [--tarpit-messages 3000] [--tarpit-rate 200] [--tarpit-every 4]
+//!             [--tarpit-mode drip|silent] [--tarpit-rounds 2]
 //!             [--relayctl PATH] [--no-postfix]
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
@@ -19,6 +22,7 @@
 //! `cargo bench -p relay --bench ingress`.
 
 mod big;
+mod downstream;
 mod idle;
 mod load;
 mod ours;
@@ -27,6 +31,7 @@ mod procfs;
 mod reload;
 mod sink;
 mod stats;
+mod tarpit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +51,11 @@ struct Args {
     idle_sessions: usize,
     big_sessions: usize,
     big_size: usize,
+    tarpit_messages: usize,
+    tarpit_rate: usize,
+    tarpit_every: usize,
+    tarpit_mode: downstream::TarpitMode,
+    tarpit_rounds: usize,
     reload_edits: usize,
     relayctl: Option<PathBuf>,
     postfix: bool,
@@ -65,6 +75,11 @@ impl Default for Args {
             idle_sessions: 10_000,
             big_sessions: 20,
             big_size: 35_000_000,
+            tarpit_messages: 3000,
+            tarpit_rate: 200,
+            tarpit_every: 4,
+            tarpit_mode: downstream::TarpitMode::Drip,
+            tarpit_rounds: 2,
             reload_edits: 10,
             relayctl: None,
             postfix: true,
@@ -99,6 +114,18 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--big-sessions" => a.big_sessions = num(value()?)?,
             "--big-size" => a.big_size = num(value()?)?.max(1024),
             "--reload-edits" => a.reload_edits = num(value()?)?,
+            // 0 skips the tarpit runs.
+            "--tarpit-messages" => a.tarpit_messages = num(value()?)?,
+            "--tarpit-rate" => a.tarpit_rate = num(value()?)?.max(1),
+            "--tarpit-every" => a.tarpit_every = num(value()?)?.max(1),
+            "--tarpit-rounds" => a.tarpit_rounds = num(value()?)?.max(1),
+            "--tarpit-mode" => {
+                a.tarpit_mode = match value()?.as_str() {
+                    "drip" => downstream::TarpitMode::Drip,
+                    "silent" => downstream::TarpitMode::Silent,
+                    other => return Err(format!("--tarpit-mode: {other:?} is not drip or silent")),
+                }
+            }
             "--relayctl" => a.relayctl = Some(PathBuf::from(value()?)),
             "--no-postfix" => a.postfix = false,
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
@@ -450,8 +477,9 @@ async fn bench(args: Args) -> Result<(), String> {
     if args.big_sessions > 0 {
         let spool = args.work_dir.join("spool-big");
         let _ = std::fs::remove_dir_all(&spool);
-        // Delivery to a closed port: the messages stay queued, so this measures ingress.
-        let cfg = ours::config(&spool, 9, (args.big_sessions + 10) as u32);
+        // The relay delivers every message to this sink: ingress and delivery measured.
+        let big_sink = downstream::TimedSink::start().await?;
+        let cfg = ours::config(&spool, big_sink.port(), (args.big_sessions + 10) as u32);
         let relay = ours::OurRelay::start(
             &cfg,
             &args.work_dir.join("relay-big.json"),
@@ -463,22 +491,79 @@ async fn bench(args: Args) -> Result<(), String> {
             args.big_sessions,
             args.big_size,
             args.timeout,
+            &big_sink,
         )
         .await?;
         drop(relay);
         let _ = std::fs::remove_dir_all(&spool);
         println!();
         println!(
-            "Large messages: {} concurrent messages of {:.1} MB in {:.1} s: relay RSS idle {:.1} MiB; while they stream in (until the first 250) peak {:.1} MiB, {:.1} MiB above idle (target ≤ 64 MiB above idle); over the whole run, delivery attempts included, peak {:.1} MiB ({:.1} MiB above idle).",
+            "Large messages: {} concurrent messages of {:.1} MB accepted in {:.1} s, {} of them at the sink after {:.1} s ({:.1} MB of text received): relay RSS idle {:.1} MiB; while they stream in (until the first 250) peak {:.1} MiB, {:.1} MiB above idle; over the whole run, delivery to the sink included, peak {:.1} MiB, {:.1} MiB above idle (target ≤ 64 MiB above idle).",
             r.sessions,
             r.size as f64 / 1e6,
             r.elapsed.as_secs_f64(),
+            r.delivered,
+            r.delivered_after.as_secs_f64(),
+            big_sink.bytes() as f64 / 1e6,
             r.rss_idle_kib as f64 / 1024.0,
             r.rss_ingress_peak_kib as f64 / 1024.0,
             r.rss_ingress_peak_kib.saturating_sub(r.rss_idle_kib) as f64 / 1024.0,
             r.rss_peak_kib as f64 / 1024.0,
             r.rss_peak_kib.saturating_sub(r.rss_idle_kib) as f64 / 1024.0
         );
+    }
+
+    if args.tarpit_messages > 0 {
+        let spec = tarpit::TarpitSpec {
+            sessions: args.sessions,
+            messages: args.tarpit_messages,
+            rate: args.tarpit_rate as f64,
+            tarpit_every: args.tarpit_every,
+            mode: args.tarpit_mode,
+            timeout: Duration::from_secs(60),
+        };
+        let runs = tarpit::measure(spec, &args.work_dir, args.tarpit_rounds).await?;
+        let pick = |with: bool, f: fn(&tarpit::TarpitRun) -> Option<Duration>| {
+            median(
+                &runs
+                    .iter()
+                    .filter(|r| r.with_tarpit == with)
+                    .map(|r| tarpit::ms(f(r)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (p50_without, p50_with) = (pick(false, |r| r.p50), pick(true, |r| r.p50));
+        let (p99_without, p99_with) = (pick(false, |r| r.p99), pick(true, |r| r.p99));
+        let lost: usize = runs
+            .iter()
+            .map(|r| r.good_sent.saturating_sub(r.good_delivered))
+            .sum();
+        println!();
+        println!(
+            "### Delivery next to a tarpit ({} mode): {} messages at {}/s over {} sessions, every {}th to the tarpit route; median of {} round(s)",
+            args.tarpit_mode.name(),
+            args.tarpit_messages,
+            args.tarpit_rate,
+            args.sessions,
+            args.tarpit_every,
+            args.tarpit_rounds
+        );
+        println!();
+        println!(
+            "| good route, 250 → at the sink | without tarpit | with tarpit | with/without | target |"
+        );
+        println!("| --- | ---: | ---: | ---: | --- |");
+        println!(
+            "| p50 (ms) | {p50_without:.1} | {p50_with:.1} | {:.2} |  |",
+            p50_with / p50_without
+        );
+        println!(
+            "| p99 (ms) | {p99_without:.1} | {p99_with:.1} | {:.2} | ≤ 1.2 |",
+            p99_with / p99_without
+        );
+        if lost > 0 {
+            println!("\nWarning: {lost} good-route messages did not reach the sink within 60 s.");
+        }
     }
 
     if args.reload_edits > 0 {
@@ -537,7 +622,7 @@ fn main() -> ExitCode {
                 eprintln!("relay-bench: {e}");
             }
             eprintln!(
-                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
             );
             return ExitCode::from(2);
         }

@@ -312,10 +312,28 @@ pub struct DeliveryConfig {
     pub max_queue_lifetime_seconds: u64,
     /// Concurrent outbound deliveries.
     pub concurrency: u32,
-    /// Seconds to wait for a TCP connect and for each reply.
+    /// Seconds to wait for a TCP connect, and for the reply to RSET and QUIT.
     pub connect_timeout_seconds: u64,
     /// Seconds an idle cached connection is kept.
     pub connection_idle_seconds: u64,
+    /// Concurrent deliveries to one destination (a configured route, or one recipient
+    /// domain for direct MX delivery); a slow destination ties up at most this many of
+    /// the `concurrency` slots.
+    #[serde(
+        default = "default_destination_concurrency",
+        skip_serializing_if = "is_default_destination_concurrency"
+    )]
+    pub destination_concurrency: u32,
+    /// Per-stage reply deadlines of the outbound SMTP client (RFC 5321 §4.5.3.2).
+    #[serde(default, skip_serializing_if = "StageTimeoutsConfig::is_default")]
+    pub stage_timeouts: StageTimeoutsConfig,
+    /// Longest one delivery attempt of one recipient group may take, every host and
+    /// stage included; when it runs out the group is deferred and retried.
+    #[serde(
+        default = "default_attempt_timeout_seconds",
+        skip_serializing_if = "is_default_attempt_timeout_seconds"
+    )]
+    pub attempt_timeout_seconds: u64,
     /// DNS servers for MX lookup; empty means the system resolver.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<SocketAddr>,
@@ -333,9 +351,69 @@ impl Default for DeliveryConfig {
             concurrency: 64,
             connect_timeout_seconds: 30,
             connection_idle_seconds: 30,
+            destination_concurrency: default_destination_concurrency(),
+            stage_timeouts: StageTimeoutsConfig::default(),
+            attempt_timeout_seconds: default_attempt_timeout_seconds(),
             nameservers: Vec::new(),
             host_overrides: BTreeMap::new(),
         }
+    }
+}
+
+fn default_destination_concurrency() -> u32 {
+    10
+}
+
+fn is_default_destination_concurrency(n: &u32) -> bool {
+    *n == default_destination_concurrency()
+}
+
+fn default_attempt_timeout_seconds() -> u64 {
+    30 * 60
+}
+
+fn is_default_attempt_timeout_seconds(n: &u64) -> bool {
+    *n == default_attempt_timeout_seconds()
+}
+
+/// How long the outbound SMTP client waits for each stage of a transaction, in seconds:
+/// the defaults of RFC 5321 §4.5.3.2. Each is a total for its stage (from the command, or
+/// the connect, to the complete reply), not a limit per read, so a server dripping one
+/// byte at a time cannot stretch a stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StageTimeoutsConfig {
+    /// The greeting after connect; also each of EHLO/HELO, STARTTLS and the TLS
+    /// handshake. 5 minutes.
+    pub greeting_seconds: u64,
+    /// The reply to MAIL. 5 minutes.
+    pub mail_seconds: u64,
+    /// The reply to each RCPT. 5 minutes.
+    pub rcpt_seconds: u64,
+    /// The `354` reply to DATA. 2 minutes.
+    pub data_seconds: u64,
+    /// Writing each block of the message text. 3 minutes.
+    pub data_block_seconds: u64,
+    /// The reply to the final dot. 10 minutes.
+    pub final_dot_seconds: u64,
+}
+
+impl Default for StageTimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            greeting_seconds: 5 * 60,
+            mail_seconds: 5 * 60,
+            rcpt_seconds: 5 * 60,
+            data_seconds: 2 * 60,
+            data_block_seconds: 3 * 60,
+            final_dot_seconds: 10 * 60,
+        }
+    }
+}
+
+impl StageTimeoutsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 

@@ -445,7 +445,7 @@ impl RelayHandle {
             shutdown,
             tasks,
             mut tasks_done,
-            delivery,
+            mut delivery,
             ..
         } = self;
         admin.ready.store(false, Ordering::Relaxed);
@@ -464,11 +464,17 @@ impl RelayHandle {
         let delivery_limit = Duration::from_secs(config.delivery.connect_timeout_seconds)
             .saturating_mul(4)
             .max(Duration::from_secs(1));
-        if tokio::time::timeout(delivery_limit, delivery)
+        if tokio::time::timeout(delivery_limit, &mut delivery)
             .await
             .is_err()
         {
-            tracing::warn!("deliveries still under way at the end of the shutdown grace period");
+            // Cancelled, not left running against a spool another relay may take next:
+            // what they had not recorded is attempted again (at least once).
+            delivery.abort();
+            let _ = delivery.await;
+            tracing::warn!(
+                "deliveries still under way at the end of the shutdown grace period were cancelled"
+            );
         }
         // Nothing of this relay writes any more: a relay started next may take the spool.
         shared.spool.unlock();

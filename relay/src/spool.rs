@@ -796,6 +796,12 @@ fn parse_header(line: &[u8]) -> Result<(u64, u64), String> {
 
 /// Checks a spool file without reading the message bytes into memory.
 fn verify_file(path: &Path) -> Result<(), SpoolError> {
+    locate(path).map(|_| ())
+}
+
+/// The envelope of a spool file and where its message bytes lie, read without reading
+/// the message bytes. Either layout: both keep the text in one piece.
+fn locate(path: &Path) -> Result<(Envelope, Range), SpoolError> {
     let corrupt = |reason: String| SpoolError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -809,19 +815,20 @@ fn verify_file(path: &Path) -> Result<(), SpoolError> {
     file.seek(SeekFrom::Start(len - tail.len() as u64))
         .and_then(|_| file.read_exact(&mut tail))
         .map_err(|e| SpoolError::io(path, e))?;
-    let (env, _) = layout(&head, &tail, len).map_err(corrupt)?;
+    let (env, data) = layout(&head, &tail, len).map_err(corrupt)?;
     // `layout` proved the envelope lies inside the file.
     let mut json = vec![0u8; (env.end - env.start) as usize];
     file.seek(SeekFrom::Start(env.start))
         .and_then(|_| file.read_exact(&mut json))
         .map_err(|e| SpoolError::io(path, e))?;
-    serde_json::from_slice::<Envelope>(&json).map_err(|e| corrupt(e.to_string()))?;
-    Ok(())
+    let envelope = serde_json::from_slice::<Envelope>(&json).map_err(|e| corrupt(e.to_string()))?;
+    Ok((envelope, data))
 }
 
 /// Delivery reads, re-queues (DSNs) and removes messages through the spool. The queue
 /// manager calls these on blocking threads, so the async group-commit write is driven to
-/// completion on the current runtime.
+/// completion on the current runtime. `read` gives the envelope and the byte range of the
+/// text in the message file: delivery streams the text from there, never holding it whole.
 impl crate::delivery::queue::MessageStore for Spool {
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(Spool::list(self).iter().map(|id| id.to_string()).collect())
@@ -829,8 +836,17 @@ impl crate::delivery::queue::MessageStore for Spool {
 
     fn read(&self, queue_id: &str) -> io::Result<crate::delivery::queue::StoredMessage> {
         let id = parse_id(queue_id)?;
-        let (envelope, data) = Spool::read(self, id).map_err(into_io)?;
-        Ok(crate::delivery::queue::StoredMessage { envelope, data })
+        let path = self.path_of(id);
+        let (envelope, data) = match locate(&path) {
+            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(into_io(SpoolError::NotFound(id)));
+            }
+            other => other.map_err(into_io)?,
+        };
+        Ok(crate::delivery::queue::StoredMessage {
+            envelope,
+            text: crate::delivery::text::MessageText::file(path, data.start, data.end - data.start),
+        })
     }
 
     fn enqueue(
@@ -1051,6 +1067,52 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.read(env.queue_id).unwrap(), (env, b"hello".to_vec()));
+    }
+
+    /// Delivery reads the text from its place in the file, for both layouts.
+    #[tokio::test]
+    async fn delivery_streams_the_text_of_either_layout_from_the_file() {
+        use crate::delivery::queue::MessageStore;
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let env = envelope(&spool);
+        spool
+            .accept(&env, b"Subject: new\r\n\r\nhello")
+            .await
+            .unwrap();
+        let old_env = envelope(&spool);
+        let json = serde_json::to_vec(&old_env).unwrap();
+        let mut old = format!("{MAGIC} {} 5\n", json.len()).into_bytes();
+        old.extend_from_slice(&json);
+        old.extend_from_slice(b"older");
+        old.extend_from_slice(TRAILER);
+        fs::write(
+            dir.path().join("queue").join(old_env.queue_id.to_string()),
+            &old,
+        )
+        .unwrap();
+        for (e, want) in [
+            (&env, &b"Subject: new\r\n\r\nhello"[..]),
+            (&old_env, &b"older"[..]),
+        ] {
+            let stored = MessageStore::read(&spool, &e.queue_id.to_string()).unwrap();
+            assert_eq!(stored.envelope, *e);
+            assert_eq!(stored.text.len(), want.len() as u64);
+            let mut got = Vec::new();
+            stored
+                .text
+                .open()
+                .await
+                .unwrap()
+                .read_to_end(&mut got)
+                .await
+                .unwrap();
+            assert_eq!(got, want);
+        }
+        spool.remove(env.queue_id).unwrap();
+        let gone = MessageStore::read(&spool, &env.queue_id.to_string()).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
     }
 
     /// Lengths chosen so that their sum wraps around to the file's real length: an

@@ -19,8 +19,10 @@ use crate::config::{DeliveryConfig, HostConfig, RouteConfig, RouteHosts};
 use super::Clock;
 use super::client::{
     CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection,
+    StageTimeouts,
 };
 use super::mx::{MxResolver, ResolveError};
+use super::text::MessageText;
 use super::tls::{HostProbe, TlsPolicy, TlsRequirement};
 
 /// The result of delivering one group.
@@ -41,7 +43,7 @@ pub struct Transport {
     resolver: MxResolver,
     cache: ConnectionCache,
     helo_name: String,
-    timeout: Duration,
+    timeouts: StageTimeouts,
     tls_configs: Mutex<HashMap<TlsPolicy, Arc<ClientConfig>>>,
 }
 
@@ -67,7 +69,7 @@ impl Transport {
                 clock,
             ),
             helo_name: helo_name.to_string(),
-            timeout: Duration::from_secs(delivery.connect_timeout_seconds.max(1)),
+            timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
         })
     }
@@ -94,7 +96,7 @@ impl Transport {
         hosts: &[HostConfig],
         mail_from: &str,
         rcpt_to: &[String],
-        data: &[u8],
+        data: &MessageText,
     ) -> GroupResult {
         let policy = TlsPolicy::from_route(&route.tls);
         let mut result = GroupResult {
@@ -141,7 +143,7 @@ impl Transport {
                         helo_name: self.helo_name.clone(),
                         policy: policy.clone(),
                         tls_config: tls_config.clone(),
-                        timeout: self.timeout,
+                        timeouts: self.timeouts,
                     };
                     let key = CacheKey {
                         host: target.clone(),
@@ -252,7 +254,7 @@ pub(crate) async fn probe_route_hosts(
         Ok(c) => c,
         Err(e) => return failed_all(e.to_string()),
     };
-    let timeout = Duration::from_secs(delivery.connect_timeout_seconds.max(1));
+    let timeouts = StageTimeouts::from_config(delivery);
     let mut probes = Vec::new();
     for pool_host in &hosts {
         let targets = if route.mx_lookup {
@@ -294,7 +296,7 @@ pub(crate) async fn probe_route_hosts(
                 helo_name: "probe.invalid".to_string(),
                 policy: policy.clone(),
                 tls_config: tls_config.clone(),
-                timeout,
+                timeouts,
             };
             match SmtpConnection::open(&params).await {
                 Ok(conn) => {

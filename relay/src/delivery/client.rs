@@ -2,8 +2,12 @@
 //!
 //! [`SmtpConnection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
 //! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again. [`SmtpConnection::send`]
-//! sends one message: with PIPELINING, MAIL, every RCPT and DATA go in one write. It
-//! returns one [`RecipientOutcome`] per recipient. [`ConnectionCache`] keeps sessions open for
+//! sends one message: with PIPELINING, MAIL, every RCPT and DATA go in one write; the text
+//! is streamed from its [`MessageText`] and dot-stuffed on the fly in blocks of
+//! [`DATA_BLOCK_BYTES`] ([`DotStuffer`]), so memory per session does not grow with the
+//! message. It returns one [`RecipientOutcome`] per recipient. Every stage has its own
+//! deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from the command to the complete
+//! reply, not a limit per read. [`ConnectionCache`] keeps sessions open for
 //! `connection_idle_seconds`, keyed by host, port and TLS policy, and resets them (RSET)
 //! before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
 //! does not choose hosts or decide about retries.
@@ -24,10 +28,120 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::Clock;
+use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
+use crate::config::DeliveryConfig;
 
 /// Longest reply accepted from a server, in bytes.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Message text read from the store per block written to the socket.
+pub const DATA_BLOCK_BYTES: usize = 64 * 1024;
+
+/// How long each stage of a session may take, in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The greeting; also each of EHLO/HELO, STARTTLS and the TLS handshake.
+    pub greeting: Duration,
+    /// The reply to MAIL.
+    pub mail: Duration,
+    /// The reply to each RCPT.
+    pub rcpt: Duration,
+    /// The `354` reply to DATA.
+    pub data: Duration,
+    /// Writing one block of text.
+    pub data_block: Duration,
+    /// The reply to the final dot.
+    pub final_dot: Duration,
+    /// RSET and QUIT (the connect timeout).
+    pub short: Duration,
+}
+
+impl StageTimeouts {
+    /// The timeouts a delivery config declares (each at least one millisecond).
+    pub fn from_config(cfg: &DeliveryConfig) -> Self {
+        let secs = |s: u64| Duration::from_secs(s).max(Duration::from_millis(1));
+        let t = &cfg.stage_timeouts;
+        Self {
+            connect: secs(cfg.connect_timeout_seconds),
+            greeting: secs(t.greeting_seconds),
+            mail: secs(t.mail_seconds),
+            rcpt: secs(t.rcpt_seconds),
+            data: secs(t.data_seconds),
+            data_block: secs(t.data_block_seconds),
+            final_dot: secs(t.final_dot_seconds),
+            short: secs(cfg.connect_timeout_seconds),
+        }
+    }
+
+    /// Every stage `d` (tests and probes).
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            connect: d,
+            greeting: d,
+            mail: d,
+            rcpt: d,
+            data: d,
+            data_block: d,
+            final_dot: d,
+            short: d,
+        }
+    }
+
+    fn of(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Greeting | Stage::Hello | Stage::StartTls | Stage::TlsHandshake => self.greeting,
+            Stage::Mail => self.mail,
+            Stage::Rcpt => self.rcpt,
+            Stage::Data => self.data,
+            Stage::DataBlock => self.data_block,
+            Stage::FinalDot => self.final_dot,
+            Stage::Rset | Stage::Quit => self.short,
+        }
+    }
+}
+
+impl Default for StageTimeouts {
+    fn default() -> Self {
+        Self::from_config(&DeliveryConfig::default())
+    }
+}
+
+/// A step of a session, for its deadline and for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Greeting,
+    Hello,
+    StartTls,
+    TlsHandshake,
+    Mail,
+    Rcpt,
+    Data,
+    DataBlock,
+    FinalDot,
+    Rset,
+    Quit,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Greeting => "greeting",
+            Stage::Hello => "EHLO",
+            Stage::StartTls => "STARTTLS",
+            Stage::TlsHandshake => "TLS handshake",
+            Stage::Mail => "MAIL",
+            Stage::Rcpt => "RCPT",
+            Stage::Data => "DATA",
+            Stage::DataBlock => "data block",
+            Stage::FinalDot => "final dot",
+            Stage::Rset => "RSET",
+            Stage::Quit => "QUIT",
+        })
+    }
+}
 
 /// One SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,21 +233,55 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
     }
 }
 
-/// Dot-stuffs a message and ends it with `CRLF.CRLF`.
+/// Dot-stuffing over a text that arrives in pieces: the state of the line in progress
+/// carries from one piece to the next.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    last_two: [u8; 2],
+    empty: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self {
+            at_line_start: true,
+            last_two: [0, 0],
+            empty: true,
+        }
+    }
+}
+
+impl DotStuffer {
+    /// Appends `input`, dot-stuffed, to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+            self.last_two = [self.last_two[1], b];
+        }
+        self.empty &= input.is_empty();
+    }
+
+    /// Appends the end of the text (a CRLF when the text does not end with one) and the
+    /// terminating `.CRLF`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.empty && self.last_two != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// Dot-stuffs a whole message and ends it with `CRLF.CRLF`.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64);
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(data, &mut out);
+    stuffer.finish(&mut out);
     out
 }
 
@@ -282,8 +430,8 @@ pub struct SessionParams {
     pub policy: TlsPolicy,
     /// The rustls configuration built from the policy.
     pub tls_config: Arc<ClientConfig>,
-    /// Connect and per-reply timeout.
-    pub timeout: Duration,
+    /// Deadline of each stage.
+    pub timeouts: StageTimeouts,
 }
 
 /// One open SMTP session.
@@ -293,7 +441,7 @@ pub struct SmtpConnection {
     host: String,
     caps: Capabilities,
     tls: bool,
-    timeout: Duration,
+    timeouts: StageTimeouts,
 }
 
 impl std::fmt::Debug for SmtpConnection {
@@ -310,20 +458,22 @@ impl SmtpConnection {
     /// says).
     pub async fn open(params: &SessionParams) -> Result<Self, SessionError> {
         let label = format!("{}[{}]", params.host, params.addr);
-        let tcp = match tokio::time::timeout(params.timeout, TcpStream::connect(params.addr)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                return Err(SessionError::Temporary(format!(
-                    "connect to {label} failed: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(SessionError::Temporary(format!(
-                    "connect to {label} timed out"
-                )));
-            }
-        };
+        let tcp =
+            match tokio::time::timeout(params.timeouts.connect, TcpStream::connect(params.addr))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    return Err(SessionError::Temporary(format!(
+                        "connect to {label} failed: {e}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(SessionError::Temporary(format!(
+                        "connect to {label} timed out"
+                    )));
+                }
+            };
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
             stream: Stream::Plain(tcp),
@@ -331,16 +481,16 @@ impl SmtpConnection {
             host: label.clone(),
             caps: Capabilities::default(),
             tls: false,
-            timeout: params.timeout,
+            timeouts: params.timeouts,
         };
-        let greeting = conn.read_reply().await?;
+        let greeting = conn.read_reply(Stage::Greeting).await?;
         if !greeting.is_positive() {
             return Err(SessionError::from_reply(&greeting, &label));
         }
         conn.hello(&params.helo_name).await?;
         if conn.caps.starttls {
-            conn.write(b"STARTTLS\r\n").await?;
-            let reply = conn.read_reply().await?;
+            conn.write(b"STARTTLS\r\n", Stage::StartTls).await?;
+            let reply = conn.read_reply(Stage::StartTls).await?;
             if reply.code == 220 {
                 conn.start_tls(params).await?;
                 conn.hello(&params.helo_name).await?;
@@ -369,14 +519,16 @@ impl SmtpConnection {
     }
 
     async fn hello(&mut self, name: &str) -> Result<(), SessionError> {
-        self.write(format!("EHLO {name}\r\n").as_bytes()).await?;
-        let reply = self.read_reply().await?;
+        self.write(format!("EHLO {name}\r\n").as_bytes(), Stage::Hello)
+            .await?;
+        let reply = self.read_reply(Stage::Hello).await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             return Ok(());
         }
-        self.write(format!("HELO {name}\r\n").as_bytes()).await?;
-        let reply = self.read_reply().await?;
+        self.write(format!("HELO {name}\r\n").as_bytes(), Stage::Hello)
+            .await?;
+        let reply = self.read_reply(Stage::Hello).await?;
         if !reply.is_positive() {
             return Err(SessionError::from_reply(&reply, &self.host));
         }
@@ -402,7 +554,11 @@ impl SmtpConnection {
         };
         self.buf.clear();
         let connector = TlsConnector::from(params.tls_config.clone());
-        let handshake = tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await;
+        let handshake = tokio::time::timeout(
+            self.timeouts.of(Stage::TlsHandshake),
+            connector.connect(name, tcp),
+        )
+        .await;
         match handshake {
             Ok(Ok(tls)) => {
                 self.stream = Stream::Tls(Box::new(tls));
@@ -429,31 +585,38 @@ impl SmtpConnection {
                     ))),
                 }
             }
-            Err(_) => Err(SessionError::Temporary(format!(
-                "TLS handshake with {} timed out",
-                self.host
-            ))),
+            Err(_) => Err(self.timed_out(Stage::TlsHandshake)),
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        let host = &self.host;
+    fn timed_out(&self, stage: Stage) -> SessionError {
+        SessionError::Temporary(format!(
+            "{stage} timeout: host {} did not complete the {stage} stage within {:?}",
+            self.host,
+            self.timeouts.of(stage)
+        ))
+    }
+
+    async fn write(&mut self, bytes: &[u8], stage: Stage) -> Result<(), SessionError> {
+        let limit = self.timeouts.of(stage);
         let fut = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SessionError::Temporary(format!(
-                "write to {host} failed: {e}"
+                "write to {} failed ({stage}): {e}",
+                self.host
             ))),
-            Err(_) => Err(SessionError::Temporary(format!(
-                "write to {host} timed out"
-            ))),
+            Err(_) => Err(self.timed_out(stage)),
         }
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, SessionError> {
+    /// Reads one complete reply; the whole reply must arrive within the stage's limit,
+    /// however the server splits it.
+    async fn read_reply(&mut self, stage: Stage) -> Result<Reply, SessionError> {
+        let deadline = tokio::time::Instant::now() + self.timeouts.of(stage);
         loop {
             match parse_reply(&self.buf) {
                 Ok(Some((reply, used))) => {
@@ -472,29 +635,47 @@ impl SmtpConnection {
                 )));
             }
             let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk)).await;
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
             match read {
                 Ok(Ok(0)) => {
                     return Err(SessionError::Temporary(format!(
-                        "host {} closed the connection",
+                        "host {} closed the connection ({stage})",
                         self.host
                     )));
                 }
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
                 Ok(Err(e)) => {
                     return Err(SessionError::Temporary(format!(
-                        "read from {} failed: {e}",
+                        "read from {} failed ({stage}): {e}",
                         self.host
                     )));
                 }
-                Err(_) => {
-                    return Err(SessionError::Temporary(format!(
-                        "host {} did not answer in time",
-                        self.host
-                    )));
-                }
+                Err(_) => return Err(self.timed_out(stage)),
             }
         }
+    }
+
+    /// Streams the text, dot-stuffed, and the final dot; each block has its own deadline.
+    async fn write_text(&mut self, text: &MessageText) -> Result<(), SessionError> {
+        let local = |e: io::Error| {
+            SessionError::Temporary(format!("cannot read the message text from the spool: {e}"))
+        };
+        let mut reader = text.open().await.map_err(local)?;
+        let mut input = vec![0u8; DATA_BLOCK_BYTES];
+        let mut out = Vec::with_capacity(DATA_BLOCK_BYTES + DATA_BLOCK_BYTES / 8);
+        let mut stuffer = DotStuffer::default();
+        loop {
+            let n = reader.read(&mut input).await.map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            out.clear();
+            stuffer.push(&input[..n], &mut out);
+            self.write(&out, Stage::DataBlock).await?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        self.write(&out, Stage::DataBlock).await
     }
 
     /// Sends one message. `Err` means the session failed for every recipient (try another
@@ -503,11 +684,11 @@ impl SmtpConnection {
         &mut self,
         mail_from: &str,
         rcpt_to: &[String],
-        data: &[u8],
+        text: &MessageText,
     ) -> Result<Vec<RecipientOutcome>, SessionError> {
         let mut mail = format!("MAIL FROM:<{mail_from}>");
         if self.caps.size {
-            mail.push_str(&format!(" SIZE={}", data.len()));
+            mail.push_str(&format!(" SIZE={}", text.len()));
         }
         mail.push_str("\r\n");
         let rcpts: Vec<String> = rcpt_to
@@ -521,22 +702,22 @@ impl SmtpConnection {
                 batch.extend_from_slice(r.as_bytes());
             }
             batch.extend_from_slice(b"DATA\r\n");
-            self.write(&batch).await?;
-            let mail_reply = self.read_reply().await?;
+            self.write(&batch, Stage::Mail).await?;
+            let mail_reply = self.read_reply(Stage::Mail).await?;
             let mut rcpt_replies = Vec::with_capacity(rcpts.len());
             for _ in &rcpts {
-                rcpt_replies.push(self.read_reply().await?);
+                rcpt_replies.push(self.read_reply(Stage::Rcpt).await?);
             }
-            let data_reply = self.read_reply().await?;
+            let data_reply = self.read_reply(Stage::Data).await?;
             (mail_reply, rcpt_replies, Some(data_reply))
         } else {
-            self.write(mail.as_bytes()).await?;
-            let mail_reply = self.read_reply().await?;
+            self.write(mail.as_bytes(), Stage::Mail).await?;
+            let mail_reply = self.read_reply(Stage::Mail).await?;
             let mut rcpt_replies = Vec::with_capacity(rcpts.len());
             if mail_reply.is_positive() {
                 for r in &rcpts {
-                    self.write(r.as_bytes()).await?;
-                    rcpt_replies.push(self.read_reply().await?);
+                    self.write(r.as_bytes(), Stage::Rcpt).await?;
+                    rcpt_replies.push(self.read_reply(Stage::Rcpt).await?);
                 }
             }
             (mail_reply, rcpt_replies, None)
@@ -546,8 +727,8 @@ impl SmtpConnection {
         if !mail_reply.is_positive() || !any_accepted {
             if data_reply.as_ref().is_some_and(|r| r.code == 354) {
                 // Pipelined DATA was accepted although nothing can be sent: end it empty.
-                self.write(b".\r\n").await?;
-                let _ = self.read_reply().await?;
+                self.write(b".\r\n", Stage::DataBlock).await?;
+                let _ = self.read_reply(Stage::FinalDot).await?;
             }
             self.reset().await?;
             if !mail_reply.is_positive() {
@@ -559,16 +740,16 @@ impl SmtpConnection {
         let data_reply = match data_reply {
             Some(r) => r,
             None => {
-                self.write(b"DATA\r\n").await?;
-                self.read_reply().await?
+                self.write(b"DATA\r\n", Stage::Data).await?;
+                self.read_reply(Stage::Data).await?
             }
         };
         if data_reply.code != 354 {
             self.reset().await?;
             return Err(SessionError::from_reply(&data_reply, &self.host));
         }
-        self.write(&dot_stuff(data)).await?;
-        let final_reply = self.read_reply().await?;
+        self.write_text(text).await?;
+        let final_reply = self.read_reply(Stage::FinalDot).await?;
         if !final_reply.is_positive() {
             return Err(SessionError::from_reply(&final_reply, &self.host));
         }
@@ -577,8 +758,8 @@ impl SmtpConnection {
 
     /// RSET: forget any transaction; the session is ready for the next message.
     pub async fn reset(&mut self) -> Result<(), SessionError> {
-        self.write(b"RSET\r\n").await?;
-        let reply = self.read_reply().await?;
+        self.write(b"RSET\r\n", Stage::Rset).await?;
+        let reply = self.read_reply(Stage::Rset).await?;
         if reply.is_positive() {
             Ok(())
         } else {
@@ -588,8 +769,8 @@ impl SmtpConnection {
 
     /// QUIT, best effort.
     pub async fn quit(mut self) {
-        if self.write(b"QUIT\r\n").await.is_ok() {
-            let _ = self.read_reply().await;
+        if self.write(b"QUIT\r\n", Stage::Quit).await.is_ok() {
+            let _ = self.read_reply(Stage::Quit).await;
         }
         let _ = self.stream.shutdown().await;
     }
@@ -757,5 +938,28 @@ mod tests {
             b"a\r\n..b\r\n...c\r\n.\r\n"
         );
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    /// Any split of the text into pieces stuffs exactly like the whole.
+    #[test]
+    fn dot_stuffing_in_pieces_matches_the_whole() {
+        let text: &[u8] = b".a\r\n..b\r\nc.\r\n.\r\nend";
+        let whole = dot_stuff(text);
+        for size in 1..text.len() {
+            let mut out = Vec::new();
+            let mut s = DotStuffer::default();
+            for piece in text.chunks(size) {
+                s.push(piece, &mut out);
+            }
+            s.finish(&mut out);
+            assert_eq!(out, whole, "pieces of {size}");
+        }
+        let mut out = Vec::new();
+        let mut s = DotStuffer::default();
+        s.push(b"a\r", &mut out);
+        s.push(b"\n", &mut out);
+        s.finish(&mut out);
+        assert_eq!(out, b"a\r\n.\r\n");
     }
 }

@@ -1,6 +1,10 @@
 //! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth and the
 //! age of the oldest queued message.
 //!
+//! Labels are bounded by the configuration: `route` is a configured route name or
+//! `direct`, `host` a configured pool host (`host:port`), `mx` for direct MX delivery, or
+//! `none`; never a recipient or MX domain, which an outsider could vary without end.
+//!
 //! [`DeliveryMetrics::register`] registers them into a `prometheus_client` registry that the
 //! caller owns and serves on `/metrics`. This module does not serve HTTP.
 
@@ -15,7 +19,8 @@ use prometheus_client::registry::Registry;
 pub struct DeliveryLabels {
     /// Route name (`direct` for MX delivery without a route).
     pub route: String,
-    /// `host:port` that answered, or `none`.
+    /// The configured pool host (`host:port`) that took the message or failed last; `mx`
+    /// for direct delivery; `none` when no host was tried.
     pub host: String,
     /// `delivered`, `deferred` or `bounced`.
     pub result: String,
@@ -55,11 +60,11 @@ impl DeliveryMetrics {
     }
 
     /// Counts one recipient outcome.
-    pub fn count(&self, route: &str, host: Option<&str>, result: &str) {
+    pub fn count(&self, route: &str, host: &str, result: &str) {
         self.deliveries
             .get_or_create(&DeliveryLabels {
                 route: route.to_string(),
-                host: host.unwrap_or("none").to_string(),
+                host: host.to_string(),
                 result: result.to_string(),
             })
             .inc();

@@ -2,11 +2,13 @@
 //!
 //! It owns route choice ([`route`]), weighted host pools with health ([`pool`]), MX lookup
 //! ([`mx`]), the per-route TLS policy and its certificate verifiers ([`tls`]), the outbound
-//! SMTP client and its connection cache ([`client`]), the retry schedule ([`retry`]), RFC 3464
-//! bounces ([`dsn`]) and the queue manager that ties them together ([`queue`]).
+//! SMTP client with its stage timeouts and its connection cache ([`client`]), the retry
+//! schedule ([`retry`]), RFC 3464 bounces ([`dsn`]) and the queue manager that schedules
+//! attempts per destination and ties them together ([`queue`]).
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
-//! [`queue::MessageStore`] trait, which the spool implements. [`testing`] holds an
+//! [`queue::MessageStore`] trait, which the spool implements; a message's text is a
+//! [`text::MessageText`], streamed from the store while it is sent. [`testing`] holds an
 //! in-process SMTP sink and a test certificate authority for tests of this crate and others.
 //!
 //! Wiring, in a relay process:
@@ -31,6 +33,7 @@ pub mod queue;
 pub mod retry;
 pub mod route;
 pub mod testing;
+pub mod text;
 pub mod tls;
 
 pub use crate::clock::{Clock, FakeClock, SystemClock};

@@ -2,8 +2,20 @@
 //!
 //! [`QueueManager`] takes messages by queue id (from [`QueueHandle::submit`] when the spool
 //! accepted one, and from [`MessageStore::list`] at startup), groups each message's pending
-//! recipients by route (recipients sharing a route share one delivery), and delivers with at
-//! most `concurrency` sessions at once. Per-recipient state lives in a small state file per
+//! recipients by route (recipients sharing a route share one delivery), and delivers them.
+//!
+//! Scheduling is continuous ([`QueueManager::run`]): a message is started as soon as it is
+//! due or submitted, not when other messages finish. Each route group is one attempt at one
+//! *destination* (a configured route, or the recipient domain for direct MX delivery); at
+//! most `destination_concurrency` attempts per destination and `concurrency` in all run at
+//! once, and one attempt lasts at most `attempt_timeout_seconds` (then it is deferred). A
+//! group whose destination is full is not waited for: it stays pending, and the message is
+//! started again when that destination has a free slot, so a slow or hostile destination
+//! ties up its own slots and nothing else. At most twice `concurrency` messages are held at
+//! once; a held message is its envelope, its state and where its text is ([`MessageText`]),
+//! never the text itself: the text is streamed from the store to the socket.
+//!
+//! Per-recipient state lives in a small state file per
 //! message (`<queue id>.delivery.json` in the state directory), written atomically after each
 //! route group, so a restart resumes where the last run stopped: a recipient is delivered at
 //! least once and never lost. 5xx bounces at once; 4xx and connect failures are retried on the
@@ -38,16 +50,18 @@ use super::metrics::DeliveryMetrics;
 use super::pool::HostPool;
 use super::retry::{RetryDecision, RetrySchedule};
 use super::route::{RouteChoice, RouteTable, group_by_table, resolve_choice};
+pub use super::text::MessageText;
 
 pub use crate::envelope::{Envelope, QueueId};
 
-/// A spooled message: envelope and raw content (CRLF lines, as received after DATA).
+/// A spooled message as delivery holds it: the envelope, and where the content is (CRLF
+/// lines, as received after DATA), read only while it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// The envelope.
     pub envelope: Envelope,
     /// The message as received, headers and body.
-    pub data: Vec<u8>,
+    pub text: MessageText,
 }
 
 /// What the queue manager needs from the spool.
@@ -59,8 +73,8 @@ pub struct StoredMessage {
 /// impl MessageStore for Spool {
 ///     fn list(&self) -> io::Result<Vec<String>> { self.queue_ids() }
 ///     fn read(&self, id: &str) -> io::Result<StoredMessage> {
-///         let (envelope, data) = self.load(id)?;
-///         Ok(StoredMessage { envelope, data })
+///         let (envelope, path, offset, len) = self.locate(id)?;
+///         Ok(StoredMessage { envelope, text: MessageText::file(path, offset, len) })
 ///     }
 ///     fn enqueue(&self, from: &str, rcpt: &[String], data: &[u8], at: SystemTime)
 ///         -> io::Result<String> { self.store_fsynced(from, rcpt, data, at) }
@@ -70,7 +84,9 @@ pub struct StoredMessage {
 pub trait MessageStore: Send + Sync + 'static {
     /// Queue ids of every message held (called once, at startup).
     fn list(&self) -> io::Result<Vec<String>>;
-    /// The envelope and content of a message. `ErrorKind::NotFound` when it is gone.
+    /// The envelope of a message and where its content is; the content itself is read
+    /// later, through [`MessageText::open`], once per attempt. `ErrorKind::NotFound` when
+    /// the message is gone.
     fn read(&self, queue_id: &str) -> io::Result<StoredMessage>;
     /// Stores a new message (a DSN) durably (on disk when this returns) and returns its id.
     fn enqueue(
@@ -213,10 +229,113 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct QueueEntry {
     next_attempt: SystemTime,
     received_at: Option<SystemTime>,
+    /// An attempt is under way: not to be started again until it ends.
+    in_flight: bool,
+    /// Destinations of the pending recipients, as the last attempt found them; empty when
+    /// not known yet. A due message none of whose destinations has a free slot waits.
+    destinations: Vec<String>,
+}
+
+impl QueueEntry {
+    fn new(next_attempt: SystemTime, received_at: Option<SystemTime>) -> Self {
+        Self {
+            next_attempt,
+            received_at,
+            in_flight: false,
+            destinations: Vec::new(),
+        }
+    }
+}
+
+/// Attempts under way per destination, at most `limit` each. A destination is in the
+/// table only while it has one, so the table does not grow with the domains ever seen.
+#[derive(Debug)]
+struct Destinations {
+    active: Mutex<HashMap<String, usize>>,
+    limit: usize,
+    freed: Notify,
+}
+
+impl Destinations {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_take(&self, key: &str) -> bool {
+        let mut active = self.active();
+        let n = active.entry(key.to_string()).or_insert(0);
+        if *n < self.limit {
+            *n += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn give_back(&self, key: &str) {
+        let mut active = self.active();
+        if let Some(n) = active.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                active.remove(key);
+            }
+        }
+    }
+
+    /// The destinations without a free slot.
+    fn full(&self) -> std::collections::HashSet<String> {
+        self.active()
+            .iter()
+            .filter(|(_, n)| **n >= self.limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// One slot of one destination, given back when dropped.
+struct DestinationSlot {
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl DestinationSlot {
+    fn try_take(shared: &Arc<Shared>, key: &str) -> Option<Self> {
+        shared.destinations.try_take(key).then(|| Self {
+            shared: shared.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    async fn take(shared: &Arc<Shared>, key: &str) -> Self {
+        loop {
+            let freed = shared.destinations.freed.notified();
+            if let Some(slot) = Self::try_take(shared, key) {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for DestinationSlot {
+    fn drop(&mut self) {
+        self.shared.destinations.give_back(&self.key);
+        self.shared.destinations.freed.notify_waiters();
+        // Messages waiting for this destination may start now.
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The destination of a route group: what its concurrency is limited by.
+fn destination_of(choice: &RouteChoice, route_name: &str) -> String {
+    match choice {
+        RouteChoice::Configured(_) => format!("route:{route_name}"),
+        RouteChoice::DirectMx(domain) => format!("mx:{domain}"),
+    }
 }
 
 /// The routes in force and their compiled table, swapped as one on reload; a message
@@ -239,6 +358,7 @@ impl RouteSet {
 struct Shared {
     entries: Mutex<BTreeMap<String, QueueEntry>>,
     wake: Notify,
+    destinations: Destinations,
 }
 
 impl Shared {
@@ -264,18 +384,18 @@ impl QueueHandle {
     /// A message is in the spool (fsync'd): deliver it as soon as possible.
     pub fn submit(&self, queue_id: &str) {
         let now = self.clock.now();
-        self.shared.entries().insert(
-            queue_id.to_string(),
-            QueueEntry {
-                next_attempt: now,
-                received_at: None,
-            },
-        );
+        // A message under way keeps its flag: it must not be started twice.
+        self.shared
+            .entries()
+            .entry(queue_id.to_string())
+            .and_modify(|e| e.next_attempt = now)
+            .or_insert_with(|| QueueEntry::new(now, None));
         self.shared.wake.notify_one();
     }
 }
 
 /// What one [`QueueManager::run_due`] pass did, counted in recipients and messages.
+/// Recipients whose destination had no free slot are in none of the counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunReport {
     /// Messages attempted.
@@ -298,11 +418,13 @@ struct Inner<S: MessageStore> {
     schedule: RetrySchedule,
     concurrency: Arc<Semaphore>,
     messages_in_flight: Arc<Semaphore>,
+    attempt_timeout: Duration,
     idle_sweep: Duration,
     hostname: String,
     state_dir: PathBuf,
     clock: Arc<dyn Clock>,
     transport: Transport,
+    /// Host health per configured route, by route name (direct MX delivery has no pool).
     pools: Mutex<HashMap<String, (RouteHosts, HostPool)>>,
     rng: Mutex<StdRng>,
     metrics: DeliveryMetrics,
@@ -313,6 +435,16 @@ struct Inner<S: MessageStore> {
 /// Delivers spooled messages. See the module documentation.
 pub struct QueueManager<S: MessageStore> {
     inner: Arc<Inner<S>>,
+}
+
+/// Another handle on the same manager (same queue, same schedule), e.g. to run it in a
+/// task while keeping one to submit with.
+impl<S: MessageStore> Clone for QueueManager<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl<S: MessageStore> std::fmt::Debug for QueueManager<S> {
@@ -347,13 +479,7 @@ impl<S: MessageStore> QueueManager<S> {
                 .flatten()
                 .map(|s| from_unix(s.next_attempt_unix))
                 .unwrap_or(now);
-            entries.insert(
-                id,
-                QueueEntry {
-                    next_attempt,
-                    received_at: None,
-                },
-            );
+            entries.insert(id, QueueEntry::new(next_attempt, None));
         }
         let metrics = DeliveryMetrics::register(registry);
         metrics.queue_depth.set(entries.len() as i64);
@@ -365,6 +491,7 @@ impl<S: MessageStore> QueueManager<S> {
             messages_in_flight: Arc::new(Semaphore::new(
                 (delivery.concurrency.max(1) as usize).saturating_mul(2),
             )),
+            attempt_timeout: Duration::from_secs(delivery.attempt_timeout_seconds.max(1)),
             idle_sweep: Duration::from_secs(delivery.connection_idle_seconds),
             hostname: options.hostname,
             state_dir: options.state_dir,
@@ -376,6 +503,11 @@ impl<S: MessageStore> QueueManager<S> {
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
                 wake: Notify::new(),
+                destinations: Destinations {
+                    active: Mutex::new(HashMap::new()),
+                    limit: delivery.destination_concurrency.max(1) as usize,
+                    freed: Notify::new(),
+                },
             }),
             run_lock: tokio::sync::Mutex::new(()),
         };
@@ -399,6 +531,12 @@ impl<S: MessageStore> QueueManager<S> {
 
     /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.
     pub fn set_routes(&self, routes: Vec<RouteConfig>) {
+        // Health of routes that are gone is forgotten with them.
+        self.inner
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| routes.iter().any(|r| r.name == *name));
         *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(RouteSet::new(routes));
     }
@@ -422,33 +560,32 @@ impl<S: MessageStore> QueueManager<S> {
         load_state(&self.inner.state_dir, queue_id).ok().flatten()
     }
 
-    /// Attempts every message that is due now, once, and returns when all are done.
+    /// Attempts every message that is due now, once, and returns when all are done. Route
+    /// groups wait for a slot of their destination here instead of being left for later,
+    /// so everything due is attempted (tests and tools drive the queue with this; the relay
+    /// runs [`QueueManager::run`]).
     pub async fn run_due(&self) -> RunReport {
         let _running = self.inner.run_lock.lock().await;
         let now = self.inner.clock.now();
-        let due: Vec<String> = self
-            .inner
-            .shared
-            .entries()
-            .iter()
-            .filter(|(_, e)| e.next_attempt <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let due: Vec<String> = {
+            let mut entries = self.inner.shared.entries();
+            entries
+                .iter_mut()
+                .filter(|(_, e)| !e.in_flight && e.next_attempt <= now)
+                .map(|(id, e)| {
+                    e.in_flight = true;
+                    id.clone()
+                })
+                .collect()
+        };
         let mut tasks = JoinSet::new();
         let mut report = RunReport::default();
         let mut results = Vec::new();
         for id in due {
-            // Bounds how many messages are read into memory at once; sessions are bounded
-            // separately, per route group.
             let Ok(permit) = self.inner.messages_in_flight.clone().acquire_owned().await else {
                 break;
             };
-            let inner = self.inner.clone();
-            tasks.spawn(async move {
-                let report = inner.process(id).await;
-                drop(permit);
-                report
-            });
+            tasks.spawn(self.inner.clone().attempt(id, Vec::new(), true, permit));
             while let Some(done) = tasks.try_join_next() {
                 results.push(done);
             }
@@ -458,14 +595,7 @@ impl<S: MessageStore> QueueManager<S> {
         }
         for done in results {
             match done {
-                Ok(r) => {
-                    report.messages += r.messages;
-                    report.delivered += r.delivered;
-                    report.deferred += r.deferred;
-                    report.bounced += r.bounced;
-                    report.completed += r.completed;
-                    report.dsns_queued += r.dsns_queued;
-                }
+                Ok(r) => report.add(&r),
                 Err(e) => tracing::error!("a delivery task failed: {e}"),
             }
         }
@@ -474,32 +604,75 @@ impl<S: MessageStore> QueueManager<S> {
         report
     }
 
-    /// Delivers until `shutdown` completes: runs due messages, then waits for a submission
-    /// or the next due time.
+    /// Delivers until `shutdown` completes: starts each message when it is due or
+    /// submitted and its destinations have room, without waiting for the others. On
+    /// shutdown no new attempt starts and the ones under way are finished (each lasts at
+    /// most `attempt_timeout_seconds`); dropping the returned future instead cancels them
+    /// (at least once: what was not recorded is attempted again by the next run).
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut tasks: JoinSet<RunReport> = JoinSet::new();
         loop {
-            self.run_due().await;
-            let now = self.inner.clock.now();
-            let next = self
-                .inner
-                .shared
-                .entries()
-                .values()
-                .map(|e| e.next_attempt)
-                .min();
-            let wait = next
-                .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
-                .unwrap_or(Duration::from_secs(60))
-                .min(Duration::from_secs(60))
-                // Wake up in time to close idle cached sessions.
-                .min(self.inner.idle_sweep.max(Duration::from_secs(1)));
+            let wait = self.start_due(&mut tasks);
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!("a delivery task failed: {e}");
+                }
+            }
+            self.inner.transport.cache().sweep();
+            self.inner.update_gauges();
+            // Wake up in time to close idle cached sessions.
+            let wait = wait.min(self.inner.idle_sweep.max(Duration::from_secs(1)));
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
                 _ = self.inner.shared.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!("a delivery task failed: {e}");
+            }
+        }
+        self.inner.update_gauges();
+    }
+
+    /// Starts every due message that may start now; returns how long until the next one
+    /// not yet due (a finished attempt or a freed destination wakes the loop earlier).
+    fn start_due(&self, tasks: &mut JoinSet<RunReport>) -> Duration {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut next: Option<SystemTime> = None;
+        let full = inner.shared.destinations.full();
+        let mut entries = inner.shared.entries();
+        for (id, e) in entries.iter_mut() {
+            if e.in_flight {
+                continue;
+            }
+            if e.next_attempt > now {
+                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
+                continue;
+            }
+            // Known destinations: take their free slots now, so the next message for a
+            // full destination is not started only to find it full.
+            if !e.destinations.is_empty() && e.destinations.iter().all(|d| full.contains(d)) {
+                continue;
+            }
+            let Ok(permit) = inner.messages_in_flight.clone().try_acquire_owned() else {
+                // As many messages held as allowed: one finishing wakes the loop.
+                break;
+            };
+            let slots = e
+                .destinations
+                .iter()
+                .filter_map(|d| DestinationSlot::try_take(&inner.shared, d))
+                .collect();
+            e.in_flight = true;
+            tasks.spawn(inner.clone().attempt(id.clone(), slots, false, permit));
+        }
+        next.map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60))
     }
 }
 
@@ -536,7 +709,59 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(e.to_string()))?
 }
 
+impl RunReport {
+    fn add(&mut self, r: &RunReport) {
+        self.messages += r.messages;
+        self.delivered += r.delivered;
+        self.deferred += r.deferred;
+        self.bounced += r.bounced;
+        self.completed += r.completed;
+        self.dsns_queued += r.dsns_queued;
+    }
+}
+
+/// Every recipient deferred with one reason.
+fn defer_all(rcpts: &[String], reason: &str) -> Vec<(String, RecipientOutcome)> {
+    rcpts
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                RecipientOutcome::Deferred {
+                    reason: reason.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
 impl<S: MessageStore> Inner<S> {
+    /// One attempt at one message, holding one of the held-message places; marks the
+    /// message free to be started again when it ends.
+    async fn attempt(
+        self: Arc<Self>,
+        queue_id: String,
+        reserved: Vec<DestinationSlot>,
+        wait: bool,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> RunReport {
+        struct Done<'a>(&'a Shared, &'a str);
+        impl Drop for Done<'_> {
+            // Also when the task is cancelled: the message must not stay "in flight".
+            fn drop(&mut self) {
+                if let Some(e) = self.0.entries().get_mut(self.1) {
+                    e.in_flight = false;
+                }
+                self.0.wake.notify_one();
+            }
+        }
+        let shared = self.shared.clone();
+        let _done = Done(&shared, &queue_id);
+        let report = self.clone().process(queue_id.clone(), reserved, wait).await;
+        drop(permit);
+        report
+    }
+
     fn update_gauges(&self) {
         let now = self.clock.now();
         let entries = self.shared.entries();
@@ -555,6 +780,12 @@ impl<S: MessageStore> Inner<S> {
             if received_at.is_some() {
                 e.received_at = received_at;
             }
+        }
+    }
+
+    fn set_destinations(&self, queue_id: &str, destinations: Vec<String>) {
+        if let Some(e) = self.shared.entries().get_mut(queue_id) {
+            e.destinations = destinations;
         }
     }
 
@@ -577,8 +808,15 @@ impl<S: MessageStore> Inner<S> {
         }
     }
 
-    /// One attempt at one message.
-    async fn process(self: Arc<Self>, queue_id: String) -> RunReport {
+    /// One attempt at one message. `reserved` are destination slots taken for it already;
+    /// with `wait`, a group waits for a slot of its destination, otherwise a group whose
+    /// destination is full is left pending for when it has room.
+    async fn process(
+        self: Arc<Self>,
+        queue_id: String,
+        reserved: Vec<DestinationSlot>,
+        wait: bool,
+    ) -> RunReport {
         let mut report = RunReport {
             messages: 1,
             ..RunReport::default()
@@ -609,8 +847,8 @@ impl<S: MessageStore> Inner<S> {
                 return report;
             }
         };
-        let envelope = message.envelope.clone();
-        let data = Arc::new(message.data);
+        let envelope = message.envelope;
+        let text = message.text;
         // A state file exists only for a message that needed more than one attempt or
         // route group; it is removed with the message.
         let mut state_on_disk = !matches!(saved, Ok(None));
@@ -636,29 +874,60 @@ impl<S: MessageStore> Inner<S> {
         // With several route groups, each finished group is saved, so a restart does not
         // deliver it again; a single group needs no intermediate save.
         let save_each_group = route_groups.len() > 1;
+        let mut reserved = reserved;
+        // Destinations that were full: their recipients wait for a free slot.
+        let mut busy: Vec<String> = Vec::new();
+        let mut attempted = false;
         for (choice, rcpts) in route_groups {
             let route = resolve_choice(routes, &choice);
-            let pool_key = match &choice {
-                RouteChoice::Configured(_) => format!("route:{}", route.name),
-                RouteChoice::DirectMx(domain) => format!("direct:{domain}"),
+            let destination = destination_of(&choice, &route.name);
+            let slot = match reserved.iter().position(|s| s.key == destination) {
+                Some(i) => Some(reserved.swap_remove(i)),
+                None if wait => None,
+                None => match DestinationSlot::try_take(&self.shared, &destination) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        busy.push(destination);
+                        continue;
+                    }
+                },
             };
             let this = self.clone();
-            let data = data.clone();
+            let text = text.clone();
             let from = envelope.mail_from.clone();
+            attempted = true;
             groups.spawn(async move {
+                let _slot = match slot {
+                    Some(slot) => slot,
+                    None => DestinationSlot::take(&this.shared, &destination).await,
+                };
                 let _permit = this.concurrency.clone().acquire_owned().await;
-                let hosts = this.host_order(&pool_key, &route);
-                let result = this
-                    .transport
-                    .deliver(&route, &hosts, &from, &rcpts, &data)
-                    .await;
-                this.record_health(&pool_key, &result);
-                (route.name.clone(), result)
+                let hosts = this.host_order(&choice, &route);
+                let attempt = this.transport.deliver(&route, &hosts, &from, &rcpts, &text);
+                let result = match tokio::time::timeout(this.attempt_timeout, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => GroupResult {
+                        outcomes: defer_all(
+                            &rcpts,
+                            &format!(
+                                "attempt timeout: route {} did not finish within {:?}",
+                                route.name, this.attempt_timeout
+                            ),
+                        ),
+                        host: None,
+                        failed_hosts: Vec::new(),
+                        succeeded_host: None,
+                    },
+                };
+                this.record_health(&choice, &route, &result);
+                (route.name.clone(), metric_host(&choice, &result), result)
             });
         }
+        // Slots taken for destinations this message no longer has.
+        drop(reserved);
 
         while let Some(done) = groups.join_next().await {
-            let Ok((route_name, result)) = done else {
+            let Ok((route_name, metric_host, result)) = done else {
                 continue;
             };
             for (rcpt, outcome) in &result.outcomes {
@@ -667,7 +936,7 @@ impl<S: MessageStore> Inner<S> {
                     RecipientOutcome::Delivered { reply } => {
                         tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "delivered: {reply}");
                         report.delivered += 1;
-                        self.metrics.count(&route_name, host, "delivered");
+                        self.metrics.count(&route_name, &metric_host, "delivered");
                         RecipientState::Delivered {
                             host: host.unwrap_or("none").to_string(),
                         }
@@ -675,7 +944,7 @@ impl<S: MessageStore> Inner<S> {
                     RecipientOutcome::Deferred { reason } => {
                         tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "deferred: {reason}");
                         report.deferred += 1;
-                        self.metrics.count(&route_name, host, "deferred");
+                        self.metrics.count(&route_name, &metric_host, "deferred");
                         RecipientState::Pending {
                             last_error: Some(reason.clone()),
                         }
@@ -683,7 +952,7 @@ impl<S: MessageStore> Inner<S> {
                     RecipientOutcome::Failed { status, diagnostic } => {
                         tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), status = %status, "bounced: {diagnostic}");
                         report.bounced += 1;
-                        self.metrics.count(&route_name, host, "bounced");
+                        self.metrics.count(&route_name, &metric_host, "bounced");
                         if !envelope.mail_from.is_empty() {
                             state.dsn_pending.push(DsnEntry {
                                 recipient: rcpt.clone(),
@@ -706,16 +975,24 @@ impl<S: MessageStore> Inner<S> {
         }
 
         // Temporary failures: retry on the schedule, or bounce once the lifetime is over.
+        // Recipients left for a full destination were not attempted: they do not count as
+        // a failed attempt and are started again as soon as their destination has room.
         let still_pending = state.pending();
         let now = self.clock.now();
+        let attempted_and_pending = !still_pending.is_empty() && report.deferred > 0;
         if !still_pending.is_empty() {
-            state.attempts = state.attempts.saturating_add(1);
+            if attempted_and_pending {
+                state.attempts = state.attempts.saturating_add(1);
+            }
             match self
                 .schedule
-                .decide(envelope.received_at, now, state.attempts)
+                .decide(envelope.received_at, now, state.attempts.max(1))
             {
-                RetryDecision::RetryAt(t) => state.next_attempt_unix = unix(t),
+                RetryDecision::RetryAt(t) => {
+                    state.next_attempt_unix = if busy.is_empty() { unix(t) } else { unix(now) };
+                }
                 RetryDecision::Expired => {
+                    attempted = true;
                     for rcpt in still_pending {
                         let last = match state.recipients.get(&rcpt) {
                             Some(RecipientState::Pending {
@@ -729,7 +1006,7 @@ impl<S: MessageStore> Inner<S> {
                             Some(d) => resolve_choice(routes, &route_set.table.choose(&d)).name,
                             None => "direct".to_string(),
                         };
-                        self.metrics.count(&route_name, None, "bounced");
+                        self.metrics.count(&route_name, "none", "bounced");
                         if !envelope.mail_from.is_empty() {
                             state.dsn_pending.push(DsnEntry {
                                 recipient: rcpt.clone(),
@@ -749,9 +1026,25 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         }
+        // Where the recipients still pending go, for the scheduler.
+        let destinations = group_by_table(&route_set.table, &state.pending())
+            .into_iter()
+            .map(|(choice, _)| destination_of(&choice, &resolve_choice(routes, &choice).name))
+            .collect();
+        self.set_destinations(&queue_id, destinations);
         // A message finished in this attempt goes straight to removal: if the relay stops
         // before the removal, the next run delivers it again (at least once, never lost).
         let finished = state.pending().is_empty() && state.dsn_pending.is_empty();
+        if !attempted && !finished && state.dsn_pending.is_empty() {
+            // Nothing tried, nothing changed: only the time of the next try, which a
+            // restart sets to "now" anyway. No disk write for a message that waits.
+            self.reschedule(
+                &queue_id,
+                from_unix(state.next_attempt_unix),
+                Some(envelope.received_at),
+            );
+            return report;
+        }
         if !finished {
             if !self.persist(&queue_id, &state).await {
                 self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
@@ -762,20 +1055,17 @@ impl<S: MessageStore> Inner<S> {
 
         if !state.dsn_pending.is_empty() {
             match self
-                .queue_dsn(&envelope, &data, &state.dsn_pending, now)
+                .queue_dsn(&envelope, &text, &state.dsn_pending, now)
                 .await
             {
                 Ok(dsn_id) => {
                     report.dsns_queued += 1;
                     state.dsn_pending.clear();
                     self.persist(&queue_id, &state).await;
-                    self.shared.entries().insert(
-                        dsn_id,
-                        QueueEntry {
-                            next_attempt: now,
-                            received_at: Some(now),
-                        },
-                    );
+                    self.shared
+                        .entries()
+                        .insert(dsn_id, QueueEntry::new(now, Some(now)));
+                    self.shared.wake.notify_one();
                 }
                 Err(e) => {
                     tracing::error!(queue_id, "cannot queue the bounce: {e}");
@@ -784,7 +1074,6 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         }
-
         if state.pending().is_empty() && state.dsn_pending.is_empty() {
             let store = self.store.clone();
             let id = queue_id.clone();
@@ -815,10 +1104,15 @@ impl<S: MessageStore> Inner<S> {
     async fn queue_dsn(
         &self,
         envelope: &Envelope,
-        data: &[u8],
+        text: &MessageText,
         entries: &[DsnEntry],
         now: SystemTime,
     ) -> io::Result<String> {
+        // The DSN quotes the header section only: that much is read, not the message.
+        let headers = text.header_section().await.unwrap_or_else(|e| {
+            tracing::warn!(queue_id = %envelope.queue_id, "cannot read the headers for the bounce: {e}");
+            Vec::new()
+        });
         let failures: Vec<FailedRecipient> = entries
             .iter()
             .map(|e| FailedRecipient {
@@ -835,17 +1129,27 @@ impl<S: MessageStore> Inner<S> {
             now,
             original_sender: &envelope.mail_from,
             failures: &failures,
-            original: data,
+            original: &headers,
         });
         let store = self.store.clone();
         let to = vec![envelope.mail_from.clone()];
         blocking(move || store.enqueue("", &to, &dsn, now)).await
     }
 
-    fn host_order(&self, pool_key: &str, route: &RouteConfig) -> Vec<crate::config::HostConfig> {
+    /// The order to try a group's hosts in: a configured route's pool by health and
+    /// weight; for direct MX delivery the one domain (it has no pool to keep).
+    fn host_order(
+        &self,
+        choice: &RouteChoice,
+        route: &RouteConfig,
+    ) -> Vec<crate::config::HostConfig> {
         let now = self.clock.now();
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(choice, RouteChoice::DirectMx(_)) {
+            return HostPool::from_route_hosts(&route.hosts).attempt_order(now, &mut *rng);
+        }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = pools.entry(pool_key.to_string()).or_insert_with(|| {
+        let entry = pools.entry(route.name.clone()).or_insert_with(|| {
             (
                 route.hosts.clone(),
                 HostPool::from_route_hosts(&route.hosts),
@@ -857,14 +1161,16 @@ impl<S: MessageStore> Inner<S> {
                 HostPool::from_route_hosts(&route.hosts),
             );
         }
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         entry.1.attempt_order(now, &mut *rng)
     }
 
-    fn record_health(&self, pool_key: &str, result: &GroupResult) {
+    fn record_health(&self, choice: &RouteChoice, route: &RouteConfig, result: &GroupResult) {
+        if matches!(choice, RouteChoice::DirectMx(_)) {
+            return;
+        }
         let now = self.clock.now();
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, pool)) = pools.get_mut(pool_key) {
+        if let Some((_, pool)) = pools.get_mut(&route.name) {
             for h in &result.failed_hosts {
                 pool.mark_down(h, now);
             }
@@ -872,6 +1178,23 @@ impl<S: MessageStore> Inner<S> {
                 pool.mark_up(h);
             }
         }
+    }
+}
+
+/// The `host` label of a group's outcome: the configured pool host that took it (or the
+/// last that failed), `mx` for direct delivery, `none` when no host was tried. Never an
+/// MX or recipient domain, so the label set is bounded by the configuration.
+fn metric_host(choice: &RouteChoice, result: &GroupResult) -> String {
+    if matches!(choice, RouteChoice::DirectMx(_)) {
+        return "mx".to_string();
+    }
+    match result
+        .succeeded_host
+        .as_ref()
+        .or(result.failed_hosts.last())
+    {
+        Some(h) => format!("{}:{}", h.host, h.port),
+        None => "none".to_string(),
     }
 }
 
@@ -921,8 +1244,12 @@ impl MessageStore for DirectoryStore {
         let env = fs::read(self.dir.join(format!("{queue_id}.env")))?;
         let envelope: Envelope = serde_json::from_slice(&env)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let data = fs::read(self.dir.join(format!("{queue_id}.eml")))?;
-        Ok(StoredMessage { envelope, data })
+        let path = self.dir.join(format!("{queue_id}.eml"));
+        let len = fs::metadata(&path)?.len();
+        Ok(StoredMessage {
+            envelope,
+            text: MessageText::file(path, 0, len),
+        })
     }
 
     fn enqueue(
@@ -958,5 +1285,62 @@ impl MessageStore for DirectoryStore {
         }
         let _ = fs::remove_file(self.dir.join(format!("{queue_id}.eml")));
         fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+
+    #[test]
+    fn the_destination_table_holds_only_destinations_under_way() {
+        let table = Destinations {
+            active: Mutex::new(HashMap::new()),
+            limit: 2,
+            freed: Notify::new(),
+        };
+        for i in 0..1000 {
+            let key = format!("mx:d{i}.example");
+            assert!(table.try_take(&key));
+            table.give_back(&key);
+        }
+        assert!(table.active().is_empty(), "no entry per domain left behind");
+        assert!(table.try_take("route:a") && table.try_take("route:a"));
+        assert!(!table.try_take("route:a"), "the third is refused");
+        assert_eq!(table.full().into_iter().collect::<Vec<_>>(), ["route:a"]);
+        table.give_back("route:a");
+        assert!(table.try_take("route:a"));
+    }
+
+    #[test]
+    fn metric_hosts_are_configured_hosts_or_mx() {
+        let pool_host = HostConfig {
+            host: "smarthost.example".into(),
+            port: 587,
+        };
+        let result = GroupResult {
+            outcomes: Vec::new(),
+            host: Some("mx7.attacker.example:25".into()),
+            failed_hosts: Vec::new(),
+            succeeded_host: Some(pool_host.clone()),
+        };
+        assert_eq!(
+            metric_host(&RouteChoice::DirectMx("attacker.example".into()), &result),
+            "mx"
+        );
+        assert_eq!(
+            metric_host(&RouteChoice::Configured(0), &result),
+            "smarthost.example:587"
+        );
+        let failed = GroupResult {
+            succeeded_host: None,
+            failed_hosts: vec![pool_host],
+            ..result
+        };
+        assert_eq!(
+            metric_host(&RouteChoice::Configured(0), &failed),
+            "smarthost.example:587"
+        );
     }
 }

@@ -134,7 +134,16 @@ async fn serve(tcp: TcpStream, behaviour: Behaviour, seen: &Seen) -> std::io::Re
             seen.messages.fetch_add(1, Ordering::SeqCst);
             seen.changed.notify_waiters();
             if let Behaviour::SlowDot { after } = behaviour {
-                tokio::time::sleep(after).await;
+                // Notices a client that gives up while it waits.
+                line.clear();
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => {}
+                    read = io.read_line(&mut line) => {
+                        if read? == 0 {
+                            return Ok(());
+                        }
+                    }
+                }
             }
             b"250 2.0.0 queued\r\n"
         } else if cmd == "QUIT" {

@@ -1,5 +1,5 @@
 //! Large messages: `n` sessions each send one message of `size` bytes at the same time,
-//! and the relay delivers them to a [`TimedSink`], while the relay's resident memory is
+//! and the relay delivers them, all `n` at the same time, to a [`TimedSink`], while the relay's resident memory is
 //! sampled every 10 ms; reports the idle RSS, the peak while the messages stream in
 //! (until the first `250`: ingress alone), the peak over the whole run (delivery of all
 //! `n` to the sink included: it starts on each message as soon as it is acknowledged),

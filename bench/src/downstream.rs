@@ -1,6 +1,7 @@
 //! In-process downstream servers for the delivery benchmarks, on loopback: a sink that
 //! takes every message (any size, without keeping it) and notes when each arrived, by the
-//! `X-Bench-Seq` header the sender put in, and a tarpit that accepts connections and
+//! `X-Bench-Seq` header the sender put in (optionally holding every DATA until `n`
+//! sessions are at DATA, so `n` messages stream at the same time), and a tarpit that accepts connections and
 //! then drips its greeting one byte a second, or says nothing at all.
 //!
 //! Both stop when dropped. Not here: the relay, the senders, the statistics.
@@ -23,6 +24,10 @@ struct SinkState {
     arrivals: Mutex<HashMap<u64, Instant>>,
     messages: AtomicUsize,
     bytes: AtomicUsize,
+    /// DATA commands seen, and how many to wait for before the first `354`.
+    at_data: AtomicUsize,
+    barrier: usize,
+    all_at_data: tokio::sync::Notify,
 }
 
 /// A sink that timestamps each message.
@@ -40,11 +45,20 @@ impl Drop for TimedSink {
 
 impl TimedSink {
     pub async fn start() -> Result<TimedSink, String> {
+        Self::start_with_barrier(0).await
+    }
+
+    /// A sink that answers the first `n` DATA commands only once all `n` have come (at
+    /// most 60 s), so their texts stream at the same time.
+    pub async fn start_with_barrier(n: usize) -> Result<TimedSink, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("sink: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("sink: {e}"))?;
-        let state = Arc::new(SinkState::default());
+        let state = Arc::new(SinkState {
+            barrier: n,
+            ..SinkState::default()
+        });
         let st = state.clone();
         let task = tokio::spawn(async move {
             let mut sessions = tokio::task::JoinSet::new();
@@ -117,6 +131,18 @@ async fn serve_sink(tcp: TcpStream, state: &SinkState) -> std::io::Result<()> {
         let reply: &[u8] = if cmd.starts_with("EHLO") {
             b"250-sink.bench\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
         } else if cmd == "DATA" {
+            let seen = state.at_data.fetch_add(1, Ordering::SeqCst) + 1;
+            if seen < state.barrier {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while state.at_data.load(Ordering::SeqCst) < state.barrier
+                    && Instant::now() < deadline
+                {
+                    let all = state.all_at_data.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), all).await;
+                }
+            } else if seen == state.barrier {
+                state.all_at_data.notify_waiters();
+            }
             io.get_mut().write_all(b"354 go ahead\r\n").await?;
             let mut seq = None;
             let mut in_headers = true;

@@ -10,7 +10,7 @@
 //!             [--rounds 3] [--per-connection 100] [--idle-sessions 10000]
 //!             [--reload-edits 10] [--big-sessions 20] [--big-size 35000000]
 //!             [--tarpit-messages 3000] [--tarpit-rate 200] [--tarpit-every 4]
-//!             [--tarpit-mode drip|silent] [--tarpit-rounds 2]
+//!             [--tarpit-mode drip|silent] [--tarpit-rounds 3]
 //!             [--relayctl PATH] [--no-postfix]
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
@@ -79,7 +79,7 @@ impl Default for Args {
             tarpit_rate: 200,
             tarpit_every: 4,
             tarpit_mode: downstream::TarpitMode::Drip,
-            tarpit_rounds: 2,
+            tarpit_rounds: 3,
             reload_edits: 10,
             relayctl: None,
             postfix: true,
@@ -478,8 +478,13 @@ async fn bench(args: Args) -> Result<(), String> {
         let spool = args.work_dir.join("spool-big");
         let _ = std::fs::remove_dir_all(&spool);
         // The relay delivers every message to this sink: ingress and delivery measured.
-        let big_sink = downstream::TimedSink::start().await?;
-        let cfg = ours::config(&spool, big_sink.port(), (args.big_sessions + 10) as u32);
+        // It holds DATA until all are there: the texts are delivered at the same time.
+        let big_sink = downstream::TimedSink::start_with_barrier(args.big_sessions).await?;
+        let mut cfg = ours::config(&spool, big_sink.port(), (args.big_sessions + 10) as u32);
+        // All of them delivered at once, not `destination_concurrency` at a time.
+        cfg.delivery.destination_concurrency = args.big_sessions as u32;
+        cfg.delivery.concurrency = cfg.delivery.concurrency.max(args.big_sessions as u32);
+        let cfg = cfg.seal();
         let relay = ours::OurRelay::start(
             &cfg,
             &args.work_dir.join("relay-big.json"),
@@ -540,7 +545,7 @@ async fn bench(args: Args) -> Result<(), String> {
             .sum();
         println!();
         println!(
-            "### Delivery next to a tarpit ({} mode): {} messages at {}/s over {} sessions, every {}th to the tarpit route; median of {} round(s)",
+            "### Delivery next to a tarpit ({} mode): {} messages to the good route at {}/s over {} sessions, with the tarpit one more to the tarpit route after every {}th; median of {} round(s)",
             args.tarpit_mode.name(),
             args.tarpit_messages,
             args.tarpit_rate,

@@ -4,7 +4,8 @@
 //! The relay gets two routes: `good` (`example.net`) to a [`TimedSink`], `tarpit`
 //! (`tarpit.example`) to a [`Tarpit`]. `sessions` clients send `messages` messages to the
 //! good route at a steady `rate`, each stamped with a sequence number; with the tarpit on,
-//! every `tarpit_every`-th message goes to the tarpit instead (and never arrives). A
+//! one more message goes to the tarpit after every `tarpit_every`-th (and never arrives),
+//! so the good route's traffic is the same in both runs. A
 //! message's delivery time is its arrival at the sink minus the moment its `250` came back
 //! (it was in the spool then). A fresh relay and spool for each run; every wait is bounded.
 
@@ -28,7 +29,7 @@ pub struct TarpitSpec {
     pub messages: usize,
     /// Messages per second, all sessions together.
     pub rate: f64,
-    /// With the tarpit: one message in this many goes to it.
+    /// With the tarpit: one more message to it after this many good ones.
     pub tarpit_every: usize,
     pub mode: TarpitMode,
     pub timeout: Duration,
@@ -160,11 +161,18 @@ pub async fn run(spec: &TarpitSpec, work: &Path, with_tarpit: bool) -> Result<Ta
     let start = Instant::now() + Duration::from_millis(200);
     let mut plans: Vec<Vec<(u64, bool, Instant)>> = vec![Vec::new(); spec.sessions.max(1)];
     let mut tarpit_sent = 0;
+    let sessions = spec.sessions.max(1);
     for i in 0..spec.messages {
-        let to_tarpit = with_tarpit && spec.tarpit_every > 0 && i % spec.tarpit_every == 0;
-        tarpit_sent += usize::from(to_tarpit);
         let at = start + interval * i as u32;
-        plans[i % spec.sessions.max(1)].push((i as u64, to_tarpit, at));
+        plans[i % sessions].push((i as u64, false, at));
+        if with_tarpit && spec.tarpit_every > 0 && i % spec.tarpit_every == 0 {
+            let seq = (spec.messages + tarpit_sent) as u64;
+            plans[(i + sessions / 2) % sessions].push((seq, true, at + interval / 2));
+            tarpit_sent += 1;
+        }
+    }
+    for plan in &mut plans {
+        plan.sort_by_key(|(_, _, at)| *at);
     }
     let mut tasks = tokio::task::JoinSet::new();
     for plan in plans {

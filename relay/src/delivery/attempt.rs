@@ -254,7 +254,10 @@ pub(crate) async fn probe_route_hosts(
         Ok(c) => c,
         Err(e) => return failed_all(e.to_string()),
     };
-    let timeouts = StageTimeouts::from_config(delivery);
+    // A probe answers a person waiting: every step gets the connect timeout, not the
+    // minutes a delivery may wait.
+    let timeouts =
+        StageTimeouts::uniform(Duration::from_secs(delivery.connect_timeout_seconds.max(1)));
     let mut probes = Vec::new();
     for pool_host in &hosts {
         let targets = if route.mx_lookup {

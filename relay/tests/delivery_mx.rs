@@ -1,6 +1,7 @@
 //! MX lookup against an in-process DNS server (hickory-server, in-memory zone on
 //! 127.0.0.1, UDP and TCP): preference order, falling back to the next MX, and
-//! `host_overrides` consulted before DNS.
+//! `host_overrides` consulted before DNS. The MX hosts here are on loopback, which MX
+//! delivery dials only because the tests allow it (`allowedInternalNetworks`).
 
 mod delivery_common;
 
@@ -107,6 +108,7 @@ async fn delivery_falls_back_to_the_next_mx_when_the_first_fails() {
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[]);
     cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
     let h = Harness::new(vec![r], cfg);
     h.send(
         "alice@acme.test",
@@ -142,6 +144,7 @@ async fn host_overrides_are_consulted_before_dns() {
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[("mx1.dest.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
     cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
     let h = Harness::new(vec![r], cfg);
     h.send(
         "alice@acme.test",

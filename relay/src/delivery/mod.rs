@@ -1,13 +1,17 @@
 //! Delivery: takes spooled messages and hands them to downstream SMTP servers (SPEC §3.5).
 //!
 //! It owns route choice ([`route`]), weighted host pools with health ([`pool`]), MX lookup
-//! ([`mx`]), the per-route TLS policy and its certificate verifiers ([`tls`]), the outbound
-//! SMTP client and its connection cache ([`client`]), the retry schedule ([`retry`]), RFC 3464
-//! bounces ([`dsn`]) and the queue manager that ties them together ([`queue`]).
+//! ([`mx`]), the network and loop guards ([`guard`]), the per-route TLS policy and its
+//! certificate verifiers ([`tls`]), the outbound SMTP client and its connection cache
+//! ([`client`]), one delivery attempt over a route ([`attempt`]), the route TLS probe
+//! ([`probe`]), the retry schedule ([`retry`]), RFC 3464 bounces ([`dsn`]) and the queue
+//! manager that ties them together ([`queue`]). Layers read top-down: queue → attempt and
+//! probe → client, mx, tls, guard.
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
-//! [`queue::MessageStore`] trait, which the spool implements. [`testing`] holds an
-//! in-process SMTP sink and a test certificate authority for tests of this crate and others.
+//! [`queue::MessageStore`] trait, which the spool implements. With the `testing` feature,
+//! `testing` holds an in-process SMTP sink and a test certificate authority for tests of
+//! this crate and others (`relayctl sink` enables it too).
 //!
 //! Wiring, in a relay process:
 //!
@@ -24,12 +28,15 @@
 pub mod attempt;
 pub mod client;
 pub mod dsn;
+pub mod guard;
 pub mod metrics;
 pub mod mx;
 pub mod pool;
+pub mod probe;
 pub mod queue;
 pub mod retry;
 pub mod route;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 

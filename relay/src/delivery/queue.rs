@@ -338,7 +338,8 @@ impl<S: MessageStore> QueueManager<S> {
             path: options.state_dir.display().to_string(),
             source,
         })?;
-        let transport = Transport::new(delivery, &options.hostname, clock.clone())?;
+        let metrics = DeliveryMetrics::register(registry);
+        let transport = Transport::new(delivery, &options.hostname, clock.clone(), &metrics)?;
         let now = clock.now();
         let mut entries = BTreeMap::new();
         for id in store.list().map_err(QueueError::List)? {
@@ -355,7 +356,6 @@ impl<S: MessageStore> QueueManager<S> {
                 },
             );
         }
-        let metrics = DeliveryMetrics::register(registry);
         metrics.queue_depth.set(entries.len() as i64);
         let inner = Inner {
             store,
@@ -610,6 +610,8 @@ impl<S: MessageStore> Inner<S> {
             }
         };
         let envelope = message.envelope.clone();
+        // Loop guard (SPEC §3.5): too many `Received:` headers bounces without delivery.
+        let looping = self.transport.loop_refusal(&message.data);
         let data = Arc::new(message.data);
         // A state file exists only for a message that needed more than one attempt or
         // route group; it is removed with the message.
@@ -645,13 +647,18 @@ impl<S: MessageStore> Inner<S> {
             let this = self.clone();
             let data = data.clone();
             let from = envelope.mail_from.clone();
+            let looping = looping.clone();
             groups.spawn(async move {
                 let _permit = this.concurrency.clone().acquire_owned().await;
                 let hosts = this.host_order(&pool_key, &route);
-                let result = this
-                    .transport
-                    .deliver(&route, &hosts, &from, &rcpts, &data)
-                    .await;
+                let result = match looping {
+                    Some(refusal) => GroupResult::refused(&rcpts, &refusal),
+                    None => {
+                        this.transport
+                            .deliver(&route, &hosts, &from, &rcpts, &data)
+                            .await
+                    }
+                };
                 this.record_health(&pool_key, &result);
                 (route.name.clone(), result)
             });

@@ -351,7 +351,7 @@ pub struct DeliveryConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_networks: Vec<IpNet>,
     /// Exceptions to the built-in ranges: MX hosts in these networks may be dialled (an
-    /// internal MX zone; tests on loopback). `deniedNetworks` and `clusterNetworks` still
+    /// internal MX zone or split-horizon `hostOverrides` for MX hosts; tests on loopback). `deniedNetworks` and `clusterNetworks` still
     /// win over this list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_internal_networks: Vec<IpNet>,

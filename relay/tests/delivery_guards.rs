@@ -234,6 +234,24 @@ async fn mx_hosts_on_internal_addresses_are_not_dialled_and_bounce_5_4_4() {
 }
 
 #[tokio::test]
+async fn an_address_literal_domain_is_its_own_host_and_guarded() {
+    // Ingress refuses `u@[10.0.0.5]` (501 5.1.3); a spooled one (an older relay, or a
+    // bounce back to a sender who used a literal) still never reaches an internal host.
+    let home = TestSink::start(SinkConfig::default()).await.unwrap();
+    let h = Harness::new(vec![home_route(&home)], config(None));
+    h.send(
+        "alice@acme.test",
+        &["u@[127.0.0.1]", "v@[IPv6:::1]"],
+        &message("alice@acme.test", "u@[127.0.0.1]", "literal"),
+    );
+    let first = bounded(h.manager.run_due()).await;
+    assert_eq!((first.bounced, first.deferred), (2, 0));
+    let dsn = bounce_seen_by_sender(&h, &home).await;
+    assert_eq!(dsn.len(), 2);
+    assert!(dsn.iter().all(|r| r.status == "5.4.4"), "{dsn:?}");
+}
+
+#[tokio::test]
 async fn a_route_that_names_an_internal_host_still_delivers() {
     let internal = TestSink::start(SinkConfig::default()).await.unwrap();
     // By address, and by a host name that resolves to loopback.

@@ -3,11 +3,11 @@
 //! [`SmtpConnection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
 //! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again; a handshake that
 //! fails for a reason other than the certificate is [`SessionError::TlsHandshake`], so the
-//! caller can retry in plaintext where the policy allows ([`SessionParams::plaintext`]). [`SmtpConnection::send`]
-//! sends one message: with PIPELINING, MAIL, every RCPT and DATA go in one write. It
-//! returns one [`RecipientOutcome`] per recipient. [`ConnectionCache`] keeps sessions open for
-//! `connection_idle_seconds`, keyed by host, port and TLS policy, and resets them (RSET)
-//! before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
+//! caller can retry in plaintext where the policy allows ([`SessionParams::plaintext`]).
+//! [`SmtpConnection::send`] sends one message: with PIPELINING, MAIL, every RCPT and DATA
+//! go in one write. It returns one [`RecipientOutcome`] per recipient. [`ConnectionCache`]
+//! keeps sessions open for `connection_idle_seconds`, keyed by host, port and TLS policy,
+//! and resets them (RSET) before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
 //! does not choose hosts or decide about retries.
 
 use std::collections::HashMap;

@@ -155,3 +155,30 @@ async fn host_overrides_are_consulted_before_dns() {
     assert_eq!(report.delivered, 1);
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn a_domain_without_mx_records_is_its_own_mail_host() {
+    // NOERROR without MX records (unlike NXDOMAIN, which bounces): the A record is used.
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let (ns, _server) = dns_server(&[], &[("dest.test.", IpAddr::V4(Ipv4Addr::LOCALHOST))]).await;
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
+    r.mx_lookup = true;
+    let mut cfg = delivery_config(&[]);
+    cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
+    let h = Harness::new(vec![r], cfg);
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "implicit-mx"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(sink.messages().len(), 1);
+}

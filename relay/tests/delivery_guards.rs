@@ -359,6 +359,28 @@ async fn an_mx_that_is_this_relay_bounces_5_4_6() {
 }
 
 #[tokio::test]
+async fn this_relay_as_a_backup_mx_leaves_the_better_mx_in_use() {
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let (ns, _server) = dns(&[
+        Rec::Mx("backup.test.", 10, "mx.backup.test."),
+        Rec::Mx("backup.test.", 20, "relay.acme.test."),
+        Rec::Addr("mx.backup.test.", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ])
+    .await;
+    let mut cfg = config(Some(ns));
+    allow_loopback_mx(&mut cfg);
+    let h = Harness::new(vec![mx_route("mx", "backup.test", sink.port())], cfg);
+    h.send(
+        "alice@acme.test",
+        &["bob@backup.test"],
+        &message("alice@acme.test", "bob@backup.test", "backup"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!((report.delivered, report.bounced), (1, 0));
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
 async fn a_5xx_for_one_recipient_ends_it_there_and_keeps_the_host_in_rotation() {
     let home = TestSink::start(SinkConfig::default()).await.unwrap();
     let primary = TestSink::start(SinkConfig {

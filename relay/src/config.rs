@@ -340,6 +340,63 @@ pub struct DeliveryConfig {
     /// Static host-name → address overrides consulted before DNS (tests, split horizon).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_overrides: BTreeMap<String, std::net::IpAddr>,
+    /// MX hosts tried per attempt of one destination, most preferred first (Postfix: 5).
+    #[serde(
+        default = "default_max_mx_hosts",
+        skip_serializing_if = "is_default_max_mx_hosts"
+    )]
+    pub max_mx_hosts: u32,
+    /// Addresses dialled per attempt of one destination, over all its MX hosts (Postfix's
+    /// `smtp_mx_address_limit`: 5).
+    #[serde(
+        default = "default_max_addresses",
+        skip_serializing_if = "is_default_max_addresses"
+    )]
+    pub max_addresses: u32,
+    /// A message with more `Received:` headers than this is looping and bounces `5.4.6`.
+    #[serde(
+        default = "default_max_received_headers",
+        skip_serializing_if = "is_default_max_received_headers"
+    )]
+    pub max_received_headers: u32,
+    /// Networks that MX and direct delivery never dial, on top of the built-in ones
+    /// (loopback, RFC 1918, CGNAT, link-local, unique-local, multicast, unspecified).
+    /// Routes that name a host are not affected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_networks: Vec<IpNet>,
+    /// The cluster's own ranges (pod and service networks): never dialled for MX and
+    /// direct delivery, like [`Self::denied_networks`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_networks: Vec<IpNet>,
+    /// Exceptions to the built-in ranges: MX hosts in these networks may be dialled (an
+    /// internal MX zone or split-horizon `hostOverrides` for MX hosts; tests on loopback). `deniedNetworks` and `clusterNetworks` still
+    /// win over this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_internal_networks: Vec<IpNet>,
+}
+
+fn default_max_mx_hosts() -> u32 {
+    5
+}
+
+fn is_default_max_mx_hosts(v: &u32) -> bool {
+    *v == default_max_mx_hosts()
+}
+
+fn default_max_addresses() -> u32 {
+    5
+}
+
+fn is_default_max_addresses(v: &u32) -> bool {
+    *v == default_max_addresses()
+}
+
+fn default_max_received_headers() -> u32 {
+    50
+}
+
+fn is_default_max_received_headers(v: &u32) -> bool {
+    *v == default_max_received_headers()
 }
 
 impl Default for DeliveryConfig {
@@ -356,6 +413,12 @@ impl Default for DeliveryConfig {
             attempt_timeout_seconds: default_attempt_timeout_seconds(),
             nameservers: Vec::new(),
             host_overrides: BTreeMap::new(),
+            max_mx_hosts: default_max_mx_hosts(),
+            max_addresses: default_max_addresses(),
+            max_received_headers: default_max_received_headers(),
+            denied_networks: Vec::new(),
+            cluster_networks: Vec::new(),
+            allowed_internal_networks: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! MX lookup against an in-process DNS server (hickory-server, in-memory zone on
 //! 127.0.0.1, UDP and TCP): preference order, falling back to the next MX, and
-//! `host_overrides` consulted before DNS.
+//! `host_overrides` consulted before DNS. The MX hosts here are on loopback, which MX
+//! delivery dials only because the tests allow it (`allowedInternalNetworks`).
 
 mod delivery_common;
 
@@ -107,6 +108,7 @@ async fn delivery_falls_back_to_the_next_mx_when_the_first_fails() {
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[]);
     cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
     let h = Harness::new(vec![r], cfg);
     h.send(
         "alice@acme.test",
@@ -144,11 +146,39 @@ async fn host_overrides_are_consulted_before_dns() {
     r.mx_lookup = true;
     let mut cfg = delivery_config(&[("mx1.dest.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]);
     cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
     let h = Harness::new(vec![r], cfg);
     h.send(
         "alice@acme.test",
         &["bob@dest.test"],
         &message("alice@acme.test", "bob@dest.test", "override"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_domain_without_mx_records_is_its_own_mail_host() {
+    // NOERROR without MX records (unlike NXDOMAIN, which bounces): the A record is used.
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let (ns, _server) = dns_server(&[], &[("dest.test.", IpAddr::V4(Ipv4Addr::LOCALHOST))]).await;
+    let mut r = route(
+        "mx",
+        RouteMatcher::Default,
+        "dest.test",
+        sink.port(),
+        no_tls(),
+    );
+    r.mx_lookup = true;
+    let mut cfg = delivery_config(&[]);
+    cfg.nameservers = vec![ns];
+    allow_loopback_mx(&mut cfg);
+    let h = Harness::new(vec![r], cfg);
+    h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &message("alice@acme.test", "bob@dest.test", "implicit-mx"),
     );
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, 1);

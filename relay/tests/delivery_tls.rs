@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use delivery_common::*;
 use relay::config::{RouteMatcher, RouteTlsConfig};
 use relay::delivery::dsn::parse_dsn;
+use relay::delivery::probe::probe_route;
 use relay::delivery::testing::{SinkConfig, TestCa, TestCert, TestSink, self_signed};
-use relay::delivery::tls::probe_route;
 
 const MX: &str = "mx.dest.test";
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -631,7 +631,8 @@ async fn test_tls(
                 }
                 Some(r) => {
                     println!("MailRoute {} ({})", r.name, r.description);
-                    let probes = relay::delivery::tls::probe_route(r, &local.config.delivery).await;
+                    let probes =
+                        relay::delivery::probe::probe_route(r, &local.config.delivery).await;
                     let mut all = !probes.is_empty();
                     for p in &probes {
                         all &= p.verified;

@@ -46,7 +46,7 @@ impl TlsProber for DeliveryProber {
         route: &RouteConfig,
         delivery: &DeliveryConfig,
     ) -> Vec<(String, Result<(), String>)> {
-        relay::delivery::tls::probe_route(route, delivery)
+        relay::delivery::probe::probe_route(route, delivery)
             .await
             .into_iter()
             .map(|h| {

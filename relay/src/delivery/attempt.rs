@@ -6,24 +6,42 @@
 //! address, MX host and pool host when a session fails. It reports one outcome per
 //! recipient and which pool hosts failed, so the caller can mark them down. Whether and
 //! when to retry is the queue manager's business, not this module's.
+//!
+//! Within one attempt (SPEC §3.5):
+//! - Permanent is permanent. A 5xx to MAIL, DATA or the final dot ends the message for the
+//!   group, and a 5xx to RCPT ends that recipient: no other host is asked (a backup MX
+//!   must not take what the primary refused), and the host is not marked down (a user
+//!   cannot drain a smarthost from rotation by provoking 5xx). NXDOMAIN (`5.1.2`) and a
+//!   null MX (`5.1.10`) bounce at once.
+//! - At most `maxMxHosts` MX hosts and `maxAddresses` addresses are tried per pool host.
+//! - MX-expanded hosts (direct delivery and `mxLookup` routes) pass the
+//!   [`DestinationGuard`]: addresses in internal networks are not dialled (`5.4.4` when
+//!   nothing is left), and an MX host that is this relay is a loop (`5.4.6`). The hosts a
+//!   route names itself are dialled as configured.
+//! - When a route does not require TLS and the STARTTLS handshake fails for a reason other
+//!   than the certificate, the same address is tried once more in plaintext (counted in
+//!   `tls_plaintext_fallbacks`). See [`super::tls`] for why a certificate failure differs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::ClientConfig;
 
-use crate::config::{DeliveryConfig, HostConfig, RouteConfig, RouteHosts};
+use crate::config::{DeliveryConfig, HostConfig, RouteConfig};
 
 use super::Clock;
 use super::client::{
     CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection,
     StageTimeouts,
 };
+use super::guard::{DestinationGuard, Refusal, hop_refusal};
+use super::metrics::DeliveryMetrics;
 use super::mx::{MxResolver, ResolveError};
 use super::text::MessageText;
-use super::tls::{HostProbe, TlsPolicy, TlsRequirement};
+use super::tls::{TlsPolicy, TlsRequirement};
 
 /// The result of delivering one group.
 #[derive(Debug, Clone)]
@@ -32,10 +50,23 @@ pub struct GroupResult {
     pub outcomes: Vec<(String, RecipientOutcome)>,
     /// `host:port` of the session that answered last (for logs and metrics), if any.
     pub host: Option<String>,
-    /// Pool hosts that failed as a whole (connect, timeout, 4xx, …).
+    /// Pool hosts that failed as a whole (connect, timeout, 4xx, TLS, …); never a host
+    /// that answered a transaction, even with a 5xx.
     pub failed_hosts: Vec<HostConfig>,
-    /// The pool host that took the transaction.
+    /// The pool host that answered the transaction: took it, or refused it for good.
     pub succeeded_host: Option<HostConfig>,
+}
+
+impl GroupResult {
+    /// Every recipient of the group bounces with `refusal`, nothing is sent.
+    pub fn refused(rcpt_to: &[String], refusal: &Refusal) -> Self {
+        Self {
+            outcomes: fail_all(rcpt_to, refusal),
+            host: None,
+            failed_hosts: Vec::new(),
+            succeeded_host: None,
+        }
+    }
 }
 
 /// Sessions, resolution and TLS configurations shared by all deliveries.
@@ -45,6 +76,11 @@ pub struct Transport {
     helo_name: String,
     timeouts: StageTimeouts,
     tls_configs: Mutex<HashMap<TlsPolicy, Arc<ClientConfig>>>,
+    guard: DestinationGuard,
+    max_mx_hosts: usize,
+    max_addresses: usize,
+    max_received_headers: u32,
+    tls_fallbacks: Counter,
 }
 
 impl std::fmt::Debug for Transport {
@@ -55,12 +91,42 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// One host to dial, as the route named it or as an MX record did.
+struct Target {
+    host: String,
+    /// Found through MX lookup: the destination guard applies.
+    guarded: bool,
+}
+
+/// How a pool host's host names came out.
+enum Targets {
+    Hosts(Vec<Target>),
+    /// A DNS answer that will not change (NXDOMAIN, null MX) or a loop.
+    Permanent(Refusal),
+    /// Worth another pool host or a later retry.
+    Temporary(String),
+}
+
+/// How one address came out.
+enum AddressOutcome {
+    /// The transaction was answered: outcomes per recipient (delivered, deferred or failed).
+    Answered(Vec<RecipientOutcome>),
+    /// The host refused the message for good (5xx to MAIL, DATA or the final dot).
+    Refused(Refusal),
+    /// The session could not be used at all, for good (5xx greeting, certificate, …).
+    HostPermanent(Refusal),
+    /// The session failed; another address or a later retry may work.
+    Temporary(String),
+}
+
 impl Transport {
-    /// A transport announcing itself as `helo_name`.
+    /// A transport announcing itself as `helo_name` (also the name an MX host must not
+    /// have: that would be a loop). Plaintext retries are counted in `metrics`.
     pub fn new(
         delivery: &DeliveryConfig,
         helo_name: &str,
         clock: Arc<dyn Clock>,
+        metrics: &DeliveryMetrics,
     ) -> Result<Self, ResolveError> {
         Ok(Self {
             resolver: MxResolver::new(delivery)?,
@@ -71,12 +137,23 @@ impl Transport {
             helo_name: helo_name.to_string(),
             timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
+            guard: DestinationGuard::new(delivery, helo_name),
+            max_mx_hosts: delivery.max_mx_hosts.max(1) as usize,
+            max_addresses: delivery.max_addresses.max(1) as usize,
+            max_received_headers: delivery.max_received_headers,
+            tls_fallbacks: metrics.tls_plaintext_fallbacks.clone(),
         })
     }
 
     /// The connection cache (to sweep idle sessions).
     pub fn cache(&self) -> &ConnectionCache {
         &self.cache
+    }
+
+    /// The loop refusal for a message that carries too many `Received:` headers
+    /// (`maxReceivedHeaders`), checked once per message before any delivery.
+    pub fn loop_refusal(&self, message: &[u8]) -> Option<Refusal> {
+        hop_refusal(message, self.max_received_headers)
     }
 
     fn tls_config(&self, policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
@@ -87,6 +164,65 @@ impl Transport {
         let config = policy.client_config().map_err(|e| e.to_string())?;
         configs.insert(policy.clone(), config.clone());
         Ok(config)
+    }
+
+    /// The host names to dial for one pool host: itself, or its MX hosts (at most
+    /// `maxMxHosts`, cut before the first one that is this relay).
+    async fn targets(&self, route: &RouteConfig, pool_host: &HostConfig) -> Targets {
+        if !route.mx_lookup {
+            return Targets::Hosts(vec![Target {
+                host: pool_host.host.clone(),
+                guarded: false,
+            }]);
+        }
+        let domain = &pool_host.host;
+        // An address literal (`[192.0.2.1]`, a sender's domain a bounce goes back to) has
+        // no MX: it is the host itself, and the guard applies.
+        if domain.starts_with('[') && domain.ends_with(']') {
+            return Targets::Hosts(vec![Target {
+                host: domain.clone(),
+                guarded: true,
+            }]);
+        }
+        let mut hosts = match self.resolver.mx_hosts(domain).await {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                return match e.permanent_status() {
+                    Some(status) => Targets::Permanent(Refusal {
+                        status: status.to_string(),
+                        diagnostic: e.to_string(),
+                    }),
+                    None => Targets::Temporary(e.to_string()),
+                };
+            }
+        };
+        // RFC 5321 §5.1: hosts as preferred as this relay, or less, are not used; when
+        // this relay is the best MX, the mail is looping.
+        if let Some(me) = hosts.iter().position(|h| self.guard.is_self(h)) {
+            if me == 0 {
+                return Targets::Permanent(DestinationGuard::loops_back(domain));
+            }
+            hosts.truncate(me);
+        }
+        if hosts.len() > self.max_mx_hosts {
+            tracing::info!(
+                route = %route.name,
+                domain = %domain,
+                "{} MX hosts, trying the first {}",
+                hosts.len(),
+                self.max_mx_hosts
+            );
+            hosts.truncate(self.max_mx_hosts);
+        }
+        Targets::Hosts(
+            hosts
+                .into_iter()
+                .map(|host| Target {
+                    host,
+                    guarded: true,
+                })
+                .collect(),
+        )
     }
 
     /// Delivers `data` to `rcpt_to` over `route`, trying `hosts` in order.
@@ -113,88 +249,177 @@ impl Transport {
             }
         };
         let mut last_temporary = String::from("no host to deliver to");
-        let mut permanent: Option<(String, String)> = None;
+        let mut permanent: Option<Refusal> = None;
         for pool_host in hosts {
-            let targets = if route.mx_lookup {
-                match self.resolver.mx_hosts(&pool_host.host).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        last_temporary = e.to_string();
-                        result.failed_hosts.push(pool_host.clone());
-                        continue;
-                    }
+            let targets = match self.targets(route, pool_host).await {
+                Targets::Hosts(t) => t,
+                Targets::Permanent(refusal) => {
+                    tracing::info!(route = %route.name, host = %pool_host.host, "not delivered: {}", refusal.diagnostic);
+                    permanent.get_or_insert(refusal);
+                    continue;
                 }
-            } else {
-                vec![pool_host.host.clone()]
+                Targets::Temporary(msg) => {
+                    last_temporary = msg;
+                    result.failed_hosts.push(pool_host.clone());
+                    continue;
+                }
             };
-            for target in targets {
-                let addrs = match self.resolver.addresses(&target).await {
+            let mut budget = self.max_addresses;
+            let mut guarded_out = 0usize;
+            let mut session_failed = false;
+            'targets: for target in targets {
+                let addrs = match self.resolver.addresses(&target.host).await {
                     Ok(a) => a,
                     Err(e) => {
                         last_temporary = e.to_string();
+                        session_failed = true;
                         continue;
                     }
                 };
                 for ip in addrs {
+                    if budget == 0 {
+                        tracing::info!(route = %route.name, host = %pool_host.host, "address limit of {} reached", self.max_addresses);
+                        break 'targets;
+                    }
+                    if target.guarded && !self.guard.may_dial(ip) {
+                        tracing::warn!(route = %route.name, host = %target.host, address = %ip, "not dialled: the address is in a network MX delivery does not go to");
+                        guarded_out += 1;
+                        continue;
+                    }
+                    budget -= 1;
                     let addr = SocketAddr::new(ip, pool_host.port);
-                    let params = SessionParams {
-                        host: target.clone(),
-                        addr,
-                        helo_name: self.helo_name.clone(),
-                        policy: policy.clone(),
-                        tls_config: tls_config.clone(),
-                        timeouts: self.timeouts,
-                    };
-                    let key = CacheKey {
-                        host: target.clone(),
-                        addr,
-                        policy: policy.clone(),
-                    };
-                    result.host = Some(format!("{target}:{}", pool_host.port));
-                    let sent = match self.cache.checkout(&key, &params).await {
-                        Ok(mut conn) => match conn.send(mail_from, rcpt_to, data).await {
-                            Ok(outcomes) => Ok((conn, outcomes)),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    match sent {
-                        Ok((conn, outcomes)) => {
-                            self.cache.checkin(key, conn);
+                    result.host = Some(format!("{}:{}", target.host, pool_host.port));
+                    let outcome = self
+                        .try_address(
+                            route,
+                            &target.host,
+                            addr,
+                            &policy,
+                            &tls_config,
+                            mail_from,
+                            rcpt_to,
+                            data,
+                        )
+                        .await;
+                    match outcome {
+                        AddressOutcome::Answered(outcomes) => {
                             result.outcomes = rcpt_to.iter().cloned().zip(outcomes).collect();
                             result.succeeded_host = Some(pool_host.clone());
                             return result;
                         }
-                        Err(SessionError::Temporary(msg)) => {
-                            tracing::info!(route = %route.name, host = %target, "delivery attempt failed: {msg}");
-                            last_temporary = msg;
+                        AddressOutcome::Refused(refusal) => {
+                            tracing::info!(route = %route.name, host = %target.host, "message refused: {}", refusal.diagnostic);
+                            result.outcomes = fail_all(rcpt_to, &refusal);
+                            result.succeeded_host = Some(pool_host.clone());
+                            return result;
                         }
-                        Err(SessionError::Permanent { status, diagnostic }) => {
-                            tracing::info!(route = %route.name, host = %target, "delivery refused: {diagnostic}");
-                            permanent.get_or_insert((status, diagnostic));
+                        AddressOutcome::HostPermanent(refusal) => {
+                            tracing::info!(route = %route.name, host = %target.host, "delivery refused: {}", refusal.diagnostic);
+                            permanent.get_or_insert(refusal);
+                            session_failed = true;
+                        }
+                        AddressOutcome::Temporary(msg) => {
+                            tracing::info!(route = %route.name, host = %target.host, "delivery attempt failed: {msg}");
+                            last_temporary = msg;
+                            session_failed = true;
                         }
                     }
                 }
             }
-            result.failed_hosts.push(pool_host.clone());
+            if session_failed {
+                result.failed_hosts.push(pool_host.clone());
+            } else if guarded_out > 0 {
+                // Every address found was in a network MX delivery does not go to.
+                permanent.get_or_insert(DestinationGuard::refused_network(&pool_host.host));
+            } else {
+                last_temporary = format!("no usable address for {}", pool_host.host);
+                result.failed_hosts.push(pool_host.clone());
+            }
         }
         result.outcomes = match permanent {
-            Some((status, diagnostic)) => rcpt_to
-                .iter()
-                .map(|r| {
-                    (
-                        r.clone(),
-                        RecipientOutcome::Failed {
-                            status: status.clone(),
-                            diagnostic: diagnostic.clone(),
-                        },
-                    )
-                })
-                .collect(),
+            Some(refusal) => fail_all(rcpt_to, &refusal),
             None => defer_all(rcpt_to, &last_temporary),
         };
         result
     }
+
+    /// Sends over one address: a cached or new session, and once more in plaintext when
+    /// the STARTTLS handshake failed and the route allows plaintext.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_address(
+        &self,
+        route: &RouteConfig,
+        host: &str,
+        addr: SocketAddr,
+        policy: &TlsPolicy,
+        tls_config: &Arc<ClientConfig>,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &MessageText,
+    ) -> AddressOutcome {
+        let mut params = SessionParams {
+            host: host.to_string(),
+            addr,
+            helo_name: self.helo_name.clone(),
+            policy: policy.clone(),
+            tls_config: tls_config.clone(),
+            timeouts: self.timeouts,
+            plaintext: false,
+        };
+        let key = CacheKey {
+            host: host.to_string(),
+            addr,
+            policy: policy.clone(),
+        };
+        let opened = match self.cache.checkout(&key, &params).await {
+            Err(SessionError::TlsHandshake(msg))
+                if policy.requirement == TlsRequirement::Opportunistic =>
+            {
+                tracing::warn!(route = %route.name, host = %host, "{msg}; retrying once in plaintext");
+                self.tls_fallbacks.inc();
+                params.plaintext = true;
+                SmtpConnection::open(&params).await
+            }
+            other => other,
+        };
+        let mut conn = match opened {
+            Ok(conn) => conn,
+            Err(SessionError::Temporary(msg)) | Err(SessionError::TlsHandshake(msg)) => {
+                return AddressOutcome::Temporary(msg);
+            }
+            Err(SessionError::Permanent { status, diagnostic }) => {
+                return AddressOutcome::HostPermanent(Refusal { status, diagnostic });
+            }
+        };
+        match conn.send(mail_from, rcpt_to, data).await {
+            Ok(outcomes) => {
+                self.cache.checkin(key, conn);
+                AddressOutcome::Answered(outcomes)
+            }
+            // The session may be mid-transaction: it is closed, not cached.
+            Err(SessionError::Permanent { status, diagnostic }) => {
+                AddressOutcome::Refused(Refusal { status, diagnostic })
+            }
+            Err(SessionError::Temporary(msg)) | Err(SessionError::TlsHandshake(msg)) => {
+                AddressOutcome::Temporary(msg)
+            }
+        }
+    }
+}
+
+fn fail_all(rcpt_to: &[String], refusal: &Refusal) -> Vec<(String, RecipientOutcome)> {
+    rcpt_to
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                RecipientOutcome::Failed {
+                    status: refusal.status.clone(),
+                    diagnostic: refusal.diagnostic.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 fn defer_all(rcpt_to: &[String], reason: &str) -> Vec<(String, RecipientOutcome)> {
@@ -209,109 +434,4 @@ fn defer_all(rcpt_to: &[String], reason: &str) -> Vec<(String, RecipientOutcome)
             )
         })
         .collect()
-}
-
-/// Every configured host of a route, primaries first.
-fn route_hosts(route: &RouteConfig) -> Vec<HostConfig> {
-    match &route.hosts {
-        RouteHosts::Single(h) => vec![h.clone()],
-        RouteHosts::Pool { primary, secondary } => primary
-            .iter()
-            .chain(secondary.iter())
-            .map(|w| HostConfig {
-                host: w.host.clone(),
-                port: w.port,
-            })
-            .collect(),
-    }
-}
-
-/// See [`super::tls::probe_route`].
-pub(crate) async fn probe_route_hosts(
-    route: &RouteConfig,
-    delivery: &DeliveryConfig,
-) -> Vec<HostProbe> {
-    let hosts = route_hosts(route);
-    let failed_all = |message: String| {
-        hosts
-            .iter()
-            .map(|h| HostProbe {
-                host: h.host.clone(),
-                port: h.port,
-                verified: false,
-                message: message.clone(),
-            })
-            .collect::<Vec<_>>()
-    };
-    let resolver = match MxResolver::new(delivery) {
-        Ok(r) => r,
-        Err(e) => return failed_all(e.to_string()),
-    };
-    // The probe tests TLS: plaintext never verifies.
-    let mut policy = TlsPolicy::from_route(&route.tls);
-    policy.requirement = TlsRequirement::Required;
-    let tls_config = match policy.client_config() {
-        Ok(c) => c,
-        Err(e) => return failed_all(e.to_string()),
-    };
-    // A probe answers a person waiting: every step gets the connect timeout, not the
-    // minutes a delivery may wait.
-    let timeouts =
-        StageTimeouts::uniform(Duration::from_secs(delivery.connect_timeout_seconds.max(1)));
-    let mut probes = Vec::new();
-    for pool_host in &hosts {
-        let targets = if route.mx_lookup {
-            match resolver.mx_hosts(&pool_host.host).await {
-                Ok(t) => t,
-                Err(e) => {
-                    probes.push(HostProbe {
-                        host: pool_host.host.clone(),
-                        port: pool_host.port,
-                        verified: false,
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            }
-        } else {
-            vec![pool_host.host.clone()]
-        };
-        for target in targets {
-            let probe = |verified: bool, message: String| HostProbe {
-                host: target.clone(),
-                port: pool_host.port,
-                verified,
-                message,
-            };
-            let ip = match resolver.addresses(&target).await {
-                Ok(a) => match a.first() {
-                    Some(ip) => *ip,
-                    None => continue,
-                },
-                Err(e) => {
-                    probes.push(probe(false, e.to_string()));
-                    continue;
-                }
-            };
-            let params = SessionParams {
-                host: target.clone(),
-                addr: SocketAddr::new(ip, pool_host.port),
-                helo_name: "probe.invalid".to_string(),
-                policy: policy.clone(),
-                tls_config: tls_config.clone(),
-                timeouts,
-            };
-            match SmtpConnection::open(&params).await {
-                Ok(conn) => {
-                    conn.quit().await;
-                    probes.push(probe(true, "Verified".to_string()));
-                }
-                Err(SessionError::Temporary(m)) => probes.push(probe(false, m)),
-                Err(SessionError::Permanent { diagnostic, .. }) => {
-                    probes.push(probe(false, diagnostic))
-                }
-            }
-        }
-    }
-    probes
 }

@@ -1,13 +1,15 @@
 //! The outbound SMTP client: one session with one downstream host, and the connection cache.
 //!
 //! [`SmtpConnection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
-//! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again. [`SmtpConnection::send`]
-//! sends one message: with PIPELINING, MAIL, every RCPT and DATA go in one write; the text
-//! is streamed from its [`MessageText`] and dot-stuffed on the fly in blocks of
-//! [`DATA_BLOCK_BYTES`] ([`DotStuffer`]), so memory per session does not grow with the
-//! message. It returns one [`RecipientOutcome`] per recipient. Every stage has its own
-//! deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from the command to the complete
-//! reply, not a limit per read. [`ConnectionCache`] keeps sessions open for
+//! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again; a handshake that
+//! fails for a reason other than the certificate is [`SessionError::TlsHandshake`], so the
+//! caller can retry in plaintext where the policy allows ([`SessionParams::plaintext`]).
+//! [`SmtpConnection::send`] sends one message: with PIPELINING, MAIL, every RCPT and DATA
+//! go in one write; the text is streamed from its [`MessageText`] and dot-stuffed on the
+//! fly in blocks of [`DATA_BLOCK_BYTES`] ([`DotStuffer`]), so memory per session does not
+//! grow with the message. It returns one [`RecipientOutcome`] per recipient. Every stage
+//! has its own deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from the command to
+//! the complete reply, not a limit per read. [`ConnectionCache`] keeps sessions open for
 //! `connection_idle_seconds`, keyed by host, port and TLS policy, and resets them (RSET)
 //! before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
 //! does not choose hosts or decide about retries.
@@ -290,6 +292,11 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 pub enum SessionError {
     /// Worth another host or a later retry: connect failure, timeout, 4xx, broken protocol.
     Temporary(String),
+    /// The STARTTLS handshake failed for a reason other than the certificate (protocol
+    /// error, handshake failure, closed connection, timeout). Temporary; a route that does
+    /// not require TLS retries the host once in plaintext ([`SessionParams::plaintext`]).
+    /// A certificate that fails the route's checks is [`SessionError::Permanent`] instead.
+    TlsHandshake(String),
     /// The host refused for good (5xx), or TLS policy forbids it (certificate, no STARTTLS).
     Permanent {
         /// Enhanced status code, `5.x.x`.
@@ -432,6 +439,9 @@ pub struct SessionParams {
     pub tls_config: Arc<ClientConfig>,
     /// Deadline of each stage.
     pub timeouts: StageTimeouts,
+    /// Do not start TLS even when offered: the one plaintext retry after a failed
+    /// handshake. Ignored when the policy requires TLS.
+    pub plaintext: bool,
 }
 
 /// One open SMTP session.
@@ -488,7 +498,9 @@ impl SmtpConnection {
             return Err(SessionError::from_reply(&greeting, &label));
         }
         conn.hello(&params.helo_name).await?;
-        if conn.caps.starttls {
+        let skip_tls =
+            params.plaintext && params.policy.requirement == TlsRequirement::Opportunistic;
+        if conn.caps.starttls && !skip_tls {
             conn.write(b"STARTTLS\r\n", Stage::StartTls).await?;
             let reply = conn.read_reply(Stage::StartTls).await?;
             if reply.code == 220 {
@@ -579,13 +591,16 @@ impl SmtpConnection {
                             ),
                         })
                     }
-                    _ => Err(SessionError::Temporary(format!(
+                    _ => Err(SessionError::TlsHandshake(format!(
                         "TLS handshake with {} failed: {e}",
                         self.host
                     ))),
                 }
             }
-            Err(_) => Err(self.timed_out(Stage::TlsHandshake)),
+            Err(_) => match self.timed_out(Stage::TlsHandshake) {
+                SessionError::Temporary(m) => Err(SessionError::TlsHandshake(m)),
+                other => Err(other),
+            },
         }
     }
 

@@ -1,14 +1,29 @@
 //! RFC 3464 delivery status notifications (bounces) and a parser for them.
 //!
-//! [`build_dsn`] writes a `multipart/report; report-type=delivery-status` message with a
-//! human-readable part, a `message/delivery-status` part (Reporting-MTA, Arrival-Date and,
-//! per failed recipient, Final-Recipient, Action: failed, Status and Diagnostic-Code) and a
-//! `text/rfc822-headers` part holding the original headers. [`parse_dsn`] reads one back
-//! (used by tests and tools). Deciding *whether* to bounce (never for a null sender) is the
-//! queue manager's job, not this module's.
+//! [`build_dsn`] writes a `multipart/report; report-type=delivery-status` message with
+//! mail-builder: a human-readable part, a `message/delivery-status` part (Reporting-MTA,
+//! Arrival-Date and, per failed recipient, Final-Recipient, Action: failed, Status,
+//! Remote-MTA and Diagnostic-Code) and a `text/rfc822-headers` part holding the original
+//! headers. Every header and status field is folded (no line over 998 octets, RFC 5322
+//! §2.1.1), diagnostics are cut to [`MAX_DIAGNOSTIC_BYTES`], and the MIME boundary and
+//! Message-ID are random, so nothing in a bounce can be predicted from the queue id.
+//! [`parse_dsn`] reads one back (used by tests and tools). Deciding *whether* to bounce
+//! (never for a null sender) is the queue manager's job, not this module's.
 
-use crate::received::rfc5322_date;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::Header;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::{BodyPart, MimePart};
+use rand::RngExt;
+use rand::rngs::StdRng;
+
+/// Longest diagnostic quoted in a DSN, in bytes; longer ones are cut (a remote server's
+/// reply may be up to 64 KiB).
+pub const MAX_DIAGNOSTIC_BYTES: usize = 500;
 
 /// One recipient that will not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,76 +59,125 @@ pub struct BounceReport<'a> {
 
 /// Builds the DSN message, CRLF line endings, ready to be queued from the null sender.
 pub fn build_dsn(report: &BounceReport<'_>) -> Vec<u8> {
-    let boundary = format!("=_dsn_{}_{}", clean(report.queue_id), unix_secs(report.now));
+    let mut rng: StdRng = rand::make_rng();
     let host = clean(report.reporting_mta);
-    let mut m = String::new();
-    let mut line = |s: &str| {
-        m.push_str(s);
-        m.push_str("\r\n");
-    };
-    line(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>"
-    ));
-    line(&format!("To: <{}>", clean(report.original_sender)));
-    line("Subject: Undelivered Mail Returned to Sender");
-    line(&format!("Date: {}", rfc5322_date(report.now)));
-    line(&format!(
-        "Message-ID: <dsn.{}.{}@{host}>",
-        clean(report.queue_id),
-        unix_secs(report.now)
-    ));
-    line("Auto-Submitted: auto-replied");
-    line("MIME-Version: 1.0");
-    line(&format!(
-        "Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\""
-    ));
-    line("");
-    line("This is a MIME-encapsulated message.");
-    line("");
-    line(&format!("--{boundary}"));
-    line("Content-Type: text/plain; charset=utf-8");
-    line("");
-    line(&format!("This is the mail system at host {host}."));
-    line("");
-    line("Your message could not be delivered to one or more recipients.");
-    line("");
+    let boundary = format!(
+        "=_dsn_{:016x}{:016x}",
+        rng.random::<u64>(),
+        rng.random::<u64>()
+    );
+    let message_id = format!("dsn.{:016x}@{host}", rng.random::<u64>());
+
+    let mut human = format!(
+        "This is the mail system at host {host}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n"
+    );
     for f in report.failures {
-        line(&format!(
-            "<{}>: {}",
+        human.push_str(&format!(
+            "<{}>: {}\r\n",
             clean(&f.recipient),
-            clean(&f.diagnostic)
+            bounded(&f.diagnostic)
         ));
     }
-    line("");
-    line(&format!("--{boundary}"));
-    line("Content-Type: message/delivery-status");
-    line("");
-    line(&format!("Reporting-MTA: dns; {host}"));
-    line(&format!("X-Queue-ID: {}", clean(report.queue_id)));
-    line(&format!("Arrival-Date: {}", rfc5322_date(report.arrival)));
-    for f in report.failures {
-        line("");
-        line(&format!("Final-Recipient: rfc822; {}", clean(&f.recipient)));
-        line("Action: failed");
-        line(&format!("Status: {}", clean(&f.status)));
-        if let Some(mta) = &f.remote_mta {
-            line(&format!("Remote-MTA: dns; {}", clean(mta)));
-        }
-        line(&format!("Diagnostic-Code: smtp; {}", clean(&f.diagnostic)));
-        line(&format!("Last-Attempt-Date: {}", rfc5322_date(report.now)));
-    }
-    line("");
-    line(&format!("--{boundary}"));
-    line("Content-Type: text/rfc822-headers");
-    line("");
-    let mut out = m.into_bytes();
+
+    let status = delivery_status(report, &host);
+    let status_encoding = if status.is_ascii() { "7bit" } else { "8bit" };
     let headers = original_headers(report.original);
-    out.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
+    let headers_part = {
+        let part = MimePart::new(
+            "text/rfc822-headers",
+            BodyPart::Binary(headers.to_vec().into()),
+        );
+        // Quoted as they are when they are valid lines; otherwise encoded by the library.
+        if !quotable(headers) {
+            part
+        } else if headers.is_ascii() {
+            part.transfer_encoding("7bit")
+        } else {
+            part.transfer_encoding("8bit")
+        }
+    };
+    let body = MimePart::new(
+        ContentType::new("multipart/report")
+            .attribute("report-type", "delivery-status")
+            .attribute("boundary", boundary),
+        vec![
+            MimePart::new("text/plain", human),
+            MimePart::new(
+                "message/delivery-status",
+                BodyPart::Binary(status.into_bytes().into()),
+            )
+            .transfer_encoding(status_encoding),
+            headers_part,
+        ],
+    );
+    MessageBuilder::new()
+        .from((
+            "Mail Delivery System".to_string(),
+            format!("MAILER-DAEMON@{host}"),
+        ))
+        .to(clean(report.original_sender))
+        .subject("Undelivered Mail Returned to Sender")
+        .date(Date::new(unix_secs(report.now) as i64))
+        .message_id(message_id)
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(body)
+        .write_to_vec()
+        .unwrap_or_default()
+}
+
+/// The `message/delivery-status` body: per-message fields, then one block per recipient,
+/// each field folded.
+fn delivery_status(report: &BounceReport<'_>, host: &str) -> String {
+    let mut out: Vec<u8> = Vec::new();
+    write_field(&mut out, "Reporting-MTA", &format!("dns; {host}"));
+    write_field(&mut out, "X-Queue-ID", &clean(report.queue_id));
+    write_field(
+        &mut out,
+        "Arrival-Date",
+        &Date::new(unix_secs(report.arrival) as i64).to_rfc822(),
+    );
+    let now = Date::new(unix_secs(report.now) as i64).to_rfc822();
+    for f in report.failures {
         out.extend_from_slice(b"\r\n");
+        write_field(
+            &mut out,
+            "Final-Recipient",
+            &format!("rfc822; {}", clean(&f.recipient)),
+        );
+        write_field(&mut out, "Action", "failed");
+        write_field(&mut out, "Status", &clean(&f.status));
+        if let Some(mta) = &f.remote_mta {
+            write_field(&mut out, "Remote-MTA", &format!("dns; {}", clean(mta)));
+        }
+        write_field(
+            &mut out,
+            "Diagnostic-Code",
+            &format!("smtp; {}", bounded(&f.diagnostic)),
+        );
+        write_field(&mut out, "Last-Attempt-Date", &now);
     }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes one folded field, CRLF-terminated.
+fn write_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    Raw::new(value).write_header(out, name.len() + 2);
+}
+
+/// Lines of at most 998 octets, each ended by CRLF, no CR or LF elsewhere: safe to quote
+/// as they are.
+fn quotable(headers: &[u8]) -> bool {
+    let Some(lines) = headers.strip_suffix(b"\n") else {
+        return false;
+    };
+    lines
+        .split(|b| *b == b'\n')
+        .all(|line| match line.strip_suffix(b"\r") {
+            Some(text) => text.len() <= 998 && !text.contains(&b'\r'),
+            None => false,
+        })
 }
 
 /// The header section of a message (up to, not including, the blank line).
@@ -131,11 +195,24 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Strips characters that would break a header line.
+/// Control characters (CR and LF among them) would break a field: they become spaces.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// [`clean`], cut to [`MAX_DIAGNOSTIC_BYTES`] on a character boundary.
+fn bounded(diagnostic: &str) -> String {
+    let text = clean(diagnostic);
+    if text.len() <= MAX_DIAGNOSTIC_BYTES {
+        return text;
+    }
+    let mut end = MAX_DIAGNOSTIC_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [...]", &text[..end])
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -297,7 +374,7 @@ mod tests {
         });
         let text = String::from_utf8(msg.clone()).unwrap();
         assert!(
-            text.contains("Date: Tue, 01 Jul 2025 10:00:00 +0000\r\n"),
+            text.contains("Date: Tue, 1 Jul 2025 10:00:00 +0000\r\n"),
             "{text}"
         );
         let parsed = parse_dsn(&msg).unwrap();
@@ -311,5 +388,58 @@ mod tests {
         assert_eq!(parsed.recipients[1].status, "5.7.5");
         assert_eq!(parsed.original_headers, "From: a@acme.test\nSubject: hello");
         assert!(!text.contains("body\r\n"));
+    }
+
+    fn boundary(message: &[u8]) -> String {
+        let text = String::from_utf8_lossy(message);
+        let start = text.find("boundary=").expect("a boundary") + "boundary=".len();
+        text[start..]
+            .trim_start_matches('"')
+            .split(['"', ';', '\r'])
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn two_dsns_of_one_message_have_different_boundaries_and_bounded_folded_lines() {
+        let failures = vec![FailedRecipient {
+            recipient: "x@dest.test".into(),
+            status: "5.1.1".into(),
+            diagnostic: format!(
+                "550 5.1.1 {} and then {}",
+                "y".repeat(5000),
+                "word ".repeat(1000)
+            ),
+            remote_mta: Some("mx.dest.test".into()),
+        }];
+        let t = UNIX_EPOCH + Duration::from_secs(1_751_364_000);
+        let report = BounceReport {
+            reporting_mta: "relay.acme.test",
+            queue_id: "Q1",
+            arrival: t,
+            now: t,
+            original_sender: "a@acme.test",
+            failures: &failures,
+            original: b"Subject: s\r\n\r\nbody\r\n",
+        };
+        let a = build_dsn(&report);
+        let b = build_dsn(&report);
+        assert_ne!(boundary(&a), boundary(&b));
+        assert!(
+            !boundary(&a).contains("Q1"),
+            "not derived from the queue id"
+        );
+        for line in a.split(|b| *b == b'\n') {
+            assert!(line.len() <= 999, "{} octets", line.len());
+        }
+        let parsed = parse_dsn(&a).unwrap();
+        let diagnostic = &parsed.recipients[0].diagnostic;
+        assert!(diagnostic.starts_with("550 5.1.1 yyy"), "{diagnostic}");
+        assert!(
+            diagnostic.len() <= MAX_DIAGNOSTIC_BYTES + 10,
+            "{}",
+            diagnostic.len()
+        );
     }
 }

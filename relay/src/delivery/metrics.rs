@@ -1,5 +1,5 @@
-//! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth and the
-//! age of the oldest queued message.
+//! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth, the
+//! age of the oldest queued message and plaintext retries after failed TLS handshakes.
 //!
 //! Labels are bounded by the configuration: `route` is a configured route name or
 //! `direct`, `host` a configured pool host (`host:port`), `mx` for direct MX delivery, or
@@ -35,6 +35,9 @@ pub struct DeliveryMetrics {
     pub queue_depth: Gauge,
     /// Seconds since the oldest queued message was received.
     pub oldest_message_age_seconds: Gauge,
+    /// Sessions retried in plaintext after a failed STARTTLS handshake (routes that do not
+    /// require TLS only).
+    pub tls_plaintext_fallbacks: Counter,
 }
 
 impl DeliveryMetrics {
@@ -55,6 +58,11 @@ impl DeliveryMetrics {
             "queue_oldest_message_age_seconds",
             "Age of the oldest message in the delivery queue",
             m.oldest_message_age_seconds.clone(),
+        );
+        registry.register(
+            "tls_plaintext_fallbacks",
+            "Sessions retried in plaintext after a failed STARTTLS handshake",
+            m.tls_plaintext_fallbacks.clone(),
         );
         m
     }

@@ -1,15 +1,18 @@
 //! Delivery: takes spooled messages and hands them to downstream SMTP servers (SPEC §3.5).
 //!
 //! It owns route choice ([`route`]), weighted host pools with health ([`pool`]), MX lookup
-//! ([`mx`]), the per-route TLS policy and its certificate verifiers ([`tls`]), the outbound
-//! SMTP client with its stage timeouts and its connection cache ([`client`]), the retry
-//! schedule ([`retry`]), RFC 3464 bounces ([`dsn`]) and the queue manager that schedules
-//! attempts per destination and ties them together ([`queue`]).
+//! ([`mx`]), the network and loop guards ([`guard`]), the per-route TLS policy and its
+//! certificate verifiers ([`tls`]), the outbound SMTP client with its stage timeouts and
+//! its connection cache ([`client`]), one delivery attempt over a route ([`attempt`]), the
+//! route TLS probe ([`probe`]), the retry schedule ([`retry`]), RFC 3464 bounces ([`dsn`])
+//! and the queue manager that schedules attempts per destination and ties them together
+//! ([`queue`]). Layers read top-down: queue → attempt and probe → client, mx, tls, guard.
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
 //! [`queue::MessageStore`] trait, which the spool implements; a message's text is a
-//! [`text::MessageText`], streamed from the store while it is sent. [`testing`] holds an
-//! in-process SMTP sink and a test certificate authority for tests of this crate and others.
+//! [`text::MessageText`], streamed from the store while it is sent. With the `testing`
+//! feature, `testing` holds an in-process SMTP sink and a test certificate authority for
+//! tests of this crate and others (`relayctl sink` enables it too).
 //!
 //! Wiring, in a relay process:
 //!
@@ -26,12 +29,15 @@
 pub mod attempt;
 pub mod client;
 pub mod dsn;
+pub mod guard;
 pub mod metrics;
 pub mod mx;
 pub mod pool;
+pub mod probe;
 pub mod queue;
 pub mod retry;
 pub mod route;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
 pub mod tls;

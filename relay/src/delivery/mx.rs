@@ -3,8 +3,11 @@
 //! [`MxResolver`] asks the nameservers of [`DeliveryConfig::nameservers`] (the system
 //! resolver configuration when empty) through hickory-resolver. `host_overrides` are
 //! consulted first for a host name's address. MX hosts come back in preference order; a
-//! domain without MX records is its own mail host (RFC 5321 §5.1). Trying the next MX when
-//! one fails is the caller's loop; this module only answers questions.
+//! domain without MX records is its own mail host (RFC 5321 §5.1). Answers that will not
+//! change on a retry are errors of their own: a domain that does not exist (NXDOMAIN,
+//! [`ResolveError::NoSuchDomain`]) and a null MX (RFC 7505, [`ResolveError::NullMx`]).
+//! Trying the next MX when one fails, how many to try and which addresses may be dialled
+//! are the caller's business; this module only answers questions.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +28,25 @@ pub enum ResolveError {
     Mx { domain: String, message: String },
     #[error("address lookup of {host} failed: {message}")]
     Address { host: String, message: String },
+    /// The name does not exist (NXDOMAIN): no mail can ever reach it.
+    #[error("the domain {domain} does not exist")]
+    NoSuchDomain { domain: String },
+    /// The domain publishes a null MX (RFC 7505): it accepts no mail.
+    #[error("the domain {domain} accepts no mail (null MX)")]
+    NullMx { domain: String },
+}
+
+impl ResolveError {
+    /// The enhanced status of an answer that will not change on a retry: NXDOMAIN is
+    /// `5.1.2` (bad destination system), a null MX `5.1.10` (RFC 7505). `None` for
+    /// failures worth a retry (timeouts, SERVFAIL, no answer).
+    pub fn permanent_status(&self) -> Option<&'static str> {
+        match self {
+            ResolveError::NoSuchDomain { .. } => Some("5.1.2"),
+            ResolveError::NullMx { .. } => Some("5.1.10"),
+            _ => None,
+        }
+    }
 }
 
 /// MX and address lookups with static overrides.
@@ -95,16 +117,18 @@ impl MxResolver {
                 mx.sort_by_key(|(pref, _)| *pref);
                 // A single "." exchange is a null MX (RFC 7505): the domain takes no mail.
                 if mx.len() == 1 && mx[0].1.is_empty() {
-                    return Err(ResolveError::Mx {
-                        domain,
-                        message: "the domain publishes a null MX and accepts no mail".into(),
-                    });
+                    return Err(ResolveError::NullMx { domain });
                 }
+                // A "." among real exchanges is a misconfiguration: skip it.
+                mx.retain(|(_, host)| !host.is_empty());
                 if mx.is_empty() {
                     return Ok(vec![domain]);
                 }
                 Ok(mx.into_iter().map(|(_, host)| host).collect())
             }
+            // NXDOMAIN: the domain does not exist, so it has no implicit MX either.
+            Err(e) if e.is_nx_domain() => Err(ResolveError::NoSuchDomain { domain }),
+            // NOERROR without MX records: the domain is its own mail host (RFC 5321 §5.1).
             Err(e) if e.is_no_records_found() => Ok(vec![domain]),
             Err(e) => Err(ResolveError::Mx {
                 domain,
@@ -116,6 +140,10 @@ impl MxResolver {
     /// The addresses of a host: an IP literal is itself, then the overrides, then DNS.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let literal = match literal.get(..5) {
+            Some(tag) if tag.eq_ignore_ascii_case("ipv6:") => &literal[5..],
+            _ => literal,
+        };
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }

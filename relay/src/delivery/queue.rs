@@ -470,7 +470,8 @@ impl<S: MessageStore> QueueManager<S> {
             path: options.state_dir.display().to_string(),
             source,
         })?;
-        let transport = Transport::new(delivery, &options.hostname, clock.clone())?;
+        let metrics = DeliveryMetrics::register(registry);
+        let transport = Transport::new(delivery, &options.hostname, clock.clone(), &metrics)?;
         let now = clock.now();
         let mut entries = BTreeMap::new();
         for id in store.list().map_err(QueueError::List)? {
@@ -481,7 +482,6 @@ impl<S: MessageStore> QueueManager<S> {
                 .unwrap_or(now);
             entries.insert(id, QueueEntry::new(next_attempt, None));
         }
-        let metrics = DeliveryMetrics::register(registry);
         metrics.queue_depth.set(entries.len() as i64);
         let inner = Inner {
             store,
@@ -860,6 +860,18 @@ impl<S: MessageStore> Inner<S> {
         };
         let envelope = message.envelope;
         let text = message.text;
+        // The header section (bounded) is all that is read before the text is sent: for
+        // the loop guard (SPEC §3.5: too many `Received:` headers bounces without
+        // delivery) and for a DSN.
+        let headers = match text.header_section().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(queue_id, "cannot read message: {e}");
+                self.reschedule(&queue_id, retry_soon, None);
+                return report;
+            }
+        };
+        let looping = self.transport.loop_refusal(&headers);
         // A state file exists only for a message that needed more than one attempt or
         // route group; it is removed with the message.
         let mut state_on_disk = !matches!(saved, Ok(None));
@@ -907,6 +919,7 @@ impl<S: MessageStore> Inner<S> {
             let text = text.clone();
             let from = envelope.mail_from.clone();
             attempted = true;
+            let looping = looping.clone();
             groups.spawn(async move {
                 let _slot = match slot {
                     Some(slot) => slot,
@@ -914,21 +927,26 @@ impl<S: MessageStore> Inner<S> {
                 };
                 let _permit = this.concurrency.clone().acquire_owned().await;
                 let hosts = this.host_order(&choice, &route);
-                let attempt = this.transport.deliver(&route, &hosts, &from, &rcpts, &text);
-                let result = match tokio::time::timeout(this.attempt_timeout, attempt).await {
-                    Ok(result) => result,
-                    Err(_) => GroupResult {
-                        outcomes: defer_all(
-                            &rcpts,
-                            &format!(
-                                "attempt timeout: route {} did not finish within {:?}",
-                                route.name, this.attempt_timeout
-                            ),
-                        ),
-                        host: None,
-                        failed_hosts: Vec::new(),
-                        succeeded_host: None,
-                    },
+                let result = match looping {
+                    Some(refusal) => GroupResult::refused(&rcpts, &refusal),
+                    None => {
+                        let attempt = this.transport.deliver(&route, &hosts, &from, &rcpts, &text);
+                        match tokio::time::timeout(this.attempt_timeout, attempt).await {
+                            Ok(result) => result,
+                            Err(_) => GroupResult {
+                                outcomes: defer_all(
+                                    &rcpts,
+                                    &format!(
+                                        "attempt timeout: route {} did not finish within {:?}",
+                                        route.name, this.attempt_timeout
+                                    ),
+                                ),
+                                host: None,
+                                failed_hosts: Vec::new(),
+                                succeeded_host: None,
+                            },
+                        }
+                    }
                 };
                 this.record_health(&choice, &route, &result);
                 (route.name.clone(), metric_host(&choice, &result), result)
@@ -1066,7 +1084,7 @@ impl<S: MessageStore> Inner<S> {
 
         if !state.dsn_pending.is_empty() {
             match self
-                .queue_dsn(&envelope, &text, &state.dsn_pending, now)
+                .queue_dsn(&envelope, &headers, &state.dsn_pending, now)
                 .await
             {
                 Ok(dsn_id) => {
@@ -1112,18 +1130,14 @@ impl<S: MessageStore> Inner<S> {
         report
     }
 
+    /// Queues the DSN of `entries`; it quotes `headers`, the original's header section.
     async fn queue_dsn(
         &self,
         envelope: &Envelope,
-        text: &MessageText,
+        headers: &[u8],
         entries: &[DsnEntry],
         now: SystemTime,
     ) -> io::Result<String> {
-        // The DSN quotes the header section only: that much is read, not the message.
-        let headers = text.header_section().await.unwrap_or_else(|e| {
-            tracing::warn!(queue_id = %envelope.queue_id, "cannot read the headers for the bounce: {e}");
-            Vec::new()
-        });
         let failures: Vec<FailedRecipient> = entries
             .iter()
             .map(|e| FailedRecipient {
@@ -1140,7 +1154,7 @@ impl<S: MessageStore> Inner<S> {
             now,
             original_sender: &envelope.mail_from,
             failures: &failures,
-            original: &headers,
+            original: headers,
         });
         let store = self.store.clone();
         let to = vec![envelope.mail_from.clone()];

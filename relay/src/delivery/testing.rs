@@ -1,5 +1,6 @@
-//! Test support, compiled in every build so other crates' tests (and `conformance`) can use
-//! it: an in-process SMTP sink and a test certificate authority.
+//! Test support behind the `testing` feature (this crate's tests enable it through a
+//! dev-dependency on itself; `relayctl sink`, `operator` and `conformance` tests enable it
+//! explicitly): an in-process SMTP sink and a test certificate authority.
 //!
 //! [`TestSink`] listens on `127.0.0.1:0`, optionally offers STARTTLS with a given rustls
 //! `ServerConfig`, answers with configurable replies (for example 4xx or 5xx for some
@@ -27,6 +28,10 @@ use tokio_rustls::TlsAcceptor;
 pub struct SinkConfig {
     /// STARTTLS is offered when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// STARTTLS is offered and answered `220`, then the sink sends bytes that are not TLS
+    /// and closes (a server with a broken TLS stack). A session that does not say
+    /// STARTTLS is served normally.
+    pub broken_starttls: bool,
     /// PIPELINING is advertised.
     pub pipelining: bool,
     /// EHLO is refused with `502` (an old server that knows only HELO).
@@ -48,6 +53,7 @@ impl std::fmt::Debug for SinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SinkConfig")
             .field("starttls", &self.tls.is_some())
+            .field("broken_starttls", &self.broken_starttls)
             .field("pipelining", &self.pipelining)
             .finish()
     }
@@ -189,6 +195,11 @@ async fn serve(
     match commands(&mut io, &state, &config, number, false).await? {
         Flow::Quit => Ok(()),
         Flow::StartTls => {
+            if config.broken_starttls {
+                let mut tcp = io.into_inner();
+                tcp.write_all(b"this is not a TLS server hello\r\n").await?;
+                return tcp.shutdown().await;
+            }
             let Some(tls) = config.tls.clone() else {
                 return Ok(());
             };
@@ -223,6 +234,7 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
     number: usize,
     tls: bool,
 ) -> io::Result<Flow> {
+    let offers_tls = config.tls.is_some() || config.broken_starttls;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = String::new();
@@ -240,14 +252,14 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
             if config.pipelining {
                 lines.push("250-PIPELINING".into());
             }
-            if config.tls.is_some() && !tls {
+            if offers_tls && !tls {
                 lines.push("250-STARTTLS".into());
             }
             lines.push("250 8BITMIME".into());
             reply(io, &lines.join("\r\n")).await?;
         } else if upper.starts_with("HELO") {
             reply(io, "250 sink.test").await?;
-        } else if upper == "STARTTLS" && config.tls.is_some() && !tls {
+        } else if upper == "STARTTLS" && offers_tls && !tls {
             reply(io, "220 2.0.0 go ahead").await?;
             return Ok(Flow::StartTls);
         } else if upper.starts_with("MAIL FROM:") {

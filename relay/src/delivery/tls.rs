@@ -9,14 +9,18 @@
 //! Choice for `requireTls` off (opportunistic): when the server offers STARTTLS, the
 //! certificate is checked as the route says and a failed check bounces the mail with
 //! `5.7.5`, exactly as with `requireTls` on (SPEC §3.5: a route whose certificate cannot be
-//! validated bounces). Plaintext is used only when no STARTTLS is offered. Falling back to
-//! plaintext after a failed check would let anyone on the path turn verification off.
-//! A handshake that fails for another reason (protocol error, timeout) is a temporary
-//! failure: the next host is tried now and the message again later, never in plaintext.
-//! A route with `requireTls` whose server offers no STARTTLS bounces with `5.7.10`.
+//! validated bounces). A handshake that fails for another reason (protocol error,
+//! handshake failure, a connection closed or silent mid-handshake) is retried once on the
+//! same address in plaintext, as Postfix does: the server cannot speak TLS with us, and
+//! without `requireTls` the route accepts plaintext from a server that offers no STARTTLS
+//! at all, so refusing it here would only bounce mail to old servers after five days.
+//! The certificate case differs because there TLS worked and the check failed: the check is
+//! what the route asked for, and falling back would let anyone on the path who presents a
+//! bad certificate turn it off. The retry is logged and counted by the caller
+//! ([`super::attempt`]). With `requireTls` there is no plaintext: a failed handshake is a
+//! temporary failure, and a server that offers no STARTTLS bounces with `5.7.10`.
 //!
-//! [`probe_route`] is the "Test TLS connection" of a route, used by `relayctl test-tls` and
-//! the operator. This module does not deliver mail.
+//! This module does not connect or deliver; the route probe lives in [`super::probe`].
 
 use std::fmt;
 use std::fs::File;
@@ -31,7 +35,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::{DeliveryConfig, RouteConfig, RouteTlsConfig};
+use crate::config::RouteTlsConfig;
 
 /// May mail go in plaintext?
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -267,28 +271,6 @@ impl ServerCertVerifier for RouteVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
-}
-
-/// The result of probing one host of a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostProbe {
-    /// Host name (the MX host for MX routes) or IP literal.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// TLS was established and the certificate passed the route's checks.
-    pub verified: bool,
-    /// `Verified` details, or why not (the verifier's message for a certificate failure).
-    pub message: String,
-}
-
-/// Connects to each host of a route (after MX lookup when the route says so), says EHLO,
-/// starts TLS, verifies the certificate with the route's policy and says QUIT.
-///
-/// A host verifies only when TLS was established and its certificate passed; a server
-/// without STARTTLS does not verify, whatever `requireTls` says (the probe tests TLS).
-pub async fn probe_route(route: &RouteConfig, delivery: &DeliveryConfig) -> Vec<HostProbe> {
-    super::attempt::probe_route_hosts(route, delivery).await
 }
 
 #[cfg(test)]

@@ -63,6 +63,13 @@ pub fn delivery_config(overrides: &[(&str, IpAddr)]) -> DeliveryConfig {
     }
 }
 
+/// MX delivery may dial loopback: the in-test DNS servers point MX hosts at 127.0.0.1 and
+/// ::1, which the destination guard refuses by default.
+pub fn allow_loopback_mx(cfg: &mut DeliveryConfig) {
+    cfg.allowed_internal_networks =
+        vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+}
+
 pub fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
     format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@acme.test>\r\n\r\nHello.\r\n.leading dot\r\n"

@@ -395,3 +395,42 @@ async fn a_hostile_destination_holds_only_its_own_slots() {
     );
     assert!(metrics.contains(&line), "{metrics}");
 }
+
+/// Messages waiting for a full destination do not hold the places of others: 30 messages
+/// for a black hole with one slot, at most 2 × 2 messages held at once, and mail for the
+/// good route still goes at once.
+#[tokio::test]
+async fn a_backlog_for_a_full_destination_does_not_hold_the_queue() {
+    let hostile = Hostile::start(Behaviour::BlackHole).await;
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let cfg = quick(|c| {
+        c.concurrency = 2;
+        c.destination_concurrency = 1;
+    });
+    let h = Harness::new(two_routes(sink.port(), hostile.port), cfg);
+    for i in 0..30 {
+        let rcpt = format!("v{i}@bad.test");
+        h.send(
+            "alice@acme.test",
+            &[&rcpt],
+            &message("alice@acme.test", &rcpt, &format!("stuck{i}")),
+        );
+    }
+    let running = run(&h.manager);
+    bounded(hostile.until(|s| s.accepted.load(Ordering::SeqCst) >= 1)).await;
+    h.send(
+        "alice@acme.test",
+        &["bob@good.test"],
+        &message("alice@acme.test", "bob@good.test", "flows"),
+    );
+    bounded(sink.wait_for_messages(1)).await;
+    assert_eq!(
+        hostile.seen.closed.load(Ordering::SeqCst),
+        0,
+        "the good message waited for the black hole"
+    );
+    assert_eq!(hostile.seen.max_open.load(Ordering::SeqCst), 1);
+    running.stop().await;
+    // Nothing was lost on the way: the 30 are still queued, the good one is gone.
+    assert_eq!(h.store.list().unwrap().len(), 30);
+}

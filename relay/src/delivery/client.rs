@@ -956,6 +956,49 @@ mod tests {
         assert_eq!(dot_stuff(b""), b".\r\n");
     }
 
+    /// A config written before the stage timeouts existed loads with RFC 5321's values,
+    /// and a config that keeps them serializes as before (its hash does not change).
+    #[test]
+    fn stage_timeouts_default_to_rfc_5321_and_old_configs_keep_their_form() {
+        let old = r#"{"retryScheduleSeconds":[60],"maxRetryDelaySeconds":3600,
+            "maxQueueLifetimeSeconds":432000,"concurrency":64,"connectTimeoutSeconds":30,
+            "connectionIdleSeconds":30}"#;
+        let cfg: DeliveryConfig = serde_json::from_str(old).unwrap();
+        let t = StageTimeouts::from_config(&cfg);
+        let min = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(
+            (
+                t.greeting,
+                t.mail,
+                t.rcpt,
+                t.data,
+                t.data_block,
+                t.final_dot
+            ),
+            (min(5), min(5), min(5), min(2), min(3), min(10))
+        );
+        assert_eq!((t.connect, t.short), (min(1) / 2, min(1) / 2));
+        assert_eq!(cfg.destination_concurrency, 10);
+        assert_eq!(cfg.attempt_timeout_seconds, 1800);
+        let json = serde_json::to_string(&cfg).unwrap();
+        for field in [
+            "stageTimeouts",
+            "destinationConcurrency",
+            "attemptTimeoutSeconds",
+        ] {
+            assert!(!json.contains(field), "{json}");
+        }
+        let mut small = cfg.clone();
+        small.stage_timeouts.final_dot_seconds = 2;
+        let json = serde_json::to_string(&small).unwrap();
+        assert!(json.contains(r#""stageTimeouts":{"#), "{json}");
+        let back: DeliveryConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            StageTimeouts::from_config(&back).final_dot,
+            Duration::from_secs(2)
+        );
+    }
+
     /// Any split of the text into pieces stuffs exactly like the whole.
     #[test]
     fn dot_stuffing_in_pieces_matches_the_whole() {

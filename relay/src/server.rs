@@ -920,6 +920,8 @@ impl Conn<'_> {
             tls: m.tls,
             received_at: now,
             size: incoming.len(),
+            smtputf8: m.smtputf8,
+            eight_bit_mime: m.eight_bit_mime,
         };
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
             self.release(m.tx, &m.user, &envelope.rcpts).await;

@@ -647,6 +647,7 @@ impl<S: MessageStore> Inner<S> {
             let this = self.clone();
             let data = data.clone();
             let from = envelope.mail_from.clone();
+            let params = envelope.mail_params();
             let looping = looping.clone();
             groups.spawn(async move {
                 let _permit = this.concurrency.clone().acquire_owned().await;
@@ -655,7 +656,7 @@ impl<S: MessageStore> Inner<S> {
                     Some(refusal) => GroupResult::refused(&rcpts, &refusal),
                     None => {
                         this.transport
-                            .deliver(&route, &hosts, &from, &rcpts, &data)
+                            .deliver(&route, &hosts, &from, &rcpts, &data, params)
                             .await
                     }
                 };

@@ -1,7 +1,8 @@
 //! Must show — international mail (SPEC §3.4, §3.5) between real Postfix peers: a Postfix
 //! client with `smtputf8_enable = yes` sends to UTF-8 addresses through the relay, which
-//! carries SMTPUTF8 to a downstream Postfix that offers it (an IDN domain arrives as its
-//! A-label, the UTF-8 local part as sent); a downstream without SMTPUTF8 makes the relay
+//! carries SMTPUTF8 to a downstream Postfix that offers it (the downstream's `Received:`
+//! says `with UTF8SMTP`; an IDN domain arrives as its A-label, the UTF-8 local part as
+//! sent); a downstream without SMTPUTF8 makes the relay
 //! bounce with `5.6.7` into the sender's mailbox.
 
 mod common;
@@ -66,6 +67,11 @@ fn utf8_addresses_reach_a_postfix_downstream_that_offers_smtputf8() {
         .collect();
     to.sort();
     assert_eq!(to, ["jörg@example.net", "müller@xn--bcher-kva.example"]);
+    // The downstream's own Received: names the SMTPUTF8 protocol (RFC 6531 §4.3): the
+    // relay declared SMTPUTF8 (Postfix would take the addresses without it).
+    for copy in &copies {
+        assert!(copy.contains(" with UTF8SMTP"), "{copy}");
+    }
     assert_eq!(
         docker::header(&copies[0], "Return-Path"),
         Some("<sender@acme.example>")

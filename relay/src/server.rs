@@ -975,6 +975,7 @@ fn trace_header(
         ip: session.client_ip(),
         tls,
         authenticated: auth.is_some(),
+        smtputf8: session.smtputf8_declared(),
         hostname: &generation.config.hostname,
         queue_id,
         at: shared.clock.now(),

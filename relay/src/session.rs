@@ -586,6 +586,11 @@ impl Session {
         (consumed, vec![Action::Spool(Box::new(message))])
     }
 
+    /// Whether the open transaction declared SMTPUTF8 (for the `Received:` protocol name).
+    pub fn smtputf8_declared(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.smtputf8)
+    }
+
     /// The envelope facts known when DATA starts (for the `Received:` header the caller
     /// writes before the text): HELO name, AUTH identity and TLS description.
     pub fn trace_facts(&self) -> (&str, Option<&str>, Option<&str>) {

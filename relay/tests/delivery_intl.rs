@@ -204,7 +204,10 @@ async fn smtputf8_and_8bitmime_are_carried_to_a_downstream_that_offers_them() {
         "{:?}",
         got[0].mail_params
     );
-    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: Grüße"));
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("Subject: Grüße"));
+    // RFC 6531 §4.3: our trace header names the SMTPUTF8 transaction.
+    assert!(text.contains(" with UTF8SMTP id "), "{text}");
 
     // Only BODY=8BITMIME declared: only that is carried.
     let reply = send(
@@ -217,6 +220,7 @@ async fn smtputf8_and_8bitmime_are_carried_to_a_downstream_that_offers_them() {
     assert!(reply.starts_with("250 2.0.0 OK queued as "), "{reply}");
     let got = received(&home, 2).await;
     assert_eq!(got[1].mail_params, ["BODY=8BITMIME"]);
+    assert!(String::from_utf8_lossy(&got[1].data).contains(" with ESMTP id "));
     relay.shutdown().await;
 }
 

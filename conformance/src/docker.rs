@@ -646,22 +646,46 @@ impl Scenario {
     /// A downstream Postfix server as host `n`, presenting `cert` with STARTTLS (without
     /// one it offers the image's default self-signed certificate).
     pub fn postfix_server(&mut self, role: &str, n: u8, cert: Option<&Pem>) -> io::Result<()> {
+        self.postfix_server_env(role, n, cert, &[])
+    }
+
+    /// [`Scenario::postfix_server`] with more environment for the image's entrypoint
+    /// (`SMTPUTF8=yes`, ...).
+    pub fn postfix_server_env(
+        &mut self,
+        role: &str,
+        n: u8,
+        cert: Option<&Pem>,
+        extra_env: &[(&'static str, String)],
+    ) -> io::Result<()> {
         let image = images()?.postfix.clone();
         let mut files = Files::new();
         if let Some(cert) = cert {
             files.push(("/certs/tls.crt".into(), cert.cert_pem.clone().into_bytes()));
             files.push(("/certs/tls.key".into(), cert.key_pem.clone().into_bytes()));
         }
-        let env = [
+        let mut env = vec![
             ("ROLE", "server".to_string()),
             ("MYHOSTNAME", format!("{role}.partner.test")),
         ];
+        env.extend_from_slice(extra_env);
         self.run(role, n, &image, &env, files, Ready::POSTFIX)
             .map(|_| ())
     }
 
     /// A Postfix client as host `n` that relays everything through the relay.
     pub fn postfix_client(&mut self, role: &str, n: u8, opts: &ClientOptions) -> io::Result<()> {
+        self.postfix_client_env(role, n, opts, &[])
+    }
+
+    /// [`Scenario::postfix_client`] with more environment for the image's entrypoint.
+    pub fn postfix_client_env(
+        &mut self,
+        role: &str,
+        n: u8,
+        opts: &ClientOptions,
+        extra_env: &[(&'static str, String)],
+    ) -> io::Result<()> {
         let image = images()?.postfix.clone();
         let relay = match opts.relay {
             IpAddr::V4(a) => a.to_string(),
@@ -679,6 +703,7 @@ impl Scenario {
             env.push(("SASL_USER", user.clone()));
             env.push(("SASL_PASSWORD", password.clone()));
         }
+        env.extend_from_slice(extra_env);
         self.run(role, n, &image, &env, Files::new(), Ready::POSTFIX)
             .map(|_| ())
     }

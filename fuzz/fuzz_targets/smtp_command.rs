@@ -31,6 +31,7 @@ fuzz_target!(|line: &[u8]| {
                 ip: [192, 0, 2, 1].into(),
                 tls: None,
                 authenticated: false,
+                smtputf8: false,
                 hostname: "relay.example",
                 queue_id: "00AB",
                 at: UNIX_EPOCH,

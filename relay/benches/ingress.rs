@@ -240,6 +240,8 @@ fn bench_spool() {
                             tls: None,
                             received_at: UNIX_EPOCH,
                             size: body.len() as u64,
+                            smtputf8: false,
+                            eight_bit_mime: false,
                         };
                         spool.accept(&env, &body).await.unwrap();
                     }

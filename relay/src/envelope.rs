@@ -1,6 +1,12 @@
 //! The envelope of a queued message: what the session learnt about it (sender,
 //! recipients, client, HELO, AUTH, TLS) and its queue id. One type for every layer: the
 //! session driver writes it, the spool stores it, delivery reads it.
+//!
+//! Addresses are stored as the session normalised them: the local part exactly as the
+//! client sent it (UTF-8 only when it declared SMTPUTF8), the domain as an A-label
+//! (see [`crate::idn`]). Whether the client declared SMTPUTF8 and `BODY=8BITMIME` is kept
+//! ([`MailParams`]) so delivery can carry both downstream; envelopes written before these
+//! fields existed load with both off.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -73,6 +79,22 @@ pub struct Envelope {
     pub received_at: SystemTime,
     /// Message size in bytes (after the `Received:` header was added).
     pub size: u64,
+    /// The client declared SMTPUTF8 (RFC 6531) at MAIL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smtputf8: bool,
+    /// The client declared `BODY=8BITMIME` (RFC 6152) at MAIL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eight_bit_mime: bool,
+}
+
+/// The MAIL parameters the client declared that delivery carries downstream, where the
+/// downstream host offers them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MailParams {
+    /// SMTPUTF8 was declared: addresses (and headers) may be UTF-8.
+    pub smtputf8: bool,
+    /// `BODY=8BITMIME` was declared: the text may hold 8-bit octets.
+    pub eight_bit_mime: bool,
 }
 
 impl QueueId {
@@ -96,6 +118,14 @@ impl QueueId {
 }
 
 impl Envelope {
+    /// The MAIL parameters to carry downstream.
+    pub fn mail_params(&self) -> MailParams {
+        MailParams {
+            smtputf8: self.smtputf8,
+            eight_bit_mime: self.eight_bit_mime,
+        }
+    }
+
     /// The envelope of a message the relay generates itself (a DSN): no client, no HELO.
     pub fn generated(
         queue_id: QueueId,
@@ -115,6 +145,36 @@ impl Envelope {
             tls: None,
             received_at,
             size,
+            smtputf8: false,
+            eight_bit_mime: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_written_before_the_mail_parameters_existed_load_without_them() {
+        let old = r#"{"queueId":"0000000000000001","mailFrom":"a@acme.example","rcpts":["b@dest.example"],"clientIp":"127.0.0.1","helo":"c","receivedAt":{"secs_since_epoch":1750000000,"nanos_since_epoch":0},"size":5}"#;
+        let env: Envelope = serde_json::from_str(old).unwrap();
+        assert_eq!(env.mail_params(), MailParams::default());
+        // Written again, the flags appear only when set.
+        assert!(!serde_json::to_string(&env).unwrap().contains("smtputf8"));
+        let mut utf8 = env.clone();
+        utf8.smtputf8 = true;
+        utf8.eight_bit_mime = true;
+        let json = serde_json::to_string(&utf8).unwrap();
+        assert!(json.contains(r#""smtputf8":true"#), "{json}");
+        assert!(json.contains(r#""eightBitMime":true"#), "{json}");
+        let back: Envelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.mail_params(),
+            MailParams {
+                smtputf8: true,
+                eight_bit_mime: true
+            }
+        );
     }
 }

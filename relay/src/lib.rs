@@ -16,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod generation;
+pub mod idn;
 pub mod limits;
 pub mod limits_redis;
 pub mod metrics;

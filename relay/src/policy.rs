@@ -24,6 +24,11 @@
 //! allow list, AUTH, TLS, sender), for `relayctl explain`; `decide_mail` is its decision,
 //! so the explanation and the relay share one implementation.
 //!
+//! Domains are compared as A-labels ([`crate::idn`]): organization domains and the
+//! domains of registered users are normalised when the policy is compiled, and a sender's
+//! domain when it is checked, so `bücher.example` and `xn--bcher-kva.example` are one
+//! organization domain whichever form the config or the client uses.
+//!
 //! Not here: SMTP sequencing (`session`), credentials (`auth`), counters (`limits`).
 
 use std::collections::HashSet;
@@ -32,6 +37,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::{AllowedSenders, RelayConfig};
+use crate::idn;
 use crate::smtp::Reply;
 
 /// A set of IP networks with fast membership tests.
@@ -300,20 +306,20 @@ impl Policy {
                 .organization
                 .domains
                 .iter()
-                .map(|d| d.to_ascii_lowercase())
+                .map(|d| idn::comparable_domain(d))
                 .collect(),
             users: config
                 .organization
                 .users
                 .iter()
-                .map(|u| u.to_ascii_lowercase())
+                .map(|u| comparable_address(u))
                 .collect(),
         }
     }
 
     /// True when `domain` equals an organization domain or is a subdomain of one.
     pub fn domain_belongs(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = idn::comparable_domain(domain);
         self.domains.iter().any(|d| {
             domain == *d
                 || (domain.len() > d.len()
@@ -388,7 +394,7 @@ impl Policy {
         client: &ClientFacts<'_>,
         sender: &str,
     ) -> Result<(), String> {
-        let lower = sender.to_ascii_lowercase();
+        let lower = comparable_address(sender);
         match mode {
             // The null sender (bounces, out-of-office) needs the identification AnyAddress
             // needs, whatever the mode: AUTH, or a HELO name of the organization.
@@ -406,7 +412,7 @@ impl Policy {
                     ));
                 }
                 match client.auth {
-                    Some(id) if id != lower => Err(format!(
+                    Some(id) if comparable_address(id) != lower => Err(format!(
                         "Sender address <{sender}> does not match the authenticated user {id}"
                     )),
                     _ => Ok(()),
@@ -447,7 +453,9 @@ impl Policy {
     /// undeliverable, `postmaster@` the organization domain is not).
     fn identifying_domain(&self, client: &ClientFacts<'_>) -> Option<String> {
         if let Some(id) = client.auth {
-            return Some(domain_of(id).to_string()).filter(|d| !d.is_empty());
+            return Some(domain_of(id))
+                .filter(|d| !d.is_empty())
+                .map(idn::comparable_domain);
         }
         let helo = client.helo?.trim_end_matches('.').to_ascii_lowercase();
         self.domains
@@ -458,6 +466,20 @@ impl Policy {
             })
             .max_by_key(|d| d.len())
             .cloned()
+    }
+}
+
+/// An address for comparison: lower-cased, its domain as an A-label when it has one.
+fn comparable_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !domain.starts_with('[') => {
+            format!(
+                "{}@{}",
+                local.to_ascii_lowercase(),
+                idn::comparable_domain(domain)
+            )
+        }
+        _ => address.to_ascii_lowercase(),
     }
 }
 
@@ -552,6 +574,48 @@ pub(crate) mod tests {
         assert!(p.domain_belongs("mail.ACME.example"));
         assert!(!p.domain_belongs("notacme.example"));
         assert!(!p.domain_belongs("example"));
+    }
+
+    #[test]
+    fn organization_domains_and_users_compare_as_a_labels() {
+        let mut cfg = config_with(vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(vec!["127.0.0.0/16"]),
+            false,
+            false,
+        )]);
+        // One domain configured as a U-label, one as an A-label.
+        cfg.organization.domains = vec!["Bücher.example".into(), "xn--mnchen-3ya.example".into()];
+        cfg.organization.users = vec!["Jörg@bücher.example".into()];
+        let p = Policy::new(&cfg);
+        for d in [
+            "bücher.example",
+            "xn--bcher-kva.example",
+            "shop.BÜCHER.example",
+            "münchen.example",
+            "mail.xn--mnchen-3ya.example",
+        ] {
+            assert!(p.domain_belongs(d), "{d}");
+        }
+        assert!(!p.domain_belongs("xn--bcher-kva.example.evil"));
+        assert!(!p.domain_belongs("bucher.example"));
+        let c = facts("127.0.0.1");
+        assert!(matches!(
+            p.decide_mail(&c, "a@xn--mnchen-3ya.example"),
+            MailDecision::Accept { .. }
+        ));
+        assert!(matches!(
+            p.decide_mail(&c, "a@bucher.example"),
+            MailDecision::SenderRejected(_)
+        ));
+        // Registered users: the user's domain in either form.
+        let mut cfg = cfg.clone();
+        cfg.settings[0].allowed_senders = AllowedSenders::RegisteredUsers;
+        let p = Policy::new(&cfg);
+        assert!(matches!(
+            p.decide_mail(&c, "Jörg@xn--bcher-kva.example"),
+            MailDecision::Accept { .. }
+        ));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Trace<'a> {
     /// `"TLSv1_3 TLS13_AES_256_GCM_SHA384"` when TLS was used.
     pub tls: Option<&'a str>,
     pub authenticated: bool,
+    /// The transaction declared SMTPUTF8 (RFC 6531 §4.3 names the protocol `UTF8SMTP…`).
+    pub smtputf8: bool,
     pub hostname: &'a str,
     pub queue_id: &'a str,
     pub at: SystemTime,
@@ -30,12 +32,14 @@ pub struct Trace<'a> {
 
 /// The header, folded, CRLF-terminated.
 pub fn received_header(t: &Trace<'_>) -> String {
-    let proto = match (t.tls.is_some(), t.authenticated) {
-        (true, true) => "ESMTPSA",
-        (true, false) => "ESMTPS",
-        (false, true) => "ESMTPA",
-        (false, false) => "ESMTP",
+    let base = if t.smtputf8 { "UTF8SMTP" } else { "ESMTP" };
+    let suffix = match (t.tls.is_some(), t.authenticated) {
+        (true, true) => "SA",
+        (true, false) => "S",
+        (false, true) => "A",
+        (false, false) => "",
     };
+    let proto = format!("{base}{suffix}");
     let tls = match t.tls.and_then(|s| s.split_once(' ')) {
         Some((version, cipher)) => format!("\r\n\t(using {version} with cipher {cipher})"),
         None => String::new(),
@@ -96,6 +100,7 @@ mod tests {
             ip: "192.0.2.1".parse().unwrap(),
             tls: None,
             authenticated: false,
+            smtputf8: false,
             hostname: "relay.acme.example",
             queue_id: "00AB",
             at: UNIX_EPOCH,
@@ -156,6 +161,7 @@ mod tests {
             ip: "::ffff:192.0.2.1".parse().unwrap(),
             tls: Some("TLSv1_3 TLS13_AES_128_GCM_SHA256"),
             authenticated: true,
+            smtputf8: false,
             hostname: "relay.acme.example",
             queue_id: "0123456789ABCDEF",
             at: UNIX_EPOCH,
@@ -164,5 +170,33 @@ mod tests {
             h,
             "Received: from client.acme.example ([192.0.2.1])\r\n\t(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby relay.acme.example with ESMTPSA id 0123456789ABCDEF;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn an_smtputf8_transaction_is_named_utf8smtp() {
+        let proto = |tls: Option<&str>, authenticated: bool| {
+            let h = received_header(&Trace {
+                helo: "client.acme.example",
+                ip: "192.0.2.1".parse().unwrap(),
+                tls,
+                authenticated,
+                smtputf8: true,
+                hostname: "relay.acme.example",
+                queue_id: "00AB",
+                at: UNIX_EPOCH,
+            });
+            h.split("by relay.acme.example with ")
+                .nth(1)
+                .unwrap_or("")
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        let tls = Some("TLSv1_3 TLS13_AES_128_GCM_SHA256");
+        assert_eq!(proto(None, false), "UTF8SMTP");
+        assert_eq!(proto(None, true), "UTF8SMTPA");
+        assert_eq!(proto(tls, false), "UTF8SMTPS");
+        assert_eq!(proto(tls, true), "UTF8SMTPSA");
     }
 }

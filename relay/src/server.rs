@@ -920,6 +920,8 @@ impl Conn<'_> {
             tls: m.tls,
             received_at: now,
             size: incoming.len(),
+            smtputf8: m.smtputf8,
+            eight_bit_mime: m.eight_bit_mime,
         };
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
             self.release(m.tx, &m.user, &envelope.rcpts).await;
@@ -973,6 +975,7 @@ fn trace_header(
         ip: session.client_ip(),
         tls,
         authenticated: auth.is_some(),
+        smtputf8: session.smtputf8_declared(),
         hostname: &generation.config.hostname,
         queue_id,
         at: shared.clock.now(),

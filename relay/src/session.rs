@@ -13,6 +13,12 @@
 //! that ends without a message yields [`Action::Release`] (RSET, a new EHLO, a refused
 //! message), and [`Session::abandon`] does the same when the connection ends.
 //!
+//! Domains are normalised to A-labels ([`crate::idn`]) at MAIL and RCPT, before policy,
+//! limits and the envelope see them: a recipient is kept as its local part exactly as sent
+//! and its domain as an A-label, so routes, organization domains and limits compare one
+//! form. A domain that is not a valid IDN gets `501 5.1.3`. The transaction remembers
+//! whether the client declared SMTPUTF8 and `BODY=8BITMIME`, for delivery to carry on.
+//!
 //! Configuration is swapped in between transactions ([`Session::reconfigure`]), so each
 //! MAIL is judged by the policy in force at that moment; the session itself keeps only
 //! what it learnt from the client (HELO, TLS, AUTH).
@@ -24,6 +30,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, SaslError};
 use crate::config::{LimitsConfig, RelayConfig};
+use crate::idn;
 use crate::limits::{LimitHit, LimitStoreError, TxId};
 use crate::policy::{ClientFacts, MailDecision, Policy};
 use crate::smtp::{
@@ -71,6 +78,10 @@ pub struct Message {
     pub tls: Option<String>,
     /// The limits user (AUTH identity, else the sender the client gave).
     pub user: String,
+    /// MAIL carried SMTPUTF8.
+    pub smtputf8: bool,
+    /// MAIL carried `BODY=8BITMIME`.
+    pub eight_bit_mime: bool,
 }
 
 /// What the I/O layer must do.
@@ -129,6 +140,8 @@ struct Transaction {
     rcpts: Vec<String>,
     /// MAIL carried SMTPUTF8: recipients may be UTF-8 addresses (RFC 6531).
     smtputf8: bool,
+    /// MAIL carried `BODY=8BITMIME` (RFC 6152).
+    eight_bit_mime: bool,
 }
 
 /// The state of one SMTP session.
@@ -336,7 +349,8 @@ impl Session {
                 from,
                 size,
                 smtputf8,
-            } => self.mail(from, size, smtputf8),
+                eight_bit_mime,
+            } => self.mail(from, size, smtputf8, eight_bit_mime),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
@@ -379,7 +393,13 @@ impl Session {
         Reply::multi(250, lines)
     }
 
-    fn mail(&mut self, from: Path, size: Option<u64>, smtputf8: bool) -> Vec<Action> {
+    fn mail(
+        &mut self,
+        from: Path,
+        size: Option<u64>,
+        smtputf8: bool,
+        eight_bit_mime: bool,
+    ) -> Vec<Action> {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1 Error: send HELO/EHLO first"));
         }
@@ -392,10 +412,13 @@ impl Session {
                 "5.3.4 Message size exceeds fixed maximum message size",
             )];
         }
-        let decision = self
-            .cfg
-            .policy
-            .decide_mail(&self.client_facts(), from.as_str());
+        let Some(from) = idn::address_to_ascii_domain(from.as_str()) else {
+            return self.error(Reply::new(
+                501,
+                "5.1.3 Bad sender address syntax: invalid international domain name",
+            ));
+        };
+        let decision = self.cfg.policy.decide_mail(&self.client_facts(), &from);
         match decision {
             MailDecision::Accept {
                 mail_from,
@@ -407,6 +430,7 @@ impl Session {
                     original,
                     rcpts: Vec::new(),
                     smtputf8,
+                    eight_bit_mime,
                 });
                 vec![reply(250, "2.1.0 OK")]
             }
@@ -440,14 +464,22 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: Path) -> Vec<Action> {
-        let Some(tx) = &self.tx else {
+        let Some(smtputf8) = self.tx.as_ref().map(|tx| tx.smtputf8) else {
             return self.error(Reply::new(503, "5.5.1 Error: need MAIL command"));
         };
-        if !tx.smtputf8 && !to.is_ascii() {
+        if !smtputf8 && !to.is_ascii() {
             return self.error(utf8_without_smtputf8());
         }
-        // The parser lower-cased the domain; the local part is the recipient's own.
-        let rcpt = to.as_str().to_string();
+        // The local part is the recipient's own; the domain becomes its A-label.
+        let Some(rcpt) = idn::address_to_ascii_domain(to.as_str()) else {
+            return self.error(Reply::new(
+                501,
+                "5.1.3 Bad recipient address syntax: invalid international domain name",
+            ));
+        };
+        let Some(tx) = &self.tx else {
+            return Vec::new();
+        };
         if tx.mail_from.is_empty() && !tx.rcpts.is_empty() {
             return vec![reply(
                 550,
@@ -548,8 +580,15 @@ impl Session {
             auth_identity: self.auth.clone(),
             tls: self.tls.clone(),
             user,
+            smtputf8: tx.smtputf8,
+            eight_bit_mime: tx.eight_bit_mime,
         };
         (consumed, vec![Action::Spool(Box::new(message))])
+    }
+
+    /// Whether the open transaction declared SMTPUTF8 (for the `Received:` protocol name).
+    pub fn smtputf8_declared(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.smtputf8)
     }
 
     /// The envelope facts known when DATA starts (for the `Received:` header the caller
@@ -967,13 +1006,78 @@ mod tests {
             panic!("expected a spool action, got {actions:?}");
         };
         assert_eq!(m.mail_from, "jörg@acme.example");
-        assert_eq!(m.rcpts, ["jörg@bücher.example"]);
+        // The domain is kept as its A-label, the local part as sent.
+        assert_eq!(m.rcpts, ["jörg@xn--bcher-kva.example"]);
+        assert!(m.smtputf8 && m.eight_bit_mime);
         // SMTPUTF8 belongs to one transaction.
         s.spooled(Ok("00AB".into()));
         line(&mut s, "MAIL FROM:<a@acme.example>");
         assert_eq!(
             line(&mut s, "RCPT TO:<jörg@bücher.example>"),
             ["553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"]
+        );
+    }
+
+    #[test]
+    fn idn_domains_are_normalised_to_a_labels_at_mail_and_rcpt() {
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<App@ACME.example> SMTPUTF8"),
+            ["250 2.1.0 OK\r\n"]
+        );
+        // The limit check sees the A-label: one recipient whichever form the client used.
+        let actions = s.on_line("RCPT TO:<Jörg@BÜCHER.example>".as_bytes());
+        let Some(Action::CheckRcpt { rcpt, .. }) = actions.last() else {
+            panic!("expected a limit check, got {actions:?}");
+        };
+        assert_eq!(rcpt, "Jörg@xn--bcher-kva.example");
+        let rcpt = rcpt.clone();
+        assert_eq!(texts(&s.rcpt_result(rcpt, Ok(None))), ["250 2.1.5 OK\r\n"]);
+        assert_eq!(
+            texts(&s.on_line("RCPT TO:<Jörg@xn--bcher-kva.example>".as_bytes())),
+            ["250 2.1.5 OK\r\n"],
+            "the same mailbox: no second recipient, no second limit check"
+        );
+        assert_eq!(
+            line(&mut s, "RCPT TO:<u@bücher.example>"),
+            ["250 2.1.5 OK\r\n"]
+        );
+        line(&mut s, "DATA");
+        let (_, actions) = s.on_data(b"\r\n.\r\n", &mut Vec::new());
+        let Some(Action::Spool(m)) = actions.last() else {
+            panic!("expected a spool action, got {actions:?}");
+        };
+        assert_eq!(m.mail_from, "App@acme.example");
+        assert_eq!(
+            m.rcpts,
+            ["Jörg@xn--bcher-kva.example", "u@xn--bcher-kva.example"]
+        );
+        assert!(m.smtputf8);
+        assert!(!m.eight_bit_mime);
+    }
+
+    #[test]
+    fn an_invalid_idn_domain_gets_501_5_1_3() {
+        let mut s = session(false);
+        s.cfg.limits.max_errors = 10;
+        line(&mut s, "EHLO c.acme.example");
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@xn--zz.example> SMTPUTF8"),
+            ["501 5.1.3 Bad sender address syntax: invalid international domain name\r\n"]
+        );
+        line(&mut s, "MAIL FROM:<a@acme.example> SMTPUTF8");
+        for rcpt in ["u@xn--zz.example", "u@\u{301}bc.example", "u@xn--a.example"] {
+            assert_eq!(
+                line(&mut s, &format!("RCPT TO:<{rcpt}>")),
+                ["501 5.1.3 Bad recipient address syntax: invalid international domain name\r\n"],
+                "{rcpt}"
+            );
+        }
+        // The transaction is still open for good recipients.
+        assert_eq!(
+            line(&mut s, "RCPT TO:<u@bücher.example>"),
+            ["250 2.1.5 OK\r\n"]
         );
     }
 

@@ -913,6 +913,8 @@ mod tests {
             tls: None,
             received_at: UNIX_EPOCH,
             size: 5,
+            smtputf8: true,
+            eight_bit_mime: true,
         }
     }
 

@@ -5,13 +5,13 @@
 #                SASL_PASSWORD; bounces for DOMAIN land in /var/mail/sender.
 #   ROLE=server  a downstream server that accepts mail for every domain into the maildir
 #                /var/mail/vhosts/sink/, with STARTTLS when /certs/tls.crt exists.
-# MYHOSTNAME sets the HELO/EHLO name.
+# MYHOSTNAME sets the HELO/EHLO name; SMTPUTF8=yes turns on smtputf8_enable (default no).
 set -eu
 
 : "${ROLE:=server}" "${MYHOSTNAME:=$(hostname)}"
 postconf -e "myhostname = $MYHOSTNAME" "maillog_file = /dev/stdout" \
   "inet_protocols = all" "inet_interfaces = all" "compatibility_level = 3.6" \
-  "smtputf8_enable = no" "biff = no"
+  "smtputf8_enable = ${SMTPUTF8:-no}" "biff = no"
 
 case "$ROLE" in
 client)

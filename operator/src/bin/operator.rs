@@ -60,6 +60,11 @@ struct Args {
     /// lease namespace, i.e. the operator's own, and `monitoring`).
     #[arg(long = "admin-namespace")]
     admin_namespaces: Vec<String>,
+    /// A network of this cluster (pod or service CIDR, repeatable). Relays never dial it
+    /// for MX or direct delivery, so a recipient domain whose MX points into the cluster
+    /// cannot make a relay reach internal services; routes that name a host still can.
+    #[arg(long = "cluster-network")]
+    cluster_networks: Vec<ipnet::IpNet>,
 }
 
 /// This replica's identity in the Lease.
@@ -145,7 +150,10 @@ async fn operate(args: Args) -> anyhow::Result<()> {
     } else {
         args.admin_namespaces
     };
+    let mut env = operator::render::RenderEnv::pod();
+    env.delivery.cluster_networks = args.cluster_networks;
     let settings = Settings {
+        env,
         defaults: ChildDefaults {
             relay_image: args.relay_image,
             admin_namespaces,

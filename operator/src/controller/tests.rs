@@ -1646,3 +1646,29 @@ async fn reconcile_cost_at_1000_organizations() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_cluster_networks_reach_the_relays_delivery_guard() {
+    let mut world = World::example("quickstart");
+    world.operator.env.delivery.cluster_networks = vec![
+        "198.18.0.0/15".parse().unwrap(),
+        "2001:db8:10::/48".parse().unwrap(),
+    ];
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    let cm = world
+        .child::<ConfigMap>("acme", "acme-relay-config")
+        .unwrap();
+    let applied = RelayConfig::from_json(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        applied.delivery.cluster_networks,
+        world.operator.env.delivery.cluster_networks
+    );
+    // Addresses outside the built-in private ranges: refused only because of the flag.
+    let unconfigured = relay::delivery::guard::DestinationGuard::new(&Default::default(), "relay");
+    let guard = relay::delivery::guard::DestinationGuard::new(&applied.delivery, "relay");
+    for ip in ["198.18.0.10", "2001:db8:10::5"] {
+        assert!(unconfigured.may_dial(ip.parse().unwrap()), "{ip}");
+        assert!(!guard.may_dial(ip.parse().unwrap()), "{ip}");
+    }
+}

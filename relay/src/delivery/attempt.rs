@@ -31,6 +31,7 @@ use prometheus_client::metrics::counter::Counter;
 use rustls::ClientConfig;
 
 use crate::config::{DeliveryConfig, HostConfig, RouteConfig};
+use crate::envelope::MailParams;
 
 use super::Clock;
 use super::client::{
@@ -225,7 +226,8 @@ impl Transport {
         )
     }
 
-    /// Delivers `data` to `rcpt_to` over `route`, trying `hosts` in order.
+    /// Delivers `data` to `rcpt_to` over `route`, trying `hosts` in order; `mail_params`
+    /// are the MAIL parameters the client declared.
     pub async fn deliver(
         &self,
         route: &RouteConfig,
@@ -233,6 +235,7 @@ impl Transport {
         mail_from: &str,
         rcpt_to: &[String],
         data: &MessageText,
+        mail_params: MailParams,
     ) -> GroupResult {
         let policy = TlsPolicy::from_route(&route.tls);
         let mut result = GroupResult {
@@ -299,6 +302,7 @@ impl Transport {
                             mail_from,
                             rcpt_to,
                             data,
+                            mail_params,
                         )
                         .await;
                     match outcome {
@@ -356,6 +360,7 @@ impl Transport {
         mail_from: &str,
         rcpt_to: &[String],
         data: &MessageText,
+        mail_params: MailParams,
     ) -> AddressOutcome {
         let mut params = SessionParams {
             host: host.to_string(),
@@ -391,7 +396,7 @@ impl Transport {
                 return AddressOutcome::HostPermanent(Refusal { status, diagnostic });
             }
         };
-        match conn.send(mail_from, rcpt_to, data).await {
+        match conn.send(mail_from, rcpt_to, data, mail_params).await {
             Ok(outcomes) => {
                 self.cache.checkin(key, conn);
                 AddressOutcome::Answered(outcomes)

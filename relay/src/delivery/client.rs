@@ -7,11 +7,15 @@
 //! [`SmtpConnection::send`] sends one message: with PIPELINING, MAIL, every RCPT and DATA
 //! go in one write; the text is streamed from its [`MessageText`] and dot-stuffed on the
 //! fly in blocks of [`DATA_BLOCK_BYTES`] ([`DotStuffer`]), so memory per session does not
-//! grow with the message. It returns one [`RecipientOutcome`] per recipient. Every stage
-//! has its own deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from the command to
-//! the complete reply, not a limit per read. [`ConnectionCache`] keeps sessions open for
-//! `connection_idle_seconds`, keyed by host, port and TLS policy, and resets them (RSET)
-//! before reuse. Reply parsing ([`parse_reply`]) is a pure function over bytes. This module
+//! grow with the message. It returns one [`RecipientOutcome`] per recipient. The MAIL line
+//! (`mail_command`) carries SMTPUTF8 and `BODY=8BITMIME` when the message has them and
+//! the host offers them; a message whose envelope holds a UTF-8 address cannot go to a
+//! host without SMTPUTF8 and fails with `5.6.7` before MAIL is sent (RFC 6531 §3.5).
+//! Every stage has its own deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from
+//! the command to the complete reply, not a limit per read. [`ConnectionCache`] keeps
+//! sessions open for `connection_idle_seconds`, keyed by host, port and TLS policy, and
+//! resets them (RSET) before reuse. Reply parsing ([`parse_reply`]) is a pure function
+//! over bytes. This module
 //! does not choose hosts or decide about retries.
 
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ use super::Clock;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
 use crate::config::DeliveryConfig;
+use crate::envelope::MailParams;
 
 /// Longest reply accepted from a server, in bytes.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -402,6 +407,8 @@ struct Capabilities {
     pipelining: bool,
     starttls: bool,
     size: bool,
+    smtputf8: bool,
+    eight_bit_mime: bool,
 }
 
 impl Capabilities {
@@ -417,6 +424,8 @@ impl Capabilities {
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
                 "SIZE" => caps.size = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "8BITMIME" => caps.eight_bit_mime = true,
                 _ => {}
             }
         }
@@ -693,19 +702,22 @@ impl SmtpConnection {
         self.write(&out, Stage::DataBlock).await
     }
 
-    /// Sends one message. `Err` means the session failed for every recipient (try another
-    /// host or later); `Ok` holds one outcome per recipient, in order.
+    /// Sends one message whose client declared `params`. `Err` means the session failed for
+    /// every recipient (try another host or later); `Ok` holds one outcome per recipient,
+    /// in order.
     pub async fn send(
         &mut self,
         mail_from: &str,
         rcpt_to: &[String],
         text: &MessageText,
+        params: MailParams,
     ) -> Result<Vec<RecipientOutcome>, SessionError> {
-        let mut mail = format!("MAIL FROM:<{mail_from}>");
-        if self.caps.size {
-            mail.push_str(&format!(" SIZE={}", text.len()));
-        }
-        mail.push_str("\r\n");
+        let mail = mail_command(&self.caps, mail_from, rcpt_to, text.len(), params).map_err(
+            |diagnostic| SessionError::Permanent {
+                status: "5.6.7".into(),
+                diagnostic: format!("host {} {diagnostic}", self.host),
+            },
+        )?;
         let rcpts: Vec<String> = rcpt_to
             .iter()
             .map(|r| format!("RCPT TO:<{r}>\r\n"))
@@ -789,6 +801,40 @@ impl SmtpConnection {
         }
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// The MAIL command (with CRLF) for a message of `size` bytes to `rcpt_to`, given what the
+/// host offers: `SIZE=` when it announced SIZE; `SMTPUTF8` when the client declared it, or
+/// an address needs it, and the host offers it; `BODY=8BITMIME` when declared and offered
+/// (without 8BITMIME the text goes as it is, as Postfix sends it). `Err` with the reason
+/// when an address is UTF-8 and the host does not offer SMTPUTF8: the message cannot be
+/// delivered there without changing its addresses (RFC 6531 §3.5, status `5.6.7`).
+fn mail_command(
+    caps: &Capabilities,
+    mail_from: &str,
+    rcpt_to: &[String],
+    size: u64,
+    params: MailParams,
+) -> Result<String, String> {
+    let needs_smtputf8 = !mail_from.is_ascii() || rcpt_to.iter().any(|r| !r.is_ascii());
+    if needs_smtputf8 && !caps.smtputf8 {
+        return Err(
+            "does not offer SMTPUTF8 and the message has a UTF-8 address (SMTPUTF8 required)"
+                .into(),
+        );
+    }
+    let mut mail = format!("MAIL FROM:<{mail_from}>");
+    if caps.size {
+        mail.push_str(&format!(" SIZE={size}"));
+    }
+    if params.eight_bit_mime && caps.eight_bit_mime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if (params.smtputf8 || needs_smtputf8) && caps.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+    Ok(mail)
 }
 
 fn rcpt_outcomes(
@@ -937,6 +983,46 @@ mod tests {
         let (r, _) = parse_reply(b"451 try later\r\n").unwrap().unwrap();
         assert_eq!(r.enhanced_status(), None);
         assert_eq!(r.status_or("0.0"), "4.0.0");
+    }
+
+    #[test]
+    fn the_mail_line_carries_what_was_declared_and_is_offered() {
+        let (reply, _) = parse_reply(
+            b"250-mx.test\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let all = Capabilities::from_ehlo(&reply);
+        assert!(all.smtputf8 && all.eight_bit_mime && all.size);
+        let none = Capabilities::default();
+        let declared = MailParams {
+            smtputf8: true,
+            eight_bit_mime: true,
+        };
+        let ascii = ["b@dest.example".to_string()];
+        let utf8 = ["jörg@dest.example".to_string()];
+        let mail =
+            |caps, from, rcpts: &[String], params| mail_command(caps, from, rcpts, 42, params);
+        assert_eq!(
+            mail(&all, "a@acme.example", &ascii, declared).as_deref(),
+            Ok("MAIL FROM:<a@acme.example> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n")
+        );
+        assert_eq!(
+            mail(&all, "a@acme.example", &ascii, MailParams::default()).as_deref(),
+            Ok("MAIL FROM:<a@acme.example> SIZE=42\r\n")
+        );
+        // Declared but not offered, and every address ASCII: sent without the parameters.
+        assert_eq!(
+            mail(&none, "a@acme.example", &ascii, declared).as_deref(),
+            Ok("MAIL FROM:<a@acme.example>\r\n")
+        );
+        // A UTF-8 address needs SMTPUTF8: carried when offered, refused when not.
+        assert_eq!(
+            mail(&all, "a@acme.example", &utf8, declared).as_deref(),
+            Ok("MAIL FROM:<a@acme.example> SIZE=42 BODY=8BITMIME SMTPUTF8\r\n")
+        );
+        assert!(mail(&none, "a@acme.example", &utf8, declared).is_err());
+        assert!(mail(&none, "jörg@acme.example", &ascii, declared).is_err());
     }
 
     #[test]

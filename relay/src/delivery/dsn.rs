@@ -7,7 +7,9 @@
 //! headers. Every header and status field is folded (no line over 998 octets, RFC 5322
 //! §2.1.1), diagnostics are cut to [`MAX_DIAGNOSTIC_BYTES`], and the MIME boundary and
 //! Message-ID are random, so nothing in a bounce can be predicted from the queue id.
-//! [`parse_dsn`] reads one back (used by tests and tools). Deciding *whether* to bounce
+//! A report about a UTF-8 address is an RFC 6533 one: `Final-Recipient: utf-8; …` in a
+//! `message/global-delivery-status` part, and `message/global-headers` when the quoted
+//! headers are not ASCII. [`parse_dsn`] reads both kinds back (used by tests and tools). Deciding *whether* to bounce
 //! (never for a null sender) is the queue manager's job, not this module's.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,13 +82,20 @@ pub fn build_dsn(report: &BounceReport<'_>) -> Vec<u8> {
     }
 
     let status = delivery_status(report, &host);
-    let status_encoding = if status.is_ascii() { "7bit" } else { "8bit" };
+    // RFC 6533: a report naming a UTF-8 address is a "global" one.
+    let (status_type, status_encoding) = if status.is_ascii() {
+        ("message/delivery-status", "7bit")
+    } else {
+        ("message/global-delivery-status", "8bit")
+    };
     let headers = original_headers(report.original);
+    let headers_type = if headers.is_ascii() {
+        "text/rfc822-headers"
+    } else {
+        "message/global-headers"
+    };
     let headers_part = {
-        let part = MimePart::new(
-            "text/rfc822-headers",
-            BodyPart::Binary(headers.to_vec().into()),
-        );
+        let part = MimePart::new(headers_type, BodyPart::Binary(headers.to_vec().into()));
         // Quoted as they are when they are valid lines; otherwise encoded by the library.
         if !quotable(headers) {
             part
@@ -102,11 +111,8 @@ pub fn build_dsn(report: &BounceReport<'_>) -> Vec<u8> {
             .attribute("boundary", boundary),
         vec![
             MimePart::new("text/plain", human),
-            MimePart::new(
-                "message/delivery-status",
-                BodyPart::Binary(status.into_bytes().into()),
-            )
-            .transfer_encoding(status_encoding),
+            MimePart::new(status_type, BodyPart::Binary(status.into_bytes().into()))
+                .transfer_encoding(status_encoding),
             headers_part,
         ],
     );
@@ -142,7 +148,7 @@ fn delivery_status(report: &BounceReport<'_>, host: &str) -> String {
         write_field(
             &mut out,
             "Final-Recipient",
-            &format!("rfc822; {}", clean(&f.recipient)),
+            &format!("{}; {}", address_type(&f.recipient), clean(&f.recipient)),
         );
         write_field(&mut out, "Action", "failed");
         write_field(&mut out, "Status", &clean(&f.status));
@@ -157,6 +163,16 @@ fn delivery_status(report: &BounceReport<'_>, host: &str) -> String {
         write_field(&mut out, "Last-Attempt-Date", &now);
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The address type of a `Final-Recipient` field: `rfc822` for an ASCII address, `utf-8`
+/// for an internationalised one (RFC 6533 §3).
+fn address_type(address: &str) -> &'static str {
+    if address.is_ascii() {
+        "rfc822"
+    } else {
+        "utf-8"
+    }
 }
 
 /// Writes one folded field, CRLF-terminated.
@@ -280,7 +296,9 @@ pub fn parse_dsn(message: &[u8]) -> Option<ParsedDsn> {
         let ptype = field(&pfields, "content-type")
             .unwrap_or("text/plain")
             .to_ascii_lowercase();
-        if ptype.starts_with("message/delivery-status") {
+        if ptype.starts_with("message/delivery-status")
+            || ptype.starts_with("message/global-delivery-status")
+        {
             found = true;
             let mut groups = pbody.split("\n\n").filter(|g| !g.trim().is_empty());
             if let Some(per_message) = groups.next() {
@@ -296,7 +314,9 @@ pub fn parse_dsn(message: &[u8]) -> Option<ParsedDsn> {
                     diagnostic: after_type(field(&f, "diagnostic-code").unwrap_or("")),
                 });
             }
-        } else if ptype.starts_with("text/rfc822-headers") {
+        } else if ptype.starts_with("text/rfc822-headers")
+            || ptype.starts_with("message/global-headers")
+        {
             parsed.original_headers = pbody.trim_end_matches('\n').to_string();
         }
     }
@@ -388,6 +408,46 @@ mod tests {
         assert_eq!(parsed.recipients[1].status, "5.7.5");
         assert_eq!(parsed.original_headers, "From: a@acme.test\nSubject: hello");
         assert!(!text.contains("body\r\n"));
+    }
+
+    #[test]
+    fn a_utf8_recipient_gets_a_global_report() {
+        let failures = vec![FailedRecipient {
+            recipient: "jörg@xn--bcher-kva.example".into(),
+            status: "5.6.7".into(),
+            diagnostic: "host mx.dest.test does not offer SMTPUTF8".into(),
+            remote_mta: Some("mx.dest.test".into()),
+        }];
+        let t = UNIX_EPOCH + Duration::from_secs(1_751_364_000);
+        let msg = build_dsn(&BounceReport {
+            reporting_mta: "relay.acme.test",
+            queue_id: "Q1",
+            arrival: t,
+            now: t,
+            original_sender: "a@acme.test",
+            failures: &failures,
+            original: "From: a@acme.test\r\nTo: jörg@bücher.example\r\n\r\nbody\r\n".as_bytes(),
+        });
+        let text = String::from_utf8(msg.clone()).unwrap();
+        assert!(
+            text.contains("Content-Type: message/global-delivery-status"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: message/global-headers"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Final-Recipient: utf-8; jörg@xn--bcher-kva.example\r\n"),
+            "{text}"
+        );
+        let parsed = parse_dsn(&msg).unwrap();
+        assert_eq!(
+            parsed.recipients[0].final_recipient,
+            "jörg@xn--bcher-kva.example"
+        );
+        assert_eq!(parsed.recipients[0].status, "5.6.7");
+        assert!(parsed.original_headers.contains("To: jörg@bücher.example"));
     }
 
     fn boundary(message: &[u8]) -> String {

@@ -919,6 +919,7 @@ impl<S: MessageStore> Inner<S> {
             let text = text.clone();
             let from = envelope.mail_from.clone();
             attempted = true;
+            let params = envelope.mail_params();
             let looping = looping.clone();
             groups.spawn(async move {
                 let _slot = match slot {
@@ -930,7 +931,9 @@ impl<S: MessageStore> Inner<S> {
                 let result = match looping {
                     Some(refusal) => GroupResult::refused(&rcpts, &refusal),
                     None => {
-                        let attempt = this.transport.deliver(&route, &hosts, &from, &rcpts, &text);
+                        let attempt = this
+                            .transport
+                            .deliver(&route, &hosts, &from, &rcpts, &text, params);
                         match tokio::time::timeout(this.attempt_timeout, attempt).await {
                             Ok(result) => result,
                             Err(_) => GroupResult {

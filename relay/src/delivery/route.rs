@@ -5,11 +5,14 @@
 //! else the `default` route, else direct delivery to the recipient domain's MX hosts.
 //! [`choose_route`] states the rule over the route list; [`RouteTable`] is the same rule
 //! compiled into hash maps once per config, so a choice costs a few lookups however many
-//! routes there are. This module does not know about hosts, TLS or sockets.
+//! routes there are. Domains and patterns are compared as A-labels ([`crate::idn`]),
+//! case-insensitively: a route written for `bücher.example` or `xn--bcher-kva.example`
+//! carries mail for either form. This module does not know about hosts, TLS or sockets.
 
 use std::collections::HashMap;
 
 use crate::config::{HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig};
+use crate::idn;
 
 use super::domain_of;
 
@@ -30,8 +33,16 @@ enum Specificity {
     Exact,
 }
 
+/// A route pattern for comparison: `*.` and the A-label of the rest.
+fn comparable_pattern(pattern: &str) -> String {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => format!("*.{}", idn::comparable_domain(suffix)),
+        None => idn::comparable_domain(pattern),
+    }
+}
+
 fn pattern_specificity(pattern: &str, domain: &str) -> Option<Specificity> {
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let pattern = comparable_pattern(pattern);
     if let Some(suffix) = pattern.strip_prefix("*.") {
         let matches = domain.len() > suffix.len()
             && domain.ends_with(suffix)
@@ -41,9 +52,9 @@ fn pattern_specificity(pattern: &str, domain: &str) -> Option<Specificity> {
     (pattern == domain).then_some(Specificity::Exact)
 }
 
-/// Chooses the route for a recipient domain (lower-case).
+/// Chooses the route for a recipient domain (U-label or A-label, any case).
 pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let domain = idn::comparable_domain(domain);
     let mut best: Option<(Specificity, usize)> = None;
     for (index, route) in routes.iter().enumerate() {
         let found = match &route.matcher {
@@ -89,7 +100,7 @@ impl RouteTable {
                 }
                 RouteMatcher::Domains(patterns) => {
                     for pattern in patterns {
-                        let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+                        let pattern = comparable_pattern(pattern);
                         // Ties keep the first route in the list, as `choose_route` does.
                         match pattern.strip_prefix("*.") {
                             Some(suffix) => table.wildcard.entry(suffix.to_string()),
@@ -103,9 +114,9 @@ impl RouteTable {
         table
     }
 
-    /// Chooses the route for a recipient domain.
+    /// Chooses the route for a recipient domain (U-label or A-label, any case).
     pub fn choose(&self, domain: &str) -> RouteChoice {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = idn::comparable_domain(domain);
         if let Some(&index) = self.exact.get(&domain) {
             return RouteChoice::Configured(index);
         }
@@ -281,6 +292,39 @@ mod tests {
             RouteChoice::Configured(1),
             "the longer wildcard, first route listing it"
         );
+    }
+
+    #[test]
+    fn idn_domains_and_patterns_compare_as_a_labels() {
+        let routes = vec![
+            route("ascii", domains(&["xn--bcher-kva.example"])),
+            route("unicode", domains(&["*.MÜNCHEN.example"])),
+        ];
+        let table = RouteTable::new(&routes);
+        for (domain, want) in [
+            ("bücher.example", RouteChoice::Configured(0)),
+            ("BÜCHER.example.", RouteChoice::Configured(0)),
+            ("xn--bcher-kva.example", RouteChoice::Configured(0)),
+            ("mail.münchen.example", RouteChoice::Configured(1)),
+            ("mail.xn--mnchen-3ya.example", RouteChoice::Configured(1)),
+            (
+                "bucher.example",
+                RouteChoice::DirectMx("bucher.example".to_string()),
+            ),
+            (
+                "mail.bücher.example",
+                RouteChoice::DirectMx("mail.xn--bcher-kva.example".to_string()),
+            ),
+        ] {
+            assert_eq!(table.choose(domain), want, "{domain}");
+            assert_eq!(choose_route(&routes, domain), want, "{domain}");
+        }
+        let rcpts = vec![
+            "a@bücher.example".to_string(),
+            "b@xn--bcher-kva.example".to_string(),
+        ];
+        let groups = group_by_route(&routes, &rcpts);
+        assert_eq!(groups, vec![(RouteChoice::Configured(0), rcpts)]);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct SinkConfig {
     pub broken_starttls: bool,
     /// PIPELINING is advertised.
     pub pipelining: bool,
+    /// SMTPUTF8 is advertised (8BITMIME always is).
+    pub smtputf8: bool,
     /// EHLO is refused with `502` (an old server that knows only HELO).
     pub refuse_ehlo: bool,
     /// Greeting line instead of `220 sink ESMTP` (e.g. `421 4.3.2 busy`).
@@ -64,6 +66,8 @@ impl std::fmt::Debug for SinkConfig {
 pub struct ReceivedMessage {
     /// MAIL FROM address (empty for `<>`).
     pub mail_from: String,
+    /// The parameters of MAIL FROM after the address, as sent (`SIZE=42`, `SMTPUTF8`).
+    pub mail_params: Vec<String>,
     /// Accepted RCPT TO addresses.
     pub rcpt_to: Vec<String>,
     /// Content with dot-stuffing undone, without the final `.` line.
@@ -236,6 +240,7 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<Flow> {
     let offers_tls = config.tls.is_some() || config.broken_starttls;
     let mut from: Option<String> = None;
+    let mut mail_params: Vec<String> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
     let mut line = String::new();
     loop {
@@ -255,6 +260,9 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
             if offers_tls && !tls {
                 lines.push("250-STARTTLS".into());
             }
+            if config.smtputf8 {
+                lines.push("250-SMTPUTF8".into());
+            }
             lines.push("250 8BITMIME".into());
             reply(io, &lines.join("\r\n")).await?;
         } else if upper.starts_with("HELO") {
@@ -269,6 +277,10 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
                 .unwrap_or_else(|| "250 2.1.0 ok".into());
             if r.starts_with('2') {
                 from = Some(address(&cmd[10..]));
+                mail_params = cmd[10..]
+                    .split_once('>')
+                    .map(|(_, p)| p.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default();
                 rcpts.clear();
             }
             reply(io, &r).await?;
@@ -309,6 +321,7 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
                 let mut messages = state.messages.lock().unwrap_or_else(|e| e.into_inner());
                 messages.push(ReceivedMessage {
                     mail_from: from.take().unwrap_or_default(),
+                    mail_params: std::mem::take(&mut mail_params),
                     rcpt_to: std::mem::take(&mut rcpts),
                     data,
                     tls,

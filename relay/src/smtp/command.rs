@@ -71,6 +71,8 @@ pub enum Command {
         size: Option<u64>,
         /// The SMTPUTF8 parameter (RFC 6531): recipients may be UTF-8 addresses.
         smtputf8: bool,
+        /// `BODY=8BITMIME` (RFC 6152): the text may hold 8-bit octets.
+        eight_bit_mime: bool,
     },
     Rcpt {
         to: Path,
@@ -164,6 +166,7 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
     let from = parse_path(from).ok_or(CommandError::BadSenderAddress)?;
     let mut size = None;
     let mut smtputf8 = false;
+    let mut eight_bit_mime = false;
     for param in params.split_whitespace() {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
@@ -176,8 +179,8 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
                         .map_err(|_| CommandError::Syntax("Syntax: SIZE=<number>"))?,
                 );
             }
-            ("BODY", Some(v))
-                if v.eq_ignore_ascii_case("8BITMIME") || v.eq_ignore_ascii_case("7BIT") => {}
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => eight_bit_mime = true,
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => eight_bit_mime = false,
             ("SMTPUTF8", None) => smtputf8 = true,
             ("AUTH", Some(_)) | ("RET", Some(_)) | ("ENVID", Some(_)) => {}
             _ => return Err(CommandError::UnsupportedParameter(param.to_string())),
@@ -190,6 +193,7 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
         from,
         size,
         smtputf8,
+        eight_bit_mime,
     })
 }
 
@@ -412,6 +416,7 @@ mod tests {
                 from: addr("Bob@example.com"),
                 size: Some(1000),
                 smtputf8: false,
+                eight_bit_mime: true,
             })
         );
         assert_eq!(
@@ -420,6 +425,7 @@ mod tests {
                 from: Path::Null,
                 size: None,
                 smtputf8: false,
+                eight_bit_mime: false,
             })
         );
         assert_eq!(
@@ -486,6 +492,7 @@ mod tests {
                 from: addr(kept),
                 size: None,
                 smtputf8: true,
+                eight_bit_mime: false,
             });
             assert_eq!(mail(sent), want, "{sent}");
         }
@@ -564,11 +571,12 @@ mod tests {
             Err(CommandError::Utf8WithoutSmtputf8)
         );
         assert_eq!(
-            parse_command("MAIL FROM:<u@bücher.example> smtputf8".as_bytes()),
+            parse_command("MAIL FROM:<u@bücher.example> smtputf8 body=8bitmime".as_bytes()),
             Ok(Command::Mail {
                 from: addr("u@bücher.example"),
                 size: None,
                 smtputf8: true,
+                eight_bit_mime: true,
             })
         );
         // RCPT parses; the session knows whether the transaction declared SMTPUTF8.
@@ -690,7 +698,7 @@ mod tests {
             if let Ok(Command::Mail { from, .. }) = mail(&inner) {
                 prop_assert_eq!(
                     parse_command(format!("MAIL FROM:{from} SMTPUTF8").as_bytes()),
-                    Ok(Command::Mail { from: from.clone(), size: None, smtputf8: true })
+                    Ok(Command::Mail { from: from.clone(), size: None, smtputf8: true, eight_bit_mime: false })
                 );
                 prop_assert!(!from.as_str().chars().any(char::is_control));
                 if let Ok(Command::Rcpt { to }) = rcpt(&inner) {
@@ -711,7 +719,7 @@ mod tests {
                 let again = parse_command(format!("MAIL FROM:{from} SMTPUTF8").as_bytes());
                 prop_assert_eq!(
                     again,
-                    Ok(Command::Mail { from: from.clone(), size: None, smtputf8: true })
+                    Ok(Command::Mail { from: from.clone(), size: None, smtputf8: true, eight_bit_mime: false })
                 );
                 prop_assert!(!from.as_str().chars().any(char::is_control));
             }

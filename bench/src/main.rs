@@ -545,7 +545,7 @@ async fn bench(args: Args) -> Result<(), String> {
             .sum();
         println!();
         println!(
-            "### Delivery next to a tarpit ({} mode): {} messages to the good route at {}/s over {} sessions, with the tarpit one more to the tarpit route after every {}th; median of {} round(s)",
+            "### Delivery next to a tarpit ({} mode): {} messages to the good route at {}/s over {} sessions and one more to a second route after every {}th, the second route's host a tarpit or (without) a sink; median of {} round(s)",
             args.tarpit_mode.name(),
             args.tarpit_messages,
             args.tarpit_rate,

@@ -3,9 +3,11 @@
 //!
 //! The relay gets two routes: `good` (`example.net`) to a [`TimedSink`], `tarpit`
 //! (`tarpit.example`) to a [`Tarpit`]. `sessions` clients send `messages` messages to the
-//! good route at a steady `rate`, each stamped with a sequence number; with the tarpit on,
-//! one more message goes to the tarpit after every `tarpit_every`-th (and never arrives),
-//! so the good route's traffic is the same in both runs. A
+//! good route at a steady `rate`, each stamped with a sequence number, and one more to the
+//! second route after every `tarpit_every`-th. In the run "with tarpit" the second route
+//! leads to the tarpit (its mail never arrives); in the run "without", to a second,
+//! well-behaved sink: the load is the same in both runs, only the destination's behaviour
+//! differs. A
 //! message's delivery time is its arrival at the sink minus the moment its `250` came back
 //! (it was in the spool then). A fresh relay and spool for each run; every wait is bounded.
 
@@ -149,9 +151,15 @@ async fn session(
 pub async fn run(spec: &TarpitSpec, work: &Path, with_tarpit: bool) -> Result<TarpitRun, String> {
     let sink = TimedSink::start().await?;
     let tarpit = Tarpit::start(spec.mode).await?;
+    let other = TimedSink::start().await?;
+    let second = if with_tarpit {
+        tarpit.port()
+    } else {
+        other.port()
+    };
     let spool = work.join("spool-tarpit");
     let _ = std::fs::remove_dir_all(&spool);
-    let cfg = config(&spool, sink.port(), tarpit.port(), spec.sessions);
+    let cfg = config(&spool, sink.port(), second, spec.sessions);
     let relay = ours::OurRelay::start(
         &cfg,
         &work.join("relay-tarpit.json"),
@@ -165,7 +173,7 @@ pub async fn run(spec: &TarpitSpec, work: &Path, with_tarpit: bool) -> Result<Ta
     for i in 0..spec.messages {
         let at = start + interval * i as u32;
         plans[i % sessions].push((i as u64, false, at));
-        if with_tarpit && spec.tarpit_every > 0 && i % spec.tarpit_every == 0 {
+        if spec.tarpit_every > 0 && i % spec.tarpit_every == 0 {
             let seq = (spec.messages + tarpit_sent) as u64;
             plans[(i + sessions / 2) % sessions].push((seq, true, at + interval / 2));
             tarpit_sent += 1;

@@ -326,6 +326,12 @@ impl Drop for DestinationSlot {
         self.shared.destinations.give_back(&self.key);
         self.shared.destinations.freed.notify_waiters();
         // Messages waiting for this destination may start now.
+        {
+            let mut c = self.shared.candidates();
+            if let Some(waiting) = c.parked.remove(&self.key) {
+                c.ids.extend(waiting);
+            }
+        }
         self.shared.wake.notify_one();
     }
 }
@@ -359,6 +365,32 @@ struct Shared {
     entries: Mutex<BTreeMap<String, QueueEntry>>,
     wake: Notify,
     destinations: Destinations,
+    /// Messages the scheduler looks at on its next wake (submitted, just attempted, or
+    /// waiting for a destination that has room again), so that a wake does not scan the
+    /// whole queue; a full scan runs at most once a second and when this list overflowed.
+    candidates: Mutex<Candidates>,
+}
+
+/// See [`Shared::candidates`].
+#[derive(Debug, Default)]
+struct Candidates {
+    ids: Vec<String>,
+    /// Due messages waiting for a full destination, by the destination they wait for.
+    parked: HashMap<String, std::collections::BTreeSet<String>>,
+    /// Something was not recorded here (the held-message bound cut a pass short).
+    full_scan: bool,
+}
+
+impl Shared {
+    fn candidates(&self) -> std::sync::MutexGuard<'_, Candidates> {
+        self.candidates.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the scheduler to look at `id`.
+    fn nominate(&self, id: &str) {
+        self.candidates().ids.push(id.to_string());
+        self.wake.notify_one();
+    }
 }
 
 impl Shared {
@@ -390,7 +422,7 @@ impl QueueHandle {
             .entry(queue_id.to_string())
             .and_modify(|e| e.next_attempt = now)
             .or_insert_with(|| QueueEntry::new(now, None));
-        self.shared.wake.notify_one();
+        self.shared.nominate(queue_id);
     }
 }
 
@@ -508,6 +540,7 @@ impl<S: MessageStore> QueueManager<S> {
                     limit: delivery.destination_concurrency.max(1) as usize,
                     freed: Notify::new(),
                 },
+                candidates: Mutex::new(Candidates::default()),
             }),
             run_lock: tokio::sync::Mutex::new(()),
         };
@@ -612,10 +645,22 @@ impl<S: MessageStore> QueueManager<S> {
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tasks: JoinSet<RunReport> = JoinSet::new();
+        let mut last_full: Option<std::time::Instant> = None;
+        let mut wait = Duration::ZERO;
         loop {
             let scan = std::time::Instant::now();
-            let wait = self.start_due(&mut tasks);
-            // The scan looks at every queued message; with a large backlog waiting for
+            // A full scan (every message) once a second, for messages that came due by
+            // time; otherwise only the nominated ones.
+            let full = std::mem::take(&mut self.inner.shared.candidates().full_scan)
+                || last_full.is_none_or(|t| t.elapsed() >= FULL_SCAN_EVERY);
+            if full {
+                wait = self.start_due(&mut tasks, None);
+                last_full = Some(scan);
+            } else {
+                let ids = std::mem::take(&mut self.inner.shared.candidates().ids);
+                self.start_due(&mut tasks, Some(ids));
+            }
+            // A full scan looks at every queued message; with a large backlog waiting for
             // full destinations it costs, so the loop spends at most a fifth of its time
             // scanning (with a small queue this pause is microseconds).
             let pause = scan.elapsed().saturating_mul(4);
@@ -626,8 +671,10 @@ impl<S: MessageStore> QueueManager<S> {
             }
             self.inner.transport.cache().sweep();
             self.inner.update_gauges();
-            // Wake up in time to close idle cached sessions.
-            let wait = wait.min(self.inner.idle_sweep.max(Duration::from_secs(1)));
+            // Wake up in time for the next full scan and to close idle cached sessions.
+            let wait = wait
+                .min(FULL_SCAN_EVERY)
+                .min(self.inner.idle_sweep.max(Duration::from_secs(1)));
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.inner.shared.wake.notified() => {}
@@ -648,15 +695,30 @@ impl<S: MessageStore> QueueManager<S> {
         self.inner.update_gauges();
     }
 
-    /// Starts every due message that may start now; returns how long until the next one
-    /// not yet due (a finished attempt or a freed destination wakes the loop earlier).
-    fn start_due(&self, tasks: &mut JoinSet<RunReport>) -> Duration {
+    /// Starts every due message that may start now, of the whole queue (`only` is `None`)
+    /// or of the nominated ones; returns how long until the next one not yet due (a
+    /// finished attempt or a freed destination wakes the loop earlier). A due message all
+    /// of whose destinations are full is parked until one of them frees a slot.
+    fn start_due(&self, tasks: &mut JoinSet<RunReport>, only: Option<Vec<String>>) -> Duration {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut next: Option<SystemTime> = None;
         let full = inner.shared.destinations.full();
+        let mut parked: Vec<(String, String)> = Vec::new();
+        let mut cut_short = false;
         let mut entries = inner.shared.entries();
-        for (id, e) in entries.iter_mut() {
+        let ids: Vec<String> = match only {
+            Some(mut ids) => {
+                ids.sort();
+                ids.dedup();
+                ids
+            }
+            None => entries.keys().cloned().collect(),
+        };
+        for id in ids {
+            let Some(e) = entries.get_mut(&id) else {
+                continue;
+            };
             if e.in_flight {
                 continue;
             }
@@ -667,10 +729,13 @@ impl<S: MessageStore> QueueManager<S> {
             // Known destinations: take their free slots now, so the next message for a
             // full destination is not started only to find it full.
             if !e.destinations.is_empty() && e.destinations.iter().all(|d| full.contains(d)) {
+                parked.push((e.destinations[0].clone(), id));
                 continue;
             }
             let Ok(permit) = inner.messages_in_flight.clone().try_acquire_owned() else {
-                // As many messages held as allowed: one finishing wakes the loop.
+                // As many messages held as allowed: one finishing wakes the loop, and
+                // looks at the whole queue again.
+                cut_short = true;
                 break;
             };
             let slots = e
@@ -681,11 +746,21 @@ impl<S: MessageStore> QueueManager<S> {
             e.in_flight = true;
             tasks.spawn(inner.clone().attempt(id.clone(), slots, false, permit));
         }
+        drop(entries);
+        let mut c = inner.shared.candidates();
+        c.full_scan |= cut_short;
+        for (destination, id) in parked {
+            c.parked.entry(destination).or_default().insert(id);
+        }
+        drop(c);
         next.map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(60))
     }
 }
+
+/// How often the scheduler looks at every queued message, for those that came due by time.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 fn state_name(queue_id: &str) -> String {
     format!("{queue_id}.delivery.json")
@@ -763,7 +838,8 @@ impl<S: MessageStore> Inner<S> {
                 if let Some(e) = self.0.entries().get_mut(self.1) {
                     e.in_flight = false;
                 }
-                self.0.wake.notify_one();
+                // Due again at once when its destination was full.
+                self.0.nominate(self.1);
             }
         }
         let shared = self.shared.clone();
@@ -1096,8 +1172,8 @@ impl<S: MessageStore> Inner<S> {
                     self.persist(&queue_id, &state).await;
                     self.shared
                         .entries()
-                        .insert(dsn_id, QueueEntry::new(now, Some(now)));
-                    self.shared.wake.notify_one();
+                        .insert(dsn_id.clone(), QueueEntry::new(now, Some(now)));
+                    self.shared.nominate(&dsn_id);
                 }
                 Err(e) => {
                     tracing::error!(queue_id, "cannot queue the bounce: {e}");

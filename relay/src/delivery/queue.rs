@@ -9,9 +9,11 @@
 //! *destination* (a configured route, or the recipient domain for direct MX delivery); at
 //! most `destination_concurrency` attempts per destination and `concurrency` in all run at
 //! once, and one attempt lasts at most `attempt_timeout_seconds` (then it is deferred). A
-//! group whose destination is full is not waited for: it stays pending, and the message is
-//! started again when that destination has a free slot, so a slow or hostile destination
-//! ties up its own slots and nothing else. At most twice `concurrency` messages are held at
+//! group whose destination is full is not waited for: it stays pending, the message is
+//! parked on that destination and started again when it has a free slot, so a slow or
+//! hostile destination ties up its own slots and nothing else. A scheduler wake looks only
+//! at nominated messages (submitted, just attempted, unparked); the whole queue is looked
+//! at once a second, for messages that came due by time. At most twice `concurrency` messages are held at
 //! once; a held message is its envelope, its state and where its text is ([`MessageText`]),
 //! never the text itself: the text is streamed from the store to the socket.
 //!

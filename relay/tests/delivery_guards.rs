@@ -12,76 +12,15 @@ mod delivery_common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
+use delivery_common::dns::{Rec, dns};
 use delivery_common::*;
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::zone_handler::Catalog;
 use relay::config::{DeliveryConfig, RouteConfig, RouteHosts, RouteMatcher, WeightedHostConfig};
 use relay::delivery::dsn::{ParsedRecipient, parse_dsn};
 use relay::delivery::queue::MessageStore;
 use relay::delivery::testing::{SinkConfig, TestSink};
-use tokio::net::{TcpListener, UdpSocket};
-
-fn name(s: &str) -> Name {
-    Name::from_str(s).unwrap()
-}
-
-/// A DNS record of the zone `test.`.
-enum Rec<'a> {
-    Mx(&'a str, u16, &'a str),
-    Addr(&'a str, IpAddr),
-}
-
-/// An authoritative server for the zone `test.` with `records`; names outside them are
-/// NXDOMAIN.
-async fn dns(records: &[Rec<'_>]) -> (SocketAddr, Server<Catalog>) {
-    let origin = name("test.");
-    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    let soa = SOA::new(
-        name("ns.test."),
-        name("hostmaster.test."),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
-    for rec in records {
-        let (owner, rdata) = match rec {
-            Rec::Mx(owner, pref, exchange) => {
-                let exchange = if *exchange == "." {
-                    Name::root()
-                } else {
-                    name(exchange)
-                };
-                (*owner, RData::MX(MX::new(*pref, exchange)))
-            }
-            Rec::Addr(owner, IpAddr::V4(v4)) => (*owner, RData::A(A::from(*v4))),
-            Rec::Addr(owner, IpAddr::V6(v6)) => (*owner, RData::AAAA(AAAA::from(*v6))),
-        };
-        zone.upsert_mut(Record::from_rdata(name(owner), 60, rdata), 1);
-    }
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::from(origin), vec![Arc::new(zone)]);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 4096);
-    (addr, server)
-}
 
 fn config(ns: Option<SocketAddr>) -> DeliveryConfig {
     let mut cfg = delivery_config(&[]);

@@ -1,16 +1,18 @@
 //! Hostile and slow downstreams: a server that drips its reply, one that accepts TCP and
-//! never speaks, one that answers the final dot late. Each ties up only its own
+//! never speaks (also behind 50 MX records), one that answers the final dot late. Each ties up only its own
 //! destination: mail for another route is delivered while it still hangs, and its own
 //! message is deferred with a reason naming the stage, neither lost nor sent twice.
 
 mod delivery_common;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use delivery_common::dns::{Rec, dns};
 use delivery_common::*;
-use relay::config::{DeliveryConfig, RouteConfig};
+use relay::config::{DeliveryConfig, HostConfig, RouteConfig, RouteHosts};
 use relay::delivery::queue::{DirectoryStore, MessageStore, QueueManager, RecipientState};
 use relay::delivery::testing::{SinkConfig, TestSink};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -433,4 +435,61 @@ async fn a_backlog_for_a_full_destination_does_not_hold_the_queue() {
     running.stop().await;
     // Nothing was lost on the way: the 30 are still queued, the good one is gone.
     assert_eq!(h.store.list().unwrap().len(), 30);
+}
+
+/// A recipient domain that publishes 50 MX hosts, every one black-holed: one attempt
+/// dials at most 5 of them (each ends at the greeting limit), mail for another route is
+/// delivered while they hang, and the message is deferred, still spooled.
+#[tokio::test]
+async fn fifty_black_holed_mx_hosts_cost_five_sessions_while_other_mail_flows() {
+    let hostile = Hostile::start(Behaviour::BlackHole).await;
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("mx{i:02}.bad.test.")).collect();
+    let mut records = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        records.push(Rec::Mx("bad.test.", 10 + i as u16, n));
+        records.push(Rec::Addr(n, IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+    let (ns, _server) = dns(&records).await;
+    let cfg = quick(|c| {
+        c.nameservers = vec![ns];
+        c.stage_timeouts.greeting_seconds = 1;
+        allow_loopback_mx(c);
+    });
+    let mut routes = two_routes(sink.port(), hostile.port);
+    routes[1].hosts = RouteHosts::Single(HostConfig {
+        host: "bad.test".into(),
+        port: hostile.port,
+    });
+    routes[1].mx_lookup = true;
+    let h = Harness::new(routes, cfg);
+    let running = run(&h.manager);
+
+    let bad = h.send(
+        "alice@acme.test",
+        &["victim@bad.test"],
+        &message("alice@acme.test", "victim@bad.test", "fifty"),
+    );
+    bounded(hostile.until(|s| s.accepted.load(Ordering::SeqCst) >= 1)).await;
+    h.send(
+        "alice@acme.test",
+        &["bob@good.test"],
+        &message("alice@acme.test", "bob@good.test", "flows"),
+    );
+    bounded(sink.wait_for_messages(1)).await;
+    assert!(
+        hostile.seen.closed.load(Ordering::SeqCst) < 5,
+        "the good route's mail waited for every MX host of the hostile domain"
+    );
+
+    let reason = bounded(deferral_reason(&h, &bad, "victim@bad.test")).await;
+    assert!(reason.starts_with("greeting timeout"), "{reason}");
+    running.stop().await;
+    assert_eq!(
+        hostile.seen.accepted.load(Ordering::SeqCst),
+        5,
+        "at most 5 MX hosts per attempt"
+    );
+    assert!(h.store.list().unwrap().contains(&bad), "still spooled");
+    assert_eq!(sink.messages().len(), 1);
 }

@@ -6,66 +6,26 @@
 mod delivery_common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
+use delivery_common::dns::{Rec, dns};
 use delivery_common::*;
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::zone_handler::Catalog;
 use relay::config::RouteMatcher;
 use relay::delivery::mx::MxResolver;
 use relay::delivery::testing::{SinkConfig, TestSink};
-use tokio::net::{TcpListener, UdpSocket};
 
-fn name(s: &str) -> Name {
-    Name::from_str(s).unwrap()
-}
-
-/// The zone `dest.test.` with the given MX (preference, host) and address records.
+/// `dest.test.` with the given MX (preference, host) and address records.
 async fn dns_server(
     mx: &[(u16, &str)],
     addresses: &[(&str, IpAddr)],
 ) -> (SocketAddr, Server<Catalog>) {
-    let origin = name("dest.test.");
-    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    let soa = SOA::new(
-        name("ns.dest.test."),
-        name("hostmaster.dest.test."),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
-    for (pref, host) in mx {
-        let rdata = RData::MX(MX::new(*pref, name(host)));
-        zone.upsert_mut(Record::from_rdata(origin.clone(), 60, rdata), 1);
-    }
-    for (host, ip) in addresses {
-        let rdata = match ip {
-            IpAddr::V4(v4) => RData::A(A::from(*v4)),
-            IpAddr::V6(v6) => RData::AAAA(AAAA::from(*v6)),
-        };
-        zone.upsert_mut(Record::from_rdata(name(host), 60, rdata), 1);
-    }
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::from(origin), vec![Arc::new(zone)]);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 4096);
-    (addr, server)
+    let records: Vec<Rec<'_>> = mx
+        .iter()
+        .map(|(pref, host)| Rec::Mx("dest.test.", *pref, host))
+        .chain(addresses.iter().map(|(host, ip)| Rec::Addr(host, *ip)))
+        .collect();
+    dns(&records).await
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! queue manager and route builders.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;

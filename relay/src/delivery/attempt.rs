@@ -427,7 +427,8 @@ fn fail_all(rcpt_to: &[String], refusal: &Refusal) -> Vec<(String, RecipientOutc
         .collect()
 }
 
-fn defer_all(rcpt_to: &[String], reason: &str) -> Vec<(String, RecipientOutcome)> {
+/// Every recipient deferred with one reason.
+pub(crate) fn defer_all(rcpt_to: &[String], reason: &str) -> Vec<(String, RecipientOutcome)> {
     rcpt_to
         .iter()
         .map(|r| {

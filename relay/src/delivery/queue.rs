@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use crate::config::{DeliveryConfig, RouteConfig, RouteHosts};
 
 use super::Clock;
-use super::attempt::{GroupResult, Transport};
+use super::attempt::{GroupResult, Transport, defer_all};
 use super::client::RecipientOutcome;
 use super::dsn::{BounceReport, FailedRecipient, build_dsn};
 use super::metrics::DeliveryMetrics;
@@ -806,21 +806,6 @@ impl RunReport {
         self.completed += r.completed;
         self.dsns_queued += r.dsns_queued;
     }
-}
-
-/// Every recipient deferred with one reason.
-fn defer_all(rcpts: &[String], reason: &str) -> Vec<(String, RecipientOutcome)> {
-    rcpts
-        .iter()
-        .map(|r| {
-            (
-                r.clone(),
-                RecipientOutcome::Deferred {
-                    reason: reason.to_string(),
-                },
-            )
-        })
-        .collect()
 }
 
 impl<S: MessageStore> Inner<S> {

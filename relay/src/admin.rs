@@ -3,7 +3,9 @@
 //! stop `/readyz` answers 503 first, while the SMTP listeners still serve for the drain
 //! delay; the endpoint closes with them.
 //!
-//! Owns only HTTP plumbing; the numbers come from [`crate::metrics::Metrics`].
+//! Owns only HTTP plumbing; the numbers come from [`crate::metrics::Metrics`]. Paths under
+//! `/queue` are queue administration ([`crate::admin_queue`]), which needs a token; the
+//! others stay open.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
     pub ready: AtomicBool,
+    pub queue: Arc<crate::admin_queue::QueueAdmin>,
 }
 
 fn respond(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
@@ -73,14 +76,35 @@ pub async fn serve(
             r = listener.accept() => r,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let resp = respond(&state, req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
+                let state = state.clone();
+                async move {
+                    let path = req.uri().path();
+                    let resp = if crate::admin_queue::is_queue_path(path) {
+                        let auth = req
+                            .headers()
+                            .get(hyper::header::AUTHORIZATION)
+                            .map(|v| v.as_bytes());
+                        let queue = state.queue.clone();
+                        crate::admin_queue::handle(
+                            queue,
+                            req.method(),
+                            path,
+                            req.uri().query(),
+                            auth,
+                            peer,
+                        )
+                        .await
+                    } else {
+                        respond(&state, path)
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -50,6 +50,11 @@ pub struct RelayConfig {
     pub spool_dir: String,
     /// Address of the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
     pub admin_listen: SocketAddr,
+    /// File holding the bearer token that queue administration on the admin endpoint
+    /// requires (read on every request, so a rotated token is in force at once); `None`
+    /// disables queue administration (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
     /// PROXY protocol on every SMTP listener (behind a load balancer); `None`: the
     /// connection's peer is the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -550,6 +555,7 @@ impl RelayConfig {
             delivery: DeliveryConfig::default(),
             spool_dir: spool_dir.to_string(),
             admin_listen: any,
+            admin_token_file: None,
             proxy_protocol: None,
         }
     }

@@ -9,6 +9,7 @@
 //! delay, then closes them and waits for open sessions and deliveries under way.
 
 pub mod admin;
+pub mod admin_queue;
 pub mod auth;
 pub mod auth_throttle;
 pub mod clock;
@@ -232,6 +233,10 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         metrics,
         spool: spool.clone(),
         ready: AtomicBool::new(true),
+        queue: Arc::new(admin_queue::QueueAdmin {
+            queue: queue.clone(),
+            shared: shared.clone(),
+        }),
     });
     tokio::spawn(admin::serve(
         admin_listener,

@@ -25,6 +25,12 @@
 //! original sender (never for a null sender). A message leaves the store only when every
 //! recipient is delivered or bounced and its DSN is queued.
 //!
+//! Queue administration ([`QueueManager::hold`], [`QueueManager::release`],
+//! [`QueueManager::flush`], [`QueueManager::delete`]) works on the same entries: a held
+//! message is never started (a `<queue id>.hold` marker next to its state file keeps it held
+//! across restarts); a flush makes messages due now (held ones stay held); a delete removes
+//! the message and its state without delivery and without a DSN.
+//!
 //! The spool is not built here: the manager sees it through [`MessageStore`].
 //! [`DirectoryStore`] is a plain directory implementation for tests and tools.
 
@@ -240,6 +246,9 @@ struct QueueEntry {
     /// Destinations of the pending recipients, as the last attempt found them; empty when
     /// not known yet. A due message none of whose destinations has a free slot waits.
     destinations: Vec<String>,
+    /// Held by an operator: not attempted until released (a `<queue id>.hold` marker in
+    /// the state directory keeps it held across restarts).
+    held: bool,
 }
 
 impl QueueEntry {
@@ -249,6 +258,7 @@ impl QueueEntry {
             received_at,
             in_flight: false,
             destinations: Vec::new(),
+            held: false,
         }
     }
 }
@@ -514,7 +524,9 @@ impl<S: MessageStore> QueueManager<S> {
                 .flatten()
                 .map(|s| from_unix(s.next_attempt_unix))
                 .unwrap_or(now);
-            entries.insert(id, QueueEntry::new(next_attempt, None));
+            let mut entry = QueueEntry::new(next_attempt, None);
+            entry.held = options.state_dir.join(hold_name(&id)).exists();
+            entries.insert(id, entry);
         }
         metrics.queue_depth.set(entries.len() as i64);
         let inner = Inner {
@@ -606,7 +618,7 @@ impl<S: MessageStore> QueueManager<S> {
             let mut entries = self.inner.shared.entries();
             entries
                 .iter_mut()
-                .filter(|(_, e)| !e.in_flight && e.next_attempt <= now)
+                .filter(|(_, e)| !e.in_flight && !e.held && e.next_attempt <= now)
                 .map(|(id, e)| {
                     e.in_flight = true;
                     id.clone()
@@ -721,7 +733,7 @@ impl<S: MessageStore> QueueManager<S> {
             let Some(e) = entries.get_mut(&id) else {
                 continue;
             };
-            if e.in_flight {
+            if e.in_flight || e.held {
                 continue;
             }
             if e.next_attempt > now {
@@ -759,6 +771,167 @@ impl<S: MessageStore> QueueManager<S> {
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(60))
     }
+}
+
+/// One queued message as the scheduler sees it (for queue administration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Queue id.
+    pub queue_id: String,
+    /// When it is tried next (a held message: once released).
+    pub next_attempt: SystemTime,
+    /// Held by an operator.
+    pub held: bool,
+    /// An attempt is under way.
+    pub in_flight: bool,
+    /// Destinations of its pending recipients (`route:NAME`, `mx:DOMAIN`) as the last
+    /// attempt found them; empty before the first attempt.
+    pub destinations: Vec<String>,
+}
+
+/// Why a queue administration request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no such message in the queue")]
+    NotFound,
+    #[error("a delivery attempt is under way; try again when it has finished")]
+    InFlight,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl<S: MessageStore> QueueManager<S> {
+    /// Every queued message, by queue id.
+    pub fn messages(&self) -> Vec<QueuedMessage> {
+        self.inner
+            .shared
+            .entries()
+            .iter()
+            .map(|(id, e)| QueuedMessage {
+                queue_id: id.clone(),
+                next_attempt: e.next_attempt,
+                held: e.held,
+                in_flight: e.in_flight,
+                destinations: e.destinations.clone(),
+            })
+            .collect()
+    }
+
+    /// One queued message; `None` when it is not queued.
+    pub fn message(&self, queue_id: &str) -> Option<QueuedMessage> {
+        self.messages().into_iter().find(|m| m.queue_id == queue_id)
+    }
+
+    /// The spooled envelope and text location of a queued message.
+    pub fn stored(&self, queue_id: &str) -> io::Result<StoredMessage> {
+        self.inner.store.read(queue_id)
+    }
+
+    /// Holds a message: it is not attempted until [`QueueManager::release`] (an attempt
+    /// under way finishes). The hold is written to disk (fsync'd) before this returns, so
+    /// it survives a restart. Holding a held message changes nothing.
+    pub fn hold(&self, queue_id: &str) -> Result<(), AdminError> {
+        if !valid_queue_id(queue_id) || !self.inner.shared.entries().contains_key(queue_id) {
+            return Err(AdminError::NotFound);
+        }
+        write_atomic(&self.inner.state_dir, &hold_name(queue_id), b"held\n")?;
+        match self.inner.shared.entries().get_mut(queue_id) {
+            Some(e) => e.held = true,
+            None => {
+                // Finished meanwhile: no marker left behind.
+                let _ = fs::remove_file(self.inner.state_dir.join(hold_name(queue_id)));
+                return Err(AdminError::NotFound);
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases a held message: it is attempted on its schedule again (at once when it is
+    /// due). Releasing a message that is not held changes nothing.
+    pub fn release(&self, queue_id: &str) -> Result<(), AdminError> {
+        if !valid_queue_id(queue_id) || !self.inner.shared.entries().contains_key(queue_id) {
+            return Err(AdminError::NotFound);
+        }
+        match fs::remove_file(self.inner.state_dir.join(hold_name(queue_id))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(e) = self.inner.shared.entries().get_mut(queue_id) {
+            e.held = false;
+        }
+        self.inner.shared.nominate(queue_id);
+        Ok(())
+    }
+
+    /// Makes queued messages due now, without waiting for their retry schedule: all of
+    /// them, or those whose pending recipients go through the configured route `route`.
+    /// Held messages stay held (they are due at once when released). Returns the number
+    /// of messages that will be attempted now.
+    pub fn flush(&self, route: Option<&str>) -> usize {
+        let now = self.inner.clock.now();
+        let wanted = route.map(|r| format!("route:{r}"));
+        let mut flushed = Vec::new();
+        {
+            let mut entries = self.inner.shared.entries();
+            for (id, e) in entries.iter_mut() {
+                if let Some(w) = &wanted
+                    && !e.destinations.contains(w)
+                {
+                    continue;
+                }
+                if e.next_attempt > now {
+                    e.next_attempt = now;
+                }
+                if !e.held && !e.in_flight {
+                    flushed.push(id.clone());
+                }
+            }
+        }
+        let n = flushed.len();
+        {
+            let mut c = self.inner.shared.candidates();
+            c.ids.extend(flushed);
+        }
+        self.inner.shared.wake.notify_one();
+        n
+    }
+
+    /// Deletes a queued message: it leaves the queue and the spool with its delivery
+    /// state, without delivery and without a DSN. Refused while an attempt is under way.
+    pub fn delete(&self, queue_id: &str) -> Result<(), AdminError> {
+        if !valid_queue_id(queue_id) {
+            return Err(AdminError::NotFound);
+        }
+        {
+            let mut entries = self.inner.shared.entries();
+            match entries.get(queue_id) {
+                None => return Err(AdminError::NotFound),
+                Some(e) if e.in_flight => return Err(AdminError::InFlight),
+                Some(_) => {
+                    entries.remove(queue_id);
+                }
+            }
+        }
+        let removed = self.inner.store.remove(queue_id);
+        for name in [state_name(queue_id), hold_name(queue_id)] {
+            match fs::remove_file(self.inner.state_dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(queue_id, "cannot remove the delivery state: {e}"),
+            }
+        }
+        self.inner.update_gauges();
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn hold_name(queue_id: &str) -> String {
+    format!("{queue_id}.hold")
 }
 
 /// How often the scheduler looks at every queued message, for those that came due by time.
@@ -1177,6 +1350,12 @@ impl<S: MessageStore> Inner<S> {
                     if state_on_disk {
                         let path = self.state_dir.join(state_name(&queue_id));
                         let _ = blocking(move || fs::remove_file(path)).await;
+                    }
+                    // Held while its last attempt was under way: no marker left behind.
+                    let held = self.shared.entries().get(&queue_id).is_some_and(|e| e.held);
+                    if held {
+                        let hold = self.state_dir.join(hold_name(&queue_id));
+                        let _ = blocking(move || fs::remove_file(hold)).await;
                     }
                     self.forget(&queue_id);
                     report.completed += 1;

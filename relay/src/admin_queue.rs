@@ -1,0 +1,462 @@
+//! Queue administration on the admin endpoint (SPEC §3.8): list, show, hold, release,
+//! flush and delete queued messages, as JSON over HTTP.
+//!
+//! | request                          | what                                              |
+//! |----------------------------------|---------------------------------------------------|
+//! | `GET /queue`                     | every queued message, one summary each            |
+//! | `GET /queue/ID`                  | envelope, per-recipient state, header section     |
+//! | `POST /queue/ID/hold`            | not attempted until released (survives restarts)  |
+//! | `POST /queue/ID/release`         | attempted on its schedule again                   |
+//! | `POST /queue/flush[?route=R]`    | due now (held messages stay held)                 |
+//! | `DELETE /queue/ID`               | removed from queue and spool, no DSN              |
+//!
+//! Every request needs `Authorization: Bearer TOKEN`, the token being the content of the
+//! file [`crate::config::RelayConfig::admin_token_file`] names (read on every request, so
+//! a rotated Secret is in force at once; compared in constant time). Without a token file
+//! queue administration is disabled (403); a missing or wrong token is refused with 401
+//! and no detail. Every operation is logged with the client address, what was asked and
+//! the result. The message body is never shown, only its header section.
+//!
+//! Owns only this HTTP surface; the queue itself is [`crate::delivery::queue::QueueManager`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::delivery::queue::{AdminError, MessageState, QueueManager, RecipientState};
+use crate::server::Shared;
+use crate::spool::Spool;
+
+/// Most messages one `GET /queue` lists (the total is always given).
+pub const LIST_LIMIT: usize = 10_000;
+
+/// What queue administration works on.
+pub struct QueueAdmin {
+    pub queue: Arc<QueueManager<Spool>>,
+    /// The configuration in force (for the token file it names).
+    pub shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QueueAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueAdmin").finish()
+    }
+}
+
+/// Whether `path` is one of queue administration's.
+pub fn is_queue_path(path: &str) -> bool {
+    path == "/queue" || path.starts_with("/queue/")
+}
+
+/// One message in `GET /queue`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSummary {
+    pub queue_id: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// `pending`, `held` or `delivering`.
+    pub state: &'static str,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub next_attempt_unix: u64,
+    pub last_error: Option<String>,
+    pub size: u64,
+    pub age_seconds: u64,
+}
+
+/// The answer to `GET /queue`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueList {
+    pub total: usize,
+    pub messages: Vec<QueueSummary>,
+}
+
+/// One recipient in `GET /queue/ID`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientDetail {
+    pub recipient: String,
+    /// `pending`, `delivered` or `bounced`.
+    pub state: &'static str,
+    /// Pending: the last temporary failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Delivered: the host that took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Bounced: the status and what happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<String>,
+}
+
+impl RecipientDetail {
+    fn new(recipient: &str, state: RecipientState) -> Self {
+        let mut d = Self {
+            recipient: recipient.to_string(),
+            state: "pending",
+            last_error: None,
+            host: None,
+            status: None,
+            diagnostic: None,
+        };
+        match state {
+            RecipientState::Pending { last_error } => d.last_error = last_error,
+            RecipientState::Delivered { host } => {
+                d.state = "delivered";
+                d.host = Some(host);
+            }
+            RecipientState::Bounced { status, diagnostic } => {
+                d.state = "bounced";
+                d.status = Some(status);
+                d.diagnostic = Some(diagnostic);
+            }
+        }
+        d
+    }
+}
+
+/// The answer to `GET /queue/ID`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDetail {
+    #[serde(flatten)]
+    pub summary: QueueSummary,
+    pub client_ip: String,
+    pub helo: String,
+    pub auth_identity: Option<String>,
+    pub tls: Option<String>,
+    pub received_at_unix: u64,
+    pub destinations: Vec<String>,
+    pub recipient_states: Vec<RecipientDetail>,
+    /// The header section as received (never the body).
+    pub headers: String,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, ctype: &'static str, body: Vec<u8>) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => reply(status, "application/json", body),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            b"cannot encode the answer\n".to_vec(),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// The request's token against the configured one.
+enum Auth {
+    Ok,
+    Disabled,
+    Refused,
+    Unavailable(String),
+}
+
+fn authorize(admin: &QueueAdmin, authorization: Option<&[u8]>) -> Auth {
+    let file = admin.shared.current.load().config.admin_token_file.clone();
+    let Some(file) = file else {
+        return Auth::Disabled;
+    };
+    let expected = match std::fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(e) => return Auth::Unavailable(format!("cannot read the admin token file: {e}")),
+    };
+    let expected = expected.trim_ascii();
+    if expected.is_empty() {
+        return Auth::Unavailable("the admin token file is empty".into());
+    }
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    let Some(presented) = presented else {
+        return Auth::Refused;
+    };
+    // Digests of equal length compared in constant time: neither the content nor the
+    // length of the token leaks through timing.
+    let same: bool = Sha256::digest(presented)
+        .ct_eq(&Sha256::digest(expected))
+        .into();
+    if same { Auth::Ok } else { Auth::Refused }
+}
+
+/// Serves one queue administration request from `peer`.
+pub async fn handle(
+    admin: Arc<QueueAdmin>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&[u8]>,
+    peer: SocketAddr,
+) -> Reply {
+    let operation = format!("{method} {path}");
+    match authorize(&admin, authorization) {
+        Auth::Ok => {}
+        Auth::Disabled => {
+            tracing::warn!(client = %peer, operation, result = "disabled", "queue administration refused: no admin token is configured");
+            return error(
+                StatusCode::FORBIDDEN,
+                "queue administration is disabled: no admin token is configured",
+            );
+        }
+        Auth::Refused => {
+            tracing::warn!(client = %peer, operation, result = "unauthorized", "queue administration refused");
+            let mut resp = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                b"unauthorized\n".to_vec(),
+            );
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+        Auth::Unavailable(why) => {
+            tracing::error!(client = %peer, operation, result = "unavailable", "queue administration refused: {why}");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token cannot be read",
+            );
+        }
+    }
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    let (status, result, resp) = match (method, parts.as_slice()) {
+        (&Method::GET, []) => {
+            let a = admin.clone();
+            match tokio::task::spawn_blocking(move || list(&a)).await {
+                Ok(l) => (
+                    StatusCode::OK,
+                    format!("{} listed", l.messages.len()),
+                    json(StatusCode::OK, &l),
+                ),
+                Err(e) => internal(e.to_string()),
+            }
+        }
+        (&Method::POST, ["flush"]) => {
+            let route = query.and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("route="))
+                    .map(percent_decode)
+            });
+            let n = admin.queue.flush(route.as_deref());
+            (
+                StatusCode::OK,
+                format!("{n} due now"),
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "flushed": n, "route": route }),
+                ),
+            )
+        }
+        (&Method::GET, [id]) => match show(&admin, id).await {
+            Ok(d) => (StatusCode::OK, "shown".into(), json(StatusCode::OK, &d)),
+            Err(e) => admin_error(e),
+        },
+        (&Method::POST, [id, "hold"]) => done(admin.queue.hold(id), id, "held"),
+        (&Method::POST, [id, "release"]) => done(admin.queue.release(id), id, "released"),
+        (&Method::DELETE, [id]) => {
+            let (queue, owned) = (admin.queue.clone(), id.to_string());
+            match tokio::task::spawn_blocking(move || queue.delete(&owned)).await {
+                Ok(r) => done(r, id, "deleted"),
+                Err(e) => internal(e.to_string()),
+            }
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "no such operation".into(),
+            error(StatusCode::NOT_FOUND, "no such queue operation"),
+        ),
+    };
+    tracing::info!(client = %peer, operation, status = status.as_u16(), result, "queue administration");
+    resp
+}
+
+fn internal(why: String) -> (StatusCode, String, Reply) {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        why,
+        error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    )
+}
+
+fn admin_error(e: AdminError) -> (StatusCode, String, Reply) {
+    let status = match e {
+        AdminError::NotFound => StatusCode::NOT_FOUND,
+        AdminError::InFlight => StatusCode::CONFLICT,
+        AdminError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, e.to_string(), error(status, &e.to_string()))
+}
+
+fn done(r: Result<(), AdminError>, id: &str, what: &str) -> (StatusCode, String, Reply) {
+    match r {
+        Ok(()) => (
+            StatusCode::OK,
+            what.to_string(),
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "queueId": id, "result": what }),
+            ),
+        ),
+        Err(e) => admin_error(e),
+    }
+}
+
+/// `%XX` escapes of a query value (route names are `namespace/name`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn summary(
+    admin: &QueueAdmin,
+    m: &crate::delivery::queue::QueuedMessage,
+) -> Option<(
+    QueueSummary,
+    crate::envelope::Envelope,
+    Option<MessageState>,
+)> {
+    let stored = admin.queue.stored(&m.queue_id).ok()?;
+    let env = stored.envelope;
+    let state = admin.queue.state(&m.queue_id);
+    let last_error = state.as_ref().and_then(|s| {
+        s.recipients.values().find_map(|r| match r {
+            RecipientState::Pending {
+                last_error: Some(e),
+            } => Some(e.clone()),
+            _ => None,
+        })
+    });
+    let now = admin.shared.clock.now();
+    let summary = QueueSummary {
+        queue_id: m.queue_id.clone(),
+        sender: env.mail_from.clone(),
+        recipients: env.rcpts.clone(),
+        state: if m.held {
+            "held"
+        } else if m.in_flight {
+            "delivering"
+        } else {
+            "pending"
+        },
+        attempts: state.as_ref().map(|s| s.attempts).unwrap_or(0),
+        next_attempt_unix: unix(m.next_attempt),
+        last_error,
+        size: env.size,
+        age_seconds: now
+            .duration_since(env.received_at)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    Some((summary, env, state))
+}
+
+fn list(admin: &QueueAdmin) -> QueueList {
+    let all = admin.queue.messages();
+    let total = all.len();
+    let messages = all
+        .iter()
+        .take(LIST_LIMIT)
+        .filter_map(|m| summary(admin, m).map(|(s, _, _)| s))
+        .collect();
+    QueueList { total, messages }
+}
+
+async fn show(admin: &Arc<QueueAdmin>, id: &str) -> Result<QueueDetail, AdminError> {
+    let m = admin.queue.message(id).ok_or(AdminError::NotFound)?;
+    let a = admin.clone();
+    let (found, text) = tokio::task::spawn_blocking(move || {
+        let text = a.queue.stored(&m.queue_id).ok().map(|s| s.text);
+        (summary(&a, &m).map(|s| (s, m.destinations.clone())), text)
+    })
+    .await
+    .map_err(|e| AdminError::Io(std::io::Error::other(e.to_string())))?;
+    let (((summary, env, state), destinations), text) =
+        found.zip(text).ok_or(AdminError::NotFound)?;
+    let headers = text.header_section().await?;
+    let recipient_states = env
+        .rcpts
+        .iter()
+        .map(|r| {
+            let s = state
+                .as_ref()
+                .and_then(|s| s.recipients.get(r).cloned())
+                .unwrap_or(RecipientState::Pending { last_error: None });
+            RecipientDetail::new(r, s)
+        })
+        .collect();
+    Ok(QueueDetail {
+        summary,
+        client_ip: env.client_ip.to_string(),
+        helo: env.helo.clone(),
+        auth_identity: env.auth_identity.clone(),
+        tls: env.tls.clone(),
+        received_at_unix: unix(env.received_at),
+        destinations,
+        recipient_states,
+        headers: String::from_utf8_lossy(&headers).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn route_names_in_the_query_are_decoded() {
+        assert_eq!(percent_decode("acme%2Fdefault"), "acme/default");
+        assert_eq!(percent_decode("acme/default"), "acme/default");
+        assert_eq!(percent_decode("bad%2"), "bad%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -9,4 +9,5 @@ pub mod git;
 pub mod local;
 pub mod manifests;
 pub mod plan;
+pub mod queue_admin;
 pub mod render;

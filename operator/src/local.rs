@@ -2,8 +2,9 @@
 //! same `render` the operator uses, with Secrets from the manifest set written to files
 //! the way a pod would see them mounted, and listeners on loopback.
 //!
-//! It owns the local state directory layout and the self-signed certificate made when the
-//! manifests carry no TLS Secret; it does not decide relay behaviour (render and the relay do).
+//! It owns the local state directory layout, the self-signed certificate made when the
+//! manifests carry no TLS Secret, and the local admin token (`admin/token`, mode 0600) that
+//! `relayctl queue` presents; it does not decide relay behaviour (render and the relay do).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +64,8 @@ pub enum LocalError {
         key: String,
         purpose: String,
     },
+    #[error("cannot make a random admin token: {0}")]
+    Random(String),
     #[error("cannot make a self-signed certificate: {0}")]
     Certificate(String),
 }
@@ -152,6 +155,9 @@ impl LocalOptions {
             }
         }
 
+        // Queue administration: a token of this machine, made once, readable by its owner only.
+        ensure_admin_token(Path::new(&env.admin_token_file()))?;
+
         let mut self_signed_for = None;
         if config.tls.is_none() {
             let cert = Path::new(&env.tls_dir).join("self-signed.crt");
@@ -179,6 +185,61 @@ impl LocalOptions {
             self_signed_for,
         })
     }
+}
+
+impl LocalOptions {
+    /// The admin token file of a local relay (`<state dir>/admin/token`, mode 0600).
+    pub fn admin_token_path(&self) -> PathBuf {
+        PathBuf::from(self.env().admin_token_file())
+    }
+
+    /// Where `relayctl run` writes the URL of its admin endpoint, for `relayctl queue`.
+    pub fn admin_address_path(&self) -> PathBuf {
+        self.state_dir.join("admin").join("address")
+    }
+
+    /// Records the admin endpoint's URL for `relayctl queue`.
+    pub fn write_admin_address(&self, admin: SocketAddr) -> Result<(), LocalError> {
+        write_file(
+            &self.admin_address_path(),
+            format!("http://{admin}\n").as_bytes(),
+        )
+    }
+}
+
+/// A new random admin token (256 bits, hex) written with mode 0600, unless one is there.
+fn ensure_admin_token(path: &Path) -> Result<(), LocalError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| LocalError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let token = new_admin_token()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    // Never readable by others, not even for a moment.
+    #[cfg(unix)]
+    options.mode(0o600);
+    match options.open(path) {
+        Ok(mut f) => f.write_all(token.as_bytes()).map_err(err),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// 256 random bits from the operating system, as hex.
+pub fn new_admin_token() -> Result<String, LocalError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| LocalError::Random(e.to_string()))?;
+    Ok(hex::encode(bytes))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {

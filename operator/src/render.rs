@@ -65,6 +65,19 @@ impl RenderEnv {
         }
     }
 
+    /// Where the admin token Secret's `token` key is mounted: `admin/token` next to the
+    /// TLS directory (`/etc/smtprelay/admin/token` in a pod; `relayctl run` writes a local
+    /// one there). Queue administration on the admin endpoint needs this token.
+    pub fn admin_token_file(&self) -> String {
+        let tls = std::path::Path::new(&self.tls_dir);
+        tls.parent()
+            .unwrap_or(tls)
+            .join("admin")
+            .join("token")
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// Where the Redis password Secret's `password` key is mounted: `redis/password` next
     /// to the TLS directory (`/etc/smtprelay/redis/password` in a pod).
     pub fn redis_password_file(&self) -> String {
@@ -523,6 +536,7 @@ pub fn render(
         delivery: env.delivery.clone(),
         spool_dir: env.spool_dir.clone(),
         admin_listen: env.admin_listen,
+        admin_token_file: Some(env.admin_token_file()),
         proxy_protocol,
     }
     .seal();

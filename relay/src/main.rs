@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// The SMTP relay of one organization.
 #[derive(Parser, Debug)]
-#[command(name = "relay", version)]
+#[command(name = "relay", version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SMTPRELAY_GIT_REVISION"), ")"))]
 struct Args {
     /// The RelayConfig document (JSON), re-read every second.
     #[arg(long, value_name = "FILE.json")]

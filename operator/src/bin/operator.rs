@@ -23,7 +23,7 @@ use tokio::sync::watch;
 #[derive(Parser)]
 #[command(
     name = "operator",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SMTPRELAY_GIT_REVISION"), ")"),
     about = "Reconcile SmtpRelay Organizations into relay StatefulSets"
 )]
 struct Args {

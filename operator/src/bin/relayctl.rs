@@ -1,6 +1,7 @@
 //! `relayctl`: the command line of the SmtpRelay project: print the CRDs, validate and render
 //! manifests offline, explain and test their policy, review changes between Git revisions,
-//! and run a relay from manifests on this machine.
+//! run a relay from manifests on this machine, administer a relay's queue, and print
+//! shell completions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use operator::render::RenderEnv;
 #[derive(Parser)]
 #[command(
     name = "relayctl",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SMTPRELAY_GIT_REVISION"), ")"),
     about = "Manage SmtpRelay manifests: validate, render, explain, test, plan, run"
 )]
 struct Cli {
@@ -123,6 +124,65 @@ enum Command {
         /// Files or directories of manifests (default: the current directory).
         paths: Vec<PathBuf>,
     },
+    /// Administer a relay's queue through its admin endpoint: list, show, hold, release,
+    /// flush, delete.
+    ///
+    /// The admin endpoint is `relayctl run`'s (found in the state directory) unless
+    /// `--admin` names one (for a pod: `kubectl port-forward pod/NAME 9090` then
+    /// `--admin http://127.0.0.1:9090`). The token is read from `--token-file`, else from
+    /// `SMTPRELAY_ADMIN_TOKEN`, else from `relayctl run`'s state directory.
+    ///
+    /// Exit code 0: done; 1: the relay refused or could not be reached; 2: bad arguments.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Print a shell completion script (`source <(relayctl completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Clone, Debug)]
+enum QueueAction {
+    /// Every queued message: id, state, attempts, age, next attempt, size, sender,
+    /// recipients, last error.
+    List,
+    /// One message: envelope, state per recipient and header section (never the body).
+    Show { id: String },
+    /// Keep a message from being attempted until released (survives restarts).
+    Hold { id: String },
+    /// Let a held message be attempted again on its schedule.
+    Release { id: String },
+    /// Attempt queued messages now instead of on their retry schedule (held ones stay held).
+    Flush {
+        /// Only messages waiting for this MailRoute (`namespace/name`).
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Remove a message from the queue and the spool without delivering it (no bounce).
+    Delete { id: String },
+}
+
+/// Which relay `relayctl queue` talks to, and how.
+#[derive(clap::Args, Clone, Debug)]
+struct AdminTarget {
+    /// The relay's admin endpoint, `http://HOST:PORT` (default: the one `relayctl run`
+    /// recorded in the state directory).
+    #[arg(long, global = true, value_name = "URL")]
+    admin: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// `relayctl run`'s state directory (for its admin address and token).
+    #[arg(long, global = true, default_value = ".relayctl")]
+    state_dir: PathBuf,
+    /// Print the relay's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 /// Where `relayctl run` listens and keeps its state.
@@ -209,6 +269,17 @@ fn main() -> ExitCode {
             format,
         ),
         Command::Test { paths } => test(&paths),
+        Command::Queue { action, target } => runtime().block_on(queue(action, target)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "relayctl",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Run { paths, local } => runtime().block_on(run(paths, local.options())),
         Command::TestTls {
             paths,
@@ -452,6 +523,83 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// `relayctl queue`.
+async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
+    use operator::queue_admin::{escape, list_table, request, show_text};
+    let local = operator::local::LocalOptions {
+        state_dir: target.state_dir.clone(),
+        ..Default::default()
+    };
+    let admin = match &target.admin {
+        Some(url) => url.clone(),
+        None => match std::fs::read_to_string(local.admin_address_path()) {
+            Ok(url) => url.trim().to_string(),
+            Err(_) => {
+                eprintln!(
+                    "error: no --admin URL given and no `relayctl run` admin address in {}",
+                    local.admin_address_path().display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let token = match (&target.token_file, std::env::var("SMTPRELAY_ADMIN_TOKEN")) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        (None, Ok(token)) => Ok(token),
+        (None, Err(_)) => std::fs::read_to_string(local.admin_token_path()).map_err(|_| {
+            format!(
+                "no admin token: give --token-file or SMTPRELAY_ADMIN_TOKEN (no `relayctl run` token in {})",
+                local.admin_token_path().display()
+            )
+        }),
+    };
+    let token = match token {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (method, path) = match &action {
+        QueueAction::List => ("GET", "/queue".to_string()),
+        QueueAction::Show { id } => ("GET", format!("/queue/{}", escape(id))),
+        QueueAction::Hold { id } => ("POST", format!("/queue/{}/hold", escape(id))),
+        QueueAction::Release { id } => ("POST", format!("/queue/{}/release", escape(id))),
+        QueueAction::Flush { route: None } => ("POST", "/queue/flush".to_string()),
+        QueueAction::Flush { route: Some(r) } => {
+            ("POST", format!("/queue/flush?route={}", escape(r)))
+        }
+        QueueAction::Delete { id } => ("DELETE", format!("/queue/{}", escape(id))),
+    };
+    let answer = match request(&admin, &token, method, &path).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if target.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match &action {
+        QueueAction::List => print!("{}", list_table(&answer)),
+        QueueAction::Show { .. } => print!("{}", show_text(&answer)),
+        QueueAction::Flush { .. } => println!(
+            "{} message(s) due now (held messages stay held)",
+            answer["flushed"]
+        ),
+        QueueAction::Hold { id } | QueueAction::Release { id } | QueueAction::Delete { id } => {
+            println!("{id}: {}", answer["result"].as_str().unwrap_or("done"))
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -518,6 +666,13 @@ async fn run(paths: Vec<PathBuf>, opts: operator::local::LocalOptions) -> ExitCo
     println!("  submission  {}   (STARTTLS)", handle.submission_addr());
     println!("  smtps       {}   (implicit TLS)", handle.smtps_addr());
     println!("  metrics     http://{}/metrics", handle.admin_addr());
+    println!(
+        "  admin token {}   (relayctl queue reads it)",
+        opts.admin_token_path().display()
+    );
+    if let Err(e) = opts.write_admin_address(handle.admin_addr()) {
+        eprintln!("warning: relayctl queue will need --admin: {e}");
+    }
     println!("  state       {}", opts.state_dir.display());
     println!(
         "configuration generation {} in force (hash {})",

@@ -441,6 +441,50 @@ async fn referenced_secrets(
     Ok(secrets)
 }
 
+/// The Organization's admin token Secret (`<org>-relay-admin`, key `token`): read with
+/// one GET, or created with a new random token when there is none. An existing one is
+/// never overwritten (an operator may rotate the token by editing it); the create is an
+/// apply that is not forced, so a Secret someone made meanwhile wins (the apply conflicts).
+async fn ensure_admin_secret(client: &Client, org: &Organization) -> Result<Secret, Error> {
+    let namespace = org.namespace().unwrap_or_default();
+    let name = children::admin_secret_name(&org.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    match api.get_opt(&name).await {
+        Ok(Some(s)) => return Ok(s),
+        Ok(None) => {}
+        Err(source) => {
+            return Err(Error::Get {
+                kind: "Secret",
+                namespace,
+                name,
+                source,
+            });
+        }
+    }
+    let apply = |source| Error::Apply {
+        kind: "Secret".into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source,
+    };
+    let token = crate::local::new_admin_token()
+        .map_err(|e| apply(kube::Error::Service(e.to_string().into())))?;
+    let secret = children::admin_secret(org, &token);
+    let mut body = serde_json::to_value(&secret).unwrap_or_default();
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    let made = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(apply)?;
+    tracing::info!(namespace, name, "created the relay admin token Secret");
+    Ok(made)
+}
+
 /// True when every field of `desired` is in `actual` with the same value: the API server
 /// already holds what an apply would send (it may hold more: defaults, status, other
 /// managers' fields). Lists must have the same length and match element by element.
@@ -909,8 +953,29 @@ async fn reconcile_org<P: TlsProber>(
     let settings = in_namespace(&stores.settings, &ns);
     let ranges = in_namespace(&stores.ranges, &ns);
     let routes = in_namespace(&stores.routes, &ns);
-    let secrets = referenced_secrets(client, &ns, org, &routes).await?;
-    let secret_names: BTreeSet<String> = secrets.iter().map(|s| s.name_any()).collect();
+    let mut secrets = referenced_secrets(client, &ns, org, &routes).await?;
+    let mut secret_names: BTreeSet<String> = secrets.iter().map(|s| s.name_any()).collect();
+    // The admin token Secret: looked for (and made when missing) only until the relay pods
+    // mount it, so a settled reconcile still makes no request.
+    let admin_secret = children::admin_secret_name(&name);
+    let admin_mounted = stores
+        .stateful_sets
+        .get(&ObjectRef::new(&children::stateful_set_name(&name)).within(&ns))
+        .is_some_and(|s| children::mounts_admin_token(&s));
+    if admin_mounted {
+        secret_names.insert(admin_secret);
+    } else {
+        match ensure_admin_secret(client, org).await {
+            Ok(secret) => {
+                secret_names.insert(admin_secret);
+                secrets.push(secret);
+            }
+            // Queue administration stays unavailable; mail flows. Tried again next time.
+            Err(e) => {
+                tracing::warn!(namespace = %ns, organization = %name, "no admin token Secret: {e}")
+            }
+        }
+    }
     let now = Time((ctx.clock)());
 
     // The store may lag behind the object that triggered this reconcile.
@@ -1197,7 +1262,12 @@ async fn announce_changes<P: TlsProber>(
     if let Some(old) = old_secrets_hash
         && old != secrets_hash
     {
-        let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
+        // The admin token is not in the hash (see `children::secrets_hash`).
+        let names: Vec<&str> = mounted
+            .iter()
+            .filter(|m| m.usage != children::SecretUse::Admin)
+            .map(|m| m.name.as_str())
+            .collect();
         let note = format!(
             "mounted Secrets [{}] changed (hash {} to {}): relays reload the files without restarting once the kubelet has refreshed them",
             names.join(", "),

@@ -151,6 +151,10 @@ impl LocalOptions {
                         let path = env.redis_password_file();
                         write_key(secret, "password", Path::new(&path), "the Redis password")?;
                     }
+                    SecretUse::Admin => {
+                        let path = env.admin_token_file();
+                        write_key(secret, "token", Path::new(&path), "the admin token")?;
+                    }
                 }
             }
         }

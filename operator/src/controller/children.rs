@@ -107,6 +107,8 @@ pub enum SecretUse {
     Ca,
     /// `relay.limitStore.passwordSecretRef`: `password`.
     RedisPassword,
+    /// `<org>-relay-admin`, made by the operator: the `token` queue administration needs.
+    Admin,
 }
 
 /// A Secret the relay pods mount.
@@ -155,7 +157,37 @@ pub fn mounted_secrets(
             add(SecretUse::Ca, &r.name);
         }
     }
+    add(SecretUse::Admin, &admin_secret_name(&org.name_any()));
     out.into_iter().collect()
+}
+
+/// True when the pod template of `sts` mounts the admin token Secret.
+pub fn mounts_admin_token(sts: &StatefulSet) -> bool {
+    sts.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == ADMIN_VOLUME))
+}
+
+/// Volume of the admin token Secret in relay pods.
+const ADMIN_VOLUME: &str = "admin";
+
+/// Name of the Secret holding the admin token of an Organization's relays (key `token`).
+pub fn admin_secret_name(org: &str) -> String {
+    names::child_name("", org, "-relay-admin")
+}
+
+/// The admin token Secret the operator creates when it is missing (never replaced: an
+/// operator may rotate the token by editing it). Owned by the Organization.
+pub fn admin_secret(org: &Organization, token: &str) -> Secret {
+    Secret {
+        metadata: meta(org, admin_secret_name(&org.name_any())),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([("token".to_string(), token.to_string())])),
+        ..Default::default()
+    }
 }
 
 /// SHA-256 over the names and data of the mounted Secrets, in a fixed order. `stringData`
@@ -164,6 +196,10 @@ pub fn mounted_secrets(
 pub fn secrets_hash(mounted: &[MountedSecret], secrets: &[Secret]) -> String {
     let mut hasher = Sha256::new();
     for m in mounted {
+        // The admin token is read on every queue request: changing it reloads nothing.
+        if m.usage == SecretUse::Admin {
+            continue;
+        }
         let Some(secret) = secrets.iter().find(|s| s.name_any() == m.name) else {
             continue;
         };
@@ -200,6 +236,11 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
             let file = env.redis_password_file();
             let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
             ("redis".into(), dir.to_string(), &["password"])
+        }
+        SecretUse::Admin => {
+            let file = env.admin_token_file();
+            let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+            (ADMIN_VOLUME.into(), dir.to_string(), &["token"])
         }
     }
 }
@@ -562,6 +603,8 @@ fn stateful_set(
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(m.name.clone()),
+                // Pods start without it (queue administration then answers 503).
+                optional: (m.usage == SecretUse::Admin).then_some(true),
                 items: Some(
                     keys.iter()
                         .map(|k| KeyToPath {

@@ -124,8 +124,13 @@ async fn new_organization_gets_all_children_then_status_then_events() {
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(15)));
     assert_eq!(refused(&log), Vec::<String>::new());
 
-    // No LIST and no Secret read (quickstart names none): inputs come from the caches.
-    let mut expected: Vec<String> = CHILD_APPLIES.map(String::from).to_vec();
+    // No LIST and no Secret read but the admin token's (quickstart names none): inputs
+    // come from the caches. The admin token Secret is made first, so the pods mount it.
+    let mut expected: Vec<String> = vec![
+        "GET /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
+        "PATCH /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
+    ];
+    expected.extend(CHILD_APPLIES.map(String::from));
     expected.extend([
         format!("PATCH {API}/organizations/acme/status"),
         EVENTS.into(),
@@ -624,7 +629,12 @@ async fn a_rollout_the_stateful_set_controller_has_not_seen_is_not_complete() {
 #[tokio::test]
 async fn a_rotated_secret_restarts_no_pod_and_is_in_force_once_pods_load_it() {
     let mut world = settled("applications-smtp-auth").await;
-    world.secrets[0].data.as_mut().unwrap().insert(
+    let credentials = world
+        .secrets
+        .iter()
+        .position(|s| s.name_any() == "smtp-credentials")
+        .unwrap();
+    world.secrets[credentials].data.as_mut().unwrap().insert(
         "credentials".into(),
         k8s_openapi::ByteString(b"a:$argon2id$new".to_vec()),
     );
@@ -1112,9 +1122,10 @@ async fn without_the_finalizers_rule_no_child_can_be_created() {
     let (result, log) = world.reconcile(ProbingDisabled).await;
     assert!(result.is_err());
     assert!(refused(&log).iter().all(|l| l.ends_with("-> 403")));
+    // Every child, and the admin token Secret (owned by the Organization too).
     assert_eq!(
         refused(&log).len(),
-        CHILD_APPLIES.len(),
+        CHILD_APPLIES.len() + 1,
         "{:#?}",
         refused(&log)
     );
@@ -1135,7 +1146,9 @@ async fn secrets_are_read_one_by_one_and_never_listed() {
         .filter(|r| r.resources.iter().any(|x| x == "secrets"))
         .collect();
     assert_eq!(secrets.len(), 1);
-    assert_eq!(secrets[0].verbs, ["get"]);
+    // create and patch: only for the admin token Secret the operator makes (below).
+    assert_eq!(secrets[0].verbs, ["get", "create", "patch"]);
+    assert!(secrets[0].resource_names.is_empty());
     let mut world = World::example("applications-smtp-auth");
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
@@ -1148,8 +1161,73 @@ async fn secrets_are_read_one_by_one_and_never_listed() {
         secret_reads,
         [
             "GET /api/v1/namespaces/acme/secrets/relay-tls",
-            "GET /api/v1/namespaces/acme/secrets/smtp-credentials"
+            "GET /api/v1/namespaces/acme/secrets/smtp-credentials",
+            "GET /api/v1/namespaces/acme/secrets/acme-relay-admin",
+            "PATCH /api/v1/namespaces/acme/secrets/acme-relay-admin",
         ]
+    );
+}
+
+#[tokio::test]
+async fn the_admin_token_secret_is_made_once_never_overwritten_and_mounted() {
+    // Missing: made with a random token, owned by the Organization, mounted in the pods.
+    let mut world = World::example("quickstart");
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    let made = world
+        .secrets
+        .iter()
+        .find(|s| s.name_any() == "acme-relay-admin")
+        .cloned()
+        .expect("no admin token Secret");
+    let token = crate::local::secret_value(&made, "token").unwrap();
+    assert_eq!(token.len(), 64, "256 bits as hex");
+    assert_eq!(
+        made.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "Organization"
+    );
+    let sts = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    let admin = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "admin")
+        .expect("admin token not mounted");
+    assert_eq!(admin["secret"]["secretName"], "acme-relay-admin");
+    assert_eq!(admin["secret"]["optional"], true);
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "admin")
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/etc/smtprelay/admin");
+    assert_eq!(
+        rendered(&world).admin_token_file.as_deref(),
+        Some("/etc/smtprelay/admin/token")
+    );
+
+    // Present (an operator set their own token): read, never written.
+    let mut world = World::example("quickstart");
+    let mut own = made.clone();
+    own.data = None;
+    own.string_data = Some([("token".to_string(), "my-own-token".to_string())].into());
+    world.secrets.push(own);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(
+        !writes(&log).iter().any(|w| w.contains("/secrets/")),
+        "{:?}",
+        writes(&log)
+    );
+    let kept = world
+        .secrets
+        .iter()
+        .find(|s| s.name_any() == "acme-relay-admin")
+        .unwrap();
+    assert_eq!(
+        crate::local::secret_value(kept, "token").unwrap(),
+        b"my-own-token"
     );
 }
 
@@ -1335,7 +1413,7 @@ async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["config", "auth"]);
+    assert_eq!(volumes, ["config", "auth", "admin"]);
 }
 
 #[tokio::test]

@@ -219,3 +219,66 @@ fn version_names_the_crate_version_and_the_git_revision() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_against_an_in_process_relay_with_admin_and_token_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "in-process-token\n").unwrap();
+    let mut config =
+        relay::RelayConfig::loopback(&dir.path().join("spool").to_string_lossy(), free_port());
+    config.admin_token_file = Some(token.to_string_lossy().into_owned());
+    let relay = relay::start(config, relay::StartOptions::default())
+        .await
+        .unwrap();
+    let admin = format!("http://{}", relay.admin_addr());
+    let d = dir.path().to_path_buf();
+    let run = move |args: Vec<String>| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            relayctl(&d, &args)
+        })
+    };
+    let flags = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--admin".into(),
+            admin.clone(),
+            "--token-file".into(),
+            "token".into(),
+        ]);
+        v
+    };
+    let out = run(flags(&["queue", "list"])).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("QUEUE ID"), "{table}");
+    assert!(table.ends_with("0 messages queued\n"), "{table}");
+    let out = run(flags(&["queue", "flush", "--route", "acme/default"]))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(flags(&["queue", "show", "12345"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // Without any token source: a usage error, nothing sent.
+    let out = run(vec![
+        "queue".into(),
+        "list".into(),
+        "--admin".into(),
+        admin.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    relay.shutdown().await;
+}

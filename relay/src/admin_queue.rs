@@ -266,9 +266,9 @@ pub async fn handle(
         }
         (&Method::POST, ["flush"]) => {
             let route = query.and_then(|q| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("route="))
-                    .map(percent_decode)
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "route")
+                    .map(|(_, v)| v.into_owned())
             });
             let n = admin.queue.flush(route.as_deref());
             (
@@ -332,30 +332,6 @@ fn done(r: Result<(), AdminError>, id: &str, what: &str) -> (StatusCode, String,
         ),
         Err(e) => admin_error(e),
     }
-}
-
-/// `%XX` escapes of a query value (route names are `namespace/name`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn summary(
@@ -446,17 +422,4 @@ async fn show(admin: &Arc<QueueAdmin>, id: &str) -> Result<QueueDetail, AdminErr
         recipient_states,
         headers: String::from_utf8_lossy(&headers).into_owned(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn route_names_in_the_query_are_decoded() {
-        assert_eq!(percent_decode("acme%2Fdefault"), "acme/default");
-        assert_eq!(percent_decode("acme/default"), "acme/default");
-        assert_eq!(percent_decode("bad%2"), "bad%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 }

@@ -197,6 +197,9 @@ async fn flush_delivers_a_deferred_message_now() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, id, port) = deferred_message(dir.path()).await;
     let sink = sink_on(port).await;
+    // A flush of another route leaves it waiting.
+    let (_, other) = call(&relay, "POST", "/queue/flush?route=acme%2Fother").await;
+    assert_eq!(other["flushed"], 0);
     // The next retry is a minute away: only the flush makes it go now.
     let (status, body) = call(&relay, "POST", "/queue/flush?route=acme%2Fdefault").await;
     assert_eq!(status, 200, "{body}");
@@ -262,5 +265,40 @@ async fn delete_removes_a_message_without_delivery_or_dsn() {
         .await
         .unwrap();
     assert_eq!(call(&relay, "GET", "/queue").await.1["total"], 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_under_way_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sink takes the message but withholds its reply: the attempt stays under way.
+    let sink = TestSink::start(SinkConfig {
+        hold_after: Some(0),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let relay = relay::start(config(dir.path(), sink.port()), StartOptions::default())
+        .await
+        .unwrap();
+    let id = send(&relay).await;
+    tokio::time::timeout(Duration::from_secs(20), sink.wait_for_messages(1))
+        .await
+        .expect("the attempt never reached the sink");
+    let (_, list) = call(&relay, "GET", "/queue").await;
+    assert_eq!(list["messages"][0]["state"], "delivering");
+    let (status, body) = call(&relay, "DELETE", &format!("/queue/{id}")).await;
+    assert_eq!(status, 409, "{body}");
+    sink.release();
+    for _ in 0..200 {
+        if relay.queue().queued().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        relay.queue().queued().is_empty(),
+        "the message was not delivered"
+    );
     relay.shutdown().await;
 }

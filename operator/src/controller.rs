@@ -1124,6 +1124,10 @@ async fn reconcile_org<P: TlsProber>(
                 let cfg =
                     with_local_ca(cfg, route, &secrets, ctx.settings.probe_ca_dir.as_deref()).await;
                 let results = ctx.prober.probe(&cfg, &rendered.config.delivery).await;
+                if !results.is_empty() {
+                    let verified = results.iter().all(|(_, r)| r.is_ok());
+                    ctx.metrics.route_tls(&ns, &qualified, verified);
+                }
                 (!results.is_empty()).then_some(results)
             }
             _ => None,

@@ -49,11 +49,11 @@ async fn single_host_delivery_reaches_the_sink_and_leaves_the_queue() {
     assert!(h.manager.state(&id).is_none(), "state file removed");
     let metrics = h.metrics_text();
     let line = format!(
-        "relay_deliveries_total{{route=\"all\",host=\"127.0.0.1:{}\",result=\"delivered\"}} 1",
+        "smtprelay_deliveries_total{{route=\"all\",host=\"127.0.0.1:{}\",result=\"delivered\"}} 1",
         sink.port()
     );
     assert!(metrics.contains(&line), "{metrics}");
-    assert!(metrics.contains("relay_queue_depth 0"), "{metrics}");
+    assert!(metrics.contains("smtprelay_queue_depth 0"), "{metrics}");
 }
 
 #[tokio::test]
@@ -314,10 +314,10 @@ async fn four_xx_is_retried_on_the_schedule_then_doubling() {
     let metrics = h.metrics_text();
     // The last pass ran one second before the 8th attempt, 4800 s after arrival.
     assert!(
-        metrics.contains("relay_queue_oldest_message_age_seconds 4799"),
+        metrics.contains("smtprelay_queue_oldest_message_age_seconds 4799"),
         "{metrics}"
     );
-    assert!(metrics.contains("relay_queue_depth 1"), "{metrics}");
+    assert!(metrics.contains("smtprelay_queue_depth 1"), "{metrics}");
     assert!(metrics.contains("result=\"deferred\"} 7"), "{metrics}");
     let state = h.manager.state(&id).unwrap();
     assert_eq!(state.attempts, 7);

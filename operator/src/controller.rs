@@ -1079,6 +1079,11 @@ async fn reconcile_org<P: TlsProber>(
             publish(ctx, org, EventType::Normal, "ConfigInForce", &now.message).await;
         }
     }
+    ctx.metrics.config_in_force(
+        &ns,
+        &name,
+        status::condition(&new.conditions, status::IN_FORCE).is_some_and(|c| c.status == "True"),
+    );
     // Settled once rolled out and in force on every ready pod (the kubelet refreshes
     // ConfigMap volumes within a minute or two; until then come back soon).
     let settled = status::condition(&new.conditions, status::PROGRESSING)

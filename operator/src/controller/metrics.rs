@@ -1,7 +1,7 @@
 //! The operator's own Prometheus metrics and the small HTTP endpoint that serves them.
 //!
 //! Counts reconciles and their failures by kind of error, times them, and holds the last
-//! TLS probe verdict of each MailRoute. `serve` answers `GET /metrics` (OpenMetrics text,
+//! TLS probe verdict of each MailRoute and whether each Organization's config is in force. `serve` answers `GET /metrics` (OpenMetrics text,
 //! names under `smtprelay_operator_`) and `GET /healthz` over hyper, as the relay's admin
 //! endpoint does; other paths are 404, other methods 405. It does not serve the relay's
 //! metrics: relay pods have their own.
@@ -30,6 +30,13 @@ struct ErrorLabels {
     error: String,
 }
 
+/// One Organization.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrganizationLabels {
+    namespace: String,
+    organization: String,
+}
+
 /// One MailRoute: bounded by the routes that exist, never a host or a recipient.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -45,6 +52,7 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     route_tls: Family<RouteLabels, Gauge>,
+    in_force: Family<OrganizationLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -75,12 +83,20 @@ impl Default for Metrics {
              0 when one failed",
             route_tls.clone(),
         );
+        let in_force = Family::<OrganizationLabels, Gauge>::default();
+        registry.register(
+            "config_in_force",
+            "1 when every ready relay pod of the Organization runs its latest config \
+             (condition InForce True), else 0",
+            in_force.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             route_tls,
+            in_force,
         }
     }
 }
@@ -109,6 +125,16 @@ impl Metrics {
                 route: route.into(),
             })
             .set(i64::from(verified));
+    }
+
+    /// Records whether an Organization's latest config is in force on its relays.
+    pub fn config_in_force(&self, namespace: &str, organization: &str, in_force: bool) {
+        self.in_force
+            .get_or_create(&OrganizationLabels {
+                namespace: namespace.into(),
+                organization: organization.into(),
+            })
+            .set(i64::from(in_force));
     }
 
     /// Forgets a MailRoute that no longer exists, so its last verdict does not linger.
@@ -215,6 +241,7 @@ mod tests {
         metrics.failed("apply");
         metrics.route_tls("shop", "shop/relay", true);
         metrics.route_tls("shop", "shop/broken", false);
+        metrics.config_in_force("shop", "acme", false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, metrics));
@@ -243,6 +270,12 @@ mod tests {
         assert!(
             text.contains(
                 "smtprelay_operator_route_tls_verified{namespace=\"shop\",route=\"shop/broken\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "smtprelay_operator_config_in_force{namespace=\"shop\",organization=\"acme\"} 0\n"
             ),
             "{text}"
         );

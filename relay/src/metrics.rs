@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::limits::LimitHit;
+
 type Labels = Vec<(String, String)>;
 
 /// Prefix of every relay metric name.
@@ -137,6 +139,28 @@ impl Metrics {
             "Seconds from the end of DATA to the 250 reply that the message is queued",
             m.data_reply_seconds.clone(),
         );
+        // Every series of a bounded label set starts at 0, so that it is exported before
+        // the first event and `rate()` sees the first increment.
+        for hit in [
+            LimitHit::UserMessagesPerDay,
+            LimitHit::UserRecipientsPerDay,
+            LimitHit::CustomerRecipientsPerDay,
+            LimitHit::CustomerRecipientsPer10Minutes,
+        ] {
+            let _ = m
+                .limit_hits
+                .get_or_create(&vec![("limit".to_string(), hit.label().to_string())]);
+        }
+        for reason in ["invalid", "locked_out"] {
+            let _ = m
+                .auth_failures
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
+        }
+        for scope in ["ip", "user"] {
+            let _ = m
+                .auth_lockouts
+                .get_or_create(&vec![("scope".to_string(), scope.to_string())]);
+        }
         Self { registry, ..m }
     }
 
@@ -210,7 +234,27 @@ mod tests {
         m.auth_busy.inc();
         let text = m.render();
         assert!(text.contains("smtprelay_auth_failures_total{reason=\"invalid\"} 2"));
+        assert!(text.contains("smtprelay_auth_failures_total{reason=\"locked_out\"} 0"));
+        assert!(text.contains("smtprelay_auth_lockouts_total{scope=\"ip\"} 0"));
         assert!(text.contains("smtprelay_auth_lockouts_total{scope=\"user\"} 1"));
         assert!(text.contains("smtprelay_auth_busy_total 1"));
+    }
+
+    #[test]
+    fn every_limit_kind_is_exported_before_its_first_hit() {
+        let m = Metrics::new();
+        m.limit_hit("user_recipients_per_day");
+        let text = m.render();
+        assert!(
+            text.contains("smtprelay_limit_hits_total{limit=\"user_recipients_per_day\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "smtprelay_limit_hits_total{limit=\"customer_recipients_per_10_minutes\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE smtprelay_data_reply_seconds histogram"));
     }
 }

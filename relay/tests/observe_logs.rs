@@ -84,8 +84,16 @@ async fn json_logs_carry_one_object_per_message_outcome_with_stable_fields() {
         .unwrap();
 
     let mut client = connect(smtp).await;
-    assert!(client.cmd("EHLO client.acme.example").await.starts_with("250"));
-    let rcpts = vec!["bob@example.net".to_string(), "carol@example.org".to_string()];
+    assert!(
+        client
+            .cmd("EHLO client.acme.example")
+            .await
+            .starts_with("250")
+    );
+    let rcpts = vec![
+        "bob@example.net".to_string(),
+        "carol@example.org".to_string(),
+    ];
     let (accepted, _, done) = client
         .transaction("app@acme.example", &rcpts, "Subject: hi\r\n\r\nbody")
         .await;

@@ -582,7 +582,7 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     );
 
     sink.release();
-    let mut registry = prometheus_client::registry::Registry::with_prefix("relay");
+    let mut registry = prometheus_client::registry::Registry::with_prefix(relay::metrics::PREFIX);
     let restarted = Harness::manager(&dir, &store, &clock, routes, cfg, &mut registry);
     bounded(restarted.run_due()).await;
 

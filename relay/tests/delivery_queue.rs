@@ -376,6 +376,16 @@ async fn temporary_failures_bounce_with_5_4_7_after_the_queue_lifetime() {
     h.clock.set(t0() + Duration::from_secs(100));
     let report = bounded(h.manager.run_due()).await;
     assert_eq!((report.bounced, report.dsns_queued), (1, 1));
+    // The recipient left the queue bounced, 100 s after it arrived.
+    let metrics = h.metrics_text();
+    assert!(
+        metrics.contains("smtprelay_queue_time_seconds_sum{result=\"bounced\"} 100.0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtprelay_queue_time_seconds_count{result=\"bounced\"} 1"),
+        "{metrics}"
+    );
     bounded(h.manager.run_due()).await;
     let dsn = parse_dsn(&home.messages()[0].data).unwrap();
     assert_eq!(dsn.recipients[0].status, "5.4.7");

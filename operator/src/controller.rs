@@ -1144,6 +1144,11 @@ async fn reconcile_org<P: TlsProber>(
             publish(ctx, org, EventType::Normal, "ConfigInForce", &now.message).await;
         }
     }
+    ctx.metrics.config_in_force(
+        &ns,
+        &name,
+        status::condition(&new.conditions, status::IN_FORCE).is_some_and(|c| c.status == "True"),
+    );
     // Settled once rolled out and in force on every ready pod (the kubelet refreshes
     // ConfigMap volumes within a minute or two; until then come back soon).
     let settled = status::condition(&new.conditions, status::PROGRESSING)
@@ -1189,6 +1194,10 @@ async fn reconcile_org<P: TlsProber>(
                 let cfg =
                     with_local_ca(cfg, route, &secrets, ctx.settings.probe_ca_dir.as_deref()).await;
                 let results = ctx.prober.probe(&cfg, &rendered.config.delivery).await;
+                if !results.is_empty() {
+                    let verified = results.iter().all(|(_, r)| r.is_ok());
+                    ctx.metrics.route_tls(&ns, &qualified, verified);
+                }
                 (!results.is_empty()).then_some(results)
             }
             _ => None,

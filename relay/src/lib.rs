@@ -20,6 +20,7 @@ pub mod generation;
 pub mod idn;
 pub mod limits;
 pub mod limits_redis;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -31,7 +31,7 @@
 //! `451 4.3.0` (temporary): limits are never silently dropped. A message already spooled
 //! whose count fails is counted later by a background retry (for about three minutes,
 //! without popping reservations, so the retry can only over-count). Each failure is logged
-//! and counted (`relay_limit_store_errors_total`).
+//! and counted (`smtprelay_limit_store_errors_total`).
 //!
 //! Not here: the limit values (config), the replies (`limits`), SMTP sequencing (`session`).
 
@@ -298,7 +298,7 @@ impl RedisLimitStore {
     }
 
     /// Failures to reach Redis (each one a 451 at RCPT or an uncounted message); the
-    /// relay registers it as `relay_limit_store_errors_total`.
+    /// relay registers it as `smtprelay_limit_store_errors_total`.
     pub fn errors(&self) -> Counter {
         self.errors.clone()
     }

@@ -1,4 +1,5 @@
-//! The `relay` binary: `relay --config FILE.json [--drain-delay-seconds N]`.
+//! The `relay` binary: `relay --config FILE.json [--drain-delay-seconds N]
+//! [--log-format text|json|auto]`.
 //!
 //! Loads the RelayConfig document, starts the relay, prints one line with the listening
 //! addresses (`relay listening smtp=… submission=… smtps=… admin=…`) on stdout, polls the
@@ -28,6 +29,10 @@ struct Args {
     /// Service endpoints and load balancers stop sending new connections first.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     drain_delay_seconds: u64,
+    /// Log output: `text` lines, `json` objects (one per line), or `auto` (text on a
+    /// terminal, JSON otherwise).
+    #[arg(long, value_enum, default_value_t = relay::logging::LogFormat::Text)]
+    log_format: relay::logging::LogFormat,
 }
 
 fn load(path: &str) -> Result<(String, RelayConfig), String> {
@@ -37,19 +42,8 @@ fn load(path: &str) -> Result<(String, RelayConfig), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not in container logs.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A closed log pipe must not take the relay down (the fallback report would
-        // itself go to the closed stderr and panic).
-        .log_internal_errors(false)
-        .init();
     let args = Args::parse();
+    relay::logging::init(args.log_format);
     let path = args.config.to_string_lossy().into_owned();
     let drain_delay = Duration::from_secs(args.drain_delay_seconds);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,15 +1,28 @@
-//! The relay's Prometheus metrics (SPEC §3.8): one registry, named counters and gauges.
+//! The relay's Prometheus metrics (SPEC §3.8): one registry, every name under the
+//! `smtprelay_` prefix, counters, gauges and the end-of-DATA latency histogram.
 //!
 //! Owns metric names and labels; it does not serve HTTP (that is `admin`) or decide what
-//! happened (callers in `server` report events).
+//! happened (callers in `server` report events). Labels are bounded: reply codes, limit
+//! kinds, AUTH reasons and the config hash in force, never an address or a domain.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::limits::LimitHit;
+
 type Labels = Vec<(String, String)>;
+
+/// Prefix of every relay metric name.
+pub const PREFIX: &str = "smtprelay";
+
+/// Buckets of the end-of-DATA to 250 latency: 1 ms to about 16 s.
+fn reply_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
 
 /// All ingress metrics.
 #[derive(Debug)]
@@ -28,6 +41,9 @@ pub struct Metrics {
     pub auth_failures: Family<Labels, Counter>,
     pub auth_lockouts: Family<Labels, Counter>,
     pub auth_busy: Counter,
+    /// Seconds from the end of DATA to the reply that the message is queued (spool commit
+    /// and limit accounting included).
+    pub data_reply_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -38,7 +54,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("relay");
+        let mut registry = Registry::with_prefix(PREFIX);
         let m = Self {
             registry: Registry::default(),
             sessions: Counter::default(),
@@ -54,6 +70,7 @@ impl Metrics {
             auth_failures: Family::default(),
             auth_lockouts: Family::default(),
             auth_busy: Counter::default(),
+            data_reply_seconds: Histogram::new(reply_buckets()),
         };
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(
@@ -78,7 +95,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Recipients refused by a relay limit",
+            "Recipients refused by a relay limit, by kind of limit",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -117,6 +134,33 @@ impl Metrics {
             "AUTH attempts answered 454 4.3.0 because the password check pool was full",
             m.auth_busy.clone(),
         );
+        registry.register(
+            "data_reply_seconds",
+            "Seconds from the end of DATA to the 250 reply that the message is queued",
+            m.data_reply_seconds.clone(),
+        );
+        // Every series of a bounded label set starts at 0, so that it is exported before
+        // the first event and `rate()` sees the first increment.
+        for hit in [
+            LimitHit::UserMessagesPerDay,
+            LimitHit::UserRecipientsPerDay,
+            LimitHit::CustomerRecipientsPerDay,
+            LimitHit::CustomerRecipientsPer10Minutes,
+        ] {
+            let _ = m
+                .limit_hits
+                .get_or_create(&vec![("limit".to_string(), hit.label().to_string())]);
+        }
+        for reason in ["invalid", "locked_out"] {
+            let _ = m
+                .auth_failures
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())]);
+        }
+        for scope in ["ip", "user"] {
+            let _ = m
+                .auth_lockouts
+                .get_or_create(&vec![("scope".to_string(), scope.to_string())]);
+        }
         Self { registry, ..m }
     }
 
@@ -189,8 +233,28 @@ mod tests {
         m.auth_lockout("user");
         m.auth_busy.inc();
         let text = m.render();
-        assert!(text.contains("relay_auth_failures_total{reason=\"invalid\"} 2"));
-        assert!(text.contains("relay_auth_lockouts_total{scope=\"user\"} 1"));
-        assert!(text.contains("relay_auth_busy_total 1"));
+        assert!(text.contains("smtprelay_auth_failures_total{reason=\"invalid\"} 2"));
+        assert!(text.contains("smtprelay_auth_failures_total{reason=\"locked_out\"} 0"));
+        assert!(text.contains("smtprelay_auth_lockouts_total{scope=\"ip\"} 0"));
+        assert!(text.contains("smtprelay_auth_lockouts_total{scope=\"user\"} 1"));
+        assert!(text.contains("smtprelay_auth_busy_total 1"));
+    }
+
+    #[test]
+    fn every_limit_kind_is_exported_before_its_first_hit() {
+        let m = Metrics::new();
+        m.limit_hit("user_recipients_per_day");
+        let text = m.render();
+        assert!(
+            text.contains("smtprelay_limit_hits_total{limit=\"user_recipients_per_day\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "smtprelay_limit_hits_total{limit=\"customer_recipients_per_10_minutes\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE smtprelay_data_reply_seconds histogram"));
     }
 }

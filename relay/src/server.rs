@@ -877,10 +877,18 @@ impl Conn<'_> {
                         self.shared.spool.discard(incoming).await;
                     }
                     self.spool_failure = None;
-                    tracing::info!(client = %session.client_ip(), "message refused");
+                    tracing::info!(client = %session.client_ip(), result = "rejected", "message");
                 }
                 Action::Spool(message) => {
+                    // The end of DATA has been read: time until the reply is ready.
+                    let started = std::time::Instant::now();
                     let result = self.spool(session.client_ip(), *message).await;
+                    if result.is_ok() {
+                        self.shared
+                            .metrics
+                            .data_reply_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
                     queue.extend(session.spooled(result));
                 }
             }
@@ -902,7 +910,7 @@ impl Conn<'_> {
                 }
                 self.release(m.tx, &m.user, &m.rcpts).await;
                 let e = failure.unwrap_or(crate::spool::SpoolError::WriterStopped);
-                tracing::error!(sender = %m.mail_from, recipients = ?m.rcpts, error = %e, result = "not queued", "message");
+                tracing::error!(sender = %m.mail_from, recipients = %m.rcpts.join(","), client = %ip, error = %e, result = "rejected", reply = %reply_text(&e.reply()), "message");
                 return Err(e.reply());
             }
         };
@@ -925,7 +933,7 @@ impl Conn<'_> {
         };
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
             self.release(m.tx, &m.user, &envelope.rcpts).await;
-            tracing::error!(queue_id = %id_text, sender = %envelope.mail_from, recipients = ?envelope.rcpts, error = %e, result = "not queued", "message");
+            tracing::error!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %envelope.rcpts.join(","), client = %ip, error = %e, result = "rejected", reply = %reply_text(&e.reply()), "message");
             return Err(e.reply());
         }
         if let Err(e) = shared
@@ -949,16 +957,22 @@ impl Conn<'_> {
             queue_id = %id_text,
             sender = %envelope.mail_from,
             original_sender = envelope.original_mail_from.as_deref().unwrap_or(""),
-            recipients = ?envelope.rcpts,
+            recipients = %envelope.rcpts.join(","),
             client = %ip,
+            tls = envelope.tls.as_deref().unwrap_or("none"),
             size = envelope.size,
-            result = "queued",
+            result = "accepted",
             "message"
         );
         // No receiver is fine: delivery rescans the spool when it starts.
         let _ = shared.accepted.send(envelope);
         Ok(id_text)
     }
+}
+
+/// A reply as one log field: `451 4.3.0 Local error in processing: message not queued`.
+fn reply_text(reply: &Reply) -> String {
+    format!("{} {}", reply.code, reply.lines.join(" "))
 }
 
 /// The `Received:` header written before a message's text, from what the session knows

@@ -512,7 +512,7 @@ async fn a_broken_starttls_handshake_is_retried_once_in_plaintext_and_counted() 
     assert_eq!(sink.connections(), 2, "one TLS try, one plaintext retry");
     let metrics = h.metrics_text();
     assert!(
-        metrics.contains("relay_tls_plaintext_fallbacks_total 1"),
+        metrics.contains("smtprelay_tls_plaintext_fallbacks_total 1"),
         "{metrics}"
     );
 }
@@ -546,7 +546,7 @@ async fn a_route_that_requires_tls_never_falls_back_to_plaintext() {
     assert_eq!(sink.connections(), 1);
     let metrics = h.metrics_text();
     assert!(
-        metrics.contains("relay_tls_plaintext_fallbacks_total 0"),
+        metrics.contains("smtprelay_tls_plaintext_fallbacks_total 0"),
         "{metrics}"
     );
 }

@@ -392,7 +392,7 @@ async fn a_hostile_destination_holds_only_its_own_slots() {
     );
     let metrics = h.metrics_text();
     let line = format!(
-        "relay_deliveries_total{{route=\"bad\",host=\"127.0.0.1:{}\",result=\"deferred\"}} 5",
+        "smtprelay_deliveries_total{{route=\"bad\",host=\"127.0.0.1:{}\",result=\"deferred\"}} 5",
         hostile.port
     );
     assert!(metrics.contains(&line), "{metrics}");

@@ -82,7 +82,7 @@ async fn delivery_falls_back_to_the_next_mx_when_the_first_fails() {
     // labels stay bounded by the configuration.
     let metrics = h.metrics_text();
     let line = format!(
-        "relay_deliveries_total{{route=\"mx\",host=\"dest.test:{}\",result=\"delivered\"}} 1",
+        "smtprelay_deliveries_total{{route=\"mx\",host=\"dest.test:{}\",result=\"delivered\"}} 1",
         sink.port()
     );
     assert!(metrics.contains(&line), "{metrics}");

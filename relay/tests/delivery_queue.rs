@@ -49,11 +49,11 @@ async fn single_host_delivery_reaches_the_sink_and_leaves_the_queue() {
     assert!(h.manager.state(&id).is_none(), "state file removed");
     let metrics = h.metrics_text();
     let line = format!(
-        "relay_deliveries_total{{route=\"all\",host=\"127.0.0.1:{}\",result=\"delivered\"}} 1",
+        "smtprelay_deliveries_total{{route=\"all\",host=\"127.0.0.1:{}\",result=\"delivered\"}} 1",
         sink.port()
     );
     assert!(metrics.contains(&line), "{metrics}");
-    assert!(metrics.contains("relay_queue_depth 0"), "{metrics}");
+    assert!(metrics.contains("smtprelay_queue_depth 0"), "{metrics}");
 }
 
 #[tokio::test]
@@ -314,10 +314,10 @@ async fn four_xx_is_retried_on_the_schedule_then_doubling() {
     let metrics = h.metrics_text();
     // The last pass ran one second before the 8th attempt, 4800 s after arrival.
     assert!(
-        metrics.contains("relay_queue_oldest_message_age_seconds 4799"),
+        metrics.contains("smtprelay_queue_oldest_message_age_seconds 4799"),
         "{metrics}"
     );
-    assert!(metrics.contains("relay_queue_depth 1"), "{metrics}");
+    assert!(metrics.contains("smtprelay_queue_depth 1"), "{metrics}");
     assert!(metrics.contains("result=\"deferred\"} 7"), "{metrics}");
     let state = h.manager.state(&id).unwrap();
     assert_eq!(state.attempts, 7);
@@ -376,6 +376,16 @@ async fn temporary_failures_bounce_with_5_4_7_after_the_queue_lifetime() {
     h.clock.set(t0() + Duration::from_secs(100));
     let report = bounded(h.manager.run_due()).await;
     assert_eq!((report.bounced, report.dsns_queued), (1, 1));
+    // The recipient left the queue bounced, 100 s after it arrived.
+    let metrics = h.metrics_text();
+    assert!(
+        metrics.contains("smtprelay_queue_time_seconds_sum{result=\"bounced\"} 100.0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtprelay_queue_time_seconds_count{result=\"bounced\"} 1"),
+        "{metrics}"
+    );
     bounded(h.manager.run_due()).await;
     let dsn = parse_dsn(&home.messages()[0].data).unwrap();
     assert_eq!(dsn.recipients[0].status, "5.4.7");
@@ -582,7 +592,7 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     );
 
     sink.release();
-    let mut registry = prometheus_client::registry::Registry::with_prefix("relay");
+    let mut registry = prometheus_client::registry::Registry::with_prefix(relay::metrics::PREFIX);
     let restarted = Harness::manager(&dir, &store, &clock, routes, cfg, &mut registry);
     bounded(restarted.run_due()).await;
 

@@ -1033,9 +1033,12 @@ async fn reload_lets_a_transaction_finish_and_judges_every_next_mail_by_the_new_
     assert_eq!(relay.generation(), 2);
 
     let metrics = http_get(relay.admin_addr(), "/metrics").await;
-    assert!(metrics.contains("relay_config_generation 2"), "{metrics}");
     assert!(
-        metrics.contains("relay_messages_accepted_total 1"),
+        metrics.contains("smtprelay_config_generation 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtprelay_messages_accepted_total 1"),
         "{metrics}"
     );
     assert!(metrics.contains("reason=\"550 5.7.1\""), "{metrics}");
@@ -1239,7 +1242,7 @@ async fn relay_binary_reloads_its_file_and_stops_on_sigterm() {
     assert!(
         http_get(admin, "/metrics")
             .await
-            .contains("relay_config_generation 1")
+            .contains("smtprelay_config_generation 1")
     );
     let mut c = connect(smtp).await;
     c.cmd("EHLO client.acme.example").await;
@@ -1256,7 +1259,7 @@ async fn relay_binary_reloads_its_file_and_stops_on_sigterm() {
     assert!(
         http_get(admin, "/metrics")
             .await
-            .contains("relay_config_generation 2")
+            .contains("smtprelay_config_generation 2")
     );
     let mut c = connect(smtp).await;
     c.cmd("EHLO client.acme.example").await;

@@ -254,7 +254,7 @@ async fn sessions_active(relay: &RelayHandle) -> String {
     metrics(relay)
         .await
         .lines()
-        .find(|l| l.starts_with("relay_sessions_active "))
+        .find(|l| l.starts_with("smtprelay_sessions_active "))
         .unwrap_or("")
         .to_string()
 }
@@ -287,7 +287,7 @@ async fn a_client_that_never_reads_is_cut_off_by_the_write_timeout() {
     let cut = {
         let mut ok = false;
         for _ in 0..100 {
-            if sessions_active(&relay).await == "relay_sessions_active 0" {
+            if sessions_active(&relay).await == "smtprelay_sessions_active 0" {
                 ok = true;
                 break;
             }
@@ -549,11 +549,11 @@ async fn repeated_auth_failures_lock_the_user_out_across_connections() {
     );
     let text = metrics(&relay).await;
     assert!(
-        text.contains("relay_auth_lockouts_total{scope=\"user\"} 1"),
+        text.contains("smtprelay_auth_lockouts_total{scope=\"user\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("relay_auth_failures_total{reason=\"locked_out\"} 1"),
+        text.contains("smtprelay_auth_failures_total{reason=\"locked_out\"} 1"),
         "{text}"
     );
     relay.shutdown().await;

@@ -307,7 +307,7 @@ async fn unreachable_redis_gives_451_at_rcpt_and_limits_return_with_redis() {
     let text = metrics(&relay).await;
     assert!(
         text.lines()
-            .any(|l| l.starts_with("relay_limit_store_errors_total ") && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("smtprelay_limit_store_errors_total ") && !l.ends_with(" 0")),
         "{text}"
     );
 

@@ -65,6 +65,10 @@ struct Args {
     /// cannot make a relay reach internal services; routes that name a host still can.
     #[arg(long = "cluster-network")]
     cluster_networks: Vec<ipnet::IpNet>,
+    /// Log output: `text` lines, `json` objects (one per line), or `auto` (text on a
+    /// terminal, JSON otherwise).
+    #[arg(long, value_enum, default_value_t = relay::logging::LogFormat::Text)]
+    log_format: relay::logging::LogFormat,
 }
 
 /// This replica's identity in the Lease.
@@ -100,14 +104,8 @@ async fn terminated() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    relay::logging::init(args.log_format);
     match operate(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

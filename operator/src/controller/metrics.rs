@@ -1,23 +1,48 @@
 //! The operator's own Prometheus metrics and the small HTTP endpoint that serves them.
 //!
-//! Counts reconciles and their failures by kind of error, and times them. `serve` answers
-//! `GET /metrics` (Prometheus text) and `GET /healthz`; anything else is a 404. It does
-//! not serve the relay's metrics: relay pods have their own.
+//! Counts reconciles and their failures by kind of error, times them, and holds the last
+//! TLS probe verdict of each MailRoute and whether each Organization's config is in force. `serve` answers `GET /metrics` (OpenMetrics text,
+//! names under `smtprelay_operator_`) and `GET /healthz` over hyper, as the relay's admin
+//! endpoint does; other paths are 404, other methods 405. It does not serve the relay's
+//! metrics: relay pods have their own.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE as CONTENT_TYPE_HEADER, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: String,
+}
+
+/// One Organization.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrganizationLabels {
+    namespace: String,
+    organization: String,
+}
+
+/// One MailRoute: bounded by the routes that exist, never a host or a recipient.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    namespace: String,
+    /// `namespace/name`, as the relay names the route in its own metrics.
+    route: String,
 }
 
 /// Reconcile counters and durations.
@@ -26,6 +51,8 @@ pub struct Metrics {
     reconciles: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
+    route_tls: Family<RouteLabels, Gauge>,
+    in_force: Family<OrganizationLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -49,11 +76,27 @@ impl Default for Metrics {
             "Time one reconcile took",
             duration.clone(),
         );
+        let route_tls = Family::<RouteLabels, Gauge>::default();
+        registry.register(
+            "route_tls_verified",
+            "Last TLS probe of a MailRoute: 1 when every host passed the route's TLS policy, \
+             0 when one failed",
+            route_tls.clone(),
+        );
+        let in_force = Family::<OrganizationLabels, Gauge>::default();
+        registry.register(
+            "config_in_force",
+            "1 when every ready relay pod of the Organization runs its latest config \
+             (condition InForce True), else 0",
+            in_force.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
+            route_tls,
+            in_force,
         }
     }
 }
@@ -74,7 +117,35 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition.
+    /// Records the verdict of a MailRoute's TLS probe (`route` is `namespace/name`).
+    pub fn route_tls(&self, namespace: &str, route: &str, verified: bool) {
+        self.route_tls
+            .get_or_create(&RouteLabels {
+                namespace: namespace.into(),
+                route: route.into(),
+            })
+            .set(i64::from(verified));
+    }
+
+    /// Records whether an Organization's latest config is in force on its relays.
+    pub fn config_in_force(&self, namespace: &str, organization: &str, in_force: bool) {
+        self.in_force
+            .get_or_create(&OrganizationLabels {
+                namespace: namespace.into(),
+                organization: organization.into(),
+            })
+            .set(i64::from(in_force));
+    }
+
+    /// Forgets a MailRoute that no longer exists, so its last verdict does not linger.
+    pub fn forget_route(&self, namespace: &str, route: &str) {
+        self.route_tls.remove(&RouteLabels {
+            namespace: namespace.into(),
+            route: route.into(),
+        });
+    }
+
+    /// OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -83,13 +154,14 @@ impl Metrics {
     }
 }
 
-/// Largest request head read before answering.
-const MAX_REQUEST: usize = 8 * 1024;
+/// The content type of `render`'s output (prometheus-client writes OpenMetrics text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+/// Serves `/metrics` and `/healthz` on `listener` over HTTP/1.1 (hyper, as the relay's
+/// admin endpoint) until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let mut stream = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -100,66 +172,86 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                true
-            })
-            .await;
-            if !matches!(read, Ok(true)) {
-                return;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = respond(req.method(), req.uri().path(), &metrics);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(5))
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
             }
-            let (status, body) = respond(&buf, &metrics);
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
 }
 
-/// Status line and body for one request head.
-fn respond(request: &[u8], metrics: &Metrics) -> (&'static str, String) {
-    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (parts.next(), parts.next());
-    match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", metrics.render()),
-        (Some(b"GET"), Some(b"/healthz")) => ("200 OK", "ok\n".into()),
-        (Some(b"GET"), _) => ("404 Not Found", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "only GET\n".into()),
-    }
+/// The answer to one request.
+fn respond(method: &Method, path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (method, path) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.render()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(ctype));
+    resp
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    /// One request to the served endpoint: status, content type and body.
+    async fn get(addr: std::net::SocketAddr, method: Method, path: &str) -> (u16, String, String) {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "x")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp.headers()[CONTENT_TYPE_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
 
     #[tokio::test]
-    async fn metrics_endpoint_reports_reconciles_and_failures() {
+    async fn metrics_endpoint_reports_reconciles_failures_and_probes() {
         let metrics = Arc::new(Metrics::default());
         metrics.reconciled(Duration::from_millis(3));
         metrics.failed("apply");
+        metrics.route_tls("shop", "shop/relay", true);
+        metrics.route_tls("shop", "shop/broken", false);
+        metrics.config_in_force("shop", "acme", false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, metrics));
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).await.unwrap();
+        let (status, ctype, text) = get(addr, Method::GET, "/metrics").await;
+        let (health, _, ok) = get(addr, Method::GET, "/healthz").await;
+        let (missing, _, _) = get(addr, Method::GET, "/nope").await;
+        let (post, _, _) = get(addr, Method::POST, "/metrics").await;
         server.abort();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(ctype, CONTENT_TYPE);
         assert!(
             text.contains("smtprelay_operator_reconciles_total 1\n"),
             "{text}"
@@ -169,19 +261,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("smtprelay_operator_reconcile_duration_seconds_count 1\n"));
-    }
-
-    #[test]
-    fn unknown_paths_and_methods_are_refused() {
-        let m = Metrics::default();
-        assert_eq!(
-            respond(b"GET /nope HTTP/1.1\r\n\r\n", &m).0,
-            "404 Not Found"
+        assert!(
+            text.contains(
+                "smtprelay_operator_route_tls_verified{namespace=\"shop\",route=\"shop/relay\"} 1\n"
+            ),
+            "{text}"
         );
-        assert_eq!(
-            respond(b"POST /metrics HTTP/1.1\r\n\r\n", &m).0,
-            "405 Method Not Allowed"
+        assert!(
+            text.contains(
+                "smtprelay_operator_route_tls_verified{namespace=\"shop\",route=\"shop/broken\"} 0\n"
+            ),
+            "{text}"
         );
-        assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &m).1, "ok\n");
+        assert!(
+            text.contains(
+                "smtprelay_operator_config_in_force{namespace=\"shop\",organization=\"acme\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!((health, ok.as_str()), (200, "ok\n"));
+        assert_eq!(missing, 404);
+        assert_eq!(post, 405);
     }
 }

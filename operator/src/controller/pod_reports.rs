@@ -1,6 +1,6 @@
 //! What each ready relay pod says about the config it has in force.
 //!
-//! The relay's admin endpoint publishes `relay_config_info{hash="…",content_hash="…"} 1`
+//! The relay's admin endpoint publishes `smtprelay_config_info{hash="…",content_hash="…"} 1`
 //! on `/metrics`: the document hash, and the hash of the document and the files it names.
 //! [`PodReports`] asks one pod for that line; [`HttpPodReports`] does so
 //! over HTTP straight to the pod's address (the relay's NetworkPolicy admits the
@@ -18,7 +18,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 
 /// Name of the relay's config metric.
-pub const CONFIG_INFO_METRIC: &str = "relay_config_info";
+pub const CONFIG_INFO_METRIC: &str = "smtprelay_config_info";
+
+/// The name relays published before the `smtprelay_` prefix, still read so that an
+/// upgraded operator sees what not yet restarted relays run.
+const LEGACY_CONFIG_INFO_METRIC: &str = "relay_config_info";
 
 /// The config a relay has in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +44,8 @@ pub trait PodReports: Send + Sync + 'static {
 pub fn running(metrics: &str) -> Option<Running> {
     metrics.lines().find_map(|line| {
         let labels = line
-            .strip_prefix(CONFIG_INFO_METRIC)?
+            .strip_prefix(CONFIG_INFO_METRIC)
+            .or_else(|| line.strip_prefix(LEGACY_CONFIG_INFO_METRIC))?
             .strip_prefix('{')?
             .split_once('}')?
             .0;
@@ -118,10 +123,10 @@ impl PodReports for HttpPodReports {
 mod tests {
     use super::*;
 
-    const METRICS: &str = "# HELP relay_config_info Hash of the config in force (value 1).\n\
-# TYPE relay_config_info gauge\n\
-relay_config_info{hash=\"abc123\",content_hash=\"def456\"} 1\n\
-relay_config_generation 3\n";
+    const METRICS: &str = "# HELP smtprelay_config_info Hash of the config in force (value 1).\n\
+# TYPE smtprelay_config_info gauge\n\
+smtprelay_config_info{hash=\"abc123\",content_hash=\"def456\"} 1\n\
+smtprelay_config_generation 3\n";
 
     #[test]
     fn the_labels_of_the_config_metric_are_read() {
@@ -130,12 +135,15 @@ relay_config_generation 3\n";
             content_hash: Some("def456".into()),
         };
         assert_eq!(running(METRICS), Some(abc));
-        assert_eq!(running("relay_config_generation 3\n"), None);
+        assert_eq!(running("smtprelay_config_generation 3\n"), None);
         // `content_hash` is not `hash`, whichever comes first.
-        let swapped = "relay_config_info{content_hash=\"x\",hash=\"y\"} 1";
+        let swapped = "smtprelay_config_info{content_hash=\"x\",hash=\"y\"} 1";
         assert_eq!(running(swapped).map(|r| r.hash).as_deref(), Some("y"));
-        let old = "relay_config_info{hash=\"y\"} 1";
+        let old = "smtprelay_config_info{hash=\"y\"} 1";
         assert_eq!(running(old).unwrap().content_hash, None);
+        // A relay from before the `smtprelay_` prefix.
+        let legacy = "relay_config_info{hash=\"z\",content_hash=\"w\"} 1";
+        assert_eq!(running(legacy).map(|r| r.hash).as_deref(), Some("z"));
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ pub struct Relay<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodReport {
     pub pod: String,
-    /// The config in force (`relay_config_info{hash=...,content_hash=...}`), or why the
+    /// The config in force (`smtprelay_config_info{hash=...,content_hash=...}`), or why the
     /// pod could not be asked.
     pub running: Result<Running, String>,
 }

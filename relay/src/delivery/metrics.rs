@@ -1,5 +1,6 @@
 //! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth, the
-//! age of the oldest queued message and plaintext retries after failed TLS handshakes.
+//! age of the oldest queued message, plaintext retries after failed TLS handshakes, and
+//! histograms of delivery attempt duration (by route) and time in queue (by final result).
 //!
 //! Labels are bounded by the configuration: `route` is a configured route name or
 //! `direct`, `host` a configured pool host (`host:port`), `mx` for direct MX delivery, or
@@ -12,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of one delivery outcome.
@@ -26,8 +28,35 @@ pub struct DeliveryLabels {
     pub result: String,
 }
 
+/// Labels of a delivery attempt's duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name (`direct` for MX delivery without a route).
+    pub route: String,
+}
+
+/// Labels of a message's time in queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinalLabels {
+    /// `delivered` or `bounced`: how the recipient left the queue.
+    pub result: String,
+}
+
+/// Attempt durations: 10 ms to about 11 minutes (an attempt is bounded by the attempt
+/// timeout).
+fn attempt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 17))
+}
+
+/// Time in queue: 100 ms to about 9 days (longer than any message lifetime).
+fn queue_time_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 4.0, 14))
+}
+
+type HistogramCtor = fn() -> Histogram;
+
 /// The delivery metrics handles; cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DeliveryMetrics {
     /// Recipients by route, host and result.
     pub deliveries: Family<DeliveryLabels, Counter>,
@@ -38,6 +67,23 @@ pub struct DeliveryMetrics {
     /// Sessions retried in plaintext after a failed STARTTLS handshake (routes that do not
     /// require TLS only).
     pub tls_plaintext_fallbacks: Counter,
+    /// Seconds one delivery attempt of one route group took (connect to QUIT, or timeout).
+    pub attempt_seconds: Family<RouteLabels, Histogram, HistogramCtor>,
+    /// Seconds from receipt to the recipient's delivery or bounce.
+    pub queue_time_seconds: Family<FinalLabels, Histogram, HistogramCtor>,
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        Self {
+            deliveries: Family::default(),
+            queue_depth: Gauge::default(),
+            oldest_message_age_seconds: Gauge::default(),
+            tls_plaintext_fallbacks: Counter::default(),
+            attempt_seconds: Family::new_with_constructor(attempt_histogram),
+            queue_time_seconds: Family::new_with_constructor(queue_time_histogram),
+        }
+    }
 }
 
 impl DeliveryMetrics {
@@ -64,7 +110,35 @@ impl DeliveryMetrics {
             "Sessions retried in plaintext after a failed STARTTLS handshake",
             m.tls_plaintext_fallbacks.clone(),
         );
+        registry.register(
+            "delivery_attempt_seconds",
+            "Seconds one delivery attempt of a route took, by route",
+            m.attempt_seconds.clone(),
+        );
+        registry.register(
+            "queue_time_seconds",
+            "Seconds from receipt to delivery or bounce, per recipient, by result",
+            m.queue_time_seconds.clone(),
+        );
         m
+    }
+
+    /// Records how long one attempt on `route` took.
+    pub fn attempt_took(&self, route: &str, seconds: f64) {
+        self.attempt_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records a recipient leaving the queue (`delivered` or `bounced`) after `seconds`.
+    pub fn left_queue(&self, result: &str, seconds: f64) {
+        self.queue_time_seconds
+            .get_or_create(&FinalLabels {
+                result: result.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Counts one recipient outcome.

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{DeliveryConfig, RouteConfig, RouteHosts};
+use crate::config::{DeliveryConfig, RouteConfig, RouteHosts, RouteTlsConfig};
 
 use super::Clock;
 use super::attempt::{GroupResult, Transport, defer_all};
@@ -1164,6 +1164,7 @@ impl<S: MessageStore> Inner<S> {
                 };
                 let _permit = this.concurrency.clone().acquire_owned().await;
                 let hosts = this.host_order(&choice, &route);
+                let started = std::time::Instant::now();
                 let result = match looping {
                     Some(refusal) => GroupResult::refused(&rcpts, &refusal),
                     None => {
@@ -1187,30 +1188,43 @@ impl<S: MessageStore> Inner<S> {
                         }
                     }
                 };
+                this.metrics
+                    .attempt_took(&route.name, started.elapsed().as_secs_f64());
                 this.record_health(&choice, &route, &result);
-                (route.name.clone(), metric_host(&choice, &result), result)
+                let tls = tls_policy(&route.tls);
+                (
+                    route.name.clone(),
+                    metric_host(&choice, &result),
+                    tls,
+                    result,
+                )
             });
         }
         // Slots taken for destinations this message no longer has.
         drop(reserved);
 
         while let Some(done) = groups.join_next().await {
-            let Ok((route_name, metric_host, result)) = done else {
+            let Ok((route_name, metric_host, tls, result)) = done else {
                 continue;
             };
+            let in_queue = now
+                .duration_since(envelope.received_at)
+                .unwrap_or_default()
+                .as_secs_f64();
             for (rcpt, outcome) in &result.outcomes {
                 let host = result.host.as_deref();
                 let new_state = match outcome {
                     RecipientOutcome::Delivered { reply } => {
-                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "delivered: {reply}");
+                        tracing::info!(queue_id, sender = %envelope.mail_from, recipients = %rcpt, route = %route_name, host = host.unwrap_or("none"), tls, result = "delivered", %reply, "delivery");
                         report.delivered += 1;
                         self.metrics.count(&route_name, &metric_host, "delivered");
+                        self.metrics.left_queue("delivered", in_queue);
                         RecipientState::Delivered {
                             host: host.unwrap_or("none").to_string(),
                         }
                     }
                     RecipientOutcome::Deferred { reason } => {
-                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), "deferred: {reason}");
+                        tracing::info!(queue_id, sender = %envelope.mail_from, recipients = %rcpt, route = %route_name, host = host.unwrap_or("none"), tls, result = "deferred", reply = %reason, "delivery");
                         report.deferred += 1;
                         self.metrics.count(&route_name, &metric_host, "deferred");
                         RecipientState::Pending {
@@ -1218,9 +1232,10 @@ impl<S: MessageStore> Inner<S> {
                         }
                     }
                     RecipientOutcome::Failed { status, diagnostic } => {
-                        tracing::info!(queue_id, from = %envelope.mail_from, rcpt = %rcpt, route = %route_name, host = host.unwrap_or("none"), status = %status, "bounced: {diagnostic}");
+                        tracing::info!(queue_id, sender = %envelope.mail_from, recipients = %rcpt, route = %route_name, host = host.unwrap_or("none"), tls, result = "bounced", status = %status, reply = %diagnostic, "delivery");
                         report.bounced += 1;
                         self.metrics.count(&route_name, &metric_host, "bounced");
+                        self.metrics.left_queue("bounced", in_queue);
                         if !envelope.mail_from.is_empty() {
                             state.dsn_pending.push(DsnEntry {
                                 recipient: rcpt.clone(),
@@ -1274,7 +1289,14 @@ impl<S: MessageStore> Inner<S> {
                             Some(d) => resolve_choice(routes, &route_set.table.choose(&d)).name,
                             None => "direct".to_string(),
                         };
+                        tracing::info!(queue_id, sender = %envelope.mail_from, recipients = %rcpt, route = %route_name, host = "none", tls = "none", result = "bounced", status = "5.4.7", reply = %diagnostic, "delivery");
                         self.metrics.count(&route_name, "none", "bounced");
+                        self.metrics.left_queue(
+                            "bounced",
+                            now.duration_since(envelope.received_at)
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        );
                         if !envelope.mail_from.is_empty() {
                             state.dsn_pending.push(DsnEntry {
                                 recipient: rcpt.clone(),
@@ -1454,6 +1476,20 @@ impl<S: MessageStore> Inner<S> {
 /// The `host` label of a group's outcome: the configured pool host that took it (or the
 /// last that failed), `mx` for direct delivery, `none` when no host was tried. Never an
 /// MX or recipient domain, so the label set is bounded by the configuration.
+/// The route's TLS policy as delivery events name it: `verified` (TLS required, chain and
+/// host name checked), `required` (TLS required, certificate checks relaxed) or
+/// `opportunistic` (STARTTLS when offered).
+fn tls_policy(tls: &RouteTlsConfig) -> &'static str {
+    match (
+        tls.require_tls,
+        tls.require_ca_signed && tls.validate_hostname,
+    ) {
+        (true, true) => "verified",
+        (true, false) => "required",
+        (false, _) => "opportunistic",
+    }
+}
+
 fn metric_host(choice: &RouteChoice, result: &GroupResult) -> String {
     if matches!(choice, RouteChoice::DirectMx(_)) {
         return "mx".to_string();

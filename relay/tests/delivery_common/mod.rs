@@ -92,7 +92,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FakeClock::new(t0()));
         let store = Arc::new(DirectoryStore::open(dir.path().join("spool")).unwrap());
-        let mut registry = Registry::with_prefix("relay");
+        let mut registry = Registry::with_prefix(relay::metrics::PREFIX);
         let manager = Self::manager(&dir, &store, &clock, routes, delivery, &mut registry);
         Self {
             dir,

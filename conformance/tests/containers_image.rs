@@ -16,7 +16,16 @@ fn docker_cli(args: &[&str]) -> (bool, String) {
 
 /// Whether `path` exists in `image` (asked with the image's own `test`, as its user).
 fn exists(image: &str, path: &str) -> bool {
-    docker_cli(&["run", "--rm", "--entrypoint", "/usr/bin/test", image, "-e", path]).0
+    docker_cli(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/usr/bin/test",
+        image,
+        "-e",
+        path,
+    ])
+    .0
 }
 
 #[test]
@@ -29,7 +38,10 @@ fn relay_image_is_the_production_image() {
     assert!(ok, "cannot inspect {image}");
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["User"], "65532:65532");
-    assert_eq!(config["Entrypoint"], serde_json::json!(["/usr/local/bin/relay"]));
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/relay"])
+    );
     assert_eq!(
         config["Labels"]["org.opencontainers.image.version"],
         env!("CARGO_PKG_VERSION")

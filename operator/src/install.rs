@@ -15,8 +15,14 @@ pub const IMAGES: [&str; 2] = ["smtprelay-operator", "smtprelay-relay"];
 
 /// The Kustomize base's files, in the order they are applied.
 const BASE: [(&str, &str); 2] = [
-    ("deploy/base/rbac.yaml", include_str!("../../deploy/base/rbac.yaml")),
-    ("deploy/base/operator.yaml", include_str!("../../deploy/base/operator.yaml")),
+    (
+        "deploy/base/rbac.yaml",
+        include_str!("../../deploy/base/rbac.yaml"),
+    ),
+    (
+        "deploy/base/operator.yaml",
+        include_str!("../../deploy/base/operator.yaml"),
+    ),
 ];
 
 /// The whole install as one multi-document YAML stream, with both images tagged `tag`.

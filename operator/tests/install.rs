@@ -40,13 +40,14 @@ fn documents(yaml: &str) -> Vec<Value> {
 /// The JSON path of the first place where `a` and `b` differ.
 fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
     match (a, b) {
-        (Value::Object(x), Value::Object(y)) => x
-            .keys()
-            .chain(y.keys())
-            .find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(p), Some(q)) => first_difference(p, q, format!("{path}.{k}")),
-                _ => Some(format!("{path}.{k}")),
-            }),
+        (Value::Object(x), Value::Object(y)) => {
+            x.keys()
+                .chain(y.keys())
+                .find_map(|k| match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, format!("{path}.{k}")),
+                    _ => Some(format!("{path}.{k}")),
+                })
+        }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
             .iter()
             .zip(y)
@@ -102,8 +103,8 @@ fn committed_install_yaml_is_what_relayctl_install_prints() {
 
 #[test]
 fn committed_crds_of_the_base_are_what_relayctl_crds_prints() {
-    let committed =
-        std::fs::read_to_string(root().join("deploy/base/crds/smtprelay.dev.yaml")).unwrap_or_default();
+    let committed = std::fs::read_to_string(root().join("deploy/base/crds/smtprelay.dev.yaml"))
+        .unwrap_or_default();
     assert!(
         committed == relayctl(&["crds"]),
         "deploy/base/crds/smtprelay.dev.yaml is out of date. Regenerate it with:\n    \
@@ -140,7 +141,11 @@ fn every_installed_object_is_a_valid_object_of_its_kind() {
         .position(|k| *k != "CustomResourceDefinition")
         .unwrap();
     assert_eq!(kinds[first_other], "Namespace");
-    assert!(kinds[first_other..].iter().all(|k| *k != "CustomResourceDefinition"));
+    assert!(
+        kinds[first_other..]
+            .iter()
+            .all(|k| *k != "CustomResourceDefinition")
+    );
 }
 
 #[test]
@@ -161,10 +166,9 @@ fn a_misspelt_field_is_refused() {
 #[test]
 fn the_kustomize_base_holds_the_same_objects_as_the_install() {
     let base = root().join("deploy/base");
-    let kustomization: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(base.join("kustomization.yaml")).unwrap(),
-    )
-    .unwrap();
+    let kustomization: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap())
+            .unwrap();
     let mut from_base = Vec::new();
     for resource in kustomization["resources"].as_array().unwrap() {
         let text = std::fs::read_to_string(base.join(resource.as_str().unwrap())).unwrap();

@@ -5,8 +5,9 @@
 #            openssl, dnsmasq inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
-#   relay    the release `relay` binary (also tagged smtprelay-relay:dev)
-#   operator the release `operator` binary (also tagged smtprelay-operator:dev)
+#   relay    the production relay image, as images/build.sh makes it (minimal runtime, no
+#            mail software, user 65532): scenarios run what a cluster runs
+#   operator the production operator image, likewise
 # Each image is tagged with a hash of its inputs and rebuilt only when they change.
 #
 # usage: conformance/images/build.sh [base|postfix|dns|relay|operator|all]...   (default: all)
@@ -66,19 +67,12 @@ build_from() {
   echo "$tag"
 }
 
-# build_binary NAME PACKAGE: the release binary NAME of PACKAGE in an image FROM the base,
-# tagged by content and as :dev (the tag deploy/ and the operator use).
-build_binary() {
-  local name=$1 package=$2 base=$3
-  log "building the release $name binary"
-  (cd "$root" && cargo build --release -p "$package" --bin "$name" >&2)
-  local ctx="$cache/$name-context"
-  rm -rf "$ctx" && mkdir -p "$ctx"
-  cp "$here/$name/Dockerfile" "$ctx/"
-  cp "$root/target/release/$name" "$ctx/$name"
+# production NAME: the production image NAME built (or found) by images/build.sh, by its
+# content-hash tag.
+production() {
   local tag
-  tag=$(build_from "$name" "$ctx" "$base")
-  docker tag "$tag" "smtprelay-$name:dev" >&2
+  tag=$("$root/images/build.sh" "$1" | awk -F= -v name="$1" '$1 == name {print $2}')
+  [ -n "$tag" ] || { log "images/build.sh printed no $1= line"; exit 1; }
   echo "$tag"
 }
 
@@ -91,12 +85,12 @@ for t in "${targets[@]}"; do
     base) ;;
     postfix) echo "postfix=$(build_from postfix "$here/postfix" "$base")" ;;
     dns) echo "dns=$(build_from dns "$here/dns" "$base")" ;;
-    relay) echo "relay=$(build_binary relay relay "$base")" ;;
-    operator) echo "operator=$(build_binary operator operator "$base")" ;;
+    relay) tag=$(production relay); echo "relay=$tag" ;;
+    operator) tag=$(production operator); echo "operator=$tag" ;;
     all)
       echo "postfix=$(build_from postfix "$here/postfix" "$base")"
       echo "dns=$(build_from dns "$here/dns" "$base")"
-      echo "relay=$(build_binary relay relay "$base")"
+      tag=$(production relay); echo "relay=$tag"
       ;;
     *) log "unknown image $t (expected base, postfix, dns, relay, operator or all)"; exit 2 ;;
   esac

@@ -17,7 +17,8 @@
 //! [`LABEL`] with the scenario's id.
 //!
 //! Images are never pulled: [`images`] builds them locally with
-//! `conformance/images/build.sh` when they are missing. Every wait is bounded by a
+//! `conformance/images/build.sh` when they are missing; the relay runs the production
+//! image. Every wait is bounded by a
 //! deadline. Not here: what a scenario asserts.
 
 use std::collections::{BTreeMap, HashMap};
@@ -113,9 +114,10 @@ pub struct Images {
 /// The project's images, built (or found in the build cache) once per test process.
 ///
 /// `build.sh` stays a shell script over the docker CLI: it pipes a debootstrap tree into
-/// `docker import` and runs the same `docker build` a developer would, caches by content
-/// hash, and is also how `deploy/` gets its images; it runs once per test process, never
-/// per scenario.
+/// `docker import` and runs the same `docker build` a developer would, and caches by content
+/// hash; its `relay` is the production image of `images/build.sh` (no shell or mail tools
+/// inside, so nothing is ever exec'd in the relay container). It runs once per test
+/// process, never per scenario.
 pub fn images() -> io::Result<&'static Images> {
     static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
     IMAGES

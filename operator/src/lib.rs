@@ -6,6 +6,7 @@ pub mod controller;
 pub mod expect;
 pub mod explain;
 pub mod git;
+pub mod install;
 pub mod local;
 pub mod manifests;
 pub mod plan;

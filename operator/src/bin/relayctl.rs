@@ -1,7 +1,7 @@
-//! `relayctl`: the command line of the SmtpRelay project: print the CRDs, validate and render
-//! manifests offline, explain and test their policy, review changes between Git revisions,
-//! run a relay from manifests on this machine, administer a relay's queue, and print
-//! shell completions.
+//! `relayctl`: the command line of the SmtpRelay project: print the CRDs and the install
+//! manifests, validate and render manifests offline, explain and test their policy, review
+//! changes between Git revisions, run a relay from manifests on this machine, administer a
+//! relay's queue, and print shell completions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,13 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions, for `kubectl apply -f -`.
     Crds,
+    /// Print everything a cluster needs (CRDs, namespace, RBAC, operator Deployment), for
+    /// `kubectl apply --server-side -f -`.
+    Install {
+        /// Tag of the operator and relay images (as `images/build.sh` tags them).
+        #[arg(long = "image", value_name = "TAG", default_value = operator::install::VERSION)]
+        image: String,
+    },
     /// Check manifests offline with the same rules as the API server.
     Validate {
         /// Files or directories of YAML manifests.
@@ -287,6 +294,7 @@ fn main() -> ExitCode {
             nameservers,
         } => runtime().block_on(test_tls(paths, &route, nameservers)),
         Command::Sink { listen } => runtime().block_on(sink(listen)),
+        Command::Install { image } => install(&image),
         Command::Crds => match crds::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -346,6 +354,19 @@ fn main() -> ExitCode {
 }
 
 /// `relayctl plan`: renders both revisions and prints the behavioural diff.
+fn install(tag: &str) -> ExitCode {
+    match operator::install::install_yaml(tag) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot serialize the install manifests: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn plan(base: &str, head: Option<&str>, format: PlanFormat, paths: Vec<PathBuf>) -> ExitCode {
     const INVALID: u8 = 2;
     let paths = if paths.is_empty() {

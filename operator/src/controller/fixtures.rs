@@ -7,7 +7,7 @@
 //! (method, path, query, content type, JSON body), so tests assert what reconcile asked of
 //! the cluster and what the cluster then holds. The server:
 //!
-//! - authorises every request with the ClusterRole of `deploy/rbac.yaml`, including the
+//! - authorises every request with the ClusterRole of `deploy/base/rbac.yaml`, including the
 //!   `OwnerReferencesPermissionEnforcement` check on `blockOwnerDeletion` and the `create`
 //!   a server-side apply needs to create an object;
 //! - rejects invalid object names (Service names are DNS-1035 labels), label values and
@@ -104,9 +104,9 @@ pub struct Rule {
     pub resource_names: Vec<String>,
 }
 
-/// The rules of the operator's ClusterRole as `deploy/rbac.yaml` ships them.
+/// The rules of the operator's ClusterRole as `deploy/base/rbac.yaml` ships them.
 pub fn shipped_rules() -> Vec<Rule> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();

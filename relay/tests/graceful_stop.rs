@@ -129,7 +129,7 @@ async fn the_relay_binary_on_sigterm_fails_readiness_serves_for_the_drain_delay_
         Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(&path)
-            .args(["--drain-delay-seconds", "3"])
+            .args(["--drain-delay-seconds", "8"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -162,7 +162,8 @@ async fn the_relay_binary_on_sigterm_fails_readiness_serves_for_the_drain_delay_
     assert!(status.success());
     // Readiness fails first; the listener still takes mail.
     let mut ready = readyz(admin).await;
-    while ready == Some(200) && started.elapsed() < Duration::from_secs(1) {
+    // Generous bounds: a loaded machine may take a while to deliver the signal.
+    while ready == Some(200) && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         ready = readyz(admin).await;
     }
@@ -172,14 +173,14 @@ async fn the_relay_binary_on_sigterm_fails_readiness_serves_for_the_drain_delay_
             .await
             .starts_with("250 2.0.0 OK queued as ")
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(8));
 
     assert!(
-        refused_within(smtp, Duration::from_secs(10))
+        refused_within(smtp, Duration::from_secs(15))
             .await
             .is_some()
     );
-    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() >= Duration::from_secs(8));
     let mut child = child;
     let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
         .await

@@ -153,7 +153,11 @@ fn queue_list_shows_a_deferred_message_of_a_local_relay() {
             String::from_utf8_lossy(&out.stderr)
         );
         table = String::from_utf8(out.stdout).unwrap();
-        if table.contains("failed") {
+        // Listed once its first attempt has ended (not while it is delivering).
+        if table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("pending") && l.contains("failed"))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

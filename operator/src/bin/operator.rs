@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
     /// Relay image for Organizations that do not set `spec.relay.image`.
-    #[arg(long, default_value = "smtprelay-relay:dev")]
+    #[arg(long, default_value = operator::controller::children::DEFAULT_RELAY_IMAGE)]
     relay_image: String,
     /// Namespace of the leader-election Lease (normally the operator's own).
     #[arg(long, default_value = "smtprelay-system")]

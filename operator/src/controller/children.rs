@@ -87,10 +87,13 @@ pub struct ChildDefaults {
     pub admin_namespaces: Vec<String>,
 }
 
+/// The relay image of this operator's release (what `images/build.sh` tags).
+pub const DEFAULT_RELAY_IMAGE: &str = concat!("smtprelay-relay:", env!("CARGO_PKG_VERSION"));
+
 impl Default for ChildDefaults {
     fn default() -> Self {
         Self {
-            relay_image: "smtprelay-relay:dev".into(),
+            relay_image: DEFAULT_RELAY_IMAGE.into(),
             admin_namespaces: vec!["smtprelay-system".into(), "monitoring".into()],
         }
     }
@@ -651,6 +654,9 @@ fn stateful_set(
         ),
         command: Some(vec![
             "relay".into(),
+            // One JSON object per line for the cluster's log collector.
+            "--log-format".into(),
+            "json".into(),
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
             "--drain-delay-seconds".into(),

@@ -172,6 +172,8 @@ async fn new_organization_gets_all_children_then_status_then_events() {
         container["command"],
         json!([
             "relay",
+            "--log-format",
+            "json",
             "--config",
             "/etc/smtprelay/config/config.json",
             "--drain-delay-seconds",
@@ -1279,7 +1281,7 @@ async fn an_image_outside_the_allow_list_is_not_deployed_but_the_rest_of_the_spe
     result.unwrap();
     let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
     let image = |d: &Value| d["spec"]["template"]["spec"]["containers"][0]["image"].clone();
-    assert_eq!(image(stateful_set), "smtprelay-relay:dev");
+    assert_eq!(image(stateful_set), super::children::DEFAULT_RELAY_IMAGE);
     assert_eq!(stateful_set["spec"]["replicas"], 2);
     let degraded = condition(&org_status(&world), "Degraded").clone();
     assert_eq!(degraded["reason"], "ImageNotAllowed");

@@ -1,5 +1,5 @@
-//! Puts the Git revision of the source into `SMTPRELAY_GIT_REVISION` for `--version`;
-//! "unknown" when git or the repository is not there (a source tarball, a container build).
+// Puts the Git revision of the source into `SMTPRELAY_GIT_REVISION` for `--version`;
+// "unknown" when git or the repository is not there (a source tarball, a container build).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

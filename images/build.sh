@@ -25,30 +25,14 @@ suite=bookworm
 uid=65532
 mkdir -p "$cache"
 
-log() { printf '%s\n' "$*" >&2; }
-hash_of() { sha256sum | cut -c1-16; }
-have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+. "$here/lib.sh"
 version() { awk '/^\[workspace.package\]/ {p=1} p && /^version/ {gsub(/"/, "", $3); print $3; exit}' "$root/Cargo.toml"; }
-
-mirror() {
-  local m=""
-  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
-    m=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list)
-  fi
-  printf '%s' "${m:-http://deb.debian.org/debian}"
-}
 
 # The runtime's recipe is this function's text: changing it changes the tag.
 build_runtime() {
   local tag="smtprelay-runtime:$suite-$( (echo "$suite $uid"; declare -f build_runtime) | hash_of)"
   if ! have_image "$tag"; then
-    if ! command -v debootstrap >/dev/null; then
-      log "installing debootstrap"
-      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-    fi
+    need_debootstrap
     local dir="$cache/runtime-$suite"
     rm -rf "$dir"
     log "debootstrap --variant=minbase $suite from $(mirror) (about a minute)"

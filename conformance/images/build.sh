@@ -21,28 +21,12 @@ suite=bookworm
 packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules
 mkdir -p "$cache"
 
-log() { printf '%s\n' "$*" >&2; }
-hash_of() { sha256sum | cut -c1-16; }
-have_image() { docker image inspect "$1" >/dev/null 2>&1; }
-
-mirror() {
-  local m=""
-  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
-    m=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list)
-  fi
-  printf '%s' "${m:-http://deb.debian.org/debian}"
-}
+. "$root/images/lib.sh"
 
 build_base() {
   local tag="smtprelay-base:$(printf '%s %s' "$suite" "$packages" | hash_of)"
   if ! have_image "$tag"; then
-    if ! command -v debootstrap >/dev/null; then
-      log "installing debootstrap"
-      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-    fi
+    need_debootstrap
     local dir="$cache/rootfs-$suite"
     rm -rf "$dir"
     log "debootstrap $suite from $(mirror) (about a minute)"

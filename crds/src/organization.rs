@@ -310,4 +310,28 @@ pub struct OrganizationStatus {
     /// Ready relay replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Spool claims of relay pods that are gone (a scale-down, the Deployment of an
+    /// earlier version, the Organization's deletion) whose queue is still being drained.
+    /// A claim is deleted, and leaves this list, once its spool is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingClaim>,
+}
+
+/// One spool claim being drained.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingClaim {
+    /// The PersistentVolumeClaim.
+    pub claim: String,
+    /// The Job draining it.
+    pub job: String,
+    /// `Pending` (Job created, not running yet), `Running` or `Failed` (see `message`;
+    /// delete the Job to try again).
+    pub phase: String,
+    /// Messages still in the spool, as the drain last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    /// Why the drain failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

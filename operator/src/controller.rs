@@ -16,8 +16,8 @@
 //! The relay runs as a StatefulSet, one spool claim per pod. An Organization whose relay
 //! still runs as the Deployment of earlier versions gets its StatefulSet next to it; the
 //! Deployment is deleted only once every StatefulSet pod is ready, so clients are served
-//! throughout. The old Deployment's spool claim is never deleted (see `deploy/README.md`
-//! on draining it).
+//! throughout. A claim no relay pod serves any more (a scale-down, the old Deployment's)
+//! is drained by a Job and deleted only once empty ([`drain`]).
 //!
 //! "In force" is what the pods say: each ready relay pod is asked ([`pod_reports`]) which
 //! config hash it runs, and `InForce` is True only when all of them run the latest.
@@ -25,15 +25,17 @@
 //! Render errors leave the children as they are (the previous config stays in force) and
 //! mark the Organization Degraded. A child the API server refuses (an immutable field, a
 //! quota) is a Degraded condition with the server's message; the other children are
-//! still applied and the reconcile is retried with exponential backoff. Deletion needs no
-//! finalizer: every child carries a controller owner reference, so the garbage collector
-//! removes the relay with its Organization (the StatefulSet's spool claims are retained).
+//! still applied and the reconcile is retried with exponential backoff. Every child
+//! carries a controller owner reference, so the garbage collector removes the relay with
+//! its Organization; but first the finalizer `smtprelay.dev/drain` holds the deletion
+//! while the relay is scaled to zero and its spool claims are delivered ([`drain`]).
 //!
 //! Pure parts live in submodules: [`children`] (what to apply), [`names`] (names the API
 //! server accepts), [`status`] (what to report), [`leader`] (the election rule). [`metrics`]
 //! and [`probe`] are the edges.
 
 pub mod children;
+pub mod drain;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
@@ -52,7 +54,8 @@ use std::time::{Duration, Instant};
 use crds::{Condition, IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -194,8 +197,13 @@ pub struct Stores {
     pub pdbs: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
     /// Relay pods (by the label of their template): which are ready, and where to ask
-    /// them for the config in force.
+    /// them for the config in force; drain pods likewise, for their progress.
     pub pods: Store<Pod>,
+    /// Spool claims (by the label of the StatefulSet's claim template): those of pods that
+    /// are gone are drained ([`drain`]).
+    pub claims: Store<PersistentVolumeClaim>,
+    /// The Jobs that drain them.
+    pub jobs: Store<Job>,
 }
 
 /// The writing ends of [`Stores`], fed by the watches of [`run`].
@@ -211,6 +219,8 @@ pub struct Writers {
     pdbs: reflector::store::Writer<PodDisruptionBudget>,
     network_policies: reflector::store::Writer<NetworkPolicy>,
     pods: reflector::store::Writer<Pod>,
+    claims: reflector::store::Writer<PersistentVolumeClaim>,
+    jobs: reflector::store::Writer<Job>,
 }
 
 impl Stores {
@@ -233,6 +243,8 @@ impl Stores {
             && one(&self.pdbs)
             && one(&self.network_policies)
             && one(&self.pods)
+            && one(&self.claims)
+            && one(&self.jobs)
     }
 
     /// Empty stores and their writers.
@@ -248,6 +260,8 @@ impl Stores {
         let (pdbs, w_pdbs) = reflector::store();
         let (network_policies, w_network_policies) = reflector::store();
         let (pods, w_pods) = reflector::store();
+        let (claims, w_claims) = reflector::store();
+        let (jobs, w_jobs) = reflector::store();
         (
             Self {
                 organizations,
@@ -261,6 +275,8 @@ impl Stores {
                 pdbs,
                 network_policies,
                 pods,
+                claims,
+                jobs,
             },
             Writers {
                 organizations: w_organizations,
@@ -274,6 +290,8 @@ impl Stores {
                 pdbs: w_pdbs,
                 network_policies: w_network_policies,
                 pods: w_pods,
+                claims: w_claims,
+                jobs: w_jobs,
             },
         )
     }
@@ -936,13 +954,15 @@ async fn reconcile_org<P: TlsProber>(
     ctx: &Context<P>,
 ) -> Result<Action, Error> {
     if org.meta().deletion_timestamp.is_some() {
-        // Children go with their owner (owner references); nothing to undo here.
-        return Ok(Action::await_change());
+        return finalize(org, ctx).await;
     }
     let stores = &ctx.stores;
     if !stores.ready() {
         // The watches are still listing: come back when the caches are whole.
         return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    if !org.finalizers().iter().any(|f| f == drain::FINALIZER) {
+        set_finalizer(&ctx.client, org, true).await?;
     }
     let name = org.name_any();
     let ns = org
@@ -1086,9 +1106,19 @@ async fn reconcile_org<P: TlsProber>(
         failed.get_or_insert(e);
     }
     let reports = pod_reports(ctx, &ns, &name, rendered.config.admin_listen.port()).await;
+    let draining = drain_claims(
+        ctx,
+        org,
+        &ns,
+        Some(u32::try_from(desired).unwrap_or(1)),
+        stateful_set.as_ref(),
+        rendered.config.admin_listen.port(),
+        &mut problems,
+    )
+    .await;
 
     // Status of the Organization, then the Events that announce it.
-    let new = status::organization_rendered(
+    let mut new = status::organization_rendered(
         org,
         &rendered.config,
         &rendered.findings,
@@ -1105,6 +1135,7 @@ async fn reconcile_org<P: TlsProber>(
         &problems,
         &now,
     );
+    new.draining = draining;
     let changed = old_status.as_ref() != Some(&new);
     if changed {
         write_status(client, org, &new).await?;
@@ -1151,8 +1182,9 @@ async fn reconcile_org<P: TlsProber>(
     );
     // Settled once rolled out and in force on every ready pod (the kubelet refreshes
     // ConfigMap volumes within a minute or two; until then come back soon).
-    let settled = status::condition(&new.conditions, status::PROGRESSING)
-        .is_some_and(|c| c.status == "False")
+    let settled = new.draining.is_empty()
+        && status::condition(&new.conditions, status::PROGRESSING)
+            .is_some_and(|c| c.status == "False")
         && status::condition(&new.conditions, status::IN_FORCE).is_some_and(|c| c.status == "True");
 
     // Status of the other kinds.
@@ -1349,6 +1381,287 @@ async fn replace_deployment<P: TlsProber>(
     Ok(())
 }
 
+/// Adds (`on`) or removes the drain finalizer, by server-side apply of that one field
+/// under the operator's field manager: users' own fields and finalizers stay theirs.
+async fn set_finalizer(client: &Client, org: &Organization, on: bool) -> Result<(), Error> {
+    let namespace = org.namespace().unwrap_or_default();
+    let name = org.name_any();
+    let finalizers: Vec<&str> = if on { vec![drain::FINALIZER] } else { vec![] };
+    let body = serde_json::json!({
+        "apiVersion": Organization::api_version(&()),
+        "kind": Organization::kind(&()),
+        "metadata": {"name": name, "namespace": namespace, "finalizers": finalizers},
+    });
+    let api: Api<Organization> = Api::namespaced(client.clone(), &namespace);
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(e)) if e.code == 404 && !on => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: "Organization".into(),
+            namespace,
+            name,
+            source,
+        }),
+    }
+}
+
+/// The admin port of the relay pods of `set` (their container port `admin`).
+fn admin_port_of(set: &StatefulSet) -> Option<u16> {
+    set.spec
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("admin"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+/// An Organization being deleted: the relay stops (StatefulSet scaled to zero, pods stop
+/// gracefully), then every spool claim is drained by delivery, then the finalizer goes
+/// and the garbage collector takes the children. With [`drain::DISCARD_ANNOTATION`] the
+/// finalizer goes at once.
+async fn finalize<P: TlsProber>(org: &Organization, ctx: &Context<P>) -> Result<Action, Error> {
+    if !org.finalizers().iter().any(|f| f == drain::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = org.name_any();
+    let ns = org
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if org
+        .annotations()
+        .get(drain::DISCARD_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        publish(
+            ctx,
+            org,
+            EventType::Warning,
+            "QueueDiscarded",
+            &format!(
+                "deleted without draining ({}): mail still queued on the relay's spool claims is lost with them",
+                drain::DISCARD_ANNOTATION
+            ),
+        )
+        .await;
+        set_finalizer(&ctx.client, org, false).await?;
+        return Ok(Action::await_change());
+    }
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let set = ctx
+        .stores
+        .stateful_sets
+        .get(&ObjectRef::new(&children::stateful_set_name(&name)).within(&ns))
+        .map(|s| s.as_ref().clone());
+    if let Some(set) = &set
+        && set.spec.replicas != Some(0)
+    {
+        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_scale(
+            &set.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "StatefulSet".into(),
+            namespace: ns.clone(),
+            name: set.name_any(),
+            source,
+        })?;
+        publish(
+            ctx,
+            org,
+            EventType::Normal,
+            "Draining",
+            "Organization deleted: the relay stops taking mail, then its spools are delivered before it goes",
+        )
+        .await;
+    }
+    let selector = children::selector_labels(&name);
+    let relay_pods = in_namespace(&ctx.stores.pods, &ns)
+        .iter()
+        .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+        .count();
+    let mut problems = Vec::new();
+    let draining = if relay_pods > 0 {
+        Vec::new()
+    } else {
+        let port = set
+            .as_ref()
+            .and_then(admin_port_of)
+            .unwrap_or_else(|| ctx.settings.env.admin_listen.port());
+        drain_claims(ctx, org, &ns, None, set.as_ref(), port, &mut problems).await
+    };
+    if relay_pods == 0 && draining.is_empty() {
+        set_finalizer(&ctx.client, org, false).await?;
+        return Ok(Action::await_change());
+    }
+    let old = org.status.clone();
+    let mut new = old.clone().unwrap_or_default();
+    new.draining = draining;
+    if old.as_ref() != Some(&new) {
+        write_status(&ctx.client, org, &new).await?;
+    }
+    for p in &problems {
+        tracing::warn!(namespace = %ns, organization = %name, reason = %p.reason, "{}", p.message);
+    }
+    Ok(Action::requeue(ctx.settings.rollout_requeue))
+}
+
+/// Drains the claims of `org` that no relay pod serves ([`drain::claims_to_drain`] with
+/// `keep`): starts a Job for each (hand-over to the remaining relays when `keep` is
+/// given, delivery when the Organization is being deleted), deletes a claim once its Job
+/// succeeded and the Job once the claim is gone. What is still draining, for status; a
+/// failed Job is also a problem.
+async fn drain_claims<P: TlsProber>(
+    ctx: &Context<P>,
+    org: &Organization,
+    ns: &str,
+    keep: Option<u32>,
+    set: Option<&StatefulSet>,
+    admin_port: u16,
+    problems: &mut Vec<Problem>,
+) -> Vec<crds::DrainingClaim> {
+    let name = org.name_any();
+    let claims = owned(&in_namespace(&ctx.stores.claims, ns));
+    let pods = owned(&in_namespace(&ctx.stores.pods, ns));
+    let target = keep.map(|_| drain::handover_target(&name, ns, admin_port));
+    let to_drain = drain::claims_to_drain(&name, ns, keep, &claims, &pods);
+    let mut out = Vec::new();
+    // One Event each for the drains started and the claims deleted by this reconcile (the
+    // recorder would fold Events of one reason into a series and keep the first note).
+    let (mut started, mut drained) = (Vec::new(), Vec::new());
+    for t in &to_drain {
+        let phase = match ctx.stores.jobs.get(&ObjectRef::new(&t.job).within(ns)) {
+            Some(job) => drain::phase(&job),
+            None => {
+                // Created once; a Job's pod template cannot change afterwards.
+                let Some(job) =
+                    set.and_then(|s| drain::job(org, s, t, target.as_deref(), admin_port))
+                else {
+                    continue;
+                };
+                match ensure(&ctx.client, &ctx.stores.jobs, &job).await {
+                    Ok(_) => started.push(format!("{} (Job {})", t.claim, t.job)),
+                    Err(e) => {
+                        problems.push(Problem::new("DrainNotStarted", e.to_string()));
+                        continue;
+                    }
+                }
+                drain::Phase::Pending
+            }
+        };
+        let entry = |phase: &str, messages, message| crds::DrainingClaim {
+            claim: t.claim.clone(),
+            job: t.job.clone(),
+            phase: phase.into(),
+            messages,
+            message,
+        };
+        match phase {
+            drain::Phase::Succeeded => {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+                match api.delete(&t.claim, &DeleteParams::background()).await {
+                    Ok(_) => drained.push(t.claim.clone()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => problems.push(Problem::new(
+                        "DrainedClaimKept",
+                        format!("deleting drained claim {}: {e}", t.claim),
+                    )),
+                }
+            }
+            drain::Phase::Failed(why) => {
+                problems.push(Problem::new(
+                    "DrainFailed",
+                    format!(
+                        "Job {} draining spool claim {} failed: {why}; the claim and its mail are kept: see the Job's logs, then delete the Job to try again",
+                        t.job, t.claim
+                    ),
+                ));
+                out.push(entry("Failed", None, Some(why)));
+            }
+            drain::Phase::Pending => out.push(entry("Pending", None, None)),
+            drain::Phase::Running => {
+                let messages = drain_progress(ctx, ns, &t.job, admin_port).await;
+                out.push(entry("Running", messages, None));
+            }
+        }
+    }
+    if !started.is_empty() {
+        let how = if target.is_some() {
+            "hand their queues over to the remaining relay pods"
+        } else {
+            "deliver their queues"
+        };
+        let note = format!(
+            "spool claims of relay pods that are gone are drained: {}; the Jobs {how}",
+            started.join(", ")
+        );
+        publish(ctx, org, EventType::Normal, "DrainStarted", &note).await;
+    }
+    if !drained.is_empty() {
+        let note = format!(
+            "drained spool claims are empty and were deleted: {}",
+            drained.join(", ")
+        );
+        publish(ctx, org, EventType::Normal, "SpoolDrained", &note).await;
+    }
+    // Jobs whose claim is gone (drained and deleted) or wanted back (scaled up again).
+    let drain_labels = drain::selector_labels(&name);
+    for job in in_namespace(&ctx.stores.jobs, ns) {
+        let labels = job.labels();
+        if !drain_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            || to_drain.iter().any(|t| t.job == job.name_any())
+            || !matches!(
+                drain::phase(&job),
+                drain::Phase::Succeeded | drain::Phase::Failed(_)
+            )
+        {
+            continue;
+        }
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+        match api
+            .delete(&job.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(namespace = %ns, job = %job.name_any(), "cannot delete a finished drain Job: {e}")
+            }
+        }
+    }
+    out
+}
+
+/// Messages the running pod of drain Job `job` still has, if it says.
+async fn drain_progress<P: TlsProber>(
+    ctx: &Context<P>,
+    ns: &str,
+    job: &str,
+    port: u16,
+) -> Option<u64> {
+    let pod = in_namespace(&ctx.stores.pods, ns).into_iter().find(|p| {
+        p.labels().get("job-name").map(String::as_str) == Some(job)
+            && p.metadata.deletion_timestamp.is_none()
+    })?;
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+    ctx.pod_reports.drain_remaining(ip, port).await.ok()
+}
+
 /// What every ready relay pod of `org` says about its config, asked concurrently.
 async fn pod_reports<P: TlsProber>(
     ctx: &Context<P>,
@@ -1504,7 +1817,8 @@ pub async fn run<P: TlsProber>(
     };
     let client = ctx.client.clone();
     let stores = ctx.stores.clone();
-    let (s1, s2, s3, s4) = (
+    let (s1, s2, s3, s4, s5) = (
+        stores.organizations.clone(),
         stores.organizations.clone(),
         stores.organizations.clone(),
         stores.organizations.clone(),
@@ -1520,9 +1834,15 @@ pub async fn run<P: TlsProber>(
     .owns_stream(children_of(&client, w.services))
     .owns_stream(children_of(&client, w.pdbs))
     .owns_stream(children_of(&client, w.network_policies))
+    // A drain Job finishing lets its claim go.
+    .owns_stream(children_of(&client, w.jobs))
     // A relay pod turning ready (or going) changes which pods must report the config.
     .watches_stream(children_of(&client, w.pods), move |p| {
         organizations_in(&s4, p.namespace())
+    })
+    // A spool claim left behind (a scale-down) is drained.
+    .watches_stream(children_of(&client, w.claims), move |c| {
+        organizations_in(&s5, c.namespace())
     })
     .watches_stream(inputs(&client, w.settings), move |o| {
         organizations_in(&s1, o.namespace())

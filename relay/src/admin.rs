@@ -85,7 +85,16 @@ pub async fn serve(
                 let state = state.clone();
                 async move {
                     let path = req.uri().path();
-                    let resp = if crate::admin_queue::is_queue_path(path) {
+                    let resp = if path == crate::admin_queue::IMPORT_PATH
+                        && req.method() == hyper::Method::POST
+                    {
+                        let (parts, body) = req.into_parts();
+                        let auth = parts
+                            .headers
+                            .get(hyper::header::AUTHORIZATION)
+                            .map(|v| v.as_bytes());
+                        crate::admin_queue::import(state.queue.clone(), auth, body, peer).await
+                    } else if crate::admin_queue::is_queue_path(path) {
                         let auth = req
                             .headers()
                             .get(hyper::header::AUTHORIZATION)

@@ -9,6 +9,13 @@
 //! | `POST /queue/ID/release`         | attempted on its schedule again                   |
 //! | `POST /queue/flush[?route=R]`    | due now (held messages stay held)                 |
 //! | `DELETE /queue/ID`               | removed from queue and spool, no DSN              |
+//! | `POST /queue/import`             | takes over a message drained from another spool   |
+//!
+//! An import's body is one line of JSON ([`ImportHead`]: the original envelope, its
+//! delivery state and hold), a line feed, then exactly `envelope.size` bytes of message
+//! text as that spool held it. The text is streamed into this relay's spool (memory stays
+//! bounded) and made durable before the `200`; a body shorter or longer than announced
+//! queues nothing. See [`crate::drain`] for the other end.
 //!
 //! Every request needs `Authorization: Bearer TOKEN`, the token being the content of the
 //! file [`crate::config::RelayConfig::admin_token_file`] names (read on every request, so
@@ -211,24 +218,170 @@ fn authorize(admin: &QueueAdmin, authorization: Option<&[u8]>) -> Auth {
     if same { Auth::Ok } else { Auth::Refused }
 }
 
-/// Serves one queue administration request from `peer`.
-pub async fn handle(
+/// The first line of an import.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportHead {
+    /// The envelope as the draining spool held it (its queue id is that spool's).
+    pub envelope: crate::envelope::Envelope,
+    /// Its delivery state there; none when no attempt was made yet.
+    #[serde(default)]
+    pub state: Option<crate::delivery::queue::MessageState>,
+    /// Held by an operator there: stays held here.
+    #[serde(default)]
+    pub held: bool,
+    /// Where it came from (`spool/QUEUE-ID`), for the log.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The most an import's first line may hold.
+pub const IMPORT_HEAD_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Import path.
+pub const IMPORT_PATH: &str = "/queue/import";
+
+/// Serves `POST /queue/import` from `peer`: streams the message into the spool, then
+/// queues it with its state.
+pub async fn import(
     admin: Arc<QueueAdmin>,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
     authorization: Option<&[u8]>,
+    body: hyper::body::Incoming,
     peer: SocketAddr,
 ) -> Reply {
-    let operation = format!("{method} {path}");
-    match authorize(&admin, authorization) {
-        Auth::Ok => {}
+    if let Some(refused) = refuse(&admin, authorization, peer, "POST /queue/import") {
+        return refused;
+    }
+    let (status, result, resp) = match receive(&admin, body).await {
+        Ok((id, head)) => {
+            tracing::info!(
+                client = %peer,
+                queue_id = %id,
+                source = %head.source,
+                sender = %head.envelope.mail_from,
+                recipients = %head.envelope.rcpts.join(","),
+                size = head.envelope.size,
+                result = "imported",
+                "message"
+            );
+            (
+                StatusCode::OK,
+                format!("imported {} as {id}", head.source),
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "queueId": id.to_string() }),
+                ),
+            )
+        }
+        Err((status, why)) => (status, why.clone(), error(status, &why)),
+    };
+    tracing::info!(client = %peer, operation = "POST /queue/import", status = status.as_u16(), result, "queue administration");
+    resp
+}
+
+async fn receive(
+    admin: &QueueAdmin,
+    mut body: hyper::body::Incoming,
+) -> Result<(crate::envelope::QueueId, ImportHead), (StatusCode, String)> {
+    use http_body_util::BodyExt;
+    let bad = |why: String| (StatusCode::BAD_REQUEST, why);
+    let spool = admin.shared.spool.clone();
+    let mut head_bytes: Vec<u8> = Vec::new();
+    let mut incoming: Option<(crate::spool::Incoming, ImportHead)> = None;
+    let outcome: Result<(), (StatusCode, String)> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| bad(format!("the body ended early: {e}")))?;
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            if incoming.is_none() {
+                let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                    head_bytes.extend_from_slice(&data);
+                    if head_bytes.len() > IMPORT_HEAD_LIMIT {
+                        return Err(bad("the first line is over the limit".into()));
+                    }
+                    continue;
+                };
+                head_bytes.extend_from_slice(&data.split_to(nl + 1)[..nl]);
+                let head: ImportHead = serde_json::from_slice(&head_bytes)
+                    .map_err(|e| bad(format!("the first line is not an import head: {e}")))?;
+                if head.envelope.rcpts.is_empty() {
+                    return Err(bad("the envelope has no recipient".into()));
+                }
+                incoming = Some((spool.begin(spool.new_id()), head));
+            }
+            if let Some((inc, head)) = &mut incoming {
+                if inc.len() + data.len() as u64 > head.envelope.size {
+                    return Err(bad(format!(
+                        "the text is longer than the {} bytes announced",
+                        head.envelope.size
+                    )));
+                }
+                inc.buffer().extend_from_slice(&data);
+                inc.settle(&spool)
+                    .await
+                    .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let Some((inc, mut head)) = incoming else {
+        return Err(outcome
+            .err()
+            .unwrap_or_else(|| bad("the body has no first line".into())));
+    };
+    if let Err(e) = outcome {
+        spool.discard(inc).await;
+        return Err(e);
+    }
+    if inc.len() != head.envelope.size {
+        let why = format!(
+            "the text has {} bytes, {} were announced",
+            inc.len(),
+            head.envelope.size
+        );
+        spool.discard(inc).await;
+        return Err(bad(why));
+    }
+    let id = inc.id();
+    let source_id = head.envelope.queue_id;
+    head.envelope.queue_id = id;
+    if head.source.is_empty() {
+        head.source = source_id.to_string();
+    }
+    spool
+        .commit(&head.envelope, inc)
+        .await
+        .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
+    if let Err(e) = admin
+        .queue
+        .adopt(&id.to_string(), head.state.as_ref(), head.held)
+    {
+        // The text is queued and will be delivered to every recipient (the state could
+        // not be kept): at least once, never lost.
+        tracing::error!(queue_id = %id, error = %e, "imported message queued without its delivery state");
+        admin.queue.submit(&id.to_string());
+    }
+    Ok((id, head))
+}
+
+/// The answer to a request that may not proceed (no token configured, a wrong token),
+/// logged; `None` when it may.
+fn refuse(
+    admin: &QueueAdmin,
+    authorization: Option<&[u8]>,
+    peer: SocketAddr,
+    operation: &str,
+) -> Option<Reply> {
+    match authorize(admin, authorization) {
+        Auth::Ok => None,
         Auth::Disabled => {
             tracing::warn!(client = %peer, operation, result = "disabled", "queue administration refused: no admin token is configured");
-            return error(
+            Some(error(
                 StatusCode::FORBIDDEN,
                 "queue administration is disabled: no admin token is configured",
-            );
+            ))
         }
         Auth::Refused => {
             tracing::warn!(client = %peer, operation, result = "unauthorized", "queue administration refused");
@@ -241,15 +394,30 @@ pub async fn handle(
                 hyper::header::WWW_AUTHENTICATE,
                 hyper::header::HeaderValue::from_static("Bearer"),
             );
-            return resp;
+            Some(resp)
         }
         Auth::Unavailable(why) => {
             tracing::error!(client = %peer, operation, result = "unavailable", "queue administration refused: {why}");
-            return error(
+            Some(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the admin token cannot be read",
-            );
+            ))
         }
+    }
+}
+
+/// Serves one queue administration request from `peer`.
+pub async fn handle(
+    admin: Arc<QueueAdmin>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&[u8]>,
+    peer: SocketAddr,
+) -> Reply {
+    let operation = format!("{method} {path}");
+    if let Some(refused) = refuse(&admin, authorization, peer, &operation) {
+        return refused;
     }
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
     let (status, result, resp) = match (method, parts.as_slice()) {

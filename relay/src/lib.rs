@@ -15,6 +15,7 @@ pub mod auth_throttle;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod drain;
 pub mod envelope;
 pub mod generation;
 pub mod idn;

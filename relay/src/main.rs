@@ -1,5 +1,7 @@
 //! The `relay` binary: `relay --config FILE.json [--drain-delay-seconds N]
-//! [--log-format text|json|auto]`.
+//! [--log-format text|json|auto]`, or `relay --config FILE.json --drain [--drain-to URL]…
+//! [--drain-token-file FILE]` to empty a spool no relay serves any more
+//! ([`relay::drain`]; exit status 0 once it is empty).
 //!
 //! Loads the RelayConfig document, starts the relay, prints one line with the listening
 //! addresses (`relay listening smtp=… submission=… smtps=… admin=…`) on stdout, polls the
@@ -33,6 +35,22 @@ struct Args {
     /// terminal, JSON otherwise).
     #[arg(long, value_enum, default_value_t = relay::logging::LogFormat::Text)]
     log_format: relay::logging::LogFormat,
+    /// Empty the configuration's spool instead of serving: hand every message over to
+    /// the relays of `--drain-to`, or deliver them all when none is given. Exits 0 once
+    /// the spool is empty.
+    #[arg(long)]
+    drain: bool,
+    /// A relay's admin endpoint (`http://HOST:PORT`) to hand drained messages to; may be
+    /// repeated (tried in turn).
+    #[arg(long, value_name = "URL", requires = "drain")]
+    drain_to: Vec<String>,
+    /// The bearer token of the receiving relays' queue administration (a file, re-read
+    /// on every retry). Defaults to the configuration's `adminTokenFile`.
+    #[arg(long, value_name = "FILE", requires = "drain")]
+    drain_token_file: Option<PathBuf>,
+    /// Serve the number of messages still to drain (`/metrics`) on this address.
+    #[arg(long, value_name = "ADDR", requires = "drain")]
+    drain_status_listen: Option<std::net::SocketAddr>,
 }
 
 fn load(path: &str) -> Result<(String, RelayConfig), String> {
@@ -56,13 +74,51 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&path, drain_delay)) {
+    let outcome = if args.drain {
+        runtime.block_on(drain(&path, &args))
+    } else {
+        runtime.block_on(run(&path, drain_delay))
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("relay: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn drain(path: &str, args: &Args) -> Result<(), String> {
+    let (_, config) = load(path)?;
+    let handover = if args.drain_to.is_empty() {
+        None
+    } else {
+        let token_file = args
+            .drain_token_file
+            .clone()
+            .or_else(|| config.admin_token_file.as_ref().map(PathBuf::from))
+            .ok_or(
+                "--drain-to needs --drain-token-file or an adminTokenFile in the configuration",
+            )?;
+        Some(relay::drain::Handover {
+            targets: args.drain_to.clone(),
+            token_file,
+        })
+    };
+    let work = relay::drain::drain(&config, handover.as_ref(), args.drain_status_listen);
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        r = work => {
+            let report = r.map_err(|e| e.to_string())?;
+            println!(
+                "drained handed_over={} delivered={} finished={}",
+                report.handed_over, report.delivered, report.finished
+            );
+            Ok(())
+        }
+        // What was handed over is gone from this spool; the rest stays for the next run.
+        _ = term.recv() => Err("stopped by SIGTERM before the spool was empty".into()),
     }
 }
 

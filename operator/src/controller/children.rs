@@ -534,6 +534,14 @@ fn network_policy(
                     }),
                     ..Default::default()
                 })
+                // The Organization's drain Jobs hand queued mail over to its relays.
+                .chain(std::iter::once(NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(super::drain::selector_labels(&name)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))
                 .collect(),
         ),
     };

@@ -34,7 +34,8 @@ use crds::manifest::load_paths;
 use crds::{IpAllowRange, MailRoute, Organization, SmtpRelaySetting};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -145,6 +146,8 @@ pub struct World {
     /// What each relay pod (by IP) answers when asked for its config; a pod not listed
     /// does not answer.
     pub pod_answers: BTreeMap<String, Result<Running, String>>,
+    /// Messages each drain pod (by IP) says it still has.
+    pub drain_answers: BTreeMap<String, u64>,
     /// The operator's ClusterRole; `None` authorises everything.
     pub rules: Option<Vec<Rule>>,
     pub refusals: Vec<Refusal>,
@@ -152,10 +155,27 @@ pub struct World {
     pub operator: Settings,
 }
 
-/// Relay pods that answer from a fixed table (by pod IP).
-pub struct FakePodReports(pub BTreeMap<String, Result<Running, String>>);
+/// Relay pods that answer from a fixed table (by pod IP); drain pods answer with the
+/// number of messages of [`World::drain_answers`].
+pub struct FakePodReports(
+    pub BTreeMap<String, Result<Running, String>>,
+    pub BTreeMap<String, u64>,
+);
 
 impl PodReports for FakePodReports {
+    fn drain_remaining(
+        &self,
+        ip: std::net::IpAddr,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
+        let answer = self
+            .1
+            .get(&ip.to_string())
+            .copied()
+            .ok_or_else(|| format!("{ip}: connection refused"));
+        Box::pin(async move { answer })
+    }
+
     fn running(
         &self,
         ip: std::net::IpAddr,
@@ -447,6 +467,12 @@ fn invalid(kind: &str, name: &str, body: &Value, old: Option<&Value>) -> Option<
             );
         }
     }
+    if kind == "Job"
+        && let Some(old) = old
+        && old["spec"]["template"] != body["spec"]["template"]
+    {
+        errors.push("spec.template: Invalid value: field is immutable".into());
+    }
     (!errors.is_empty()).then(|| format!("{kind} \"{name}\" is invalid: [{}]", errors.join(", ")))
 }
 
@@ -638,6 +664,76 @@ impl Server {
                 (201, r.body.clone())
             }
             ("PATCH", Some(_), None) if resource == "events" => (200, r.body.clone()),
+            ("PATCH", Some(_), Some(s)) if s == "scale" => {
+                if r.content_type != "application/merge-patch+json" {
+                    return (
+                        415,
+                        status_body(415, "UnsupportedMediaType", r.content_type.clone()),
+                    );
+                }
+                let target = r.path.trim_end_matches("/scale").to_string();
+                let Some(object) = self.objects.get_mut(&target) else {
+                    return not_found();
+                };
+                let Some(replicas) = r.body["spec"]["replicas"].as_i64() else {
+                    return (
+                        422,
+                        status_body(422, "Invalid", "spec.replicas: Required value".into()),
+                    );
+                };
+                if object["spec"]["replicas"] != json!(replicas) {
+                    object["spec"]["replicas"] = json!(replicas);
+                    let g = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                    object["metadata"]["generation"] = json!(g + 1);
+                }
+                bump(object);
+                (
+                    200,
+                    json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                        "metadata": {"name": name.clone().unwrap_or_default(), "namespace": ns.clone()},
+                        "spec": {"replicas": replicas}}),
+                )
+            }
+            // Users own an Organization; the operator applies its finalizer and nothing
+            // else (an apply of any other field would fight `kubectl apply`).
+            ("PATCH", Some(n), None)
+                if resource == "organizations"
+                    && r.content_type == "application/apply-patch+yaml" =>
+            {
+                let extra: Vec<String> = r.body["metadata"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| !matches!(k.as_str(), "name" | "namespace" | "finalizers"))
+                    .chain(
+                        r.body
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(k, _)| k.clone())
+                            .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")),
+                    )
+                    .collect();
+                if !extra.is_empty() {
+                    panic!(
+                        "the operator applied {extra:?} to Organization {n}: it may apply its finalizer only"
+                    );
+                }
+                let Some(object) = self.objects.get_mut(&r.path) else {
+                    return not_found();
+                };
+                object["metadata"]["finalizers"] = r.body["metadata"]["finalizers"].clone();
+                bump(object);
+                let answer = object.clone();
+                let done = answer["metadata"]["finalizers"]
+                    .as_array()
+                    .is_none_or(|f| f.is_empty());
+                if done && !answer["metadata"]["deletionTimestamp"].is_null() {
+                    self.objects.remove(&r.path);
+                }
+                (200, answer)
+            }
             ("PATCH", Some(_), Some(s)) if s == "status" => {
                 let target = r.path.trim_end_matches("/status").to_string();
                 let Some(object) = self.objects.get_mut(&target) else {
@@ -745,8 +841,23 @@ impl Server {
                 self.objects.insert(r.path.clone(), new.clone());
                 (200, new)
             }
-            ("DELETE", Some(_), None) => match self.objects.remove(&r.path) {
-                Some(v) => (200, v),
+            ("DELETE", Some(_), None) => match self.objects.get_mut(&r.path) {
+                // Finalizers hold the object, marked for deletion, until they are gone.
+                Some(v)
+                    if v["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| !f.is_empty()) =>
+                {
+                    if v["metadata"]["deletionTimestamp"].is_null() {
+                        v["metadata"]["deletionTimestamp"] = json!("2023-11-14T22:13:20Z");
+                        bump(v);
+                    }
+                    (200, v.clone())
+                }
+                Some(_) => match self.objects.remove(&r.path) {
+                    Some(v) => (200, v),
+                    None => not_found(),
+                },
                 None => not_found(),
             },
             ("PATCH", _, _) => (
@@ -803,6 +914,7 @@ impl World {
             events: Vec::new(),
             stateful_set_status: json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
             pod_answers: BTreeMap::new(),
+            drain_answers: BTreeMap::new(),
             rules: Some(shipped_rules()),
             refusals: Vec::new(),
             operator: Settings::default(),
@@ -873,7 +985,10 @@ impl World {
                 pods.push(d.clone());
             }
         }
-        self.children.retain(|p, _| !p.contains("/pods/"));
+        self.children.retain(|p, v| {
+            !p.contains("/pods/")
+                || v["metadata"]["labels"]["app.kubernetes.io/name"] == super::drain::DRAIN_APP
+        });
         self.pod_answers.clear();
         for (k, set) in pods.into_iter().enumerate() {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -912,9 +1027,34 @@ impl World {
                     hash: config.hash,
                 }
             });
+            let wanted = set["spec"]["replicas"].as_i64().unwrap_or(1);
             let ready = self.stateful_set_status["readyReplicas"]
                 .as_i64()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .min(wanted);
+            // Each pod's claim, from the claim templates, made once and retained.
+            for i in 0..wanted {
+                for template in set["spec"]["volumeClaimTemplates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let claim = format!(
+                        "{}-{name}-{i}",
+                        template["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.children
+                        .entry(format!(
+                            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"
+                        ))
+                        .or_insert_with(|| {
+                            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                "metadata": {"name": claim, "namespace": ns,
+                                    "labels": template["metadata"]["labels"].clone()},
+                                "spec": template["spec"].clone()})
+                        });
+                }
+            }
             for i in 0..ready {
                 let pod = format!("{name}-{i}");
                 // One /24 per StatefulSet, in path order.
@@ -931,6 +1071,58 @@ impl World {
                 if let Some(running) = &running {
                     self.pod_answers.insert(ip, Ok(running.clone()));
                 }
+            }
+        }
+    }
+
+    /// Plays the Job controller and the kubelet for drain Jobs: each Job not finished
+    /// runs one pod (`<job>-run` at `10.9.0.N`) that says `remaining` messages are left.
+    pub fn run_drains(&mut self, remaining: u64) {
+        let jobs: Vec<(String, Value)> = self
+            .children
+            .iter()
+            .filter(|(p, _)| p.contains("/jobs/"))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect();
+        for (n, (path, job)) in jobs.into_iter().enumerate() {
+            if job["status"]["succeeded"].as_i64().unwrap_or(0) > 0 {
+                continue;
+            }
+            let ns = job["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = job["metadata"]["name"].as_str().unwrap_or_default();
+            let ip = format!("10.9.0.{}", n + 1);
+            let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+            labels["job-name"] = json!(name);
+            self.children.insert(
+                format!("/api/v1/namespaces/{ns}/pods/{name}-run"),
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("{name}-run"), "namespace": ns, "labels": labels},
+                    "spec": job["spec"]["template"]["spec"].clone(),
+                    "status": {"podIP": ip, "phase": "Running"}}),
+            );
+            self.drain_answers.insert(ip, remaining);
+            if let Some(j) = self.children.get_mut(&path) {
+                j["status"] = json!({"active": 1});
+            }
+        }
+    }
+
+    /// Every drain Job ends: `succeeded` (the spool is empty), or failed for good.
+    pub fn finish_drains(&mut self, succeeded: bool) {
+        self.children.retain(|p, v| {
+            !(p.contains("/pods/")
+                && v["metadata"]["labels"]["app.kubernetes.io/name"] == super::drain::DRAIN_APP)
+        });
+        self.drain_answers.clear();
+        for (path, job) in self.children.iter_mut() {
+            if path.contains("/jobs/") {
+                job["status"] = if succeeded {
+                    json!({"succeeded": 1})
+                } else {
+                    json!({"failed": 7, "conditions": [{"type": "Failed", "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit"}]})
+                };
             }
         }
     }
@@ -992,6 +1184,8 @@ impl World {
             pdbs: kids::<PodDisruptionBudget>(self),
             network_policies: kids::<NetworkPolicy>(self),
             pods: kids::<Pod>(self),
+            claims: kids::<PersistentVolumeClaim>(self),
+            jobs: kids::<Job>(self),
         }
     }
 
@@ -1085,7 +1279,10 @@ impl World {
             self.stores(),
         );
         ctx.clock = Arc::new(|| Timestamp::from_second(NOW).unwrap());
-        ctx.pod_reports = Arc::new(FakePodReports(self.pod_answers.clone()));
+        ctx.pod_reports = Arc::new(FakePodReports(
+            self.pod_answers.clone(),
+            self.drain_answers.clone(),
+        ));
         let ctx = Arc::new(ctx);
         let mut results = Vec::new();
         for org in orgs {

@@ -38,6 +38,23 @@ pub struct Running {
 pub trait PodReports: Send + Sync + 'static {
     /// What the relay at `ip` (admin port `port`) runs, or why it could not be learned.
     fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>>;
+
+    /// How many messages the drain pod at `ip` (status port `port`) still has to drain.
+    fn drain_remaining(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<u64, String>>;
+}
+
+/// Name of the drain's progress metric (`relay --drain --drain-status-listen`).
+pub const DRAIN_REMAINING_METRIC: &str = "smtprelay_drain_remaining";
+
+/// The value of the drain's progress metric in Prometheus text, if present.
+pub fn drain_remaining(metrics: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(DRAIN_REMAINING_METRIC)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The labels of the config metric in Prometheus text, if present.
@@ -117,6 +134,17 @@ impl PodReports for HttpPodReports {
             running(&text).ok_or_else(|| format!("{addr} publishes no {CONFIG_INFO_METRIC}"))
         })
     }
+
+    fn drain_remaining(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move {
+            let addr = SocketAddr::new(ip, port);
+            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr))
+                .await
+                .map_err(|_| format!("GET http://{addr}/metrics timed out"))??;
+            drain_remaining(&text)
+                .ok_or_else(|| format!("{addr} publishes no {DRAIN_REMAINING_METRIC}"))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +172,13 @@ smtprelay_config_generation 3\n";
         // A relay from before the `smtprelay_` prefix.
         let legacy = "relay_config_info{hash=\"z\",content_hash=\"w\"} 1";
         assert_eq!(running(legacy).map(|r| r.hash).as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn the_drain_progress_is_read() {
+        let text = "# TYPE smtprelay_drain_remaining gauge\nsmtprelay_drain_remaining 17\n# EOF\n";
+        assert_eq!(drain_remaining(text), Some(17));
+        assert_eq!(drain_remaining(METRICS), None);
     }
 
     #[tokio::test]

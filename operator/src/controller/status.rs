@@ -414,6 +414,8 @@ pub fn organization_rendered(
         observed_generation: generation,
         config_hash: Some(config.hash.clone()),
         ready_replicas,
+        // The controller fills it in from the drain Jobs.
+        draining: old.draining,
     }
 }
 

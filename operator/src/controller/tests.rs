@@ -126,7 +126,9 @@ async fn new_organization_gets_all_children_then_status_then_events() {
 
     // No LIST and no Secret read but the admin token's (quickstart names none): inputs
     // come from the caches. The admin token Secret is made first, so the pods mount it.
+    // The drain finalizer first: from now on its deletion waits for its spools.
     let mut expected: Vec<String> = vec![
+        format!("PATCH {API}/organizations/acme"),
         "GET /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
         "PATCH /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
     ];
@@ -836,14 +838,15 @@ async fn the_deployment_of_an_earlier_version_goes_only_once_the_stateful_set_is
 }
 
 #[tokio::test]
-async fn the_shipped_role_may_delete_deployments_but_nothing_else() {
+async fn the_shipped_role_deletes_only_replaced_deployments_drained_claims_and_their_jobs() {
     let rules = super::fixtures::shipped_rules();
-    let deletable: Vec<String> = rules
+    let mut deletable: Vec<String> = rules
         .iter()
         .filter(|r| r.verbs.iter().any(|v| v == "delete" || v == "*"))
         .flat_map(|r| r.resources.clone())
         .collect();
-    assert_eq!(deletable, ["deployments"]);
+    deletable.sort();
+    assert_eq!(deletable, ["deployments", "jobs", "persistentvolumeclaims"]);
 }
 
 #[tokio::test]
@@ -1374,7 +1377,7 @@ async fn render_error_degrades_the_organization_and_leaves_children_alone() {
 }
 
 #[tokio::test]
-async fn deleted_organization_is_left_to_the_garbage_collector() {
+async fn an_organization_deleted_before_it_had_the_finalizer_is_left_to_the_garbage_collector() {
     let mut world = World::example("quickstart");
     let mut org = world.org();
     org.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).unwrap()));
@@ -1517,7 +1520,7 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
                     .body(Body::from(serde_json::to_vec(&list).unwrap()))
                     .unwrap(),
             );
-            if lists.len() == 11
+            if lists.len() == 13
                 && let Some(tx) = seen_all.take()
             {
                 let _ = tx.send(lists.clone());
@@ -1538,7 +1541,7 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
     }));
     let lists = tokio::time::timeout(Duration::from_secs(60), all_seen)
         .await
-        .expect("the controller did not list its eleven kinds")
+        .expect("the controller did not list its thirteen kinds")
         .unwrap();
     let _ = stop.send(());
     controller.await.unwrap();
@@ -1557,6 +1560,8 @@ async fn controller_watches_organizations_inputs_and_children_but_no_secrets() {
         ("/api/v1/pods", owned),
         ("/apis/policy/v1/poddisruptionbudgets", owned),
         ("/apis/networking.k8s.io/v1/networkpolicies", owned),
+        ("/api/v1/persistentvolumeclaims", owned),
+        ("/apis/batch/v1/jobs", owned),
     ]
     .into_iter()
     .map(|(p, q)| (p.to_string(), q.to_string()))
@@ -1751,4 +1756,298 @@ async fn the_cluster_networks_reach_the_relays_delivery_guard() {
         assert!(unconfigured.may_dial(ip.parse().unwrap()), "{ip}");
         assert!(!guard.may_dial(ip.parse().unwrap()), "{ip}");
     }
+}
+
+// --- Draining the spools of relay pods that are gone ------------------------------------
+
+const JOBS: &str = "/apis/batch/v1/namespaces/acme/jobs";
+const CLAIMS: &str = "/api/v1/namespaces/acme/persistentvolumeclaims";
+
+/// The quickstart with `replicas` relays (and the Redis limit store more than one needs),
+/// rolled out: every pod ready, every claim made.
+async fn with_replicas(replicas: i32) -> World {
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.relay.replicas = Some(replicas);
+    world.organizations[0].spec.relay.limit_store = Some(crds::LimitStoreSpec {
+        kind: crds::LimitStoreKind::Redis,
+        url: Some("redis://redis:6379/0".into()),
+        password_secret_ref: None,
+    });
+    world.stateful_set_status = json!({"replicas": replicas, "updatedReplicas": replicas,
+        "readyReplicas": replicas, "availableReplicas": replicas});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world
+}
+
+fn claims(world: &World) -> Vec<String> {
+    world
+        .children
+        .keys()
+        .filter_map(|p| p.strip_prefix(&format!("{CLAIMS}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn jobs(world: &World) -> Vec<String> {
+    world
+        .children
+        .keys()
+        .filter_map(|p| p.strip_prefix(&format!("{JOBS}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_scale_down_hands_the_queues_of_removed_pods_over_then_deletes_their_claims() {
+    let mut world = with_replicas(3).await;
+    assert_eq!(
+        claims(&world),
+        [
+            "spool-acme-relay-0",
+            "spool-acme-relay-1",
+            "spool-acme-relay-2"
+        ]
+    );
+    world.organizations[0].spec.relay.replicas = Some(1);
+    world.organizations[0].metadata.generation = Some(2);
+    world.stateful_set_status = json!({"replicas": 1, "updatedReplicas": 1,
+        "readyReplicas": 1, "availableReplicas": 1});
+
+    // Pods 1 and 2 are still stopping (they mount their claims): nothing to drain yet.
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(jobs(&world), Vec::<String>::new());
+
+    // They are gone: one Job per claim hands its queue over to the relay that remains.
+    world.settle();
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(refused(&log), Vec::<String>::new());
+    assert_eq!(jobs(&world), ["acme-relay-drain-1", "acme-relay-drain-2"]);
+    let job = &world.children[&format!("{JOBS}/acme-relay-drain-1")];
+    let pod = &job["spec"]["template"]["spec"];
+    let command: Vec<&str> = pod["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(command.contains(&"--drain"), "{command:?}");
+    let to = command.iter().position(|c| *c == "--drain-to").unwrap();
+    assert_eq!(command[to + 1], "http://acme-relay-pods.acme.svc:9090");
+    let spool = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "spool")
+        .unwrap();
+    assert_eq!(
+        spool["persistentVolumeClaim"]["claimName"],
+        "spool-acme-relay-1"
+    );
+    assert!(pod["containers"][0]["readinessProbe"].is_null());
+    // Not a relay pod: the relay's Service, PDB and StatefulSet do not select it.
+    let labels = &job["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "smtprelay-drain");
+    // The relays' NetworkPolicy lets it reach their admin port.
+    let policy = world.child::<NetworkPolicy>("acme", "acme-relay").unwrap();
+    let admin_from = &policy["spec"]["ingress"][1]["from"];
+    assert!(
+        admin_from.as_array().unwrap().iter().any(
+            |p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "smtprelay-drain"
+        ),
+        "{admin_from}"
+    );
+    let started: Vec<_> = events(&log)
+        .into_iter()
+        .filter(|e| e.1 == "DrainStarted")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0]
+            .2
+            .contains("spool-acme-relay-1 (Job acme-relay-drain-1)")
+            && started[0]
+                .2
+                .contains("spool-acme-relay-2 (Job acme-relay-drain-2)"),
+        "{started:?}"
+    );
+    let draining = &org_status(&world)["draining"];
+    assert_eq!(draining[0]["phase"], "Pending");
+
+    // Running: status says how many messages are left.
+    world.run_drains(7);
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    let draining = org_status(&world)["draining"].clone();
+    assert_eq!(
+        draining,
+        json!([
+            {"claim": "spool-acme-relay-1", "job": "acme-relay-drain-1", "phase": "Running", "messages": 7},
+            {"claim": "spool-acme-relay-2", "job": "acme-relay-drain-2", "phase": "Running", "messages": 7},
+        ])
+    );
+
+    // The spools are empty: the claims go, then the Jobs.
+    world.finish_drains(true);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(lines(&log).contains(&format!("DELETE {CLAIMS}/spool-acme-relay-1")));
+    assert!(lines(&log).contains(&format!("DELETE {CLAIMS}/spool-acme-relay-2")));
+    assert_eq!(claims(&world), ["spool-acme-relay-0"]);
+    assert!(org_status(&world)["draining"].is_null());
+    let drained: Vec<_> = events(&log)
+        .into_iter()
+        .filter(|e| e.1 == "SpoolDrained")
+        .collect();
+    assert_eq!(drained.len(), 1);
+    assert!(
+        drained[0]
+            .2
+            .ends_with("spool-acme-relay-1, spool-acme-relay-2"),
+        "{drained:?}"
+    );
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(jobs(&world), Vec::<String>::new());
+    // Settled: nothing more to do.
+    let (_, log) = world.reconcile(ProbingDisabled).await;
+    assert_eq!(writes(&log), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_failed_drain_keeps_the_claim_and_says_so_until_its_job_is_deleted() {
+    let mut world = with_replicas(2).await;
+    world.organizations[0].spec.relay.replicas = Some(1);
+    world.organizations[0].metadata.generation = Some(2);
+    world.stateful_set_status = json!({"replicas": 1, "updatedReplicas": 1,
+        "readyReplicas": 1, "availableReplicas": 1});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.finish_drains(false);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(
+        !lines(&log).iter().any(|l| l.starts_with("DELETE")),
+        "{log:?}"
+    );
+    assert_eq!(claims(&world), ["spool-acme-relay-0", "spool-acme-relay-1"]);
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "DrainFailed");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("acme-relay-drain-1") && message.contains("spool-acme-relay-1"),
+        "{message}"
+    );
+    assert_eq!(org_status(&world)["draining"][0]["phase"], "Failed");
+
+    // Deleting the Job tries again.
+    world.children.remove(&format!("{JOBS}/acme-relay-drain-1"));
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(jobs(&world), ["acme-relay-drain-1"]);
+    assert_eq!(org_status(&world)["draining"][0]["phase"], "Pending");
+}
+
+#[tokio::test]
+async fn scaling_up_again_takes_a_claim_back_from_its_finished_drain() {
+    let mut world = with_replicas(2).await;
+    world.organizations[0].spec.relay.replicas = Some(1);
+    world.stateful_set_status = json!({"replicas": 1, "updatedReplicas": 1,
+        "readyReplicas": 1, "availableReplicas": 1});
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    world.settle();
+    world.reconcile(ProbingDisabled).await.0.unwrap();
+    assert_eq!(jobs(&world), ["acme-relay-drain-1"]);
+    // Scaled back to two before the claim went: the claim is the pod's again.
+    world.organizations[0].spec.relay.replicas = Some(2);
+    world.finish_drains(true);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(
+        !lines(&log)
+            .iter()
+            .any(|l| l.starts_with(&format!("DELETE {CLAIMS}"))),
+        "a claim a pod wants back is never deleted"
+    );
+    assert!(lines(&log).contains(&format!("DELETE {JOBS}/acme-relay-drain-1")));
+}
+
+#[tokio::test]
+async fn deleting_an_organization_waits_until_its_relay_stopped_and_its_spools_were_delivered() {
+    let mut world = with_replicas(2).await;
+    let org = world.org();
+    assert_eq!(
+        org.metadata.finalizers,
+        Some(vec!["smtprelay.dev/drain".to_string()])
+    );
+    world.organizations[0].metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(super::fixtures::NOW).unwrap(),
+        ));
+
+    // The relay stops taking mail first.
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    let scale = request(
+        &log,
+        "PATCH",
+        "/apis/apps/v1/namespaces/acme/statefulsets/acme-relay/scale",
+    );
+    assert_eq!(scale.body, json!({"spec": {"replicas": 0}}));
+    assert_eq!(jobs(&world), Vec::<String>::new(), "pods still stopping");
+    assert_eq!(world.organizations.len(), 1);
+
+    // Its pods are gone: each claim is delivered by a Job of its own (no relay to hand
+    // over to).
+    world.settle();
+    let (result, _) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(jobs(&world), ["acme-relay-drain-0", "acme-relay-drain-1"]);
+    let command = world.children[&format!("{JOBS}/acme-relay-drain-0")]["spec"]["template"]["spec"]
+        ["containers"][0]["command"]
+        .clone();
+    assert!(command.as_array().unwrap().contains(&json!("--drain")));
+    assert!(
+        !command.as_array().unwrap().contains(&json!("--drain-to")),
+        "{command}"
+    );
+    assert_eq!(org_status(&world)["draining"].as_array().unwrap().len(), 2);
+    assert_eq!(world.organizations.len(), 1, "deletion waits");
+
+    // Delivered: the claims go, and so does the finalizer (the Organization with it).
+    world.finish_drains(true);
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert_eq!(claims(&world), Vec::<String>::new());
+    assert!(lines(&log).contains(&format!("PATCH {API}/organizations/acme")));
+    assert!(world.organizations.is_empty(), "the Organization is gone");
+}
+
+#[tokio::test]
+async fn an_organization_deleted_with_the_discard_annotation_goes_at_once() {
+    let mut world = with_replicas(1).await;
+    world.organizations[0]
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "smtprelay.dev/discard-queue-on-delete".into(),
+            "true".into(),
+        );
+    world.organizations[0].metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(super::fixtures::NOW).unwrap(),
+        ));
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    assert!(world.organizations.is_empty());
+    assert_eq!(jobs(&world), Vec::<String>::new());
+    let discarded = events(&log)
+        .into_iter()
+        .find(|e| e.1 == "QueueDiscarded")
+        .unwrap();
+    assert_eq!(discarded.0, "Warning");
 }

@@ -897,6 +897,41 @@ impl<S: MessageStore> QueueManager<S> {
         n
     }
 
+    /// Takes over a message another relay's spool held (a drain, see [`crate::drain`]):
+    /// its text is already in this store as `queue_id`; its delivery state (recipients
+    /// delivered or bounced there, DSNs still owed, failed attempts) and hold are written
+    /// before it joins the queue, due now. Nothing already done is done again.
+    pub fn adopt(
+        &self,
+        queue_id: &str,
+        state: Option<&MessageState>,
+        held: bool,
+    ) -> Result<(), AdminError> {
+        if !valid_queue_id(queue_id) {
+            return Err(AdminError::NotFound);
+        }
+        let now = self.inner.clock.now();
+        if let Some(state) = state {
+            let mut state = state.clone();
+            state.next_attempt_unix = unix(now);
+            save_state(&self.inner.state_dir, queue_id, &state)?;
+        }
+        if held {
+            write_atomic(&self.inner.state_dir, &hold_name(queue_id), b"held\n")?;
+        }
+        {
+            let mut entries = self.inner.shared.entries();
+            let entry = entries
+                .entry(queue_id.to_string())
+                .or_insert_with(|| QueueEntry::new(now, None));
+            entry.held = held;
+            entry.next_attempt = now;
+            self.inner.metrics.queue_depth.set(entries.len() as i64);
+        }
+        self.inner.shared.nominate(queue_id);
+        Ok(())
+    }
+
     /// Deletes a queued message: it leaves the queue and the spool with its delivery
     /// state, without delivery and without a DSN. Refused while an attempt is under way.
     pub fn delete(&self, queue_id: &str) -> Result<(), AdminError> {
@@ -939,6 +974,36 @@ const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 fn state_name(queue_id: &str) -> String {
     format!("{queue_id}.delivery.json")
+}
+
+/// The delivery state of `queue_id` kept in `dir` (the spool's `delivery/` directory), if
+/// any, and whether it is held: what a drain carries with the message.
+pub fn stored_state(dir: &Path, queue_id: &str) -> io::Result<(Option<MessageState>, bool)> {
+    let state = load_state(dir, queue_id)?;
+    Ok((state, dir.join(hold_name(queue_id)).exists()))
+}
+
+/// Removes the delivery state and hold marker of `queue_id` from `dir` (a message that
+/// left this spool).
+pub fn forget_state(dir: &Path, queue_id: &str) -> io::Result<()> {
+    if !valid_queue_id(queue_id) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
+    }
+    for name in [state_name(queue_id), hold_name(queue_id)] {
+        match fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl MessageState {
+    /// Recipients not yet delivered nor bounced.
+    pub fn pending_recipients(&self) -> Vec<String> {
+        self.pending()
+    }
 }
 
 fn load_state(dir: &Path, queue_id: &str) -> io::Result<Option<MessageState>> {

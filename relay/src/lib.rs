@@ -379,7 +379,13 @@ impl RelayHandle {
             config.hash.clone()
         };
         let only_files = document == current.hash;
-        let generation = self.reload(config)?;
+        let generation = match self.reload(config) {
+            Ok(g) => g,
+            Err(e) => {
+                self.report_refused(&document, &e.to_string());
+                return Err(e);
+            }
+        };
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if only_files {
             tracing::info!(
@@ -391,6 +397,13 @@ impl RelayHandle {
             generation,
             only_files,
         }))
+    }
+
+    /// Publishes on `/metrics` that the config document `hash` was refused and why
+    /// (empty `hash`: the document could not be read); cleared by the next config put
+    /// in force. [`RelayHandle::reload_if_changed`] does this itself.
+    pub fn report_refused(&self, hash: &str, reason: &str) {
+        self.shared.metrics.set_config_refused(hash, reason);
     }
 
     /// Hash of the config document and the content of every file it names.

@@ -158,6 +158,13 @@ async fn run(path: &str, drain_delay: Duration) -> Result<(), String> {
             Err(e) => {
                 if new_text != text {
                     tracing::error!(%path, error = %e, "invalid configuration; keeping the one in force");
+                    // The hash the document states, when it has one: what the operator
+                    // expects this relay to run.
+                    let stated = serde_json::from_str::<serde_json::Value>(&new_text)
+                        .ok()
+                        .and_then(|v| v["hash"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    handle.report_refused(&stated, &e.to_string());
                 }
                 text = new_text;
                 continue;

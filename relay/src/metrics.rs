@@ -36,6 +36,7 @@ pub struct Metrics {
     pub limit_hits: Family<Labels, Counter>,
     pub config_generation: Gauge,
     config_info: Family<Labels, Gauge>,
+    config_refused: Family<Labels, Gauge>,
     pub spool_depth: Gauge,
     pub spool_quarantined: Gauge,
     pub auth_failures: Family<Labels, Counter>,
@@ -65,6 +66,7 @@ impl Metrics {
             limit_hits: Family::default(),
             config_generation: Gauge::default(),
             config_info: Family::default(),
+            config_refused: Family::default(),
             spool_depth: Gauge::default(),
             spool_quarantined: Gauge::default(),
             auth_failures: Family::default(),
@@ -107,6 +109,11 @@ impl Metrics {
             "config_info",
             "Hash of the config in force (value 1)",
             m.config_info.clone(),
+        );
+        registry.register(
+            "config_refused",
+            "The last config this relay refused, with why (value 1; none once a later one is in force)",
+            m.config_refused.clone(),
         );
         registry.register(
             "spool_depth",
@@ -173,11 +180,36 @@ impl Metrics {
     /// the files it names).
     pub fn set_config(&self, generation: u64, hash: &str, content_hash: &str) {
         self.config_generation.set(generation as i64);
+        self.config_refused.clear();
         self.config_info.clear();
         self.config_info
             .get_or_create(&vec![
                 ("hash".to_string(), hash.to_string()),
                 ("content_hash".to_string(), content_hash.to_string()),
+            ])
+            .set(1);
+    }
+
+    /// Publishes that the config document `hash` (empty when it could not even be
+    /// parsed) was refused, and why: `smtprelay_config_refused{hash,reason} 1`, read by
+    /// the operator. The reason is kept to one line of at most 300 characters, without
+    /// quotes or backslashes, so any reader of the text format can take it.
+    pub fn set_config_refused(&self, hash: &str, reason: &str) {
+        let reason: String = reason
+            .chars()
+            .map(|c| match c {
+                '"' => '\'',
+                '\\' => '/',
+                c if c.is_control() => ' ',
+                c => c,
+            })
+            .take(300)
+            .collect();
+        self.config_refused.clear();
+        self.config_refused
+            .get_or_create(&vec![
+                ("hash".to_string(), hash.to_string()),
+                ("reason".to_string(), reason),
             ])
             .set(1);
     }

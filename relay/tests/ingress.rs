@@ -1029,8 +1029,22 @@ async fn reload_lets_a_transaction_finish_and_judges_every_next_mail_by_the_new_
         cert_file: fx.path("missing.crt"),
         key_file: fx.path("missing.key"),
     });
-    assert!(relay.reload(broken).is_err());
+    assert!(relay.reload(broken.clone()).is_err());
     assert_eq!(relay.generation(), 2);
+    // As the binary reloads (polling): the refusal is published for the operator, with
+    // the refused document's hash and the reason, until a later config is in force.
+    let broken = broken.seal();
+    assert!(relay.reload_if_changed(broken.clone()).is_err());
+    let metrics = http_get(relay.admin_addr(), "/metrics").await;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("smtprelay_config_refused{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        refused.contains(&format!("hash=\"{}\"", broken.hash)),
+        "{refused}"
+    );
+    assert!(refused.contains("missing.crt"), "{refused}");
 
     let metrics = http_get(relay.admin_addr(), "/metrics").await;
     assert!(

@@ -1025,6 +1025,7 @@ impl World {
                         &config, &mounted, &secrets,
                     )),
                     hash: config.hash,
+                    refused: None,
                 }
             });
             let wanted = set["spec"]["replicas"].as_i64().unwrap_or(1);

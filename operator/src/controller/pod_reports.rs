@@ -32,6 +32,53 @@ pub struct Running {
     /// Hash of the document and of the files it names (certificates, credentials, CA
     /// roots), when the relay publishes it.
     pub content_hash: Option<String>,
+    /// The last document the relay refused (its hash, empty when unreadable) and why,
+    /// when it refused one after the config in force.
+    pub refused: Option<(String, String)>,
+}
+
+/// Name of the relay's refusal metric.
+pub const CONFIG_REFUSED_METRIC: &str = "smtprelay_config_refused";
+
+/// The labels of one sample line of the Prometheus text format: `name{a="x",b="y, z"} 1`.
+/// Values are unescaped (`\"`, `\\`, `\n`); commas inside quotes belong to the value.
+fn sample_labels<'a>(line: &'a str, name: &str) -> Option<Vec<(&'a str, String)>> {
+    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+    let mut labels = Vec::new();
+    let mut chars = rest.char_indices().peekable();
+    loop {
+        // `key="value"` then `,` or `}`.
+        let start = chars.peek()?.0;
+        let eq = rest[start..].find('=')? + start;
+        let key = rest[start..eq].trim();
+        while chars.peek().is_some_and(|(i, _)| *i <= eq) {
+            chars.next();
+        }
+        if chars.next()?.1 != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()?.1 {
+                '"' => break,
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+        match chars.next()?.1 {
+            ',' => {
+                if chars.peek().is_some_and(|(_, c)| *c == '}') {
+                    return Some(labels);
+                }
+            }
+            '}' => return Some(labels),
+            _ => return None,
+        }
+    }
 }
 
 /// Asks one relay pod which config it has in force.
@@ -57,25 +104,27 @@ pub fn drain_remaining(metrics: &str) -> Option<u64> {
     })
 }
 
-/// The labels of the config metric in Prometheus text, if present.
+/// The labels of the config metric in Prometheus text, if present, and the refusal
+/// metric's.
 pub fn running(metrics: &str) -> Option<Running> {
-    metrics.lines().find_map(|line| {
-        let labels = line
-            .strip_prefix(CONFIG_INFO_METRIC)
-            .or_else(|| line.strip_prefix(LEGACY_CONFIG_INFO_METRIC))?
-            .strip_prefix('{')?
-            .split_once('}')?
-            .0;
-        let label = |name: &str| {
-            labels.split(',').find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                (key == name).then(|| value.trim_matches('"').to_string())
-            })
-        };
-        Some(Running {
-            hash: label("hash")?,
-            content_hash: label("content_hash"),
-        })
+    let label = |labels: &[(&str, String)], name: &str| {
+        labels
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let info = metrics.lines().find_map(|line| {
+        sample_labels(line, CONFIG_INFO_METRIC)
+            .or_else(|| sample_labels(line, LEGACY_CONFIG_INFO_METRIC))
+    })?;
+    let refused = metrics
+        .lines()
+        .find_map(|line| sample_labels(line, CONFIG_REFUSED_METRIC))
+        .and_then(|l| Some((label(&l, "hash")?, label(&l, "reason").unwrap_or_default())));
+    Some(Running {
+        hash: label(&info, "hash")?,
+        content_hash: label(&info, "content_hash"),
+        refused,
     })
 }
 
@@ -161,6 +210,7 @@ smtprelay_config_generation 3\n";
         let abc = Running {
             hash: "abc123".into(),
             content_hash: Some("def456".into()),
+            refused: None,
         };
         assert_eq!(running(METRICS), Some(abc));
         assert_eq!(running("smtprelay_config_generation 3\n"), None);
@@ -172,6 +222,25 @@ smtprelay_config_generation 3\n";
         // A relay from before the `smtprelay_` prefix.
         let legacy = "relay_config_info{hash=\"z\",content_hash=\"w\"} 1";
         assert_eq!(running(legacy).map(|r| r.hash).as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn a_refused_config_is_read_with_its_reason_commas_and_quotes_included() {
+        let text = format!(
+            "{METRICS}smtprelay_config_refused{{hash=\"f00\",reason=\"cannot read /etc/tls/tls.crt: No such file, or \\\"directory\\\"\"}} 1\n"
+        );
+        let r = running(&text).unwrap();
+        assert_eq!(r.hash, "abc123");
+        assert_eq!(
+            r.refused,
+            Some((
+                "f00".to_string(),
+                "cannot read /etc/tls/tls.crt: No such file, or \"directory\"".to_string()
+            ))
+        );
+        assert_eq!(running(METRICS).unwrap().refused, None);
+        assert_eq!(sample_labels("x{a=\"1\"", "x"), None, "unterminated");
+        assert_eq!(sample_labels("x{a=\"1\",} 1", "x").unwrap().len(), 1);
     }
 
     #[test]

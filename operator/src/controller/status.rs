@@ -72,6 +72,21 @@ pub fn in_force(
             format!("no ready relay pod reports config {hash} yet"),
         );
     }
+    let refusing: Vec<String> = refusals(config, reports)
+        .into_iter()
+        .map(|(pod, _)| pod)
+        .collect();
+    if !refusing.is_empty() {
+        return Want::new(
+            IN_FORCE,
+            false,
+            "Refused",
+            format!(
+                "config {hash} was refused by {} (see Degraded); the config they had stays in force there",
+                refusing.join(", ")
+            ),
+        );
+    }
     let mut behind = Vec::new();
     let mut silent = Vec::new();
     for r in reports {
@@ -118,6 +133,21 @@ pub fn in_force(
         "AllPodsReport",
         format!("every ready relay pod reports config {hash}"),
     )
+}
+
+/// The pods that refused the latest config (`config`), with why: a pod publishes the
+/// last document it refused; it counts when that is the latest (by hash), or when it could
+/// not read a document at all while it still runs an older one.
+pub fn refusals(config: &RelayConfig, reports: &[PodReport]) -> Vec<(String, String)> {
+    reports
+        .iter()
+        .filter_map(|r| {
+            let run = r.running.as_ref().ok()?;
+            let (hash, reason) = run.refused.as_ref()?;
+            let latest = *hash == config.hash || (hash.is_empty() && run.hash != config.hash);
+            latest.then(|| (r.pod.clone(), reason.clone()))
+        })
+        .collect()
 }
 
 /// Findings that describe a choice the author made on purpose: the object is still
@@ -366,6 +396,12 @@ pub fn organization_rendered(
         .map(|f| Problem::new(f.reason, f.message.clone()))
         .collect();
     all.extend(problems.iter().cloned());
+    for (pod, reason) in refusals(config, reports) {
+        all.push(Problem::new(
+            "ConfigRefused",
+            format!("relay pod {pod} refused config {hash}: {reason}"),
+        ));
+    }
     set_condition(
         &mut conditions,
         in_force(config, content_hash, &rollout, reports),
@@ -830,6 +866,7 @@ spec:
             running: Ok(Running {
                 hash: hash.into(),
                 content_hash: Some("files-1".into()),
+                refused: None,
             }),
         }
     }
@@ -881,6 +918,72 @@ spec:
         assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
         let (st, reason, _) = status(&[]);
         assert_eq!((st.as_str(), reason.as_str()), ("False", "Pending"));
+    }
+
+    #[test]
+    fn a_config_a_pod_refused_is_degraded_with_the_pods_reason() {
+        let (org, config, _) = org_and_config(1);
+        let ready = stateful_set(
+            1,
+            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        let refusing = |refused_hash: &str| PodReport {
+            pod: "acme-relay-1".into(),
+            running: Ok(Running {
+                hash: "0ld".into(),
+                content_hash: None,
+                refused: Some((
+                    refused_hash.into(),
+                    "cannot read /etc/smtprelay/tls/tls.crt: No such file or directory".into(),
+                )),
+            }),
+        };
+        let status = |reports: &[PodReport]| {
+            organization_rendered(
+                &org,
+                &config,
+                &[],
+                Relay {
+                    stateful_set: Some(&ready),
+                    ephemeral_spool: false,
+                    reports,
+                    content_hash: None,
+                },
+                &[],
+                &at(1),
+            )
+        };
+        let s = status(&[report("acme-relay-0", &config.hash), refusing(&config.hash)]);
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ConfigRefused")
+        );
+        assert_eq!(
+            degraded.message,
+            format!(
+                "ConfigRefused: relay pod acme-relay-1 refused config {}: cannot read /etc/smtprelay/tls/tls.crt: No such file or directory",
+                short(&config.hash)
+            )
+        );
+        let in_force = condition(&s.conditions, IN_FORCE).unwrap();
+        assert_eq!(
+            (in_force.status.as_str(), in_force.reason.as_str()),
+            ("False", "Refused")
+        );
+        assert!(
+            in_force.message.contains("acme-relay-1"),
+            "{}",
+            in_force.message
+        );
+        // An older refusal (of a config since replaced) is not this config's problem.
+        let s = status(&[report("acme-relay-0", &config.hash), refusing("5upers3ded")]);
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(degraded.status, "False");
+        assert_eq!(
+            condition(&s.conditions, IN_FORCE).unwrap().reason,
+            "Rollout"
+        );
     }
 
     #[test]

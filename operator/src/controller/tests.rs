@@ -687,6 +687,7 @@ fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
     Ok(super::pod_reports::Running {
         hash: hash.into(),
         content_hash: None,
+        refused: None,
     })
 }
 

@@ -1106,6 +1106,8 @@ async fn reconcile_org<P: TlsProber>(
         failed.get_or_insert(e);
     }
     let reports = pod_reports(ctx, &ns, &name, rendered.config.admin_listen.port()).await;
+    let wanted_content = children::content_hash_in_pods(&rendered.config, &mounted, &secrets);
+    nudge_pods(ctx, &ns, &reports, &rendered.config.hash, &wanted_content).await;
     let draining = drain_claims(
         ctx,
         org,
@@ -1126,11 +1128,7 @@ async fn reconcile_org<P: TlsProber>(
             stateful_set: stateful_set.as_ref(),
             ephemeral_spool: children::ephemeral_spool(&allowed),
             reports: &reports,
-            content_hash: Some(&children::content_hash_in_pods(
-                &rendered.config,
-                &mounted,
-                &secrets,
-            )),
+            content_hash: Some(&wanted_content),
         },
         &problems,
         &now,
@@ -1660,6 +1658,64 @@ async fn drain_progress<P: TlsProber>(
     })?;
     let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
     ctx.pod_reports.drain_remaining(ip, port).await.ok()
+}
+
+/// Annotation on a relay pod: the content hash of the config and files it should load.
+/// Writing it makes the kubelet sync the pod at once, and a sync refreshes the pod's
+/// ConfigMap and Secret volumes: a change is in force within seconds, instead of after
+/// the kubelet's periodic sync (a minute or more). The pod template is not touched, so
+/// nothing restarts.
+pub const WANTS_ANNOTATION: &str = "smtprelay.dev/wants-content-hash";
+
+/// Annotates each ready relay pod that reports another config (or older Secret files)
+/// than `hash` / `content_hash` with [`WANTS_ANNOTATION`], once per content hash. Only
+/// that annotation is applied (server-side, the operator's field manager). A pod that
+/// refuses the annotation is logged: its kubelet will still refresh the files later.
+async fn nudge_pods<P: TlsProber>(
+    ctx: &Context<P>,
+    ns: &str,
+    reports: &[PodReport],
+    hash: &str,
+    content_hash: &str,
+) {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    for r in reports {
+        let Ok(run) = &r.running else { continue };
+        let behind = run.hash != hash
+            || run
+                .content_hash
+                .as_deref()
+                .is_some_and(|c| c != content_hash);
+        if !behind {
+            continue;
+        }
+        let nudged = ctx
+            .stores
+            .pods
+            .get(&ObjectRef::new(&r.pod).within(ns))
+            .is_some_and(|p| {
+                p.annotations().get(WANTS_ANNOTATION).map(String::as_str) == Some(content_hash)
+            });
+        if nudged {
+            continue;
+        }
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": r.pod, "namespace": ns,
+                "annotations": {WANTS_ANNOTATION: content_hash}},
+        });
+        if let Err(e) = api
+            .patch(
+                &r.pod,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            tracing::warn!(namespace = %ns, pod = %r.pod, "cannot annotate the relay pod to refresh its config now: {e}");
+        }
+    }
 }
 
 /// What every ready relay pod of `org` says about its config, asked concurrently.

@@ -734,6 +734,45 @@ impl Server {
                 }
                 (200, answer)
             }
+            // A relay pod belongs to its StatefulSet; the operator applies one annotation
+            // to it and nothing else (any other field would fight the StatefulSet
+            // controller, and most of a pod's spec cannot change).
+            ("PATCH", Some(n), None)
+                if resource == "pods" && r.content_type == "application/apply-patch+yaml" =>
+            {
+                let meta_keys: Vec<&String> = r.body["metadata"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .filter(|k| !matches!(k.as_str(), "name" | "namespace" | "annotations"))
+                    .collect();
+                let top_keys: Vec<&String> = r
+                    .body
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                    .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                    .collect();
+                if !meta_keys.is_empty() || !top_keys.is_empty() {
+                    panic!(
+                        "the operator applied {meta_keys:?} {top_keys:?} to pod {n}: it may apply an annotation only"
+                    );
+                }
+                let Some(object) = self.objects.get_mut(&r.path) else {
+                    return not_found();
+                };
+                for (k, v) in r.body["metadata"]["annotations"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    object["metadata"]["annotations"][k] = v.clone();
+                }
+                bump(object);
+                (200, object.clone())
+            }
             ("PATCH", Some(_), Some(s)) if s == "status" => {
                 let target = r.path.trim_end_matches("/status").to_string();
                 let Some(object) = self.objects.get_mut(&target) else {

@@ -317,16 +317,25 @@ async fn changed_mail_route_writes_only_the_config_map_and_the_statuses_that_cha
 
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
+    // The pod still runs the old config: an annotation makes its kubelet refresh the
+    // mounted ConfigMap now rather than at its next periodic sync.
     assert_eq!(
         writes(&log),
         [
             "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string(),
+            "PATCH /api/v1/namespaces/acme/pods/acme-relay-0".to_string(),
             format!("PATCH {API}/organizations/acme/status"),
             EVENTS.into(),
             EVENTS.into(),
             format!("PATCH {API}/mailroutes/default/status"),
         ]
     );
+    let nudge = request(&log, "PATCH", "/api/v1/namespaces/acme/pods/acme-relay-0");
+    assert!(nudge.is_forced_apply());
+    let wanted = nudge.body["metadata"]["annotations"]["smtprelay.dev/wants-content-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let cm = world
         .child::<ConfigMap>("acme", "acme-relay-config")
         .unwrap();
@@ -352,6 +361,17 @@ async fn changed_mail_route_writes_only_the_config_map_and_the_statuses_that_cha
     assert_eq!(
         world.routes[0].status.as_ref().unwrap().observed_generation,
         Some(2)
+    );
+    // Asked once per content: the pod still lags, but it was already told.
+    let (_, log) = world.reconcile(ProbingDisabled).await;
+    assert!(
+        !writes(&log).iter().any(|w| w.contains("/pods/")),
+        "{:?}",
+        writes(&log)
+    );
+    assert_eq!(
+        world.children["/api/v1/namespaces/acme/pods/acme-relay-0"]["metadata"]["annotations"]["smtprelay.dev/wants-content-hash"],
+        wanted.as_str()
     );
 }
 
@@ -651,6 +671,7 @@ async fn a_rotated_secret_restarts_no_pod_and_is_in_force_once_pods_load_it() {
         writes(&log),
         [
             "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config".to_string(),
+            "PATCH /api/v1/namespaces/acme/pods/acme-relay-0".to_string(),
             format!("PATCH {API}/organizations/acme/status"),
             EVENTS.into()
         ]
@@ -1685,7 +1706,7 @@ async fn reconcile_cost(n: usize) -> Vec<(&'static str, Cost, Duration)> {
         route.metadata.generation = Some(2);
     }
     let (c, log, t) = pass(&mut world).await;
-    // Each changed Organization: its ConfigMap, its status and its route's status.
+    // Each changed Organization: its ConfigMap, its status, its route's status ...
     let changed = n.div_ceil(10);
     let per_object: std::collections::BTreeMap<String, usize> = log
         .iter()
@@ -1695,7 +1716,8 @@ async fn reconcile_cost(n: usize) -> Vec<(&'static str, Cost, Duration)> {
             m
         });
     assert!(per_object.values().all(|&w| w == 1), "{per_object:?}");
-    assert_eq!(c.writes, 3 * changed);
+    // ... and the annotation that makes its relay pod's kubelet refresh the files now.
+    assert_eq!(c.writes, 4 * changed);
     out.push(("one route changed in every tenth", c, t));
     out
 }

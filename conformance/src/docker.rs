@@ -43,7 +43,7 @@ use testcontainers::bollard::query_parameters::{
 };
 use testcontainers::bollard::{self, Docker};
 use testcontainers::core::logs::LogFrame;
-use testcontainers::core::{ExecCommand, WaitFor, client::docker_client_instance};
+use testcontainers::core::{ExecCommand, Mount, WaitFor, client::docker_client_instance};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::io::AsyncBufReadExt;
@@ -193,6 +193,12 @@ impl Ready {
         line: "relay listening",
         on_stderr: false,
         within: Duration::from_secs(20),
+    };
+    /// Printed by `relay --drain` once the spool is empty, just before it exits.
+    const DRAINED: Ready = Ready {
+        line: "drained handed_over=",
+        on_stderr: false,
+        within: Duration::from_secs(180),
     };
     /// dnsmasq logs this after binding port 53.
     const DNS: Ready = Ready {
@@ -564,6 +570,23 @@ impl Scenario {
         files: Files,
         ready: Ready,
     ) -> io::Result<&Container> {
+        self.run_full(role, n, image, env, files, ready, &[], None)
+    }
+
+    /// [`Scenario::run`] with named volumes (`(volume, path)`) mounted and the image's
+    /// command replaced by `cmd`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_full(
+        &mut self,
+        role: &str,
+        n: u8,
+        image: &str,
+        env: &[(&str, String)],
+        files: Files,
+        ready: Ready,
+        volumes: &[(String, String)],
+        cmd: Option<&[String]>,
+    ) -> io::Result<&Container> {
         if n >= host::DYNAMIC {
             return Err(io::Error::other(format!(
                 "host {n} lies in the dynamic range (from {})",
@@ -598,6 +621,12 @@ impl Scenario {
         }
         for (path, data) in files {
             request = request.with_copy_to(path, data);
+        }
+        for (volume, path) in volumes {
+            request = request.with_mount(Mount::volume_mount(volume.as_str(), path.as_str()));
+        }
+        if let Some(cmd) = cmd {
+            request = request.with_cmd(cmd.iter().cloned());
         }
         let ip4 = self.ip4(n);
         let ip6 = self.ip6(n);
@@ -732,6 +761,23 @@ impl Scenario {
         cas: &[(&str, &str)],
         delivery: DeliveryConfig,
     ) -> io::Result<RelayFiles> {
+        self.relay_on("relay", host::RELAY, manifests, tls, cas, delivery, None)
+    }
+
+    /// [`Scenario::relay`] as host `n` named `<role>-<id>`, with its spool on the named
+    /// volume `spool` (from [`Scenario::volume`]) when given, and the admin token
+    /// [`ADMIN_TOKEN`] at the path the config names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relay_on(
+        &mut self,
+        role: &str,
+        n: u8,
+        manifests: &Manifests,
+        tls: Option<&Pem>,
+        cas: &[(&str, &str)],
+        delivery: DeliveryConfig,
+        spool: Option<&str>,
+    ) -> io::Result<RelayFiles> {
         let image = images()?.relay.clone();
         let env = container_env(delivery);
         let config = manifests.render(&env).map_err(io::Error::other)?;
@@ -761,14 +807,91 @@ impl Scenario {
                 pem.as_bytes().to_vec(),
             ));
         }
+        files.push((env.admin_token_file(), ADMIN_TOKEN.as_bytes().to_vec()));
         let id = self.id.clone();
-        self.run("relay", host::RELAY, &image, &[], files, Ready::RELAY)?;
+        let volumes: Vec<(String, String)> = spool
+            .map(|v| (v.to_string(), env.spool_dir.clone()))
+            .into_iter()
+            .collect();
+        self.run_full(role, n, &image, &[], files, Ready::RELAY, &volumes, None)?;
         Ok(RelayFiles {
-            container: format!("relay-{id}"),
+            container: format!("{role}-{id}"),
             env,
         })
     }
+
+    /// A named volume of this scenario (removed with it); its name.
+    pub fn volume(&mut self, name: &str) -> io::Result<String> {
+        let volume = format!("{name}-{}", self.id);
+        let id = self.id.clone();
+        block_on(async {
+            let docker = client().await?;
+            docker
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    labels: Some(HashMap::from([(LABEL.to_string(), id)])),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(format!("create volume {volume}"), e))
+        })?;
+        Ok(volume)
+    }
+
+    /// Stops and removes the container of `role` (its named volumes stay).
+    pub fn remove(&mut self, role: &str) {
+        let name = format!("{role}-{}", self.id);
+        let _entered = runtime().enter();
+        self.containers.retain(|c| c.name != name);
+    }
+
+    /// Runs the relay image in drain mode as host `n` on the spool volume `spool`, with
+    /// the config rendered from `manifests`: it hands every queued message over to the
+    /// relays at `targets` (their admin endpoints), or delivers them itself when there is
+    /// none, and exits once the spool is empty. Returns its log (ending in `drained …`).
+    pub fn drain(
+        &mut self,
+        role: &str,
+        n: u8,
+        manifests: &Manifests,
+        delivery: DeliveryConfig,
+        spool: &str,
+        targets: &[SocketAddr],
+    ) -> io::Result<String> {
+        let image = images()?.relay.clone();
+        let env = container_env(delivery);
+        let config = manifests.render(&env).map_err(io::Error::other)?;
+        let config_path = format!("{}/{}", RelayFiles::CONFIG_DIR, RelayFiles::CONFIG_FILE);
+        let files = vec![
+            (config_path.clone(), config.to_json().into_bytes()),
+            (env.admin_token_file(), ADMIN_TOKEN.as_bytes().to_vec()),
+        ];
+        let mut cmd = vec![
+            "relay".to_string(),
+            "--config".into(),
+            config_path,
+            "--drain".into(),
+        ];
+        for t in targets {
+            cmd.extend(["--drain-to".to_string(), format!("http://{t}")]);
+        }
+        let volumes = [(spool.to_string(), env.spool_dir.clone())];
+        let container = self.run_full(
+            role,
+            n,
+            &image,
+            &[],
+            files,
+            Ready::DRAINED,
+            &volumes,
+            Some(&cmd),
+        )?;
+        Ok(container.logs())
+    }
 }
+
+/// The queue administration token every scenario relay has (queue operations, drains).
+pub const ADMIN_TOKEN: &str = "conformance-admin-token";
 
 impl Drop for Scenario {
     fn drop(&mut self) {
@@ -786,6 +909,23 @@ impl Drop for Scenario {
             }
             if let Ok(docker) = client().await {
                 let _ = docker.remove_network(&self.network).await;
+                let filters =
+                    HashMap::from([("label".to_string(), vec![format!("{LABEL}={}", self.id)])]);
+                if let Ok(list) = docker
+                    .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                        filters: Some(filters),
+                    }))
+                    .await
+                {
+                    for v in list.volumes.into_iter().flatten() {
+                        let _ = docker
+                            .remove_volume(
+                                &v.name,
+                                None::<bollard::query_parameters::RemoveVolumeOptions>,
+                            )
+                            .await;
+                    }
+                }
             }
         });
     }

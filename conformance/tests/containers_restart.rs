@@ -1,6 +1,7 @@
 //! Must show — durability (SPEC §3.4, §3.5): mail the relay accepted while its downstream
-//! server is stopped survives a SIGKILL of the relay container; after the relay and the
-//! server start again, every message reaches the server exactly once.
+//! server is stopped survives a SIGKILL of the relay container; a new relay container
+//! started on the same spool volume (as a rescheduled pod on its claim), once the server
+//! is back, delivers every message to it exactly once.
 
 mod common;
 
@@ -18,7 +19,20 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
     let mut scn = Scenario::new("restart").unwrap();
     let mut m = base_manifests();
     m.ranges = vec![range("office", &scn.subnet4(), true)];
-    start_relay_and_sink(&mut scn, &m);
+    let spool = scn.volume("spool").unwrap();
+    scn.postfix_server("sink", host::SERVER, None).unwrap();
+    let cert = relay_cert();
+    let delivery = docker::quick_delivery(&overrides(&scn));
+    scn.relay_on(
+        "relay",
+        host::RELAY,
+        &m,
+        Some(&cert),
+        &[],
+        delivery.clone(),
+        Some(&spool),
+    )
+    .unwrap();
     scn.postfix_client("client", host::CLIENT, &client_opts(&scn, "may"))
         .unwrap();
     scn.get("sink").stop().unwrap();
@@ -48,11 +62,22 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
         .and_then(|t| docker::metric(&t, "spool_depth"));
     assert_eq!(depth, Some(N as f64), "all {N} messages wait in the spool");
 
-    let relay = scn.get("relay");
-    relay.kill().unwrap();
+    scn.get("relay").kill().unwrap();
+    scn.remove("relay");
     // `start` returns once Postfix has logged that it is up again.
     scn.get("sink").start().unwrap();
-    relay.start().unwrap();
+    // A new container, not the old one restarted: only the volume carries the queue.
+    scn.relay_on(
+        "relay",
+        host::RELAY,
+        &m,
+        Some(&cert),
+        &[],
+        delivery,
+        Some(&spool),
+    )
+    .unwrap();
+    let relay = scn.get("relay");
 
     let drained = docker::poll(OUTCOME, || {
         docker::http_get(admin, "/metrics")

@@ -183,6 +183,12 @@ pub struct RelaySpec {
     /// ranges, per-IP caps, limits and `Received:` see the real client (SPEC §3.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocolSpec>,
+    /// Leave the client's address out of the `Received:` header the relay adds (and its
+    /// HELO name too when that is an address literal); the relay's own hop (its host
+    /// name, protocol, queue id, date) stays. For mail relayed from laptops and internal
+    /// hosts whose addresses should not travel with the message. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hide_client_address: bool,
 }
 
 /// Load balancers allowed to name the client with a PROXY protocol header.

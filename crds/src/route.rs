@@ -58,12 +58,20 @@ pub struct MailRouteSpec {
 /// Which recipients take a route: listed domains, or everything else (`default: true`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = kube::core::Rule::new("(has(self.recipientDomains) && size(self.recipientDomains) > 0) != (has(self.default) && self.default)").message("match needs exactly one of: a non-empty recipientDomains list, or default: true"))]
+#[x_kube(validation = kube::core::Rule::new("((has(self.recipientDomains) && size(self.recipientDomains) > 0) ? 1 : 0) + ((has(self.senderDomains) && size(self.senderDomains) > 0) ? 1 : 0) + ((has(self.default) && self.default) ? 1 : 0) == 1").message("match needs exactly one of: a non-empty recipientDomains list, a non-empty senderDomains list, or default: true"))]
 pub struct RouteMatch {
     /// Recipient domains, exact (`example.com`) or wildcard (`*.example.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of recipientDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
     pub recipient_domains: Option<Vec<String>>,
+    /// Envelope sender domains, exact (`example.com`) or wildcard (`*.example.com`): mail
+    /// from them takes this route, for recipients that no `recipientDomains` route
+    /// matches. Precedence per recipient: recipientDomains, then senderDomains, then the
+    /// default route, then the recipient domain's MX hosts; within a kind an exact domain
+    /// beats a wildcard and a longer wildcard beats a shorter one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of senderDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
+    pub sender_domains: Option<Vec<String>>,
     /// The route for recipients no other route matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<bool>,

@@ -210,10 +210,12 @@ fn route() -> impl Strategy<Value = MailRoute> {
                 let matcher = match domains {
                     Some(d) => RouteMatch {
                         recipient_domains: Some(d),
+                        sender_domains: None,
                         default: None,
                     },
                     None => RouteMatch {
                         recipient_domains: None,
+                        sender_domains: None,
                         default: Some(true),
                     },
                 };

@@ -381,6 +381,9 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
     };
 
     let table = RouteTable::new(&config.routes);
+    // Routes by sender see the envelope sender delivery will use (after a rewrite).
+    let sender_domain =
+        relay::delivery::domain_of(rewritten_sender.as_deref().unwrap_or(&query.from));
     let mut recipients = Vec::new();
     let mut limits_assumed = false;
     for rcpt in &query.to {
@@ -404,7 +407,7 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         let accepted = exchange.as_ref().is_some_and(Exchange::positive);
         let route = accepted.then(|| {
             let choice = match relay::delivery::domain_of(rcpt) {
-                Some(domain) => table.choose(&domain),
+                Some(domain) => table.choose_for(sender_domain.as_deref(), &domain),
                 None => RouteChoice::DirectMx(String::new()),
             };
             describe_route(&resolve_choice(&config.routes, &choice), &choice)

@@ -418,6 +418,7 @@ fn matcher_words(r: &RouteConfig) -> String {
     match &r.matcher {
         relay::config::RouteMatcher::Default => "all other recipients".into(),
         relay::config::RouteMatcher::Domains(d) => d.join(", "),
+        relay::config::RouteMatcher::SenderDomains(d) => format!("mail from {}", d.join(", ")),
     }
 }
 

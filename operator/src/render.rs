@@ -137,9 +137,10 @@ pub enum RenderError {
     )]
     TwoDefaultRoutes { first: String, second: String },
     #[error(
-        "MailRoute {first} and MailRoute {second} both match recipient domain {domain}; a domain belongs to one route"
+        "MailRoute {first} and MailRoute {second} both match {kind} domain {domain}; a domain belongs to one route"
     )]
     DomainClaimedTwice {
+        kind: &'static str,
         domain: String,
         first: String,
         second: String,
@@ -399,6 +400,7 @@ pub fn render(
     let mut route_configs = Vec::with_capacity(routes.len());
     let mut default_route: Option<String> = None;
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    let mut claimed_senders: BTreeMap<String, String> = BTreeMap::new();
     for route in &routes {
         let r = &route.spec;
         let name = route.name_any();
@@ -407,24 +409,38 @@ pub fn render(
             name: name.clone(),
             message,
         };
-        let matcher = match (&r.matcher.recipient_domains, r.matcher.default) {
-            (Some(domains), _) if !domains.is_empty() => {
-                let mut domains: Vec<String> =
-                    domains.iter().map(|d| d.to_ascii_lowercase()).collect();
-                domains.sort();
-                domains.dedup();
-                for d in &domains {
-                    if let Some(first) = claimed.insert(d.clone(), name.clone()) {
-                        return Err(RenderError::DomainClaimedTwice {
-                            domain: d.clone(),
-                            first,
-                            second: name,
-                        });
-                    }
+        // Lower-cased, sorted, each domain claimed by one route of its kind.
+        let claim = |domains: &Vec<String>,
+                     claimed: &mut BTreeMap<String, String>,
+                     kind: &'static str|
+         -> Result<Vec<String>, RenderError> {
+            let mut domains: Vec<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+            domains.sort();
+            domains.dedup();
+            for d in &domains {
+                if let Some(first) = claimed.insert(d.clone(), name.clone()) {
+                    return Err(RenderError::DomainClaimedTwice {
+                        kind,
+                        domain: d.clone(),
+                        first,
+                        second: name.clone(),
+                    });
                 }
-                RouteMatcher::Domains(domains)
             }
-            (_, Some(true)) => {
+            Ok(domains)
+        };
+        let matcher = match (
+            &r.matcher.recipient_domains,
+            &r.matcher.sender_domains,
+            r.matcher.default,
+        ) {
+            (Some(domains), _, _) if !domains.is_empty() => {
+                RouteMatcher::Domains(claim(domains, &mut claimed, "recipient")?)
+            }
+            (_, Some(domains), _) if !domains.is_empty() => {
+                RouteMatcher::SenderDomains(claim(domains, &mut claimed_senders, "sender")?)
+            }
+            (_, _, Some(true)) => {
                 if let Some(first) = default_route.replace(name.clone()) {
                     return Err(RenderError::TwoDefaultRoutes {
                         first,
@@ -435,7 +451,7 @@ pub fn render(
             }
             _ => {
                 return Err(invalid(
-                    "match needs recipientDomains or default: true".into(),
+                    "match needs recipientDomains, senderDomains or default: true".into(),
                 ));
             }
         };
@@ -538,6 +554,7 @@ pub fn render(
         admin_listen: env.admin_listen,
         admin_token_file: Some(env.admin_token_file()),
         proxy_protocol,
+        hide_client_address: spec.relay.hide_client_address,
     }
     .seal();
     findings.sort();

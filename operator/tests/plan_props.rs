@@ -148,11 +148,13 @@ fn route(i: usize) -> impl Strategy<Value = MailRoute> {
                 matcher: if i == 0 {
                     RouteMatch {
                         recipient_domains: None,
+                        sender_domains: None,
                         default: Some(true),
                     }
                 } else {
                     RouteMatch {
                         recipient_domains: Some(vec![format!("d{i}.example")]),
+                        sender_domains: None,
                         default: None,
                     }
                 },

@@ -199,6 +199,7 @@ fn two_default_routes_and_a_domain_on_two_routes_are_errors() {
     for r in &mut routes {
         r.spec.matcher = crds::RouteMatch {
             recipient_domains: None,
+            sender_domains: None,
             default: Some(true),
         };
     }
@@ -220,6 +221,59 @@ fn two_default_routes_and_a_domain_on_two_routes_are_errors() {
             first: "partner".into(),
             second: "partner-copy".into()
         }
+    );
+}
+
+#[test]
+fn sender_routes_render_apart_from_recipient_routes_and_a_sender_domain_has_one_route() {
+    let set = example("multi-host-route");
+    let (orgs, settings, ranges, mut routes) = objects_of(&set);
+    let secrets = BTreeSet::new();
+    let mut by_sender = routes[0].clone();
+    by_sender.metadata.name = Some("billing".into());
+    by_sender.spec.matcher = crds::RouteMatch {
+        recipient_domains: None,
+        // The same name as a recipient domain of another route: a different kind.
+        sender_domains: Some(vec![
+            "Billing.Acme.Example".into(),
+            "*.partner.example".into(),
+        ]),
+        default: None,
+    };
+    routes.push(by_sender.clone());
+    let objects = |routes: &[crds::MailRoute]| {
+        render(
+            "acme",
+            Objects {
+                organizations: &orgs,
+                settings: &settings,
+                ranges: &ranges,
+                routes,
+                secrets: &secrets,
+            },
+            &RenderEnv::pod(),
+        )
+    };
+    let r = objects(&routes).unwrap();
+    let billing = r
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == "acme/billing")
+        .unwrap();
+    assert_eq!(
+        billing.matcher,
+        RouteMatcher::SenderDomains(vec![
+            "*.partner.example".into(),
+            "billing.acme.example".into()
+        ])
+    );
+    let mut again = by_sender;
+    again.metadata.name = Some("billing-copy".into());
+    routes.push(again);
+    assert_eq!(
+        objects(&routes).unwrap_err().to_string(),
+        "MailRoute billing and MailRoute billing-copy both match sender domain *.partner.example; a domain belongs to one route"
     );
 }
 

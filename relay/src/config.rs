@@ -59,6 +59,9 @@ pub struct RelayConfig {
     /// connection's peer is the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// Leave the client's address out of `Received:` (see [`crate::received`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hide_client_address: bool,
 }
 
 /// Who may tell the relay, with a PROXY protocol (v1 or v2) header, which client a
@@ -176,8 +179,11 @@ pub struct RouteConfig {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum RouteMatcher {
-    /// Lower-case domains, exact or `*.`-wildcard.
+    /// Recipient domains: lower-case, exact or `*.`-wildcard.
     Domains(Vec<String>),
+    /// Envelope sender domains, likewise: mail from them (for recipients no
+    /// recipient-domain route matches).
+    SenderDomains(Vec<String>),
     /// Everything no other route matches.
     Default,
 }
@@ -557,6 +563,7 @@ impl RelayConfig {
             admin_listen: any,
             admin_token_file: None,
             proxy_protocol: None,
+            hide_client_address: false,
         }
     }
 

@@ -6,6 +6,10 @@
 //! domain name or an address literal ([`is_helo_name`]); anything else is written as
 //! `unknown`, which keeps `(`, `)`, `;`, spaces and non-ASCII text out of the header so a
 //! client cannot forge trace fields. The name as sent stays in the spool envelope.
+//!
+//! With [`Trace::hide_ip`] (the Organization's `hideClientAddress`) the client's address
+//! is left out, and so is a HELO name that is an address literal: `Received: from
+//! laptop.example\r\n\tby relay… with ESMTPSA id …; date`.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +32,8 @@ pub struct Trace<'a> {
     pub hostname: &'a str,
     pub queue_id: &'a str,
     pub at: SystemTime,
+    /// Leave the client's address out.
+    pub hide_ip: bool,
 }
 
 /// The header, folded, CRLF-terminated.
@@ -44,15 +50,20 @@ pub fn received_header(t: &Trace<'_>) -> String {
         Some((version, cipher)) => format!("\r\n\t(using {version} with cipher {cipher})"),
         None => String::new(),
     };
-    let helo = if is_helo_name(t.helo) {
+    let helo = if is_helo_name(t.helo) && !(t.hide_ip && t.helo.starts_with('[')) {
         t.helo
     } else {
         "unknown"
     };
+    let address = if t.hide_ip {
+        String::new()
+    } else {
+        format!(" ([{}])", t.ip.to_canonical())
+    };
     format!(
-        "Received: from {} ([{}]){}\r\n\tby {} with {} id {};\r\n\t{}\r\n",
+        "Received: from {}{}{}\r\n\tby {} with {} id {};\r\n\t{}\r\n",
         helo,
-        t.ip.to_canonical(),
+        address,
         tls,
         t.hostname,
         proto,
@@ -104,6 +115,7 @@ mod tests {
             hostname: "relay.acme.example",
             queue_id: "00AB",
             at: UNIX_EPOCH,
+            hide_ip: false,
         });
         assert!(h.is_ascii(), "{h:?}");
         assert_eq!(h.matches('(').count(), 1, "{h:?}");
@@ -165,11 +177,42 @@ mod tests {
             hostname: "relay.acme.example",
             queue_id: "0123456789ABCDEF",
             at: UNIX_EPOCH,
+            hide_ip: false,
         });
         assert_eq!(
             h,
             "Received: from client.acme.example ([192.0.2.1])\r\n\t(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby relay.acme.example with ESMTPSA id 0123456789ABCDEF;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn a_hidden_client_leaves_no_address_and_the_relays_hop_stays() {
+        let hidden = |helo: &str| {
+            received_header(&Trace {
+                helo,
+                ip: "192.0.2.77".parse().unwrap(),
+                tls: Some("TLSv1_3 TLS13_AES_128_GCM_SHA256"),
+                authenticated: true,
+                smtputf8: false,
+                hostname: "relay.acme.example",
+                queue_id: "0123456789ABCDEF",
+                at: UNIX_EPOCH,
+                hide_ip: true,
+            })
+        };
+        assert_eq!(
+            hidden("laptop.acme.example"),
+            "Received: from laptop.acme.example\r\n\t(using TLSv1_3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby relay.acme.example with ESMTPSA id 0123456789ABCDEF;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+        );
+        // An address literal as HELO would give the address away too.
+        for helo in ["[192.0.2.77]", "[IPv6:2001:db8::77]"] {
+            let h = hidden(helo);
+            assert!(h.starts_with("Received: from unknown\r\n"), "{h:?}");
+            assert!(
+                !h.contains("192.0.2.77") && !h.contains("2001:db8"),
+                "{h:?}"
+            );
+        }
     }
 
     #[test]
@@ -184,6 +227,7 @@ mod tests {
                 hostname: "relay.acme.example",
                 queue_id: "00AB",
                 at: UNIX_EPOCH,
+                hide_ip: false,
             });
             h.split("by relay.acme.example with ")
                 .nth(1)

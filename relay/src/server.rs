@@ -993,5 +993,6 @@ fn trace_header(
         hostname: &generation.config.hostname,
         queue_id,
         at: shared.clock.now(),
+        hide_ip: generation.config.hide_client_address,
     })
 }

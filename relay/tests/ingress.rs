@@ -262,6 +262,38 @@ async fn ipv4_client_in_an_enabled_range_is_accepted_and_spooled() {
 }
 
 #[tokio::test]
+async fn with_hide_client_address_the_received_header_has_no_client_address() {
+    let fx = Fixture::new();
+    let mut cfg = fx.config(
+        "127.0.0.1",
+        vec![setting(
+            AllowedSenders::OrganizationDomains,
+            Some(&["127.0.0.1/32"]),
+            false,
+            false,
+        )],
+    );
+    cfg.hide_client_address = true;
+    let relay = start(cfg).await;
+    let mut c = connect(relay.smtp_addr()).await;
+    c.cmd("EHLO [127.0.0.1]").await;
+    let r = c
+        .send_mail("bob@acme.example", &["carol@dest.example"])
+        .await;
+    let id = queue_id(&r);
+    let (env, data) = relay.spool().read(id).unwrap();
+    let text = String::from_utf8(data).unwrap();
+    assert!(
+        text.starts_with("Received: from unknown\r\n\tby relay.acme.example with ESMTP id "),
+        "{text}"
+    );
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    // The envelope keeps the facts (logs, policy, queue administration).
+    assert_eq!(env.client_ip.to_string(), "127.0.0.1");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn ipv4_client_outside_every_range_gets_550_naming_its_ip_and_is_disconnected() {
     let fx = Fixture::new();
     // 127.0.0.1 is allowed; the client connects from 127.0.0.2.

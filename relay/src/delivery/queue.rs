@@ -1194,7 +1194,7 @@ impl<S: MessageStore> Inner<S> {
             .clone();
         let routes = &route_set.list;
         let mut groups = JoinSet::new();
-        let route_groups = group_by_table(&route_set.table, &pending);
+        let route_groups = group_by_table(&route_set.table, &envelope.mail_from, &pending);
         // With several route groups, each finished group is saved, so a restart does not
         // deliver it again; a single group needs no intermediate save.
         let save_each_group = route_groups.len() > 1;
@@ -1351,7 +1351,11 @@ impl<S: MessageStore> Inner<S> {
                         let diagnostic = format!("delivery time expired; last error: {last}");
                         report.bounced += 1;
                         let route_name = match super::domain_of(&rcpt) {
-                            Some(d) => resolve_choice(routes, &route_set.table.choose(&d)).name,
+                            Some(d) => {
+                                let sender = super::domain_of(&envelope.mail_from);
+                                let choice = route_set.table.choose_for(sender.as_deref(), &d);
+                                resolve_choice(routes, &choice).name
+                            }
                             None => "direct".to_string(),
                         };
                         tracing::info!(queue_id, sender = %envelope.mail_from, recipients = %rcpt, route = %route_name, host = "none", tls = "none", result = "bounced", status = "5.4.7", reply = %diagnostic, "delivery");
@@ -1382,7 +1386,7 @@ impl<S: MessageStore> Inner<S> {
             }
         }
         // Where the recipients still pending go, for the scheduler.
-        let destinations = group_by_table(&route_set.table, &state.pending())
+        let destinations = group_by_table(&route_set.table, &envelope.mail_from, &state.pending())
             .into_iter()
             .map(|(choice, _)| destination_of(&choice, &resolve_choice(routes, &choice).name))
             .collect();

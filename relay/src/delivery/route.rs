@@ -1,8 +1,14 @@
 //! Route choice: which [`RouteConfig`] carries mail for a recipient (SPEC §2.4, §3.5).
 //!
-//! Pure functions over the configured routes. The most specific `recipientDomains` match
-//! wins (an exact domain beats any wildcard; a longer `*.` wildcard beats a shorter one),
-//! else the `default` route, else direct delivery to the recipient domain's MX hosts.
+//! Pure functions over the configured routes. Precedence, per recipient:
+//!
+//! 1. the most specific `recipientDomains` match (an exact domain beats any wildcard; a
+//!    longer `*.` wildcard beats a shorter one);
+//! 2. else the most specific `senderDomains` match of the envelope sender's domain, by the
+//!    same rule (a null sender matches none);
+//! 3. else the `default` route;
+//! 4. else direct delivery to the recipient domain's MX hosts.
+//!
 //! [`choose_route`] states the rule over the route list; [`RouteTable`] is the same rule
 //! compiled into hash maps once per config, so a choice costs a few lookups however many
 //! routes there are. Domains and patterns are compared as A-labels ([`crate::idn`]),
@@ -25,12 +31,24 @@ pub enum RouteChoice {
     DirectMx(String),
 }
 
-/// How well a route pattern matches a domain; larger is more specific.
+/// How well a route matches; larger wins. Any recipient match beats any sender match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Specificity {
     Default,
+    SenderWildcard(usize),
+    SenderExact,
     Wildcard(usize),
     Exact,
+}
+
+impl Specificity {
+    fn of_sender(self) -> Self {
+        match self {
+            Specificity::Wildcard(n) => Specificity::SenderWildcard(n),
+            Specificity::Exact => Specificity::SenderExact,
+            other => other,
+        }
+    }
 }
 
 /// A route pattern for comparison: `*.` and the A-label of the rest.
@@ -52,9 +70,21 @@ fn pattern_specificity(pattern: &str, domain: &str) -> Option<Specificity> {
     (pattern == domain).then_some(Specificity::Exact)
 }
 
-/// Chooses the route for a recipient domain (U-label or A-label, any case).
+/// Chooses the route for a recipient domain (U-label or A-label, any case), for mail
+/// whose sender matches no `senderDomains` route.
 pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
+    choose_route_for(routes, None, domain)
+}
+
+/// Chooses the route for a recipient domain of mail from `sender_domain` (`None`: the
+/// null sender, or a sender without a domain).
+pub fn choose_route_for(
+    routes: &[RouteConfig],
+    sender_domain: Option<&str>,
+    domain: &str,
+) -> RouteChoice {
     let domain = idn::comparable_domain(domain);
+    let sender = sender_domain.map(idn::comparable_domain);
     let mut best: Option<(Specificity, usize)> = None;
     for (index, route) in routes.iter().enumerate() {
         let found = match &route.matcher {
@@ -63,6 +93,13 @@ pub fn choose_route(routes: &[RouteConfig], domain: &str) -> RouteChoice {
                 .iter()
                 .filter_map(|p| pattern_specificity(p, &domain))
                 .max(),
+            RouteMatcher::SenderDomains(patterns) => sender.as_ref().and_then(|s| {
+                patterns
+                    .iter()
+                    .filter_map(|p| pattern_specificity(p, s))
+                    .max()
+                    .map(Specificity::of_sender)
+            }),
         };
         if let Some(spec) = found {
             // Ties keep the first route in the (render-sorted) list, so choice is stable.
@@ -85,6 +122,9 @@ pub struct RouteTable {
     exact: HashMap<String, usize>,
     /// Suffix of a `*.suffix` pattern → first route listing it.
     wildcard: HashMap<String, usize>,
+    /// The same for `senderDomains` routes.
+    sender_exact: HashMap<String, usize>,
+    sender_wildcard: HashMap<String, usize>,
     /// First `default` route.
     default: Option<usize>,
 }
@@ -99,34 +139,78 @@ impl RouteTable {
                     table.default.get_or_insert(index);
                 }
                 RouteMatcher::Domains(patterns) => {
-                    for pattern in patterns {
-                        let pattern = comparable_pattern(pattern);
-                        // Ties keep the first route in the list, as `choose_route` does.
-                        match pattern.strip_prefix("*.") {
-                            Some(suffix) => table.wildcard.entry(suffix.to_string()),
-                            None => table.exact.entry(pattern),
-                        }
-                        .or_insert(index);
-                    }
+                    Self::insert(&mut table.exact, &mut table.wildcard, patterns, index)
                 }
+                RouteMatcher::SenderDomains(patterns) => Self::insert(
+                    &mut table.sender_exact,
+                    &mut table.sender_wildcard,
+                    patterns,
+                    index,
+                ),
             }
         }
         table
     }
 
-    /// Chooses the route for a recipient domain (U-label or A-label, any case).
-    pub fn choose(&self, domain: &str) -> RouteChoice {
-        let domain = idn::comparable_domain(domain);
-        if let Some(&index) = self.exact.get(&domain) {
-            return RouteChoice::Configured(index);
+    fn insert(
+        exact: &mut HashMap<String, usize>,
+        wildcard: &mut HashMap<String, usize>,
+        patterns: &[String],
+        index: usize,
+    ) {
+        for pattern in patterns {
+            let pattern = comparable_pattern(pattern);
+            // Ties keep the first route in the list, as `choose_route` does.
+            match pattern.strip_prefix("*.") {
+                Some(suffix) => wildcard.entry(suffix.to_string()),
+                None => exact.entry(pattern),
+            }
+            .or_insert(index);
+        }
+    }
+
+    /// The most specific match of `domain` (already comparable) in one pair of maps.
+    fn lookup(
+        exact: &HashMap<String, usize>,
+        wildcard: &HashMap<String, usize>,
+        domain: &str,
+    ) -> Option<usize> {
+        if let Some(&index) = exact.get(domain) {
+            return Some(index);
         }
         // The text after each dot, longest first: the most specific wildcard wins.
-        let mut rest = domain.as_str();
+        let mut rest = domain;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(&index) = self.wildcard.get(rest) {
-                return RouteChoice::Configured(index);
+            if let Some(&index) = wildcard.get(rest) {
+                return Some(index);
             }
+        }
+        None
+    }
+
+    /// Chooses the route for a recipient domain (U-label or A-label, any case), for mail
+    /// whose sender matches no `senderDomains` route.
+    pub fn choose(&self, domain: &str) -> RouteChoice {
+        self.choose_for(None, domain)
+    }
+
+    /// Chooses the route for a recipient domain of mail from `sender_domain`; the same
+    /// answer as [`choose_route_for`].
+    pub fn choose_for(&self, sender_domain: Option<&str>, domain: &str) -> RouteChoice {
+        let domain = idn::comparable_domain(domain);
+        if let Some(index) = Self::lookup(&self.exact, &self.wildcard, &domain) {
+            return RouteChoice::Configured(index);
+        }
+        if let Some(sender) = sender_domain
+            && (!self.sender_exact.is_empty() || !self.sender_wildcard.is_empty())
+            && let Some(index) = Self::lookup(
+                &self.sender_exact,
+                &self.sender_wildcard,
+                &idn::comparable_domain(sender),
+            )
+        {
+            return RouteChoice::Configured(index);
         }
         match self.default {
             Some(index) => RouteChoice::Configured(index),
@@ -135,25 +219,28 @@ impl RouteTable {
     }
 }
 
-/// Groups recipients by route, keeping the order in which each route first appears.
-/// A recipient without a domain goes to a direct route for the empty domain, which fails
-/// delivery permanently later with a clear message.
+/// Groups the recipients of mail from `sender` by route, keeping the order in which each
+/// route first appears. A recipient without a domain goes to a direct route for the empty
+/// domain, which fails delivery permanently later with a clear message.
 pub fn group_by_route(
     routes: &[RouteConfig],
+    sender: &str,
     recipients: &[String],
 ) -> Vec<(RouteChoice, Vec<String>)> {
-    group_by_table(&RouteTable::new(routes), recipients)
+    group_by_table(&RouteTable::new(routes), sender, recipients)
 }
 
 /// [`group_by_route`] with the table compiled already.
 pub fn group_by_table(
     table: &RouteTable,
+    sender: &str,
     recipients: &[String],
 ) -> Vec<(RouteChoice, Vec<String>)> {
+    let sender_domain = domain_of(sender);
     let mut groups: Vec<(RouteChoice, Vec<String>)> = Vec::new();
     for rcpt in recipients {
         let choice = match domain_of(rcpt) {
-            Some(domain) => table.choose(&domain),
+            Some(domain) => table.choose_for(sender_domain.as_deref(), &domain),
             None => RouteChoice::DirectMx(String::new()),
         };
         match groups.iter_mut().find(|(c, _)| *c == choice) {
@@ -242,6 +329,64 @@ mod tests {
         );
     }
 
+    fn senders(list: &[&str]) -> RouteMatcher {
+        RouteMatcher::SenderDomains(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn recipient_routes_beat_sender_routes_which_beat_the_default() {
+        let routes = vec![
+            route("billing", senders(&["billing.acme.example"])),
+            route("acme", senders(&["*.acme.example", "acme.example"])),
+            route("partner", domains(&["partner.example"])),
+            route("default", RouteMatcher::Default),
+        ];
+        let table = RouteTable::new(&routes);
+        for (sender, rcpt, want) in [
+            // A recipient route wins whoever sends.
+            (Some("billing.acme.example"), "partner.example", 2),
+            // Then the most specific sender route.
+            (Some("billing.acme.example"), "other.org", 0),
+            (Some("eu.acme.example"), "other.org", 1),
+            (Some("ACME.example"), "other.org", 1),
+            // Then the default; the null sender matches no sender route.
+            (Some("elsewhere.example"), "other.org", 3),
+            (None, "other.org", 3),
+        ] {
+            assert_eq!(
+                choose_route_for(&routes, sender, rcpt),
+                RouteChoice::Configured(want),
+                "{sender:?} -> {rcpt}"
+            );
+            assert_eq!(
+                table.choose_for(sender, rcpt),
+                RouteChoice::Configured(want)
+            );
+        }
+        // Without a default, unmatched mail goes to the recipient's MX hosts.
+        let no_default = &routes[..3];
+        assert_eq!(
+            RouteTable::new(no_default).choose_for(Some("elsewhere.example"), "Other.ORG"),
+            RouteChoice::DirectMx("other.org".into())
+        );
+        // One message, recipients split by the rule.
+        let groups = group_by_route(
+            &routes,
+            "invoices@billing.acme.example",
+            &["a@partner.example".to_string(), "b@other.org".to_string()],
+        );
+        assert_eq!(
+            groups,
+            vec![
+                (
+                    RouteChoice::Configured(2),
+                    vec!["a@partner.example".to_string()]
+                ),
+                (RouteChoice::Configured(0), vec!["b@other.org".to_string()]),
+            ]
+        );
+    }
+
     #[test]
     fn no_match_and_no_default_means_direct_mx() {
         let routes = vec![route("a", domains(&["a.test"]))];
@@ -323,7 +468,7 @@ mod tests {
             "a@bücher.example".to_string(),
             "b@xn--bcher-kva.example".to_string(),
         ];
-        let groups = group_by_route(&routes, &rcpts);
+        let groups = group_by_route(&routes, "app@acme.example", &rcpts);
         assert_eq!(groups, vec![(RouteChoice::Configured(0), rcpts)]);
     }
 
@@ -334,7 +479,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let groups = group_by_route(&routes, &rcpts);
+        let groups = group_by_route(&routes, "app@acme.example", &rcpts);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].0, RouteChoice::Configured(0));
         assert_eq!(groups[0].1, vec!["x@a.test", "z@q.b.test"]);

@@ -5,8 +5,9 @@
 //! and then the network. Containers get fixed addresses ([`Scenario::ip4`]), so manifests
 //! can be written before anything starts. Its functions start the project's images in their
 //! roles: Postfix clients and servers, dnsmasq, HAProxy in front of the relay, and the
-//! relay with a config rendered from manifests and copied in, and read what a user would look at: the sink's maildir, the
-//! client's queue (`postqueue -j`) and the sender's mailbox.
+//! relay with a config rendered from manifests and copied in, and read what a user would
+//! look at: the sink's maildir, the client's queue (`postqueue -j`) and the sender's
+//! mailbox.
 //!
 //! Containers are started, waited for (each role's ready line in its log), exec'd into,
 //! read, stopped and removed through testcontainers. What testcontainers does not offer

@@ -5,7 +5,9 @@
 //! address. With `required: true`, a v1 or v2 header from a peer outside `trustedProxies`
 //! (one that claims an allowed client), a connection without a header from that peer, and a
 //! silent connection from the trusted proxy itself are all closed before any greeting, and
-//! nothing they sent is relayed.
+//! nothing they sent is relayed. With `required: false` (copied in, hot reload) a peer
+//! outside `trustedProxies` is a direct client judged by its own address, and a header it
+//! sends after the greeting closes the connection.
 
 mod common;
 
@@ -134,7 +136,7 @@ fn haproxy_names_the_client_and_forged_or_missing_headers_are_closed_without_gre
         trusted_proxies: vec![format!("{proxy_ip}/32")],
         required: true,
     });
-    start_relay_and_sink(&mut scn, &m);
+    let files = start_relay_and_sink(&mut scn, &m);
     scn.haproxy("haproxy", host::PROXY, &haproxy_cfg(relay_ip))
         .unwrap();
     let via_haproxy = ClientOptions {
@@ -192,7 +194,38 @@ fn haproxy_names_the_client_and_forged_or_missing_headers_are_closed_without_gre
     let expected = format!("550 5.7.1 Client host [{outside_ip}] is not allowed to relay");
     bounced(scn.get("outsider"), &expected);
     assert_eq!(count_subject(&scn, "sink", "from-outsider"), 0);
-    for (subject, _) in &forged {
+
+    // Headers optional: a peer outside trustedProxies is a direct client, known by its
+    // own address, and a header from it shows up as its first line and closes the session.
+    let mut optional = m.clone();
+    if let Some(p) = optional.org.proxy_protocol.as_mut() {
+        p.required = false;
+    }
+    files.write(&optional).unwrap();
+    let direct = docker::poll(OUTCOME, || {
+        let got = raw_session(relay, b"", "direct");
+        got.starts_with("220 ").then_some(got)
+    })
+    .expect("with required: false a direct client without a header is greeted");
+    // The test host's address on the network is in no range (nor is it `inside_ip`).
+    assert!(
+        direct.contains("550 5.7.1 Client host [") && !direct.contains(&format!("[{inside_ip}]")),
+        "the direct client is judged by its own address:\n{direct}"
+    );
+    let forged_late = [
+        ("forged-v2-optional", v2_header(inside_ip, relay_ip)),
+        ("forged-v1-optional", v1_header(inside_ip, relay_ip)),
+    ];
+    for (subject, preamble) in &forged_late {
+        let got = raw_session(relay, preamble, subject);
+        assert!(
+            got.starts_with("220 ") && got.lines().count() == 1,
+            "{subject}: after the greeting a header from outside trustedProxies closes the \
+             connection without another reply, got {got:?}"
+        );
+    }
+
+    for subject in forged.iter().chain(&forged_late).map(|(s, _)| s) {
         assert_eq!(
             count_subject(&scn, "sink", subject),
             0,

@@ -2,15 +2,16 @@
 # Builds the project's container images without any container registry:
 #   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
 #            imported with `docker import` (postfix with the SASL client modules, swaks,
-#            openssl, dnsmasq inside)
+#            openssl, dnsmasq, haproxy inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
+#   haproxy  HAProxy in front of the relay, sending PROXY protocol headers
 #   relay    the production relay image, as images/build.sh makes it (minimal runtime, no
 #            mail software, user 65532): scenarios run what a cluster runs
 #   operator the production operator image, likewise
 # Each image is tagged with a hash of its inputs and rebuilt only when they change.
 #
-# usage: conformance/images/build.sh [base|postfix|dns|relay|operator|all]...   (default: all)
+# usage: conformance/images/build.sh [base|postfix|dns|haproxy|relay|operator|all]...   (default: all)
 # Prints `name=image:tag` lines on standard output; progress goes to standard error.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
 suite=bookworm
-packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules,haproxy
 mkdir -p "$cache"
 
 . "$root/images/lib.sh"
@@ -69,13 +70,15 @@ for t in "${targets[@]}"; do
     base) ;;
     postfix) echo "postfix=$(build_from postfix "$here/postfix" "$base")" ;;
     dns) echo "dns=$(build_from dns "$here/dns" "$base")" ;;
+    haproxy) echo "haproxy=$(build_from haproxy "$here/haproxy" "$base")" ;;
     relay) tag=$(production relay); echo "relay=$tag" ;;
     operator) tag=$(production operator); echo "operator=$tag" ;;
     all)
       echo "postfix=$(build_from postfix "$here/postfix" "$base")"
       echo "dns=$(build_from dns "$here/dns" "$base")"
+      echo "haproxy=$(build_from haproxy "$here/haproxy" "$base")"
       tag=$(production relay); echo "relay=$tag"
       ;;
-    *) log "unknown image $t (expected base, postfix, dns, relay, operator or all)"; exit 2 ;;
+    *) log "unknown image $t (expected base, postfix, dns, haproxy, relay, operator or all)"; exit 2 ;;
   esac
 done

@@ -4,9 +4,10 @@
 //! container started on it; dropping it (also when a test panics) removes the containers
 //! and then the network. Containers get fixed addresses ([`Scenario::ip4`]), so manifests
 //! can be written before anything starts. Its functions start the project's images in their
-//! roles: Postfix clients and servers, dnsmasq, and the relay with a config rendered from
-//! manifests and copied in, and read what a user would look at: the sink's maildir, the
-//! client's queue (`postqueue -j`) and the sender's mailbox.
+//! roles: Postfix clients and servers, dnsmasq, HAProxy in front of the relay, and the
+//! relay with a config rendered from manifests and copied in, and read what a user would
+//! look at: the sink's maildir, the client's queue (`postqueue -j`) and the sender's
+//! mailbox.
 //!
 //! Containers are started, waited for (each role's ready line in its log), exec'd into,
 //! read, stopped and removed through testcontainers. What testcontainers does not offer
@@ -108,6 +109,7 @@ pub fn skip_without_docker() -> bool {
 pub struct Images {
     pub postfix: String,
     pub dns: String,
+    pub haproxy: String,
     pub relay: String,
 }
 
@@ -134,7 +136,7 @@ pub fn images() -> io::Result<&'static Images> {
             }
             let out = cmd
                 .arg(&script)
-                .args(["postfix", "dns", "relay"])
+                .args(["postfix", "dns", "haproxy", "relay"])
                 .stderr(Stdio::inherit())
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -151,6 +153,7 @@ pub fn images() -> io::Result<&'static Images> {
             Ok(Images {
                 postfix: get("postfix")?,
                 dns: get("dns")?,
+                haproxy: get("haproxy")?,
                 relay: get("relay")?,
             })
         })
@@ -203,6 +206,13 @@ impl Ready {
     /// dnsmasq logs this after binding port 53.
     const DNS: Ready = Ready {
         line: "started, version",
+        on_stderr: true,
+        within: Duration::from_secs(20),
+    };
+
+    /// HAProxy's master (`-W`) logs this once its worker has bound every frontend.
+    const HAPROXY: Ready = Ready {
+        line: "Loading success.",
         on_stderr: true,
         within: Duration::from_secs(20),
     };
@@ -441,6 +451,8 @@ pub mod host {
     pub const GATEWAY: u8 = 1;
     pub const RELAY: u8 = 10;
     pub const DNS: u8 = 11;
+    /// A load balancer (HAProxy) in front of the relay.
+    pub const PROXY: u8 = 12;
     /// Clients are `CLIENT + n`, servers `SERVER + n`.
     pub const CLIENT: u8 = 20;
     pub const SERVER: u8 = 40;
@@ -748,6 +760,16 @@ impl Scenario {
         )];
         self.run("dns", host::DNS, &image, &[], files, Ready::DNS)?;
         Ok(SocketAddr::new(IpAddr::V4(self.ip4(host::DNS)), 53))
+    }
+
+    /// HAProxy as host `n` with `config` as its `haproxy.cfg`.
+    pub fn haproxy(&mut self, role: &str, n: u8, config: &str) -> io::Result<&Container> {
+        let image = images()?.haproxy.clone();
+        let files = vec![(
+            "/etc/haproxy/haproxy.cfg".to_string(),
+            config.as_bytes().to_vec(),
+        )];
+        self.run(role, n, &image, &[], files, Ready::HAPROXY)
     }
 
     /// Starts the relay as host [`host::RELAY`] with the config rendered from `manifests`,

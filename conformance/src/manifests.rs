@@ -66,6 +66,9 @@ pub struct OrgSpec {
     pub licenses: u64,
     pub paid: bool,
     pub limits: LimitOverrides,
+    /// `spec.relay.proxyProtocol`: load balancers that name the client with a PROXY
+    /// protocol header.
+    pub proxy_protocol: Option<crds::ProxyProtocolSpec>,
 }
 
 /// An SmtpRelaySetting.
@@ -226,6 +229,14 @@ impl Manifests {
         out.push_str("  relay:\n    hostname: relay.acme.example\n");
         if o.tls {
             let _ = writeln!(out, "    tlsSecretRef:\n      name: {TLS_SECRET}");
+        }
+        if let Some(p) = &o.proxy_protocol {
+            let _ = writeln!(
+                out,
+                "    proxyProtocol:\n      trustedProxies: {}\n      required: {}",
+                list(&p.trusted_proxies),
+                p.required
+            );
         }
         if o.tls {
             let _ = write!(

@@ -551,6 +551,7 @@ mod tests {
                     customer_recipients_per10_minutes: Some(2),
                     ..Default::default()
                 },
+                proxy_protocol: None,
             },
             settings: vec![SettingSpec {
                 name: "office".into(),

@@ -99,6 +99,7 @@ fn org() -> impl Strategy<Value = OrgSpec> {
                 licenses,
                 paid,
                 limits,
+                proxy_protocol: None,
             }
         })
 }

@@ -32,6 +32,7 @@ pub fn base_manifests() -> Manifests {
             licenses: 10,
             paid: true,
             limits: LimitOverrides::default(),
+            proxy_protocol: None,
         },
         settings: vec![SettingSpec {
             name: "clients".into(),

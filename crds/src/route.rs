@@ -99,7 +99,12 @@ impl MailRouteSpec {
         let mut out = Vec::new();
         let ports: Vec<i32> = match (&self.single_host, &self.multiple_hosts) {
             (Some(h), _) => vec![h.port],
-            (None, Some(m)) => m.primary.iter().chain(&m.secondary).map(|h| h.port).collect(),
+            (None, Some(m)) => m
+                .primary
+                .iter()
+                .chain(&m.secondary)
+                .map(|h| h.port)
+                .collect(),
             (None, None) => Vec::new(),
         };
         if !self.tls.implicit && ports.contains(&465) {

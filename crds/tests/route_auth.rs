@@ -66,7 +66,10 @@ fn cel_and_rust_refuse_the_same_routes() {
             }
         }
     }
-    assert!(refused > 0 && accepted > 0, "{refused} refused, {accepted} accepted");
+    assert!(
+        refused > 0 && accepted > 0,
+        "{refused} refused, {accepted} accepted"
+    );
 }
 
 #[test]
@@ -83,9 +86,8 @@ fn auth_needs_every_tls_check_and_says_why() {
         ))
         .unwrap_err();
         assert!(
-            errors.iter().any(|e| e.contains(
-                "auth sends credentials, so it needs every TLS check of the route on"
-            )),
+            errors.iter().any(|e| e
+                .contains("auth sends credentials, so it needs every TLS check of the route on")),
             "{tls}: {errors:?}"
         );
     }

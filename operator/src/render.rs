@@ -24,9 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use relay::config::{
     AllowedSenders, CONFIG_FORMAT, DeliveryConfig, HostConfig, LimitStoreConfig, LimitsConfig,
-    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig, RouteConfig,
-    RouteAuthConfig, RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig, TlsFiles,
-    WeightedHostConfig,
+    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig,
+    RouteAuthConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig,
+    TlsFiles, WeightedHostConfig,
 };
 
 /// Where the rendered relay runs: listeners and the paths at which Secrets are mounted.

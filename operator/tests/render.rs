@@ -81,11 +81,20 @@ fn route_auth_renders_file_paths_never_the_secret_values() {
     let auth = r.config.routes[0].auth.clone().unwrap();
     assert_eq!(auth.mechanism, relay::config::AuthMechanism::Plain);
     assert_eq!(auth.secret_name, "ses-smtp");
-    assert_eq!(auth.username_file, "/etc/smtprelay/route-auth/ses-smtp/username");
-    assert_eq!(auth.secret_file, "/etc/smtprelay/route-auth/ses-smtp/password");
+    assert_eq!(
+        auth.username_file,
+        "/etc/smtprelay/route-auth/ses-smtp/username"
+    );
+    assert_eq!(
+        auth.secret_file,
+        "/etc/smtprelay/route-auth/ses-smtp/password"
+    );
     let json = r.config.to_json();
     assert!(!json.contains("AKIAEXAMPLEEXAMPLE"), "{json}");
-    assert!(!json.contains("replace-with-the-ses-smtp-password"), "{json}");
+    assert!(
+        !json.contains("replace-with-the-ses-smtp-password"),
+        "{json}"
+    );
 
     let r = render_set(&example("smarthost-implicit-tls-465"), &RenderEnv::pod()).unwrap();
     let route = &r.config.routes[0];

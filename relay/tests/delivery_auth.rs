@@ -79,7 +79,12 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-async fn smarthost(cert: &TestCert, implicit: bool, mechanisms: &[&str], reply: Option<&str>) -> TestSink {
+async fn smarthost(
+    cert: &TestCert,
+    implicit: bool,
+    mechanisms: &[&str],
+    reply: Option<&str>,
+) -> TestSink {
     TestSink::start(SinkConfig {
         tls: Some(cert.server_config().unwrap()),
         implicit_tls: implicit,
@@ -124,7 +129,13 @@ async fn run(route_cfg: RouteConfig) -> Run {
 }
 
 fn smarthost_route(port: u16, tls: RouteTlsConfig, auth: RouteAuthConfig) -> RouteConfig {
-    let mut r = route("acme/smarthost", RouteMatcher::Default, SMARTHOST, port, tls);
+    let mut r = route(
+        "acme/smarthost",
+        RouteMatcher::Default,
+        SMARTHOST,
+        port,
+        tls,
+    );
     r.auth = Some(auth);
     r
 }
@@ -240,7 +251,13 @@ async fn a_refused_password_bounces_5_7_8_with_the_upstream_text_and_is_not_retr
 #[tokio::test]
 async fn a_temporary_auth_failure_defers() {
     let p = pki();
-    let sink = smarthost(&p.good, false, &["PLAIN"], Some("454 4.7.0 Temporary authentication failure")).await;
+    let sink = smarthost(
+        &p.good,
+        false,
+        &["PLAIN"],
+        Some("454 4.7.0 Temporary authentication failure"),
+    )
+    .await;
     let auth = p.auth(AuthMechanism::Plain, PASSWORD);
     let r = run(smarthost_route(sink.port(), p.tls(false), auth)).await;
     assert!(sink.messages().is_empty());
@@ -259,7 +276,10 @@ async fn credentials_are_never_sent_over_tls_that_skipped_a_check() {
     tls.validate_hostname = false;
     let auth = p.auth(AuthMechanism::Plain, PASSWORD);
     let r = run(smarthost_route(sink.port(), tls, auth)).await;
-    assert!(sink.auth_lines().is_empty(), "no AUTH line reached the host");
+    assert!(
+        sink.auth_lines().is_empty(),
+        "no AUTH line reached the host"
+    );
     assert!(sink.messages().is_empty());
     let (status, diagnostic) = bounce(&r).await;
     assert_eq!(status, "5.7.10");
@@ -346,8 +366,18 @@ async fn the_password_and_token_never_reach_the_logs() {
     // A success, a refusal and a mechanism mismatch: every path that logs.
     for (mechanisms, reply, mechanism, secret) in [
         (&["PLAIN"][..], None, AuthMechanism::Plain, PASSWORD),
-        (&["LOGIN"][..], Some("535 5.7.8 no"), AuthMechanism::Login, PASSWORD),
-        (&["XOAUTH2"][..], Some("535 5.7.8 no"), AuthMechanism::XOAuth2, TOKEN),
+        (
+            &["LOGIN"][..],
+            Some("535 5.7.8 no"),
+            AuthMechanism::Login,
+            PASSWORD,
+        ),
+        (
+            &["XOAUTH2"][..],
+            Some("535 5.7.8 no"),
+            AuthMechanism::XOAuth2,
+            TOKEN,
+        ),
         (&["LOGIN"][..], None, AuthMechanism::Plain, PASSWORD),
     ] {
         let sink = smarthost(&p.good, false, mechanisms, reply).await;
@@ -356,7 +386,10 @@ async fn the_password_and_token_never_reach_the_logs() {
         bounded(r.h.manager.run_due()).await;
     }
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    assert!(logs.contains("acme/smarthost"), "logs were captured: {logs}");
+    assert!(
+        logs.contains("acme/smarthost"),
+        "logs were captured: {logs}"
+    );
     for needle in [
         PASSWORD.to_string(),
         TOKEN.to_string(),

@@ -40,8 +40,8 @@ use crate::envelope::MailParams;
 
 use super::Clock;
 use super::client::{
-    AuthCredentials, CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection,
-    StageTimeouts,
+    AuthCredentials, CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams,
+    SmtpConnection, StageTimeouts,
 };
 use super::guard::{DestinationGuard, Refusal, hop_refusal};
 use super::metrics::DeliveryMetrics;

@@ -1198,6 +1198,39 @@ mod tests {
     }
 
     #[test]
+    fn auth_mechanisms_come_from_ehlo_and_credentials_do_not_debug_print() {
+        let reply = Reply {
+            code: 250,
+            lines: vec![
+                "mx.test".into(),
+                "AUTH PLAIN login".into(),
+                "AUTH=XOAUTH2".into(),
+            ],
+        };
+        assert_eq!(
+            Capabilities::from_ehlo(&reply).auth,
+            ["PLAIN", "LOGIN", "XOAUTH2"]
+        );
+        let c = AuthCredentials {
+            mechanism: AuthMechanism::Plain,
+            username: "user@acme.test".into(),
+            secret: "hunter2".into(),
+        };
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("user@"),
+            "{printed}"
+        );
+        // RFC 4616's example: "\0tim\0tanstaaftanstaaf".
+        let tim = AuthCredentials {
+            mechanism: AuthMechanism::Plain,
+            username: "tim".into(),
+            secret: "tanstaaftanstaaf".into(),
+        };
+        assert_eq!(tim.plain_response(), "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
+    }
+
+    #[test]
     fn partial_and_malformed_replies() {
         assert_eq!(parse_reply(b"250-a\r\n250 b").unwrap(), None);
         assert!(parse_reply(b"hello\r\n").is_err());

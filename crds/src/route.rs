@@ -65,15 +65,40 @@ pub struct MailRouteSpec {
 /// Outbound SMTP AUTH of a route: which mechanism, and the Secret holding the credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.clientCredentials) || self.mechanism == 'XOAuth2'").message("auth.clientCredentials fetches an OAuth 2.0 token, which only mechanism XOAuth2 uses"))]
 pub struct RouteAuth {
     /// Secret in the route's namespace. `Plain` and `Login` read the keys `username` and
-    /// `password`; `XOAuth2` reads `username` and `token` (an OAuth 2.0 access token).
+    /// `password`; `XOAuth2` reads `username` and `token` (an OAuth 2.0 access token), or
+    /// with `clientCredentials`, `username` and `clientSecret`.
     /// The relay reads the mounted keys at each delivery, so a rotated Secret takes effect
     /// without a restart.
     pub secret_ref: SecretRef,
     /// SASL mechanism: `Plain`, `Login` or `XOAuth2`. The upstream must offer it in its EHLO
     /// reply, or delivery fails with that reason.
     pub mechanism: AuthMechanism,
+    /// `XOAuth2` only: the relay fetches the access token itself from an OAuth 2.0 token
+    /// endpoint (client-credentials grant, as Microsoft 365 and Google service accounts
+    /// offer) and refreshes it before it expires, instead of reading the `token` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<ClientCredentials>,
+}
+
+/// OAuth 2.0 client-credentials settings; the client secret is the `clientSecret` key of
+/// the auth Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// `https://` URL of the token endpoint, e.g.
+    /// `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`. Its certificate is
+    /// checked like the route's (public roots plus `tls.trustedCaSecretRef`).
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') && size(self) > 8").message("tokenEndpoint must be an https:// URL"))]
+    pub token_endpoint: String,
+    /// OAuth client (application) id.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("clientId must not be empty"))]
+    pub client_id: String,
+    /// Scope to request, e.g. `https://outlook.office365.com/.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// SASL mechanism for outbound AUTH.

@@ -239,6 +239,11 @@ fn route() -> impl Strategy<Value = MailRoute> {
                         } else {
                             AuthMechanism::Login
                         },
+                        client_credentials: mx.then(|| ClientCredentials {
+                            token_endpoint: "https://login.example.com/token".into(),
+                            client_id: "relay".into(),
+                            scope: t1.then(|| "smtp".into()),
+                        }),
                     }),
                 };
                 named(MailRoute::new("x", spec), name, None)

@@ -524,6 +524,15 @@ pub fn render(
                     crds::AuthMechanism::XOAuth2 => format!("{dir}/token"),
                     _ => format!("{dir}/password"),
                 },
+                client_credentials: a.client_credentials.as_ref().map(|cc| {
+                    relay::config::ClientCredentialsConfig {
+                        token_endpoint: cc.token_endpoint.clone(),
+                        client_id: cc.client_id.clone(),
+                        scope: cc.scope.clone(),
+                        client_secret_file: format!("{dir}/clientSecret"),
+                        ca_file: extra_ca_file.clone(),
+                    }
+                }),
             }
         });
         if !r.tls.require_ca_signed || !r.tls.validate_hostname || !r.tls.require_tls {

@@ -49,7 +49,7 @@ fn quickstart_renders_loopback_ranges_and_one_default_route() {
 
 #[test]
 fn every_example_renders_with_the_expected_findings() {
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         (
             "on-premise-ip-range",
             &["TlsSecretMissing", "NoRelayCertificate"],
@@ -63,6 +63,7 @@ fn every_example_renders_with_the_expected_findings() {
         ("tls-relaxed-route", &["TlsChecksRelaxed"]),
         ("ses-plain-587", &[]),
         ("smarthost-implicit-tls-465", &[]),
+        ("microsoft-365-xoauth2", &[]),
     ];
     for (name, expected) in cases {
         let r =

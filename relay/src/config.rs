@@ -189,6 +189,29 @@ pub struct RouteAuthConfig {
     pub username_file: String,
     /// File holding the password (`Plain`, `Login`) or the access token (`XOAuth2`).
     pub secret_file: String,
+    /// `XOAuth2` only: fetch the access token from a token endpoint (OAuth 2.0 client
+    /// credentials) instead of reading `secret_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<ClientCredentialsConfig>,
+}
+
+/// OAuth 2.0 client-credentials settings of an XOAUTH2 route; the relay fetches the token
+/// and refreshes it before it expires.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredentialsConfig {
+    /// `https://` URL of the token endpoint.
+    pub token_endpoint: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Requested scope, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// File holding the client secret (a mounted Secret's `clientSecret` key).
+    pub client_secret_file: String,
+    /// PEM file of extra CA roots for the endpoint's certificate (the route's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// SASL mechanism of outbound AUTH.

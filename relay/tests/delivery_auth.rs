@@ -60,6 +60,7 @@ impl Pki {
             secret_name: "smarthost".into(),
             username_file: folder.join("username").display().to_string(),
             secret_file: folder.join(key).display().to_string(),
+            client_credentials: None,
         }
     }
 

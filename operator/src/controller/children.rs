@@ -243,7 +243,7 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
         SecretUse::RouteAuth => (
             route_auth_volume_name(&m.name),
             format!("{}/{}", env.route_auth_dir(), m.name),
-            &["username", "password", "token"],
+            &["username", "password", "token", "clientSecret"],
         ),
         SecretUse::RedisPassword => {
             let file = env.redis_password_file();

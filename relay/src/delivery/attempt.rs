@@ -46,6 +46,7 @@ use super::client::{
 use super::guard::{DestinationGuard, Refusal, hop_refusal};
 use super::metrics::DeliveryMetrics;
 use super::mx::{MxResolver, ResolveError};
+use super::oauth::TokenCache;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
 
@@ -88,6 +89,7 @@ pub struct Transport {
     max_received_headers: u32,
     tls_fallbacks: Counter,
     metrics: DeliveryMetrics,
+    tokens: TokenCache,
 }
 
 impl std::fmt::Debug for Transport {
@@ -141,8 +143,9 @@ impl Transport {
             resolver: MxResolver::new(delivery)?,
             cache: ConnectionCache::new(
                 Duration::from_secs(delivery.connection_idle_seconds),
-                clock,
+                clock.clone(),
             ),
+            tokens: TokenCache::new(clock),
             helo_name: helo_name.to_string(),
             timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
@@ -260,7 +263,11 @@ impl Transport {
                 return result;
             }
         };
-        let auth = match route.auth.as_ref().map(read_credentials).transpose() {
+        let auth = match route.auth.as_ref() {
+            None => Ok(None),
+            Some(a) => read_credentials(a, &self.tokens).await.map(Some),
+        };
+        let auth = match auth {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(route = %route.name, "{e}");
@@ -446,7 +453,10 @@ impl Transport {
 
 /// The route's credentials, read from the mounted Secret's files now. The error names the
 /// file, never its content.
-fn read_credentials(auth: &RouteAuthConfig) -> Result<AuthCredentials, String> {
+async fn read_credentials(
+    auth: &RouteAuthConfig,
+    tokens: &TokenCache,
+) -> Result<AuthCredentials, String> {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
@@ -457,10 +467,15 @@ fn read_credentials(auth: &RouteAuthConfig) -> Result<AuthCredentials, String> {
                 )
             })
     };
+    let username = read(&auth.username_file)?;
+    let secret = match &auth.client_credentials {
+        Some(cc) => tokens.token(cc).await?,
+        None => read(&auth.secret_file)?,
+    };
     Ok(AuthCredentials {
         mechanism: auth.mechanism,
-        username: read(&auth.username_file)?,
-        secret: read(&auth.secret_file)?,
+        username,
+        secret,
     })
 }
 

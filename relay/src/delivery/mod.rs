@@ -32,6 +32,7 @@ pub mod dsn;
 pub mod guard;
 pub mod metrics;
 pub mod mx;
+pub mod oauth;
 pub mod pool;
 pub mod probe;
 pub mod queue;

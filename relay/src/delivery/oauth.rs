@@ -34,9 +34,14 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How long one token request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Endpoint, client id and scope.
+type TokenKey = (String, String, String);
+/// A token and when it expires.
+type Tokens = HashMap<TokenKey, (String, SystemTime)>;
+
 /// Access tokens by endpoint, client id and scope, each until its expiry.
 pub struct TokenCache {
-    tokens: Mutex<HashMap<(String, String, String), (String, SystemTime)>>,
+    tokens: Mutex<Tokens>,
     clock: Arc<dyn Clock>,
 }
 
@@ -74,9 +79,7 @@ impl TokenCache {
         Ok(token)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (String, SystemTime)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

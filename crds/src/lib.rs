@@ -30,7 +30,8 @@ pub use organization::{
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{
-    HostSpec, MailRoute, MailRouteSpec, MailRouteStatus, MultipleHosts, RouteMatch, RouteTls,
+    AUTH_NEEDS_TLS_CHECKS, AuthMechanism, ClientCredentials, HostSpec, MailRoute, MailRouteSpec,
+    MailRouteStatus, MultipleHosts, PORT_465_NEEDS_IMPLICIT, RouteAuth, RouteMatch, RouteTls,
     WeightedHost,
 };
 pub use setting::{

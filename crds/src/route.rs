@@ -34,6 +34,8 @@ use crate::common::{Condition, SecretRef};
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("has(self.singleHost) != has(self.multipleHosts)").message("set exactly one of singleHost and multipleHosts"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.tls) && has(self.tls.implicit) && self.tls.implicit) || ((!has(self.singleHost) || self.singleHost.port != 465) && (!has(self.multipleHosts) || (self.multipleHosts.primary.all(h, h.port != 465) && (!has(self.multipleHosts.secondary) || self.multipleHosts.secondary.all(h, h.port != 465)))))").message("port 465 expects TLS from the first byte: set tls.implicit: true on the route (or use 587 with STARTTLS)"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.auth) || !has(self.tls) || ((!has(self.tls.requireTls) || self.tls.requireTls) && (!has(self.tls.requireCaSigned) || self.tls.requireCaSigned) && (!has(self.tls.validateHostname) || self.tls.validateHostname))").message("auth sends credentials, so it needs every TLS check of the route on: tls.requireTls, tls.requireCaSigned and tls.validateHostname must be true (otherwise the password could go in clear text or to an impostor)"))]
 pub struct MailRouteSpec {
     /// What the route is for. Required.
     #[x_kube(validation = kube::core::Rule::new("self.trim() != ''").message("description must not be empty"))]
@@ -53,6 +55,93 @@ pub struct MailRouteSpec {
     /// TLS checks for delivery on this route.
     #[serde(default)]
     pub tls: RouteTls,
+    /// Outbound SMTP AUTH to the route's hosts (a smarthost such as SES, SendGrid,
+    /// Microsoft 365 or Gmail). Sent only over TLS that passed every check of `tls`, which
+    /// must therefore all be on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
+}
+
+/// Outbound SMTP AUTH of a route: which mechanism, and the Secret holding the credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.clientCredentials) || self.mechanism == 'XOAuth2'").message("auth.clientCredentials fetches an OAuth 2.0 token, which only mechanism XOAuth2 uses"))]
+pub struct RouteAuth {
+    /// Secret in the route's namespace. `Plain` and `Login` read the keys `username` and
+    /// `password`; `XOAuth2` reads `username` and `token` (an OAuth 2.0 access token), or
+    /// with `clientCredentials`, `username` and `clientSecret`.
+    /// The relay reads the mounted keys at each delivery, so a rotated Secret takes effect
+    /// without a restart.
+    pub secret_ref: SecretRef,
+    /// SASL mechanism: `Plain`, `Login` or `XOAuth2`. The upstream must offer it in its EHLO
+    /// reply, or delivery fails with that reason.
+    pub mechanism: AuthMechanism,
+    /// `XOAuth2` only: the relay fetches the access token itself from an OAuth 2.0 token
+    /// endpoint (client-credentials grant, as Microsoft 365 and Google service accounts
+    /// offer) and refreshes it before it expires, instead of reading the `token` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<ClientCredentials>,
+}
+
+/// OAuth 2.0 client-credentials settings; the client secret is the `clientSecret` key of
+/// the auth Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// `https://` URL of the token endpoint, e.g.
+    /// `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`. Its certificate is
+    /// checked like the route's (public roots plus `tls.trustedCaSecretRef`).
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') && size(self) > 8").message("tokenEndpoint must be an https:// URL"))]
+    pub token_endpoint: String,
+    /// OAuth client (application) id.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("clientId must not be empty"))]
+    pub client_id: String,
+    /// Scope to request, e.g. `https://outlook.office365.com/.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// SASL mechanism for outbound AUTH.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// `AUTH PLAIN` (RFC 4616) with `username` and `password`.
+    Plain,
+    /// `AUTH LOGIN` with `username` and `password`.
+    Login,
+    /// `AUTH XOAUTH2` (Gmail, Microsoft 365) with `username` and an access `token`.
+    XOAuth2,
+}
+
+/// Message of the CEL rule on port 465 without `tls.implicit`.
+pub const PORT_465_NEEDS_IMPLICIT: &str = "port 465 expects TLS from the first byte: set tls.implicit: true on the route (or use 587 with STARTTLS)";
+/// Message of the CEL rule on `auth` with a TLS check off.
+pub const AUTH_NEEDS_TLS_CHECKS: &str = "auth sends credentials, so it needs every TLS check of the route on: tls.requireTls, tls.requireCaSigned and tls.validateHostname must be true (otherwise the password could go in clear text or to an impostor)";
+
+impl MailRouteSpec {
+    /// The route-level TLS rules in Rust, mirroring the CEL rules of the schema (a test
+    /// proves both refuse the same objects): the messages of the rules this spec breaks.
+    pub fn tls_rule_violations(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let ports: Vec<i32> = match (&self.single_host, &self.multiple_hosts) {
+            (Some(h), _) => vec![h.port],
+            (None, Some(m)) => m
+                .primary
+                .iter()
+                .chain(&m.secondary)
+                .map(|h| h.port)
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        if !self.tls.implicit && ports.contains(&465) {
+            out.push(PORT_465_NEEDS_IMPLICIT);
+        }
+        if self.auth.is_some()
+            && !(self.tls.require_tls && self.tls.require_ca_signed && self.tls.validate_hostname)
+        {
+            out.push(AUTH_NEEDS_TLS_CHECKS);
+        }
+        out
+    }
 }
 
 /// Which recipients take a route: listed domains, or everything else (`default: true`).
@@ -84,9 +173,9 @@ pub struct HostSpec {
     /// Host name (recommended) or IP literal.
     #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
     pub host: String,
-    /// 25, 587 or 1024–65535 (465 is not supported).
+    /// 25, 587, 465 (only with `tls.implicit: true`) or 1024–65535.
     #[serde(default = "default_port")]
-    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || (self >= 1024 && self <= 65535)").message("port must be 25, 587 or 1024–65535 (465, implicit TLS, is not supported for delivery)"))]
+    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || self == 465 || (self >= 1024 && self <= 65535)").message("port must be 25, 587, 465 (with tls.implicit: true) or 1024–65535"))]
     pub port: i32,
 }
 
@@ -97,9 +186,9 @@ pub struct WeightedHost {
     /// Host name (recommended) or IP literal.
     #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
     pub host: String,
-    /// 25, 587 or 1024–65535 (465 is not supported).
+    /// 25, 587, 465 (only with `tls.implicit: true`) or 1024–65535.
     #[serde(default = "default_port")]
-    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || (self >= 1024 && self <= 65535)").message("port must be 25, 587 or 1024–65535 (465, implicit TLS, is not supported for delivery)"))]
+    #[x_kube(validation = kube::core::Rule::new("self == 25 || self == 587 || self == 465 || (self >= 1024 && self <= 65535)").message("port must be 25, 587, 465 (with tls.implicit: true) or 1024–65535"))]
     pub port: i32,
     /// Share of the pool's traffic, in percent.
     #[x_kube(validation = kube::core::Rule::new("self >= 0 && self <= 100").message("loadPercent must be between 0 and 100"))]
@@ -141,6 +230,10 @@ pub struct RouteTls {
     /// Secret with extra CA roots (key `ca.crt`), for private CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca_secret_ref: Option<SecretRef>,
+    /// TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS. The checks
+    /// above apply to that handshake; there is no plain-text fallback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
 }
 
 fn yes() -> bool {
@@ -154,6 +247,7 @@ impl Default for RouteTls {
             require_ca_signed: true,
             validate_hostname: true,
             trusted_ca_secret_ref: None,
+            implicit: false,
         }
     }
 }

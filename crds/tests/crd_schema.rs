@@ -82,7 +82,9 @@ fn crds_parse_back_with_names_scope_subresources_and_columns() {
 fn every_rule_of_the_spec_is_a_cel_rule_in_the_schema() {
     let yaml = crds::crds_yaml().unwrap();
     for needle in [
-        "self == 25 || self == 587 || (self >= 1024 && self <= 65535)",
+        "self == 25 || self == 587 || self == 465 || (self >= 1024 && self <= 65535)",
+        "(has(self.tls) && has(self.tls.implicit) && self.tls.implicit)",
+        "!has(self.auth) || !has(self.tls)",
         "has(self.singleHost) != has(self.multipleHosts)",
         "self.primary.map(h, h.loadPercent).sum() == 100",
         "isIP(self) || isCIDR(self)",

@@ -230,7 +230,23 @@ fn route() -> impl Strategy<Value = MailRoute> {
                         require_ca_signed: t2,
                         validate_hostname: t3,
                         trusted_ca_secret_ref: t3.then(|| SecretRef { name: "ca".into() }),
+                        implicit: mx,
                     },
+                    auth: (t1 && t2 && t3).then(|| RouteAuth {
+                        secret_ref: SecretRef {
+                            name: "smarthost".into(),
+                        },
+                        mechanism: if mx {
+                            AuthMechanism::XOAuth2
+                        } else {
+                            AuthMechanism::Login
+                        },
+                        client_credentials: mx.then(|| ClientCredentials {
+                            token_endpoint: "https://login.example.com/token".into(),
+                            client_id: "relay".into(),
+                            scope: t1.then(|| "smtp".into()),
+                        }),
+                    }),
                 };
                 named(MailRoute::new("x", spec), name, None)
             },

@@ -439,6 +439,7 @@ async fn referenced_secrets(
                 .iter()
                 .map(|r| r.name.clone()),
         );
+        names.extend(r.spec.auth.iter().map(|a| a.secret_ref.name.clone()));
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut secrets = Vec::new();

@@ -147,6 +147,15 @@ impl LocalOptions {
                         let path = Path::new(&env.ca_dir).join(&mounted.name).join("ca.crt");
                         write_key(secret, "ca.crt", &path, "trusted CA roots")?;
                     }
+                    SecretUse::RouteAuth => {
+                        let dir = Path::new(&env.route_auth_dir()).join(&mounted.name);
+                        // As in a pod: the keys the Secret has (`password` or `token`).
+                        for key in ["username", "password", "token", "clientSecret"] {
+                            if secret_value(secret, key).is_some() {
+                                write_key(secret, key, &dir.join(key), "route credentials")?;
+                            }
+                        }
+                    }
                     SecretUse::RedisPassword => {
                         let path = env.redis_password_file();
                         write_key(secret, "password", Path::new(&path), "the Redis password")?;

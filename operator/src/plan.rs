@@ -40,7 +40,10 @@ pub fn secret_changes(
         for route in &set.routes {
             let ns = route.object.namespace().unwrap_or_default();
             if let Some(r) = &route.object.spec.tls.trusted_ca_secret_ref {
-                names.insert((ns, r.name.clone(), "CA roots"));
+                names.insert((ns.clone(), r.name.clone(), "CA roots"));
+            }
+            if let Some(a) = &route.object.spec.auth {
+                names.insert((ns, a.secret_ref.name.clone(), "route AUTH credentials"));
             }
         }
         names
@@ -541,6 +544,19 @@ fn tls_lines(object: &str, b: Option<&RouteConfig>, h: &RouteConfig, out: &mut V
             );
         }
     }
+    if b.is_some_and(|b| b.tls.implicit) != h.tls.implicit {
+        push(
+            out,
+            Severity::Notice,
+            object,
+            if h.tls.implicit {
+                "implicit TLS turned on: TLS from the first byte (port 465 style)".into()
+            } else {
+                "implicit TLS turned off: STARTTLS".into()
+            },
+        );
+    }
+    auth_lines(object, b, h, out);
     if let Some(b) = b
         && b.tls.extra_ca_file != h.tls.extra_ca_file
     {
@@ -550,6 +566,47 @@ fn tls_lines(object: &str, b: Option<&RouteConfig>, h: &RouteConfig, out: &mut V
             object,
             "trusted CA roots changed".into(),
         );
+    }
+}
+
+/// Outbound AUTH of a route: named by mechanism and Secret, never by content.
+fn auth_lines(object: &str, b: Option<&RouteConfig>, h: &RouteConfig, out: &mut Vec<Change>) {
+    let before = b.and_then(|b| b.auth.as_ref());
+    match (before, h.auth.as_ref()) {
+        (None, None) => {}
+        (None, Some(a)) => push(
+            out,
+            Severity::Notice,
+            object,
+            format!(
+                "credentials changed: outbound AUTH {} with Secret {} turned on",
+                a.mechanism.sasl_name(),
+                a.secret_name
+            ),
+        ),
+        (Some(a), None) => push(
+            out,
+            Severity::Warning,
+            object,
+            format!(
+                "credentials changed: outbound AUTH {} with Secret {} turned off",
+                a.mechanism.sasl_name(),
+                a.secret_name
+            ),
+        ),
+        (Some(a), Some(n)) if a != n => push(
+            out,
+            Severity::Notice,
+            object,
+            format!(
+                "credentials changed: outbound AUTH {} with Secret {} → {} with Secret {}",
+                a.mechanism.sasl_name(),
+                a.secret_name,
+                n.mechanism.sasl_name(),
+                n.secret_name
+            ),
+        ),
+        _ => {}
     }
 }
 

@@ -24,8 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use relay::config::{
     AllowedSenders, CONFIG_FORMAT, DeliveryConfig, HostConfig, LimitStoreConfig, LimitsConfig,
-    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig, RouteConfig,
-    RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig, TlsFiles, WeightedHostConfig,
+    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig,
+    RouteAuthConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig,
+    TlsFiles, WeightedHostConfig,
 };
 
 /// Where the rendered relay runs: listeners and the paths at which Secrets are mounted.
@@ -74,6 +75,18 @@ impl RenderEnv {
             .unwrap_or(tls)
             .join("admin")
             .join("token")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Directory under which each route's `auth.secretRef` Secret is mounted as
+    /// `<secret>/username`, `<secret>/password` and `<secret>/token`: `route-auth` next to
+    /// the TLS directory (`/etc/smtprelay/route-auth` in a pod).
+    pub fn route_auth_dir(&self) -> String {
+        let tls = std::path::Path::new(&self.tls_dir);
+        tls.parent()
+            .unwrap_or(tls)
+            .join("route-auth")
             .to_string_lossy()
             .into_owned()
     }
@@ -500,6 +513,44 @@ pub fn render(
             }
             None => None,
         };
+        // The route's credentials are named by file, never inlined: the relay reads them at
+        // each delivery, and the config (ConfigMap, `relayctl render`, plan) never holds them.
+        let auth = r.auth.as_ref().map(|a| {
+            if !secret_exists(&a.secret_ref.name) {
+                findings.push(Finding {
+                    kind: ObjectKind::MailRoute,
+                    name: name.clone(),
+                    reason: "AuthSecretMissing",
+                    message: format!(
+                        "auth.secretRef names Secret {} which does not exist: mail on this route waits in the queue until it does",
+                        a.secret_ref.name
+                    ),
+                });
+            }
+            let dir = format!("{}/{}", env.route_auth_dir(), a.secret_ref.name);
+            RouteAuthConfig {
+                mechanism: match a.mechanism {
+                    crds::AuthMechanism::Plain => relay::config::AuthMechanism::Plain,
+                    crds::AuthMechanism::Login => relay::config::AuthMechanism::Login,
+                    crds::AuthMechanism::XOAuth2 => relay::config::AuthMechanism::XOAuth2,
+                },
+                secret_name: a.secret_ref.name.clone(),
+                username_file: format!("{dir}/username"),
+                secret_file: match a.mechanism {
+                    crds::AuthMechanism::XOAuth2 => format!("{dir}/token"),
+                    _ => format!("{dir}/password"),
+                },
+                client_credentials: a.client_credentials.as_ref().map(|cc| {
+                    relay::config::ClientCredentialsConfig {
+                        token_endpoint: cc.token_endpoint.clone(),
+                        client_id: cc.client_id.clone(),
+                        scope: cc.scope.clone(),
+                        client_secret_file: format!("{dir}/clientSecret"),
+                        ca_file: extra_ca_file.clone(),
+                    }
+                }),
+            }
+        });
         if !r.tls.require_ca_signed || !r.tls.validate_hostname || !r.tls.require_tls {
             findings.push(Finding {
                 kind: ObjectKind::MailRoute,
@@ -522,7 +573,9 @@ pub fn render(
                 require_ca_signed: r.tls.require_ca_signed,
                 validate_hostname: r.tls.validate_hostname,
                 extra_ca_file,
+                implicit: r.tls.implicit,
             },
+            auth,
         });
     }
 

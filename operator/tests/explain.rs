@@ -407,6 +407,9 @@ fn every_example_passes_its_expectations() {
         "multi-host-route",
         "mx-lookup-route",
         "tls-relaxed-route",
+        "ses-plain-587",
+        "smarthost-implicit-tls-465",
+        "microsoft-365-xoauth2",
     ] {
         let (code, out, err) = relayctl(&["test", scenario]);
         assert_eq!(code, 0, "{scenario}:\n{out}\n{err}");

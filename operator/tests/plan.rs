@@ -97,6 +97,39 @@ fn a_credentials_secret_edit_is_reported_without_its_content() {
     );
 }
 
+const SES: &str = include_str!("../../examples/ses-plain-587/relay.yaml");
+
+/// A route's smarthost password rotated, and the route pointed at another Secret: plan
+/// says "credentials changed" for both, and prints neither password.
+#[test]
+fn route_credentials_changes_are_reported_without_their_content() {
+    let rotated = SES.replace(
+        "password: replace-with-the-ses-smtp-password",
+        "password: rotated-ses-password-value",
+    );
+    assert_ne!(rotated, SES);
+    let (code, out, err) = change(SES, &rotated);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("Secret acme/ses-smtp") && out.contains("credentials changed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("rotated-ses-password-value") && !out.contains("replace-with"),
+        "{out}"
+    );
+
+    let moved = SES.replace("name: ses-smtp", "name: ses-smtp-2");
+    let (code, out, err) = change(SES, &moved);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("MailRoute acme/ses")
+            && out.contains("credentials changed: outbound AUTH PLAIN with Secret ses-smtp → PLAIN with Secret ses-smtp-2"),
+        "{out}"
+    );
+    assert!(!out.contains("replace-with"), "{out}");
+}
+
 #[test]
 fn reordering_and_reformatting_is_no_behavioural_change() {
     // Documents in reverse order, flow style, comments dropped, keys reordered.

@@ -166,7 +166,9 @@ fn route(i: usize) -> impl Strategy<Value = MailRoute> {
                     require_ca_signed: ca,
                     validate_hostname: name_check,
                     trusted_ca_secret_ref: None,
+                    implicit: false,
                 },
+                auth: None,
             };
             meta(MailRoute::new("x", spec), format!("m{i}"), None)
         })

@@ -49,7 +49,7 @@ fn quickstart_renders_loopback_ranges_and_one_default_route() {
 
 #[test]
 fn every_example_renders_with_the_expected_findings() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 8] = [
         (
             "on-premise-ip-range",
             &["TlsSecretMissing", "NoRelayCertificate"],
@@ -61,6 +61,9 @@ fn every_example_renders_with_the_expected_findings() {
         ("multi-host-route", &[]),
         ("mx-lookup-route", &[]),
         ("tls-relaxed-route", &["TlsChecksRelaxed"]),
+        ("ses-plain-587", &[]),
+        ("smarthost-implicit-tls-465", &[]),
+        ("microsoft-365-xoauth2", &[]),
     ];
     for (name, expected) in cases {
         let r =
@@ -69,6 +72,46 @@ fn every_example_renders_with_the_expected_findings() {
         let expected: BTreeSet<&str> = expected.iter().copied().collect();
         assert_eq!(reasons, expected, "{name}: {:#?}", r.findings);
     }
+}
+
+/// A route's `auth` renders as the mounted Secret's file paths: the RelayConfig (the
+/// ConfigMap, `relayctl render`) names the Secret, never a value of it.
+#[test]
+fn route_auth_renders_file_paths_never_the_secret_values() {
+    let r = render_set(&example("ses-plain-587"), &RenderEnv::pod()).unwrap();
+    let auth = r.config.routes[0].auth.clone().unwrap();
+    assert_eq!(auth.mechanism, relay::config::AuthMechanism::Plain);
+    assert_eq!(auth.secret_name, "ses-smtp");
+    assert_eq!(
+        auth.username_file,
+        "/etc/smtprelay/route-auth/ses-smtp/username"
+    );
+    assert_eq!(
+        auth.secret_file,
+        "/etc/smtprelay/route-auth/ses-smtp/password"
+    );
+    let json = r.config.to_json();
+    assert!(!json.contains("AKIAEXAMPLEEXAMPLE"), "{json}");
+    assert!(
+        !json.contains("replace-with-the-ses-smtp-password"),
+        "{json}"
+    );
+
+    let r = render_set(&example("smarthost-implicit-tls-465"), &RenderEnv::pod()).unwrap();
+    let route = &r.config.routes[0];
+    assert!(route.tls.implicit);
+    assert_eq!(
+        route.auth.as_ref().map(|a| a.mechanism),
+        Some(relay::config::AuthMechanism::Login)
+    );
+
+    // A Secret that does not exist is a finding; the route keeps its auth (its mail waits).
+    let mut set = example("ses-plain-587");
+    set.secrets.clear();
+    let r = render_set(&set, &RenderEnv::pod()).unwrap();
+    let reasons: Vec<&str> = r.findings.iter().map(|f| f.reason).collect();
+    assert_eq!(reasons, ["AuthSecretMissing"]);
+    assert!(r.config.routes[0].auth.is_some());
 }
 
 #[test]

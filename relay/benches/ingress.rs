@@ -100,6 +100,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
         require_ca_signed: false,
         validate_hostname: false,
         extra_ca_file: None,
+        implicit: false,
     };
     let mut routes: Vec<RouteConfig> = (0..n)
         .map(|i| RouteConfig {
@@ -115,6 +116,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             }),
             mx_lookup: false,
             tls: tls.clone(),
+            auth: None,
         })
         .collect();
     routes.push(RouteConfig {
@@ -127,6 +129,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
         }),
         mx_lookup: false,
         tls,
+        auth: None,
     });
     routes
 }

@@ -173,6 +173,70 @@ pub struct RouteConfig {
     pub mx_lookup: bool,
     /// TLS checks of delivery.
     pub tls: RouteTlsConfig,
+    /// Outbound SMTP AUTH to the route's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuthConfig>,
+}
+
+/// Outbound SMTP AUTH of a route. The credentials are files of a mounted Secret, read at
+/// each delivery (a rotated Secret takes effect without a restart); the configuration
+/// never holds them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteAuthConfig {
+    /// SASL mechanism.
+    pub mechanism: AuthMechanism,
+    /// Name of the Secret the files come from (for messages; never its content).
+    pub secret_name: String,
+    /// File holding the user name (the Secret's `username` key).
+    pub username_file: String,
+    /// File holding the password (`Plain`, `Login`) or the access token (`XOAuth2`).
+    pub secret_file: String,
+    /// `XOAuth2` only: fetch the access token from a token endpoint (OAuth 2.0 client
+    /// credentials) instead of reading `secret_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<ClientCredentialsConfig>,
+}
+
+/// OAuth 2.0 client-credentials settings of an XOAUTH2 route; the relay fetches the token
+/// and refreshes it before it expires.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredentialsConfig {
+    /// `https://` URL of the token endpoint.
+    pub token_endpoint: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Requested scope, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// File holding the client secret (a mounted Secret's `clientSecret` key).
+    pub client_secret_file: String,
+    /// PEM file of extra CA roots for the endpoint's certificate (the route's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// SASL mechanism of outbound AUTH.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthMechanism {
+    /// RFC 4616 PLAIN.
+    Plain,
+    /// LOGIN (user name and password, each in a 334 round).
+    Login,
+    /// XOAUTH2: user name and an OAuth 2.0 access token.
+    XOAuth2,
+}
+
+impl AuthMechanism {
+    /// The SASL name as in `AUTH <name>`.
+    pub fn sasl_name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::Login => "LOGIN",
+            Self::XOAuth2 => "XOAUTH2",
+        }
+    }
 }
 
 /// Which recipients take a route.
@@ -236,6 +300,9 @@ pub struct RouteTlsConfig {
     /// PEM file of extra CA roots (a mounted Secret's `ca.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<String>,
+    /// TLS from the first byte (SMTPS, port 465) instead of STARTTLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
 }
 
 /// Limits of SPEC §3.4 and §3.6, resolved from licences, billing and overrides.
@@ -554,7 +621,9 @@ impl RelayConfig {
                     require_ca_signed: false,
                     validate_hostname: false,
                     extra_ca_file: None,
+                    implicit: false,
                 },
+                auth: None,
             }],
             limits: LimitsConfig::for_customer(10_000, true),
             limit_store: LimitStoreConfig::Memory,

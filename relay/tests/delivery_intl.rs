@@ -21,6 +21,7 @@ fn tls(require_tls: bool) -> RouteTlsConfig {
         require_ca_signed: false,
         validate_hostname: false,
         extra_ca_file: None,
+        implicit: false,
     }
 }
 
@@ -35,6 +36,7 @@ fn route(name: &str, domains: &[&str], port: u16, tls: RouteTlsConfig) -> RouteC
         }),
         mx_lookup: false,
         tls,
+        auth: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn tls(require_tls: bool, ca: bool, hostname: bool, ca_file: &str) -> RouteTlsCo
         require_ca_signed: ca,
         validate_hostname: hostname,
         extra_ca_file: Some(ca_file.to_string()),
+        implicit: false,
     }
 }
 

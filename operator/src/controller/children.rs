@@ -108,6 +108,8 @@ pub enum SecretUse {
     Auth,
     /// A route's `tls.trustedCaSecretRef`: `ca.crt`.
     Ca,
+    /// A route's `auth.secretRef`: `username`, and `password` or `token`.
+    RouteAuth,
     /// `relay.limitStore.passwordSecretRef`: `password`.
     RedisPassword,
     /// `<org>-relay-admin`, made by the operator: the `token` queue administration needs.
@@ -158,6 +160,9 @@ pub fn mounted_secrets(
         }
         if let Some(r) = &route.spec.tls.trusted_ca_secret_ref {
             add(SecretUse::Ca, &r.name);
+        }
+        if let Some(a) = &route.spec.auth {
+            add(SecretUse::RouteAuth, &a.secret_ref.name);
         }
     }
     add(SecretUse::Admin, &admin_secret_name(&org.name_any()));
@@ -234,6 +239,11 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
             ca_volume_name(&m.name),
             format!("{}/{}", env.ca_dir, m.name),
             &["ca.crt"],
+        ),
+        SecretUse::RouteAuth => (
+            route_auth_volume_name(&m.name),
+            format!("{}/{}", env.route_auth_dir(), m.name),
+            &["username", "password", "token", "clientSecret"],
         ),
         SecretUse::RedisPassword => {
             let file = env.redis_password_file();
@@ -351,6 +361,12 @@ pub const SPOOL_VOLUME: &str = "spool";
 /// name has dots or is long.
 pub fn ca_volume_name(secret: &str) -> String {
     names::child_name("ca-", secret, "")
+}
+
+/// Name of the volume of a route's auth Secret (a DNS-1123 label, like
+/// [`ca_volume_name`]).
+pub fn route_auth_volume_name(secret: &str) -> String {
+    names::child_name("route-auth-", secret, "")
 }
 
 /// Labels selecting the relay pods of one Organization.
@@ -614,8 +630,11 @@ fn stateful_set(
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(m.name.clone()),
-                // Pods start without it (queue administration then answers 503).
-                optional: (m.usage == SecretUse::Admin).then_some(true),
+                // Pods start without it (queue administration then answers 503). A route's
+                // auth Secret holds `password` or `token`, not both: missing keys are
+                // skipped (the relay defers that route's mail, naming the file).
+                optional: matches!(m.usage, SecretUse::Admin | SecretUse::RouteAuth)
+                    .then_some(true),
                 items: Some(
                     keys.iter()
                         .map(|k| KeyToPath {

@@ -21,6 +21,11 @@
 //! - When a route does not require TLS and the STARTTLS handshake fails for a reason other
 //!   than the certificate, the same address is tried once more in plaintext (counted in
 //!   `tls_plaintext_fallbacks`). See [`super::tls`] for why a certificate failure differs.
+//! - A route with `auth` reads its credential files (the mounted Secret) at each attempt,
+//!   so a rotated Secret takes effect without a restart; a file that cannot be read
+//!   defers the group. A 5xx to AUTH bounces the group at once with the host's text
+//!   (`5.7.8`): the other hosts of the route share the credentials, so asking them would
+//!   only repeat the refusal. It is counted in `delivery_auth_failures` by route.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,17 +35,18 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use rustls::ClientConfig;
 
-use crate::config::{DeliveryConfig, HostConfig, RouteConfig};
+use crate::config::{DeliveryConfig, HostConfig, RouteAuthConfig, RouteConfig};
 use crate::envelope::MailParams;
 
 use super::Clock;
 use super::client::{
-    CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams, SmtpConnection,
-    StageTimeouts,
+    AuthCredentials, CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams,
+    SmtpConnection, StageTimeouts,
 };
 use super::guard::{DestinationGuard, Refusal, hop_refusal};
 use super::metrics::DeliveryMetrics;
 use super::mx::{MxResolver, ResolveError};
+use super::oauth::TokenCache;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
 
@@ -82,6 +88,8 @@ pub struct Transport {
     max_addresses: usize,
     max_received_headers: u32,
     tls_fallbacks: Counter,
+    metrics: DeliveryMetrics,
+    tokens: TokenCache,
 }
 
 impl std::fmt::Debug for Transport {
@@ -118,6 +126,8 @@ enum AddressOutcome {
     HostPermanent(Refusal),
     /// The session failed; another address or a later retry may work.
     Temporary(String),
+    /// The host refused the route's credentials (5xx to AUTH).
+    AuthRejected(Refusal),
 }
 
 impl Transport {
@@ -133,8 +143,9 @@ impl Transport {
             resolver: MxResolver::new(delivery)?,
             cache: ConnectionCache::new(
                 Duration::from_secs(delivery.connection_idle_seconds),
-                clock,
+                clock.clone(),
             ),
+            tokens: TokenCache::new(clock),
             helo_name: helo_name.to_string(),
             timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
@@ -143,6 +154,7 @@ impl Transport {
             max_addresses: delivery.max_addresses.max(1) as usize,
             max_received_headers: delivery.max_received_headers,
             tls_fallbacks: metrics.tls_plaintext_fallbacks.clone(),
+            metrics: metrics.clone(),
         })
     }
 
@@ -251,6 +263,18 @@ impl Transport {
                 return result;
             }
         };
+        let auth = match route.auth.as_ref() {
+            None => Ok(None),
+            Some(a) => read_credentials(a, &self.tokens).await.map(Some),
+        };
+        let auth = match auth {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(route = %route.name, "{e}");
+                result.outcomes = defer_all(rcpt_to, &format!("route {}: {e}", route.name));
+                return result;
+            }
+        };
         let mut last_temporary = String::from("no host to deliver to");
         let mut permanent: Option<Refusal> = None;
         for pool_host in hosts {
@@ -299,6 +323,7 @@ impl Transport {
                             addr,
                             &policy,
                             &tls_config,
+                            auth.as_ref(),
                             mail_from,
                             rcpt_to,
                             data,
@@ -308,6 +333,13 @@ impl Transport {
                     match outcome {
                         AddressOutcome::Answered(outcomes) => {
                             result.outcomes = rcpt_to.iter().cloned().zip(outcomes).collect();
+                            result.succeeded_host = Some(pool_host.clone());
+                            return result;
+                        }
+                        AddressOutcome::AuthRejected(refusal) => {
+                            tracing::warn!(route = %route.name, host = %target.host, "credentials refused: {}", refusal.diagnostic);
+                            self.metrics.auth_failed(&route.name);
+                            result.outcomes = fail_all(rcpt_to, &refusal);
                             result.succeeded_host = Some(pool_host.clone());
                             return result;
                         }
@@ -357,6 +389,7 @@ impl Transport {
         addr: SocketAddr,
         policy: &TlsPolicy,
         tls_config: &Arc<ClientConfig>,
+        auth: Option<&AuthCredentials>,
         mail_from: &str,
         rcpt_to: &[String],
         data: &MessageText,
@@ -370,11 +403,13 @@ impl Transport {
             tls_config: tls_config.clone(),
             timeouts: self.timeouts,
             plaintext: false,
+            auth: auth.cloned(),
         };
         let key = CacheKey {
             host: host.to_string(),
             addr,
             policy: policy.clone(),
+            auth: route.auth.as_ref().map(|a| a.secret_file.clone()),
         };
         let opened = match self.cache.checkout(&key, &params).await {
             Err(SessionError::TlsHandshake(msg))
@@ -395,6 +430,9 @@ impl Transport {
             Err(SessionError::Permanent { status, diagnostic }) => {
                 return AddressOutcome::HostPermanent(Refusal { status, diagnostic });
             }
+            Err(SessionError::AuthRejected { status, diagnostic }) => {
+                return AddressOutcome::AuthRejected(Refusal { status, diagnostic });
+            }
         };
         match conn.send(mail_from, rcpt_to, data, mail_params).await {
             Ok(outcomes) => {
@@ -402,7 +440,8 @@ impl Transport {
                 AddressOutcome::Answered(outcomes)
             }
             // The session may be mid-transaction: it is closed, not cached.
-            Err(SessionError::Permanent { status, diagnostic }) => {
+            Err(SessionError::Permanent { status, diagnostic })
+            | Err(SessionError::AuthRejected { status, diagnostic }) => {
                 AddressOutcome::Refused(Refusal { status, diagnostic })
             }
             Err(SessionError::Temporary(msg)) | Err(SessionError::TlsHandshake(msg)) => {
@@ -410,6 +449,34 @@ impl Transport {
             }
         }
     }
+}
+
+/// The route's credentials, read from the mounted Secret's files now. The error names the
+/// file, never its content.
+async fn read_credentials(
+    auth: &RouteAuthConfig,
+    tokens: &TokenCache,
+) -> Result<AuthCredentials, String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| {
+                format!(
+                    "cannot read the credentials of Secret {} ({path}): {e}",
+                    auth.secret_name
+                )
+            })
+    };
+    let username = read(&auth.username_file)?;
+    let secret = match &auth.client_credentials {
+        Some(cc) => tokens.token(cc).await?,
+        None => read(&auth.secret_file)?,
+    };
+    Ok(AuthCredentials {
+        mechanism: auth.mechanism,
+        username,
+        secret,
+    })
 }
 
 fn fail_all(rcpt_to: &[String], refusal: &Refusal) -> Vec<(String, RecipientOutcome)> {

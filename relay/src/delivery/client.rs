@@ -1,7 +1,9 @@
 //! The outbound SMTP client: one session with one downstream host, and the connection cache.
 //!
 //! [`SmtpConnection::open`] connects, reads the greeting, says EHLO (HELO when EHLO is
-//! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again; a handshake that
+//! refused), starts TLS as the [`TlsPolicy`] says and says EHLO again (or, for an
+//! implicit-TLS route, port 465, does the TLS handshake before reading the greeting), then
+//! authenticates with the route's [`AuthCredentials`] when it has any; a handshake that
 //! fails for a reason other than the certificate is [`SessionError::TlsHandshake`], so the
 //! caller can retry in plaintext where the policy allows ([`SessionParams::plaintext`]).
 //! [`SmtpConnection::send`] sends one message: with PIPELINING, MAIL, every RCPT and DATA
@@ -15,8 +17,15 @@
 //! the command to the complete reply, not a limit per read. [`ConnectionCache`] keeps
 //! sessions open for `connection_idle_seconds`, keyed by host, port and TLS policy, and
 //! resets them (RSET) before reuse. Reply parsing ([`parse_reply`]) is a pure function
-//! over bytes. This module
-//! does not choose hosts or decide about retries.
+//! over bytes.
+//!
+//! Outbound AUTH (PLAIN, LOGIN, XOAUTH2) is sent only over a TLS session whose policy
+//! checked everything a route can check ([`TlsPolicy::fully_verified`]); otherwise the
+//! session fails before a byte of the credentials is written. A 5xx to AUTH is
+//! [`SessionError::AuthRejected`] (the message bounces with the upstream's text), a 4xx is
+//! temporary. Credentials appear in no error, log line or `Debug` output: errors carry the
+//! server's reply, never what was sent. This module does not choose hosts or decide about
+//! retries.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,7 +45,7 @@ use tokio_rustls::client::TlsStream;
 use super::Clock;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
-use crate::config::DeliveryConfig;
+use crate::config::{AuthMechanism, DeliveryConfig};
 use crate::envelope::MailParams;
 
 /// Longest reply accepted from a server, in bytes.
@@ -99,7 +108,11 @@ impl StageTimeouts {
 
     fn of(&self, stage: Stage) -> Duration {
         match stage {
-            Stage::Greeting | Stage::Hello | Stage::StartTls | Stage::TlsHandshake => self.greeting,
+            Stage::Greeting
+            | Stage::Hello
+            | Stage::StartTls
+            | Stage::TlsHandshake
+            | Stage::Auth => self.greeting,
             Stage::Mail => self.mail,
             Stage::Rcpt => self.rcpt,
             Stage::Data => self.data,
@@ -123,6 +136,7 @@ enum Stage {
     Hello,
     StartTls,
     TlsHandshake,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -139,6 +153,7 @@ impl std::fmt::Display for Stage {
             Stage::Hello => "EHLO",
             Stage::StartTls => "STARTTLS",
             Stage::TlsHandshake => "TLS handshake",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL",
             Stage::Rcpt => "RCPT",
             Stage::Data => "DATA",
@@ -302,6 +317,14 @@ pub enum SessionError {
     /// not require TLS retries the host once in plaintext ([`SessionParams::plaintext`]).
     /// A certificate that fails the route's checks is [`SessionError::Permanent`] instead.
     TlsHandshake(String),
+    /// The host refused our credentials for good (5xx to AUTH): every host of the route
+    /// would, so the message bounces with the host's text instead of trying the next one.
+    AuthRejected {
+        /// Enhanced status code: `5.7.8` (RFC 4954), the host's own code is in the text.
+        status: String,
+        /// The host's reply, for the DSN.
+        diagnostic: String,
+    },
     /// The host refused for good (5xx), or TLS policy forbids it (certificate, no STARTTLS).
     Permanent {
         /// Enhanced status code, `5.x.x`.
@@ -322,6 +345,49 @@ impl SessionError {
             SessionError::Temporary(format!("host {host} said: {}", reply.text()))
         }
     }
+}
+
+/// Credentials for outbound AUTH, read from the route's mounted Secret just before a
+/// session opens. `Debug` shows the mechanism only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthCredentials {
+    /// SASL mechanism.
+    pub mechanism: AuthMechanism,
+    /// User name (authorization and authentication identity).
+    pub username: String,
+    /// Password (PLAIN, LOGIN) or OAuth 2.0 access token (XOAUTH2).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AuthCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCredentials")
+            .field("mechanism", &self.mechanism)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthCredentials {
+    /// The base64 initial response of PLAIN (RFC 4616: `\0user\0password`).
+    pub fn plain_response(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{}\0{}", self.username, self.secret))
+    }
+
+    /// The base64 initial response of XOAUTH2 (`user=…^Aauth=Bearer …^A^A`).
+    pub fn xoauth2_response(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "user={}\x01auth=Bearer {}\x01\x01",
+            self.username, self.secret
+        ))
+    }
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 /// What happened to one recipient in one session.
@@ -409,18 +475,21 @@ struct Capabilities {
     size: bool,
     smtputf8: bool,
     eight_bit_mime: bool,
+    /// SASL mechanisms of the `AUTH` keyword (upper case).
+    auth: Vec<String>,
 }
 
 impl Capabilities {
     fn from_ehlo(reply: &Reply) -> Self {
         let mut caps = Self::default();
         for line in reply.lines.iter().skip(1) {
-            let keyword = line
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            match keyword.as_str() {
+            let upper = line.to_ascii_uppercase();
+            let mut words = upper.split(|c: char| c.is_whitespace() || c == '=');
+            let keyword = words.next().unwrap_or("");
+            match keyword {
+                "AUTH" => caps
+                    .auth
+                    .extend(words.filter(|w| !w.is_empty()).map(str::to_string)),
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
                 "SIZE" => caps.size = true,
@@ -449,8 +518,10 @@ pub struct SessionParams {
     /// Deadline of each stage.
     pub timeouts: StageTimeouts,
     /// Do not start TLS even when offered: the one plaintext retry after a failed
-    /// handshake. Ignored when the policy requires TLS.
+    /// handshake. Ignored when the policy requires TLS or is implicit TLS.
     pub plaintext: bool,
+    /// Authenticate with these after TLS (the route's `auth`); `None`: no AUTH.
+    pub auth: Option<AuthCredentials>,
 }
 
 /// One open SMTP session.
@@ -502,20 +573,39 @@ impl SmtpConnection {
             tls: false,
             timeouts: params.timeouts,
         };
+        if params.policy.implicit {
+            // Port 465: the handshake comes first; there is no plaintext to fall back to.
+            conn.start_tls(params).await.map_err(|e| match e {
+                SessionError::TlsHandshake(m) => SessionError::Temporary(m),
+                other => other,
+            })?;
+        }
         let greeting = conn.read_reply(Stage::Greeting).await?;
         if !greeting.is_positive() {
             return Err(SessionError::from_reply(&greeting, &label));
         }
         conn.hello(&params.helo_name).await?;
+        if !conn.tls {
+            conn.negotiate_starttls(params).await?;
+        }
+        if let Some(auth) = &params.auth {
+            conn.authenticate(auth, &params.policy).await?;
+        }
+        Ok(conn)
+    }
+
+    /// STARTTLS and the second EHLO, as the policy says.
+    async fn negotiate_starttls(&mut self, params: &SessionParams) -> Result<(), SessionError> {
+        let label = self.host.clone();
         let skip_tls =
             params.plaintext && params.policy.requirement == TlsRequirement::Opportunistic;
-        if conn.caps.starttls && !skip_tls {
-            conn.write(b"STARTTLS\r\n", Stage::StartTls).await?;
-            let reply = conn.read_reply(Stage::StartTls).await?;
+        if self.caps.starttls && !skip_tls {
+            self.write(b"STARTTLS\r\n", Stage::StartTls).await?;
+            let reply = self.read_reply(Stage::StartTls).await?;
             if reply.code == 220 {
-                conn.start_tls(params).await?;
-                conn.hello(&params.helo_name).await?;
-                return Ok(conn);
+                self.start_tls(params).await?;
+                self.hello(&params.helo_name).await?;
+                return Ok(());
             }
             if params.policy.requirement == TlsRequirement::Required {
                 return Err(SessionError::Temporary(format!(
@@ -531,7 +621,86 @@ impl SmtpConnection {
                 ),
             });
         }
-        Ok(conn)
+        Ok(())
+    }
+
+    /// SMTP AUTH (RFC 4954) with `auth`, only over TLS that passed every check of the
+    /// route. The error names the mechanism and the server's reply, never the credentials.
+    async fn authenticate(
+        &mut self,
+        auth: &AuthCredentials,
+        policy: &TlsPolicy,
+    ) -> Result<(), SessionError> {
+        let host = self.host.clone();
+        let name = auth.mechanism.sasl_name();
+        if !self.tls || !policy.fully_verified() {
+            return Err(SessionError::Permanent {
+                status: "5.7.10".into(),
+                diagnostic: format!(
+                    "credentials for {host} not sent: AUTH needs TLS with requireTls, requireCaSigned and validateHostname all on, and this session {}",
+                    if self.tls {
+                        "skipped some of those checks"
+                    } else {
+                        "is not encrypted"
+                    }
+                ),
+            });
+        }
+        if !self.caps.auth.iter().any(|m| m == name) {
+            return Err(SessionError::Permanent {
+                status: "5.7.0".into(),
+                diagnostic: format!(
+                    "host {host} does not offer AUTH {name} (it offers: {})",
+                    if self.caps.auth.is_empty() {
+                        "no AUTH at all".to_string()
+                    } else {
+                        self.caps.auth.join(" ")
+                    }
+                ),
+            });
+        }
+        let mut reply = match auth.mechanism {
+            AuthMechanism::Plain => {
+                let line = format!("AUTH PLAIN {}\r\n", auth.plain_response());
+                self.write(line.as_bytes(), Stage::Auth).await?;
+                self.read_reply(Stage::Auth).await?
+            }
+            AuthMechanism::Login => {
+                self.write(b"AUTH LOGIN\r\n", Stage::Auth).await?;
+                let mut reply = self.read_reply(Stage::Auth).await?;
+                for part in [&auth.username, &auth.secret] {
+                    if reply.code != 334 {
+                        break;
+                    }
+                    self.write(format!("{}\r\n", b64(part)).as_bytes(), Stage::Auth)
+                        .await?;
+                    reply = self.read_reply(Stage::Auth).await?;
+                }
+                reply
+            }
+            AuthMechanism::XOAuth2 => {
+                let line = format!("AUTH XOAUTH2 {}\r\n", auth.xoauth2_response());
+                self.write(line.as_bytes(), Stage::Auth).await?;
+                self.read_reply(Stage::Auth).await?
+            }
+        };
+        if reply.code == 334 {
+            // A challenge after the whole response (XOAUTH2's error details): an empty
+            // line asks for the final reply.
+            self.write(b"\r\n", Stage::Auth).await?;
+            reply = self.read_reply(Stage::Auth).await?;
+        }
+        match reply.code {
+            235 => Ok(()),
+            500..=599 => Err(SessionError::AuthRejected {
+                status: "5.7.8".into(),
+                diagnostic: format!("host {host} refused AUTH {name}: {}", reply.text()),
+            }),
+            _ => Err(SessionError::Temporary(format!(
+                "host {host} did not accept AUTH {name}: {}",
+                reply.text()
+            ))),
+        }
     }
 
     /// Whether the session runs over TLS.
@@ -875,6 +1044,9 @@ pub struct CacheKey {
     pub addr: SocketAddr,
     /// The route's policy.
     pub policy: TlsPolicy,
+    /// The Secret whose credentials authenticated the session (`None`: no AUTH); sessions
+    /// of different credentials are never shared.
+    pub auth: Option<String>,
 }
 
 /// Idle sessions kept for reuse, each for at most `idle` time.
@@ -1023,6 +1195,39 @@ mod tests {
         );
         assert!(mail(&none, "a@acme.example", &utf8, declared).is_err());
         assert!(mail(&none, "jörg@acme.example", &ascii, declared).is_err());
+    }
+
+    #[test]
+    fn auth_mechanisms_come_from_ehlo_and_credentials_do_not_debug_print() {
+        let reply = Reply {
+            code: 250,
+            lines: vec![
+                "mx.test".into(),
+                "AUTH PLAIN login".into(),
+                "AUTH=XOAUTH2".into(),
+            ],
+        };
+        assert_eq!(
+            Capabilities::from_ehlo(&reply).auth,
+            ["PLAIN", "LOGIN", "XOAUTH2"]
+        );
+        let c = AuthCredentials {
+            mechanism: AuthMechanism::Plain,
+            username: "user@acme.test".into(),
+            secret: "hunter2".into(),
+        };
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("user@"),
+            "{printed}"
+        );
+        // RFC 4616's example: "\0tim\0tanstaaftanstaaf".
+        let tim = AuthCredentials {
+            mechanism: AuthMechanism::Plain,
+            username: "tim".into(),
+            secret: "tanstaaftanstaaf".into(),
+        };
+        assert_eq!(tim.plain_response(), "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
     }
 
     #[test]

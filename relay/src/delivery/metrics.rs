@@ -1,5 +1,6 @@
 //! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth, the
-//! age of the oldest queued message, plaintext retries after failed TLS handshakes, and
+//! age of the oldest queued message, plaintext retries after failed TLS handshakes,
+//! upstreams refusing a route's credentials (`delivery_auth_failures`), and
 //! histograms of delivery attempt duration (by route) and time in queue (by final result).
 //!
 //! Labels are bounded by the configuration: `route` is a configured route name or
@@ -71,6 +72,8 @@ pub struct DeliveryMetrics {
     pub attempt_seconds: Family<RouteLabels, Histogram, HistogramCtor>,
     /// Seconds from receipt to the recipient's delivery or bounce.
     pub queue_time_seconds: Family<FinalLabels, Histogram, HistogramCtor>,
+    /// Attempts whose credentials an upstream refused (5xx to AUTH), by route.
+    pub auth_failures: Family<RouteLabels, Counter>,
 }
 
 impl Default for DeliveryMetrics {
@@ -82,6 +85,7 @@ impl Default for DeliveryMetrics {
             tls_plaintext_fallbacks: Counter::default(),
             attempt_seconds: Family::new_with_constructor(attempt_histogram),
             queue_time_seconds: Family::new_with_constructor(queue_time_histogram),
+            auth_failures: Family::default(),
         }
     }
 }
@@ -120,7 +124,21 @@ impl DeliveryMetrics {
             "Seconds from receipt to delivery or bounce, per recipient, by result",
             m.queue_time_seconds.clone(),
         );
+        registry.register(
+            "delivery_auth_failures",
+            "Delivery attempts whose credentials the upstream refused (5xx to AUTH), by route",
+            m.auth_failures.clone(),
+        );
         m
+    }
+
+    /// Counts an upstream refusing the credentials of `route`.
+    pub fn auth_failed(&self, route: &str) {
+        self.auth_failures
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .inc();
     }
 
     /// Records how long one attempt on `route` took.

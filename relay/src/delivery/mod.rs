@@ -2,11 +2,13 @@
 //!
 //! It owns route choice ([`route`]), weighted host pools with health ([`pool`]), MX lookup
 //! ([`mx`]), the network and loop guards ([`guard`]), the per-route TLS policy and its
-//! certificate verifiers ([`tls`]), the outbound SMTP client with its stage timeouts and
-//! its connection cache ([`client`]), one delivery attempt over a route ([`attempt`]), the
+//! certificate verifiers ([`tls`]), the outbound SMTP client with its stage timeouts, its
+//! outbound AUTH and its connection cache ([`client`]), OAuth 2.0 client-credentials tokens
+//! for XOAUTH2 routes ([`oauth`]), one delivery attempt over a route ([`attempt`]), the
 //! route TLS probe ([`probe`]), the retry schedule ([`retry`]), RFC 3464 bounces ([`dsn`])
 //! and the queue manager that schedules attempts per destination and ties them together
-//! ([`queue`]). Layers read top-down: queue → attempt and probe → client, mx, tls, guard.
+//! ([`queue`]). Layers read top-down: queue → attempt and probe → client, oauth, mx, tls,
+//! guard.
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
 //! [`queue::MessageStore`] trait, which the spool implements; a message's text is a
@@ -32,6 +34,7 @@ pub mod dsn;
 pub mod guard;
 pub mod metrics;
 pub mod mx;
+pub mod oauth;
 pub mod pool;
 pub mod probe;
 pub mod queue;

@@ -2,8 +2,9 @@
 //! `relayctl test-tls` and the operator.
 //!
 //! [`probe_route`] connects to each host of a route (after MX lookup when the route says
-//! so), says EHLO, starts TLS, verifies the certificate with the route's [`TlsPolicy`] and
-//! says QUIT. It sits above [`super::client`], [`super::mx`] and [`super::tls`] and uses
+//! so), says EHLO, starts TLS (or, for `tls.implicit`, starts with the TLS handshake),
+//! verifies the certificate with the route's [`TlsPolicy`] and says QUIT. It never sends
+//! the route's credentials. It sits above [`super::client`], [`super::mx`] and [`super::tls`] and uses
 //! them as a delivery attempt does; MX-expanded addresses pass the same
 //! [`DestinationGuard`]. It does not deliver mail.
 
@@ -132,6 +133,8 @@ pub async fn probe_route(route: &RouteConfig, delivery: &DeliveryConfig) -> Vec<
                 tls_config: tls_config.clone(),
                 timeouts,
                 plaintext: false,
+                // The probe checks TLS only; it never sends the route's credentials.
+                auth: None,
             };
             match SmtpConnection::open(&params).await {
                 Ok(conn) => {
@@ -141,7 +144,8 @@ pub async fn probe_route(route: &RouteConfig, delivery: &DeliveryConfig) -> Vec<
                 Err(SessionError::Temporary(m)) | Err(SessionError::TlsHandshake(m)) => {
                     probes.push(probe(false, m))
                 }
-                Err(SessionError::Permanent { diagnostic, .. }) => {
+                Err(SessionError::Permanent { diagnostic, .. })
+                | Err(SessionError::AuthRejected { diagnostic, .. }) => {
                     probes.push(probe(false, diagnostic))
                 }
             }

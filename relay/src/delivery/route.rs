@@ -268,7 +268,9 @@ pub fn direct_route(domain: &str) -> RouteConfig {
             require_ca_signed: false,
             validate_hostname: false,
             extra_ca_file: None,
+            implicit: false,
         },
+        auth: None,
     }
 }
 

@@ -5,7 +5,9 @@
 //! [`TestSink`] listens on `127.0.0.1:0`, optionally offers STARTTLS with a given rustls
 //! `ServerConfig`, answers with configurable replies (for example 4xx or 5xx for some
 //! recipients), records every envelope and message it received and counts connections. It
-//! can hold back the reply to a message so a test can stop a sender mid-delivery.
+//! can hold back the reply to a message so a test can stop a sender mid-delivery. It can
+//! speak TLS from the first byte (a port-465 smarthost) and require SMTP AUTH (PLAIN,
+//! LOGIN, XOAUTH2) after TLS, recording every line of each AUTH exchange as received.
 //! [`TestCa`] and [`self_signed`] make certificates with rcgen. Nothing here is used by the
 //! relay itself.
 
@@ -49,6 +51,21 @@ pub struct SinkConfig {
     /// After this many messages, the reply to each further message is withheld until
     /// [`TestSink::release`] (the message is recorded as received).
     pub hold_after: Option<usize>,
+    /// TLS from the first byte with `tls` (SMTPS), no STARTTLS.
+    pub implicit_tls: bool,
+    /// SMTP AUTH: advertised over TLS only, and MAIL is refused `530 5.7.0` until it
+    /// succeeded.
+    pub auth: Option<SinkAuth>,
+}
+
+/// The AUTH a [`TestSink`] asks for.
+#[derive(Clone, Debug)]
+pub struct SinkAuth {
+    /// Mechanisms of the `250-AUTH` line, e.g. `["PLAIN", "LOGIN"]`.
+    pub mechanisms: Vec<String>,
+    /// Final reply to AUTH instead of `235 2.7.0 Authentication successful`
+    /// (e.g. `535 5.7.8 Authentication credentials invalid`).
+    pub reply: Option<String>,
 }
 
 impl std::fmt::Debug for SinkConfig {
@@ -85,6 +102,7 @@ struct SinkState {
     received: Notify,
     released: Notify,
     release_flag: std::sync::atomic::AtomicBool,
+    auth_lines: Mutex<Vec<String>>,
 }
 
 /// An in-process SMTP server for tests. Stops when dropped.
@@ -153,6 +171,16 @@ impl TestSink {
             .clone()
     }
 
+    /// Every line of every AUTH exchange, as received (the `AUTH …` command and each
+    /// response line), in order.
+    pub fn auth_lines(&self) -> Vec<String> {
+        self.state
+            .auth_lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
@@ -192,6 +220,20 @@ async fn serve(
         .greeting
         .clone()
         .unwrap_or_else(|| "220 sink.test ESMTP".into());
+    if config.implicit_tls {
+        let Some(tls) = config.tls.clone() else {
+            return Ok(());
+        };
+        let stream = TlsAcceptor::from(tls).accept(io.into_inner()).await?;
+        let mut io = BufReader::new(stream);
+        reply(&mut io, &greeting).await?;
+        if !greeting.starts_with('2') {
+            return Ok(());
+        }
+        return commands(&mut io, &state, &config, number, true)
+            .await
+            .map(|_| ());
+    }
     reply(&mut io, &greeting).await?;
     if !greeting.starts_with('2') {
         return Ok(());
@@ -238,7 +280,8 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
     number: usize,
     tls: bool,
 ) -> io::Result<Flow> {
-    let offers_tls = config.tls.is_some() || config.broken_starttls;
+    let offers_tls = (config.tls.is_some() || config.broken_starttls) && !config.implicit_tls;
+    let mut authenticated = false;
     let mut from: Option<String> = None;
     let mut mail_params: Vec<String> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
@@ -263,6 +306,9 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
             if config.smtputf8 {
                 lines.push("250-SMTPUTF8".into());
             }
+            if let Some(auth) = config.auth.as_ref().filter(|_| tls) {
+                lines.push(format!("250-AUTH {}", auth.mechanisms.join(" ")));
+            }
             lines.push("250 8BITMIME".into());
             reply(io, &lines.join("\r\n")).await?;
         } else if upper.starts_with("HELO") {
@@ -270,6 +316,56 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper == "STARTTLS" && offers_tls && !tls {
             reply(io, "220 2.0.0 go ahead").await?;
             return Ok(Flow::StartTls);
+        } else if upper.starts_with("AUTH ") && tls && config.auth.is_some() {
+            let auth = config.auth.clone().unwrap_or(SinkAuth {
+                mechanisms: Vec::new(),
+                reply: None,
+            });
+            let record = |l: &str| {
+                state
+                    .auth_lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(l.to_string());
+            };
+            record(cmd);
+            let mut words = cmd.split_whitespace().skip(1);
+            let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+            let initial = words.next();
+            if !auth.mechanisms.contains(&mechanism) {
+                reply(io, "504 5.5.4 Unrecognized authentication type").await?;
+                continue;
+            }
+            let rounds: &[&str] = match (mechanism.as_str(), initial) {
+                ("LOGIN", _) => &["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"],
+                (_, None) => &["334 "],
+                _ => &[],
+            };
+            for prompt in rounds {
+                reply(io, prompt).await?;
+                line.clear();
+                if io.read_line(&mut line).await? == 0 {
+                    return Ok(Flow::Quit);
+                }
+                record(line.trim_end());
+            }
+            let r = auth
+                .reply
+                .clone()
+                .unwrap_or_else(|| "235 2.7.0 Authentication successful".into());
+            if mechanism == "XOAUTH2" && !r.starts_with('2') {
+                // Google's form: an error challenge, answered by an empty line.
+                reply(io, "334 eyJzdGF0dXMiOiI0MDEifQ==").await?;
+                line.clear();
+                if io.read_line(&mut line).await? == 0 {
+                    return Ok(Flow::Quit);
+                }
+                record(line.trim_end());
+            }
+            authenticated = r.starts_with('2');
+            reply(io, &r).await?;
+        } else if upper.starts_with("MAIL FROM:") && config.auth.is_some() && !authenticated {
+            reply(io, "530 5.7.0 Authentication required").await?;
         } else if upper.starts_with("MAIL FROM:") {
             let r = config
                 .mail_reply

@@ -84,6 +84,8 @@ pub struct TlsPolicy {
     pub check: CertificateCheck,
     /// PEM file of extra trusted roots, used with the CA checks.
     pub extra_ca_file: Option<String>,
+    /// TLS from the first byte (port 465) instead of STARTTLS; never plaintext.
+    pub implicit: bool,
 }
 
 /// The TLS configuration of a route could not be built.
@@ -111,7 +113,16 @@ impl TlsPolicy {
             },
             check: CertificateCheck::from_flags(tls.require_ca_signed, tls.validate_hostname),
             extra_ca_file: tls.extra_ca_file.clone(),
+            implicit: tls.implicit,
         }
+    }
+
+    /// Whether a session under this policy has passed every check a route can ask for
+    /// (TLS required, CA-signed chain, host name): the only sessions that may carry
+    /// credentials.
+    pub fn fully_verified(&self) -> bool {
+        self.requirement == TlsRequirement::Required
+            && self.check == CertificateCheck::CaSignedAndHostname
     }
 
     /// A rustls client configuration that verifies servers as this policy says.
@@ -303,6 +314,7 @@ mod tests {
             requirement: TlsRequirement::Required,
             check: CertificateCheck::CaSigned,
             extra_ca_file: Some("/nonexistent/ca.crt".into()),
+            implicit: false,
         };
         let err = policy.client_config().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.crt"), "{err}");

@@ -27,6 +27,7 @@ pub fn no_tls() -> RouteTlsConfig {
         require_ca_signed: false,
         validate_hostname: false,
         extra_ca_file: None,
+        implicit: false,
     }
 }
 
@@ -47,6 +48,7 @@ pub fn route(
         }),
         mx_lookup: false,
         tls,
+        auth: None,
     }
 }
 

@@ -888,12 +888,8 @@ impl Scenario {
             (config_path.clone(), config.to_json().into_bytes()),
             (env.admin_token_file(), ADMIN_TOKEN.as_bytes().to_vec()),
         ];
-        let mut cmd = vec![
-            "relay".to_string(),
-            "--config".into(),
-            config_path,
-            "--drain".into(),
-        ];
+        // The image's entrypoint is `relay`: these are its arguments.
+        let mut cmd = vec!["--config".to_string(), config_path, "--drain".into()];
         for t in targets {
             cmd.extend(["--drain-to".to_string(), format!("http://{t}")]);
         }

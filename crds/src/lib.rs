@@ -31,8 +31,8 @@ pub use organization::{
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{
     AUTH_NEEDS_TLS_CHECKS, AuthMechanism, ClientCredentials, HostSpec, MailRoute, MailRouteSpec,
-    MailRouteStatus, MultipleHosts, PORT_465_NEEDS_IMPLICIT, RouteAuth, RouteMatch, RouteTls,
-    WeightedHost,
+    MailRouteStatus, MultipleHosts, PORT_465_NEEDS_IMPLICIT, RateLimit, RouteAuth, RouteMatch,
+    RouteTls, WeightedHost,
 };
 pub use setting::{
     AllowedSenders, Authentication, Encryption, IpAllowRangeSelection, SmtpRelaySetting,

@@ -60,6 +60,27 @@ pub struct MailRouteSpec {
     /// must therefore all be on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RouteAuth>,
+    /// The provider's quota: delivery on this route never exceeds it, and mail waits in
+    /// the queue instead of being refused (SES allows 14 messages per second by default).
+    /// A temporary refusal (`454 Throttling failure`) slows the route down further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Send rate and connections of a route, per relay pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::Rule::new("has(self.messagesPerSecond) || has(self.maxConnections)").message("rateLimit needs messagesPerSecond, maxConnections or both"))]
+pub struct RateLimit {
+    /// Message transactions started per second, at most (1 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 100000").message("rateLimit.messagesPerSecond must be between 1 and 100000"))]
+    pub messages_per_second: Option<i32>,
+    /// Connections to the route's hosts at once, at most (1 or more; the relay's
+    /// per-destination concurrency, 10, is the ceiling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 1000").message("rateLimit.maxConnections must be between 1 and 1000"))]
+    pub max_connections: Option<i32>,
 }
 
 /// Outbound SMTP AUTH of a route: which mechanism, and the Secret holding the credentials.

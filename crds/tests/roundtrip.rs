@@ -220,6 +220,7 @@ fn route() -> impl Strategy<Value = MailRoute> {
                     },
                 };
                 let spec = MailRouteSpec {
+                    rate_limit: None,
                     description,
                     matcher,
                     single_host: single,

@@ -563,6 +563,13 @@ pub fn render(
             });
         }
         route_configs.push(RouteConfig {
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|l| relay::config::RouteRateLimit {
+                    messages_per_second: l.messages_per_second.and_then(|n| u32::try_from(n).ok()),
+                    max_connections: l.max_connections.and_then(|n| u32::try_from(n).ok()),
+                }),
             name: qualified(name.clone()),
             description: r.description.trim().to_string(),
             matcher,

@@ -144,6 +144,7 @@ fn route(i: usize) -> impl Strategy<Value = MailRoute> {
                 )
             };
             let spec = MailRouteSpec {
+                rate_limit: None,
                 description: format!("route {i}"),
                 matcher: if i == 0 {
                     RouteMatch {

@@ -104,6 +104,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
     };
     let mut routes: Vec<RouteConfig> = (0..n)
         .map(|i| RouteConfig {
+            rate_limit: None,
             name: format!("acme/route{i}"),
             description: String::new(),
             matcher: RouteMatcher::Domains(vec![
@@ -120,6 +121,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
         })
         .collect();
     routes.push(RouteConfig {
+        rate_limit: None,
         name: "acme/default".into(),
         description: String::new(),
         matcher: RouteMatcher::Default,

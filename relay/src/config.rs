@@ -176,6 +176,22 @@ pub struct RouteConfig {
     /// Outbound SMTP AUTH to the route's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RouteAuthConfig>,
+    /// Send rate and connections toward the route's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+/// Delivery on a route never exceeds these; mail waits in the queue instead.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRateLimit {
+    /// Message transactions started per second, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_per_second: Option<u32>,
+    /// Connections to the route's hosts at once, at most (also below the delivery's
+    /// per-destination concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// Outbound SMTP AUTH of a route. The credentials are files of a mounted Secret, read at
@@ -608,6 +624,7 @@ impl RelayConfig {
                 require_tls: false,
             }],
             routes: vec![RouteConfig {
+                rate_limit: None,
                 name: "acme/default".into(),
                 description: "downstream".into(),
                 matcher: RouteMatcher::Default,

@@ -27,6 +27,7 @@ fn tls(require_tls: bool) -> RouteTlsConfig {
 
 fn route(name: &str, domains: &[&str], port: u16, tls: RouteTlsConfig) -> RouteConfig {
     RouteConfig {
+        rate_limit: None,
         name: format!("acme/{name}"),
         description: format!("test route {name}"),
         matcher: RouteMatcher::Domains(domains.iter().map(|d| d.to_string()).collect()),

@@ -90,6 +90,8 @@ pub struct Transport {
     tls_fallbacks: Counter,
     metrics: DeliveryMetrics,
     tokens: TokenCache,
+    /// Send rates of the routes that have one, by route name.
+    rates: Mutex<HashMap<String, Arc<super::rate::RouteRate>>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -146,6 +148,7 @@ impl Transport {
                 clock.clone(),
             ),
             tokens: TokenCache::new(clock),
+            rates: Mutex::new(HashMap::new()),
             helo_name: helo_name.to_string(),
             timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
@@ -236,6 +239,19 @@ impl Transport {
                 })
                 .collect(),
         )
+    }
+
+    /// The send rate of `route`, when it has one (made on first use, its rate following
+    /// the route's config).
+    fn rate_of(&self, route: &RouteConfig) -> Option<Arc<super::rate::RouteRate>> {
+        let per_second = route.rate_limit?.messages_per_second?;
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = rates
+            .entry(route.name.clone())
+            .or_insert_with(|| Arc::new(super::rate::RouteRate::new(f64::from(per_second))))
+            .clone();
+        rate.set_rate(f64::from(per_second));
+        Some(rate)
     }
 
     /// Delivers `data` to `rcpt_to` over `route`, trying `hosts` in order; `mail_params`
@@ -434,7 +450,28 @@ impl Transport {
                 return AddressOutcome::AuthRejected(Refusal { status, diagnostic });
             }
         };
-        match conn.send(mail_from, rcpt_to, data, mail_params).await {
+        let rate = self.rate_of(route);
+        if let Some(rate) = &rate {
+            rate.acquire().await;
+        }
+        let sent = conn.send(mail_from, rcpt_to, data, mail_params).await;
+        if let Some(rate) = &rate {
+            // A 4xx to the transaction is how providers throttle: slow the route down.
+            let throttled = match &sent {
+                Ok(outcomes) => outcomes
+                    .iter()
+                    .any(|o| matches!(o, RecipientOutcome::Deferred { .. })),
+                Err(SessionError::Temporary(_)) => true,
+                Err(_) => false,
+            };
+            if throttled {
+                rate.throttled();
+                tracing::info!(route = %route.name, rate = rate.current(), "temporary refusal: the route sends slower");
+            } else {
+                rate.answered();
+            }
+        }
+        match sent {
             Ok(outcomes) => {
                 self.cache.checkin(key, conn);
                 AddressOutcome::Answered(outcomes)

@@ -38,6 +38,7 @@ pub mod oauth;
 pub mod pool;
 pub mod probe;
 pub mod queue;
+pub mod rate;
 pub mod retry;
 pub mod route;
 #[cfg(feature = "testing")]

@@ -269,6 +269,8 @@ impl QueueEntry {
 struct Destinations {
     active: Mutex<HashMap<String, usize>>,
     limit: usize,
+    /// Lower limits of some destinations (a route's `rateLimit.maxConnections`).
+    limits: Mutex<HashMap<String, usize>>,
     freed: Notify,
 }
 
@@ -277,10 +279,37 @@ impl Destinations {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The slots of destination `key`.
+    fn limit_of(&self, key: &str) -> usize {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(self.limit)
+    }
+
+    /// The per-route limits of `routes` (a new config).
+    fn set_limits(&self, routes: &[RouteConfig]) {
+        let limits = routes
+            .iter()
+            .filter_map(|r| {
+                let max = r.rate_limit?.max_connections?;
+                Some((
+                    destination_of(&RouteChoice::Configured(0), &r.name),
+                    (max.max(1) as usize).min(self.limit),
+                ))
+            })
+            .collect();
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.freed.notify_waiters();
+    }
+
     fn try_take(&self, key: &str) -> bool {
+        let limit = self.limit_of(key);
         let mut active = self.active();
         let n = active.entry(key.to_string()).or_insert(0);
-        if *n < self.limit {
+        if *n < limit {
             *n += 1;
             true
         } else {
@@ -300,9 +329,15 @@ impl Destinations {
 
     /// The destinations without a free slot.
     fn full(&self) -> std::collections::HashSet<String> {
+        // One lock at a time (`try_take` takes them in the other order).
+        let limits = self
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.active()
             .iter()
-            .filter(|(_, n)| **n >= self.limit)
+            .filter(|(k, n)| **n >= limits.get(*k).copied().unwrap_or(self.limit))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -552,12 +587,17 @@ impl<S: MessageStore> QueueManager<S> {
                 destinations: Destinations {
                     active: Mutex::new(HashMap::new()),
                     limit: delivery.destination_concurrency.max(1) as usize,
+                    limits: Mutex::new(HashMap::new()),
                     freed: Notify::new(),
                 },
                 candidates: Mutex::new(Candidates::default()),
             }),
             run_lock: tokio::sync::Mutex::new(()),
         };
+        inner
+            .shared
+            .destinations
+            .set_limits(&inner.routes.read().unwrap_or_else(|e| e.into_inner()).list);
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -578,6 +618,7 @@ impl<S: MessageStore> QueueManager<S> {
 
     /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.
     pub fn set_routes(&self, routes: Vec<RouteConfig>) {
+        self.inner.shared.destinations.set_limits(&routes);
         // Health of routes that are gone is forgotten with them.
         self.inner
             .pools
@@ -1673,6 +1714,7 @@ mod tests {
         let table = Destinations {
             active: Mutex::new(HashMap::new()),
             limit: 2,
+            limits: Mutex::new(HashMap::new()),
             freed: Notify::new(),
         };
         for i in 0..1000 {

@@ -255,6 +255,7 @@ pub fn group_by_table(
 /// port 25 with opportunistic, unauthenticated STARTTLS (what public MTAs do).
 pub fn direct_route(domain: &str) -> RouteConfig {
     RouteConfig {
+        rate_limit: None,
         name: "direct".to_string(),
         description: format!("direct delivery to the MX hosts of {domain}"),
         matcher: RouteMatcher::Default,

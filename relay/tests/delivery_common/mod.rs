@@ -39,6 +39,7 @@ pub fn route(
     tls: RouteTlsConfig,
 ) -> RouteConfig {
     RouteConfig {
+        rate_limit: None,
         name: name.to_string(),
         description: format!("test route {name}"),
         matcher,

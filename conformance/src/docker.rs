@@ -788,7 +788,10 @@ impl Scenario {
 
     /// [`Scenario::relay`] as host `n` named `<role>-<id>`, with its spool on the named
     /// volume `spool` (from [`Scenario::volume`]) when given, and the admin token
-    /// [`ADMIN_TOKEN`] at the path the config names.
+    /// [`ADMIN_TOKEN`] at the path the config names. A relay that finds mail on its spool
+    /// starts delivering before it is moved to its fixed address, and a session opened
+    /// from the first address dies with the move: keep its downstream stopped until this
+    /// returns.
     #[allow(clippy::too_many_arguments)]
     pub fn relay_on(
         &mut self,

@@ -64,9 +64,10 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
 
     scn.get("relay").kill().unwrap();
     scn.remove("relay");
-    // `start` returns once Postfix has logged that it is up again.
-    scn.get("sink").start().unwrap();
     // A new container, not the old one restarted: only the volume carries the queue.
+    // It delivers as soon as it starts, before the harness moves it to its fixed address,
+    // so the server comes back only afterwards (a session opened from the first address
+    // would be cut by the move and wait out its greeting timeout).
     scn.relay_on(
         "relay",
         host::RELAY,
@@ -77,6 +78,8 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
         Some(&spool),
     )
     .unwrap();
+    // `start` returns once Postfix has logged that it is up again.
+    scn.get("sink").start().unwrap();
     let relay = scn.get("relay");
 
     let drained = docker::poll(OUTCOME, || {

@@ -431,6 +431,7 @@ async fn referenced_secrets(
             .filter_map(|s| s.password_secret_ref.as_ref())
             .map(|r| r.name.clone()),
     );
+    names.extend(org.spec.dkim.iter().map(|k| k.secret_ref.name.clone()));
     for r in routes {
         names.extend(
             r.spec

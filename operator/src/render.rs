@@ -592,6 +592,45 @@ pub fn render(
     Ok(Rendered { config, findings })
 }
 
+/// DKIM keys whose Secret exists but holds no usable private key under `private.key`
+/// (render sees only which Secrets exist; the controller, which reads them, adds these).
+/// The relay defers that domain's mail, so each is a finding. Never quotes the key.
+pub fn dkim_key_findings(
+    org: &Organization,
+    secrets: &[k8s_openapi::api::core::v1::Secret],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for k in &org.spec.dkim {
+        let Some(secret) = secrets.iter().find(|s| s.name_any() == k.secret_ref.name) else {
+            continue; // DkimKeySecretMissing, from render.
+        };
+        let algorithm = match k.algorithm {
+            crds::DkimAlgorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
+            crds::DkimAlgorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
+        };
+        let problem = match crate::local::secret_value(secret, DKIM_SECRET_KEY) {
+            None => format!("has no key {DKIM_SECRET_KEY}"),
+            Some(pem) => match relay::dkim::public_key(&pem, algorithm) {
+                Ok(_) => continue,
+                Err(e) => format!(
+                    "key {DKIM_SECRET_KEY} is not a usable {} private key ({e})",
+                    algorithm.as_str()
+                ),
+            },
+        };
+        out.push(Finding {
+            kind: ObjectKind::Organization,
+            name: org.name_any(),
+            reason: "DkimKeyUnreadable",
+            message: format!(
+                "dkim for {}: Secret {} {problem}: mail from {} is deferred, not sent unsigned, until the key is fixed",
+                k.domain, k.secret_ref.name, k.domain
+            ),
+        });
+    }
+    out
+}
+
 /// Customer limits from licences and billing, then the Organization's overrides.
 fn resolve_limits(org: &Organization) -> LimitsConfig {
     let spec = &org.spec;

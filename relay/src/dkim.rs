@@ -253,8 +253,8 @@ pub fn header_from_domain(headers: &[u8]) -> Option<String> {
 
 /// Parses a PEM private key for `algorithm`.
 pub fn parse_key(pem: &[u8], algorithm: DkimAlgorithm) -> Result<DkimKey, String> {
-    let der = PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("no PEM private key found ({e})"))?;
+    let der =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|_| "no PEM private key found".to_string())?;
     match algorithm {
         DkimAlgorithm::RsaSha256 => RsaKey::<Sha256>::from_key_der(der)
             .map(DkimKey::Rsa)
@@ -353,8 +353,8 @@ pub fn dns_record(
 pub fn public_key(pem: &[u8], algorithm: DkimAlgorithm) -> Result<(&'static str, Vec<u8>), String> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-    let der = PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("no PEM private key found ({e})"))?;
+    let der =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|_| "no PEM private key found".to_string())?;
     match algorithm {
         DkimAlgorithm::RsaSha256 => {
             let private = match &der {

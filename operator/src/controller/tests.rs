@@ -1409,7 +1409,7 @@ async fn an_organization_deleted_before_it_had_the_finalizer_is_left_to_the_garb
 }
 
 #[tokio::test]
-async fn dkim_secrets_are_read_and_mounted_and_a_missing_one_degrades_with_a_warning_event() {
+async fn dkim_secrets_are_read_and_mounted_and_missing_or_unusable_keys_degrade_with_a_warning_event() {
     use k8s_openapi::api::core::v1::Secret;
     let mut world = World::example("quickstart");
     world.organizations[0].spec.dkim = serde_yaml::from_str(
@@ -1441,20 +1441,22 @@ async fn dkim_secrets_are_read_and_mounted_and_a_missing_one_degrades_with_a_war
     }
     let degraded = condition(&org_status(&world), "Degraded").clone();
     assert_eq!(degraded["reason"], "DkimKeySecretMissing");
+    let message = degraded["message"].as_str().unwrap();
     assert!(
-        degraded["message"]
-            .as_str()
-            .unwrap()
-            .contains("dkim for eu.acme.example names Secret dkim-eu which does not exist"),
+        message.contains("dkim for eu.acme.example names Secret dkim-eu which does not exist"),
         "{degraded}"
     );
+    // dkim-acme exists but its key is not a key.
     assert!(
-        events(&log)
-            .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "DkimKeySecretMissing"),
-        "{:?}",
-        events(&log)
+        message.contains("DkimKeyUnreadable: dkim for acme.example: Secret dkim-acme key private.key is not a usable rsa-sha256 private key"),
+        "{degraded}"
     );
+    let warning = events(&log)
+        .into_iter()
+        .find(|e| e.0 == "Warning" && e.1 == "DkimKeySecretMissing")
+        .unwrap();
+    assert!(warning.2.contains("DkimKeyUnreadable"), "{warning:?}");
+    assert!(!warning.2.contains("BEGIN"), "never the key");
     let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
     let pod = &stateful_set["spec"]["template"]["spec"];
     let volume = pod["volumes"]

@@ -24,9 +24,9 @@ pub use expectation::{
     ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
 };
 pub use organization::{
-    Billing, DrainingClaim, LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts,
-    Organization, OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType,
-    SpoolSpec,
+    Billing, DkimAlgorithm, DkimSpec, DrainingClaim, LimitOverrides, LimitStoreKind,
+    LimitStoreSpec, ListenerPorts, Organization, OrganizationSpec, OrganizationStatus,
+    ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

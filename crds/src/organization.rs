@@ -69,6 +69,60 @@ pub struct OrganizationSpec {
     /// The relay workload.
     #[serde(default)]
     pub relay: RelaySpec,
+
+    /// DKIM signing keys. Mail whose header From domain equals a listed domain or is a
+    /// subdomain of one is signed before delivery, with the key of the most specific
+    /// listed domain. A key that cannot be read defers that mail (it is never sent
+    /// unsigned); a missing Secret shows as the `DkimKeySecretMissing` condition.
+    /// `relayctl dkim-record` prints the DNS TXT record to publish for a key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.domain == a.domain))").message("every dkim domain must be listed once: a domain signs with one key (use a subdomain entry for another key)"))]
+    pub dkim: Vec<DkimSpec>,
+}
+
+/// One DKIM signing key: the signing domain (`d=`), the selector (`s=`) under which the
+/// public key is published, and the Secret holding the private key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DkimSpec {
+    /// Signing domain, lower case (for example example.com). Mail whose header From is in
+    /// this domain or one of its subdomains is signed with this key.
+    #[x_kube(validation = kube::core::Rule::new(r"size(self) <= 253 && self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')").message("dkim.domain must be a lower-case domain name such as example.com"))]
+    #[schemars(length(max = 253))]
+    pub domain: String,
+    /// Selector: the public key is published at `SELECTOR._domainkey.DOMAIN`. One DNS label.
+    #[x_kube(validation = kube::core::Rule::new(r"self.matches('^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("dkim.selector must be a single DNS label such as mail2025 (letters, digits and '-', no dots)"))]
+    pub selector: String,
+    /// Secret whose key `private.key` holds the private key as PEM PKCS#8
+    /// (`-----BEGIN PRIVATE KEY-----`; for RSA a PKCS#1 `RSA PRIVATE KEY` works too). It is
+    /// mounted into the relay pods; a rotated Secret is used without a restart.
+    pub secret_ref: crate::common::SecretRef,
+    /// `rsa-sha256` (default; 2048-bit keys recommended) or `ed25519-sha256` (RFC 8463).
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+    /// Header fields to sign, in order. Default: From, To, Cc, Subject, Date, Message-ID,
+    /// Reply-To, In-Reply-To, References, MIME-Version, Content-Type,
+    /// Content-Transfer-Encoding. Must include From.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new(r"self.all(h, h.matches('^[A-Za-z0-9][-A-Za-z0-9]*$'))").message("every entry of dkim.headers must be a header field name such as Subject"))]
+    #[x_kube(validation = kube::core::Rule::new(r"self.exists(h, h.matches('^(?i)from$'))").message("dkim.headers must include From: DKIM requires the From header field to be signed (RFC 6376 §5.4)"))]
+    pub headers: Option<Vec<String>>,
+}
+
+/// DKIM signature algorithm.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum DkimAlgorithm {
+    /// RSA with SHA-256 (RFC 6376).
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 with SHA-256 (RFC 8463).
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
 }
 
 /// Billing state of an organization.

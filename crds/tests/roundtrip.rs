@@ -102,6 +102,7 @@ fn organization() -> impl Strategy<Value = Organization> {
                         ports: replicas.map(|_| ListenerPorts::default()),
                         ..Default::default()
                     },
+                    dkim: Vec::new(),
                 };
                 named(Organization::new("x", spec), "acme".into(), labels)
             },

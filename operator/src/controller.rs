@@ -431,6 +431,7 @@ async fn referenced_secrets(
             .filter_map(|s| s.password_secret_ref.as_ref())
             .map(|r| r.name.clone()),
     );
+    names.extend(org.spec.dkim.iter().map(|k| k.secret_ref.name.clone()));
     for r in routes {
         names.extend(
             r.spec
@@ -1019,7 +1020,12 @@ async fn reconcile_org<P: TlsProber>(
     );
     let old_status = org.status.clone();
     let rendered = match rendered {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.findings
+                .extend(crate::render::dkim_key_findings(org, &secrets));
+            r.findings.sort();
+            r
+        }
         Err(e) => {
             // Children stay as they are: the config in force keeps working.
             let new = status::organization_failed(org, &e.to_string(), &now);

@@ -156,6 +156,15 @@ impl LocalOptions {
                             }
                         }
                     }
+                    SecretUse::Dkim => {
+                        let path = env.dkim_key_file(&mounted.name);
+                        write_key(
+                            secret,
+                            crate::render::DKIM_SECRET_KEY,
+                            Path::new(&path),
+                            "a DKIM private key",
+                        )?;
+                    }
                     SecretUse::RedisPassword => {
                         let path = env.redis_password_file();
                         write_key(secret, "password", Path::new(&path), "the Redis password")?;

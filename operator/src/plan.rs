@@ -196,6 +196,7 @@ fn organization(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
         _ => {}
     }
     proxy_protocol(base, head, &object, out);
+    dkim(base, head, &object, out);
     if base.hostname != head.hostname {
         push(
             out,
@@ -640,6 +641,55 @@ fn limits(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
     }
 }
 
+/// DKIM: a domain that loses its key sends unsigned mail (receivers with a DMARC policy
+/// may then refuse it); a new or changed key must have its DNS record published first.
+fn dkim(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Change>) {
+    for h in &head.dkim {
+        match base.dkim.iter().find(|b| b.domain == h.domain) {
+            None => push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "DKIM signing added for {} (selector {}, {}): publish its record first (relayctl dkim-record)",
+                    h.domain,
+                    h.selector,
+                    h.algorithm.as_str()
+                ),
+            ),
+            Some(b) if b != h => push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "DKIM key of {} changed: selector {} → {}, {} → {}, headers [{}] → [{}]",
+                    h.domain,
+                    b.selector,
+                    h.selector,
+                    b.algorithm.as_str(),
+                    h.algorithm.as_str(),
+                    b.headers.join(", "),
+                    h.headers.join(", ")
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    for b in &base.dkim {
+        if !head.dkim.iter().any(|h| h.domain == b.domain) {
+            push(
+                out,
+                Severity::Warning,
+                object,
+                format!(
+                    "DKIM signing removed for {}: its mail is sent unsigned",
+                    b.domain
+                ),
+            );
+        }
+    }
+}
+
 /// Everything without a dedicated sentence: listeners, limit store, delivery, spool.
 /// PROXY protocol: a trusted proxy may report any client address, so trusting more
 /// addresses, or no longer requiring the header, loosens who the relay believes a client is.
@@ -725,6 +775,7 @@ fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
                 "tls",
                 "hostname",
                 "proxyProtocol",
+                "dkim",
             ] {
                 o.remove(k);
             }
@@ -1036,6 +1087,50 @@ mod tests {
                     "PROXY header no longer required: connections without one are taken as direct clients".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn dkim_keys_added_changed_and_removed_are_told_in_words() {
+        use relay::config::{DkimAlgorithm, DkimConfig};
+        let base = RelayConfig::loopback("spool", 25);
+        let key = DkimConfig {
+            domain: "acme.example".into(),
+            selector: "s1".into(),
+            algorithm: DkimAlgorithm::RsaSha256,
+            key_file: "/k".into(),
+            headers: vec!["From".into()],
+        };
+        let mut on = base.clone();
+        on.dkim = vec![key.clone()];
+        let mut rotated = on.clone();
+        rotated.dkim[0].selector = "s2".into();
+        let said = |a: &RelayConfig, b: &RelayConfig| -> Vec<(Severity, String)> {
+            plan(a, b)
+                .into_iter()
+                .map(|c| (c.severity, c.change))
+                .collect()
+        };
+        assert_eq!(
+            said(&base, &on),
+            [(
+                Severity::Notice,
+                "DKIM signing added for acme.example (selector s1, rsa-sha256): publish its record first (relayctl dkim-record)".to_string()
+            )]
+        );
+        assert_eq!(
+            said(&on, &rotated),
+            [(
+                Severity::Notice,
+                "DKIM key of acme.example changed: selector s1 → s2, rsa-sha256 → rsa-sha256, headers [From] → [From]".to_string()
+            )]
+        );
+        assert_eq!(
+            said(&on, &base),
+            [(
+                Severity::Warning,
+                "DKIM signing removed for acme.example: its mail is sent unsigned".to_string()
+            )]
         );
     }
 }

@@ -23,10 +23,10 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use relay::config::{
-    AllowedSenders, CONFIG_FORMAT, DeliveryConfig, HostConfig, LimitStoreConfig, LimitsConfig,
-    ListenerConfig, OrganizationConfig, ProxyProtocolConfig, RangeConfig, RelayConfig,
-    RouteAuthConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig, SettingConfig,
-    TlsFiles, WeightedHostConfig,
+    AllowedSenders, CONFIG_FORMAT, DeliveryConfig, DkimAlgorithm, DkimConfig, HostConfig,
+    LimitStoreConfig, LimitsConfig, ListenerConfig, OrganizationConfig, ProxyProtocolConfig,
+    RangeConfig, RelayConfig, RouteAuthConfig, RouteConfig, RouteHosts, RouteMatcher,
+    RouteTlsConfig, SettingConfig, TlsFiles, WeightedHostConfig,
 };
 
 /// Where the rendered relay runs: listeners and the paths at which Secrets are mounted.
@@ -91,6 +91,19 @@ impl RenderEnv {
             .into_owned()
     }
 
+    /// Where the `private.key` of a DKIM key Secret is mounted: `dkim/<secret>/private.key`
+    /// next to the TLS directory (`/etc/smtprelay/dkim/<secret>/private.key` in a pod).
+    pub fn dkim_key_file(&self, secret: &str) -> String {
+        let tls = std::path::Path::new(&self.tls_dir);
+        tls.parent()
+            .unwrap_or(tls)
+            .join("dkim")
+            .join(secret)
+            .join(DKIM_SECRET_KEY)
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// Where the Redis password Secret's `password` key is mounted: `redis/password` next
     /// to the TLS directory (`/etc/smtprelay/redis/password` in a pod).
     pub fn redis_password_file(&self) -> String {
@@ -103,6 +116,9 @@ impl RenderEnv {
             .into_owned()
     }
 }
+
+/// The key of a DKIM Secret that holds the PEM private key.
+pub const DKIM_SECRET_KEY: &str = "private.key";
 
 /// The kind of object a [`Finding`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -301,6 +317,36 @@ pub fn render(
         ));
     }
     let limits = resolve_limits(org);
+    // DKIM: only the path of each mounted key, never the key. A missing Secret still
+    // yields its entry, so the relay defers that domain's mail instead of sending it
+    // unsigned, and is reported.
+    let mut dkim: Vec<DkimConfig> = Vec::with_capacity(spec.dkim.len());
+    for k in &spec.dkim {
+        if !secret_exists(&k.secret_ref.name) {
+            findings.push(org_finding(
+                "DkimKeySecretMissing",
+                format!("dkim for {} names Secret {} which does not exist: mail from {} is deferred, not sent unsigned, until the Secret (key {DKIM_SECRET_KEY}) is created", k.domain, k.secret_ref.name, k.domain),
+            ));
+        }
+        let headers = match &k.headers {
+            Some(h) => h.clone(),
+            None => relay::dkim::DEFAULT_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        };
+        dkim.push(DkimConfig {
+            domain: k.domain.to_ascii_lowercase(),
+            selector: k.selector.clone(),
+            algorithm: match k.algorithm {
+                crds::DkimAlgorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
+                crds::DkimAlgorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
+            },
+            key_file: env.dkim_key_file(&k.secret_ref.name),
+            headers,
+        });
+    }
+    dkim.sort_by(|a, b| a.domain.cmp(&b.domain));
     let proxy_protocol = match &spec.relay.proxy_protocol {
         Some(p) => {
             let mut trusted_proxies = Vec::with_capacity(p.trusted_proxies.len());
@@ -615,10 +661,50 @@ pub fn render(
         admin_token_file: Some(env.admin_token_file()),
         proxy_protocol,
         hide_client_address: spec.relay.hide_client_address,
+        dkim,
     }
     .seal();
     findings.sort();
     Ok(Rendered { config, findings })
+}
+
+/// DKIM keys whose Secret exists but holds no usable private key under `private.key`
+/// (render sees only which Secrets exist; the controller, which reads them, adds these).
+/// The relay defers that domain's mail, so each is a finding. Never quotes the key.
+pub fn dkim_key_findings(
+    org: &Organization,
+    secrets: &[k8s_openapi::api::core::v1::Secret],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for k in &org.spec.dkim {
+        let Some(secret) = secrets.iter().find(|s| s.name_any() == k.secret_ref.name) else {
+            continue; // DkimKeySecretMissing, from render.
+        };
+        let algorithm = match k.algorithm {
+            crds::DkimAlgorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
+            crds::DkimAlgorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
+        };
+        let problem = match crate::local::secret_value(secret, DKIM_SECRET_KEY) {
+            None => format!("has no key {DKIM_SECRET_KEY}"),
+            Some(pem) => match relay::dkim::public_key(&pem, algorithm) {
+                Ok(_) => continue,
+                Err(e) => format!(
+                    "key {DKIM_SECRET_KEY} is not a usable {} private key ({e})",
+                    algorithm.as_str()
+                ),
+            },
+        };
+        out.push(Finding {
+            kind: ObjectKind::Organization,
+            name: org.name_any(),
+            reason: "DkimKeyUnreadable",
+            message: format!(
+                "dkim for {}: Secret {} {problem}: mail from {} is deferred, not sent unsigned, until the key is fixed",
+                k.domain, k.secret_ref.name, k.domain
+            ),
+        });
+    }
+    out
 }
 
 /// Customer limits from licences and billing, then the Organization's overrides.

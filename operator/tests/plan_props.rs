@@ -39,6 +39,7 @@ fn org() -> impl Strategy<Value = Organization> {
                     ..Default::default()
                 }),
                 relay: RelaySpec::default(),
+                dkim: Vec::new(),
             };
             meta(Organization::new("x", spec), "acme".into(), None)
         },

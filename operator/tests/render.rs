@@ -385,3 +385,69 @@ fn proxy_protocol_renders_canonical_networks_and_stays_out_of_the_config_when_un
     assert!(proxy.required);
     assert_ne!(behind.hash, plain.hash);
 }
+
+#[test]
+fn dkim_keys_render_as_mounted_file_paths_and_a_missing_secret_is_a_finding() {
+    use operator::controller::children::{SecretUse, mounted_secrets};
+    use relay::config::DkimAlgorithm;
+    let set = example("quickstart");
+    let (mut orgs, settings, ranges, routes) = objects_of(&set);
+    orgs[0].spec.dkim = serde_yaml::from_str(
+        "[{domain: acme.example, selector: s1, secretRef: {name: dkim-acme}},
+          {domain: eu.acme.example, selector: ed1, secretRef: {name: dkim-eu}, algorithm: ed25519-sha256, headers: [From, Subject]}]",
+    )
+    .unwrap();
+    let secrets = BTreeSet::from(["dkim-acme".to_string()]);
+    let r = render(
+        "acme",
+        Objects {
+            organizations: &orgs,
+            settings: &settings,
+            ranges: &ranges,
+            routes: &routes,
+            secrets: &secrets,
+        },
+        &RenderEnv::pod(),
+    )
+    .unwrap();
+    let dkim = &r.config.dkim;
+    assert_eq!(dkim.len(), 2);
+    assert_eq!(dkim[0].domain, "acme.example");
+    assert_eq!(dkim[0].algorithm, DkimAlgorithm::RsaSha256);
+    assert_eq!(
+        dkim[0].key_file,
+        "/etc/smtprelay/dkim/dkim-acme/private.key"
+    );
+    assert_eq!(dkim[0].headers, relay::dkim::DEFAULT_HEADERS);
+    assert_eq!(dkim[1].domain, "eu.acme.example");
+    assert_eq!(dkim[1].algorithm, DkimAlgorithm::Ed25519Sha256);
+    assert_eq!(dkim[1].headers, ["From", "Subject"]);
+    // The missing Secret keeps its entry (the relay defers that mail) and is reported.
+    assert_eq!(dkim[1].key_file, "/etc/smtprelay/dkim/dkim-eu/private.key");
+    let missing: Vec<&str> = r
+        .findings
+        .iter()
+        .filter(|f| f.reason == "DkimKeySecretMissing")
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "dkim for eu.acme.example names Secret dkim-eu which does not exist: mail from eu.acme.example is deferred, not sent unsigned, until the Secret (key private.key) is created"
+        ]
+    );
+    let json = r.config.to_json();
+    assert!(
+        json.contains("\"keyFile\": \"/etc/smtprelay/dkim/dkim-acme/private.key\""),
+        "{json}"
+    );
+    assert!(!json.contains("BEGIN"), "never a key in the config");
+    // Only the existing Secret is mounted into pods.
+    let mounted = mounted_secrets(&orgs[0], &[], &secrets);
+    let dkim_mounts: Vec<&str> = mounted
+        .iter()
+        .filter(|m| m.usage == SecretUse::Dkim)
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(dkim_mounts, ["dkim-acme"]);
+}

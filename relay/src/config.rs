@@ -62,6 +62,50 @@ pub struct RelayConfig {
     /// Leave the client's address out of `Received:` (see [`crate::received`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hide_client_address: bool,
+    /// DKIM signing keys (SPEC §2.1 `dkim`): mail whose header From domain is a listed
+    /// domain or a subdomain of one is signed before delivery with the most specific
+    /// domain's key. Sorted by domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dkim: Vec<DkimConfig>,
+}
+
+/// One DKIM signing key. The key is not inlined: `key_file` names a file (a mounted
+/// Secret key) that the relay reads when it signs, so a rotated Secret is used without a
+/// restart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Lower-case signing domain (`d=`).
+    pub domain: String,
+    /// Selector (`s=`): the key's DNS record is `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// Signature algorithm (`a=`).
+    pub algorithm: DkimAlgorithm,
+    /// PEM file of the private key (PKCS#8; PKCS#1 `RSA PRIVATE KEY` is accepted too for RSA).
+    pub key_file: String,
+    /// Header fields to sign (`h=`), in order; always includes `From`.
+    pub headers: Vec<String>,
+}
+
+/// DKIM signature algorithms (RFC 6376 §3.3, RFC 8463).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DkimAlgorithm {
+    /// RSA with SHA-256.
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 with SHA-256.
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl DkimAlgorithm {
+    /// The name used in manifests and in the `a=` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkimAlgorithm::RsaSha256 => "rsa-sha256",
+            DkimAlgorithm::Ed25519Sha256 => "ed25519-sha256",
+        }
+    }
 }
 
 /// Who may tell the relay, with a PROXY protocol (v1 or v2) header, which client a
@@ -650,6 +694,7 @@ impl RelayConfig {
             admin_token_file: None,
             proxy_protocol: None,
             hide_client_address: false,
+            dkim: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod auth_throttle;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod drain;
 pub mod envelope;
 pub mod generation;
@@ -188,6 +189,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         opts.clock.clone(),
         metrics.registry_mut(),
     )?);
+    queue.set_dkim(config.dkim.clone());
     let generation = Generation::build(1, config)?;
     let metrics = Arc::new(metrics);
     metrics
@@ -348,8 +350,10 @@ impl RelayHandle {
             );
         }
         let routes = config.routes.clone();
+        let dkim = config.dkim.clone();
         let next = Generation::build(old.id + 1, config)?;
         self.queue.set_routes(routes);
+        self.queue.set_dkim(dkim);
         let id = next.id;
         self.shared
             .metrics

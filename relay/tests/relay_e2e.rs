@@ -145,3 +145,48 @@ async fn mail_queued_when_the_relay_stopped_is_delivered_after_restart() {
     wait_until(|| spool.depth() == 0).await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn dkim_keys_of_the_config_sign_from_start_and_a_reload_replaces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let key = dir.path().join("dkim.key");
+    std::fs::write(
+        &key,
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem(),
+    )
+    .unwrap();
+    let mut cfg = config(dir.path(), sink.port());
+    cfg.dkim = vec![relay::config::DkimConfig {
+        domain: "acme.example".into(),
+        selector: "s1".into(),
+        algorithm: relay::config::DkimAlgorithm::Ed25519Sha256,
+        key_file: key.display().to_string(),
+        headers: vec!["From".into(), "Subject".into()],
+    }];
+    let relay = start(cfg.clone()).await;
+    let reply = send(relay.smtp_addr(), "app@acme.example", &["bob@example.net"]).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    tokio::time::timeout(Duration::from_secs(10), sink.wait_for_messages(1))
+        .await
+        .unwrap();
+    let data = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    assert!(data.starts_with("DKIM-Signature: "), "{data}");
+    assert!(data.contains("d=acme.example"), "{data}");
+    assert!(data.contains("s=s1"), "{data}");
+
+    // Without keys, the next message goes out as accepted.
+    let mut unsigned = cfg;
+    unsigned.dkim.clear();
+    relay.reload(unsigned.seal()).unwrap();
+    let reply = send(relay.smtp_addr(), "app@acme.example", &["bob@example.net"]).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    tokio::time::timeout(Duration::from_secs(10), sink.wait_for_messages(2))
+        .await
+        .unwrap();
+    let data = String::from_utf8_lossy(&sink.messages()[1].data).into_owned();
+    assert!(data.starts_with("Received: "), "{data}");
+    relay.shutdown().await;
+}

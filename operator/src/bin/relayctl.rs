@@ -146,6 +146,27 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Print the DNS TXT record that publishes a DKIM key's public half.
+    ///
+    /// Reads the PEM private key (the `private.key` of the Secret that
+    /// `Organization.spec.dkim[].secretRef` names, e.g. `kubectl get secret NAME -o
+    /// jsonpath='{.data.private\.key}' | base64 -d > key.pem`) and prints one zone-file line:
+    /// `SELECTOR._domainkey.DOMAIN. IN TXT "v=DKIM1; k=rsa; p=..."`, the value split into
+    /// strings of at most 255 bytes. Exit code 0: printed; 1: the key cannot be read.
+    DkimRecord {
+        /// PEM private key file (PKCS#8 `PRIVATE KEY`; PKCS#1 `RSA PRIVATE KEY` for RSA).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's selector (`dkim[].selector`).
+        #[arg(long)]
+        selector: String,
+        /// The signing domain (`dkim[].domain`).
+        #[arg(long)]
+        domain: String,
+        /// `rsa-sha256` or `ed25519-sha256`; default: whichever the key is.
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
     /// Print a shell completion script (`source <(relayctl completions bash)`).
     Completions {
         /// The shell.
@@ -287,6 +308,12 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::DkimRecord {
+            key,
+            selector,
+            domain,
+            algorithm,
+        } => dkim_record(&key, &selector, &domain, algorithm.as_deref()),
         Command::Run { paths, local } => runtime().block_on(run(paths, local.options())),
         Command::TestTls {
             paths,
@@ -871,4 +898,46 @@ async fn sink(listen: std::net::SocketAddr) -> ExitCode {
             shown += 1;
         }
     }
+}
+
+/// `relayctl dkim-record`: the TXT record of a private key file.
+fn dkim_record(
+    key: &std::path::Path,
+    selector: &str,
+    domain: &str,
+    algorithm: Option<&str>,
+) -> ExitCode {
+    use relay::config::DkimAlgorithm;
+    let pem = match std::fs::read(key) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", key.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let algorithms = match algorithm {
+        None => vec![DkimAlgorithm::RsaSha256, DkimAlgorithm::Ed25519Sha256],
+        Some("rsa-sha256") => vec![DkimAlgorithm::RsaSha256],
+        Some("ed25519-sha256") => vec![DkimAlgorithm::Ed25519Sha256],
+        Some(other) => {
+            eprintln!("error: unknown algorithm {other:?}: use rsa-sha256 or ed25519-sha256");
+            return ExitCode::from(2);
+        }
+    };
+    let mut errors = Vec::new();
+    for a in algorithms {
+        match relay::dkim::dns_record(&pem, a, selector, domain) {
+            Ok(line) => {
+                println!("{line}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => errors.push(format!("{}: {e}", a.as_str())),
+        }
+    }
+    eprintln!(
+        "error: {} is not a usable DKIM private key ({})",
+        key.display(),
+        errors.join("; ")
+    );
+    ExitCode::FAILURE
 }

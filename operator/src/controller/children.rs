@@ -112,6 +112,8 @@ pub enum SecretUse {
     RouteAuth,
     /// `relay.limitStore.passwordSecretRef`: `password`.
     RedisPassword,
+    /// An entry of `dkim`: `private.key`, the PEM private key.
+    Dkim,
     /// `<org>-relay-admin`, made by the operator: the `token` queue administration needs.
     Admin,
 }
@@ -153,6 +155,9 @@ pub fn mounted_secrets(
         .and_then(|s| s.password_secret_ref.as_ref())
     {
         add(SecretUse::RedisPassword, &r.name);
+    }
+    for k in &org.spec.dkim {
+        add(SecretUse::Dkim, &k.secret_ref.name);
     }
     for route in routes {
         if route.namespace() != org.namespace() {
@@ -245,6 +250,15 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
             format!("{}/{}", env.route_auth_dir(), m.name),
             &["username", "password", "token", "clientSecret"],
         ),
+        SecretUse::Dkim => {
+            let file = env.dkim_key_file(&m.name);
+            let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
+            (
+                dkim_volume_name(&m.name),
+                dir.to_string(),
+                &[crate::render::DKIM_SECRET_KEY],
+            )
+        }
         SecretUse::RedisPassword => {
             let file = env.redis_password_file();
             let dir = file.rsplit_once('/').map_or(file.as_str(), |(d, _)| d);
@@ -367,6 +381,11 @@ pub fn ca_volume_name(secret: &str) -> String {
 /// [`ca_volume_name`]).
 pub fn route_auth_volume_name(secret: &str) -> String {
     names::child_name("route-auth-", secret, "")
+}
+
+/// Volume of a DKIM key Secret in relay pods.
+pub fn dkim_volume_name(secret: &str) -> String {
+    names::child_name("dkim-", secret, "")
 }
 
 /// Labels selecting the relay pods of one Organization.

@@ -1409,6 +1409,81 @@ async fn an_organization_deleted_before_it_had_the_finalizer_is_left_to_the_garb
 }
 
 #[tokio::test]
+async fn dkim_secrets_are_read_and_mounted_and_missing_or_unusable_keys_degrade_with_a_warning_event()
+ {
+    use k8s_openapi::api::core::v1::Secret;
+    let mut world = World::example("quickstart");
+    world.organizations[0].spec.dkim = serde_yaml::from_str(
+        "[{domain: acme.example, selector: s1, secretRef: {name: dkim-acme}},
+          {domain: eu.acme.example, selector: s2, secretRef: {name: dkim-eu}}]",
+    )
+    .unwrap();
+    world.secrets.push(Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("dkim-acme".into()),
+            namespace: Some("acme".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [(
+                "private.key".to_string(),
+                "-----BEGIN PRIVATE KEY-----".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    });
+    let (result, log) = world.reconcile(ProbingDisabled).await;
+    result.unwrap();
+    let lines = lines(&log);
+    for name in ["dkim-acme", "dkim-eu"] {
+        let get = format!("GET /api/v1/namespaces/acme/secrets/{name}");
+        assert!(lines.iter().any(|l| l.starts_with(&get)), "{lines:#?}");
+    }
+    let degraded = condition(&org_status(&world), "Degraded").clone();
+    assert_eq!(degraded["reason"], "DkimKeySecretMissing");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("dkim for eu.acme.example names Secret dkim-eu which does not exist"),
+        "{degraded}"
+    );
+    // dkim-acme exists but its key is not a key.
+    assert!(
+        message.contains("DkimKeyUnreadable: dkim for acme.example: Secret dkim-acme key private.key is not a usable rsa-sha256 private key"),
+        "{degraded}"
+    );
+    let warning = events(&log)
+        .into_iter()
+        .find(|e| e.0 == "Warning" && e.1 == "DkimKeySecretMissing")
+        .unwrap();
+    assert!(warning.2.contains("DkimKeyUnreadable"), "{warning:?}");
+    assert!(!warning.2.contains("BEGIN"), "never the key");
+    let stateful_set = world.child::<StatefulSet>("acme", "acme-relay").unwrap();
+    let pod = &stateful_set["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "dkim-acme")
+        .unwrap_or_else(|| panic!("{pod}"));
+    assert_eq!(
+        volume["secret"]["items"],
+        json!([{"key": "private.key", "path": "private.key"}])
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/etc/smtprelay/dkim/dkim-acme");
+    assert!(
+        !pod["volumes"].to_string().contains("dkim-eu"),
+        "a missing Secret is not mounted (pods would not start)"
+    );
+}
+
+#[tokio::test]
 async fn missing_tls_secret_degrades_the_organization_with_a_warning_event() {
     let mut world = World::example("applications-smtp-auth");
     let (result, log) = world.reconcile(ProbingDisabled).await;

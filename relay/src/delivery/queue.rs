@@ -507,6 +507,8 @@ struct Inner<S: MessageStore> {
     pools: Mutex<HashMap<String, (RouteHosts, HostPool)>>,
     rng: Mutex<StdRng>,
     metrics: DeliveryMetrics,
+    /// DKIM keys; messages are signed before each attempt.
+    dkim: crate::dkim::Dkim,
     shared: Arc<Shared>,
     run_lock: tokio::sync::Mutex<()>,
 }
@@ -550,6 +552,7 @@ impl<S: MessageStore> QueueManager<S> {
             source,
         })?;
         let metrics = DeliveryMetrics::register(registry);
+        let dkim = crate::dkim::Dkim::new(registry);
         let transport = Transport::new(delivery, &options.hostname, clock.clone(), &metrics)?;
         let now = clock.now();
         let mut entries = BTreeMap::new();
@@ -581,6 +584,7 @@ impl<S: MessageStore> QueueManager<S> {
             pools: Mutex::new(HashMap::new()),
             rng: Mutex::new(rand::make_rng()),
             metrics,
+            dkim,
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
                 wake: Notify::new(),
@@ -627,6 +631,11 @@ impl<S: MessageStore> QueueManager<S> {
             .retain(|name, _| routes.iter().any(|r| r.name == *name));
         *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(RouteSet::new(routes));
+    }
+
+    /// Replaces the DKIM signing keys (a new RelayConfig); the next attempt uses them.
+    pub fn set_dkim(&self, keys: Vec<crate::config::DkimConfig>) {
+        self.inner.dkim.set_keys(keys);
     }
 
     /// Queue ids waiting for delivery.
@@ -1214,6 +1223,20 @@ impl<S: MessageStore> Inner<S> {
             }
         };
         let looping = self.transport.loop_refusal(&headers);
+        // DKIM (SPEC §2.1): signed from the stored text before each attempt; a key that
+        // cannot be used defers the message rather than sending it unsigned.
+        let (text, unsigned) = if looping.is_some() {
+            (text, None)
+        } else {
+            match self.dkim.sign(&headers, &text).await {
+                Ok(crate::dkim::Signing::Signed(signed)) => (signed, None),
+                Ok(crate::dkim::Signing::NotConfigured) => (text, None),
+                Err(e) => {
+                    tracing::warn!(queue_id, domain = %e.domain, "DKIM signing failed, delivery deferred: {}", e.reason);
+                    (text, Some(e.to_string()))
+                }
+            }
+        };
         // A state file exists only for a message that needed more than one attempt or
         // route group; it is removed with the message.
         let mut state_on_disk = !matches!(saved, Ok(None));
@@ -1263,6 +1286,7 @@ impl<S: MessageStore> Inner<S> {
             attempted = true;
             let params = envelope.mail_params();
             let looping = looping.clone();
+            let unsigned = unsigned.clone();
             groups.spawn(async move {
                 let _slot = match slot {
                     Some(slot) => slot,
@@ -1271,9 +1295,15 @@ impl<S: MessageStore> Inner<S> {
                 let _permit = this.concurrency.clone().acquire_owned().await;
                 let hosts = this.host_order(&choice, &route);
                 let started = std::time::Instant::now();
-                let result = match looping {
-                    Some(refusal) => GroupResult::refused(&rcpts, &refusal),
-                    None => {
+                let result = match (looping, unsigned) {
+                    (Some(refusal), _) => GroupResult::refused(&rcpts, &refusal),
+                    (None, Some(reason)) => GroupResult {
+                        outcomes: defer_all(&rcpts, &reason),
+                        host: None,
+                        failed_hosts: Vec::new(),
+                        succeeded_host: None,
+                    },
+                    (None, None) => {
                         let attempt = this
                             .transport
                             .deliver(&route, &hosts, &from, &rcpts, &text, params);

@@ -6,7 +6,8 @@
 //! in bounded blocks ([`MessageText::open`]), so memory per attempt does not grow with the
 //! message, and a DSN takes only the header section ([`MessageText::header_section`]).
 //! The store decides which form a message has; this module does not know the spool's
-//! layout.
+//! layout. A header made at delivery time (a DKIM signature) is prepended with
+//! [`MessageText::with_prefix`], without touching the stored text.
 
 use std::io::{self, SeekFrom};
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageText {
     source: Source,
+    /// Bytes sent before the stored text (header fields added at delivery time).
+    prefix: Option<Arc<[u8]>>,
 }
 
 impl MessageText {
@@ -46,6 +49,7 @@ impl MessageText {
                 offset,
                 len,
             },
+            prefix: None,
         }
     }
 
@@ -53,15 +57,34 @@ impl MessageText {
     pub fn bytes(data: impl Into<Arc<[u8]>>) -> Self {
         Self {
             source: Source::Memory(data.into()),
+            prefix: None,
         }
     }
 
-    /// Length in bytes.
+    /// The same text with `prefix` (whole header lines, CRLF-terminated) sent before it.
+    /// Replaces an earlier prefix.
+    pub fn with_prefix(&self, prefix: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            source: self.source.clone(),
+            prefix: Some(prefix.into()),
+        }
+    }
+
+    /// The stored text alone, without a prefix.
+    pub fn stored(&self) -> Self {
+        Self {
+            source: self.source.clone(),
+            prefix: None,
+        }
+    }
+
+    /// Length in bytes, prefix included.
     pub fn len(&self) -> u64 {
-        match &self.source {
+        let stored = match &self.source {
             Source::File { len, .. } => *len,
             Source::Memory(b) => b.len() as u64,
-        }
+        };
+        stored + self.prefix.as_ref().map_or(0, |p| p.len() as u64)
     }
 
     /// True for an empty text.
@@ -72,6 +95,14 @@ impl MessageText {
     /// A new reader from the first byte. A file that has become shorter than the stated
     /// length gives an `UnexpectedEof` error at the end instead of a short text.
     pub async fn open(&self) -> io::Result<TextReader> {
+        let stored = self.open_stored().await?;
+        Ok(match &self.prefix {
+            Some(prefix) => Box::pin(io::Cursor::new(prefix.clone()).chain(stored)),
+            None => stored,
+        })
+    }
+
+    async fn open_stored(&self) -> io::Result<TextReader> {
         match &self.source {
             Source::Memory(b) => Ok(Box::pin(io::Cursor::new(b.clone()))),
             Source::File { path, offset, len } => {
@@ -191,5 +222,24 @@ mod tests {
         assert!(head.ends_with(b"\r\n"));
         let plain = MessageText::bytes(b"A: b\n\nbody".to_vec());
         assert_eq!(plain.header_section().await.unwrap(), b"A: b\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_is_sent_first_and_the_stored_text_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        std::fs::write(&path, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let stored = MessageText::file(&path, 0, 20);
+        let signed = stored.with_prefix(b"DKIM-Signature: v=1\r\n".to_vec());
+        assert_eq!(
+            read_all(&signed).await.unwrap(),
+            b"DKIM-Signature: v=1\r\nSubject: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(signed.len(), 41);
+        assert_eq!(
+            read_all(&signed.stored()).await.unwrap(),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"Subject: x\r\n\r\nbody\r\n");
     }
 }

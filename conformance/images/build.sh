@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the project's container images without any container registry:
 #   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
-#            imported with `docker import` (postfix with the SASL client modules, swaks,
-#            openssl, dnsmasq, haproxy inside)
+#            imported with `docker import` (postfix with the Cyrus SASL modules and
+#            saslpasswd2, swaks, openssl, dnsmasq, haproxy inside)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
 #   haproxy  HAProxy in front of the relay, sending PROXY protocol headers
@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
 suite=bookworm
-packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules,haproxy
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules,sasl2-bin,haproxy
 mkdir -p "$cache"
 
 . "$root/images/lib.sh"

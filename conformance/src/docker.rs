@@ -786,6 +786,41 @@ impl Scenario {
         self.relay_on("relay", host::RELAY, manifests, tls, cas, delivery, None)
     }
 
+    /// [`Scenario::relay`] with the Secrets of routes' `auth` mounted as the operator
+    /// mounts them: for each `(secret, username, password)`, the files `username` and
+    /// `password` in `<route-auth dir>/<secret>/`, the paths the rendered config names.
+    pub fn relay_with_route_auth(
+        &mut self,
+        manifests: &Manifests,
+        tls: Option<&Pem>,
+        cas: &[(&str, &str)],
+        route_auth: &[(&str, &str, &str)],
+        delivery: DeliveryConfig,
+    ) -> io::Result<RelayFiles> {
+        let dir = container_env(DeliveryConfig::default()).route_auth_dir();
+        let mut extra = Files::new();
+        for (secret, username, password) in route_auth {
+            extra.push((
+                format!("{dir}/{secret}/username"),
+                username.as_bytes().to_vec(),
+            ));
+            extra.push((
+                format!("{dir}/{secret}/password"),
+                password.as_bytes().to_vec(),
+            ));
+        }
+        self.relay_full(
+            "relay",
+            host::RELAY,
+            manifests,
+            tls,
+            cas,
+            delivery,
+            None,
+            extra,
+        )
+    }
+
     /// [`Scenario::relay`] as host `n` named `<role>-<id>`, with its spool on the named
     /// volume `spool` (from [`Scenario::volume`]) when given, and the admin token
     /// [`ADMIN_TOKEN`] at the path the config names. A relay that finds mail on its spool
@@ -802,6 +837,22 @@ impl Scenario {
         cas: &[(&str, &str)],
         delivery: DeliveryConfig,
         spool: Option<&str>,
+    ) -> io::Result<RelayFiles> {
+        self.relay_full(role, n, manifests, tls, cas, delivery, spool, Files::new())
+    }
+
+    /// [`Scenario::relay_on`] with `extra` files copied in as well.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_full(
+        &mut self,
+        role: &str,
+        n: u8,
+        manifests: &Manifests,
+        tls: Option<&Pem>,
+        cas: &[(&str, &str)],
+        delivery: DeliveryConfig,
+        spool: Option<&str>,
+        extra: Files,
     ) -> io::Result<RelayFiles> {
         let image = images()?.relay.clone();
         let env = container_env(delivery);
@@ -833,6 +884,7 @@ impl Scenario {
             ));
         }
         files.push((env.admin_token_file(), ADMIN_TOKEN.as_bytes().to_vec()));
+        files.extend(extra);
         let id = self.id.clone();
         let volumes: Vec<(String, String)> = spool
             .map(|v| (v.to_string(), env.spool_dir.clone()))

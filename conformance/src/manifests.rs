@@ -132,6 +132,18 @@ pub struct RouteSpec {
     pub validate_hostname: bool,
     /// Name of a Secret with `ca.crt` trusted for this route.
     pub trusted_ca: Option<String>,
+    /// `tls.implicit`: TLS from the first byte (port 465).
+    pub implicit: bool,
+    /// `auth`: outbound SMTP AUTH to the route's hosts.
+    pub auth: Option<RouteAuthSpec>,
+}
+
+/// A route's `auth`: the mechanism as the manifest spells it (`Plain`, `Login`,
+/// `XOAuth2`) and the name of the Secret holding `username` and `password`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAuthSpec {
+    pub mechanism: &'static str,
+    pub secret: String,
 }
 
 impl RouteSpec {
@@ -146,6 +158,8 @@ impl RouteSpec {
             require_ca_signed: false,
             validate_hostname: false,
             trusted_ca: None,
+            implicit: false,
+            auth: None,
         }
     }
 }
@@ -282,7 +296,7 @@ impl Manifests {
                 r.label, r.name, r.cidr, r.enabled
             );
         }
-        let mut cas: Vec<&str> = Vec::new();
+        let mut secrets: Vec<&str> = Vec::new();
         for r in &self.routes {
             header(&mut out, "MailRoute", &r.name);
             let _ = writeln!(out, "spec:\n  description: route {}\n  match:", r.name);
@@ -316,15 +330,28 @@ impl Manifests {
             );
             if let Some(ca) = &r.trusted_ca {
                 let _ = writeln!(out, "    trustedCaSecretRef:\n      name: {ca}");
-                cas.push(ca);
+                secrets.push(ca);
+            }
+            if r.implicit {
+                out.push_str("    implicit: true\n");
+            }
+            if let Some(a) = &r.auth {
+                let _ = writeln!(
+                    out,
+                    "  auth:\n    mechanism: {}\n    secretRef:\n      name: {}",
+                    a.mechanism, a.secret
+                );
+                secrets.push(&a.secret);
             }
         }
-        cas.sort();
-        cas.dedup();
-        for ca in cas {
+        // Route Secrets (trusted CAs, AUTH credentials) exist; their data is copied into
+        // the relay container, not written here.
+        secrets.sort();
+        secrets.dedup();
+        for secret in secrets {
             let _ = write!(
                 out,
-                "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {ca}\n  namespace: {NAMESPACE}\ntype: Opaque\n"
+                "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n  namespace: {NAMESPACE}\ntype: Opaque\n"
             );
         }
         out

@@ -28,6 +28,8 @@ fn strict(name: &str, domain: &str, host: &str, ca: Option<&str>) -> RouteSpec {
         require_ca_signed: true,
         validate_hostname: true,
         trusted_ca: ca.map(str::to_string),
+        implicit: false,
+        auth: None,
     }
 }
 

@@ -5,6 +5,10 @@
 #                SASL_PASSWORD; bounces for DOMAIN land in /var/mail/sender.
 #   ROLE=server  a downstream server that accepts mail for every domain into the maildir
 #                /var/mail/vhosts/sink/, with STARTTLS when /certs/tls.crt exists.
+#                With SASL_SERVER_USER (user@realm) and SASL_SERVER_PASSWORD it is a
+#                smarthost instead: it takes mail only from that Cyrus sasldb user, AUTH
+#                (PLAIN, LOGIN) only over TLS, on 587 with STARTTLS required and on 465 with
+#                TLS from the first byte (wrapper mode); it needs /certs/tls.crt.
 # MYHOSTNAME sets the HELO/EHLO name; SMTPUTF8=yes turns on smtputf8_enable (default no).
 set -eu
 
@@ -42,6 +46,24 @@ server)
   if [ -f /certs/tls.crt ]; then
     postconf -e "smtpd_tls_cert_file = /certs/tls.crt" "smtpd_tls_key_file = /certs/tls.key" \
       "smtpd_tls_security_level = may" "smtpd_tls_loglevel = 1"
+  fi
+  if [ -n "${SASL_SERVER_USER:-}" ]; then
+    [ -f /certs/tls.crt ] || { echo "SASL_SERVER_USER needs /certs/tls.crt" >&2; exit 2; }
+    mkdir -p /etc/postfix/sasl
+    printf 'pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: /etc/sasldb2\n' \
+      > /etc/postfix/sasl/smtpd.conf
+    printf '%s' "${SASL_SERVER_PASSWORD:-}" |
+      saslpasswd2 -c -p -f /etc/sasldb2 -u "${SASL_SERVER_USER#*@}" "${SASL_SERVER_USER%@*}"
+    chown postfix /etc/sasldb2
+    # smtpd reads /etc/sasldb2 and the SASL config outside a chroot.
+    postconf -F '*/*/chroot = n'
+    postconf -e "mynetworks = 127.0.0.0/8" "smtpd_sasl_auth_enable = yes" "smtpd_sasl_type = cyrus" \
+      "smtpd_sasl_path = smtpd" "cyrus_sasl_config_path = /etc/postfix/sasl" "smtpd_tls_auth_only = yes" \
+      "smtpd_relay_restrictions = permit_sasl_authenticated, reject" \
+      "smtpd_recipient_restrictions = permit_sasl_authenticated, reject"
+    postconf -M "587/inet = 587 inet n - n - - smtpd" "465/inet = 465 inet n - n - - smtpd"
+    postconf -P "587/inet/syslog_name = postfix/submission" "587/inet/smtpd_tls_security_level = encrypt" \
+      "465/inet/syslog_name = postfix/smtps" "465/inet/smtpd_tls_wrappermode = yes"
   fi
   ;;
 *)

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use common::*;
-use conformance::docker::{self, Scenario, host};
+use conformance::docker::{self, Scenario};
 
 #[test]
 fn a_drained_spool_is_delivered_by_the_other_relay_exactly_once() {
@@ -24,46 +24,7 @@ fn a_drained_spool_is_delivered_by_the_other_relay_exactly_once() {
     let mut m = base_manifests();
     m.ranges = vec![range("office", &scn.subnet4(), true)];
     let spool_a = scn.volume("spool-a").unwrap();
-    scn.postfix_server("sink", host::SERVER, None).unwrap();
-    let cert = relay_cert();
-    let delivery = docker::quick_delivery(&overrides(&scn));
-    scn.relay_on(
-        "relay",
-        host::RELAY,
-        &m,
-        Some(&cert),
-        &[],
-        delivery.clone(),
-        Some(&spool_a),
-    )
-    .unwrap();
-    scn.postfix_client("client", host::CLIENT, &client_opts(&scn, "may"))
-        .unwrap();
-    scn.get("sink").stop().unwrap();
-    let client = scn.get("client");
-    for i in 0..N {
-        docker::sendmail(
-            client,
-            "sender@acme.example",
-            &[&format!("u{i}@example.net")],
-            &format!("drained-{i}"),
-        )
-        .unwrap();
-    }
-    let accepted = docker::poll(OUTCOME, || {
-        let sent = client.logs().matches("status=sent").count();
-        (sent >= N && docker::queue(client).is_empty()).then_some(())
-    });
-    assert!(
-        accepted.is_some(),
-        "relay A did not accept:\n{}",
-        client.logs()
-    );
-    let admin_a = SocketAddr::new(scn.ip4(host::RELAY).into(), 9090);
-    let depth = docker::http_get(admin_a, "/metrics")
-        .ok()
-        .and_then(|t| docker::metric(&t, "spool_depth"));
-    assert_eq!(depth, Some(N as f64), "all {N} messages wait on A's spool");
+    let (cert, delivery) = relay_with_deferred_mail(&mut scn, &m, &spool_a, N, "drained");
 
     // A is scaled away (graceful stop); its spool volume stays. B runs; the server is back.
     scn.get("relay").stop().unwrap();

@@ -20,47 +20,8 @@ fn killed_relay_restarts_and_delivers_queued_mail_exactly_once() {
     let mut m = base_manifests();
     m.ranges = vec![range("office", &scn.subnet4(), true)];
     let spool = scn.volume("spool").unwrap();
-    scn.postfix_server("sink", host::SERVER, None).unwrap();
-    let cert = relay_cert();
-    let delivery = docker::quick_delivery(&overrides(&scn));
-    scn.relay_on(
-        "relay",
-        host::RELAY,
-        &m,
-        Some(&cert),
-        &[],
-        delivery.clone(),
-        Some(&spool),
-    )
-    .unwrap();
-    scn.postfix_client("client", host::CLIENT, &client_opts(&scn, "may"))
-        .unwrap();
-    scn.get("sink").stop().unwrap();
-    let client = scn.get("client");
-    for i in 0..N {
-        docker::sendmail(
-            client,
-            "sender@acme.example",
-            &[&format!("u{i}@example.net")],
-            &format!("queued-{i}"),
-        )
-        .unwrap();
-    }
-    // The relay has accepted all of them once Postfix's queue is empty and its log says sent.
-    let accepted = docker::poll(OUTCOME, || {
-        let sent = client.logs().matches("status=sent").count();
-        (sent >= N && docker::queue(client).is_empty()).then_some(())
-    });
-    assert!(
-        accepted.is_some(),
-        "relay did not accept:\n{}",
-        client.logs()
-    );
+    let (cert, delivery) = relay_with_deferred_mail(&mut scn, &m, &spool, N, "queued");
     let admin = SocketAddr::new(scn.ip4(host::RELAY).into(), 9090);
-    let depth = docker::http_get(admin, "/metrics")
-        .ok()
-        .and_then(|t| docker::metric(&t, "spool_depth"));
-    assert_eq!(depth, Some(N as f64), "all {N} messages wait in the spool");
 
     scn.get("relay").kill().unwrap();
     scn.remove("relay");

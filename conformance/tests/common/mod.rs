@@ -2,7 +2,7 @@
 //! the waits every scenario needs. Each test file uses part of it.
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use conformance::docker::{self, ClientOptions, Container, RelayFiles, Scenario, host};
@@ -151,4 +151,60 @@ pub fn count_subject(scn: &Scenario, sink: &str, subject: &str) -> usize {
 /// `text` with every run of whitespace (line folds included) replaced by one space.
 pub fn squash(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A relay whose spool is the named volume `spool`, with `n` messages (Subjects
+/// `<prefix>-0`, …, Message-IDs `<<prefix>-i@conformance.test>`) accepted from the Postfix
+/// client while the sink is stopped, so they all wait on that volume. The relay runs as
+/// `relay` on [`host::RELAY`]; the sink is left stopped. Returns the relay's certificate
+/// and delivery settings, to start the next relay with.
+pub fn relay_with_deferred_mail(
+    scn: &mut Scenario,
+    m: &Manifests,
+    spool: &str,
+    n: usize,
+    prefix: &str,
+) -> (Pem, relay::config::DeliveryConfig) {
+    scn.postfix_server("sink", host::SERVER, None).unwrap();
+    let cert = relay_cert();
+    let delivery = docker::quick_delivery(&overrides(scn));
+    scn.relay_on(
+        "relay",
+        host::RELAY,
+        m,
+        Some(&cert),
+        &[],
+        delivery.clone(),
+        Some(spool),
+    )
+    .unwrap();
+    scn.postfix_client("client", host::CLIENT, &client_opts(scn, "may"))
+        .unwrap();
+    scn.get("sink").stop().unwrap();
+    let client = scn.get("client");
+    for i in 0..n {
+        docker::sendmail(
+            client,
+            "sender@acme.example",
+            &[&format!("u{i}@example.net")],
+            &format!("{prefix}-{i}"),
+        )
+        .unwrap();
+    }
+    // The relay has accepted all of them once Postfix's queue is empty and its log says sent.
+    let accepted = docker::poll(OUTCOME, || {
+        let sent = client.logs().matches("status=sent").count();
+        (sent >= n && docker::queue(client).is_empty()).then_some(())
+    });
+    assert!(
+        accepted.is_some(),
+        "relay did not accept:\n{}",
+        client.logs()
+    );
+    let admin = SocketAddr::new(scn.ip4(host::RELAY).into(), 9090);
+    let depth = docker::http_get(admin, "/metrics")
+        .ok()
+        .and_then(|t| docker::metric(&t, "spool_depth"));
+    assert_eq!(depth, Some(n as f64), "all {n} messages wait in the spool");
+    (cert, delivery)
 }

@@ -35,11 +35,27 @@ fuzz_target!(|line: &[u8]| {
                 hostname: "relay.example",
                 queue_id: "00AB",
                 at: UNIX_EPOCH,
+                hide_ip: false,
             });
             assert!(header.is_ascii(), "{header:?}");
             assert_eq!(header.matches(['(', ')']).count(), 2, "{header:?}");
             assert_eq!(header.matches(';').count(), 1, "{header:?}");
             assert_eq!(header.matches("\r\n").count(), 3, "{header:?}");
+            // Without the client's address: no comment at all, and no address literal.
+            let hidden = received_header(&Trace {
+                helo: &name,
+                ip: [192, 0, 2, 1].into(),
+                tls: None,
+                authenticated: false,
+                smtputf8: false,
+                hostname: "relay.example",
+                queue_id: "00AB",
+                at: UNIX_EPOCH,
+                hide_ip: true,
+            });
+            assert_eq!(hidden.matches(['(', ')', '[']).count(), 0, "{hidden:?}");
+            assert_eq!(hidden.matches(';').count(), 1, "{hidden:?}");
+            assert_eq!(hidden.matches("\r\n").count(), 3, "{hidden:?}");
         }
         _ => {}
     }

@@ -2,7 +2,10 @@
 # Builds the project's container images without any container registry:
 #   base     Debian bookworm rootfs made with debootstrap from the machine's apt mirror,
 #            imported with `docker import` (postfix with the Cyrus SASL modules and
-#            saslpasswd2, swaks, openssl, dnsmasq, haproxy inside)
+#            saslpasswd2, swaks, openssl, dnsmasq, haproxy, and python3-dkim with
+#            python3-nacl for an independent DKIM verifier, RSA and Ed25519, inside;
+#            debootstrap does not resolve virtual packages, so python3-cffi-backend, which
+#            python3-nacl needs, is listed by name)
 #   postfix  Postfix as a relay client (relayhost) or as a downstream server
 #   dns      dnsmasq serving the MX records a scenario needs
 #   haproxy  HAProxy in front of the relay, sending PROXY protocol headers
@@ -19,7 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
 suite=bookworm
-packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules,sasl2-bin,haproxy
+packages=postfix,swaks,openssl,ca-certificates,dnsmasq-base,iproute2,procps,bsd-mailx,libsasl2-modules,sasl2-bin,haproxy,python3-dkim,python3-nacl,python3-cffi-backend
 mkdir -p "$cache"
 
 . "$root/images/lib.sh"

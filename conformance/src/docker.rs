@@ -821,6 +821,27 @@ impl Scenario {
         )
     }
 
+    /// [`Scenario::relay`] with `extra` files copied in as well, each `(path, content)`
+    /// (e.g. DKIM keys at [`RenderEnv::dkim_key_file`]).
+    pub fn relay_with_files(
+        &mut self,
+        manifests: &Manifests,
+        tls: Option<&Pem>,
+        extra: &[(String, Vec<u8>)],
+        delivery: DeliveryConfig,
+    ) -> io::Result<RelayFiles> {
+        self.relay_full(
+            "relay",
+            host::RELAY,
+            manifests,
+            tls,
+            &[],
+            delivery,
+            None,
+            extra.to_vec(),
+        )
+    }
+
     /// [`Scenario::relay`] as host `n` named `<role>-<id>`, with its spool on the named
     /// volume `spool` (from [`Scenario::volume`]) when given, and the admin token
     /// [`ADMIN_TOKEN`] at the path the config names. A relay that finds mail on its spool

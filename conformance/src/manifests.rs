@@ -69,6 +69,27 @@ pub struct OrgSpec {
     /// `spec.relay.proxyProtocol`: load balancers that name the client with a PROXY
     /// protocol header.
     pub proxy_protocol: Option<crds::ProxyProtocolSpec>,
+    /// `spec.dkim`: signing keys; each Secret is stubbed here, its `private.key` is copied
+    /// into the relay container.
+    pub dkim: Vec<DkimKeySpec>,
+}
+
+/// One `Organization.spec.dkim` key: the domain it signs for, its selector, the Secret
+/// holding `private.key`, and the algorithm as the manifest spells it (`rsa-sha256`,
+/// `ed25519-sha256`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DkimKeySpec {
+    pub domain: String,
+    pub selector: String,
+    pub secret: String,
+    pub algorithm: &'static str,
+}
+
+/// A route's `rateLimit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    pub messages_per_second: u32,
+    pub max_connections: u32,
 }
 
 /// An SmtpRelaySetting.
@@ -136,6 +157,8 @@ pub struct RouteSpec {
     pub implicit: bool,
     /// `auth`: outbound SMTP AUTH to the route's hosts.
     pub auth: Option<RouteAuthSpec>,
+    /// `rateLimit`: how often transactions on the route start, and its session cap.
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// A route's `auth`: the mechanism as the manifest spells it (`Plain`, `Login`,
@@ -160,6 +183,7 @@ impl RouteSpec {
             trusted_ca: None,
             implicit: false,
             auth: None,
+            rate_limit: None,
         }
     }
 }
@@ -238,6 +262,16 @@ impl Manifests {
                 if let Some(v) = v {
                     let _ = writeln!(out, "    {k}: {v}");
                 }
+            }
+        }
+        if !o.dkim.is_empty() {
+            out.push_str("  dkim:\n");
+            for k in &o.dkim {
+                let _ = writeln!(
+                    out,
+                    "    - domain: {:?}\n      selector: {:?}\n      secretRef: {{name: {}}}\n      algorithm: {}",
+                    k.domain, k.selector, k.secret, k.algorithm
+                );
             }
         }
         out.push_str("  relay:\n    hostname: relay.acme.example\n");
@@ -343,8 +377,18 @@ impl Manifests {
                 );
                 secrets.push(&a.secret);
             }
+            if let Some(l) = &r.rate_limit {
+                let _ = writeln!(
+                    out,
+                    "  rateLimit:\n    messagesPerSecond: {}\n    maxConnections: {}",
+                    l.messages_per_second, l.max_connections
+                );
+            }
         }
-        // Route Secrets (trusted CAs, AUTH credentials) exist; their data is copied into
+        for k in &self.org.dkim {
+            secrets.push(&k.secret);
+        }
+        // Route Secrets (trusted CAs, AUTH credentials) and DKIM key Secrets exist; their data is copied into
         // the relay container, not written here.
         secrets.sort();
         secrets.dedup();

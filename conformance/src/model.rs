@@ -552,6 +552,7 @@ mod tests {
                     ..Default::default()
                 },
                 proxy_protocol: None,
+                dkim: vec![],
             },
             settings: vec![SettingSpec {
                 name: "office".into(),

@@ -30,6 +30,7 @@ fn strict(name: &str, domain: &str, host: &str, ca: Option<&str>) -> RouteSpec {
         trusted_ca: ca.map(str::to_string),
         implicit: false,
         auth: None,
+        rate_limit: None,
     }
 }
 

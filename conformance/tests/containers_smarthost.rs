@@ -51,6 +51,7 @@ fn smarthost_route(
             mechanism,
             secret: secret.into(),
         }),
+        rate_limit: None,
     }
 }
 

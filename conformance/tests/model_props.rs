@@ -100,6 +100,7 @@ fn org() -> impl Strategy<Value = OrgSpec> {
                 paid,
                 limits,
                 proxy_protocol: None,
+                dkim: vec![],
             }
         })
 }

@@ -33,6 +33,7 @@ pub fn base_manifests() -> Manifests {
             paid: true,
             limits: LimitOverrides::default(),
             proxy_protocol: None,
+            dkim: vec![],
         },
         settings: vec![SettingSpec {
             name: "clients".into(),

@@ -36,6 +36,19 @@ build_base() {
     log "debootstrap $suite from $(mirror) (about a minute)"
     DEBIAN_FRONTEND=noninteractive debootstrap --variant=minbase --include="$packages" \
       "$suite" "$dir" "$(mirror)" >&2
+    # debootstrap can finish with a package left unconfigured (a dependency on a virtual
+    # package, say): such a rootfs is never imported as the base.
+    local broken
+    broken=$(chroot "$dir" dpkg-query -W -f '${Package} ${Status}\n' | grep -v ' install ok installed$' || true)
+    for p in ${packages//,/ }; do
+      chroot "$dir" dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' \
+        || broken="$broken"$'\n'"$p not installed"
+    done
+    if [ -n "${broken//[[:space:]]/}" ]; then
+      log "debootstrap left packages unusable; not importing the base image:$broken"
+      rm -rf "$dir"
+      exit 1
+    fi
     # Keep the image small: package lists and caches are not needed at run time.
     rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
     tar -C "$dir" -c . | docker import - "$tag" >&2

@@ -277,7 +277,8 @@ impl Default for RouteTls {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MailRouteStatus {
-    /// `Accepted` and `TlsConnectionVerified`.
+    /// `Accepted`, `TlsConnectionVerified`, and for a route with `auth`, `CredentialsAccepted`
+    /// (False while a relay pod's last login to the route's hosts was refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation this status describes.

@@ -1239,7 +1239,16 @@ async fn reconcile_org<P: TlsProber>(
             }
             _ => None,
         };
-        let new = status::route(route, &rendered.findings, probe.as_ref(), &now);
+        let refused_by: Vec<String> = reports
+            .iter()
+            .filter(|r| {
+                r.running
+                    .as_ref()
+                    .is_ok_and(|run| run.auth_refused.contains(&qualified))
+            })
+            .map(|r| r.pod.clone())
+            .collect();
+        let new = status::route(route, &rendered.findings, probe.as_ref(), &refused_by, &now);
         record(
             ctx,
             route,
@@ -1248,6 +1257,7 @@ async fn reconcile_org<P: TlsProber>(
             &[
                 watched(ACCEPTED, "False", true),
                 watched(TLS_VERIFIED, "False", true),
+                watched(status::CREDENTIALS_ACCEPTED, "False", true),
             ],
         )
         .await?;

@@ -159,12 +159,17 @@ async fn plain_on_587_sends_the_rfc_4616_response_after_starttls() {
     let p = pki();
     let sink = smarthost(&p.good, false, &["PLAIN", "LOGIN"], None).await;
     let auth = p.auth(AuthMechanism::Plain, PASSWORD);
-    let _r = run(smarthost_route(sink.port(), p.tls(false), auth)).await;
+    let r = run(smarthost_route(sink.port(), p.tls(false), auth)).await;
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1, "delivered through the smarthost");
     assert!(msgs[0].tls);
     let expected = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
     assert_eq!(sink.auth_lines(), vec![format!("AUTH PLAIN {expected}")]);
+    assert!(
+        r.h.metrics_text()
+            .contains("smtprelay_route_auth_refused{route=\"acme/smarthost\"} 0"),
+        "a login that went through"
+    );
 }
 
 #[tokio::test]
@@ -245,6 +250,11 @@ async fn a_refused_password_bounces_5_7_8_with_the_upstream_text_and_is_not_retr
     let metrics = r.h.metrics_text();
     assert!(
         metrics.contains("smtprelay_delivery_auth_failures_total{route=\"acme/smarthost\"} 1"),
+        "{metrics}"
+    );
+    // What the operator reads for the route's CredentialsAccepted condition.
+    assert!(
+        metrics.contains("smtprelay_route_auth_refused{route=\"acme/smarthost\"} 1"),
         "{metrics}"
     );
 }

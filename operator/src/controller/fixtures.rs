@@ -1065,6 +1065,7 @@ impl World {
                     )),
                     hash: config.hash,
                     refused: None,
+                    auth_refused: Vec::new(),
                 }
             });
             let wanted = set["spec"]["replicas"].as_i64().unwrap_or(1);

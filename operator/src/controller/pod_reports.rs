@@ -35,7 +35,13 @@ pub struct Running {
     /// The last document the relay refused (its hash, empty when unreadable) and why,
     /// when it refused one after the config in force.
     pub refused: Option<(String, String)>,
+    /// Routes (`namespace/name`) whose hosts refused the relay's last login
+    /// (`smtprelay_route_auth_refused{route} 1`).
+    pub auth_refused: Vec<String>,
 }
+
+/// Name of the relay's per-route login metric.
+pub const ROUTE_AUTH_REFUSED_METRIC: &str = "smtprelay_route_auth_refused";
 
 /// Name of the relay's refusal metric.
 pub const CONFIG_REFUSED_METRIC: &str = "smtprelay_config_refused";
@@ -121,10 +127,17 @@ pub fn running(metrics: &str) -> Option<Running> {
         .lines()
         .find_map(|line| sample_labels(line, CONFIG_REFUSED_METRIC))
         .and_then(|l| Some((label(&l, "hash")?, label(&l, "reason").unwrap_or_default())));
+    let auth_refused = metrics
+        .lines()
+        .filter(|line| line.trim_end().ends_with(" 1"))
+        .filter_map(|line| sample_labels(line, ROUTE_AUTH_REFUSED_METRIC))
+        .filter_map(|l| label(&l, "route"))
+        .collect();
     Some(Running {
         hash: label(&info, "hash")?,
         content_hash: label(&info, "content_hash"),
         refused,
+        auth_refused,
     })
 }
 
@@ -211,6 +224,7 @@ smtprelay_config_generation 3\n";
             hash: "abc123".into(),
             content_hash: Some("def456".into()),
             refused: None,
+            auth_refused: Vec::new(),
         };
         assert_eq!(running(METRICS), Some(abc));
         assert_eq!(running("smtprelay_config_generation 3\n"), None);
@@ -239,6 +253,10 @@ smtprelay_config_generation 3\n";
             ))
         );
         assert_eq!(running(METRICS).unwrap().refused, None);
+        let logins = format!(
+            "{METRICS}smtprelay_route_auth_refused{{route=\"acme/ses\"}} 1\nsmtprelay_route_auth_refused{{route=\"acme/m365\"}} 0\n"
+        );
+        assert_eq!(running(&logins).unwrap().auth_refused, vec!["acme/ses"]);
         assert_eq!(sample_labels("x{a=\"1\"", "x"), None, "unterminated");
         assert_eq!(sample_labels("x{a=\"1\",} 1", "x").unwrap().len(), 1);
     }

@@ -25,6 +25,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const ACCEPTED: &str = "Accepted";
 pub const TLS_VERIFIED: &str = "TlsConnectionVerified";
+/// MailRoute condition of a route with `auth`: whether its hosts accept the relay's login.
+pub const CREDENTIALS_ACCEPTED: &str = "CredentialsAccepted";
 pub const IN_FORCE: &str = "InForce";
 /// A Warning condition: the spool does not outlive its pod.
 pub const SPOOL_EPHEMERAL: &str = "SpoolEphemeral";
@@ -565,6 +567,7 @@ pub fn route(
     route: &MailRoute,
     findings: &[Finding],
     probe: Option<&ProbeResults>,
+    login_refused_by: &[String],
     now: &Time,
 ) -> MailRouteStatus {
     let old = route.status.clone().unwrap_or_default();
@@ -622,6 +625,34 @@ pub fn route(
             })
             .collect();
     }
+    // Only routes that log in have the condition.
+    match &route.spec.auth {
+        None => status
+            .conditions
+            .retain(|c| c.type_ != CREDENTIALS_ACCEPTED),
+        Some(auth) => {
+            let want = if login_refused_by.is_empty() {
+                Want::new(
+                    CREDENTIALS_ACCEPTED,
+                    true,
+                    "NotRefused",
+                    "no relay pod reports its last login to the route's hosts refused".into(),
+                )
+            } else {
+                Want::new(
+                    CREDENTIALS_ACCEPTED,
+                    false,
+                    "CredentialsRefused",
+                    format!(
+                        "the route's hosts refused the last login (5xx to AUTH) of {}: its mail bounces with 5.7.8; check the credentials in Secret {}",
+                        login_refused_by.join(", "),
+                        auth.secret_ref.name
+                    ),
+                )
+            };
+            set_condition(&mut status.conditions, want, generation, now);
+        }
+    }
     status
 }
 
@@ -668,6 +699,48 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_login_is_a_false_credentials_condition_that_clears_once_one_goes_through() {
+        let route: MailRoute = serde_yaml::from_str(
+            r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: MailRoute
+metadata: {name: ses, namespace: acme, generation: 1}
+spec:
+  description: d
+  match: {default: true}
+  singleHost: {host: email-smtp.eu-west-1.amazonaws.com, port: 587}
+  auth: {mechanism: Plain, secretRef: {name: ses-smtp}}
+"#,
+        )
+        .unwrap();
+        let refused = super::route(&route, &[], None, &["acme-relay-1".into()], &at(5));
+        let c = condition(&refused.conditions, CREDENTIALS_ACCEPTED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "CredentialsRefused")
+        );
+        assert!(
+            c.message.contains("acme-relay-1") && c.message.contains("Secret ses-smtp"),
+            "{}",
+            c.message
+        );
+        let mut later = route.clone();
+        later.status = Some(refused);
+        let fixed = super::route(&later, &[], None, &[], &at(9));
+        let c = condition(&fixed.conditions, CREDENTIALS_ACCEPTED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "NotRefused")
+        );
+        // A route without auth has no such condition.
+        let mut plain = later.clone();
+        plain.spec.auth = None;
+        plain.status = Some(fixed);
+        let s = super::route(&plain, &[], None, &[], &at(10));
+        assert!(condition(&s.conditions, CREDENTIALS_ACCEPTED).is_none());
+    }
+
+    #[test]
     fn probe_failure_names_each_failing_host() {
         let route: MailRoute = serde_yaml::from_str(
             r#"
@@ -688,7 +761,7 @@ spec:
                 Err("invalid peer certificate: UnknownIssuer".into()),
             ),
         ];
-        let s = super::route(&route, &[], Some(&results), &at(5));
+        let s = super::route(&route, &[], Some(&results), &[], &at(5));
         let tls = condition(&s.conditions, TLS_VERIFIED).unwrap();
         assert_eq!(tls.status, "False");
         assert_eq!(tls.reason, "CertificateValidationFailed");
@@ -867,6 +940,7 @@ spec:
                 hash: hash.into(),
                 content_hash: Some("files-1".into()),
                 refused: None,
+                auth_refused: Vec::new(),
             }),
         }
     }
@@ -932,6 +1006,7 @@ spec:
             running: Ok(Running {
                 hash: "0ld".into(),
                 content_hash: None,
+                auth_refused: Vec::new(),
                 refused: Some((
                     refused_hash.into(),
                     "cannot read /etc/smtprelay/tls/tls.crt: No such file or directory".into(),

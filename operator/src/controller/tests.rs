@@ -709,6 +709,7 @@ fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
         hash: hash.into(),
         content_hash: None,
         refused: None,
+        auth_refused: Vec::new(),
     })
 }
 

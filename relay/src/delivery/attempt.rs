@@ -348,6 +348,9 @@ impl Transport {
                         .await;
                     match outcome {
                         AddressOutcome::Answered(outcomes) => {
+                            if route.auth.is_some() {
+                                self.metrics.auth_accepted(&route.name);
+                            }
                             result.outcomes = rcpt_to.iter().cloned().zip(outcomes).collect();
                             result.succeeded_host = Some(pool_host.clone());
                             return result;

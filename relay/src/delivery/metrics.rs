@@ -74,6 +74,9 @@ pub struct DeliveryMetrics {
     pub queue_time_seconds: Family<FinalLabels, Histogram, HistogramCtor>,
     /// Attempts whose credentials an upstream refused (5xx to AUTH), by route.
     pub auth_failures: Family<RouteLabels, Counter>,
+    /// 1 while the last login to a route's hosts was refused, 0 once one succeeded: what
+    /// the operator turns into the route's `CredentialsAccepted` condition.
+    pub auth_refused: Family<RouteLabels, Gauge>,
 }
 
 impl Default for DeliveryMetrics {
@@ -86,6 +89,7 @@ impl Default for DeliveryMetrics {
             attempt_seconds: Family::new_with_constructor(attempt_histogram),
             queue_time_seconds: Family::new_with_constructor(queue_time_histogram),
             auth_failures: Family::default(),
+            auth_refused: Family::default(),
         }
     }
 }
@@ -129,16 +133,31 @@ impl DeliveryMetrics {
             "Delivery attempts whose credentials the upstream refused (5xx to AUTH), by route",
             m.auth_failures.clone(),
         );
+        registry.register(
+            "route_auth_refused",
+            "1 while the last login to the route's hosts was refused (5xx to AUTH), 0 once one succeeded",
+            m.auth_refused.clone(),
+        );
         m
     }
 
     /// Counts an upstream refusing the credentials of `route`.
     pub fn auth_failed(&self, route: &str) {
-        self.auth_failures
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        self.auth_failures.get_or_create(&labels).inc();
+        self.auth_refused.get_or_create(&labels).set(1);
+    }
+
+    /// An upstream accepted the credentials of `route` (a transaction went through on an
+    /// authenticated session).
+    pub fn auth_accepted(&self, route: &str) {
+        self.auth_refused
             .get_or_create(&RouteLabels {
                 route: route.to_string(),
             })
-            .inc();
+            .set(0);
     }
 
     /// Records how long one attempt on `route` took.

@@ -154,6 +154,8 @@ fn local(l: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> 
 /// serves until [`RelayHandle::shutdown`].
 pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandle, StartError> {
     let mut metrics = Metrics::new();
+    // With Redis, the replicas share each route's send rate too.
+    let mut shared_turns: Option<Arc<dyn delivery::rate::SharedTurns>> = None;
     let limits: Arc<dyn LimitStore> = match (&opts.limit_store, &config.limit_store) {
         (Some(store), _) => store.clone(),
         (None, LimitStoreConfig::Memory) => Arc::new(MemoryLimitStore::new()),
@@ -172,7 +174,9 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
                 "Limit checks (answered 451) and counts that failed because Redis did not answer",
                 store.errors(),
             );
-            Arc::new(store)
+            let store = Arc::new(store);
+            shared_turns = Some(store.clone());
+            store
         }
     };
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
@@ -190,6 +194,9 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         metrics.registry_mut(),
     )?);
     queue.set_dkim(config.dkim.clone());
+    if let Some(shared) = shared_turns {
+        queue.set_shared_turns(shared);
+    }
     let generation = Generation::build(1, config)?;
     let metrics = Arc::new(metrics);
     metrics

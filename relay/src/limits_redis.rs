@@ -455,6 +455,47 @@ impl Count {
     }
 }
 
+/// The next turn of a route: at the later of now (Redis's clock, one clock for every
+/// replica) and the turn after the last one given; the key expires a minute after its
+/// last turn. Returns how many milliseconds to wait.
+const LUA_TURN: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next < now then next = now end
+local interval = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], next + interval, 'PX', interval + 60000)
+return next - now
+"#;
+
+impl crate::delivery::rate::SharedTurns for RedisLimitStore {
+    fn turn<'a>(
+        &'a self,
+        route: &'a str,
+        interval: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let key = format!("{}rate:{route}", self.prefix);
+            let millis = u64::try_from(interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let wait: i64 = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                Script::new(LUA_TURN)
+                    .key(key)
+                    .arg(millis)
+                    .invoke_async(&mut conn),
+            )
+            .await
+            .map_err(|_| "Redis did not answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+            Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
+        })
+    }
+}
+
 impl LimitStore for RedisLimitStore {
     fn check<'a>(
         &'a self,

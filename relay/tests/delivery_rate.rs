@@ -149,3 +149,39 @@ async fn a_throttling_reply_defers_and_bounces_nothing() {
     assert!(sink.messages().is_empty());
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn replicas_sharing_redis_share_one_send_rate() {
+    let redis = common::RedisServer::start();
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut relays = Vec::new();
+    for dir in &dirs {
+        let mut cfg =
+            RelayConfig::loopback(&dir.path().join("spool").to_string_lossy(), sink.port());
+        cfg.routes[0].rate_limit = Some(RouteRateLimit {
+            messages_per_second: Some(5),
+            max_connections: None,
+        });
+        cfg.limit_store = relay::config::LimitStoreConfig::Redis {
+            url: redis.url(),
+            password_file: None,
+        };
+        relays.push(relay::start(cfg, StartOptions::default()).await.unwrap());
+    }
+    let started = Instant::now();
+    tokio::join!(send(&relays[0], 6), send(&relays[1], 6));
+    tokio::time::timeout(Duration::from_secs(60), sink.wait_for_messages(12))
+        .await
+        .expect("every message is delivered");
+    // One budget of 5 per second for both: 12 turns, the last 11 × 200 ms after the
+    // first (each relay on its own would be done after 5 × 200 ms).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2150),
+        "12 messages in {took:?}"
+    );
+    for r in relays {
+        r.shutdown().await;
+    }
+}

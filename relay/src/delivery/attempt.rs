@@ -92,6 +92,8 @@ pub struct Transport {
     tokens: TokenCache,
     /// Send rates of the routes that have one, by route name.
     rates: Mutex<HashMap<String, Arc<super::rate::RouteRate>>>,
+    /// Turns shared with the other replicas (the Redis limit store), when there is one.
+    shared_turns: std::sync::RwLock<Option<Arc<dyn super::rate::SharedTurns>>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -149,6 +151,7 @@ impl Transport {
             ),
             tokens: TokenCache::new(clock),
             rates: Mutex::new(HashMap::new()),
+            shared_turns: std::sync::RwLock::new(None),
             helo_name: helo_name.to_string(),
             timeouts: StageTimeouts::from_config(delivery),
             tls_configs: Mutex::new(HashMap::new()),
@@ -239,6 +242,11 @@ impl Transport {
                 })
                 .collect(),
         )
+    }
+
+    /// Takes the turns of rate-limited routes from `shared` (every replica's budget).
+    pub fn set_shared_turns(&self, shared: Arc<dyn super::rate::SharedTurns>) {
+        *self.shared_turns.write().unwrap_or_else(|e| e.into_inner()) = Some(shared);
     }
 
     /// The send rate of `route`, when it has one (made on first use, its rate following
@@ -455,7 +463,12 @@ impl Transport {
         };
         let rate = self.rate_of(route);
         if let Some(rate) = &rate {
-            rate.acquire().await;
+            let shared = self
+                .shared_turns
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            rate.acquire_for(&route.name, shared.as_deref()).await;
         }
         let sent = conn.send(mail_from, rcpt_to, data, mail_params).await;
         if let Some(rate) = &rate {

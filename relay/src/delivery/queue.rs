@@ -607,6 +607,12 @@ impl<S: MessageStore> QueueManager<S> {
         })
     }
 
+    /// Shares the send rate of rate-limited routes with the other replicas through
+    /// `shared` (the Redis limit store).
+    pub fn set_shared_turns(&self, shared: Arc<dyn super::rate::SharedTurns>) {
+        self.inner.transport.set_shared_turns(shared);
+    }
+
     /// A handle for the spool to submit newly accepted messages.
     pub fn handle(&self) -> QueueHandle {
         QueueHandle {

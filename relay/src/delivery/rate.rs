@@ -13,13 +13,31 @@
 //! provider's limit when it keeps refusing. The recipients of the refused transaction are
 //! deferred as any 4xx is, not bounced.
 //!
+//! With the Redis limit store, turns come from Redis ([`SharedTurns`]): all the replicas
+//! of a relay share one budget per route, so the provider sees the configured rate
+//! whatever the number of pods. Should Redis not answer, a pod falls back to its own
+//! turns (logged), which keeps mail moving at no more than the rate per pod.
+//!
 //! The number of connections (`maxConnections`) is not here: it is the route's
 //! destination slot limit in the scheduler ([`super::queue`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// Turns shared by the relays of one organization (the Redis limit store).
+pub trait SharedTurns: Send + Sync {
+    /// Takes the next turn of `route`, the turns being `interval` apart; how long to wait
+    /// for it.
+    fn turn<'a>(
+        &'a self,
+        route: &'a str,
+        interval: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Duration, String>> + Send + 'a>>;
+}
 
 /// The slowest a throttled route goes, as a fraction of its configured rate.
 const MIN_FACTOR: f64 = 1.0 / 64.0;
@@ -65,6 +83,27 @@ impl RouteRate {
     pub fn current(&self) -> f64 {
         let s = self.state();
         s.rate * s.factor
+    }
+
+    /// Waits for this transaction's turn of `route`: from `shared` when given (every
+    /// replica's), else from this pod's own turns.
+    pub async fn acquire_for(&self, route: &str, shared: Option<&dyn SharedTurns>) {
+        if let Some(shared) = shared {
+            let interval = {
+                let s = self.state();
+                Duration::from_secs_f64(1.0 / (s.rate * s.factor))
+            };
+            match shared.turn(route, interval).await {
+                Ok(wait) => {
+                    tokio::time::sleep(wait).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "shared send rate unavailable; this pod keeps to the rate on its own");
+                }
+            }
+        }
+        self.acquire().await;
     }
 
     /// Waits for this transaction's turn.

@@ -103,29 +103,37 @@ fn handover_to(relay: &RelayHandle, dir: &Path) -> Handover {
     }
 }
 
-#[tokio::test]
-async fn a_drained_spool_reaches_the_sink_through_another_relay_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    // Relay A: its downstream is down, so everything it accepts is deferred.
-    let a_config = config(dir.path(), "a", free_port());
+/// Relay A, whose downstream at `route_port` is down, accepts `n` messages (Message-IDs
+/// `<0@acme.example>`…) to bob@dest.example, defers them all and stops: its spool is
+/// what the tests drain. Returns A's config.
+async fn stopped_with_deferred_mail(dir: &Path, route_port: u16, n: usize) -> RelayConfig {
+    let a_config = config(dir, "a", route_port);
     let a = relay::start(a_config.clone(), StartOptions::default())
         .await
         .unwrap();
-    const N: usize = 25;
-    for n in 0..N {
-        send(&a, n, &["bob@dest.example"]).await;
+    for i in 0..n {
+        send(&a, i, &["bob@dest.example"]).await;
     }
-    all_deferred(&a, N).await;
-    // A is scaled away: its listeners close and its spool is unlocked.
+    all_deferred(&a, n).await;
     a.shutdown().await;
+    a_config
+}
 
+/// Relay B, delivering to `sink`: the one drains hand over to.
+async fn relay_b(dir: &Path, sink: &TestSink) -> RelayHandle {
+    relay::start(config(dir, "b", sink.port()), StartOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_drained_spool_reaches_the_sink_through_another_relay_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Relay A defers everything, then is scaled away (its spool unlocked).
+    const N: usize = 25;
+    let a_config = stopped_with_deferred_mail(dir.path(), free_port(), N).await;
     let sink = TestSink::start(SinkConfig::default()).await.unwrap();
-    let b = relay::start(
-        config(dir.path(), "b", sink.port()),
-        StartOptions::default(),
-    )
-    .await
-    .unwrap();
+    let b = relay_b(dir.path(), &sink).await;
     let report = drain(&a_config, Some(&handover_to(&b, dir.path())), None)
         .await
         .unwrap();
@@ -216,23 +224,9 @@ async fn recipients_delivered_before_the_drain_are_not_sent_again() {
 #[tokio::test]
 async fn a_refused_hand_over_leaves_the_spool_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
-    let a_config = config(dir.path(), "a", free_port());
-    let a = relay::start(a_config.clone(), StartOptions::default())
-        .await
-        .unwrap();
-    for n in 0..3 {
-        send(&a, n, &["bob@dest.example"]).await;
-    }
-    all_deferred(&a, 3).await;
-    a.shutdown().await;
-
+    let a_config = stopped_with_deferred_mail(dir.path(), free_port(), 3).await;
     let sink = TestSink::start(SinkConfig::default()).await.unwrap();
-    let b = relay::start(
-        config(dir.path(), "b", sink.port()),
-        StartOptions::default(),
-    )
-    .await
-    .unwrap();
+    let b = relay_b(dir.path(), &sink).await;
     let wrong = dir.path().join("wrong-token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     let handover = Handover {
@@ -273,15 +267,7 @@ async fn a_drain_does_not_run_on_a_spool_a_relay_still_serves() {
 async fn with_no_relay_left_the_drain_delivers_the_spool_itself() {
     let dir = tempfile::tempdir().unwrap();
     let down = free_port();
-    let a_config = config(dir.path(), "a", down);
-    let a = relay::start(a_config.clone(), StartOptions::default())
-        .await
-        .unwrap();
-    for n in 0..5 {
-        send(&a, n, &["bob@dest.example"]).await;
-    }
-    all_deferred(&a, 5).await;
-    a.shutdown().await;
+    let a_config = stopped_with_deferred_mail(dir.path(), down, 5).await;
 
     // The downstream is back (on the port the route names).
     let sink = TestSink::start_on(

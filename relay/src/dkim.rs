@@ -22,6 +22,7 @@ use mail_auth::dkim::{Canonicalization, DkimSigner};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -62,6 +63,9 @@ pub struct DkimMetrics {
     /// Signing attempts that failed because the key could not be read or parsed (the
     /// message was deferred), by signing domain.
     pub key_errors: Family<DomainLabels, Counter>,
+    /// 1 while the last signing for a domain failed on its key, 0 once one succeeded:
+    /// what the operator turns into a Degraded condition.
+    pub key_unreadable: Family<DomainLabels, Gauge>,
 }
 
 impl DkimMetrics {
@@ -78,6 +82,11 @@ impl DkimMetrics {
             "dkim_key_errors",
             "Deliveries deferred because the DKIM key could not be read or parsed, by signing domain",
             m.key_errors.clone(),
+        );
+        registry.register(
+            "dkim_key_unreadable",
+            "1 while the last signing for the domain failed on its key (mail deferred), 0 once one succeeded",
+            m.key_unreadable.clone(),
         );
         m
     }
@@ -169,12 +178,11 @@ impl Dkim {
         let key = match self.load(config).await {
             Ok(k) => k,
             Err(reason) => {
-                self.metrics
-                    .key_errors
-                    .get_or_create(&DomainLabels {
-                        domain: config.domain.clone(),
-                    })
-                    .inc();
+                let labels = DomainLabels {
+                    domain: config.domain.clone(),
+                };
+                self.metrics.key_errors.get_or_create(&labels).inc();
+                self.metrics.key_unreadable.get_or_create(&labels).set(1);
                 return Err(SigningError {
                     domain: config.domain.clone(),
                     reason,
@@ -187,12 +195,11 @@ impl Dkim {
                 domain: config.domain.clone(),
                 reason,
             })?;
-        self.metrics
-            .signed
-            .get_or_create(&DomainLabels {
-                domain: config.domain.clone(),
-            })
-            .inc();
+        let labels = DomainLabels {
+            domain: config.domain.clone(),
+        };
+        self.metrics.signed.get_or_create(&labels).inc();
+        self.metrics.key_unreadable.get_or_create(&labels).set(0);
         Ok(Signing::Signed(text.with_prefix(header.into_bytes())))
     }
 

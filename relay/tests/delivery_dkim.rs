@@ -291,6 +291,11 @@ async fn an_unreadable_key_defers_the_message_and_a_fixed_key_file_is_used_on_th
         metrics.contains("smtprelay_dkim_key_errors_total{domain=\"acme.test\"} 2"),
         "{metrics}"
     );
+    // What the operator reads for the Organization's DkimKeyUnreadable problem.
+    assert!(
+        metrics.contains("smtprelay_dkim_key_unreadable{domain=\"acme.test\"} 1"),
+        "{metrics}"
+    );
 
     // The Secret is fixed (the mounted file changes): the next attempt signs, no reload.
     let ed = ed25519_pem();
@@ -298,6 +303,11 @@ async fn an_unreadable_key_defers_the_message_and_a_fixed_key_file_is_used_on_th
     h.clock.advance(std::time::Duration::from_secs(3600));
     let report = bounded(h.manager.run_due()).await;
     assert_eq!(report.delivered, 1);
+    assert!(
+        h.metrics_text()
+            .contains("smtprelay_dkim_key_unreadable{domain=\"acme.test\"} 0"),
+        "a key that signs again"
+    );
     let got = sink.messages();
     assert_eq!(got.len(), 1);
     let records = Records(Mutex::new(HashMap::new()));

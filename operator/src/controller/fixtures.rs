@@ -1066,6 +1066,7 @@ impl World {
                     hash: config.hash,
                     refused: None,
                     auth_refused: Vec::new(),
+                    dkim_unreadable: Vec::new(),
                 }
             });
             let wanted = set["spec"]["replicas"].as_i64().unwrap_or(1);

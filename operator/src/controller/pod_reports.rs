@@ -38,7 +38,13 @@ pub struct Running {
     /// Routes (`namespace/name`) whose hosts refused the relay's last login
     /// (`smtprelay_route_auth_refused{route} 1`).
     pub auth_refused: Vec<String>,
+    /// DKIM signing domains whose key the relay's last signing could not read
+    /// (`smtprelay_dkim_key_unreadable{domain} 1`).
+    pub dkim_unreadable: Vec<String>,
 }
+
+/// Name of the relay's per-domain DKIM key metric.
+pub const DKIM_KEY_UNREADABLE_METRIC: &str = "smtprelay_dkim_key_unreadable";
 
 /// Name of the relay's per-route login metric.
 pub const ROUTE_AUTH_REFUSED_METRIC: &str = "smtprelay_route_auth_refused";
@@ -133,11 +139,18 @@ pub fn running(metrics: &str) -> Option<Running> {
         .filter_map(|line| sample_labels(line, ROUTE_AUTH_REFUSED_METRIC))
         .filter_map(|l| label(&l, "route"))
         .collect();
+    let dkim_unreadable = metrics
+        .lines()
+        .filter(|line| line.trim_end().ends_with(" 1"))
+        .filter_map(|line| sample_labels(line, DKIM_KEY_UNREADABLE_METRIC))
+        .filter_map(|l| label(&l, "domain"))
+        .collect();
     Some(Running {
         hash: label(&info, "hash")?,
         content_hash: label(&info, "content_hash"),
         refused,
         auth_refused,
+        dkim_unreadable,
     })
 }
 
@@ -225,6 +238,7 @@ smtprelay_config_generation 3\n";
             content_hash: Some("def456".into()),
             refused: None,
             auth_refused: Vec::new(),
+            dkim_unreadable: Vec::new(),
         };
         assert_eq!(running(METRICS), Some(abc));
         assert_eq!(running("smtprelay_config_generation 3\n"), None);
@@ -257,6 +271,13 @@ smtprelay_config_generation 3\n";
             "{METRICS}smtprelay_route_auth_refused{{route=\"acme/ses\"}} 1\nsmtprelay_route_auth_refused{{route=\"acme/m365\"}} 0\n"
         );
         assert_eq!(running(&logins).unwrap().auth_refused, vec!["acme/ses"]);
+        let keys = format!(
+            "{METRICS}smtprelay_dkim_key_unreadable{{domain=\"acme.example\"}} 1\nsmtprelay_dkim_key_unreadable{{domain=\"beta.example\"}} 0\n"
+        );
+        assert_eq!(
+            running(&keys).unwrap().dkim_unreadable,
+            vec!["acme.example"]
+        );
         assert_eq!(sample_labels("x{a=\"1\"", "x"), None, "unterminated");
         assert_eq!(sample_labels("x{a=\"1\",} 1", "x").unwrap().len(), 1);
     }

@@ -404,6 +404,25 @@ pub fn organization_rendered(
             format!("relay pod {pod} refused config {hash}: {reason}"),
         ));
     }
+    // A key the Secret has but a relay cannot use (unreadable file, not a key): its mail
+    // is deferred, never sent unsigned.
+    let mut unreadable: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for r in reports {
+        if let Ok(run) = &r.running {
+            for domain in &run.dkim_unreadable {
+                unreadable.entry(domain).or_default().push(&r.pod);
+            }
+        }
+    }
+    for (domain, pods) in unreadable {
+        all.push(Problem::new(
+            "DkimKeyUnreadable",
+            format!(
+                "relay pod(s) {} cannot sign for {domain}: its DKIM key cannot be read or parsed; mail from {domain} waits in the queue, unsigned mail is never sent",
+                pods.join(", ")
+            ),
+        ));
+    }
     set_condition(
         &mut conditions,
         in_force(config, content_hash, &rollout, reports),
@@ -941,6 +960,7 @@ spec:
                 content_hash: Some("files-1".into()),
                 refused: None,
                 auth_refused: Vec::new(),
+                dkim_unreadable: Vec::new(),
             }),
         }
     }
@@ -1007,6 +1027,7 @@ spec:
                 hash: "0ld".into(),
                 content_hash: None,
                 auth_refused: Vec::new(),
+                dkim_unreadable: Vec::new(),
                 refused: Some((
                     refused_hash.into(),
                     "cannot read /etc/smtprelay/tls/tls.crt: No such file or directory".into(),
@@ -1059,6 +1080,58 @@ spec:
             condition(&s.conditions, IN_FORCE).unwrap().reason,
             "Rollout"
         );
+    }
+
+    #[test]
+    fn a_dkim_key_a_pod_cannot_use_is_degraded_naming_the_domain_and_the_pods() {
+        let (org, config, _) = org_and_config(1);
+        let ready = stateful_set(
+            1,
+            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        let pod = |name: &str, unreadable: &[&str]| PodReport {
+            pod: name.into(),
+            running: Ok(Running {
+                hash: config.hash.clone(),
+                content_hash: None,
+                refused: None,
+                auth_refused: Vec::new(),
+                dkim_unreadable: unreadable.iter().map(|d| d.to_string()).collect(),
+            }),
+        };
+        let status = |reports: &[PodReport]| {
+            organization_rendered(
+                &org,
+                &config,
+                &[],
+                Relay {
+                    stateful_set: Some(&ready),
+                    ephemeral_spool: false,
+                    reports,
+                    content_hash: None,
+                },
+                &[],
+                &at(1),
+            )
+        };
+        let s = status(&[
+            pod("acme-relay-0", &["acme.example"]),
+            pod("acme-relay-1", &["acme.example"]),
+        ]);
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "DkimKeyUnreadable")
+        );
+        assert!(
+            degraded
+                .message
+                .starts_with("DkimKeyUnreadable: relay pod(s) acme-relay-0, acme-relay-1 cannot sign for acme.example"),
+            "{}",
+            degraded.message
+        );
+        let s = status(&[pod("acme-relay-0", &[]), pod("acme-relay-1", &[])]);
+        assert_eq!(condition(&s.conditions, DEGRADED).unwrap().status, "False");
     }
 
     #[test]

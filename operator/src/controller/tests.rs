@@ -710,6 +710,7 @@ fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
         content_hash: None,
         refused: None,
         auth_refused: Vec::new(),
+        dkim_unreadable: Vec::new(),
     })
 }
 

@@ -1064,9 +1064,7 @@ impl World {
                         &config, &mounted, &secrets,
                     )),
                     hash: config.hash,
-                    refused: None,
-                    auth_refused: Vec::new(),
-                    dkim_unreadable: Vec::new(),
+                    ..Default::default()
                 }
             });
             let wanted = set["spec"]["replicas"].as_i64().unwrap_or(1);

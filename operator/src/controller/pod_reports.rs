@@ -25,7 +25,7 @@ pub const CONFIG_INFO_METRIC: &str = "smtprelay_config_info";
 const LEGACY_CONFIG_INFO_METRIC: &str = "relay_config_info";
 
 /// The config a relay has in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Running {
     /// Hash of the RelayConfig document.
     pub hash: String,
@@ -133,24 +133,21 @@ pub fn running(metrics: &str) -> Option<Running> {
         .lines()
         .find_map(|line| sample_labels(line, CONFIG_REFUSED_METRIC))
         .and_then(|l| Some((label(&l, "hash")?, label(&l, "reason").unwrap_or_default())));
-    let auth_refused = metrics
-        .lines()
-        .filter(|line| line.trim_end().ends_with(" 1"))
-        .filter_map(|line| sample_labels(line, ROUTE_AUTH_REFUSED_METRIC))
-        .filter_map(|l| label(&l, "route"))
-        .collect();
-    let dkim_unreadable = metrics
-        .lines()
-        .filter(|line| line.trim_end().ends_with(" 1"))
-        .filter_map(|line| sample_labels(line, DKIM_KEY_UNREADABLE_METRIC))
-        .filter_map(|l| label(&l, "domain"))
-        .collect();
+    // The values of `key` of the samples of 0/1 gauge `metric` that are 1.
+    let raised = |metric: &str, key: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|line| line.trim_end().ends_with(" 1"))
+            .filter_map(|line| sample_labels(line, metric))
+            .filter_map(|l| label(&l, key))
+            .collect()
+    };
     Some(Running {
         hash: label(&info, "hash")?,
         content_hash: label(&info, "content_hash"),
         refused,
-        auth_refused,
-        dkim_unreadable,
+        auth_refused: raised(ROUTE_AUTH_REFUSED_METRIC, "route"),
+        dkim_unreadable: raised(DKIM_KEY_UNREADABLE_METRIC, "domain"),
     })
 }
 
@@ -236,9 +233,7 @@ smtprelay_config_generation 3\n";
         let abc = Running {
             hash: "abc123".into(),
             content_hash: Some("def456".into()),
-            refused: None,
-            auth_refused: Vec::new(),
-            dkim_unreadable: Vec::new(),
+            ..Default::default()
         };
         assert_eq!(running(METRICS), Some(abc));
         assert_eq!(running("smtprelay_config_generation 3\n"), None);

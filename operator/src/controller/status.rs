@@ -958,34 +958,42 @@ spec:
             running: Ok(Running {
                 hash: hash.into(),
                 content_hash: Some("files-1".into()),
-                refused: None,
-                auth_refused: Vec::new(),
-                dkim_unreadable: Vec::new(),
+                ..Default::default()
             }),
         }
+    }
+
+    /// The status of `org` rendered with `config`, its StatefulSet observed with two ready
+    /// pods that answer `reports`.
+    fn with_two_ready_pods(
+        org: &Organization,
+        config: &RelayConfig,
+        reports: &[PodReport],
+    ) -> OrganizationStatus {
+        let ready = stateful_set(
+            1,
+            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        organization_rendered(
+            org,
+            config,
+            &[],
+            Relay {
+                stateful_set: Some(&ready),
+                ephemeral_spool: false,
+                reports,
+                content_hash: None,
+            },
+            &[],
+            &at(1),
+        )
     }
 
     #[test]
     fn in_force_only_when_every_ready_pod_reports_the_latest_hash() {
         let (org, config, _) = org_and_config(1);
-        let ready = stateful_set(
-            1,
-            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
-        );
         let status = |reports: &[PodReport]| {
-            let s = organization_rendered(
-                &org,
-                &config,
-                &[],
-                Relay {
-                    stateful_set: Some(&ready),
-                    ephemeral_spool: false,
-                    reports,
-                    content_hash: None,
-                },
-                &[],
-                &at(1),
-            );
+            let s = with_two_ready_pods(&org, &config, reports);
             let c = condition(&s.conditions, IN_FORCE).unwrap().clone();
             (c.status, c.reason, c.message)
         };
@@ -1017,38 +1025,19 @@ spec:
     #[test]
     fn a_config_a_pod_refused_is_degraded_with_the_pods_reason() {
         let (org, config, _) = org_and_config(1);
-        let ready = stateful_set(
-            1,
-            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
-        );
         let refusing = |refused_hash: &str| PodReport {
             pod: "acme-relay-1".into(),
             running: Ok(Running {
                 hash: "0ld".into(),
                 content_hash: None,
-                auth_refused: Vec::new(),
-                dkim_unreadable: Vec::new(),
                 refused: Some((
                     refused_hash.into(),
                     "cannot read /etc/smtprelay/tls/tls.crt: No such file or directory".into(),
                 )),
+                ..Default::default()
             }),
         };
-        let status = |reports: &[PodReport]| {
-            organization_rendered(
-                &org,
-                &config,
-                &[],
-                Relay {
-                    stateful_set: Some(&ready),
-                    ephemeral_spool: false,
-                    reports,
-                    content_hash: None,
-                },
-                &[],
-                &at(1),
-            )
-        };
+        let status = |reports: &[PodReport]| with_two_ready_pods(&org, &config, reports);
         let s = status(&[report("acme-relay-0", &config.hash), refusing(&config.hash)]);
         let degraded = condition(&s.conditions, DEGRADED).unwrap();
         assert_eq!(
@@ -1085,35 +1074,16 @@ spec:
     #[test]
     fn a_dkim_key_a_pod_cannot_use_is_degraded_naming_the_domain_and_the_pods() {
         let (org, config, _) = org_and_config(1);
-        let ready = stateful_set(
-            1,
-            serde_json::json!({"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
-        );
         let pod = |name: &str, unreadable: &[&str]| PodReport {
             pod: name.into(),
             running: Ok(Running {
                 hash: config.hash.clone(),
                 content_hash: None,
-                refused: None,
-                auth_refused: Vec::new(),
                 dkim_unreadable: unreadable.iter().map(|d| d.to_string()).collect(),
+                ..Default::default()
             }),
         };
-        let status = |reports: &[PodReport]| {
-            organization_rendered(
-                &org,
-                &config,
-                &[],
-                Relay {
-                    stateful_set: Some(&ready),
-                    ephemeral_spool: false,
-                    reports,
-                    content_hash: None,
-                },
-                &[],
-                &at(1),
-            )
-        };
+        let status = |reports: &[PodReport]| with_two_ready_pods(&org, &config, reports);
         let s = status(&[
             pod("acme-relay-0", &["acme.example"]),
             pod("acme-relay-1", &["acme.example"]),

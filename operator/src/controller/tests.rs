@@ -708,9 +708,7 @@ fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
     Ok(super::pod_reports::Running {
         hash: hash.into(),
         content_hash: None,
-        refused: None,
-        auth_refused: Vec::new(),
-        dkim_unreadable: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -1508,7 +1508,7 @@ async fn finalize<P: TlsProber>(org: &Organization, ctx: &Context<P>) -> Result<
     let selector = children::selector_labels(&name);
     let relay_pods = in_namespace(&ctx.stores.pods, &ns)
         .iter()
-        .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+        .filter(|p| selected(p.as_ref(), &selector))
         .count();
     let mut problems = Vec::new();
     let draining = if relay_pods > 0 {
@@ -1637,8 +1637,7 @@ async fn drain_claims<P: TlsProber>(
     // Jobs whose claim is gone (drained and deleted) or wanted back (scaled up again).
     let drain_labels = drain::selector_labels(&name);
     for job in in_namespace(&ctx.stores.jobs, ns) {
-        let labels = job.labels();
-        if !drain_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        if !selected(job.as_ref(), &drain_labels)
             || to_drain.iter().any(|t| t.job == job.name_any())
             || !matches!(
                 drain::phase(&job),
@@ -1735,6 +1734,15 @@ async fn nudge_pods<P: TlsProber>(
     }
 }
 
+/// Whether `object` carries every label of `selector` (a `matchLabels` selector).
+fn selected<K: Resource>(
+    object: &K,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let labels = object.labels();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// What every ready relay pod of `org` says about its config, asked concurrently.
 async fn pod_reports<P: TlsProber>(
     ctx: &Context<P>,
@@ -1745,11 +1753,7 @@ async fn pod_reports<P: TlsProber>(
     let selector = children::selector_labels(org);
     let ready: Vec<(String, std::net::IpAddr)> = in_namespace(&ctx.stores.pods, ns)
         .into_iter()
-        .filter(|p| {
-            let labels = p.labels();
-            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                && p.metadata.deletion_timestamp.is_none()
-        })
+        .filter(|p| selected(p.as_ref(), &selector) && p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             let status = p.status.as_ref()?;
             let ready = status

@@ -296,7 +296,7 @@ impl Destinations {
             .filter_map(|r| {
                 let max = r.rate_limit?.max_connections?;
                 Some((
-                    destination_of(&RouteChoice::Configured(0), &r.name),
+                    route_destination(&r.name),
                     (max.max(1) as usize).min(self.limit),
                 ))
             })
@@ -386,9 +386,14 @@ impl Drop for DestinationSlot {
 /// The destination of a route group: what its concurrency is limited by.
 fn destination_of(choice: &RouteChoice, route_name: &str) -> String {
     match choice {
-        RouteChoice::Configured(_) => format!("route:{route_name}"),
+        RouteChoice::Configured(_) => route_destination(route_name),
         RouteChoice::DirectMx(domain) => format!("mx:{domain}"),
     }
+}
+
+/// The destination of the configured route `name`.
+fn route_destination(name: &str) -> String {
+    format!("route:{name}")
 }
 
 /// The routes in force and their compiled table, swapped as one on reload; a message
@@ -1005,12 +1010,8 @@ impl<S: MessageStore> QueueManager<S> {
             }
         }
         let removed = self.inner.store.remove(queue_id);
-        for name in [state_name(queue_id), hold_name(queue_id)] {
-            match fs::remove_file(self.inner.state_dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(queue_id, "cannot remove the delivery state: {e}"),
-            }
+        if let Err(e) = forget_state(&self.inner.state_dir, queue_id) {
+            tracing::warn!(queue_id, "cannot remove the delivery state: {e}");
         }
         self.inner.update_gauges();
         match removed {
@@ -1040,19 +1041,25 @@ pub fn stored_state(dir: &Path, queue_id: &str) -> io::Result<(Option<MessageSta
 }
 
 /// Removes the delivery state and hold marker of `queue_id` from `dir` (a message that
-/// left this spool).
+/// left this spool): both are tried; the first failure other than a missing file is
+/// returned.
 pub fn forget_state(dir: &Path, queue_id: &str) -> io::Result<()> {
     if !valid_queue_id(queue_id) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
     }
+    let mut first = Ok(());
     for name in [state_name(queue_id), hold_name(queue_id)] {
         match fs::remove_file(dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
         }
     }
-    Ok(())
+    first
 }
 
 impl MessageState {

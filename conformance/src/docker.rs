@@ -809,16 +809,7 @@ impl Scenario {
                 password.as_bytes().to_vec(),
             ));
         }
-        self.relay_full(
-            "relay",
-            host::RELAY,
-            manifests,
-            tls,
-            cas,
-            delivery,
-            None,
-            extra,
-        )
+        self.relay_with_files(manifests, tls, cas, &extra, delivery)
     }
 
     /// [`Scenario::relay`] with `extra` files copied in as well, each `(path, content)`
@@ -827,6 +818,7 @@ impl Scenario {
         &mut self,
         manifests: &Manifests,
         tls: Option<&Pem>,
+        cas: &[(&str, &str)],
         extra: &[(String, Vec<u8>)],
         delivery: DeliveryConfig,
     ) -> io::Result<RelayFiles> {
@@ -835,7 +827,7 @@ impl Scenario {
             host::RELAY,
             manifests,
             tls,
-            &[],
+            cas,
             delivery,
             None,
             extra.to_vec(),

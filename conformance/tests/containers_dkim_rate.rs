@@ -148,6 +148,7 @@ fn dkim_signatures_verify_independently_and_a_rate_limited_route_spaces_its_deli
     scn.relay_with_files(
         &m,
         Some(&relay_cert()),
+        &[],
         &keys,
         docker::quick_delivery(&overrides(&scn)),
     )

@@ -39,6 +39,7 @@ pub struct Metrics {
     config_refused: Family<Labels, Gauge>,
     pub spool_depth: Gauge,
     pub spool_quarantined: Gauge,
+    pub spool_torn_tails: Gauge,
     pub auth_failures: Family<Labels, Counter>,
     pub auth_lockouts: Family<Labels, Counter>,
     pub auth_busy: Counter,
@@ -69,6 +70,7 @@ impl Metrics {
             config_refused: Family::default(),
             spool_depth: Gauge::default(),
             spool_quarantined: Gauge::default(),
+            spool_torn_tails: Gauge::default(),
             auth_failures: Family::default(),
             auth_lockouts: Family::default(),
             auth_busy: Counter::default(),
@@ -124,6 +126,11 @@ impl Metrics {
             "spool_quarantined",
             "Spool files found torn or unparsable at start and moved to quarantine/",
             m.spool_quarantined.clone(),
+        );
+        registry.register(
+            "spool_torn_tails",
+            "Spool segments whose torn tail (a batch never acknowledged) was skipped at start",
+            m.spool_torn_tails.clone(),
         );
         registry.register(
             "auth_failures",

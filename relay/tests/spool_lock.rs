@@ -102,7 +102,13 @@ async fn a_second_relay_on_a_spool_in_use_exits_non_zero_naming_the_holder() {
     );
 
     // The first relay still has its message and still serves.
-    assert!(spool.join("queue").join(&id).exists());
+    // The first relay still has its message: its text is in one of the spool's segment
+    // files, which the second relay neither read nor changed.
+    let held = std::fs::read_dir(spool.join("segments"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .any(|bytes| bytes.windows(13).any(|w| w == b"Subject: held"));
+    assert!(held, "message {id} is no longer in the spool");
     let mut c = connect(smtp).await;
     assert!(c.cmd("NOOP").await.starts_with("250"));
 }

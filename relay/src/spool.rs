@@ -492,15 +492,7 @@ impl Spool {
         {
             Content::Record(segments::encode(id, &json, &incoming.buf))
         } else if incoming.file.is_none() {
-            let trailer = format!("\nEND {data_len:016x} {:016x}\n", json.len());
-            debug_assert_eq!(trailer.len(), TRAILER2_LEN);
-            let mut bytes =
-                Vec::with_capacity(HEADER2.len() + incoming.buf.len() + json.len() + TRAILER2_LEN);
-            bytes.extend_from_slice(HEADER2);
-            bytes.extend_from_slice(&incoming.buf);
-            bytes.extend_from_slice(&json);
-            bytes.extend_from_slice(trailer.as_bytes());
-            Content::Bytes(bytes)
+            Content::Bytes(single_file(&json, &incoming.buf))
         } else {
             use tokio::io::AsyncWriteExt;
             let trailer = format!("\nEND {data_len:016x} {:016x}\n", json.len());
@@ -609,9 +601,7 @@ impl Spool {
                 offset,
                 bytes,
             } => {
-                self.shared
-                    .segments
-                    .release(&segment, offset, bytes, true);
+                self.shared.segments.release(&segment, offset, bytes, true);
                 Ok(())
             }
             Location::File => {
@@ -659,8 +649,22 @@ impl Drop for Spool {
 impl Shared {
     /// Names the segments directory in errors about a record of `id`.
     fn segments_path(&self, id: QueueId) -> PathBuf {
-        self.queue_dir.with_file_name("segments").join(id.to_string())
+        self.queue_dir
+            .with_file_name("segments")
+            .join(id.to_string())
     }
+}
+
+/// A message file of the streamed layout: header line, text, envelope, trailer.
+fn single_file(json: &[u8], text: &[u8]) -> Vec<u8> {
+    let trailer = format!("\nEND {:016x} {:016x}\n", text.len(), json.len());
+    debug_assert_eq!(trailer.len(), TRAILER2_LEN);
+    let mut bytes = Vec::with_capacity(HEADER2.len() + text.len() + json.len() + TRAILER2_LEN);
+    bytes.extend_from_slice(HEADER2);
+    bytes.extend_from_slice(text);
+    bytes.extend_from_slice(json);
+    bytes.extend_from_slice(trailer.as_bytes());
+    bytes
 }
 
 fn parse_envelope(json: &[u8], path: &Path) -> Result<Envelope, SpoolError> {
@@ -774,6 +778,7 @@ fn write_records(shared: &Shared, active: &mut Option<(Arc<Segment>, u64)>, jobs
     let mut groups: Vec<Group> = Vec::new();
     let mut retired: Vec<Arc<Segment>> = Vec::new();
     let mut full: Vec<Arc<Segment>> = Vec::new();
+    let mut fallback: Vec<usize> = Vec::new();
     let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
     {
         let index = shared.index();
@@ -805,6 +810,20 @@ fn write_records(shared: &Shared, active: &mut Option<(Arc<Segment>, u64)>, jobs
             }
             match shared.segments.take_ready() {
                 Ok(s) => *active = Some((s, segments::HEADER_LEN)),
+                Err(SpoolError::Full) => {
+                    // No room for a new segment (it takes a megabyte or more at once):
+                    // a message still fits in a file of its own while the disk has room.
+                    if let Some(job) = jobs[i].as_mut() {
+                        if matches!(job.content, Content::Record(_)) {
+                            let (json, text) = segments::split(&record);
+                            job.content = Content::Bytes(single_file(json, text));
+                            fallback.push(i);
+                            continue;
+                        }
+                    }
+                    results[i] = Some(Err(SpoolError::Full));
+                    continue;
+                }
                 Err(e) => {
                     results[i] = Some(Err(e));
                     continue;
@@ -856,6 +875,10 @@ fn write_records(shared: &Shared, active: &mut Option<(Arc<Segment>, u64)>, jobs
             }
         }
     }
+    if !fallback.is_empty() {
+        let files = fallback.iter().filter_map(|&i| jobs[i].take()).collect();
+        write_file_jobs(shared, files);
+    }
     for segment in full {
         shared.segments.seal_full(&segment);
     }
@@ -866,12 +889,15 @@ fn write_records(shared: &Shared, active: &mut Option<(Arc<Segment>, u64)>, jobs
         let Some(job) = slot.take() else { continue };
         let result = result.unwrap_or(Err(SpoolError::WriterStopped));
         let answer = match (result, job.content) {
-            (Ok(location), Content::Relocate {
-                from,
-                offset,
-                bytes,
-                ..
-            }) => {
+            (
+                Ok(location),
+                Content::Relocate {
+                    from,
+                    offset,
+                    bytes,
+                    ..
+                },
+            ) => {
                 relocated(shared, job.id, location, &from, offset, bytes);
                 Ok(())
             }
@@ -904,9 +930,7 @@ fn relocated(
     if still_there {
         index.insert(id, new);
         drop(index);
-        shared
-            .segments
-            .release(from, from_offset, from_bytes, true);
+        shared.segments.release(from, from_offset, from_bytes, true);
     } else {
         drop(index);
         if let Location::Segment {
@@ -1266,8 +1290,8 @@ impl crate::delivery::queue::MessageStore for Spool {
         let id = parse_id(queue_id)?;
         // A record is small (it was received in memory): read whole, checked.
         if let Some(record) = self.read_record(id).map_err(into_io)? {
-            let envelope =
-                parse_envelope(&record.envelope, &self.shared.segments_path(id)).map_err(into_io)?;
+            let envelope = parse_envelope(&record.envelope, &self.shared.segments_path(id))
+                .map_err(into_io)?;
             return Ok(crate::delivery::queue::StoredMessage {
                 envelope,
                 text: crate::delivery::text::MessageText::bytes(record.text),
@@ -1788,7 +1812,9 @@ mod tests {
         let env = envelope(&spool);
         spool.accept(&env, b"keep me").await.unwrap();
         let Location::Segment {
-            segment, offset, bytes,
+            segment,
+            offset,
+            bytes,
         } = spool.location(env.queue_id).unwrap()
         else {
             panic!("not in a segment");
@@ -1811,14 +1837,23 @@ mod tests {
             })
             .unwrap();
         wait.await.unwrap().unwrap();
-        let Location::Segment { offset: moved, segment: to, .. } =
-            spool.location(env.queue_id).unwrap()
+        let Location::Segment {
+            offset: moved,
+            segment: to,
+            ..
+        } = spool.location(env.queue_id).unwrap()
         else {
             panic!("not in a segment");
         };
         assert!(!(Arc::ptr_eq(&to, &segment) && moved == offset), "it moved");
-        assert!(segment.read_record(offset, env.queue_id).is_err(), "old copy done");
-        assert_eq!(spool.read(env.queue_id).unwrap(), (env.clone(), b"keep me".to_vec()));
+        assert!(
+            segment.read_record(offset, env.queue_id).is_err(),
+            "old copy done"
+        );
+        assert_eq!(
+            spool.read(env.queue_id).unwrap(),
+            (env.clone(), b"keep me".to_vec())
+        );
         drop((segment, to));
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();

@@ -112,7 +112,9 @@ impl Segment {
             return Err("the record is gone".into());
         }
         if offset + (RECORD_HEADER + h.payload_len()) as u64 > self.len {
-            return Err(format!("the record at {offset} runs past the segment's end"));
+            return Err(format!(
+                "the record at {offset} runs past the segment's end"
+            ));
         }
         let mut payload = vec![0u8; h.payload_len()];
         self.file
@@ -204,6 +206,12 @@ pub(super) fn encode(id: QueueId, envelope: &[u8], text: &[u8]) -> Vec<u8> {
     r
 }
 
+/// The envelope JSON and the text of a record from [`encode`].
+pub(super) fn split(record: &[u8]) -> (&[u8], &[u8]) {
+    let env_len = u32::from_le_bytes([record[24], record[25], record[26], record[27]]) as usize;
+    record[RECORD_HEADER..].split_at(env_len)
+}
+
 fn set_seq(record: &mut [u8], seq: u64) {
     record[8..16].copy_from_slice(&seq.to_le_bytes());
 }
@@ -259,7 +267,9 @@ impl Segments {
             match slot {
                 Some(slot) => names.push((slot, path)),
                 // Not ours (a leftover of a crash while creating one): leave it alone.
-                None => tracing::warn!(file = %path.display(), "ignoring a file that is not a segment"),
+                None => {
+                    tracing::warn!(file = %path.display(), "ignoring a file that is not a segment")
+                }
             }
         }
         names.sort();

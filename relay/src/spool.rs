@@ -753,10 +753,8 @@ fn write_file_jobs(shared: &Shared, jobs: Vec<Job>) {
         } else {
             shared.index().insert(job.id, Location::File);
         }
-        if let Content::Spilled { incoming, .. } = &job.content {
-            if result.is_err() {
-                let _ = fs::remove_file(incoming);
-            }
+        if let (Content::Spilled { incoming, .. }, Err(_)) = (&job.content, &result) {
+            let _ = fs::remove_file(incoming);
         }
         // The session may have gone away; the message then stays queued regardless.
         let _ = job.done.send(result);
@@ -813,13 +811,13 @@ fn write_records(shared: &Shared, active: &mut Option<(Arc<Segment>, u64)>, jobs
                 Err(SpoolError::Full) => {
                     // No room for a new segment (it takes a megabyte or more at once):
                     // a message still fits in a file of its own while the disk has room.
-                    if let Some(job) = jobs[i].as_mut() {
-                        if matches!(job.content, Content::Record(_)) {
-                            let (json, text) = segments::split(&record);
-                            job.content = Content::Bytes(single_file(json, text));
-                            fallback.push(i);
-                            continue;
-                        }
+                    if let Some(job) = jobs[i].as_mut()
+                        && matches!(job.content, Content::Record(_))
+                    {
+                        let (json, text) = segments::split(&record);
+                        job.content = Content::Bytes(single_file(json, text));
+                        fallback.push(i);
+                        continue;
                     }
                     results[i] = Some(Err(SpoolError::Full));
                     continue;

@@ -646,21 +646,19 @@ fn scan(
         state.used_bytes += bytes;
         if h.state == LIVE {
             let id = QueueId(h.id);
-            if records.contains_key(&id) {
+            match records.entry(id) {
                 // A compacted record whose old copy's done mark was lost: one copy is
                 // enough.
-                segment.mark_done(offset);
-            } else {
-                state.live += 1;
-                state.live_bytes += bytes;
-                records.insert(
-                    id,
-                    Location::Segment {
+                std::collections::btree_map::Entry::Occupied(_) => segment.mark_done(offset),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    state.live += 1;
+                    state.live_bytes += bytes;
+                    slot.insert(Location::Segment {
                         segment: segment.clone(),
                         offset,
                         bytes,
-                    },
-                );
+                    });
+                }
             }
         }
         offset = end;

@@ -1,8 +1,10 @@
 //! Ingress micro benchmarks (`cargo bench -p relay --bench ingress`), plain harness:
-//! - the policy decision with 10,000 IP ranges, spread over 1,000 settings and over 10;
+//! - the policy decision with 10,000 IP ranges, spread over 1,000 settings, over 10, and
+//!   interleaved over 1,000 settings of mixed kinds (with the size of the policy index,
+//!   and `explain_mail`, which evaluates every setting, for comparison);
 //! - the route choice among 1,000 MailRoutes (exact and `*.` domains, and a default), by
 //!   the reference scan (`choose_route`) and by the compiled `RouteTable` delivery uses;
-//! - one whole decision: MAIL FROM policy plus the route of one recipient;
+//! - one whole decision: MAIL FROM policy plus the route of one recipient, in each shape;
 //! - spool group commit: durable accepts per second with 1 and 64 concurrent writers;
 //! - SMTP AUTH: the cost of one password check (argon2 with the hashes' parameters), the
 //!   checks per second of the bounded pool under a flood of 256 concurrent attempts (and
@@ -28,28 +30,71 @@ fn config(settings: Vec<SettingConfig>) -> RelayConfig {
     cfg
 }
 
-/// `settings` settings of `per_setting` /24 ranges each, over 10.0.0.0/8.
-fn policy(settings: u32, per_setting: u32) -> Policy {
-    let settings: Vec<SettingConfig> = (0..settings)
-        .map(|s| SettingConfig {
-            name: format!("acme/s{s}"),
-            description: String::new(),
-            allowed_senders: AllowedSenders::OrganizationDomains,
-            ip_ranges: Some(
-                (0..per_setting)
-                    .map(|r| {
-                        let n = s * per_setting + r;
-                        RangeConfig {
-                            name: format!("acme/r{n}"),
-                            network: format!("10.{}.{}.0/24", n / 256, n % 256).parse().unwrap(),
-                        }
-                    })
-                    .collect(),
-            ),
-            require_smtp_auth: false,
-            require_tls: false,
-        })
-        .collect();
+/// How the benchmark's 10,000 /24 ranges are dealt to settings.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `settings` settings of the same kind, each of `per_setting` adjacent ranges.
+    Blocks { settings: u32, per_setting: u32 },
+    /// 1,000 settings of mixed sender modes and AUTH/TLS boxes; range `n` belongs to
+    /// setting `n % 1,000`, so neighbouring ranges belong to different settings.
+    Interleaved,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Blocks {
+                settings,
+                per_setting,
+            } => write!(f, "{settings} settings x {per_setting} ranges"),
+            Shape::Interleaved => write!(f, "1000 interleaved mixed settings x 10 ranges"),
+        }
+    }
+}
+
+fn range(n: u32) -> RangeConfig {
+    RangeConfig {
+        name: format!("acme/r{n}"),
+        network: format!("10.{}.{}.0/24", n / 256, n % 256).parse().unwrap(),
+    }
+}
+
+/// The policy of a shape, over 10.0.0.0/8.
+fn policy(shape: Shape) -> Policy {
+    let modes = [
+        AllowedSenders::OrganizationDomains,
+        AllowedSenders::AnyAddress,
+        AllowedSenders::RegisteredUsers,
+    ];
+    let settings: Vec<SettingConfig> = match shape {
+        Shape::Blocks {
+            settings,
+            per_setting,
+        } => (0..settings)
+            .map(|s| SettingConfig {
+                name: format!("acme/s{s}"),
+                description: String::new(),
+                allowed_senders: AllowedSenders::OrganizationDomains,
+                ip_ranges: Some(
+                    (0..per_setting)
+                        .map(|r| range(s * per_setting + r))
+                        .collect(),
+                ),
+                require_smtp_auth: false,
+                require_tls: false,
+            })
+            .collect(),
+        Shape::Interleaved => (0..1000)
+            .map(|s| SettingConfig {
+                name: format!("acme/s{s}"),
+                description: String::new(),
+                allowed_senders: modes[(s % 3) as usize],
+                ip_ranges: Some((0..10).map(|r| range(s + 1000 * r)).collect()),
+                require_smtp_auth: s % 7 == 1,
+                require_tls: s % 5 == 1,
+            })
+            .collect(),
+    };
     Policy::new(&config(settings))
 }
 
@@ -63,15 +108,28 @@ fn clients() -> Vec<IpAddr> {
         .collect()
 }
 
-fn bench_policy(settings: u32, per_setting: u32) {
+const SHAPES: [Shape; 3] = [
+    Shape::Blocks {
+        settings: 1000,
+        per_setting: 10,
+    },
+    Shape::Blocks {
+        settings: 10,
+        per_setting: 1000,
+    },
+    Shape::Interleaved,
+];
+
+fn bench_policy(shape: Shape) {
     let built = Instant::now();
-    let policy = policy(settings, per_setting);
+    let policy = policy(shape);
     println!(
-        "policy: compiled {settings} settings x {per_setting} ranges in {:?}",
-        built.elapsed()
+        "policy: compiled {shape} in {:?}, index {:?}",
+        built.elapsed(),
+        policy.index_size()
     );
     let clients = clients();
-    let rounds = 20_000;
+    let rounds = 200_000;
     let t = Instant::now();
     let mut accepted = 0u32;
     for i in 0..rounds {
@@ -90,8 +148,21 @@ fn bench_policy(settings: u32, per_setting: u32) {
     }
     let per = t.elapsed() / rounds as u32;
     println!(
-        "policy: decide_mail with {settings} settings x {per_setting} ranges: {per:?} per decision ({accepted}/{rounds} accepted)"
+        "policy: decide_mail with {shape}: {per:?} per decision ({accepted}/{rounds} accepted)"
     );
+    let rounds = 2_000;
+    let t = Instant::now();
+    for i in 0..rounds {
+        let facts = ClientFacts {
+            ip: clients[i % clients.len()],
+            tls: false,
+            auth: None,
+            helo: Some("mx.acme.example"),
+        };
+        std::hint::black_box(policy.explain_mail(&facts, "bob@acme.example"));
+    }
+    let per = t.elapsed() / rounds as u32;
+    println!("policy: explain_mail (every setting) with {shape}: {per:?} per explanation");
 }
 
 fn routes(n: usize) -> Vec<RouteConfig> {
@@ -180,10 +251,10 @@ fn bench_routes() {
     );
 }
 
-/// MAIL FROM decision with 10,000 ranges in 10 settings, plus the route of one recipient
+/// MAIL FROM decision with 10,000 ranges in a shape, plus the route of one recipient
 /// among 1,000 routes.
-fn bench_decision() {
-    let policy = policy(10, 1000);
+fn bench_decision(shape: Shape) {
+    let policy = policy(shape);
     let table = RouteTable::new(&routes(1000));
     let clients = clients();
     let domains = recipient_domains();
@@ -212,7 +283,7 @@ fn bench_decision() {
     }
     let per = t.elapsed() / rounds as u32;
     println!(
-        "decision: decide_mail (10,000 ranges) + route of one recipient (1,000 routes): {per:?} ({both}/{rounds} accepted and routed)"
+        "decision: decide_mail ({shape}) + route of one recipient (1,000 routes): {per:?} ({both}/{rounds} accepted and routed)"
     );
 }
 
@@ -360,9 +431,12 @@ fn bench_auth() {
 
 fn main() {
     bench_auth();
-    bench_policy(1000, 10);
-    bench_policy(10, 1000);
+    for shape in SHAPES {
+        bench_policy(shape);
+    }
     bench_routes();
-    bench_decision();
+    for shape in SHAPES {
+        bench_decision(shape);
+    }
     bench_spool();
 }

@@ -1,6 +1,8 @@
 //! `relayctl explain`, `relayctl test` and the expectation cases in `relayctl plan`, run as
 //! a user runs them: the printed lines and the exit codes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -539,6 +541,7 @@ fn validate_accepts_expectation_files_beside_the_manifests() {
 }
 
 fn git(dir: &Path, args: &[&str]) {
+    common::ensure_git();
     let status = Command::new("git")
         .arg("-C")
         .arg(dir)

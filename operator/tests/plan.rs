@@ -1,6 +1,8 @@
 //! `relayctl plan` against throwaway Git repositories: one commit per kind of change, the
 //! printed lines and the exit code checked for each.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -27,6 +29,7 @@ impl Repo {
     }
 
     fn git(&self, args: &[&str]) {
+        common::ensure_git();
         let status = Command::new("git")
             .arg("-C")
             .arg(self.path())

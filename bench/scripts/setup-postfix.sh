@@ -40,6 +40,7 @@ postconf -e \
     "smtpd_relay_restrictions = permit_mynetworks, reject" \
     "smtpd_recipient_restrictions = permit_mynetworks, reject" \
     "smtputf8_enable = no" \
+    "message_size_limit = 36700160" \
     "compatibility_level = 3.6" \
     "maillog_file = /var/log/postfix.log"
 

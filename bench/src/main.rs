@@ -11,10 +11,16 @@
 //!             [--reload-edits 10] [--big-sessions 20] [--big-size 35000000]
 //!             [--tarpit-messages 3000] [--tarpit-rate 200] [--tarpit-every 4]
 //!             [--tarpit-mode drip|silent] [--tarpit-rounds 3]
-//!             [--relayctl PATH] [--no-postfix]
+//!             [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both]
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
+//! relay-bench --scaling [--scaling-messages 5000] [--no-postfix] [--work-dir DIR]
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
 //! ```
+//!
+//! `--generator smtp-source` (or `both`) drives the side-by-side rounds with Postfix's
+//! `smtp-source` too, one message per connection and reused connections. `--scaling`
+//! runs only the scaling table: one axis at a time away from 20 sessions × 1 KiB × 1
+//! recipient (sessions, message size, recipients per message), ours next to Postfix.
 //!
 //! Postfix comes from `bench/scripts/setup-postfix.sh`. Everything runs on loopback; every
 //! child (sink, our relay, relayctl) and Postfix itself are stopped when the run ends,
@@ -29,10 +35,13 @@ mod ours;
 mod postfix;
 mod procfs;
 mod reload;
+mod scaling;
 mod sink;
+mod source;
 mod stats;
 mod tarpit;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -59,8 +68,19 @@ struct Args {
     reload_edits: usize,
     relayctl: Option<PathBuf>,
     postfix: bool,
+    generator: GeneratorChoice,
+    scaling: bool,
+    scaling_messages: usize,
     work_dir: PathBuf,
     timeout: Duration,
+}
+
+/// Which load generator drives the side-by-side rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GeneratorChoice {
+    Ours,
+    SmtpSource,
+    Both,
 }
 
 impl Default for Args {
@@ -83,6 +103,9 @@ impl Default for Args {
             reload_edits: 10,
             relayctl: None,
             postfix: true,
+            generator: GeneratorChoice::Ours,
+            scaling: false,
+            scaling_messages: 5000,
             work_dir: PathBuf::from("/var/tmp/relay-bench"),
             timeout: Duration::from_secs(600),
         }
@@ -128,6 +151,20 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             }
             "--relayctl" => a.relayctl = Some(PathBuf::from(value()?)),
             "--no-postfix" => a.postfix = false,
+            "--generator" => {
+                a.generator = match value()?.as_str() {
+                    "ours" => GeneratorChoice::Ours,
+                    "smtp-source" => GeneratorChoice::SmtpSource,
+                    "both" => GeneratorChoice::Both,
+                    other => {
+                        return Err(format!(
+                            "--generator: {other:?} is not ours, smtp-source or both"
+                        ));
+                    }
+                }
+            }
+            "--scaling" => a.scaling = true,
+            "--scaling-messages" => a.scaling_messages = num(value()?)?.max(1),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "--timeout-secs" => a.timeout = Duration::from_secs(num(value()?)? as u64),
             "-h" | "--help" => return Err(String::new()),
@@ -167,6 +204,62 @@ struct Run {
     lag_p99_ms: f64,
     cpu_per_1000: f64,
     peak_rss_mib: f64,
+    /// Load average over 1 minute when the run ended.
+    load1: f64,
+}
+
+/// How the load is generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    /// Our generator (`load`): PIPELINING, `per_connection` messages per connection.
+    Ours,
+    /// `smtp-source`: no PIPELINING; a connection per message, or one per session (`-d`).
+    SmtpSource { reuse: bool },
+}
+
+impl Driver {
+    fn name(self) -> &'static str {
+        match self {
+            Driver::Ours => "our generator",
+            Driver::SmtpSource { reuse: false } => "smtp-source, a connection per message",
+            Driver::SmtpSource { reuse: true } => "smtp-source -d, connections reused",
+        }
+    }
+}
+
+/// One load: how many, how big, to how many, by whom.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    sessions: usize,
+    messages: usize,
+    size: usize,
+    recipients: usize,
+    per_connection: usize,
+    driver: Driver,
+}
+
+impl Shape {
+    /// The shape of the side-by-side rounds, as the flags give it.
+    fn from_args(args: &Args, driver: Driver) -> Shape {
+        Shape {
+            sessions: args.sessions,
+            messages: args.messages,
+            size: args.size,
+            recipients: args.recipients,
+            per_connection: args.per_connection,
+            driver,
+        }
+    }
+
+    /// A short warm-up of the same shape: processes spawned, connections cached, pages
+    /// touched; a few messages per session, at most 1,000 and about 64 MiB.
+    fn warm_up(self) -> Shape {
+        let by_bytes = ((64usize << 20) / self.size.max(1)).max(2);
+        Shape {
+            messages: (self.sessions * 5).min(1000).min(by_bytes),
+            ..self
+        }
+    }
 }
 
 /// Whichever system is running; dropping it stops it.
@@ -179,19 +272,59 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
 }
 
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, String> {
+/// Runs `shape`'s load through the generator it names; the number of accepted messages.
+async fn drive(
+    shape: &Shape,
+    addr: SocketAddr,
+    args: &Args,
+    timeout: Duration,
+) -> (usize, load::LoadResult) {
+    let spec = load::LoadSpec {
+        addr,
+        sessions: shape.sessions,
+        messages: shape.messages,
+        size: shape.size,
+        recipients: shape.recipients,
+        per_connection: shape.per_connection,
+        timeout,
+    };
+    match shape.driver {
+        Driver::Ours => {
+            let r = load::run(spec).await;
+            (r.latencies.len(), r)
+        }
+        Driver::SmtpSource { reuse } => source::run(&spec, reuse, &args.work_dir).await,
+    }
+}
+
+/// Starts `system`, warms it up with a little of `shape`, then measures `shape` from the
+/// first message sent to the last one at the sink; `system` is stopped before returning.
+async fn run_system(
+    system: System,
+    shape: &Shape,
+    args: &Args,
+    sink: &Sink,
+) -> Result<Run, String> {
     let work = &args.work_dir;
     let running = match system {
         System::Ours => {
             let spool = work.join("spool");
             let _ = std::fs::remove_dir_all(&spool);
-            let cfg = ours::config(&spool, sink.port(), 1000);
+            let connections = (shape.sessions + 100).max(1000) as u32;
+            let cfg = ours::config(&spool, sink.port(), connections);
             Running::Ours(ours::OurRelay::start(
                 &cfg,
                 &work.join("relay.json"),
@@ -204,37 +337,30 @@ async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, Str
         Running::Ours(r) => (r.pid(), r.smtp),
         Running::Postfix(p) => (p.master_pid, postfix::addr()),
     };
-    let spec = load::LoadSpec {
-        addr,
-        sessions: args.sessions,
-        messages: args.messages,
-        size: args.size,
-        recipients: args.recipients,
-        per_connection: args.per_connection,
-        timeout: args.timeout,
+    // Postfix hands the relayhost at most `smtp_destination_recipient_limit` recipients
+    // per transaction; the sink counts transactions.
+    let per_message = match system {
+        System::Ours => 1,
+        System::Postfix => postfix::transactions_per_message(shape.recipients),
     };
-    // Warm-up: processes spawned, connections cached, pages touched.
     let base = sink.count();
-    let warm = load::run(load::LoadSpec {
-        messages: args.sessions * 5,
-        timeout: Duration::from_secs(60),
-        ..spec.clone()
-    })
-    .await;
-    if warm.errors > 0 {
+    let (warm, warm_result) = drive(&shape.warm_up(), addr, args, Duration::from_secs(120)).await;
+    if warm_result.errors > 0 {
         return Err(format!(
             "{}: warm-up failed: {}",
             system.name(),
-            warm.first_error.unwrap_or_default()
+            warm_result.first_error.unwrap_or_default()
         ));
     }
-    let warm_target = base + warm.latencies.len();
     if !sink
-        .wait_for(warm_target, Instant::now() + Duration::from_secs(60))
+        .wait_for(
+            base + warm * per_message,
+            Instant::now() + Duration::from_secs(120),
+        )
         .await
     {
         return Err(format!(
-            "{}: warm-up mail not delivered in 60 s",
+            "{}: warm-up mail not delivered in 120 s",
             system.name()
         ));
     }
@@ -244,21 +370,26 @@ async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, Str
     let cpu0 = procfs::tree_cpu_seconds(pid);
     let rss = procfs::PeakRss::start(pid);
     let t0 = Instant::now();
-    let result = load::run(spec).await;
+    let (accepted, result) = drive(shape, addr, args, args.timeout).await;
     let t_load = Instant::now();
-    let accepted = result.latencies.len();
-    sink.wait_for(base + accepted, t0 + args.timeout).await;
-    let arrivals = sink.arrivals_since(base);
+    sink.wait_for(base + accepted * per_message, t0 + args.timeout)
+        .await;
+    let mut arrivals = sink.arrivals_since(base);
+    arrivals.truncate(accepted * per_message);
     let cpu1 = procfs::tree_cpu_seconds(pid);
     let peak_kib = rss.finish();
     let t_end = arrivals.last().copied().unwrap_or_else(Instant::now);
+    let delivered = arrivals.len() / per_message;
+    // The arrival that completes each message, matched by rank to the 250s.
     let lags: Vec<Duration> = arrivals
         .iter()
+        .skip(per_message - 1)
+        .step_by(per_message)
         .zip(&result.accepted_at)
         .map(|(d, a)| d.saturating_duration_since(*a))
         .collect();
     if let Running::Postfix(p) = &running
-        && arrivals.len() >= accepted
+        && delivered >= accepted
         && !p.queue_empty()
     {
         eprintln!("warning: the sink has every message but postqueue -p is not empty");
@@ -267,10 +398,10 @@ async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, Str
     let n = accepted.max(1) as f64;
     Ok(Run {
         accepted,
-        delivered: arrivals.len(),
+        delivered,
         errors: result.errors,
         accept_rate: accepted as f64 / (t_load - t0).as_secs_f64(),
-        e2e_rate: arrivals.len().min(accepted) as f64 / (t_end - t0).as_secs_f64(),
+        e2e_rate: delivered.min(accepted) as f64 / (t_end - t0).as_secs_f64(),
         p50_ms: ms(percentile(&result.latencies, 50.0)),
         p99_ms: ms(percentile(&result.latencies, 99.0)),
         envelope_p50_ms: ms(percentile(&result.envelope_latencies, 50.0)),
@@ -278,10 +409,11 @@ async fn run_system(system: System, args: &Args, sink: &Sink) -> Result<Run, Str
             .latencies
             .iter()
             .sum::<Duration>()
-            .checked_div(accepted.max(1) as u32)),
+            .checked_div(result.latencies.len() as u32)),
         lag_p99_ms: ms(percentile(&lags, 99.0)),
         cpu_per_1000: (cpu1 - cpu0) / n * 1000.0,
         peak_rss_mib: peak_kib as f64 / 1024.0,
+        load1: load1(),
     })
     .inspect(|r: &Run| {
         if r.errors > 0 {
@@ -379,10 +511,99 @@ fn print_table(args: &Args, ours: &[Run], pf: &[Run]) {
     }
 }
 
-fn print_run(system: System, round: usize, r: &Run) {
+/// The rows of the `smtp-source` table: it gives no per-message times.
+const SOURCE_ROWS: &[Row] = &[
+    Row {
+        metric: "end-to-end throughput (msgs/s, first sent → last at the sink)",
+        pick: |r| r.e2e_rate,
+        digits: 0,
+        target: "",
+    },
+    Row {
+        metric: "CPU seconds per 1,000 messages",
+        pick: |r| r.cpu_per_1000,
+        digits: 3,
+        target: "",
+    },
+];
+
+/// The systems in the order they run in `round`: who goes first alternates, so neither
+/// always gets the quieter half.
+fn order(postfix: bool, round: usize) -> Vec<System> {
+    match (postfix, round.is_multiple_of(2)) {
+        (false, _) => vec![System::Ours],
+        (true, false) => vec![System::Ours, System::Postfix],
+        (true, true) => vec![System::Postfix, System::Ours],
+    }
+}
+
+/// End-to-end throughput and CPU per message under `smtp-source`, both shapes, with the
+/// load average after every run.
+fn print_source_table(args: &Args, runs: &[&(Driver, Vec<Run>, Vec<Run>)]) {
+    println!();
+    println!(
+        "### smtp-source: {} sessions, {} messages of {} bytes of body, {} recipient(s) each; median of {} round(s)",
+        args.sessions, args.messages, args.size, args.recipients, args.rounds
+    );
+    println!();
+    println!("| load | metric | ours | Postfix | ours/Postfix |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let cell = |v: f64, d: usize, have: bool| {
+        if have {
+            format!("{v:.d$}")
+        } else {
+            "–".to_string()
+        }
+    };
+    for (driver, ours_runs, pf_runs) in runs {
+        let have_pf = !pf_runs.is_empty();
+        for row in SOURCE_ROWS {
+            let (metric, d) = (row.metric, row.digits);
+            let o = median(&ours_runs.iter().map(row.pick).collect::<Vec<_>>());
+            let p = median(&pf_runs.iter().map(row.pick).collect::<Vec<_>>());
+            println!(
+                "| {} | {metric} | {} | {} | {} |",
+                driver.name(),
+                cell(o, d, true),
+                cell(p, d, have_pf),
+                cell(o / p, 2, have_pf)
+            );
+        }
+        let fewest = |rs: &[Run]| rs.iter().map(|r| r.delivered).min().unwrap_or(0);
+        println!(
+            "| {} | at the sink, fewest of the rounds (of {}) | {} | {} | |",
+            driver.name(),
+            args.messages,
+            fewest(ours_runs),
+            cell(fewest(pf_runs) as f64, 0, have_pf)
+        );
+    }
+    println!();
+    for (driver, ours_runs, pf_runs) in runs {
+        let list = |rs: &[Run]| {
+            rs.iter()
+                .map(|r| format!("{:.2}", r.load1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "Load average (1 min) after each round, {}: ours {}; Postfix {}.",
+            driver.name(),
+            list(ours_runs),
+            if pf_runs.is_empty() {
+                "not run".to_string()
+            } else {
+                list(pf_runs)
+            }
+        );
+    }
+}
+
+fn print_run(system: System, driver: Driver, round: usize, r: &Run) {
     eprintln!(
-        "round {round} {:7}: accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
+        "round {round} {:7} ({}): accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
         system.name(),
+        driver.name(),
         r.accepted,
         r.delivered,
         r.errors,
@@ -406,6 +627,12 @@ async fn bench(args: Args) -> Result<(), String> {
                 .into(),
         );
     }
+    if !args.scaling && args.generator != GeneratorChoice::Ours && !source::available() {
+        return Err(
+            "smtp-source is not installed: run bench/scripts/setup-postfix.sh (or pass --generator ours)"
+                .into(),
+        );
+    }
     std::fs::create_dir_all(&args.work_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.work_dir.display()))?;
     eprintln!(
@@ -420,8 +647,27 @@ async fn bench(args: Args) -> Result<(), String> {
             "not run".into()
         }
     );
-    let mut ours_runs = Vec::new();
-    let mut pf_runs = Vec::new();
+    if args.scaling {
+        let sink = Sink::start()?;
+        let rows = scaling::run(&args, &sink).await?;
+        drop(sink);
+        scaling::print_table(&rows, args.postfix);
+        eprintln!("relay-bench: done, load average {}", loadavg());
+        return Ok(());
+    }
+    let mut drivers = Vec::new();
+    if args.generator != GeneratorChoice::SmtpSource {
+        drivers.push(Driver::Ours);
+    }
+    if args.generator != GeneratorChoice::Ours {
+        drivers.push(Driver::SmtpSource { reuse: false });
+        drivers.push(Driver::SmtpSource { reuse: true });
+    }
+    // Per driver: our runs and Postfix's, one of each per round.
+    let mut runs: Vec<(Driver, Vec<Run>, Vec<Run>)> = drivers
+        .iter()
+        .map(|&d| (d, Vec::new(), Vec::new()))
+        .collect();
     let sink = if args.rounds > 0 {
         Some(Sink::start()?)
     } else {
@@ -429,27 +675,29 @@ async fn bench(args: Args) -> Result<(), String> {
     };
     for round in (1..=args.rounds).filter(|_| sink.is_some()) {
         let Some(sink) = &sink else { break };
-        let mut order = vec![System::Ours];
-        if args.postfix {
-            // Alternate who goes first, so neither always gets the quieter half.
-            if round % 2 == 0 {
-                order.insert(0, System::Postfix);
-            } else {
-                order.push(System::Postfix);
-            }
-        }
-        for system in order {
-            let run = run_system(system, &args, sink).await?;
-            print_run(system, round, &run);
-            match system {
-                System::Ours => ours_runs.push(run),
-                System::Postfix => pf_runs.push(run),
+        for (driver, ours_runs, pf_runs) in &mut runs {
+            let shape = Shape::from_args(&args, *driver);
+            for system in order(args.postfix, round) {
+                let run = run_system(system, &shape, &args, sink).await?;
+                print_run(system, *driver, round, &run);
+                match system {
+                    System::Ours => ours_runs.push(run),
+                    System::Postfix => pf_runs.push(run),
+                }
             }
         }
     }
     drop(sink);
     if args.rounds > 0 {
-        print_table(&args, &ours_runs, &pf_runs);
+        for (driver, ours_runs, pf_runs) in &runs {
+            if *driver == Driver::Ours {
+                print_table(&args, ours_runs, pf_runs);
+            }
+        }
+        let source: Vec<_> = runs.iter().filter(|(d, ..)| *d != Driver::Ours).collect();
+        if !source.is_empty() {
+            print_source_table(&args, &source);
+        }
     }
 
     if args.idle_sessions > 0 {
@@ -627,7 +875,7 @@ fn main() -> ExitCode {
                 eprintln!("relay-bench: {e}");
             }
             eprintln!(
-                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--work-dir DIR] [--timeout-secs N]"
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both] [--scaling] [--scaling-messages N] [--work-dir DIR] [--timeout-secs N]"
             );
             return ExitCode::from(2);
         }

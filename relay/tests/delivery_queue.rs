@@ -444,6 +444,48 @@ async fn messages_to_one_host_reuse_connections() {
     );
 }
 
+/// A server that ends each session after a message (a per-session limit) leaves closed
+/// sessions in the cache. Reuse finds that out from the RSET that leads the next
+/// transaction and moves the message to a new session: every message is delivered in its
+/// first attempt, none deferred, with and without PIPELINING.
+#[tokio::test]
+async fn a_cached_session_the_server_closed_is_replaced_without_deferring() {
+    for pipelining in [true, false] {
+        let sink = TestSink::start(SinkConfig {
+            pipelining,
+            close_after: Some(1),
+            ..SinkConfig::default()
+        })
+        .await
+        .unwrap();
+        let routes = vec![route(
+            "all",
+            RouteMatcher::Default,
+            "127.0.0.1",
+            sink.port(),
+            no_tls(),
+        )];
+        let mut cfg = delivery_config(&[]);
+        cfg.concurrency = 1;
+        let h = Harness::new(routes, cfg);
+        for round in 0..3 {
+            h.send(
+                "alice@acme.test",
+                &["bob@dest.test"],
+                &message("alice@acme.test", "bob@dest.test", &format!("r{round}")),
+            );
+            let report = bounded(h.manager.run_due()).await;
+            assert_eq!(
+                report.delivered, 1,
+                "round {round}, pipelining {pipelining}"
+            );
+            assert_eq!(report.deferred, 0, "round {round}, pipelining {pipelining}");
+        }
+        assert_eq!(sink.messages().len(), 3, "pipelining {pipelining}");
+        assert_eq!(sink.connections(), 3, "pipelining {pipelining}");
+    }
+}
+
 #[tokio::test]
 async fn both_primaries_down_sends_to_the_secondary() {
     let secondary = TestSink::start(SinkConfig::default()).await.unwrap();

@@ -470,7 +470,18 @@ impl Transport {
                 .clone();
             rate.acquire_for(&route.name, shared.as_deref()).await;
         }
-        let sent = conn.send(mail_from, rcpt_to, data, mail_params).await;
+        let mut sent = conn.send(mail_from, rcpt_to, data, mail_params).await;
+        if sent.is_err() && conn.is_stale() {
+            // A cached session the server had closed (idle timeout, a per-session limit):
+            // nothing of this transaction reached it, so a new session gets it.
+            sent = match SmtpConnection::open(&params).await {
+                Ok(fresh) => {
+                    conn = fresh;
+                    conn.send(mail_from, rcpt_to, data, mail_params).await
+                }
+                Err(e) => Err(e),
+            };
+        }
         if let Some(rate) = &rate {
             // A 4xx to the transaction is how providers throttle: slow the route down.
             let throttled = match &sent {

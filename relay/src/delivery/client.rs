@@ -532,6 +532,13 @@ pub struct SmtpConnection {
     caps: Capabilities,
     tls: bool,
     timeouts: StageTimeouts,
+    /// Taken from the cache: the next transaction starts with RSET, sent in the same
+    /// pipelined write as MAIL (RFC 2920 allows RSET anywhere in a group), so reuse costs
+    /// no round trip of its own.
+    reused: bool,
+    /// The RSET of a reused session failed: the session was gone before this transaction
+    /// started, so nothing of it reached the server and it may be tried on a new session.
+    stale: bool,
 }
 
 impl std::fmt::Debug for SmtpConnection {
@@ -572,6 +579,8 @@ impl SmtpConnection {
             caps: Capabilities::default(),
             tls: false,
             timeouts: params.timeouts,
+            reused: false,
+            stale: false,
         };
         if params.policy.implicit {
             // Port 465: the handshake comes first; there is no plaintext to fall back to.
@@ -892,13 +901,47 @@ impl SmtpConnection {
             .map(|r| format!("RCPT TO:<{r}>\r\n"))
             .collect();
 
+        let reused = std::mem::take(&mut self.reused);
+        if reused && !self.caps.pipelining {
+            self.stale = self.reset().await.is_err();
+            if self.stale {
+                return Err(SessionError::Temporary(format!(
+                    "host {}: the cached session was closed",
+                    self.host
+                )));
+            }
+        }
         let (mail_reply, rcpt_replies, data_reply) = if self.caps.pipelining {
-            let mut batch = mail.into_bytes();
+            let mut batch = Vec::with_capacity(64 * (rcpts.len() + 2));
+            if reused {
+                batch.extend_from_slice(b"RSET\r\n");
+            }
+            batch.extend_from_slice(mail.as_bytes());
             for r in &rcpts {
                 batch.extend_from_slice(r.as_bytes());
             }
             batch.extend_from_slice(b"DATA\r\n");
-            self.write(&batch, Stage::Mail).await?;
+            if reused {
+                // Any failure up to the RSET reply means the cached session had gone:
+                // the server processed nothing of this transaction.
+                let first = match self.write(&batch, Stage::Rset).await {
+                    Ok(()) => self.read_reply(Stage::Rset).await,
+                    Err(e) => Err(e),
+                };
+                match first {
+                    Ok(reply) if reply.is_positive() => {}
+                    Ok(reply) => {
+                        self.stale = true;
+                        return Err(SessionError::from_reply(&reply, &self.host));
+                    }
+                    Err(e) => {
+                        self.stale = true;
+                        return Err(e);
+                    }
+                }
+            } else {
+                self.write(&batch, Stage::Mail).await?;
+            }
             let mail_reply = self.read_reply(Stage::Mail).await?;
             let mut rcpt_replies = Vec::with_capacity(rcpts.len());
             for _ in &rcpts {
@@ -950,6 +993,12 @@ impl SmtpConnection {
             return Err(SessionError::from_reply(&final_reply, &self.host));
         }
         Ok(rcpt_outcomes(&rcpt_replies, &self.host, Some(&final_reply)))
+    }
+
+    /// True when this session, taken from the cache, turned out closed before the
+    /// transaction began (see [`SmtpConnection::send`]): the caller may open a new one.
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// RSET: forget any transaction; the session is ready for the next message.
@@ -1072,35 +1121,33 @@ impl ConnectionCache {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A session for `key`, reset and ready, or a new one.
+    /// A cached session for `key` (its next transaction starts with RSET, see
+    /// [`SmtpConnection::send`]), or a new one.
     pub async fn checkout(
         &self,
         key: &CacheKey,
         params: &SessionParams,
     ) -> Result<SmtpConnection, SessionError> {
-        loop {
-            let cached = {
-                let now = self.clock.now();
-                let mut idle = self.lock();
-                let list = idle.entry(key.clone()).or_default();
-                let mut found = None;
-                while let Some((conn, since)) = list.pop() {
-                    if fresh(since, now, self.max_idle) {
-                        found = Some(conn);
-                        break;
-                    }
+        let cached = {
+            let now = self.clock.now();
+            let mut idle = self.lock();
+            let list = idle.entry(key.clone()).or_default();
+            let mut found = None;
+            while let Some((conn, since)) = list.pop() {
+                if fresh(since, now, self.max_idle) {
+                    found = Some(conn);
+                    break;
                 }
-                found
-            };
-            match cached {
-                Some(mut conn) => {
-                    if conn.reset().await.is_ok() {
-                        return Ok(conn);
-                    }
-                    // A stale or closed session: try the next one or open anew.
-                }
-                None => return SmtpConnection::open(params).await,
             }
+            found
+        };
+        match cached {
+            Some(mut conn) => {
+                conn.reused = true;
+                conn.stale = false;
+                Ok(conn)
+            }
+            None => SmtpConnection::open(params).await,
         }
     }
 

@@ -516,6 +516,8 @@ struct Inner<S: MessageStore> {
     dkim: crate::dkim::Dkim,
     shared: Arc<Shared>,
     run_lock: tokio::sync::Mutex<()>,
+    /// When the oldest message's age was last worked out (it takes a pass over the queue).
+    age_at: Mutex<Option<SystemTime>>,
 }
 
 /// Delivers spooled messages. See the module documentation.
@@ -602,6 +604,7 @@ impl<S: MessageStore> QueueManager<S> {
                 candidates: Mutex::new(Candidates::default()),
             }),
             run_lock: tokio::sync::Mutex::new(()),
+            age_at: Mutex::new(None),
         };
         inner
             .shared
@@ -1137,10 +1140,25 @@ impl<S: MessageStore> Inner<S> {
         report
     }
 
+    /// Queue depth, every time; the oldest message's age, which takes a pass over the
+    /// whole queue, at most once a second (by the manager's clock) or when the queue
+    /// empties. The loop calls this on every wake: with a deep queue a pass per wake made
+    /// delivery slower the more mail waited.
     fn update_gauges(&self) {
         let now = self.clock.now();
         let entries = self.shared.entries();
         self.metrics.queue_depth.set(entries.len() as i64);
+        {
+            let mut at = self.age_at.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = at.is_some_and(|t| {
+                now.duration_since(t)
+                    .is_ok_and(|d| d < Duration::from_secs(1))
+            });
+            if fresh && !entries.is_empty() {
+                return;
+            }
+            *at = Some(now);
+        }
         let oldest = entries.values().filter_map(|e| e.received_at).min();
         let age = oldest
             .and_then(|t| now.duration_since(t).ok())

@@ -51,6 +51,9 @@ pub struct SinkConfig {
     /// After this many messages, the reply to each further message is withheld until
     /// [`TestSink::release`] (the message is recorded as received).
     pub hold_after: Option<usize>,
+    /// Closes each session after answering this many messages in it (a server with a
+    /// per-session message limit), without a reply to what comes next.
+    pub close_after: Option<usize>,
     /// TLS from the first byte with `tls` (SMTPS), no STARTTLS.
     pub implicit_tls: bool,
     /// SMTP AUTH: advertised over TLS only, and MAIL is refused `530 5.7.0` until it
@@ -282,6 +285,7 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<Flow> {
     let offers_tls = (config.tls.is_some() || config.broken_starttls) && !config.implicit_tls;
     let mut authenticated = false;
+    let mut in_session = 0usize;
     let mut from: Option<String> = None;
     let mut mail_params: Vec<String> = Vec::new();
     let mut rcpts: Vec<String> = Vec::new();
@@ -440,6 +444,10 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
                 .clone()
                 .unwrap_or_else(|| "250 2.0.0 queued".into());
             reply(io, &r).await?;
+            in_session += 1;
+            if config.close_after.is_some_and(|n| in_session >= n) {
+                return Ok(Flow::Quit);
+            }
         } else if upper == "RSET" {
             from = None;
             rcpts.clear();

@@ -25,6 +25,9 @@ pub fn config(spool_dir: &Path, sink_port: u16, connections_per_ip: u32) -> Rela
     cfg.organization.name = "bench/acme".into();
     cfg.hostname = "relay.bench.example".into();
     cfg.limits = limits;
+    // Postfix's default_destination_concurrency_limit: both systems deliver to the sink
+    // over at most 20 connections.
+    cfg.delivery.destination_concurrency = 20;
     cfg.seal()
 }
 

@@ -1,9 +1,11 @@
 //! Segment files: the append-only log that holds every message small enough to have been
 //! received in memory (see the parent module's doc for why and for the measurements).
 //!
-//! A segment is a file of [`SEGMENT_BYTES`] under `segments/` (the first ones a spool
-//! makes are smaller, [`FIRST_SEGMENT_BYTES`], doubling, so that a spool that holds a few
-//! messages does not write megabytes of zeros), written full of zeros and
+//! A segment is a file under `segments/` of [`SEGMENT_BYTES`] when the housekeeping
+//! thread makes it ahead of need (under load), or of [`FIRST_SEGMENT_BYTES`] when a
+//! writer has to make one itself (a spool's first segments, or load outrunning the
+//! housekeeping): a writer's batch then waits for a megabyte, not eight, and a spool that
+//! holds a few messages does not write megabytes of zeros. It is written full of zeros and
 //! flushed once when it is created, so that writing a record later changes no metadata
 //! (no block allocation, no size change) and `fdatasync` flushes data only. Its first
 //! [`HEADER_LEN`] bytes are a header: magic, a sequence number that is new every time the
@@ -44,10 +46,8 @@ use super::{Location, QueueId, SpoolError};
 
 /// Size of every segment file.
 pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
-/// Size of the first segments a spool makes; each round of [`GROWTH_STEP`] new files
-/// doubles it, up to [`SEGMENT_BYTES`].
+/// Size of a segment a writer makes while its batch waits.
 pub(super) const FIRST_SEGMENT_BYTES: u64 = 1024 * 1024;
-const GROWTH_STEP: u64 = 4;
 /// The header block; records start here.
 pub(super) const HEADER_LEN: u64 = 4096;
 /// Fixed part of a record.
@@ -223,7 +223,7 @@ pub(super) struct Segments {
     dir: PathBuf,
     next_seq: AtomicU64,
     next_slot: AtomicU64,
-    /// Files made by this spool (sets the size of the next one).
+    /// Files made by this spool.
     made: AtomicU64,
     /// Set once a writer filled a segment: from then on spares are prepared ahead.
     busy: AtomicBool,
@@ -350,12 +350,12 @@ impl Segments {
         self.wake.notify_all();
         match ready {
             Some(s) => Ok(s),
-            None => self.prepare(),
+            None => self.prepare(FIRST_SEGMENT_BYTES),
         }
     }
 
-    /// A free segment with a new header, else a new file.
-    fn prepare(&self) -> Result<Arc<Segment>, SpoolError> {
+    /// A free segment with a new header, else a new file of `len` bytes.
+    fn prepare(&self, len: u64) -> Result<Arc<Segment>, SpoolError> {
         let free = self.lists().free.pop();
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         let segment = match free {
@@ -367,17 +367,16 @@ impl Segments {
                 *s.state.lock().unwrap_or_else(|e| e.into_inner()) = SegmentState::default();
                 s
             }
-            None => self.create(seq)?,
+            None => self.create(seq, len)?,
         };
         Ok(segment)
     }
 
     /// A new segment file: written full, header included, flushed, and its name made
     /// durable, all before it takes a record.
-    fn create(&self, seq: u64) -> Result<Arc<Segment>, SpoolError> {
+    fn create(&self, seq: u64, len: u64) -> Result<Arc<Segment>, SpoolError> {
         let slot = self.next_slot.fetch_add(1, Ordering::AcqRel);
-        let made = self.made.fetch_add(1, Ordering::AcqRel);
-        let len = (FIRST_SEGMENT_BYTES << (made / GROWTH_STEP).min(8)).min(SEGMENT_BYTES);
+        self.made.fetch_add(1, Ordering::AcqRel);
         let path = self.dir.join(format!("{slot:08}.seg"));
         let file = OpenOptions::new()
             .read(true)
@@ -482,7 +481,7 @@ impl Segments {
                 break;
             }
             drop(lists);
-            match self.prepare() {
+            match self.prepare(SEGMENT_BYTES) {
                 Ok(s) => self.lists().ready.push(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot prepare a spool segment ahead of time");

@@ -276,35 +276,39 @@ pub async fn accept_loop(
             let mut stream = stream;
             let (client, watch_for_header) = match proxy {
                 None => (ip, false),
-                Some(proxy) => match proxied_client(&mut stream, ip, kind, &proxy).await {
-                    Origin::Client {
-                        ip: client,
-                        watch_for_header,
-                    } => {
-                        if let Err(refusal) = slot.charge(client, per_ip) {
-                            let r = refusal_reply(&shared, refusal, client);
-                            drop(slot);
-                            refuse(stream, kind, r, idle).await;
-                            return;
+                // Boxed, like the session below: the task keeps only what is live at
+                // each await, not room for the largest stage (10,000 idle sessions).
+                Some(proxy) => {
+                    match Box::pin(proxied_client(&mut stream, ip, kind, &proxy)).await {
+                        Origin::Client {
+                            ip: client,
+                            watch_for_header,
+                        } => {
+                            if let Err(refusal) = slot.charge(client, per_ip) {
+                                let r = refusal_reply(&shared, refusal, client);
+                                drop(slot);
+                                Box::pin(refuse(stream, kind, r, idle)).await;
+                                return;
+                            }
+                            // TLS clients speak first: a forged header comes before the
+                            // handshake (looked at once the peer's own cap is charged).
+                            if watch_for_header
+                                && kind == ListenerKind::Smtps
+                                && Box::pin(forged_before_tls(&stream, client, idle)).await
+                            {
+                                return;
+                            }
+                            // SMTP clients wait for the greeting: a forged header shows as
+                            // the first line.
+                            (client, watch_for_header && kind != ListenerKind::Smtps)
                         }
-                        // TLS clients speak first: a forged header comes before the
-                        // handshake (looked at once the peer's own cap is charged).
-                        if watch_for_header
-                            && kind == ListenerKind::Smtps
-                            && forged_before_tls(&stream, client, idle).await
-                        {
-                            return;
-                        }
-                        // SMTP clients wait for the greeting: a forged header shows as
-                        // the first line.
-                        (client, watch_for_header && kind != ListenerKind::Smtps)
+                        Origin::Refused => return,
                     }
-                    Origin::Refused => return,
-                },
+                }
             };
             shared.metrics.sessions.inc();
             shared.metrics.sessions_active.inc();
-            let session = connection(
+            let session = Box::pin(connection(
                 stream,
                 client,
                 kind,
@@ -312,7 +316,7 @@ pub async fn accept_loop(
                 shutdown,
                 slot,
                 watch_for_header,
-            );
+            ));
             if let Err(e) = session.await {
                 tracing::debug!(%peer, %client, error = %e, "session ended with an I/O error");
             }
@@ -508,7 +512,7 @@ async fn connection(
         let Some(tls) = generation.tls.clone() else {
             return Ok(());
         };
-        let Some(stream) = handshake(tls, stream, idle, deadline).await? else {
+        let Some(stream) = Box::pin(handshake(tls, stream, idle, deadline)).await? else {
             return Ok(());
         };
         let desc = tls_description(stream.get_ref().1);
@@ -520,7 +524,7 @@ async fn connection(
         conn.out.extend(session.greeting().to_wire());
         match conn.drive(stream, &mut session).await {
             Ok(Some(stream)) => match conn.generation.tls.clone() {
-                Some(tls) => match handshake(tls, stream, idle, deadline).await {
+                Some(tls) => match Box::pin(handshake(tls, stream, idle, deadline)).await {
                     Ok(Some(stream)) => {
                         session.tls_started(tls_description(stream.get_ref().1));
                         Box::pin(conn.drive(stream, &mut session)).await.map(drop)
@@ -642,9 +646,9 @@ impl Conn<'_> {
                         });
                         let (used, actions) = session.on_data(&self.buf, incoming.buffer());
                         self.buf.drain(..used);
-                        if let Err(e) = incoming.settle(&self.shared.spool).await {
+                        if let Err(e) = Box::pin(incoming.settle(&self.shared.spool)).await {
                             tracing::error!(error = %e, "cannot write a message's text to the spool");
-                            self.fail_incoming(e).await;
+                            Box::pin(self.fail_incoming(e)).await;
                         }
                         actions
                     }
@@ -682,7 +686,11 @@ impl Conn<'_> {
                 } else {
                     break;
                 };
-                match self.run(actions, session).await {
+                // Boxed (as are the spool calls above): an idle session's future then
+                // holds only the read and its timers, not room for the largest command
+                // (a spool commit, an AUTH check): 2.7 instead of 4.8 KiB per idle
+                // session, measured with 10,000.
+                match Box::pin(self.run(actions, session)).await {
                     Flow::Continue => {}
                     Flow::Close => {
                         // Freed before the last reply goes out: a client that reconnects

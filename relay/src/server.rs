@@ -325,6 +325,11 @@ pub async fn accept_loop(
     }
 }
 
+/// Room for one read while a message's text arrives.
+const DATA_READ: usize = 32 * 1024;
+/// Capacity above which a session's read buffer is shrunk once it is out of DATA.
+const COMMAND_READ: usize = 4 * 1024;
+
 /// How long a trusted proxy has to send its whole header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a trusted proxy's connection may stay silent before, when headers are not
@@ -723,6 +728,14 @@ impl Conn<'_> {
                 .await?;
                 close(&mut stream).await;
                 return Ok(None);
+            }
+            // In DATA, a read takes up to DATA_READ bytes at once: a message's text then
+            // arrives in a few large reads instead of thousands of small ones (with a timer
+            // each). Outside DATA the buffer goes back to small, for idle sessions.
+            if session.in_data() {
+                self.buf.reserve(DATA_READ);
+            } else if self.buf.capacity() > COMMAND_READ && self.buf.len() <= COMMAND_READ / 2 {
+                self.buf.shrink_to(COMMAND_READ / 2);
             }
             let wake = (Instant::now() + idle).min(deadline);
             let read = tokio::select! {

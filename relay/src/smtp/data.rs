@@ -73,12 +73,47 @@ impl DataReader {
     /// Feeds bytes, appending the unstuffed text to `out` (nothing more once an error was
     /// seen); stops right after the end marker.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> DataProgress {
-        for (i, &b) in input.iter().enumerate() {
-            if self.step(b, out) {
+        let mut i = 0;
+        while i < input.len() {
+            // The bytes of a line up to its next CR or LF go in one piece, with the same
+            // checks and errors as one at a time (most of a message is such runs).
+            let ordinary = match self.state {
+                State::Text => true,
+                State::LineStart => input[i] != b'.',
+                _ => false,
+            };
+            if ordinary {
+                let end = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .map_or(input.len(), |p| i + p);
+                if end > i {
+                    self.text_run(&input[i..end], out);
+                    i = end;
+                    continue;
+                }
+            }
+            if self.step(input[i], out) {
                 return DataProgress::Done { consumed: i + 1 };
             }
+            i += 1;
         }
         DataProgress::NeedMore
+    }
+
+    /// [`DataReader::text`] for each byte of `run`, none of them CR or LF.
+    fn text_run(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        let room = (MAX_TEXT_LINE - 2).saturating_sub(self.line_len);
+        if run.len() <= room {
+            self.line_len += run.len();
+            self.push(run, out);
+        } else {
+            // The byte that makes the line too long fails it, and nothing after it is kept.
+            self.push(&run[..room], out);
+            self.line_len += run.len();
+            self.fail(DataError::LineTooLong);
+        }
+        self.state = State::Text;
     }
 
     /// After `Done`: the size of the unstuffed message, or the first error seen (what was
@@ -250,7 +285,62 @@ mod tests {
         );
     }
 
+    /// The reader one byte at a time, as `feed` was before it took runs of a line at once.
+    fn byte_at_a_time(input: &[u8], max: u64) -> (Vec<u8>, Option<usize>, Result<u64, DataError>) {
+        let mut r = DataReader::new(max);
+        let mut out = Vec::new();
+        let mut consumed = None;
+        for (i, &b) in input.iter().enumerate() {
+            if r.step(b, &mut out) {
+                consumed = Some(i + 1);
+                break;
+            }
+        }
+        (out, consumed, r.finish())
+    }
+
     proptest! {
+        /// Runs of a line taken at once give exactly what one byte at a time gives: text,
+        /// where the data ends, size and the first error (too big, line too long, bare
+        /// CR or LF), over inputs with long lines and every special byte.
+        #[test]
+        fn runs_equal_one_byte_at_a_time(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"\r\n".to_vec()),
+                    Just(b"\r\n.".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just(b"\n".to_vec()),
+                    Just(b".".to_vec()),
+                    Just(b"\r\n.\r\n".to_vec()),
+                    proptest::collection::vec(b'a'..=b'z', 1..1200),
+                ],
+                0..12,
+            ),
+            max in 0u64..4000,
+            split in 1usize..64,
+        ) {
+            let input: Vec<u8> = parts.concat();
+            let (want_out, want_consumed, want) = byte_at_a_time(&input, max);
+            let mut r = DataReader::new(max);
+            let mut out = Vec::new();
+            let mut consumed = None;
+            let mut at = 0;
+            for chunk in input.chunks(split) {
+                if let DataProgress::Done { consumed: c } = r.feed(chunk, &mut out) {
+                    consumed = Some(at + c);
+                    break;
+                }
+                at += chunk.len();
+            }
+            let got = r.finish();
+            prop_assert_eq!(consumed, want_consumed);
+            prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+            if want.is_ok() {
+                prop_assert_eq!(out, want_out);
+            }
+        }
+
         #[test]
         fn never_panics_and_never_over_consumes(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let mut r = DataReader::new(500);

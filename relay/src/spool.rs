@@ -208,6 +208,27 @@ enum Content {
     },
 }
 
+impl Job {
+    /// Compaction's job for `id`, whose `record` lies at `offset` in `from`, and the
+    /// receiver of its outcome.
+    fn relocate(
+        id: QueueId,
+        record: Vec<u8>,
+        from: &Arc<Segment>,
+        offset: u64,
+        bytes: u64,
+    ) -> (Job, oneshot::Receiver<Result<(), SpoolError>>) {
+        let (done, wait) = oneshot::channel();
+        let content = Content::Relocate {
+            record,
+            from: from.clone(),
+            offset,
+            bytes,
+        };
+        (Job { id, content, done }, wait)
+    }
+}
+
 impl Content {
     fn is_file(&self) -> bool {
         matches!(self, Content::Bytes(_) | Content::Spilled { .. })
@@ -961,20 +982,10 @@ fn housekeeping_loop(shared: &Shared, tx: &mpsc::Sender<Job>) {
                 .take(COMPACT_BATCH)
                 .collect();
             for (id, offset, bytes) in members {
-                let Some(record) = segments::copy_record(&segment, offset, id) else {
+                let Some(record) = segment.raw_record(offset, id) else {
                     continue;
                 };
-                let (done, wait) = oneshot::channel();
-                let job = Job {
-                    id,
-                    content: Content::Relocate {
-                        record,
-                        from: segment.clone(),
-                        offset,
-                        bytes,
-                    },
-                    done,
-                };
+                let (job, wait) = Job::relocate(id, record, &segment, offset, bytes);
                 if tx.send(job).is_err() || wait.blocking_recv().is_err() {
                     return;
                 }
@@ -1817,23 +1828,9 @@ mod tests {
         else {
             panic!("not in a segment");
         };
-        let record = segments::copy_record(&segment, offset, env.queue_id).unwrap();
-        let (done, wait) = oneshot::channel();
-        spool
-            .writer
-            .lock()
-            .unwrap()
-            .send(Job {
-                id: env.queue_id,
-                content: Content::Relocate {
-                    record,
-                    from: segment.clone(),
-                    offset,
-                    bytes,
-                },
-                done,
-            })
-            .unwrap();
+        let record = segment.raw_record(offset, env.queue_id).unwrap();
+        let (job, wait) = Job::relocate(env.queue_id, record, &segment, offset, bytes);
+        spool.writer.lock().unwrap().send(job).unwrap();
         wait.await.unwrap().unwrap();
         let Location::Segment {
             offset: moved,

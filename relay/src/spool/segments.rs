@@ -131,8 +131,9 @@ impl Segment {
         })
     }
 
-    /// The whole record at `offset` as bytes, for compaction.
-    fn raw_record(&self, offset: u64, id: QueueId) -> Option<Vec<u8>> {
+    /// The whole record of `id` at `offset` as bytes, checked, for compaction to write
+    /// again.
+    pub(super) fn raw_record(&self, offset: u64, id: QueueId) -> Option<Vec<u8>> {
         let record = self.read_record(offset, id).ok()?;
         Some(encode(record.id, &record.envelope, &record.text))
     }
@@ -533,11 +534,6 @@ impl Segments {
         let _lists = self.lists();
         self.wake.notify_all();
     }
-}
-
-/// The raw bytes of `id`'s record in `segment` at `offset`, to be written again.
-pub(super) fn copy_record(segment: &Segment, offset: u64, id: QueueId) -> Option<Vec<u8>> {
-    segment.raw_record(offset, id)
 }
 
 /// Appends `records` (each from [`encode`]) to `segment` from `offset`: stamps them

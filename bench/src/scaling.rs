@@ -11,8 +11,10 @@
 //!
 //! Not here: starting the systems and measuring one run (`run_system` in `main`).
 
+use crate::args::Args;
+use crate::report::{order, print_run};
+use crate::rounds::{Driver, Run, Shape, System, run_system};
 use crate::sink::Sink;
-use crate::{Args, Driver, Run, Shape, System, order, print_run, run_system};
 
 /// The base shape every axis starts from.
 const BASE_SESSIONS: usize = 20;

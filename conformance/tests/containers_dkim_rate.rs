@@ -49,7 +49,8 @@ fn genpkey(c: &Container, algorithm: &str) -> String {
 /// The TXT record value for `pem`, as `relayctl dkim-record` prints it with its quoted
 /// strings joined.
 fn record(pem: &str, algorithm: DkimAlgorithm, selector: &str, domain: &str) -> String {
-    let line = relay::dkim::dns_record(pem.as_bytes(), algorithm, selector, domain).unwrap();
+    let line =
+        relay::delivery::dkim::dns_record(pem.as_bytes(), algorithm, selector, domain).unwrap();
     line.split('"').skip(1).step_by(2).collect()
 }
 

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay::proxy::{MAX_HEADER, Parsed, parse, v1_header, v2_header};
+use relay::ingress::proxy::{MAX_HEADER, Parsed, parse, v1_header, v2_header};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

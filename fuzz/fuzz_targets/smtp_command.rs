@@ -7,7 +7,7 @@
 use std::time::UNIX_EPOCH;
 
 use libfuzzer_sys::fuzz_target;
-use relay::received::{Trace, received_header};
+use relay::ingress::received::{Trace, received_header};
 use relay::smtp::{Command, parse_command};
 
 fuzz_target!(|line: &[u8]| {

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use relay::config::*;
 use relay::limits::{LimitHit, LimitStoreError};
 use relay::policy::Policy;
-use relay::session::{Action, Session, SessionConfig};
+use relay::ingress::session::{Action, Session, SessionConfig};
 use relay::smtp::Reply;
 
 fn config() -> RelayConfig {

@@ -1,7 +1,7 @@
 //! `relayctl explain`: what the relay would answer to one hypothetical session, and why.
 //!
 //! The session is played through the relay's own pure state machine
-//! ([`relay::session::Session`], built with [`SessionConfig::for_config`] as a config
+//! ([`relay::ingress::session::Session`], built with [`SessionConfig::for_config`] as a config
 //! generation builds it), so the replies are the relay's replies: EHLO, STARTTLS when the
 //! client has TLS, AUTH when it has an identity, MAIL, then RCPT per recipient. Three
 //! answers the relay gets from outside the state machine are assumed, and said so: the
@@ -27,8 +27,8 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 use relay::config::{AllowedSenders, RelayConfig, RouteConfig, RouteHosts};
 use relay::delivery::route::{RouteChoice, RouteTable, resolve_choice};
+use relay::ingress::session::{Action, Session, SessionConfig};
 use relay::policy::{BoxCheck, SenderCheck, SettingVerdict};
-use relay::session::{Action, Session, SessionConfig};
 use relay::smtp::{Command, Reply, parse_command};
 use serde::Serialize;
 
@@ -83,7 +83,7 @@ impl ManifestFacts {
 }
 
 /// The users of the Organization's credentials Secret, when the manifests hold it. The
-/// file is one `address:PHC` line per user (see `relay::auth::Credentials`).
+/// file is one `address:PHC` line per user (see `relay::ingress::auth::Credentials`).
 fn auth_users(set: &ManifestSet) -> Option<(String, BTreeSet<String>)> {
     let org = set.organizations.first()?;
     let ns = org.object.namespace().unwrap_or_else(|| "default".into());
@@ -92,7 +92,7 @@ fn auth_users(set: &ManifestSet) -> Option<(String, BTreeSet<String>)> {
         s.object.name_any() == *name
             && s.object.namespace().unwrap_or_else(|| "default".into()) == ns
     })?;
-    let text = crate::local::secret_value(&secret.object, "credentials")?;
+    let text = crate::secrets::secret_value(&secret.object, "credentials")?;
     let text = String::from_utf8_lossy(&text);
     let users = text
         .lines()
@@ -383,7 +383,7 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
     let table = RouteTable::new(&config.routes);
     // Routes by sender see the envelope sender delivery will use (after a rewrite).
     let sender_domain =
-        relay::delivery::domain_of(rewritten_sender.as_deref().unwrap_or(&query.from));
+        relay::envelope::domain_of(rewritten_sender.as_deref().unwrap_or(&query.from));
     let mut recipients = Vec::new();
     let mut limits_assumed = false;
     for rcpt in &query.to {
@@ -406,7 +406,7 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         let exchange = record(&mut transcript, &line, &actions);
         let accepted = exchange.as_ref().is_some_and(Exchange::positive);
         let route = accepted.then(|| {
-            let choice = match relay::delivery::domain_of(rcpt) {
+            let choice = match relay::envelope::domain_of(rcpt) {
                 Some(domain) => table.choose_for(sender_domain.as_deref(), &domain),
                 None => RouteChoice::DirectMx(String::new()),
             };

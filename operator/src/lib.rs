@@ -12,3 +12,4 @@ pub mod manifests;
 pub mod plan;
 pub mod queue_admin;
 pub mod render;
+pub mod secrets;

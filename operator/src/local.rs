@@ -19,6 +19,7 @@ use relay::config::{DeliveryConfig, ListenerConfig, RelayConfig, TlsFiles};
 use crate::controller::children::{SecretUse, mounted_secrets};
 use crate::manifests::{organization_namespace, render_set};
 use crate::render::{Finding, RenderEnv, RenderError};
+use crate::secrets::secret_value;
 
 /// Where a local relay listens and keeps its files.
 #[derive(Clone, Debug)]
@@ -281,19 +282,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
     std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// The value of `key` in a Secret, from `stringData` or (base64-decoded) `data`;
-/// `stringData` wins, as it does when the API server merges the two.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-        return Some(v.as_bytes().to_vec());
-    }
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
 }
 
 fn write_key(secret: &Secret, key: &str, path: &Path, purpose: &str) -> Result<(), LocalError> {

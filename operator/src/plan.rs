@@ -7,7 +7,7 @@
 //! at least one line says where, falling back to a field-by-field JSON comparison for
 //! anything without a dedicated sentence.
 //!
-//! Reading the two revisions from Git lives in [`crate::git`]; printing in [`format`].
+//! Reading the two revisions from Git lives in [`crate::git`]; printing in [`format`](mod@format).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,7 +1,7 @@
 //! The client side of queue administration (`relayctl queue`): one HTTP request to a
 //! relay's admin endpoint with the bearer token, and the answers as tables for people.
 //!
-//! The relay side (what each request does, who may ask) is `relay::admin_queue`.
+//! The relay side (what each request does, who may ask) is `relay::admin::queue`.
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

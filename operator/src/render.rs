@@ -330,7 +330,7 @@ pub fn render(
         }
         let headers = match &k.headers {
             Some(h) => h.clone(),
-            None => relay::dkim::DEFAULT_HEADERS
+            None => relay::delivery::dkim::DEFAULT_HEADERS
                 .iter()
                 .map(|h| h.to_string())
                 .collect(),
@@ -684,9 +684,9 @@ pub fn dkim_key_findings(
             crds::DkimAlgorithm::RsaSha256 => DkimAlgorithm::RsaSha256,
             crds::DkimAlgorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
         };
-        let problem = match crate::local::secret_value(secret, DKIM_SECRET_KEY) {
+        let problem = match crate::secrets::secret_value(secret, DKIM_SECRET_KEY) {
             None => format!("has no key {DKIM_SECRET_KEY}"),
-            Some(pem) => match relay::dkim::public_key(&pem, algorithm) {
+            Some(pem) => match relay::delivery::dkim::public_key(&pem, algorithm) {
                 Ok(_) => continue,
                 Err(e) => format!(
                     "key {DKIM_SECRET_KEY} is not a usable {} private key ({e})",

@@ -418,7 +418,7 @@ fn dkim_keys_render_as_mounted_file_paths_and_a_missing_secret_is_a_finding() {
         dkim[0].key_file,
         "/etc/smtprelay/dkim/dkim-acme/private.key"
     );
-    assert_eq!(dkim[0].headers, relay::dkim::DEFAULT_HEADERS);
+    assert_eq!(dkim[0].headers, relay::delivery::dkim::DEFAULT_HEADERS);
     assert_eq!(dkim[1].domain, "eu.acme.example");
     assert_eq!(dkim[1].algorithm, DkimAlgorithm::Ed25519Sha256);
     assert_eq!(dkim[1].headers, ["From", "Subject"]);

@@ -338,8 +338,8 @@ fn bench_spool() {
 
 fn bench_auth() {
     use argon2::password_hash::{PasswordHasher, SaltString};
-    use relay::auth::{Argon2Pool, Credentials, Verdict};
-    use relay::auth_throttle::{AuthThrottle, Decision, ThrottleConfig};
+    use relay::ingress::auth::{Argon2Pool, Credentials, Verdict};
+    use relay::ingress::auth_throttle::{AuthThrottle, Decision, ThrottleConfig};
     use std::time::{Duration, SystemTime};
     let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
     let phc = argon2::Argon2::default()

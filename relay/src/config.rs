@@ -59,7 +59,7 @@ pub struct RelayConfig {
     /// connection's peer is the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocolConfig>,
-    /// Leave the client's address out of `Received:` (see [`crate::received`]).
+    /// Leave the client's address out of `Received:` (see [`crate::ingress::received`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hide_client_address: bool,
     /// DKIM signing keys (SPEC §2.1 `dkim`): mail whose header From domain is a listed

@@ -151,6 +151,16 @@ impl Envelope {
     }
 }
 
+/// The domain of an address (`user@Example.COM` gives `example.com`); `None` without `@`.
+pub fn domain_of(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    if domain.is_empty() {
+        return None;
+    }
+    Some(domain.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

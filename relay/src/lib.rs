@@ -1,6 +1,16 @@
-//! The SMTP relay. It receives mail (`session` over `server`), decides who may relay
-//! (`policy`, `limits`), makes each accepted message durable (`spool`) and delivers it
-//! (`delivery`). Its only input is a [`config::RelayConfig`] document; it never talks to
+//! The SMTP relay, in three stages a message meets in order, as Postfix's `smtpd`, `qmgr`
+//! and `smtp` are:
+//!
+//! 1. [`ingress`] receives it: listeners, the SMTP session, PROXY protocol, AUTH, the
+//!    `Received:` trace. It asks [`policy`] who may relay and [`limits`] how much.
+//! 2. [`spool`] makes it durable before the `250`.
+//! 3. [`delivery`] schedules, routes, signs and delivers it, and bounces what fails.
+//!
+//! [`admin`] is the side door: the HTTP endpoint for metrics, health and queue
+//! administration, and the drain that empties a spool into another relay. What the stages
+//! share (the [`config::RelayConfig`] document, the
+//! [`envelope`], pure [`smtp`] parsing, [`idn`], [`clock`], [`metrics`], [`logging`]) sits
+//! beside them. The relay's only input is a `RelayConfig` document; it never talks to
 //! Kubernetes.
 //!
 //! [`start`] binds the listeners and returns a [`RelayHandle`] to reload, observe and stop
@@ -8,29 +18,22 @@
 //! ([`RelayHandle::stop`]) fails readiness first, keeps the listeners open for a drain
 //! delay, then closes them and waits for open sessions and deliveries under way.
 
+// The stages, in the order a message meets them.
 pub mod admin;
-pub mod admin_queue;
-pub mod auth;
-pub mod auth_throttle;
+pub mod delivery;
+pub mod ingress;
+pub mod limits;
+pub mod policy;
+pub mod spool;
+
+// What the stages share.
 pub mod clock;
 pub mod config;
-pub mod delivery;
-pub mod dkim;
-pub mod drain;
 pub mod envelope;
-pub mod generation;
 pub mod idn;
-pub mod limits;
-pub mod limits_redis;
 pub mod logging;
 pub mod metrics;
-pub mod policy;
-pub mod proxy;
-pub mod received;
-pub mod server;
-pub mod session;
 pub mod smtp;
-pub mod spool;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -45,17 +48,17 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::RelayConfig;
-pub use generation::GenerationError;
+pub use ingress::generation::GenerationError;
+pub use limits::redis::RedisLimitStore;
 pub use limits::{LimitStore, MemoryLimitStore};
-pub use limits_redis::RedisLimitStore;
 pub use spool::{Envelope, QueueId, Spool, SpoolError};
 
 use admin::AdminState;
 use config::LimitStoreConfig;
 use delivery::queue::{QueueError, QueueManager, QueueOptions};
-use generation::Generation;
+use ingress::generation::{self, Generation};
+use ingress::server::{ListenerKind, Shared};
 use metrics::Metrics;
-use server::{ListenerKind, Shared};
 
 /// How many accepted-message notices may wait for a slow subscriber before it lags.
 const ACCEPTED_CHANNEL: usize = 65_536;
@@ -68,7 +71,7 @@ pub struct StartOptions {
     /// Limit counters; `None` builds the store named by `config.limit_store`.
     pub limit_store: Option<Arc<dyn LimitStore>>,
     /// AUTH throttling (delays and lockouts after failures).
-    pub auth_throttle: auth_throttle::ThrottleConfig,
+    pub auth_throttle: ingress::auth_throttle::ThrottleConfig,
 }
 
 impl Default for StartOptions {
@@ -76,7 +79,7 @@ impl Default for StartOptions {
         Self {
             clock: Arc::new(SystemClock),
             limit_store: None,
-            auth_throttle: auth_throttle::ThrottleConfig::default(),
+            auth_throttle: ingress::auth_throttle::ThrottleConfig::default(),
         }
     }
 }
@@ -97,7 +100,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot set up the Redis limit store: {0}")]
-    Redis(#[from] limits_redis::RedisUrlError),
+    Redis(#[from] limits::redis::RedisUrlError),
 }
 
 /// A reload that happened.
@@ -161,7 +164,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         (None, LimitStoreConfig::Memory) => Arc::new(MemoryLimitStore::new()),
         (None, LimitStoreConfig::Redis { url, password_file }) => {
             let password = match password_file {
-                Some(file) => Some(limits_redis::read_password(file)?),
+                Some(file) => Some(limits::redis::read_password(file)?),
                 None => None,
             };
             let store = RedisLimitStore::with_password(
@@ -212,7 +215,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         opts.clock,
         metrics.clone(),
         accepted,
-        auth_throttle::AuthThrottle::new(opts.auth_throttle.clone()),
+        ingress::auth_throttle::AuthThrottle::new(opts.auth_throttle.clone()),
     ));
 
     let smtp = bind("smtp", listeners.smtp).await?;
@@ -233,7 +236,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         (submission, ListenerKind::Submission),
         (smtps, ListenerKind::Smtps),
     ] {
-        tokio::spawn(server::accept_loop(
+        tokio::spawn(ingress::server::accept_loop(
             listener,
             kind,
             shared.clone(),
@@ -245,7 +248,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         metrics,
         spool: spool.clone(),
         ready: AtomicBool::new(true),
-        queue: Arc::new(admin_queue::QueueAdmin {
+        queue: Arc::new(admin::queue::QueueAdmin {
             queue: queue.clone(),
             shared: shared.clone(),
         }),

@@ -1,7 +1,7 @@
 //! The `relay` binary: `relay --config FILE.json [--drain-delay-seconds N]
 //! [--log-format text|json|auto]`, or `relay --config FILE.json --drain [--drain-to URL]…
 //! [--drain-token-file FILE]` to empty a spool no relay serves any more
-//! ([`relay::drain`]; exit status 0 once it is empty).
+//! ([`relay::admin::drain`]; exit status 0 once it is empty).
 //!
 //! Loads the RelayConfig document, starts the relay, prints one line with the listening
 //! addresses (`relay listening smtp=… submission=… smtps=… admin=…`) on stdout, polls the
@@ -101,12 +101,12 @@ async fn drain(path: &str, args: &Args) -> Result<(), String> {
             .ok_or(
                 "--drain-to needs --drain-token-file or an adminTokenFile in the configuration",
             )?;
-        Some(relay::drain::Handover {
+        Some(relay::admin::drain::Handover {
             targets: args.drain_to.clone(),
             token_file,
         })
     };
-    let work = relay::drain::drain(&config, handover.as_ref(), args.drain_status_listen);
+    let work = relay::admin::drain::drain(&config, handover.as_ref(), args.drain_status_listen);
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     tokio::select! {
         r = work => {

@@ -1,6 +1,6 @@
 //! DKIM signing at delivery (SPEC §2.1 `dkim`): what reaches the next hop carries a
 //! signature that an independent verifier (mail-auth's, fed the TXT record that
-//! `relay::dkim::dns_record` prints) accepts, for RSA and Ed25519 keys; a key that cannot be
+//! `relay::delivery::dkim::dns_record` prints) accepts, for RSA and Ed25519 keys; a key that cannot be
 //! read defers the message and nothing reaches the sink unsigned; a rotated key file is
 //! used without a reload.
 
@@ -19,9 +19,9 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
 use relay::config::{DkimAlgorithm, DkimConfig, RouteMatcher};
+use relay::delivery::dkim::{DEFAULT_HEADERS, dns_record, pkcs8_pem};
 use relay::delivery::queue::MessageStore;
 use relay::delivery::testing::{SinkConfig, TestSink};
-use relay::dkim::{DEFAULT_HEADERS, dns_record, pkcs8_pem};
 use rsa::pkcs8::EncodePrivateKey;
 
 /// A TXT "cache" that answers every DKIM key lookup the verifier makes.

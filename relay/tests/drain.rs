@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::connect;
+use relay::admin::drain::{DrainError, Handover, drain};
 use relay::config::{HostConfig, RouteConfig, RouteHosts, RouteMatcher};
 use relay::delivery::testing::{SinkConfig, TestSink};
-use relay::drain::{DrainError, Handover, drain};
 use relay::{RelayConfig, RelayHandle, StartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

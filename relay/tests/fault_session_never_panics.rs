@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use relay::ingress::session::{Action, Session, SessionConfig};
 use relay::limits::{LimitHit, LimitStoreError};
 use relay::policy::Policy;
-use relay::session::{Action, Session, SessionConfig};
 use relay::smtp::Reply;
 
 /// Commands that move the state machine, to mix with random bytes.

@@ -487,7 +487,7 @@ async fn repeated_auth_failures_lock_the_user_out_across_connections() {
     let mut cfg = held(dir.path());
     cfg.tls = Some(tls);
     cfg.organization.credentials_file = Some(credentials.to_string_lossy().into_owned());
-    let throttle = relay::auth_throttle::ThrottleConfig {
+    let throttle = relay::ingress::auth_throttle::ThrottleConfig {
         first_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
         ..Default::default()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Client, config, connector, queue_id, tls_files};
 use ipnet::IpNet;
 use relay::config::*;
-use relay::proxy::{v1_header, v2_header};
+use relay::ingress::proxy::{v1_header, v2_header};
 use relay::{RelayHandle, StartOptions};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};

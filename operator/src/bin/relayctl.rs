@@ -926,7 +926,7 @@ fn dkim_record(
     };
     let mut errors = Vec::new();
     for a in algorithms {
-        match relay::dkim::dns_record(&pem, a, selector, domain) {
+        match relay::delivery::dkim::dns_record(&pem, a, selector, domain) {
             Ok(line) => {
                 println!("{line}");
                 return ExitCode::SUCCESS;

@@ -1,9 +1,9 @@
 //! The objects the operator owns for one Organization, built by pure functions.
 //!
-//! [`build`] turns an Organization, its rendered [`RelayConfig`](relay::config::RelayConfig)
+//! [`build`] turns an Organization, its rendered [`RelayConfig`]
 //! and the hash of its mounted Secrets into the ConfigMap, StatefulSet, its headless
 //! Service, the client Service, PodDisruptionBudget and NetworkPolicy that run its relay.
-//! Names come from [`names`](super::names), so they are valid whatever the Organization
+//! Names come from [`names`], so they are valid whatever the Organization
 //! and its Secrets are called.
 //! The same inputs always give the same objects, so server-side apply with one field manager
 //! is idempotent, and golden files pin the output.
@@ -41,12 +41,16 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use relay::config::RelayConfig;
 use sha2::{Digest, Sha256};
 
+use super::identity::{
+    CONFIG_DIR, CONFIG_KEY, MANAGED_BY, SPOOL_VOLUME, drain_selector_labels, owner_reference,
+    pods_service_name, relay_name, selector_labels, stateful_set_name,
+};
 use super::names;
 
 /// ConfigMap annotation holding the hash of the mounted Secrets' data (the audit log's
@@ -54,12 +58,6 @@ use super::names;
 pub const SECRETS_HASH_ANNOTATION: &str = "smtprelay.dev/secrets-hash";
 /// ConfigMap annotation holding the hash of the RelayConfig it carries.
 pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
-/// Key of the RelayConfig document in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.json";
-/// Where the ConfigMap is mounted in relay pods.
-pub const CONFIG_DIR: &str = "/etc/smtprelay/config";
-/// Label every child carries, and the label selector of the operator's watches.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "smtprelay-operator");
 /// Port of the relay's `/metrics`, `/healthz` and `/readyz`.
 const ADMIN_PORT_NAME: &str = "admin";
 /// Non-root user the relay runs as (the distroless `nonroot` user).
@@ -273,7 +271,7 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
 }
 
 /// The content hash a relay pod reports once its kubelet has written the current data
-/// of the mounted Secrets: [`relay::generation::content_hash`] over the files as they
+/// of the mounted Secrets: [`relay::ingress::generation::content_hash`] over the files as they
 /// appear in the pod. A key a Secret lacks is a missing file there too.
 pub fn content_hash_in_pods(
     config: &RelayConfig,
@@ -304,7 +302,7 @@ pub fn content_hash_in_pods(
             }
         }
     }
-    relay::generation::content_hash_with(config, |path| {
+    relay::ingress::generation::content_hash_with(config, |path| {
         files
             .get(path)
             .cloned()
@@ -348,29 +346,6 @@ pub fn config_map_name(org: &str) -> String {
     names::child_name("", org, "-relay-config")
 }
 
-/// Name of the Service, PodDisruptionBudget, NetworkPolicy and of the Deployment that ran
-/// the relay before StatefulSets (and of the StatefulSet unless too long, see
-/// [`stateful_set_name`]): a DNS-1035 label (as a Service name must be) whatever the
-/// Organization is called.
-pub fn relay_name(org: &str) -> String {
-    names::child_name("", org, "-relay")
-}
-
-/// Name of the StatefulSet: the same as [`relay_name`] unless that is too long for the
-/// StatefulSet's pods to start (see [`names::MAX_STATEFUL_SET`]).
-pub fn stateful_set_name(org: &str) -> String {
-    names::child_name_within("", org, "-relay", names::MAX_STATEFUL_SET)
-}
-
-/// Name of the headless Service that governs the StatefulSet.
-pub fn pods_service_name(org: &str) -> String {
-    names::child_name("", org, "-relay-pods")
-}
-
-/// Name of the spool volume and of the StatefulSet's claim template: pod `N` gets the
-/// claim `spool-<relay>-N`.
-pub const SPOOL_VOLUME: &str = "spool";
-
 /// Name of the volume of a route's CA Secret: a DNS-1123 label even when the Secret's
 /// name has dots or is long.
 pub fn ca_volume_name(secret: &str) -> String {
@@ -388,38 +363,11 @@ pub fn dkim_volume_name(secret: &str) -> String {
     names::child_name("dkim-", secret, "")
 }
 
-/// Labels selecting the relay pods of one Organization.
-pub fn selector_labels(org: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "smtprelay".to_string(),
-        ),
-        (
-            "app.kubernetes.io/instance".to_string(),
-            names::label_value(org),
-        ),
-    ])
-}
-
 fn labels(org: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(org);
     l.insert("app.kubernetes.io/component".into(), "relay".into());
     l.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     l
-}
-
-/// The controller owner reference every child carries, so that deleting the Organization
-/// garbage-collects its relay.
-pub fn owner_reference(org: &Organization) -> OwnerReference {
-    OwnerReference {
-        api_version: Organization::api_version(&()).into_owned(),
-        kind: Organization::kind(&()).into_owned(),
-        name: org.name_any(),
-        uid: org.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 fn meta(org: &Organization, name: String) -> ObjectMeta {
@@ -572,7 +520,7 @@ fn network_policy(
                 // The Organization's drain Jobs hand queued mail over to its relays.
                 .chain(std::iter::once(NetworkPolicyPeer {
                     pod_selector: Some(LabelSelector {
-                        match_labels: Some(super::drain::selector_labels(&name)),
+                        match_labels: Some(drain_selector_labels(&name)),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -876,6 +824,19 @@ fn service(org: &Organization) -> Service {
         }),
         ..Default::default()
     }
+}
+
+/// The admin port of the relay pods of `set` (their container port `admin`).
+pub fn admin_port_of(set: &StatefulSet) -> Option<u16> {
+    set.spec
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("admin"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 #[cfg(test)]

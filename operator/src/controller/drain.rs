@@ -22,8 +22,6 @@
 //! Job to try again). This module is pure: [`claims_to_drain`], [`job`] and [`phase`] are
 //! decisions; the controller makes the requests.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -32,7 +30,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::children::{self, SPOOL_VOLUME};
+use super::identity::{self, DRAIN_APP, SPOOL_VOLUME, drain_selector_labels};
 use super::names;
 use crds::Organization;
 
@@ -41,21 +39,6 @@ pub const FINALIZER: &str = "smtprelay.dev/drain";
 
 /// `"true"` on an Organization: delete it without draining (queued mail is lost).
 pub const DISCARD_ANNOTATION: &str = "smtprelay.dev/discard-queue-on-delete";
-
-/// Value of `app.kubernetes.io/name` on drain pods: not the relay's, so the relay's
-/// Service, PodDisruptionBudget and StatefulSet never select them.
-pub const DRAIN_APP: &str = "smtprelay-drain";
-
-/// Labels of an Organization's drain Jobs and their pods.
-pub fn selector_labels(org: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), DRAIN_APP.to_string()),
-        (
-            "app.kubernetes.io/instance".to_string(),
-            names::label_value(org),
-        ),
-    ])
-}
 
 /// The claim of pod `ordinal` of the StatefulSet `set`.
 pub fn claim_name(set: &str, ordinal: u32) -> String {
@@ -85,7 +68,7 @@ pub fn claims_to_drain(
     claims: &[PersistentVolumeClaim],
     pods: &[Pod],
 ) -> Vec<ToDrain> {
-    let set = children::stateful_set_name(org);
+    let set = identity::stateful_set_name(org);
     let legacy = legacy_claim_name(org);
     let instance = names::label_value(org);
     let prefix = format!("{SPOOL_VOLUME}-{set}-");
@@ -146,7 +129,7 @@ pub fn claims_to_drain(
 pub fn handover_target(org: &str, namespace: &str, admin_port: u16) -> String {
     format!(
         "http://{}.{namespace}.svc:{admin_port}",
-        children::pods_service_name(org)
+        identity::pods_service_name(org)
     )
 }
 
@@ -163,11 +146,11 @@ pub fn job(
     let name = org.name_any();
     let template = set.spec.template.clone();
     let mut pod = template.spec?;
-    let mut labels = selector_labels(&name);
+    let mut labels = drain_selector_labels(&name);
     labels.insert("app.kubernetes.io/component".into(), "drain".into());
     labels.insert(
-        children::MANAGED_BY.0.to_string(),
-        children::MANAGED_BY.1.to_string(),
+        identity::MANAGED_BY.0.to_string(),
+        identity::MANAGED_BY.1.to_string(),
     );
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != SPOOL_VOLUME);
@@ -185,7 +168,7 @@ pub fn job(
         "--log-format".into(),
         "json".into(),
         "--config".into(),
-        format!("{}/{}", children::CONFIG_DIR, children::CONFIG_KEY),
+        format!("{}/{}", identity::CONFIG_DIR, identity::CONFIG_KEY),
         "--drain".into(),
         "--drain-status-listen".into(),
         format!("0.0.0.0:{admin_port}"),
@@ -208,7 +191,7 @@ pub fn job(
             name: Some(to_drain.job.clone()),
             namespace: org.namespace(),
             labels: Some(labels.clone()),
-            owner_references: Some(vec![children::owner_reference(org)]),
+            owner_references: Some(vec![identity::owner_reference(org)]),
             ..Default::default()
         },
         spec: Some(JobSpec {

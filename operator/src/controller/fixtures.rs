@@ -1026,7 +1026,7 @@ impl World {
         }
         self.children.retain(|p, v| {
             !p.contains("/pods/")
-                || v["metadata"]["labels"]["app.kubernetes.io/name"] == super::drain::DRAIN_APP
+                || v["metadata"]["labels"]["app.kubernetes.io/name"] == super::identity::DRAIN_APP
         });
         self.pod_answers.clear();
         for (k, set) in pods.into_iter().enumerate() {
@@ -1151,7 +1151,7 @@ impl World {
     pub fn finish_drains(&mut self, succeeded: bool) {
         self.children.retain(|p, v| {
             !(p.contains("/pods/")
-                && v["metadata"]["labels"]["app.kubernetes.io/name"] == super::drain::DRAIN_APP)
+                && v["metadata"]["labels"]["app.kubernetes.io/name"] == super::identity::DRAIN_APP)
         });
         self.drain_answers.clear();
         for (path, job) in self.children.iter_mut() {

@@ -1206,7 +1206,7 @@ async fn the_admin_token_secret_is_made_once_never_overwritten_and_mounted() {
         .find(|s| s.name_any() == "acme-relay-admin")
         .cloned()
         .expect("no admin token Secret");
-    let token = crate::local::secret_value(&made, "token").unwrap();
+    let token = crate::secrets::secret_value(&made, "token").unwrap();
     assert_eq!(token.len(), 64, "256 bits as hex");
     assert_eq!(
         made.metadata.owner_references.as_ref().unwrap()[0].kind,
@@ -1253,7 +1253,7 @@ async fn the_admin_token_secret_is_made_once_never_overwritten_and_mounted() {
         .find(|s| s.name_any() == "acme-relay-admin")
         .unwrap();
     assert_eq!(
-        crate::local::secret_value(kept, "token").unwrap(),
+        crate::secrets::secret_value(kept, "token").unwrap(),
         b"my-own-token"
     );
 }

@@ -38,7 +38,6 @@ use rustls::ClientConfig;
 use crate::config::{DeliveryConfig, HostConfig, RouteAuthConfig, RouteConfig};
 use crate::envelope::MailParams;
 
-use super::Clock;
 use super::client::{
     AuthCredentials, CacheKey, ConnectionCache, RecipientOutcome, SessionError, SessionParams,
     SmtpConnection, StageTimeouts,
@@ -49,6 +48,7 @@ use super::mx::{MxResolver, ResolveError};
 use super::oauth::TokenCache;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
+use crate::clock::Clock;
 
 /// The result of delivering one group.
 #[derive(Debug, Clone)]

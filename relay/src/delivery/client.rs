@@ -42,9 +42,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::Clock;
 use super::text::MessageText;
 use super::tls::{TlsPolicy, TlsRequirement};
+use crate::clock::Clock;
 use crate::config::{AuthMechanism, DeliveryConfig};
 use crate::envelope::MailParams;
 

@@ -7,8 +7,8 @@
 //! for XOAUTH2 routes ([`oauth`]), one delivery attempt over a route ([`attempt`]), the
 //! route TLS probe ([`probe`]), the retry schedule ([`retry`]), RFC 3464 bounces ([`dsn`])
 //! and the queue manager that schedules attempts per destination and ties them together
-//! ([`queue`]). Layers read top-down: queue → attempt and probe → client, oauth, mx, tls,
-//! guard.
+//! ([`queue`]), and DKIM signing of what leaves ([`dkim`]). Layers read top-down: queue →
+//! dkim, attempt and probe → client, oauth, mx, tls, guard.
 //!
 //! It does not own the spool: the queue manager reads and writes messages through the
 //! [`queue::MessageStore`] trait, which the spool implements; a message's text is a
@@ -30,6 +30,7 @@
 
 pub mod attempt;
 pub mod client;
+pub mod dkim;
 pub mod dsn;
 pub mod guard;
 pub mod metrics;
@@ -47,13 +48,3 @@ pub mod text;
 pub mod tls;
 
 pub use crate::clock::{Clock, FakeClock, SystemClock};
-
-/// The domain of an address (`user@Example.COM` gives `example.com`); `None` without `@`.
-pub fn domain_of(address: &str) -> Option<String> {
-    let (_, domain) = address.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    if domain.is_empty() {
-        return None;
-    }
-    Some(domain.to_ascii_lowercase())
-}

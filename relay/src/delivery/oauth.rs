@@ -21,8 +21,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::Clock;
 use super::tls::{CertificateCheck, TlsPolicy, TlsRequirement};
+use crate::clock::Clock;
 use crate::config::ClientCredentialsConfig;
 
 /// A token is refreshed when less than this is left of its lifetime.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use crate::config::{HostConfig, RouteConfig, RouteHosts, RouteMatcher, RouteTlsConfig};
 use crate::idn;
 
-use super::domain_of;
+use crate::envelope::domain_of;
 
 /// Where one recipient's mail goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use super::{CompiledSetting, IpSet};
+use super::compiled::{CompiledSetting, IpSet};
 use crate::config::AllowedSenders;
 
 /// Sender modes, one bit each.

@@ -24,6 +24,9 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+/// Longest command line accepted, including the trailing CRLF (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+
 /// SASL mechanisms the relay offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMechanism {

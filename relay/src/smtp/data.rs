@@ -10,7 +10,8 @@
 //! so memory does not grow with the message; the session decides what to do with the
 //! result.
 
-use super::MAX_TEXT_LINE;
+/// Longest text line in DATA, including the trailing CRLF (RFC 5321 §4.5.3.1.6).
+pub const MAX_TEXT_LINE: usize = 1000;
 
 /// Why the received text cannot be accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

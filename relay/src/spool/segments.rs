@@ -33,7 +33,6 @@
 //! little live data (deferred mail pinning it) is compacted: its live records are written
 //! again through the writers and the old copies marked done.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -42,7 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Location, QueueId, SpoolError};
+use super::error::SpoolError;
+use crate::envelope::QueueId;
 
 /// Size of every segment file.
 pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
@@ -249,12 +249,21 @@ pub(super) struct Recovered {
     pub(super) torn: u64,
 }
 
+/// A live record found by recovery: `bytes` bytes at `offset` in `segment`.
+#[derive(Debug)]
+pub(super) struct LiveRecord {
+    pub(super) segment: Arc<Segment>,
+    pub(super) offset: u64,
+    pub(super) bytes: u64,
+}
+
 impl Segments {
-    /// Reads every segment in `dir`: live records for the index, torn tails skipped
+    /// Reads every segment in `dir`: each live record goes to `live` (which says whether
+    /// it took it: `false` for a message it already holds), torn tails are skipped
     /// (logged), segments without live records made free.
     pub(super) fn recover(
         dir: &Path,
-        records: &mut BTreeMap<QueueId, Location>,
+        live: &mut dyn FnMut(QueueId, LiveRecord) -> bool,
     ) -> Result<Recovered, SpoolError> {
         fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
@@ -308,7 +317,7 @@ impl Segments {
                 continue;
             };
             max_seq = max_seq.max(seq);
-            torn += scan(&segment, seq, records)?;
+            torn += scan(&segment, seq, live)?;
             let state = segment.state.lock().unwrap_or_else(|e| e.into_inner());
             let live = state.live;
             drop(state);
@@ -591,12 +600,12 @@ fn read_header(file: &File) -> io::Result<Option<u64>> {
     Ok(Some(u64::from_le_bytes(seq)))
 }
 
-/// Reads the records of one segment into `records`; returns 1 when it ended in a torn
+/// Hands the live records of one segment to `live`; returns 1 when it ended in a torn
 /// record (of this use: magic and sequence number right, the rest not), else 0.
 fn scan(
     segment: &Arc<Segment>,
     seq: u64,
-    records: &mut BTreeMap<QueueId, Location>,
+    live: &mut dyn FnMut(QueueId, LiveRecord) -> bool,
 ) -> Result<u64, SpoolError> {
     let path = &segment.path;
     let mut reader = io::BufReader::with_capacity(
@@ -641,19 +650,18 @@ fn scan(
         state.used_bytes += bytes;
         if h.state == LIVE {
             let id = QueueId(h.id);
-            match records.entry(id) {
+            let record = LiveRecord {
+                segment: segment.clone(),
+                offset,
+                bytes,
+            };
+            if live(id, record) {
+                state.live += 1;
+                state.live_bytes += bytes;
+            } else {
                 // A compacted record whose old copy's done mark was lost: one copy is
                 // enough.
-                std::collections::btree_map::Entry::Occupied(_) => segment.mark_done(offset),
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    state.live += 1;
-                    state.live_bytes += bytes;
-                    slot.insert(Location::Segment {
-                        segment: segment.clone(),
-                        offset,
-                        bytes,
-                    });
-                }
+                segment.mark_done(offset);
             }
         }
         offset = end;

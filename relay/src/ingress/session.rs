@@ -28,9 +28,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::auth::{self, SaslError};
 use crate::config::{LimitsConfig, RelayConfig};
 use crate::idn;
+use crate::ingress::auth::{self, SaslError};
 use crate::limits::{LimitHit, LimitStoreError, TxId};
 use crate::policy::{ClientFacts, MailDecision, Policy};
 use crate::smtp::{

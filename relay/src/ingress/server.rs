@@ -10,7 +10,7 @@
 //! read and every write has a deadline (the idle timeout, within the session timeout).
 //!
 //! Behind a load balancer (`RelayConfig::proxy_protocol`), the PROXY protocol header
-//! ([`crate::proxy`]) is read first, before any TLS (port 465 too) and before the
+//! ([`crate::ingress::proxy`]) is read first, before any TLS (port 465 too) and before the
 //! client's per-IP slot is charged: a connection takes a global slot at accept and the
 //! per-IP slot of the address the header names. A header from a peer outside the trusted
 //! proxies, an invalid one, or none where one is required closes the connection with a
@@ -42,12 +42,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyProtocolConfig;
-use crate::generation::Generation;
+use crate::ingress::generation::Generation;
+use crate::ingress::proxy;
+use crate::ingress::received::{Trace, received_header};
+use crate::ingress::session::{Action, Message, Session};
 use crate::limits::{Clock, LimitStore, RcptQuery, Release, Usage};
 use crate::metrics::Metrics;
-use crate::proxy;
-use crate::received::{Trace, received_header};
-use crate::session::{Action, Message, Session};
 use crate::smtp::{MAX_COMMAND_LINE, Reply};
 use crate::spool::{Envelope, Incoming, Spool};
 
@@ -73,7 +73,7 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     total: AtomicU32,
     /// AUTH failures per client and per user, across sessions and generations.
-    pub auth_throttle: crate::auth_throttle::AuthThrottle,
+    pub auth_throttle: crate::ingress::auth_throttle::AuthThrottle,
 }
 
 impl Shared {
@@ -84,7 +84,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         accepted: broadcast::Sender<Envelope>,
-        auth_throttle: crate::auth_throttle::AuthThrottle,
+        auth_throttle: crate::ingress::auth_throttle::AuthThrottle,
     ) -> Self {
         Self {
             current: ArcSwap::from_pointee(generation),
@@ -773,8 +773,8 @@ impl Conn<'_> {
         identity: String,
         password: String,
     ) -> Vec<Action> {
-        use crate::auth::Verdict;
-        use crate::auth_throttle::{Decision, lockout_reply};
+        use crate::ingress::auth::Verdict;
+        use crate::ingress::auth_throttle::{Decision, lockout_reply};
         let shared = self.shared;
         let ip = session.client_ip();
         match shared
@@ -811,7 +811,7 @@ impl Conn<'_> {
             Verdict::Busy => {
                 shared.metrics.auth_busy.inc();
                 tracing::warn!(client = %ip, "AUTH refused: the password check pool is full");
-                session.auth_not_checked(crate::auth::busy_reply())
+                session.auth_not_checked(crate::ingress::auth::busy_reply())
             }
         }
     }

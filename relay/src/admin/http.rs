@@ -4,7 +4,7 @@
 //! delay; the endpoint closes with them.
 //!
 //! Owns only HTTP plumbing; the numbers come from [`crate::metrics::Metrics`]. Paths under
-//! `/queue` are queue administration ([`crate::admin_queue`]), which needs a token; the
+//! `/queue` are queue administration ([`crate::admin::queue`]), which needs a token; the
 //! others stay open.
 
 use std::convert::Infallible;
@@ -29,7 +29,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
     pub ready: AtomicBool,
-    pub queue: Arc<crate::admin_queue::QueueAdmin>,
+    pub queue: Arc<crate::admin::queue::QueueAdmin>,
 }
 
 fn respond(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
@@ -85,7 +85,7 @@ pub async fn serve(
                 let state = state.clone();
                 async move {
                     let path = req.uri().path();
-                    let resp = if path == crate::admin_queue::IMPORT_PATH
+                    let resp = if path == crate::admin::queue::IMPORT_PATH
                         && req.method() == hyper::Method::POST
                     {
                         let (parts, body) = req.into_parts();
@@ -93,14 +93,14 @@ pub async fn serve(
                             .headers
                             .get(hyper::header::AUTHORIZATION)
                             .map(|v| v.as_bytes());
-                        crate::admin_queue::import(state.queue.clone(), auth, body, peer).await
-                    } else if crate::admin_queue::is_queue_path(path) {
+                        crate::admin::queue::import(state.queue.clone(), auth, body, peer).await
+                    } else if crate::admin::queue::is_queue_path(path) {
                         let auth = req
                             .headers()
                             .get(hyper::header::AUTHORIZATION)
                             .map(|v| v.as_bytes());
                         let queue = state.queue.clone();
-                        crate::admin_queue::handle(
+                        crate::admin::queue::handle(
                             queue,
                             req.method(),
                             path,

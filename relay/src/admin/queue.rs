@@ -15,7 +15,7 @@
 //! delivery state and hold), a line feed, then exactly `envelope.size` bytes of message
 //! text as that spool held it. The text is streamed into this relay's spool (memory stays
 //! bounded) and made durable before the `200`; a body shorter or longer than announced
-//! queues nothing. See [`crate::drain`] for the other end.
+//! queues nothing. See [`crate::admin::drain`] for the other end.
 //!
 //! Every request needs `Authorization: Bearer TOKEN`, the token being the content of the
 //! file [`crate::config::RelayConfig::admin_token_file`] names (read on every request, so
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::delivery::queue::{AdminError, MessageState, QueueManager, RecipientState};
-use crate::server::Shared;
+use crate::ingress::server::Shared;
 use crate::spool::Spool;
 
 /// Most messages one `GET /queue` lists (the total is always given).

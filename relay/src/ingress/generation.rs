@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-use crate::auth::{Credentials, CredentialsError};
 use crate::config::{RelayConfig, TlsFiles};
-use crate::session::SessionConfig;
+use crate::ingress::auth::{Credentials, CredentialsError};
+use crate::ingress::session::SessionConfig;
 
 /// Why a config cannot be put in force.
 #[derive(Debug, thiserror::Error)]

@@ -50,84 +50,17 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
 use crate::config::{AllowedSenders, RelayConfig};
 use crate::idn;
 use crate::smtp::Reply;
 
+mod compiled;
 mod index;
 
+use compiled::CompiledSetting;
+pub use compiled::IpSet;
 pub use index::IndexSize;
 use index::{PolicyIndex, Reach};
-
-/// A set of IP networks with fast membership tests.
-#[derive(Clone, Debug, Default)]
-pub struct IpSet {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
-}
-
-impl IpSet {
-    /// Builds the set; overlapping and adjacent networks are merged.
-    pub fn new<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for net in nets {
-            match net {
-                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
-                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
-            }
-        }
-        Self {
-            v4: merge(v4),
-            v6: merge(v6),
-        }
-    }
-
-    /// True when `ip` lies in one of the networks. IPv4-mapped IPv6 addresses are treated
-    /// as the IPv4 address they carry (dual-stack listeners report them).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => lookup(&self.v4, u32::from(a)),
-            IpAddr::V6(a) => lookup(&self.v6, u128::from(a)),
-        }
-    }
-}
-
-fn merge<T: Ord + Copy + num_like::Succ>(mut v: Vec<(T, T)>) -> Vec<(T, T)> {
-    v.sort_unstable();
-    let mut out: Vec<(T, T)> = Vec::with_capacity(v.len());
-    for (start, end) in v {
-        match out.last_mut() {
-            Some(last) if start <= last.1.succ() => last.1 = last.1.max(end),
-            _ => out.push((start, end)),
-        }
-    }
-    out
-}
-
-fn lookup<T: Ord + Copy>(table: &[(T, T)], x: T) -> bool {
-    let idx = table.partition_point(|&(start, _)| start <= x);
-    idx > 0 && table[idx - 1].1 >= x
-}
-
-mod num_like {
-    /// Saturating successor, for merging adjacent intervals.
-    pub trait Succ {
-        fn succ(self) -> Self;
-    }
-    impl Succ for u32 {
-        fn succ(self) -> Self {
-            self.saturating_add(1)
-        }
-    }
-    impl Succ for u128 {
-        fn succ(self) -> Self {
-            self.saturating_add(1)
-        }
-    }
-}
 
 /// What the session knows about the client when MAIL arrives.
 #[derive(Clone, Copy, Debug)]
@@ -287,14 +220,6 @@ fn combine(settings: &[SettingVerdict], sender: &str) -> MailDecision {
         })
         .unwrap_or_default();
     MailDecision::SenderRejected(reason)
-}
-
-#[derive(Clone, Debug)]
-struct CompiledSetting {
-    senders: AllowedSenders,
-    ips: Option<IpSet>,
-    require_auth: bool,
-    require_tls: bool,
 }
 
 /// The compiled policy of one config generation.
@@ -606,6 +531,7 @@ pub fn domain_of(address: &str) -> &str {
 pub(crate) mod tests {
     use super::*;
     use crate::config::{LimitsConfig, RangeConfig, SettingConfig};
+    use ipnet::IpNet;
     use proptest::prelude::*;
 
     pub(crate) fn config_with(settings: Vec<SettingConfig>) -> RelayConfig {

@@ -8,7 +8,7 @@
 //!   envelope, its delivery state (recipients already delivered or bounced are not tried
 //!   again, DSNs still owed are still sent, failed attempts keep counting toward the
 //!   queue lifetime) and its hold, to a running relay's `POST /queue/import`
-//!   ([`crate::admin_queue`]). It leaves this spool only after the receiving relay has
+//!   ([`crate::admin::queue`]). It leaves this spool only after the receiving relay has
 //!   made it durable and answered `200`. A drain that stops between the two hands the
 //!   message over again when it is run again: at least once, as SMTP itself, never lost.
 //!   Targets are tried in turn; when none answers the drain waits and tries again, and
@@ -37,7 +37,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::admin_queue::{IMPORT_PATH, ImportHead};
+use crate::admin::queue::{IMPORT_PATH, ImportHead};
 use crate::clock::SystemClock;
 use crate::config::RelayConfig;
 use crate::delivery::queue::{QueueManager, QueueOptions, forget_state, stored_state};

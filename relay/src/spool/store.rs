@@ -1,0 +1,500 @@
+//! The spool as the rest of the relay sees it: [`Spool::open`] (lock, recovery, writer
+//! and housekeeping threads), the text of a message being received ([`Incoming`]),
+//! [`Spool::commit`] (the `250` waits on it), reading, listing and removing messages, and
+//! the [`MessageStore`](crate::delivery::queue::MessageStore) that delivery reads through.
+//!
+//! Not here: the on-disk forms (`segments`, `files`), group commit (`writer`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use super::compaction::housekeeping_loop;
+use super::error::SpoolError;
+use super::files::{
+    HEADER2, discard_incoming, locate, parse, parse_envelope, recover_files, single_file,
+};
+use super::index::{Location, Shared};
+use super::job::{Content, Job};
+use super::lock::take_lock;
+use super::segments::{self, Segments};
+use super::writer::{WRITERS, writer_loop};
+use crate::envelope::{Envelope, QueueId};
+
+/// Message text kept in memory before it goes to a file in `incoming/`.
+pub const SPILL_BYTES: usize = 256 * 1024;
+/// The text of a message being received: in memory up to [`SPILL_BYTES`], then in a file
+/// under `incoming/`. [`Spool::commit`] makes it a queued message;
+/// [`Spool::discard`] throws it away.
+#[derive(Debug)]
+pub struct Incoming {
+    pub(super) id: QueueId,
+    pub(super) buf: Vec<u8>,
+    pub(super) file: Option<(PathBuf, tokio::fs::File)>,
+    pub(super) len: u64,
+}
+
+impl Incoming {
+    /// The queue id the message will have.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// The buffer to append text to; call [`Incoming::settle`] after appending.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Bytes of text so far.
+    pub fn len(&self) -> u64 {
+        self.len + self.buf.len() as u64
+    }
+
+    /// True when no text has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves the buffered text to the file once it is large enough.
+    pub async fn settle(&mut self, spool: &Spool) -> Result<(), SpoolError> {
+        if self.buf.len() < SPILL_BYTES {
+            return Ok(());
+        }
+        self.spill(spool).await
+    }
+
+    pub(super) async fn spill(&mut self, spool: &Spool) -> Result<(), SpoolError> {
+        use tokio::io::AsyncWriteExt;
+        if self.file.is_none() {
+            let path = spool.incoming_dir.join(self.id.to_string());
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+                .map_err(|e| SpoolError::io(&path, e))?;
+            file.write_all(HEADER2)
+                .await
+                .map_err(|e| SpoolError::io(&path, e))?;
+            self.file = Some((path, file));
+        }
+        if let Some((path, file)) = &mut self.file {
+            file.write_all(&self.buf)
+                .await
+                .map_err(|e| SpoolError::io(path, e))?;
+            self.len += self.buf.len() as u64;
+            self.buf.clear();
+            if self.buf.capacity() > 2 * SPILL_BYTES {
+                self.buf.shrink_to(SPILL_BYTES);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The on-disk queue.
+pub struct Spool {
+    /// The open, locked `lock` file; `None` once unlocked.
+    pub(super) lock: Mutex<Option<File>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) incoming_dir: PathBuf,
+    pub(super) quarantine_dir: PathBuf,
+    pub(super) quarantined: u64,
+    pub(super) torn: u64,
+    pub(super) writer: Mutex<mpsc::Sender<Job>>,
+    pub(super) housekeeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(super) last_id: AtomicU64,
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("queue_dir", &self.shared.queue_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` and recovers the messages queued
+    /// there. Files that cannot be parsed are moved to `quarantine/` with a warning; the
+    /// torn tail of a segment (never acknowledged) is skipped with a warning.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
+        let dir = dir.as_ref();
+        // Before anything is read or removed: `incoming/` of a running relay is its
+        // sessions' unacknowledged text, not leftovers.
+        let lock = take_lock(dir)?;
+        let queue_dir = dir.join("queue");
+        let incoming_dir = dir.join("incoming");
+        let quarantine_dir = dir.join("quarantine");
+        for d in [&queue_dir, &incoming_dir, &quarantine_dir] {
+            fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
+        }
+        discard_incoming(&incoming_dir)?;
+        let mut index = BTreeMap::new();
+        let quarantined = recover_files(&queue_dir, &quarantine_dir, &mut index)?;
+        let recovered = Segments::recover(&dir.join("segments"), &mut |id, record| match index
+            .entry(id)
+        {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Location::Segment {
+                    segment: record.segment,
+                    offset: record.offset,
+                    bytes: record.bytes,
+                });
+                true
+            }
+        })?;
+        let last = index.keys().next_back().map(|id| id.0).unwrap_or(0);
+        let shared = Arc::new(Shared {
+            queue_dir,
+            index: Mutex::new(index),
+            segments: recovered.segments,
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name("spool-writer".into())
+                .spawn(move || writer_loop(&shared, &rx))
+                .map_err(|e| SpoolError::io(dir, e))?;
+        }
+        let housekeeper = {
+            let shared = shared.clone();
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("spool-segments".into())
+                .spawn(move || housekeeping_loop(&shared, &tx))
+                .map_err(|e| SpoolError::io(dir, e))?
+        };
+        Ok(Spool {
+            lock: Mutex::new(Some(lock)),
+            shared,
+            incoming_dir,
+            quarantine_dir,
+            quarantined,
+            torn: recovered.torn,
+            writer: Mutex::new(tx),
+            housekeeper: Mutex::new(Some(housekeeper)),
+            last_id: AtomicU64::new(last),
+        })
+    }
+
+    /// Releases the spool's lock, so another [`Spool::open`] of the directory (a relay
+    /// started next in this process) succeeds while tasks of this one still let go of it.
+    /// Call only once nothing writes through this spool any more.
+    pub fn unlock(&self) {
+        self.stop_housekeeping();
+        let file = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(file) = file {
+            let _ = file.unlock();
+        }
+    }
+
+    /// Stops the thread that prepares and compacts segments (it writes to them).
+    pub(super) fn stop_housekeeping(&self) {
+        self.shared.segments.stop();
+        let handle = self
+            .housekeeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    /// A new unique, time-ordered queue id.
+    pub fn new_id(&self) -> QueueId {
+        QueueId::next_after(&self.last_id)
+    }
+
+    /// Writes the message and waits until it is durable.
+    pub async fn accept(&self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        let mut incoming = self.begin(envelope.queue_id);
+        incoming.buf.extend_from_slice(data);
+        self.commit(envelope, incoming).await
+    }
+
+    /// Starts the text of message `id` (from [`Spool::new_id`]).
+    pub fn begin(&self, id: QueueId) -> Incoming {
+        Incoming {
+            id,
+            buf: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    /// Throws away a message whose text was refused.
+    pub async fn discard(&self, incoming: Incoming) {
+        if let Some((path, file)) = incoming.file {
+            drop(file);
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a refused message's text");
+            }
+        }
+    }
+
+    /// Makes the streamed message durable with `envelope` (whose `queue_id` must be the
+    /// incoming id) and waits until it is: a record in a segment, flushed, for a message
+    /// that stayed in memory; a file in `queue/`, flushed with its directory, for one that
+    /// went to `incoming/`.
+    pub async fn commit(
+        &self,
+        envelope: &Envelope,
+        mut incoming: Incoming,
+    ) -> Result<QueueId, SpoolError> {
+        let id = envelope.queue_id;
+        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
+            path: self.shared.path_of(id),
+            reason: e.to_string(),
+        })?;
+        let data_len = incoming.len();
+        let content = if incoming.file.is_none()
+            && segments::RECORD_HEADER + json.len() + incoming.buf.len() <= segments::MAX_RECORD
+        {
+            Content::Record(segments::encode(id, &json, &incoming.buf))
+        } else if incoming.file.is_none() {
+            Content::Bytes(single_file(&json, &incoming.buf))
+        } else {
+            use tokio::io::AsyncWriteExt;
+            let trailer = format!("\nEND {data_len:016x} {:016x}\n", json.len());
+            if let Err(e) = incoming.spill(self).await {
+                self.discard(incoming).await;
+                return Err(e);
+            }
+            let Some((path, mut file)) = incoming.file.take() else {
+                return Err(SpoolError::WriterStopped);
+            };
+            // tokio writes in the background: flush so the writer thread sees every byte.
+            let flushed = file.flush().await.map_err(|e| SpoolError::io(&path, e));
+            drop(file);
+            if let Err(e) = flushed {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+            let mut tail = json;
+            tail.extend_from_slice(trailer.as_bytes());
+            Content::Spilled {
+                incoming: path,
+                tail,
+            }
+        };
+        let (done, wait) = oneshot::channel();
+        let job = Job { id, content, done };
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| SpoolError::WriterStopped)?;
+        // The writer puts the message in the index before it answers: should this
+        // session go away now, the message is queued all the same.
+        wait.await.map_err(|_| SpoolError::WriterStopped)??;
+        Ok(id)
+    }
+
+    /// Where message `id` is now.
+    pub(super) fn location(&self, id: QueueId) -> Result<Location, SpoolError> {
+        self.shared
+            .index()
+            .get(&id)
+            .cloned()
+            .ok_or(SpoolError::NotFound(id))
+    }
+
+    /// The envelope (JSON) and text of a message in a segment. Compaction may move it
+    /// between the look-up and the read; the record's checks then fail and the look-up is
+    /// made again.
+    pub(super) fn read_record(&self, id: QueueId) -> Result<Option<segments::Record>, SpoolError> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let Location::Segment {
+                segment, offset, ..
+            } = self.location(id)?
+            else {
+                return Ok(None);
+            };
+            match segment.read_record(offset, id) {
+                Ok(record) => return Ok(Some(record)),
+                Err(reason) => last = reason,
+            }
+        }
+        // Still in the index, still not readable: a damaged record.
+        match self.location(id)? {
+            Location::Segment { segment, .. } => Err(SpoolError::Corrupt {
+                path: segment.path.clone(),
+                reason: last,
+            }),
+            Location::File => Ok(None),
+        }
+    }
+
+    /// Reads a queued message back.
+    pub fn read(&self, id: QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        if let Some(record) = self.read_record(id)? {
+            let env = parse_envelope(&record.envelope, &self.shared.segments_path(id))?;
+            debug_assert_eq!(record.id, id);
+            return Ok((env, record.text));
+        }
+        let path = self.shared.path_of(id);
+        let bytes = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
+            other => other.map_err(|e| SpoolError::io(&path, e))?,
+        };
+        let (env, data) = parse(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        let env = parse_envelope(env, &path)?;
+        Ok((env, data.to_vec()))
+    }
+
+    /// Removes a message (delivered or bounced). The removal is not flushed: should the
+    /// machine fail before it reaches the disk, the message is delivered once more (at
+    /// least once), which costs less than a disk flush per delivered message.
+    pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let location = self
+            .shared
+            .index()
+            .remove(&id)
+            .ok_or(SpoolError::NotFound(id))?;
+        match location {
+            Location::Segment {
+                segment,
+                offset,
+                bytes,
+            } => {
+                self.shared.segments.release(&segment, offset, bytes, true);
+                Ok(())
+            }
+            Location::File => {
+                let path = self.shared.path_of(id);
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpoolError::NotFound(id)),
+                    other => other.map_err(|e| SpoolError::io(&path, e)),
+                }
+            }
+        }
+    }
+
+    /// Queued messages, oldest first.
+    pub fn list(&self) -> Vec<QueueId> {
+        self.shared.index().keys().copied().collect()
+    }
+
+    /// Number of queued messages.
+    pub fn depth(&self) -> usize {
+        self.shared.index().len()
+    }
+
+    /// Where unreadable files go.
+    pub fn quarantine_dir(&self) -> &Path {
+        &self.quarantine_dir
+    }
+
+    /// Files moved to quarantine when the spool was opened.
+    pub fn quarantined_at_open(&self) -> u64 {
+        self.quarantined
+    }
+
+    /// Segments whose torn tail was skipped when the spool was opened.
+    pub fn torn_at_open(&self) -> u64 {
+        self.torn
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.stop_housekeeping();
+    }
+}
+
+/// Delivery reads, re-queues (DSNs) and removes messages through the spool. The queue
+/// manager calls these on blocking threads, so the async group-commit write is driven to
+/// completion on the current runtime. `read` gives the envelope and the byte range of the
+/// text in the message file: delivery streams the text from there, never holding it whole.
+impl crate::delivery::queue::MessageStore for Spool {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(Spool::list(self).iter().map(|id| id.to_string()).collect())
+    }
+
+    fn read(&self, queue_id: &str) -> io::Result<crate::delivery::queue::StoredMessage> {
+        let id = parse_id(queue_id)?;
+        // A record is small (it was received in memory): read whole, checked.
+        if let Some(record) = self.read_record(id).map_err(into_io)? {
+            let envelope = parse_envelope(&record.envelope, &self.shared.segments_path(id))
+                .map_err(into_io)?;
+            return Ok(crate::delivery::queue::StoredMessage {
+                envelope,
+                text: crate::delivery::text::MessageText::bytes(record.text),
+            });
+        }
+        let path = self.shared.path_of(id);
+        let (envelope, data) = match locate(&path) {
+            Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(into_io(SpoolError::NotFound(id)));
+            }
+            other => other.map_err(into_io)?,
+        };
+        Ok(crate::delivery::queue::StoredMessage {
+            envelope,
+            text: crate::delivery::text::MessageText::file(path, data.start, data.end - data.start),
+        })
+    }
+
+    fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        received_at: SystemTime,
+    ) -> io::Result<String> {
+        let envelope = Envelope::generated(
+            self.new_id(),
+            mail_from,
+            rcpt_to,
+            received_at,
+            data.len() as u64,
+        );
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("no runtime to write the spool: {e}")))?;
+        let id = runtime
+            .block_on(self.accept(&envelope, data))
+            .map_err(into_io)?;
+        Ok(id.to_string())
+    }
+
+    fn remove(&self, queue_id: &str) -> io::Result<()> {
+        Spool::remove(self, parse_id(queue_id)?).map_err(into_io)
+    }
+}
+
+pub(super) fn parse_id(queue_id: &str) -> io::Result<QueueId> {
+    queue_id.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{queue_id:?} is not a queue id"),
+        )
+    })
+}
+
+pub(super) fn into_io(e: SpoolError) -> io::Error {
+    match e {
+        SpoolError::NotFound(id) => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no message {id} in the spool"),
+        ),
+        SpoolError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}

@@ -11,6 +11,7 @@
 // kube's `printcolumn(...)` attributes repeat keys such as `type_ = "string"` by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod cel_cost;
 pub mod common;
 pub mod expectation;
 pub mod manifest;

@@ -8,6 +8,8 @@
 //! - `crd_cost_total_over_the_limit_is_refused_like_the_api_server`: the CRD validation
 //!   case "cost total exceeds total limit" (cost × cardinality, the 1% rule for
 //!   contributors, the messages).
+//! - `our_crds_fit_the_api_server_and_the_project_budget`: the estimate of every rule of
+//!   `crds::all_crds()`, printed, and the budget checks.
 
 use crds::cel_cost::{self, ResultType, estimate_expression};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -886,4 +888,49 @@ fn a_rule_the_estimator_cannot_price_is_an_error() {
         "{}",
         errors[0]
     );
+}
+
+#[test]
+fn our_crds_fit_the_api_server_and_the_project_budget() {
+    // Print every rule's estimate first, so that a failure shows the whole picture.
+    let report = cel_cost::Report {
+        crds: crds::all_crds()
+            .iter()
+            .map(|crd| cel_cost::estimate_crd(crd).0)
+            .collect(),
+    };
+    println!("{report}");
+    if let Some(h) = report.highest() {
+        println!(
+            "highest cost × times: {} {}: {} × {} = {} ({})",
+            h.kind, h.schema_path, h.cost, h.cardinality, h.total, h.rule
+        );
+    }
+    if let Some(h) = report
+        .crds
+        .iter()
+        .flat_map(|c| &c.rules)
+        .max_by_key(|r| r.cost)
+    {
+        println!(
+            "highest cost of one evaluation: {} {}: {} ({})",
+            h.kind, h.schema_path, h.cost, h.rule
+        );
+    }
+    match cel_cost::check_crds() {
+        Ok(checked) => {
+            assert_eq!(checked, report);
+            for crd in &report.crds {
+                assert!(crd.total <= cel_cost::CRD_BUDGET, "{}", crd.kind);
+                for r in &crd.rules {
+                    assert!(r.cost <= cel_cost::RULE_BUDGET, "{r:?}");
+                    assert!(r.total <= cel_cost::STATIC_ESTIMATED_COST_LIMIT, "{r:?}");
+                }
+            }
+        }
+        Err(errors) => {
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            panic!("{}", text.join("\n"));
+        }
+    }
 }

@@ -33,8 +33,10 @@ pub struct RelayExpectationSpec {
     /// What the cases guard.
     #[serde(default)]
     pub description: String,
-    /// The cases, each evaluated on its own session. Names are unique (checked by the
-    /// loader, not by CEL: a pairwise rule over an unbounded list costs too much).
+    /// The cases, each evaluated on its own session (at most 1,000). Names are unique
+    /// (checked by the loader, not by CEL: a pairwise rule over 1,000 names would cost
+    /// far more than the API server allows).
+    #[schemars(length(max = crate::bounds::CASES_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.size() > 0").message("cases must list at least one case"))]
     pub cases: Vec<ExpectationCase>,
 }
@@ -43,7 +45,8 @@ pub struct RelayExpectationSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExpectationCase {
-    /// Names the case in reports.
+    /// Names the case in reports (at most 256 characters).
+    #[schemars(length(max = crate::bounds::CASE_NAME_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.trim() != ''").message("name must not be empty"))]
     pub name: String,
     /// Who the client is.
@@ -61,7 +64,8 @@ pub struct ExpectationCase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExpectationClient {
-    /// Client IP address.
+    /// Client IP address (at most 45 characters).
+    #[schemars(length(max = crate::bounds::IP_MAX))]
     #[x_kube(validation = kube::core::Rule::new("isIP(self)").message("client.ip must be an IPv4 or IPv6 address, such as 192.0.2.10"))]
     pub ip: String,
     /// HELO/EHLO name; the address literal of `ip` when omitted.
@@ -97,4 +101,27 @@ pub struct Expected {
     /// The envelope sender after any rewrite (SPEC §3.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+}
+
+impl RelayExpectation {
+    /// The size bounds of the RelayExpectation schema, checked in Rust (see
+    /// `Organization::bound_violations`).
+    pub fn bound_violations(&self) -> Vec<crate::structural::FieldError> {
+        use crate::bounds::{self, Violations};
+        let mut v = Violations::default();
+        v.items("spec.cases", &self.spec.cases, bounds::CASES_MAX);
+        for (i, case) in self.spec.cases.iter().enumerate() {
+            v.len(
+                &format!("spec.cases[{i}].name"),
+                &case.name,
+                bounds::CASE_NAME_MAX,
+            );
+            v.len(
+                &format!("spec.cases[{i}].client.ip"),
+                &case.client.ip,
+                bounds::IP_MAX,
+            );
+        }
+        v.0
+    }
 }

@@ -2,15 +2,19 @@
 //! write in Git (plus `RelayExpectation`, policy tests the operator ignores), their CRD schemas with CEL validation rules, and the offline loader that
 //! turns a set of YAML files into typed, validated objects.
 //!
-//! The CEL rules attached to the types are the single source of truth for single-object
-//! validation: the API server evaluates them from the generated CRD, and
-//! [`manifest::load_paths`] evaluates the very same rules offline through kube's `cel`
-//! feature. Cross-object checks (a selector that matches nothing, a missing Secret) are not
+//! The CEL rules and size bounds attached to the types are the single source of truth for
+//! single-object validation: the API server evaluates them from the generated CRD, and
+//! [`manifest::load_paths`] applies the very same schema offline ([`structural`] for the
+//! bounds, kube's `cel` feature for the rules). [`cel_cost`] estimates the rules' cost as
+//! the API server does when the CRDs are installed, and [`bounds`] holds the bounds that
+//! keep that cost within its limits. Cross-object checks (a selector that matches nothing, a missing Secret) are not
 //! validation errors; `render` and the operator report them as status conditions.
 
 // kube's `printcolumn(...)` attributes repeat keys such as `type_ = "string"` by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod bounds;
+pub mod cel_cost;
 pub mod common;
 pub mod expectation;
 pub mod manifest;
@@ -18,6 +22,7 @@ pub mod organization;
 pub mod range;
 pub mod route;
 pub mod setting;
+pub mod structural;
 
 pub use common::{Condition, SecretRef};
 pub use expectation::{
@@ -46,13 +51,27 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "smtprelay.dev/v1alpha1";
 
+/// The oldest Kubernetes version whose API server accepts these CRDs: their validation
+/// rules use the CEL IP and CIDR libraries (`isIP`, `isCIDR`, `cidr`, `.ip()`, `.family()`,
+/// `.prefixLength()`, `.masked()`). The libraries entered the API server's CEL environment
+/// at compatibility version 1.30 (k8s.io/apiserver `pkg/cel/environment/base.go`), and new
+/// or changed CRD rules are compiled against the previous version's environment, so rules
+/// using them are accepted from 1.31 (the "Kubernetes IP address library" and "Kubernetes
+/// CIDR library" rows of kubernetes.io "Common Expression Language in Kubernetes": "1.31+").
+/// A 1.30 or older API server refuses the CRDs with "undeclared reference to 'isIP'".
+pub const MIN_KUBERNETES_VERSION: &str = "1.31";
+
 /// The CustomResourceDefinitions of every kind, in a fixed order.
 pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
+    let mut organization = Organization::crd();
+    // A root rule checks that the name is a DNS label; the bound keeps its estimated cost
+    // (a regular expression over the name) small.
+    bounds::bound_organization_name(&mut organization, bounds::ORGANIZATION_NAME_MAX);
     vec![
-        Organization::crd(),
+        organization,
         SmtpRelaySetting::crd(),
         IpAllowRange::crd(),
         MailRoute::crd(),
@@ -61,9 +80,13 @@ pub fn all_crds()
 }
 
 /// All CRDs as one multi-document YAML stream, as `relayctl crds` prints it and as
-/// `crds/yaml/smtprelay.dev.yaml` commits it.
+/// `crds/yaml/smtprelay.dev.yaml` commits it. A comment first states the Kubernetes
+/// version they need.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
-    let mut out = String::new();
+    let mut out = format!(
+        "# SmtpRelay CustomResourceDefinitions (smtprelay.dev/v1alpha1).\n\
+         # They need Kubernetes {MIN_KUBERNETES_VERSION} or newer: their validation rules use the CEL IP/CIDR library.\n"
+    );
     for crd in all_crds() {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

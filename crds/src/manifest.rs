@@ -3,9 +3,11 @@
 //! This module owns the user-facing error reporting of `relayctl validate`, `render`,
 //! `run` and `plan`: every problem names the file, the document, the object, the field
 //! path, the line where it can be found, and what to do. Unknown kinds and unknown fields
-//! are errors (a typo must never silently drop a rule). Single-object rules are the CEL
-//! rules of the CRD schema, evaluated through kube's `cel` feature, so offline validation
-//! and the API server agree by construction.
+//! are errors (a typo must never silently drop a rule). Single-object rules are the CRD
+//! schema's value validations (bounds such as `maxItems` and `maxLength`, patterns, enums:
+//! [`crate::structural`], which kube's `cel` feature does not check) and its CEL rules,
+//! evaluated through kube's `cel` feature, so offline validation and the API server agree
+//! by construction.
 //!
 //! It does not resolve references between objects; `render` does.
 
@@ -498,19 +500,20 @@ where
     T: DeserializeOwned + Serialize + CustomResourceExt,
 {
     let value: T = typed(text, source, object)?;
-    if let Err(errors) = kube::core::cel::validate_cel(&value) {
+    let errors = object_errors(&value);
+    if !errors.is_empty() {
         // Report the first failure with its own line; the rest follow as extra errors would
         // obscure the one to fix first. All failures of a document are joined.
         let mut messages = Vec::new();
         let mut first_field = None;
-        for e in errors.iter() {
-            if first_field.is_none() && !e.field_path.is_empty() {
-                first_field = Some(e.field_path.clone());
+        for (field, message) in &errors {
+            if first_field.is_none() && !field.is_empty() {
+                first_field = Some(field.clone());
             }
-            if e.field_path.is_empty() || Some(&e.field_path) == first_field.as_ref() {
-                messages.push(e.message.clone());
+            if field.is_empty() || Some(field) == first_field.as_ref() {
+                messages.push(message.clone());
             } else {
-                messages.push(format!("{}: {}", e.field_path, e.message));
+                messages.push(format!("{field}: {message}"));
             }
         }
         let line = first_field
@@ -533,14 +536,49 @@ where
     })
 }
 
-/// Validates one typed object with the CEL rules of its CRD: the same check the API server
-/// makes. Returns `field: message` lines.
+/// The problems of one typed object, as `(field, message)`: first the value validations of
+/// its CRD schema (bounds, patterns, enums: [`crate::structural`], which kube's CEL
+/// evaluation does not check), then its CEL rules, the checks the API server makes.
+fn object_errors<T>(object: &T) -> Vec<(String, String)>
+where
+    T: Serialize + CustomResourceExt,
+{
+    let mut errors: Vec<(String, String)> = match serde_json::to_value(object) {
+        Ok(json) => crate::structural::validate_object(&T::api_resource().kind, &json)
+            .into_iter()
+            .map(|e| (e.field, e.detail))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if let Err(cel) = kube::core::cel::validate_cel(object) {
+        errors.extend(
+            cel.iter()
+                .map(|e| (e.field_path.clone(), e.message.clone())),
+        );
+    }
+    errors
+}
+
+/// Validates one typed object as the API server would: the value validations of its CRD
+/// schema, then its CEL rules. Returns `field: message` lines.
 pub fn validate_object<T>(object: &T) -> Result<(), Vec<String>>
 where
     T: Serialize + CustomResourceExt,
 {
-    kube::core::cel::validate_cel(object)
-        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
+    let errors = object_errors(object);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(errors
+        .into_iter()
+        .map(|(field, message)| {
+            if field.is_empty() {
+                message
+            } else {
+                format!("{field}: {message}")
+            }
+        })
+        .collect())
 }
 
 fn field_segments(path: &str) -> Vec<&str> {

@@ -5,7 +5,9 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{self, Violations};
 use crate::common::{Condition, SecretRef};
+use crate::structural::FieldError;
 
 /// One organization (the "customer"): mail domains, registered users, licences, billing
 /// state, optional limit overrides and the relay deployment.
@@ -39,18 +41,25 @@ use crate::common::{Condition, SecretRef};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrganizationSpec {
     /// Mail domains of the organization. A domain belongs to the organization when it
-    /// equals one of these or is a subdomain of one.
-    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of domains must be a valid domain name such as example.com (letters, digits and hyphens, dot-separated, no wildcard)"))]
+    /// equals one of these or is a subdomain of one. At most 1,000 domains, each a DNS name
+    /// of at most 253 characters.
+    #[schemars(length(max = crate::bounds::DOMAINS_MAX), inner(length(max = crate::bounds::DNS_NAME_MAX)))]
+    #[schemars(transform = crate::bounds::item_rule(r"self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(self) <= 253", "every entry of domains must be a valid domain name such as example.com (letters, digits and hyphens, dot-separated, no wildcard)"))]
     #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("domains must list at least one mail domain of the organization"))]
     pub domains: Vec<String>,
 
-    /// Registered user addresses (the `RegisteredUsers` sender mode and per-user limits).
+    /// Registered user addresses (the `RegisteredUsers` sender mode and per-user limits):
+    /// at most 10,000 addresses, each a mail address (`local@domain.example`) of at most 254
+    /// characters (the RFC 5321 limit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = kube::core::Rule::new(r"self.all(u, u.matches('^[^@\\s]+@([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$'))").message("every entry of users must be a mail address such as alice@example.com"))]
+    #[schemars(length(max = crate::bounds::USERS_MAX), inner(length(max = crate::bounds::ADDRESS_MAX), regex(pattern = crate::bounds::USER_PATTERN)))]
     pub users: Vec<String>,
 
-    /// Secret holding SMTP AUTH credentials: one key per user address, each value an
-    /// argon2id PHC string (`$argon2id$v=19$...`). Never plain-text passwords.
+    /// Secret holding the SMTP AUTH credentials of the users: its key `credentials` is a
+    /// file of one `address:PHC` line per user, the PHC string an argon2id hash
+    /// (`alice@example.com:$argon2id$v=19$...`; blank lines and `#` comments are ignored).
+    /// Never plain-text passwords. The relay pods mount that key; a user without a line
+    /// cannot log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretRef>,
 
@@ -74,9 +83,10 @@ pub struct OrganizationSpec {
     /// subdomain of one is signed before delivery, with the key of the most specific
     /// listed domain. A key that cannot be read defers that mail (it is never sent
     /// unsigned); a missing Secret shows as the `DkimKeySecretMissing` condition.
-    /// `relayctl dkim-record` prints the DNS TXT record to publish for a key.
+    /// `relayctl dkim-record` prints the DNS TXT record to publish for a key. At most 32
+    /// keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = crate::bounds::DKIM_KEYS_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.domain == a.domain))").message("every dkim domain must be listed once: a domain signs with one key (use a subdomain entry for another key)"))]
     pub dkim: Vec<DkimSpec>,
 }
@@ -86,12 +96,14 @@ pub struct OrganizationSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DkimSpec {
-    /// Signing domain, lower case (for example example.com). Mail whose header From is in
-    /// this domain or one of its subdomains is signed with this key.
+    /// Signing domain, lower case (for example example.com), at most 253 characters. Mail
+    /// whose header From is in this domain or one of its subdomains is signed with this key.
     #[x_kube(validation = kube::core::Rule::new(r"size(self) <= 253 && self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')").message("dkim.domain must be a lower-case domain name such as example.com"))]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
     pub domain: String,
-    /// Selector: the public key is published at `SELECTOR._domainkey.DOMAIN`. One DNS label.
+    /// Selector: the public key is published at `SELECTOR._domainkey.DOMAIN`. One DNS label
+    /// (at most 63 characters).
+    #[schemars(length(max = crate::bounds::DNS_LABEL_MAX))]
     #[x_kube(validation = kube::core::Rule::new(r"self.matches('^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("dkim.selector must be a single DNS label such as mail2025 (letters, digits and '-', no dots)"))]
     pub selector: String,
     /// Secret whose key `private.key` holds the private key as PEM PKCS#8
@@ -103,9 +115,10 @@ pub struct DkimSpec {
     pub algorithm: DkimAlgorithm,
     /// Header fields to sign, in order. Default: From, To, Cc, Subject, Date, Message-ID,
     /// Reply-To, In-Reply-To, References, MIME-Version, Content-Type,
-    /// Content-Transfer-Encoding. Must include From.
+    /// Content-Transfer-Encoding. Must include From. At most 64 names of at most 64
+    /// characters each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = crate::bounds::DKIM_HEADERS_MAX), inner(length(max = crate::bounds::HEADER_NAME_MAX)))]
     #[x_kube(validation = kube::core::Rule::new(r"self.all(h, h.matches('^[A-Za-z0-9][-A-Za-z0-9]*$'))").message("every entry of dkim.headers must be a header field name such as Subject"))]
     #[x_kube(validation = kube::core::Rule::new(r"self.exists(h, h.matches('^(?i)from$'))").message("dkim.headers must include From: DKIM requires the From header field to be signed (RFC 6376 §5.4)"))]
     pub headers: Option<Vec<String>>,
@@ -211,8 +224,10 @@ pub struct RelaySpec {
     /// A `kubernetes.io/tls` Secret (as cert-manager writes it) for STARTTLS and port 465.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
-    /// Host name the relay announces in its greeting and `Received:` headers.
+    /// Host name the relay announces in its greeting and `Received:` headers (at most 253
+    /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
     #[x_kube(validation = kube::core::Rule::new(r"self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("relay.hostname must be a host name such as relay.example.com"))]
     pub hostname: Option<String>,
     /// Service type (default ClusterIP).
@@ -226,8 +241,10 @@ pub struct RelaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
     /// Networks (CIDRs) allowed to reach the SMTP ports; empty means anywhere. The admin
-    /// port is only ever open to the operator's and the monitoring namespaces.
+    /// port is only ever open to the operator's and the monitoring namespaces. At most 1,000
+    /// networks of at most 49 characters each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::NETWORKS_MAX), inner(length(max = crate::bounds::CIDR_MAX)))]
     #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry of relay.allowedClientCidrs must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))]
     pub allowed_client_cidrs: Vec<String>,
     /// Where rate-limit counters live (default Memory).
@@ -250,7 +267,9 @@ pub struct RelaySpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyProtocolSpec {
     /// Addresses or CIDRs of the proxies (for example the load balancer's subnet). A
-    /// header from any other address closes the connection.
+    /// header from any other address closes the connection. At most 1,000 entries of at most
+    /// 49 characters each.
+    #[schemars(length(max = crate::bounds::NETWORKS_MAX), inner(length(max = crate::bounds::CIDR_MAX)))]
     #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("proxyProtocol.trustedProxies must list at least one address or CIDR of the load balancers"))]
     #[x_kube(validation = kube::core::Rule::new("self.all(c, isIP(c) || isCIDR(c))").message("every entry of proxyProtocol.trustedProxies must be an IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8 or 2001:db8::/64"))]
     #[x_kube(validation = kube::core::Rule::new("self.all(c, !isCIDR(c) || cidr(c) == cidr(c).masked())").message("an entry of proxyProtocol.trustedProxies has host bits set below its prefix; write the network address, such as 10.0.0.0/8"))]
@@ -338,8 +357,10 @@ pub struct LimitStoreSpec {
     /// `Memory` (one replica) or `Redis` (shared by replicas).
     #[serde(rename = "type")]
     pub kind: LimitStoreKind,
-    /// Redis URL, for `type: Redis`, without credentials (`redis://host:6379/0`).
+    /// Redis URL, for `type: Redis`, without credentials (`redis://host:6379/0`); at most
+    /// 2,048 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::URL_MAX))]
     pub url: Option<String>,
     /// A Secret whose key `password` holds the Redis password. It is mounted into the
     /// relay pods; it never appears in the spec, the ConfigMap or status.
@@ -394,4 +415,77 @@ pub struct DrainingClaim {
     /// Why the drain failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl Organization {
+    /// The size bounds and patterns of the Organization schema, checked in Rust: the
+    /// problems of this object in the API server's words (`spec.users: Too many: 10001:
+    /// must have at most 10000 items`). `tests/bounds.rs` proves that the schema, as
+    /// `relayctl validate` applies it, refuses the same objects with the same messages.
+    pub fn bound_violations(&self) -> Vec<FieldError> {
+        let mut v = Violations::default();
+        let name_max = bounds::ORGANIZATION_NAME_MAX;
+        v.opt_len("metadata.name", self.metadata.name.as_deref(), name_max);
+        v.opt_len(
+            "metadata.generateName",
+            self.metadata.generate_name.as_deref(),
+            name_max,
+        );
+        let s = &self.spec;
+        v.items("spec.domains", &s.domains, bounds::DOMAINS_MAX);
+        v.each_len("spec.domains", &s.domains, bounds::DNS_NAME_MAX);
+        v.items("spec.users", &s.users, bounds::USERS_MAX);
+        for (i, user) in s.users.iter().enumerate() {
+            let path = format!("spec.users[{i}]");
+            v.len(&path, user, bounds::ADDRESS_MAX);
+            v.pattern(&path, user, bounds::USER_PATTERN);
+        }
+        if let Some(secret) = &s.auth_secret_ref {
+            secret.bounds(&mut v, "spec.authSecretRef");
+        }
+        v.items("spec.dkim", &s.dkim, bounds::DKIM_KEYS_MAX);
+        for (i, key) in s.dkim.iter().enumerate() {
+            let path = format!("spec.dkim[{i}]");
+            v.len(&format!("{path}.domain"), &key.domain, bounds::DNS_NAME_MAX);
+            v.len(
+                &format!("{path}.selector"),
+                &key.selector,
+                bounds::DNS_LABEL_MAX,
+            );
+            key.secret_ref.bounds(&mut v, &format!("{path}.secretRef"));
+            if let Some(headers) = &key.headers {
+                let hpath = format!("{path}.headers");
+                v.items(&hpath, headers, bounds::DKIM_HEADERS_MAX);
+                v.each_len(&hpath, headers, bounds::HEADER_NAME_MAX);
+            }
+        }
+        let r = &s.relay;
+        v.opt_len(
+            "spec.relay.hostname",
+            r.hostname.as_deref(),
+            bounds::DNS_NAME_MAX,
+        );
+        if let Some(secret) = &r.tls_secret_ref {
+            secret.bounds(&mut v, "spec.relay.tlsSecretRef");
+        }
+        let cidrs = "spec.relay.allowedClientCidrs";
+        v.items(cidrs, &r.allowed_client_cidrs, bounds::NETWORKS_MAX);
+        v.each_len(cidrs, &r.allowed_client_cidrs, bounds::CIDR_MAX);
+        if let Some(store) = &r.limit_store {
+            v.opt_len(
+                "spec.relay.limitStore.url",
+                store.url.as_deref(),
+                bounds::URL_MAX,
+            );
+            if let Some(secret) = &store.password_secret_ref {
+                secret.bounds(&mut v, "spec.relay.limitStore.passwordSecretRef");
+            }
+        }
+        if let Some(proxy) = &r.proxy_protocol {
+            let path = "spec.relay.proxyProtocol.trustedProxies";
+            v.items(path, &proxy.trusted_proxies, bounds::NETWORKS_MAX);
+            v.each_len(path, &proxy.trusted_proxies, bounds::CIDR_MAX);
+        }
+        v.0
+    }
 }

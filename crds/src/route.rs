@@ -37,7 +37,8 @@ use crate::common::{Condition, SecretRef};
 #[x_kube(validation = kube::core::Rule::new("(has(self.tls) && has(self.tls.implicit) && self.tls.implicit) || ((!has(self.singleHost) || self.singleHost.port != 465) && (!has(self.multipleHosts) || (self.multipleHosts.primary.all(h, h.port != 465) && (!has(self.multipleHosts.secondary) || self.multipleHosts.secondary.all(h, h.port != 465)))))").message("port 465 expects TLS from the first byte: set tls.implicit: true on the route (or use 587 with STARTTLS)"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.auth) || !has(self.tls) || ((!has(self.tls.requireTls) || self.tls.requireTls) && (!has(self.tls.requireCaSigned) || self.tls.requireCaSigned) && (!has(self.tls.validateHostname) || self.tls.validateHostname))").message("auth sends credentials, so it needs every TLS check of the route on: tls.requireTls, tls.requireCaSigned and tls.validateHostname must be true (otherwise the password could go in clear text or to an impostor)"))]
 pub struct MailRouteSpec {
-    /// What the route is for. Required.
+    /// What the route is for. Required; at most 1,024 characters.
+    #[schemars(length(max = crate::bounds::DESCRIPTION_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.trim() != ''").message("description must not be empty"))]
     pub description: String,
     /// Which recipients take this route.
@@ -111,7 +112,9 @@ pub struct RouteAuth {
 pub struct ClientCredentials {
     /// `https://` URL of the token endpoint, e.g.
     /// `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`. Its certificate is
-    /// checked like the route's (public roots plus `tls.trustedCaSecretRef`).
+    /// checked like the route's (public roots plus `tls.trustedCaSecretRef`). At most 2,048
+    /// characters.
+    #[schemars(length(max = crate::bounds::URL_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') && size(self) > 8").message("tokenEndpoint must be an https:// URL"))]
     pub token_endpoint: String,
     /// OAuth client (application) id.
@@ -170,17 +173,21 @@ impl MailRouteSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("((has(self.recipientDomains) && size(self.recipientDomains) > 0) ? 1 : 0) + ((has(self.senderDomains) && size(self.senderDomains) > 0) ? 1 : 0) + ((has(self.default) && self.default) ? 1 : 0) == 1").message("match needs exactly one of: a non-empty recipientDomains list, a non-empty senderDomains list, or default: true"))]
 pub struct RouteMatch {
-    /// Recipient domains, exact (`example.com`) or wildcard (`*.example.com`).
+    /// Recipient domains, exact (`example.com`) or wildcard (`*.example.com`): at most
+    /// 1,000 domains of at most 253 characters each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of recipientDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
+    #[schemars(length(max = crate::bounds::ROUTE_DOMAINS_MAX), inner(length(max = crate::bounds::DNS_NAME_MAX)))]
+    #[schemars(transform = crate::bounds::item_rule(r"self.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(self) <= 253", "every entry of recipientDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
     pub recipient_domains: Option<Vec<String>>,
     /// Envelope sender domains, exact (`example.com`) or wildcard (`*.example.com`): mail
     /// from them takes this route, for recipients that no `recipientDomains` route
     /// matches. Precedence per recipient: recipientDomains, then senderDomains, then the
     /// default route, then the recipient domain's MX hosts; within a kind an exact domain
-    /// beats a wildcard and a longer wildcard beats a shorter one.
+    /// beats a wildcard and a longer wildcard beats a shorter one. At most 1,000 domains of
+    /// at most 253 characters each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new(r"self.all(d, d.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(d) <= 253)").message("every entry of senderDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
+    #[schemars(length(max = crate::bounds::ROUTE_DOMAINS_MAX), inner(length(max = crate::bounds::DNS_NAME_MAX)))]
+    #[schemars(transform = crate::bounds::item_rule(r"self.matches('^(\\*\\.)?([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && size(self) <= 253", "every entry of senderDomains must be a domain such as example.com or a wildcard such as *.example.com"))]
     pub sender_domains: Option<Vec<String>>,
     /// The route for recipients no other route matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,7 +198,8 @@ pub struct RouteMatch {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostSpec {
-    /// Host name (recommended) or IP literal.
+    /// Host name (recommended) or IP literal, at most 253 characters.
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
     #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
     pub host: String,
     /// 25, 587, 465 (only with `tls.implicit: true`) or 1024–65535.
@@ -204,7 +212,8 @@ pub struct HostSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeightedHost {
-    /// Host name (recommended) or IP literal.
+    /// Host name (recommended) or IP literal, at most 253 characters.
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
     #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("host must be a host name such as smtp.example.com or an IP address"))]
     pub host: String,
     /// 25, 587, 465 (only with `tls.implicit: true`) or 1024–65535.
@@ -228,10 +237,12 @@ fn default_port() -> i32 {
 #[x_kube(validation = kube::core::Rule::new("size(self.primary) == 0 || self.primary.map(h, h.loadPercent).sum() == 100").message("the loadPercent values of multipleHosts.primary must total exactly 100"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.secondary) || size(self.secondary) == 0 || self.secondary.map(h, h.loadPercent).sum() == 100").message("the loadPercent values of multipleHosts.secondary must total exactly 100"))]
 pub struct MultipleHosts {
-    /// Hosts that share traffic.
+    /// Hosts that share traffic (at most 100).
+    #[schemars(length(max = crate::bounds::POOL_HOSTS_MAX))]
     pub primary: Vec<WeightedHost>,
-    /// Fallback hosts.
+    /// Fallback hosts (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::POOL_HOSTS_MAX))]
     pub secondary: Vec<WeightedHost>,
 }
 
@@ -302,4 +313,56 @@ pub struct HostProbe {
     pub verified: bool,
     /// `Verified`, or the verifier's message.
     pub message: String,
+}
+
+impl MailRoute {
+    /// The size bounds of the MailRoute schema, checked in Rust (see
+    /// `Organization::bound_violations`).
+    pub fn bound_violations(&self) -> Vec<crate::structural::FieldError> {
+        use crate::bounds::{self, Violations};
+        let mut v = Violations::default();
+        let s = &self.spec;
+        v.len("spec.description", &s.description, bounds::DESCRIPTION_MAX);
+        for (path, domains) in [
+            ("spec.match.recipientDomains", &s.matcher.recipient_domains),
+            ("spec.match.senderDomains", &s.matcher.sender_domains),
+        ] {
+            if let Some(domains) = domains {
+                v.items(path, domains, bounds::ROUTE_DOMAINS_MAX);
+                v.each_len(path, domains, bounds::DNS_NAME_MAX);
+            }
+        }
+        if let Some(host) = &s.single_host {
+            v.len("spec.singleHost.host", &host.host, bounds::DNS_NAME_MAX);
+        }
+        if let Some(pools) = &s.multiple_hosts {
+            for (path, pool) in [
+                ("spec.multipleHosts.primary", &pools.primary),
+                ("spec.multipleHosts.secondary", &pools.secondary),
+            ] {
+                v.items(path, pool, bounds::POOL_HOSTS_MAX);
+                for (i, host) in pool.iter().enumerate() {
+                    v.len(
+                        &format!("{path}[{i}].host"),
+                        &host.host,
+                        bounds::DNS_NAME_MAX,
+                    );
+                }
+            }
+        }
+        if let Some(ca) = &s.tls.trusted_ca_secret_ref {
+            ca.bounds(&mut v, "spec.tls.trustedCaSecretRef");
+        }
+        if let Some(auth) = &s.auth {
+            auth.secret_ref.bounds(&mut v, "spec.auth.secretRef");
+            if let Some(cc) = &auth.client_credentials {
+                v.len(
+                    "spec.auth.clientCredentials.tokenEndpoint",
+                    &cc.token_endpoint,
+                    bounds::URL_MAX,
+                );
+            }
+        }
+        v.0
+    }
 }

@@ -46,7 +46,8 @@ use crate::common::Condition;
 #[x_kube(validation = kube::core::Rule::new("self.authentication.ipAllowRanges.enabled || self.authentication.requireSmtpAuth").message("at least one authentication method must be on: set authentication.ipAllowRanges.enabled or authentication.requireSmtpAuth to true"))]
 #[x_kube(validation = kube::core::Rule::new("!self.authentication.requireSmtpAuth || self.encryption.requireTls").message("authentication.requireSmtpAuth needs encryption.requireTls: true, so that credentials never cross the network unencrypted"))]
 pub struct SmtpRelaySettingSpec {
-    /// What the setting is for, shown to reviewers and in logs.
+    /// What the setting is for, shown to reviewers and in logs (at most 1,024 characters).
+    #[schemars(length(max = crate::bounds::DESCRIPTION_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.trim() != ''").message("description must not be empty"))]
     pub description: String,
     /// Which envelope senders this setting allows.
@@ -128,4 +129,18 @@ pub struct SmtpRelaySettingStatus {
     /// Number of enabled ranges the selector matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_ranges: Option<i32>,
+}
+
+impl SmtpRelaySetting {
+    /// The size bounds of the SmtpRelaySetting schema, checked in Rust (see
+    /// `Organization::bound_violations`).
+    pub fn bound_violations(&self) -> Vec<crate::structural::FieldError> {
+        let mut v = crate::bounds::Violations::default();
+        v.len(
+            "spec.description",
+            &self.spec.description,
+            crate::bounds::DESCRIPTION_MAX,
+        );
+        v.0
+    }
 }

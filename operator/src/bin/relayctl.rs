@@ -332,6 +332,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // The CRDs first: a rule the API server would refuse for its cost is reported in
+        // the API server's words, before any manifest is read.
+        Command::Validate { .. } if crds::cel_cost::check_crds().is_err() => {
+            let errors = crds::cel_cost::check_crds().err().unwrap_or_default();
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} CEL cost error(s) in the CRDs", errors.len());
+            ExitCode::FAILURE
+        }
         Command::Validate { paths } => match crds::manifest::load_paths(&paths) {
             Ok(set) => {
                 let cases: usize = set

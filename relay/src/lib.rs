@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod drain;
 pub mod envelope;
+pub mod filter;
 pub mod generation;
 pub mod idn;
 pub mod limits;

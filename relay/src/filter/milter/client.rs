@@ -17,13 +17,16 @@
 //! grow with the message. When the filter decides before the body (or skips it) the rest
 //! is not read.
 //!
-//! The connection is kept for the next message: `SMFIC_ABORT` resets the filter's
-//! message state (as Postfix does between transactions), and a message from another SMTP
-//! connection is announced after `SMFIC_QUIT_NC`. Any error, a timeout, a decision about
-//! the whole SMTP connection (at CONNECT or HELO) or `SMFIR_SHUTDOWN` closes it; the next
-//! check connects again. A kept connection that the filter closed while idle (or that
+//! The connection is kept for the next message of the same SMTP connection:
+//! `SMFIC_ABORT` resets the filter's message state (as Postfix does between
+//! transactions). A message from another SMTP connection gets a new filter connection (as
+//! in Postfix; libmilter does not take `SMFIC_QUIT_NC` after an ABORT). Any error, a
+//! timeout, a decision about the whole SMTP connection (at CONNECT or HELO) or
+//! `SMFIR_SHUTDOWN` closes it; the next check connects again. A kept connection that the filter closed while idle (or that
 //! holds bytes nobody asked for) is noticed before use and replaced, and a reused
 //! connection that fails before the filter said anything is retried once on a new one.
+//! A check whose future is dropped midway (cancelled by its caller) leaves its connection
+//! marked busy; the next check does not trust it and connects again.
 //!
 //! Not here: which filters a message passes through, `onUnavailable`, `maxMessageBytes`,
 //! metrics and logs (the session's, which calls this), applying the edits
@@ -265,6 +268,9 @@ struct Connection {
     helo: Option<(String, Option<TlsFacts>)>,
     /// MAIL was sent since the last reset.
     in_message: bool,
+    /// An exchange is under way; still set when a check starts, the last one was
+    /// cancelled midway (its caller dropped it) and replies may be in flight.
+    busy: bool,
     out: Vec<u8>,
 }
 
@@ -363,7 +369,7 @@ impl MilterClient {
     /// Opens a connection unless a usable one is kept.
     async fn ensure_connection(&mut self) -> Result<(), Failure> {
         if let Some(conn) = &self.conn
-            && !conn.idle_and_open()
+            && (conn.busy || !conn.idle_and_open())
         {
             self.conn = None;
         }
@@ -392,6 +398,7 @@ impl MilterClient {
             announced: None,
             helo: None,
             in_message: false,
+            busy: false,
             out: Vec::with_capacity(MAX_BODY_CHUNK + 16),
         };
         Command::OptNeg {
@@ -420,34 +427,30 @@ impl MilterClient {
         text: &mut BufReader<R>,
         text_touched: &mut bool,
     ) -> Result<(Outcome, bool), Failure> {
-        self.ensure_connection().await?;
-        // Reset: the previous message, then (for another SMTP connection) the connection.
-        let fresh_smtp = self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.announced.as_ref() != Some(&facts.connection));
-        let needs_new = self.conn.as_ref().is_some_and(|c| {
-            c.announced.is_some() && fresh_smtp && !c.negotiated.can_quit_new_connection()
+        // One filter connection serves one SMTP connection, as in Postfix: a message from
+        // another gets a new one. (`SMFIC_QUIT_NC` would reuse it, but libmilter takes it
+        // only right after end of message, not after the ABORT we reset with, and then
+        // silently ignores it and the CONNECT that follows: clamav-milter 1.4.6 hung.)
+        let other_smtp = self.conn.as_ref().is_some_and(|c| {
+            c.announced
+                .as_ref()
+                .is_some_and(|announced| announced != &facts.connection)
         });
-        if needs_new {
-            self.conn = None;
-            self.ensure_connection().await?;
+        if other_smtp {
+            self.quit().await;
         }
+        self.ensure_connection().await?;
         self.stage = Stage::Reset;
         let Some(conn) = self.conn.as_mut() else {
             return Err((Stage::Connecting, ErrorKind::Closed));
         };
-        conn.out.clear();
+        conn.busy = true;
+        // Reset the filter's message state (Postfix sends ABORT after every transaction;
+        // libmilter ignores it after a completed message).
         if conn.in_message {
+            conn.out.clear();
             Command::Abort.encode(&mut conn.out);
             conn.in_message = false;
-        }
-        if fresh_smtp && conn.announced.is_some() {
-            Command::QuitNewConnection.encode(&mut conn.out);
-            conn.announced = None;
-            conn.helo = None;
-        }
-        if !conn.out.is_empty() {
             conn.flush().await.map_err(|k| (Stage::Reset, k))?;
         }
         let mut replies = MessageReplies::new(&conn.negotiated, self.options.limits.clone());
@@ -468,6 +471,9 @@ impl MilterClient {
             None => replies.finish(Stage::EndOfBody),
         };
         let keep = !outcome.decided_at.is_connection_level() && !closing;
+        if let Some(conn) = self.conn.as_mut() {
+            conn.busy = false;
+        }
         Ok((outcome, keep))
     }
 }
@@ -1283,7 +1289,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_is_reset_between_messages_and_reannounced_for_another_client() {
+    async fn a_connection_is_reset_between_messages_and_replaced_for_another_client() {
         let fake = fake(0, at_eob(vec![b"c".to_vec()])).await;
         let mut client = MilterClient::new(fake.endpoint(), ClientOptions::default());
         let f = facts();
@@ -1299,12 +1305,10 @@ mod tests {
         client.check(&tls, TEXT, soon(5_000)).await.unwrap();
         client.quit().await;
         let one = "DMDRDRDTLLDNBDE";
+        fake.codes_ending("Q").await;
+        assert_eq!(fake.codes_of(0), format!("ODCDH{one}A{one}Q"));
         // No TLS: no HELO macro has a value, so none is sent.
-        assert_eq!(
-            fake.codes_ending("Q").await,
-            format!("ODCDH{one}A{one}AKDCDH{one}AH{one}Q")
-        );
-        assert!(fake.received().iter().all(|r| r.conn == 0));
+        assert_eq!(fake.codes_of(1), format!("ODCDH{one}AH{one}Q"));
         assert_eq!(
             of(&fake, b'C')[1],
             b"app.example\x006\x13\x882001:db8::7\0".to_vec()
@@ -1346,6 +1350,26 @@ mod tests {
             assert_eq!(o.verdict, Verdict::Accept);
         }
         assert_eq!(fake.connections(), 3, "{}", fake.codes());
+    }
+
+    #[tokio::test]
+    async fn a_check_cancelled_midway_does_not_leave_its_connection_to_the_next() {
+        // The first end of body is answered late: a cancelled check's reply in flight.
+        let script: Script = Box::new(|r: &Received| match r.code {
+            b'E' if r.conn == 0 => Answer::Hang,
+            _ => Answer::Reply(vec![b"c".to_vec()]),
+        });
+        let fake = fake(0, script).await;
+        let mut client = MilterClient::new(fake.endpoint(), ClientOptions::default());
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.check(&facts(), TEXT, soon(5_000)),
+        )
+        .await;
+        assert!(cancelled.is_err());
+        let o = client.check(&facts(), TEXT, soon(5_000)).await.unwrap();
+        assert_eq!(o.verdict, Verdict::Accept);
+        assert_eq!(fake.connections(), 2);
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! A content filter for tests: a tokio task speaking the filter side of the milter
 //! protocol on a loopback port. It answers option negotiation as told, records every
-//! command it receives, answers nothing to macros, ABORT and QUIT_NC (as libmilter), and
+//! command it receives, answers nothing to macros and ABORT (as libmilter), and
 //! asks the test's script what to answer to everything else.
 
 use std::net::SocketAddr;
@@ -136,6 +136,15 @@ impl FakeMilter {
         self.codes()
     }
 
+    /// The codes received on connection `conn`.
+    pub fn codes_of(&self, conn: usize) -> String {
+        self.received()
+            .iter()
+            .filter(|r| r.conn == conn)
+            .map(|r| char::from(r.code))
+            .collect()
+    }
+
     /// How many connections the client opened.
     pub fn connections(&self) -> usize {
         let conns: std::collections::BTreeSet<usize> =
@@ -173,7 +182,7 @@ async fn serve(
         }
         let answer = match received.code {
             command::OPTNEG => Answer::Reply(vec![negotiation.clone()]),
-            command::MACRO | command::ABORT | command::QUIT_NEW_CONNECTION => Answer::Silent,
+            command::MACRO | command::ABORT => Answer::Silent,
             command::QUIT => Answer::Close,
             _ => (script.lock().unwrap())(&received),
         };

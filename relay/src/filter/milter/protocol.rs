@@ -53,7 +53,6 @@ pub mod command {
     pub const MACRO: u8 = b'D';
     pub const END_OF_BODY: u8 = b'E';
     pub const HELO: u8 = b'H';
-    pub const QUIT_NEW_CONNECTION: u8 = b'K';
     pub const HEADER: u8 = b'L';
     pub const MAIL: u8 = b'M';
     pub const END_OF_HEADERS: u8 = b'N';
@@ -222,7 +221,7 @@ pub enum Stage {
     Connecting,
     /// Option negotiation (`SMFIC_OPTNEG`).
     Negotiating,
-    /// `SMFIC_ABORT` / `SMFIC_QUIT_NC` between messages (no reply).
+    /// `SMFIC_ABORT` between messages (no reply).
     Reset,
     Connect,
     Helo,
@@ -392,11 +391,6 @@ impl Negotiated {
     pub fn leading_space(&self) -> bool {
         self.protocol.contains(ProtocolFlags::HEADER_LEADING_SPACE)
     }
-
-    /// `SMFIC_QUIT_NC` (a new SMTP connection on the same filter connection) exists.
-    pub fn can_quit_new_connection(&self) -> bool {
-        self.version >= 6
-    }
 }
 
 /// Why bytes from the filter are not a valid reply. Each means: stop talking to this
@@ -511,8 +505,6 @@ pub enum Command<'a> {
     EndOfBody,
     Abort,
     Quit,
-    /// Quit this SMTP connection; a new one follows on the same filter connection.
-    QuitNewConnection,
 }
 
 impl Command<'_> {
@@ -583,7 +575,6 @@ impl Command<'_> {
             Command::EndOfBody => out.push(command::END_OF_BODY),
             Command::Abort => out.push(command::ABORT),
             Command::Quit => out.push(command::QUIT),
-            Command::QuitNewConnection => out.push(command::QUIT_NEW_CONNECTION),
         }
         // A frame we build is at most a body chunk plus a byte: far below u32::MAX.
         let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use libfuzzer_sys::fuzz_target;
 use relay::envelope::{Envelope, QueueId};
 use relay::filter::milter::protocol::{
-    Actions, Limits, MAX_FRAME, MAX_REPLY_TEXT, MessageReplies, Negotiated, ProtocolFlags, Stage,
-    Step, Verdict, parse_optneg, parse_response, sanitize_reply_code, split_frame, Response,
+    Actions, Limits, MAX_FRAME, MAX_REPLY_TEXT, MessageReplies, Negotiated, ProtocolFlags,
+    Response, Stage, Step, Verdict, parse_optneg, parse_response, sanitize_reply_code, split_frame,
 };
 use relay::filter::milter::{apply, parse_header_block, write_header_block};
 
@@ -116,7 +116,8 @@ fuzz_target!(|input: &[u8]| {
     }
 
     // Applied, the header block still parses to exactly its fields.
-    let text = b"Received: from a by b\r\nSubject: hi\r\n\tthere\r\nTo: b@dest.example\r\n\r\nbody\r\n";
+    let text =
+        b"Received: from a by b\r\nSubject: hi\r\n\tthere\r\nTo: b@dest.example\r\n\r\nbody\r\n";
     let (mut headers, _) = parse_header_block(text, 64_000).unwrap();
     let mut envelope = Envelope::generated(
         QueueId(1),
@@ -129,7 +130,10 @@ fuzz_target!(|input: &[u8]| {
     let mut block = Vec::new();
     write_header_block(&headers, &mut block);
     let (again, at) = parse_header_block(&block, usize::MAX).unwrap();
-    assert_eq!(again, headers, "the edited block does not parse back to itself");
+    assert_eq!(
+        again, headers,
+        "the edited block does not parse back to itself"
+    );
     assert_eq!(at, block.len());
     for rcpt in &envelope.rcpts {
         assert!(!rcpt.is_empty() && !rcpt.contains(['\r', '\n', '\0']));

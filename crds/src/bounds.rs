@@ -17,7 +17,7 @@
 
 use serde_json::{Value, json};
 
-use crate::structural::FieldError;
+use crate::structural::{FieldError, pattern_mismatch, too_long, too_many};
 
 /// Organization names are DNS labels: they name the relay's Service and label its pods.
 pub const ORGANIZATION_NAME_MAX: usize = 63;
@@ -135,24 +135,6 @@ pub fn bound_organization_name(
             },
         );
     }
-}
-
-/// `field.TooLong` of the API server, for a string over `maxLength`.
-pub fn too_long(max: usize) -> String {
-    let unit = if max == 1 { "byte" } else { "bytes" };
-    format!("Too long: may not be more than {max} {unit}")
-}
-
-/// `field.TooMany` of the API server, for a list over `maxItems` (or a map over
-/// `maxProperties`).
-pub fn too_many(actual: usize, max: usize) -> String {
-    let unit = if max == 1 { "item" } else { "items" };
-    format!("Too many: {actual}: must have at most {max} {unit}")
-}
-
-/// `field.Invalid` with the OpenAPI validator's message for a `pattern`.
-pub fn pattern_mismatch(path: &str, value: &str, pattern: &str) -> String {
-    format!("Invalid value: {value:?}: {path} in body should match '{pattern}'")
 }
 
 /// The Rust mirror of the schema's bounds: collects the bounds a value breaks, in the API

@@ -79,6 +79,41 @@ pub fn all_crds()
     ]
 }
 
+/// The `openAPIV3Schema` of the CRD of `kind` (as [`all_crds`] generates it).
+pub fn crd_schema(kind: &str) -> Option<&'static serde_json::Value> {
+    static SCHEMAS: std::sync::OnceLock<std::collections::HashMap<String, serde_json::Value>> =
+        std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            all_crds()
+                .into_iter()
+                .filter_map(|crd| {
+                    let schema = crd
+                        .spec
+                        .versions
+                        .first()?
+                        .schema
+                        .as_ref()?
+                        .open_api_v3_schema
+                        .as_ref()?;
+                    Some((
+                        crd.spec.names.kind.clone(),
+                        serde_json::to_value(schema).ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .get(kind)
+}
+
+/// Checks an object of `kind` against its CRD's schema.
+pub fn validate_object(kind: &str, object: &serde_json::Value) -> Vec<structural::FieldError> {
+    match crd_schema(kind) {
+        Some(schema) => structural::validate(schema, object, ""),
+        None => Vec::new(),
+    }
+}
+
 /// All CRDs as one multi-document YAML stream, as `relayctl crds` prints it and as
 /// `crds/yaml/smtprelay.dev.yaml` commits it. A comment first states the Kubernetes
 /// version they need.

@@ -544,7 +544,7 @@ where
     T: Serialize + CustomResourceExt,
 {
     let mut errors: Vec<(String, String)> = match serde_json::to_value(object) {
-        Ok(json) => crate::structural::validate_object(&T::api_resource().kind, &json)
+        Ok(json) => crate::validate_object(&T::api_resource().kind, &json)
             .into_iter()
             .map(|e| (e.field, e.detail))
             .collect(),

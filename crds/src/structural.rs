@@ -18,8 +18,6 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
-use crate::bounds::{pattern_mismatch, too_long, too_many};
-
 /// One schema violation: the field's path and the API server's text for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -41,40 +39,6 @@ pub fn validate(schema: &Value, value: &Value, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
     walk(schema, value, path, &mut errors);
     errors
-}
-
-/// The `openAPIV3Schema` of the CRD of `kind` (as `crate::all_crds` generates it).
-pub fn crd_schema(kind: &str) -> Option<&'static Value> {
-    static SCHEMAS: OnceLock<HashMap<String, Value>> = OnceLock::new();
-    SCHEMAS
-        .get_or_init(|| {
-            crate::all_crds()
-                .into_iter()
-                .filter_map(|crd| {
-                    let schema = crd
-                        .spec
-                        .versions
-                        .first()?
-                        .schema
-                        .as_ref()?
-                        .open_api_v3_schema
-                        .as_ref()?;
-                    Some((
-                        crd.spec.names.kind.clone(),
-                        serde_json::to_value(schema).ok()?,
-                    ))
-                })
-                .collect()
-        })
-        .get(kind)
-}
-
-/// Checks an object of `kind` against its CRD's schema.
-pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
-    match crd_schema(kind) {
-        Some(schema) => validate(schema, object, ""),
-        None => Vec::new(),
-    }
 }
 
 fn child(path: &str, name: &str) -> String {
@@ -254,4 +218,22 @@ pub fn pattern_matches(pattern: &str, value: &str) -> bool {
         .or_insert_with(|| regex::Regex::new(pattern).ok())
         .as_ref()
         .is_some_and(|re| re.is_match(value))
+}
+
+/// `field.TooLong` of the API server, for a string over `maxLength`.
+pub fn too_long(max: usize) -> String {
+    let unit = if max == 1 { "byte" } else { "bytes" };
+    format!("Too long: may not be more than {max} {unit}")
+}
+
+/// `field.TooMany` of the API server, for a list over `maxItems` (or a map over
+/// `maxProperties`).
+pub fn too_many(actual: usize, max: usize) -> String {
+    let unit = if max == 1 { "item" } else { "items" };
+    format!("Too many: {actual}: must have at most {max} {unit}")
+}
+
+/// `field.Invalid` with the OpenAPI validator's message for a `pattern`.
+pub fn pattern_mismatch(path: &str, value: &str, pattern: &str) -> String {
+    format!("Invalid value: {value:?}: {path} in body should match '{pattern}'")
 }

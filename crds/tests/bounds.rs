@@ -196,7 +196,7 @@ fn schema(object: &Value) -> Vec<String> {
         ),
     }
     .expect("serializes");
-    let mut out: Vec<String> = crds::structural::validate_object(kind, &typed)
+    let mut out: Vec<String> = crds::validate_object(kind, &typed)
         .iter()
         .map(|e| e.to_string())
         .collect();

@@ -19,12 +19,24 @@
 //! delay, then closes them and waits for open sessions and deliveries under way.
 
 // The stages, in the order a message meets them.
-pub mod admin;
-pub mod delivery;
+// 1. Receive: listeners, sessions, AUTH; who may relay and how much.
 pub mod ingress;
-pub mod limits;
+
 pub mod policy;
+
+pub mod limits;
+
+// Content filters (milter) consulted before the `250`.
+pub mod filter;
+
+// 2. Make durable before the `250`.
 pub mod spool;
+
+// 3. Deliver, sign, bounce.
+pub mod delivery;
+
+// Beside the stages: metrics, health, queue administration, drain.
+pub mod admin;
 
 // What the stages share.
 pub mod clock;

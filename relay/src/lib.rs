@@ -218,6 +218,9 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         .spool_quarantined
         .set(spool.quarantined_at_open() as i64);
     metrics.spool_torn_tails.set(spool.torn_at_open() as i64);
+    metrics
+        .spool_damaged_records
+        .set(spool.damaged_at_open() as i64);
     metrics.set_config(generation.id, &generation.hash, &generation.content_hash);
     let (accepted, accepted_rx) = broadcast::channel(ACCEPTED_CHANNEL);
     let shared = Arc::new(Shared::new(

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub spool_depth: Gauge,
     pub spool_quarantined: Gauge,
     pub spool_torn_tails: Gauge,
+    pub spool_damaged_records: Gauge,
     pub auth_failures: Family<Labels, Counter>,
     pub auth_lockouts: Family<Labels, Counter>,
     pub auth_busy: Counter,
@@ -71,6 +72,7 @@ impl Metrics {
             spool_depth: Gauge::default(),
             spool_quarantined: Gauge::default(),
             spool_torn_tails: Gauge::default(),
+            spool_damaged_records: Gauge::default(),
             auth_failures: Family::default(),
             auth_lockouts: Family::default(),
             auth_busy: Counter::default(),
@@ -131,6 +133,12 @@ impl Metrics {
             "spool_torn_tails",
             "Spool segments whose torn tail (a batch never acknowledged) was skipped at start",
             m.spool_torn_tails.clone(),
+        );
+        registry.register(
+            "spool_damaged_records",
+            "Damaged stretches found in the middle of spool segments at start (checksum or header \
+             failed, valid records after them): copied to quarantine/, the records around them kept",
+            m.spool_damaged_records.clone(),
         );
         registry.register(
             "auth_failures",

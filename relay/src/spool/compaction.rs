@@ -18,6 +18,16 @@ pub(super) const COMPACT_BATCH: usize = 1024;
 /// that little live mail pins (each pass moves at most [`COMPACT_BATCH`] records).
 pub(super) fn housekeeping_loop(shared: &Shared, tx: &mpsc::Sender<Job>) {
     while shared.segments.wait(Duration::from_secs(2)) {
+        if !housekeep_once(shared, tx) {
+            return;
+        }
+    }
+}
+
+/// One pass of housekeeping; false once the writers have stopped. Blocks on the writers:
+/// not for an async context.
+pub(super) fn housekeep_once(shared: &Shared, tx: &mpsc::Sender<Job>) -> bool {
+    {
         for segment in shared.segments.housekeep() {
             let members: Vec<(QueueId, u64, u64)> = shared
                 .index()
@@ -38,9 +48,10 @@ pub(super) fn housekeeping_loop(shared: &Shared, tx: &mpsc::Sender<Job>) {
                 };
                 let (job, wait) = Job::relocate(id, record, &segment, offset, bytes);
                 if tx.send(job).is_err() || wait.blocking_recv().is_err() {
-                    return;
+                    return false;
                 }
             }
         }
     }
+    true
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::fsys::SpoolFs;
 use super::segments::{Segment, Segments};
 use crate::envelope::QueueId;
 
@@ -26,6 +27,8 @@ pub(super) enum Location {
 /// What the spool's writer and housekeeping threads share with it.
 #[derive(Debug)]
 pub(super) struct Shared {
+    /// The file layer every write of the spool goes through.
+    pub(super) fs: Arc<dyn SpoolFs>,
     pub(super) queue_dir: PathBuf,
     pub(super) index: Mutex<BTreeMap<QueueId, Location>>,
     pub(super) segments: Arc<Segments>,

@@ -59,10 +59,13 @@
 mod compaction;
 mod error;
 mod files;
+pub(crate) mod fsys;
 mod index;
 mod job;
 mod lock;
+mod scan;
 mod segments;
+mod sequence;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -71,3 +74,5 @@ mod writer;
 pub use crate::envelope::{BadQueueId, Envelope, QueueId};
 pub use error::SpoolError;
 pub use store::{Incoming, SPILL_BYTES, Spool};
+#[cfg(test)]
+pub(crate) use store::SpoolOptions;

@@ -1,5 +1,6 @@
 //! Segment files: the append-only log that holds every message small enough to have been
-//! received in memory (see the parent module's doc for why and for the measurements).
+//! received in memory (see the parent module's doc for why and for the measurements), and
+//! their recovery at open.
 //!
 //! A segment is a file under `segments/` of [`SEGMENT_BYTES`] when the housekeeping
 //! thread makes it ahead of need (under load), or of [`FIRST_SEGMENT_BYTES`] when a
@@ -9,62 +10,100 @@
 //! flushed once when it is created, so that writing a record later changes no metadata
 //! (no block allocation, no size change) and `fdatasync` flushes data only. Its first
 //! [`HEADER_LEN`] bytes are a header: magic, a sequence number that is new every time the
-//! segment is (re)used, and a checksum. Records follow back to back:
+//! segment is (re)used (never reused: `sequence`), and a checksum. Records follow back to
+//! back; their format, and how a scan tells a record from damage and from a torn tail, is
+//! in `scan`.
 //!
-//! ```text
-//! 0  magic u32 | 4 state u8 ('L' live, 'D' done) | 5 zero[3] | 8 segment seq u64
-//! 16 queue id u64 | 24 envelope length u32 | 28 text length u32 | 32 crc32 u32 | 36 zero[4]
-//! 40 envelope JSON | text
-//! ```
-//!
-//! The checksum covers bytes 16..32 and the payload; the sequence number must equal the
-//! header's, so a record left over from the segment's previous use never passes as one
-//! of this use. The state byte is outside the checksum: removing a message writes `D`
-//! over it in place (one byte, not flushed: a lost mark means one more delivery).
-//!
-//! Recovery reads each segment from the start and stops at the first record that is not
-//! whole and valid. A writer appends a batch only after the previous one is flushed, and
-//! acknowledges none of a batch before the flush, so whatever follows an invalid record
-//! was never acknowledged: a torn tail is skipped, never an acknowledged record.
+//! Recovery reads each segment whole and scans it past any damage: a damaged stretch with
+//! valid records after it is copied to `quarantine/` (named after the segment and the
+//! offset), counted and logged, and the records after it are kept; only a torn tail (a
+//! batch that was being written at a crash, never acknowledged) ends the records. A
+//! segment whose header is unreadable is scanned with the sequence number of its latest
+//! records; a segment of an unexpected size is scanned all the same (one too large to
+//! read is moved to `quarantine/` whole): no segment is deleted or reused before it was
+//! scanned, and none is reused while it holds a live record.
 //!
 //! A segment is sealed when a batch no longer fits (or at recovery); a sealed segment
 //! whose records are all done is recycled: a new header with a new sequence number,
 //! flushed, and it is ready again without rewriting its zeros. A sealed segment holding
 //! little live data (deferred mail pinning it) is compacted: its live records are written
-//! again through the writers and the old copies marked done.
+//! again through the writers and the old copies marked done. A new segment file is made
+//! only while the disk keeps a reserve free after it ([`SegmentConfig::reserve`]): below
+//! that, messages go to files of their own, which take only the room they need.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::SpoolError;
+use super::fsys::{FileRef, SpoolFs};
+pub(super) use super::scan::{HEADER_LEN, RECORD_HEADER, encode, split};
+use super::scan::{self, DONE_V1, DONE_V2, RecordHead, checksum, header, parse_header, set_seq};
+use super::sequence::{self, Sequence};
 use crate::envelope::QueueId;
 
-/// Size of every segment file.
+/// Size of a segment made ahead of need.
 pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Size of a segment a writer makes while its batch waits.
 pub(super) const FIRST_SEGMENT_BYTES: u64 = 1024 * 1024;
-/// The header block; records start here.
-pub(super) const HEADER_LEN: u64 = 4096;
-/// Fixed part of a record.
-pub(super) const RECORD_HEADER: usize = 40;
 /// Largest record a segment takes; a larger message is kept in a file of its own.
 pub(super) const MAX_RECORD: usize = 512 * 1024;
-
-const SEGMENT_MAGIC: &[u8; 8] = b"RLYSEG01";
-const RECORD_MAGIC: u32 = 0x5253_4731;
-const LIVE: u8 = b'L';
-const DONE: u8 = b'D';
+/// Largest segment file recovery reads into memory to scan; a larger file (no relay makes
+/// one) is moved to `quarantine/` whole.
+pub(super) const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 /// Segments kept ready or free beyond the active ones; more free segments are deleted.
 const SPARES: usize = 4;
 /// A sealed segment whose live bytes are at most this fraction of its records is
-/// compacted, once it has been sealed for [`COMPACT_AFTER`].
+/// compacted, once it has been sealed for [`SegmentConfig::compact_after`].
 const COMPACT_FRACTION: u64 = 4;
-const COMPACT_AFTER: Duration = Duration::from_secs(30);
+/// The free space a new segment must leave: at least this ...
+const RESERVE_MIN: u64 = 2 * SEGMENT_BYTES;
+/// ... or 1% of the filesystem, up to this.
+const RESERVE_PERCENT_CAP: u64 = 128 * 1024 * 1024;
+
+/// Sizes and thresholds of a spool's segments.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentConfig {
+    /// Size of a segment made ahead of need.
+    pub(crate) segment_bytes: u64,
+    /// Size of a segment a writer makes itself.
+    pub(crate) first_segment_bytes: u64,
+    /// How long a segment stays sealed before compaction may move its live records.
+    pub(crate) compact_after: Duration,
+    /// Free bytes a new segment must leave on the disk; `None`: the larger of
+    /// [`RESERVE_MIN`] and 1% of the filesystem (at most [`RESERVE_PERCENT_CAP`]).
+    pub(crate) reserve: Option<u64>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: SEGMENT_BYTES,
+            first_segment_bytes: FIRST_SEGMENT_BYTES,
+            compact_after: Duration::from_secs(30),
+            reserve: None,
+        }
+    }
+}
+
+impl SegmentConfig {
+    /// Free bytes a new segment must leave on a filesystem of `total` bytes.
+    pub(crate) fn reserve(&self, total: u64) -> u64 {
+        self.reserve
+            .unwrap_or_else(|| RESERVE_MIN.max((total / 100).min(RESERVE_PERCENT_CAP)))
+    }
+
+    /// Largest record these segments take.
+    pub(crate) fn max_record(&self) -> usize {
+        let room = self
+            .first_segment_bytes
+            .min(self.segment_bytes)
+            .saturating_sub(HEADER_LEN);
+        MAX_RECORD.min(usize::try_from(room).unwrap_or(MAX_RECORD))
+    }
+}
 
 /// One segment file.
 #[derive(Debug)]
@@ -72,9 +111,11 @@ pub(super) struct Segment {
     pub(super) path: PathBuf,
     /// The file's fixed size.
     pub(super) len: u64,
-    file: File,
+    file: FileRef,
     /// Sequence number of the current use.
     seq: AtomicU64,
+    /// Header layout of the current use: 1 or 2, 0 when the header was unreadable.
+    version: AtomicU8,
     state: Mutex<SegmentState>,
 }
 
@@ -108,15 +149,15 @@ impl Segment {
             .read_exact_at(&mut head, offset)
             .map_err(|e| format!("cannot read the record at {offset}: {e}"))?;
         let h = RecordHead::parse(&head).ok_or("no record")?;
-        if h.seq != self.seq() || h.id != id.0 || h.state != LIVE {
+        if h.seq != self.seq() || h.id != id.0 || h.is_done(self.version.load(Ordering::Acquire))
+        {
             return Err("the record is gone".into());
         }
-        if offset + (RECORD_HEADER + h.payload_len()) as u64 > self.len {
-            return Err(format!(
-                "the record at {offset} runs past the segment's end"
-            ));
-        }
-        let mut payload = vec![0u8; h.payload_len()];
+        let end = offset
+            .checked_add(RECORD_HEADER as u64 + h.payload_len())
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| format!("the record at {offset} runs past the segment's end"))?;
+        let mut payload = vec![0u8; (end - offset) as usize - RECORD_HEADER];
         self.file
             .read_exact_at(&mut payload, offset + RECORD_HEADER as u64)
             .map_err(|e| format!("cannot read the record at {offset}: {e}"))?;
@@ -140,94 +181,31 @@ impl Segment {
 
     fn mark_done(&self, offset: u64) {
         // Not flushed: should the mark be lost, the message is delivered once more.
-        if let Err(e) = self.file.write_all_at(&[DONE], offset + 4) {
+        let mark: &[u8] = match self.version.load(Ordering::Acquire) {
+            1 => &DONE_V1[..1],
+            _ => &DONE_V2,
+        };
+        if let Err(e) = self.file.write_all_at(mark, offset + 4) {
             tracing::warn!(segment = %self.path.display(), offset, error = %e, "cannot mark a delivered record done; it may be delivered again after a restart");
         }
     }
-}
-
-/// The fixed part of a record, decoded.
-struct RecordHead {
-    state: u8,
-    seq: u64,
-    id: u64,
-    env_len: u32,
-    text_len: u32,
-    crc: u32,
-}
-
-impl RecordHead {
-    fn parse(b: &[u8; RECORD_HEADER]) -> Option<Self> {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(x)
-        };
-        if u32_at(0) != RECORD_MAGIC || !matches!(b[4], LIVE | DONE) {
-            return None;
-        }
-        Some(Self {
-            state: b[4],
-            seq: u64_at(8),
-            id: u64_at(16),
-            env_len: u32_at(24),
-            text_len: u32_at(28),
-            crc: u32_at(32),
-        })
-    }
-
-    fn payload_len(&self) -> usize {
-        self.env_len as usize + self.text_len as usize
-    }
-}
-
-fn checksum(head: &[u8], payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&head[16..32]);
-    h.update(payload);
-    h.finalize()
-}
-
-/// A live record of message `id`, its sequence number still zero (the writer sets it).
-pub(super) fn encode(id: QueueId, envelope: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(RECORD_HEADER + envelope.len() + text.len());
-    r.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    r.extend_from_slice(&[LIVE, 0, 0, 0]);
-    r.extend_from_slice(&0u64.to_le_bytes());
-    r.extend_from_slice(&id.0.to_le_bytes());
-    // Callers keep records under MAX_RECORD, far below u32::MAX.
-    r.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
-    r.extend_from_slice(&(text.len() as u32).to_le_bytes());
-    r.extend_from_slice(&[0u8; 8]);
-    r.extend_from_slice(envelope);
-    r.extend_from_slice(text);
-    let crc = checksum(&r[..RECORD_HEADER], &r[RECORD_HEADER..]);
-    r[32..36].copy_from_slice(&crc.to_le_bytes());
-    r
-}
-
-/// The envelope JSON and the text of a record from [`encode`].
-pub(super) fn split(record: &[u8]) -> (&[u8], &[u8]) {
-    let env_len = u32::from_le_bytes([record[24], record[25], record[26], record[27]]) as usize;
-    record[RECORD_HEADER..].split_at(env_len)
-}
-
-fn set_seq(record: &mut [u8], seq: u64) {
-    record[8..16].copy_from_slice(&seq.to_le_bytes());
 }
 
 /// Every segment of a spool: the ready ones, the free ones, the sealed ones, and the
 /// thread that prepares and compacts them.
 #[derive(Debug)]
 pub(super) struct Segments {
+    fs: Arc<dyn SpoolFs>,
     dir: PathBuf,
-    next_seq: AtomicU64,
+    config: SegmentConfig,
+    sequence: Sequence,
     next_slot: AtomicU64,
     /// Files made by this spool.
     made: AtomicU64,
     /// Set once a writer filled a segment: from then on spares are prepared ahead.
     busy: AtomicBool,
+    /// Set while new segments are refused for want of free space (logged once a spell).
+    low_space: AtomicBool,
     lists: Mutex<Lists>,
     wake: Condvar,
     stop: AtomicBool,
@@ -246,7 +224,11 @@ struct Lists {
 /// What recovery found in the segments.
 pub(super) struct Recovered {
     pub(super) segments: Arc<Segments>,
+    /// Segments that ended in a torn tail.
     pub(super) torn: u64,
+    /// Damaged stretches (and unreadable headers of segments with live records, and
+    /// segments too large to scan) moved to quarantine.
+    pub(super) damaged: u64,
 }
 
 /// A live record found by recovery: `bytes` bytes at `offset` in `segment`.
@@ -257,22 +239,50 @@ pub(super) struct LiveRecord {
     pub(super) bytes: u64,
 }
 
+/// Where recovery puts what it cannot read.
+pub(super) struct Quarantine<'a> {
+    pub(super) dir: &'a Path,
+}
+
+impl Quarantine<'_> {
+    /// Copies `bytes` to `quarantine/<name>`, flushed; an existing copy (the same damage
+    /// found at an earlier start) is kept.
+    fn keep(&self, fs: &dyn SpoolFs, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let path = self.dir.join(name);
+        let file = match fs.create_new(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(path),
+            Err(e) => return Err(SpoolError::io(&path, e)),
+        };
+        file.write_all_at(bytes, 0)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| fs.sync_dir(self.dir))
+            .map_err(|e| SpoolError::io(&path, e))?;
+        Ok(path)
+    }
+}
+
 impl Segments {
     /// Reads every segment in `dir`: each live record goes to `live` (which says whether
-    /// it took it: `false` for a message it already holds), torn tails are skipped
-    /// (logged), segments without live records made free.
+    /// it took it: `false` for a message it already holds), damaged stretches go to
+    /// `quarantine` (the records after them are kept), torn tails are skipped (logged),
+    /// segments without live records made free.
     pub(super) fn recover(
+        fs: Arc<dyn SpoolFs>,
         dir: &Path,
+        quarantine: &Quarantine<'_>,
+        config: SegmentConfig,
         live: &mut dyn FnMut(QueueId, LiveRecord) -> bool,
     ) -> Result<Recovered, SpoolError> {
-        fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
+        fs.create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| SpoolError::io(dir, e))? {
-            let path = entry.map_err(|e| SpoolError::io(dir, e))?.path();
-            let slot = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".seg"))
+        for path in fs.read_dir(dir).map_err(|e| SpoolError::io(dir, e))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == sequence::FILE {
+                continue;
+            }
+            let slot = name
+                .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok());
             match slot {
                 Some(slot) => names.push((slot, path)),
@@ -286,68 +296,143 @@ impl Segments {
         let mut lists = Lists::default();
         let mut max_seq = 0;
         let mut torn = 0;
+        let mut damaged = 0;
         for (_, path) in &names {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
+            let file = fs.open_rw(path).map_err(|e| SpoolError::io(path, e))?;
+            let len = file.len().map_err(|e| SpoolError::io(path, e))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if len > MAX_SCAN_BYTES {
+                drop(file);
+                let target = quarantine.dir.join(&name);
+                tracing::error!(segment = %path.display(), len, quarantine = %target.display(), "a segment file too large to be one of ours: moved to quarantine unread");
+                fs.rename(path, &target)
+                    .and_then(|()| fs.sync_dir(quarantine.dir))
+                    .and_then(|()| fs.sync_dir(dir))
+                    .map_err(|e| SpoolError::io(path, e))?;
+                damaged += 1;
+                continue;
+            }
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, 0)
                 .map_err(|e| SpoolError::io(path, e))?;
-            let len = file.metadata().map_err(|e| SpoolError::io(path, e))?.len();
-            let seq = read_header(&file).map_err(|e| SpoolError::io(path, e))?;
+            let (seq, version, header_ok) = match parse_header(&bytes) {
+                Some((seq, version)) => (Some(seq), version, true),
+                // A header torn while the segment was being recycled (every record done,
+                // though the marks may not have reached the disk), or damaged: the
+                // records say which use they are of.
+                None => (scan::latest_seq(&bytes), 0, false),
+            };
             let segment = Arc::new(Segment {
                 path: path.clone(),
                 len,
                 file,
                 seq: AtomicU64::new(seq.unwrap_or(0)),
-                state: Mutex::new(SegmentState {
-                    sealed: Some(Instant::now()),
-                    ..SegmentState::default()
-                }),
+                version: AtomicU8::new(version),
+                state: Mutex::new(SegmentState::default()),
             });
-            let whole = is_segment_size(len);
-            let Some(seq) = seq.filter(|_| whole) else {
-                // A header torn while it was being recycled, or a file cut short while
-                // it was being created: no acknowledged record was ever written to it.
-                if whole {
-                    lists.free.push(segment);
-                } else {
-                    tracing::warn!(segment = %path.display(), len, "removing a segment cut short while it was created");
-                    fs::remove_file(path).map_err(|e| SpoolError::io(path, e))?;
+            let mut live_records = 0;
+            if let Some(seq) = seq {
+                max_seq = max_seq.max(seq);
+                let found = scan::scan(&bytes, seq, version);
+                for range in &found.damaged {
+                    let stretch = bytes
+                        .get(range.start as usize..range.end as usize)
+                        .unwrap_or_default();
+                    let target = quarantine.keep(
+                        &*fs,
+                        &format!("{name}@{}.damaged", range.start),
+                        stretch,
+                    )?;
+                    tracing::error!(segment = %path.display(), offset = range.start, bytes = range.end - range.start, quarantine = %target.display(), "a damaged record in the middle of a spool segment: copied to quarantine, the records after it kept");
+                    damaged += 1;
                 }
-                continue;
-            };
-            max_seq = max_seq.max(seq);
-            torn += scan(&segment, seq, live)?;
-            let state = segment.state.lock().unwrap_or_else(|e| e.into_inner());
-            let live = state.live;
-            drop(state);
-            if live == 0 {
+                if let Some(at) = found.torn {
+                    tracing::warn!(segment = %path.display(), offset = at, "skipping the torn tail of a spool segment (never acknowledged)");
+                    torn += 1;
+                }
+                let mut state = SegmentState::default();
+                for f in &found.records {
+                    state.used_bytes = f.offset + f.bytes - HEADER_LEN;
+                    if f.done {
+                        continue;
+                    }
+                    let record = LiveRecord {
+                        segment: segment.clone(),
+                        offset: f.offset,
+                        bytes: f.bytes,
+                    };
+                    if live(f.id, record) {
+                        state.live += 1;
+                        state.live_bytes += f.bytes;
+                    } else {
+                        // A compacted record whose old copy's done mark was lost: one
+                        // copy is enough.
+                        segment.mark_done(f.offset);
+                    }
+                }
+                live_records = state.live;
+                state.sealed = Some(Instant::now());
+                *segment.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                if !header_ok && live_records > 0 {
+                    let head = bytes.get(..HEADER_LEN as usize).unwrap_or(&bytes);
+                    let target = quarantine.keep(&*fs, &format!("{name}@0.damaged"), head)?;
+                    tracing::error!(segment = %path.display(), seq, live = live_records, quarantine = %target.display(), "a spool segment's header is unreadable but live records follow it: kept them (use {seq})");
+                    damaged += 1;
+                }
+            }
+            if live_records > 0 {
+                lists.sealed.push(segment);
+            } else if len >= config.first_segment_bytes.min(config.segment_bytes) {
+                segment
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sealed = Some(Instant::now());
                 lists.free.push(segment);
             } else {
-                lists.sealed.push(segment);
+                // Scanned, no live record: a file cut short while it was made.
+                tracing::warn!(segment = %path.display(), len, "removing a segment cut short while it was made (scanned: no live record)");
+                drop(segment);
+                fs.remove_file(path).map_err(|e| SpoolError::io(path, e))?;
             }
         }
         let next_slot = names.last().map_or(0, |(slot, _)| slot + 1);
         for s in &mut lists.free {
             s.state.lock().unwrap_or_else(|e| e.into_inner()).free = true;
         }
+        let sequence = Sequence::open(&*fs, dir, max_seq, !names.is_empty());
         let segments = Arc::new(Segments {
+            fs,
             dir: dir.to_path_buf(),
-            next_seq: AtomicU64::new(max_seq + 1),
+            config,
+            sequence,
             next_slot: AtomicU64::new(next_slot),
             made: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            low_space: AtomicBool::new(false),
             lists: Mutex::new(lists),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        Ok(Recovered { segments, torn })
+        Ok(Recovered {
+            segments,
+            torn,
+            damaged,
+        })
     }
 
     /// Segment files this spool has made (not counting reuse).
     #[cfg(test)]
     pub(super) fn made(&self) -> u64 {
         self.made.load(Ordering::Acquire)
+    }
+
+    /// Largest record these segments take.
+    pub(super) fn max_record(&self) -> usize {
+        self.config.max_record()
     }
 
     fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
@@ -360,39 +445,60 @@ impl Segments {
         self.wake.notify_all();
         match ready {
             Some(s) => Ok(s),
-            None => self.prepare(FIRST_SEGMENT_BYTES),
+            None => self.prepare(self.config.first_segment_bytes),
         }
     }
 
     /// A free segment with a new header, else a new file of `len` bytes.
     fn prepare(&self, len: u64) -> Result<Arc<Segment>, SpoolError> {
-        let free = self.lists().free.pop();
-        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-        let segment = match free {
-            Some(s) => {
-                write_header(&s.file, seq)
-                    .and_then(|()| s.file.sync_data())
-                    .map_err(|e| SpoolError::io(&s.path, e))?;
-                s.seq.store(seq, Ordering::Release);
-                *s.state.lock().unwrap_or_else(|e| e.into_inner()) = SegmentState::default();
-                s
-            }
-            None => self.create(seq, len)?,
+        let Some(s) = self.lists().free.pop() else {
+            return self.create(len);
         };
-        Ok(segment)
+        let seq = match self.sequence.take(&*self.fs) {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.lists().free.push(s);
+                return Err(e);
+            }
+        };
+        let written = s
+            .file
+            .write_all_at(&header(seq, 2), 0)
+            .and_then(|()| s.file.sync_data());
+        if let Err(e) = written {
+            // Its header may be torn now: it holds nothing live, it stays free.
+            self.lists().free.push(s.clone());
+            return Err(SpoolError::io(&s.path, e));
+        }
+        s.seq.store(seq, Ordering::Release);
+        s.version.store(2, Ordering::Release);
+        *s.state.lock().unwrap_or_else(|e| e.into_inner()) = SegmentState::default();
+        Ok(s)
     }
 
     /// A new segment file: written full, header included, flushed, and its name made
-    /// durable, all before it takes a record.
-    fn create(&self, seq: u64, len: u64) -> Result<Arc<Segment>, SpoolError> {
+    /// durable, all before it takes a record. Refused ([`SpoolError::Full`]) when it
+    /// would leave less than the reserve free.
+    fn create(&self, len: u64) -> Result<Arc<Segment>, SpoolError> {
+        if let Some((free, total)) = self.fs.space(&self.dir) {
+            let reserve = self.config.reserve(total);
+            if free < len.saturating_add(reserve) {
+                if !self.low_space.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(free, reserve, "spool disk low: no new segment (messages go to files of their own until space is freed)");
+                }
+                return Err(SpoolError::Full);
+            }
+            if self.low_space.swap(false, Ordering::AcqRel) {
+                tracing::info!(free, "spool disk has room for segments again");
+            }
+        }
+        let seq = self.sequence.take(&*self.fs)?;
         let slot = self.next_slot.fetch_add(1, Ordering::AcqRel);
         self.made.fetch_add(1, Ordering::AcqRel);
         let path = self.dir.join(format!("{slot:08}.seg"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .fs
+            .create_new(&path)
             .map_err(|e| SpoolError::io(&path, e))?;
         let fill = || -> io::Result<()> {
             let zeros = vec![0u8; 1024 * 1024];
@@ -402,12 +508,12 @@ impl Segments {
                 file.write_all_at(&zeros[..n], at)?;
                 at += n as u64;
             }
-            write_header(&file, seq)?;
+            file.write_all_at(&header(seq, 2), 0)?;
             file.sync_all()?;
-            File::open(&self.dir)?.sync_all()
+            self.fs.sync_dir(&self.dir)
         };
         if let Err(e) = fill() {
-            let _ = fs::remove_file(&path);
+            let _ = self.fs.remove_file(&path);
             return Err(SpoolError::io(&path, e));
         }
         Ok(Arc::new(Segment {
@@ -415,6 +521,7 @@ impl Segments {
             len,
             file,
             seq: AtomicU64::new(seq),
+            version: AtomicU8::new(2),
             state: Mutex::new(SegmentState::default()),
         }))
     }
@@ -491,8 +598,9 @@ impl Segments {
                 break;
             }
             drop(lists);
-            match self.prepare(SEGMENT_BYTES) {
+            match self.prepare(self.config.segment_bytes) {
                 Ok(s) => self.lists().ready.push(s),
+                Err(SpoolError::Full) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot prepare a spool segment ahead of time");
                     break;
@@ -508,18 +616,19 @@ impl Segments {
         drop(lists);
         for s in surplus {
             // Not flushed: a segment that comes back after a crash is free again.
-            if let Err(e) = fs::remove_file(&s.path) {
+            if let Err(e) = self.fs.remove_file(&s.path) {
                 tracing::warn!(segment = %s.path.display(), error = %e, "cannot remove a spare spool segment");
             }
         }
         // The lists' lock is not held here: lock order is a segment's state, then lists.
+        let after = self.config.compact_after;
         sealed
             .iter()
             .filter(|s| {
                 let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
                 st.live > 0
                     && st.live_bytes * COMPACT_FRACTION <= st.used_bytes
-                    && st.sealed.is_some_and(|at| at.elapsed() >= COMPACT_AFTER)
+                    && st.sealed.is_some_and(|at| at.elapsed() >= after)
             })
             .cloned()
             .collect()
@@ -568,105 +677,4 @@ pub(super) fn append(
         .and_then(|()| segment.file.sync_data())
         .map_err(|e| SpoolError::io(&segment.path, e))?;
     Ok(offsets)
-}
-
-/// A size [`Segments::create`] makes: a whole segment, not one cut short.
-fn is_segment_size(len: u64) -> bool {
-    len.is_power_of_two() && (FIRST_SEGMENT_BYTES..=SEGMENT_BYTES).contains(&len)
-}
-
-fn write_header(file: &File, seq: u64) -> io::Result<()> {
-    let mut h = [0u8; 24];
-    h[..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32fast::hash(&h[..16]);
-    h[16..20].copy_from_slice(&crc.to_le_bytes());
-    file.write_all_at(&h, 0)
-}
-
-/// The header's sequence number, or `None` when the header is not whole.
-fn read_header(file: &File) -> io::Result<Option<u64>> {
-    let mut h = [0u8; 24];
-    match file.read_exact_at(&mut h, 0) {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        other => other?,
-    }
-    let crc = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
-    if &h[..8] != SEGMENT_MAGIC || crc != crc32fast::hash(&h[..16]) {
-        return Ok(None);
-    }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&h[8..16]);
-    Ok(Some(u64::from_le_bytes(seq)))
-}
-
-/// Hands the live records of one segment to `live`; returns 1 when it ended in a torn
-/// record (of this use: magic and sequence number right, the rest not), else 0.
-fn scan(
-    segment: &Arc<Segment>,
-    seq: u64,
-    live: &mut dyn FnMut(QueueId, LiveRecord) -> bool,
-) -> Result<u64, SpoolError> {
-    let path = &segment.path;
-    let mut reader = io::BufReader::with_capacity(
-        1024 * 1024,
-        (&segment.file).take(segment.len), // bounded by the file's fixed size
-    );
-    io::copy(&mut (&mut reader).take(HEADER_LEN), &mut io::sink())
-        .map_err(|e| SpoolError::io(path, e))?;
-    let mut offset = HEADER_LEN;
-    let mut state = SegmentState::default();
-    let mut torn = 0;
-    loop {
-        let mut head = [0u8; RECORD_HEADER];
-        if offset + RECORD_HEADER as u64 > segment.len {
-            break;
-        }
-        reader
-            .read_exact(&mut head)
-            .map_err(|e| SpoolError::io(path, e))?;
-        let Some(h) = RecordHead::parse(&head).filter(|h| h.seq == seq) else {
-            break;
-        };
-        let end = offset + RECORD_HEADER as u64 + h.payload_len() as u64;
-        let tear = |why: &str| {
-            tracing::warn!(segment = %path.display(), offset, reason = why, "skipping the torn tail of a spool segment (never acknowledged)");
-        };
-        if end > segment.len {
-            tear("record runs past the end");
-            torn = 1;
-            break;
-        }
-        let mut payload = vec![0u8; h.payload_len()];
-        reader
-            .read_exact(&mut payload)
-            .map_err(|e| SpoolError::io(path, e))?;
-        if h.crc != checksum(&head, &payload) {
-            tear("checksum mismatch");
-            torn = 1;
-            break;
-        }
-        let bytes = end - offset;
-        state.used_bytes += bytes;
-        if h.state == LIVE {
-            let id = QueueId(h.id);
-            let record = LiveRecord {
-                segment: segment.clone(),
-                offset,
-                bytes,
-            };
-            if live(id, record) {
-                state.live += 1;
-                state.live_bytes += bytes;
-            } else {
-                // A compacted record whose old copy's done mark was lost: one copy is
-                // enough.
-                segment.mark_done(offset);
-            }
-        }
-        offset = end;
-    }
-    state.sealed = Some(Instant::now());
-    *segment.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-    Ok(torn)
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -19,12 +19,14 @@ use tokio::sync::oneshot;
 use super::compaction::housekeeping_loop;
 use super::error::SpoolError;
 use super::files::{
-    HEADER2, discard_incoming, locate, parse, parse_envelope, recover_files, single_file,
+    HEADER3, discard_incoming, locate, parse, parse_envelope, recover_files, single_file,
+    trailer3,
 };
+use super::fsys::{FileRef, SpoolFs, StdFs};
 use super::index::{Location, Shared};
 use super::job::{Content, Job};
 use super::lock::take_lock;
-use super::segments::{self, Segments};
+use super::segments::{self, Quarantine, SegmentConfig, Segments};
 use super::writer::{WRITERS, writer_loop};
 use crate::envelope::{Envelope, QueueId};
 
@@ -37,8 +39,12 @@ pub const SPILL_BYTES: usize = 256 * 1024;
 pub struct Incoming {
     pub(super) id: QueueId,
     pub(super) buf: Vec<u8>,
-    pub(super) file: Option<(PathBuf, tokio::fs::File)>,
+    /// The file in `incoming/` once the text outgrew memory.
+    pub(super) file: Option<(PathBuf, FileRef)>,
+    /// Bytes of text in the file.
     pub(super) len: u64,
+    /// CRC-32 of the text in the file so far (the trailer's checksum starts from it).
+    pub(super) crc: crc32fast::Hasher,
 }
 
 impl Incoming {
@@ -71,31 +77,78 @@ impl Incoming {
     }
 
     pub(super) async fn spill(&mut self, spool: &Spool) -> Result<(), SpoolError> {
-        use tokio::io::AsyncWriteExt;
-        if self.file.is_none() {
-            let path = spool.incoming_dir.join(self.id.to_string());
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .await
-                .map_err(|e| SpoolError::io(&path, e))?;
-            file.write_all(HEADER2)
-                .await
-                .map_err(|e| SpoolError::io(&path, e))?;
-            self.file = Some((path, file));
-        }
-        if let Some((path, file)) = &mut self.file {
-            file.write_all(&self.buf)
-                .await
-                .map_err(|e| SpoolError::io(path, e))?;
-            self.len += self.buf.len() as u64;
-            self.buf.clear();
-            if self.buf.capacity() > 2 * SPILL_BYTES {
-                self.buf.shrink_to(SPILL_BYTES);
+        let fs = spool.shared.fs.clone();
+        let (path, file) = match self.file.take() {
+            Some(f) => f,
+            None => {
+                let path = spool.incoming_dir.join(self.id.to_string());
+                let fs = fs.clone();
+                blocking(move || {
+                    let file = fs.create_new(&path).map_err(|e| SpoolError::io(&path, e))?;
+                    file.write_all_at(HEADER3, 0)
+                        .map_err(|e| SpoolError::io(&path, e))?;
+                    Ok((path, file))
+                })
+                .await?
             }
+        };
+        // Written on a blocking thread, as tokio's files do, but without copying the text.
+        let buf = std::mem::take(&mut self.buf);
+        let at = HEADER3.len() as u64 + self.len;
+        let (path, file, buf, written) = tokio::task::spawn_blocking(move || {
+            let written = file.write_all_at(&buf, at);
+            (path, file, buf, written)
+        })
+        .await
+        .map_err(|e| SpoolError::io(&spool.incoming_dir, io::Error::other(e.to_string())))?;
+        written.map_err(|e| SpoolError::io(&path, e))?;
+        self.file = Some((path, file));
+        self.crc.update(&buf);
+        self.len += buf.len() as u64;
+        self.buf = buf;
+        self.buf.clear();
+        if self.buf.capacity() > 2 * SPILL_BYTES {
+            self.buf.shrink_to(SPILL_BYTES);
         }
         Ok(())
+    }
+}
+
+/// Runs `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SpoolError::Io {
+        path: PathBuf::new(),
+        source: io::Error::other(e.to_string()),
+    })?
+}
+
+/// How a spool is opened: the defaults for a relay; tests change the file layer (a
+/// simulated disk), the segment sizes, the writers and the housekeeping.
+#[derive(Debug, Clone)]
+pub(crate) struct SpoolOptions {
+    /// The file layer every write goes through.
+    pub(crate) fs: Arc<dyn SpoolFs>,
+    pub(crate) segments: SegmentConfig,
+    /// Writer threads.
+    pub(crate) writers: usize,
+    /// Run the housekeeping thread (ready segments, spares, compaction); without it, a
+    /// test runs passes by hand ([`Spool::housekeep_now`]).
+    pub(crate) housekeeping: bool,
+    /// Take the spool's lock (a simulated disk has no real directory to lock).
+    pub(crate) lock: bool,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        Self {
+            fs: Arc::new(StdFs),
+            segments: SegmentConfig::default(),
+            writers: WRITERS,
+            housekeeping: true,
+            lock: true,
+        }
     }
 }
 
@@ -108,6 +161,7 @@ pub struct Spool {
     pub(super) quarantine_dir: PathBuf,
     pub(super) quarantined: u64,
     pub(super) torn: u64,
+    pub(super) damaged: u64,
     pub(super) writer: Mutex<mpsc::Sender<Job>>,
     pub(super) housekeeper: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(super) last_id: AtomicU64,
@@ -126,22 +180,41 @@ impl Spool {
     /// there. Files that cannot be parsed are moved to `quarantine/` with a warning; the
     /// torn tail of a segment (never acknowledged) is skipped with a warning.
     pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
+        Self::open_with(dir, SpoolOptions::default())
+    }
+
+    /// [`Spool::open`] with other than the defaults.
+    pub(crate) fn open_with(
+        dir: impl AsRef<Path>,
+        options: SpoolOptions,
+    ) -> Result<Spool, SpoolError> {
         let dir = dir.as_ref();
+        let fs = options.fs.clone();
         // Before anything is read or removed: `incoming/` of a running relay is its
         // sessions' unacknowledged text, not leftovers.
-        let lock = take_lock(dir)?;
+        let lock = if options.lock {
+            Some(take_lock(dir)?)
+        } else {
+            None
+        };
         let queue_dir = dir.join("queue");
         let incoming_dir = dir.join("incoming");
         let quarantine_dir = dir.join("quarantine");
         for d in [&queue_dir, &incoming_dir, &quarantine_dir] {
-            fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
+            fs.create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
         }
-        discard_incoming(&incoming_dir)?;
+        discard_incoming(&*fs, &incoming_dir)?;
         let mut index = BTreeMap::new();
-        let quarantined = recover_files(&queue_dir, &quarantine_dir, &mut index)?;
-        let recovered = Segments::recover(&dir.join("segments"), &mut |id, record| match index
-            .entry(id)
-        {
+        let quarantined = recover_files(&*fs, &queue_dir, &quarantine_dir, &mut index)?;
+        let quarantine = Quarantine {
+            dir: &quarantine_dir,
+        };
+        let recovered = Segments::recover(
+            fs.clone(),
+            &dir.join("segments"),
+            &quarantine,
+            options.segments.clone(),
+            &mut |id, record| match index.entry(id) {
             std::collections::btree_map::Entry::Occupied(_) => false,
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(Location::Segment {
@@ -151,16 +224,18 @@ impl Spool {
                 });
                 true
             }
-        })?;
+            },
+        )?;
         let last = index.keys().next_back().map(|id| id.0).unwrap_or(0);
         let shared = Arc::new(Shared {
+            fs,
             queue_dir,
             index: Mutex::new(index),
             segments: recovered.segments,
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
+        for _ in 0..options.writers.max(1) {
             let shared = shared.clone();
             let rx = rx.clone();
             std::thread::Builder::new()
@@ -168,23 +243,28 @@ impl Spool {
                 .spawn(move || writer_loop(&shared, &rx))
                 .map_err(|e| SpoolError::io(dir, e))?;
         }
-        let housekeeper = {
+        let housekeeper = if options.housekeeping {
             let shared = shared.clone();
             let tx = tx.clone();
-            std::thread::Builder::new()
-                .name("spool-segments".into())
-                .spawn(move || housekeeping_loop(&shared, &tx))
-                .map_err(|e| SpoolError::io(dir, e))?
+            Some(
+                std::thread::Builder::new()
+                    .name("spool-segments".into())
+                    .spawn(move || housekeeping_loop(&shared, &tx))
+                    .map_err(|e| SpoolError::io(dir, e))?,
+            )
+        } else {
+            None
         };
         Ok(Spool {
-            lock: Mutex::new(Some(lock)),
+            lock: Mutex::new(lock),
             shared,
             incoming_dir,
             quarantine_dir,
             quarantined,
             torn: recovered.torn,
+            damaged: recovered.damaged,
             writer: Mutex::new(tx),
-            housekeeper: Mutex::new(Some(housekeeper)),
+            housekeeper: Mutex::new(housekeeper),
             last_id: AtomicU64::new(last),
         })
     }
@@ -213,6 +293,15 @@ impl Spool {
         }
     }
 
+    /// One housekeeping pass (ready segments, spares, compaction), for a spool opened
+    /// without its housekeeping thread. Blocks on the writers: call it outside an async
+    /// context.
+    #[cfg(test)]
+    pub(crate) fn housekeep_now(&self) {
+        let tx = self.writer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        super::compaction::housekeep_once(&self.shared, &tx);
+    }
+
     /// A new unique, time-ordered queue id.
     pub fn new_id(&self) -> QueueId {
         QueueId::next_after(&self.last_id)
@@ -232,6 +321,7 @@ impl Spool {
             buf: Vec::new(),
             file: None,
             len: 0,
+            crc: crc32fast::Hasher::new(),
         }
     }
 
@@ -239,8 +329,13 @@ impl Spool {
     pub async fn discard(&self, incoming: Incoming) {
         if let Some((path, file)) = incoming.file {
             drop(file);
-            if let Err(e) = tokio::fs::remove_file(&path).await {
-                tracing::warn!(file = %path.display(), error = %e, "cannot remove a refused message's text");
+            let fs = self.shared.fs.clone();
+            let removed = blocking(move || {
+                fs.remove_file(&path).map_err(|e| SpoolError::io(&path, e))
+            })
+            .await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "cannot remove a refused message's text");
             }
         }
     }
@@ -261,28 +356,24 @@ impl Spool {
         })?;
         let data_len = incoming.len();
         let content = if incoming.file.is_none()
-            && segments::RECORD_HEADER + json.len() + incoming.buf.len() <= segments::MAX_RECORD
+            && segments::RECORD_HEADER + json.len() + incoming.buf.len()
+                <= self.shared.segments.max_record()
         {
             Content::Record(segments::encode(id, &json, &incoming.buf))
         } else if incoming.file.is_none() {
             Content::Bytes(single_file(&json, &incoming.buf))
         } else {
-            use tokio::io::AsyncWriteExt;
-            let trailer = format!("\nEND {data_len:016x} {:016x}\n", json.len());
             if let Err(e) = incoming.spill(self).await {
                 self.discard(incoming).await;
                 return Err(e);
             }
-            let Some((path, mut file)) = incoming.file.take() else {
+            let Some((path, file)) = incoming.file.take() else {
                 return Err(SpoolError::WriterStopped);
             };
-            // tokio writes in the background: flush so the writer thread sees every byte.
-            let flushed = file.flush().await.map_err(|e| SpoolError::io(&path, e));
             drop(file);
-            if let Err(e) = flushed {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(e);
-            }
+            let mut crc = incoming.crc.clone();
+            crc.update(&json);
+            let trailer = trailer3(data_len, json.len() as u64, crc.finalize());
             let mut tail = json;
             tail.extend_from_slice(trailer.as_bytes());
             Content::Spilled {
@@ -347,7 +438,7 @@ impl Spool {
             return Ok((env, record.text));
         }
         let path = self.shared.path_of(id);
-        let bytes = match fs::read(&path) {
+        let bytes = match read_whole(&*self.shared.fs, &path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
             other => other.map_err(|e| SpoolError::io(&path, e))?,
         };
@@ -379,7 +470,7 @@ impl Spool {
             }
             Location::File => {
                 let path = self.shared.path_of(id);
-                match fs::remove_file(&path) {
+                match self.shared.fs.remove_file(&path) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpoolError::NotFound(id)),
                     other => other.map_err(|e| SpoolError::io(&path, e)),
                 }
@@ -411,6 +502,13 @@ impl Spool {
     pub fn torn_at_open(&self) -> u64 {
         self.torn
     }
+
+    /// Damaged stretches of segments (records that failed their checks with valid records
+    /// after them, unreadable headers before live records, segments too large to scan)
+    /// copied to quarantine when the spool was opened; the records around them were kept.
+    pub fn damaged_at_open(&self) -> u64 {
+        self.damaged
+    }
 }
 
 impl Drop for Spool {
@@ -440,7 +538,7 @@ impl crate::delivery::queue::MessageStore for Spool {
             });
         }
         let path = self.shared.path_of(id);
-        let (envelope, data) = match locate(&path) {
+        let (envelope, data) = match locate(&*self.shared.fs, &path) {
             Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(into_io(SpoolError::NotFound(id)));
             }
@@ -477,6 +575,15 @@ impl crate::delivery::queue::MessageStore for Spool {
     fn remove(&self, queue_id: &str) -> io::Result<()> {
         Spool::remove(self, parse_id(queue_id)?).map_err(into_io)
     }
+}
+
+/// A whole file, read through the file layer.
+fn read_whole(fs: &dyn SpoolFs, path: &Path) -> io::Result<Vec<u8>> {
+    let file = fs.open_read(path)?;
+    let len = usize::try_from(file.len()?).map_err(io::Error::other)?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
 }
 
 pub(super) fn parse_id(queue_id: &str) -> io::Result<QueueId> {

@@ -6,7 +6,6 @@
 //! Not here: the on-disk forms (`segments`, `files`), choosing what to compact
 //! (`compaction`).
 
-use std::fs::{self};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -72,7 +71,7 @@ pub(super) fn write_file_jobs(shared: &Shared, jobs: Vec<Job>) {
             }
         }
     }
-    let written = write_batch(&shared.queue_dir, &to_write);
+    let written = write_batch(&*shared.fs, &shared.queue_dir, &to_write);
     for (i, result) in positions.into_iter().zip(written) {
         results[i] = Some(result);
     }
@@ -82,13 +81,13 @@ pub(super) fn write_file_jobs(shared: &Shared, jobs: Vec<Job>) {
             // Only a file this job created or moved in: `create_new` refused any other,
             // so an existing message of the same name is never touched.
             if !matches!(result, Err(SpoolError::Exists(_))) {
-                let _ = fs::remove_file(shared.path_of(job.id));
+                let _ = shared.fs.remove_file(&shared.path_of(job.id));
             }
         } else {
             shared.index().insert(job.id, Location::File);
         }
         if let (Content::Spilled { incoming, .. }, Err(_)) = (&job.content, &result) {
-            let _ = fs::remove_file(incoming);
+            let _ = shared.fs.remove_file(incoming);
         }
         // The session may have gone away; the message then stays queued regardless.
         let _ = job.done.send(result);
@@ -144,7 +143,16 @@ pub(super) fn write_records(
             if let Some((old, _)) = active.take() {
                 full.push(old);
             }
-            match shared.segments.take_ready() {
+            let fresh = shared.segments.take_ready().and_then(|s| {
+                if segments::HEADER_LEN + len <= s.len {
+                    Ok(s)
+                } else {
+                    // Larger than a whole segment: kept, unused, for the next record.
+                    shared.segments.seal(&s);
+                    Err(SpoolError::Full)
+                }
+            });
+            match fresh {
                 Ok(s) => *active = Some((s, segments::HEADER_LEN)),
                 Err(SpoolError::Full) => {
                     // No room for a new segment (it takes a megabyte or more at once):

@@ -77,6 +77,7 @@ pub(super) fn write_batch(
     fs: &dyn SpoolFs,
     dir: &Path,
     batch: &[(PathBuf, &Content)],
+    parallel: bool,
 ) -> Vec<Result<(), SpoolError>> {
     let mut results: Vec<Result<(), SpoolError>> = Vec::with_capacity(batch.len());
     let mut to_sync: Vec<(usize, FileRef)> = Vec::with_capacity(batch.len());
@@ -106,6 +107,11 @@ pub(super) fn write_batch(
             })
             .collect()
     };
+    if !parallel {
+        let synced = sync_chunk(&to_sync);
+        let dir_synced = sync_dir(fs, dir);
+        return finish(results, synced, dir_synced, &to_sync, dir);
+    }
     let (synced, dir_synced) = std::thread::scope(|scope| {
         let spawn = |name: &str| std::thread::Builder::new().name(name.into());
         // One directory fsync makes every new name of the batch durable.
@@ -149,13 +155,24 @@ pub(super) fn write_batch(
         };
         (synced, dir_synced)
     });
+    finish(results, synced, dir_synced, &to_sync, dir)
+}
+
+/// Each job's result: its file's flush, then the directory's.
+fn finish(
+    mut results: Vec<Result<(), SpoolError>>,
+    synced: Vec<(usize, Result<(), SpoolError>)>,
+    dir_synced: Result<(), SpoolError>,
+    to_sync: &[(usize, FileRef)],
+    dir: &Path,
+) -> Vec<Result<(), SpoolError>> {
     for (index, result) in synced {
         if let Some(slot) = results.get_mut(index) {
             *slot = result;
         }
     }
     if let Err(e) = dir_synced {
-        for (index, _) in &to_sync {
+        for (index, _) in to_sync {
             if let Some(slot) = results.get_mut(*index)
                 && slot.is_ok()
             {

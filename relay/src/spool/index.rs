@@ -30,6 +30,9 @@ pub(super) struct Shared {
     /// The file layer every write of the spool goes through.
     pub(super) fs: Arc<dyn SpoolFs>,
     pub(super) queue_dir: PathBuf,
+    /// Flush a file batch's files and directory on threads of their own, at once (off
+    /// only in tests that need the flushes in one order).
+    pub(super) parallel_sync: bool,
     pub(super) index: Mutex<BTreeMap<QueueId, Location>>,
     pub(super) segments: Arc<Segments>,
 }

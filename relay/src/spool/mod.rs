@@ -66,6 +66,10 @@ mod lock;
 mod scan;
 mod segments;
 mod sequence;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod powerloss;
 mod store;
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,10 @@ pub(crate) struct SegmentConfig {
     /// Free bytes a new segment must leave on the disk; `None`: the larger of
     /// [`RESERVE_MIN`] and 1% of the filesystem (at most [`RESERVE_PERCENT_CAP`]).
     pub(crate) reserve: Option<u64>,
+    /// The power-loss test's switch that removes the one `sync_data` of a batch append,
+    /// to show that the simulator catches it.
+    #[cfg(test)]
+    pub(crate) skip_append_sync: bool,
 }
 
 impl Default for SegmentConfig {
@@ -84,6 +88,8 @@ impl Default for SegmentConfig {
             first_segment_bytes: FIRST_SEGMENT_BYTES,
             compact_after: Duration::from_secs(30),
             reserve: None,
+            #[cfg(test)]
+            skip_append_sync: false,
         }
     }
 }
@@ -202,6 +208,8 @@ pub(super) struct Segments {
     next_slot: AtomicU64,
     /// Files made by this spool.
     made: AtomicU64,
+    /// Free segments given a new header (tests count them).
+    reused: AtomicU64,
     /// Set once a writer filled a segment: from then on spares are prepared ahead.
     busy: AtomicBool,
     /// Set while new segments are refused for want of free space (logged once a spell).
@@ -411,6 +419,7 @@ impl Segments {
             sequence,
             next_slot: AtomicU64::new(next_slot),
             made: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             low_space: AtomicBool::new(false),
             lists: Mutex::new(lists),
@@ -430,9 +439,24 @@ impl Segments {
         self.made.load(Ordering::Acquire)
     }
 
+    /// Free segments this spool gave a new header.
+    #[cfg(test)]
+    pub(super) fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Acquire)
+    }
+
     /// Largest record these segments take.
     pub(super) fn max_record(&self) -> usize {
         self.config.max_record()
+    }
+
+    /// Whether a batch append flushes (always, but for one power-loss test).
+    pub(super) fn append_syncs(&self) -> bool {
+        #[cfg(test)]
+        if self.config.skip_append_sync {
+            return false;
+        }
+        true
     }
 
     fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
@@ -472,6 +496,7 @@ impl Segments {
         }
         s.seq.store(seq, Ordering::Release);
         s.version.store(2, Ordering::Release);
+        self.reused.fetch_add(1, Ordering::Relaxed);
         *s.state.lock().unwrap_or_else(|e| e.into_inner()) = SegmentState::default();
         Ok(s)
     }
@@ -661,6 +686,7 @@ pub(super) fn append(
     segment: &Segment,
     offset: u64,
     records: &mut [Vec<u8>],
+    sync: bool,
 ) -> Result<Vec<u64>, SpoolError> {
     let seq = segment.seq();
     let total: usize = records.iter().map(Vec::len).sum();
@@ -674,7 +700,7 @@ pub(super) fn append(
     segment
         .file
         .write_all_at(&buf, offset)
-        .and_then(|()| segment.file.sync_data())
+        .and_then(|()| if sync { segment.file.sync_data() } else { Ok(()) })
         .map_err(|e| SpoolError::io(&segment.path, e))?;
     Ok(offsets)
 }

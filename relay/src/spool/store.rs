@@ -138,6 +138,9 @@ pub(crate) struct SpoolOptions {
     pub(crate) housekeeping: bool,
     /// Take the spool's lock (a simulated disk has no real directory to lock).
     pub(crate) lock: bool,
+    /// Flush a file batch's files and directory at once on threads of their own (off:
+    /// one after the other, in one order, for a deterministic simulation).
+    pub(crate) parallel_sync: bool,
 }
 
 impl Default for SpoolOptions {
@@ -148,6 +151,7 @@ impl Default for SpoolOptions {
             writers: WRITERS,
             housekeeping: true,
             lock: true,
+            parallel_sync: true,
         }
     }
 }
@@ -229,6 +233,7 @@ impl Spool {
         let last = index.keys().next_back().map(|id| id.0).unwrap_or(0);
         let shared = Arc::new(Shared {
             fs,
+            parallel_sync: options.parallel_sync,
             queue_dir,
             index: Mutex::new(index),
             segments: recovered.segments,

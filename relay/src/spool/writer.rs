@@ -71,7 +71,12 @@ pub(super) fn write_file_jobs(shared: &Shared, jobs: Vec<Job>) {
             }
         }
     }
-    let written = write_batch(&*shared.fs, &shared.queue_dir, &to_write);
+    let written = write_batch(
+        &*shared.fs,
+        &shared.queue_dir,
+        &to_write,
+        shared.parallel_sync,
+    );
     for (i, result) in positions.into_iter().zip(written) {
         results[i] = Some(result);
     }
@@ -193,7 +198,8 @@ pub(super) fn write_records(
         *at += len;
     }
     for mut g in groups {
-        match segments::append(&g.segment, g.start, &mut g.records) {
+        let sync = shared.segments.append_syncs();
+        match segments::append(&g.segment, g.start, &mut g.records, sync) {
             Ok(offsets) => {
                 for ((i, offset), record) in g.members.into_iter().zip(offsets).zip(&g.records) {
                     results[i] = Some(Ok(Location::Segment {

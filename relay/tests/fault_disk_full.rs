@@ -100,3 +100,57 @@ async fn a_full_spool_answers_452_and_keeps_what_it_acknowledged() {
     drop(spool);
     drop(disk);
 }
+
+/// A nearly full disk (SPEC §3.4): the spool makes no new segment that would leave the
+/// disk without a reserve, and keeps taking messages in files of their own. It used to
+/// make a 1 MiB segment on a 1.6 MB disk, filling it, and then answer `452` to a
+/// 700 kB message that fits.
+#[tokio::test]
+async fn a_nearly_full_disk_keeps_room_for_a_message_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match Tmpfs::mount(&dir.path().join("disk"), "1600k") {
+        Ok(d) => d,
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot mount a small tmpfs for the spool ({reason}); run as root");
+            return;
+        }
+    };
+    let spool_dir = disk.0.join("spool");
+    let relay = relay::start(config(&spool_dir, 9), relay::StartOptions::default())
+        .await
+        .unwrap();
+    let mut c = connect(relay.smtp_addr()).await;
+    c.cmd("EHLO client.acme.example").await;
+    let rcpt = ["a@dest.example".to_string()];
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let (_, _, done) = c
+            .transaction(
+                "bob@acme.example",
+                &rcpt,
+                &format!("Subject: {i}\r\n\r\nsmall {i}"),
+            )
+            .await;
+        acked.push(queue_id(&done.unwrap()));
+    }
+    // 700 kB: fits on the disk, unless a segment took a megabyte of it.
+    let medium = format!(
+        "Subject: medium\r\n\r\n{}",
+        format!("{}\r\n", "m".repeat(900)).repeat(770)
+    );
+    let (_, _, done) = c.transaction("bob@acme.example", &rcpt, &medium).await;
+    let done = done.unwrap();
+    assert!(done.starts_with("250"), "{done}");
+    acked.push(queue_id(&done));
+    relay.shutdown().await;
+    let spool = relay::Spool::open(&spool_dir).unwrap();
+    assert_eq!(spool.depth(), acked.len());
+    assert!(
+        std::fs::read_dir(spool_dir.join("segments"))
+            .map(|d| d.filter_map(Result::ok).all(|e| !e.file_name().to_string_lossy().ends_with(".seg")))
+            .unwrap_or(true),
+        "no segment on a disk this small"
+    );
+    drop(spool);
+    drop(disk);
+}

@@ -439,6 +439,12 @@ impl Segments {
         self.made.load(Ordering::Acquire)
     }
 
+    /// Whether `segment` is free (every record done, handed to the free list).
+    #[cfg(test)]
+    pub(super) fn is_free(&self, segment: &Segment) -> bool {
+        segment.state.lock().unwrap_or_else(|e| e.into_inner()).free
+    }
+
     /// Free segments this spool gave a new header.
     #[cfg(test)]
     pub(super) fn reused(&self) -> u64 {

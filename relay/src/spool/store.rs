@@ -85,8 +85,10 @@ impl Incoming {
                 let fs = fs.clone();
                 blocking(move || {
                     let file = fs.create_new(&path).map_err(|e| SpoolError::io(&path, e))?;
-                    file.write_all_at(HEADER3, 0)
-                        .map_err(|e| SpoolError::io(&path, e))?;
+                    if let Err(e) = file.write_all_at(HEADER3, 0) {
+                        let _ = fs.remove_file(&path);
+                        return Err(SpoolError::io(&path, e));
+                    }
                     Ok((path, file))
                 })
                 .await?
@@ -101,8 +103,13 @@ impl Incoming {
         })
         .await
         .map_err(|e| SpoolError::io(&spool.incoming_dir, io::Error::other(e.to_string())))?;
-        written.map_err(|e| SpoolError::io(&path, e))?;
+        // Kept on failure too: a refused message's text is removed by `discard`.
+        let failed = written.err().map(|e| SpoolError::io(&path, e));
         self.file = Some((path, file));
+        if let Some(e) = failed {
+            self.buf = buf;
+            return Err(e);
+        }
         self.crc.update(&buf);
         self.len += buf.len() as u64;
         self.buf = buf;

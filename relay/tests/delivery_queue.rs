@@ -658,3 +658,63 @@ async fn restart_in_the_middle_of_a_run_loses_nothing() {
     );
     assert!(restarted.queued().is_empty());
 }
+
+/// When the per-recipient state cannot be saved (a full disk, here a state directory that
+/// refuses every write), the process keeps it in memory: a recipient it saw delivered is
+/// never sent the message again (it used to be, every 60 s), the failure is counted, and
+/// the save is tried again until it works.
+#[tokio::test]
+async fn a_state_that_cannot_be_saved_never_delivers_a_recipient_twice() {
+    let dest = TestSink::start(SinkConfig {
+        rcpt_replies: HashMap::from([(
+            "later@dest.test".to_string(),
+            "451 4.2.0 mailbox busy".to_string(),
+        )]),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let routes = vec![route(
+        "out",
+        RouteMatcher::Default,
+        "127.0.0.1",
+        dest.port(),
+        no_tls(),
+    )];
+    let h = Harness::new(routes, delivery_config(&[]));
+    // The state directory becomes a file: every save (and every load) fails.
+    let state_dir = h.dir.path().join("state");
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::write(&state_dir, b"not a directory").unwrap();
+    let id = h.send(
+        "alice@acme.test",
+        &["now@dest.test", "later@dest.test"],
+        &message("alice@acme.test", "now@dest.test", "twice?"),
+    );
+    for _ in 0..4 {
+        let report = bounded(h.manager.run_due()).await;
+        assert_eq!(report.messages, 1);
+        h.clock.advance(Duration::from_secs(61));
+    }
+    let to_now = dest
+        .messages()
+        .iter()
+        .filter(|m| m.rcpt_to.iter().any(|r| r == "now@dest.test"))
+        .count();
+    assert_eq!(to_now, 1, "now@dest.test got the message {to_now} times");
+    let metrics = h.metrics_text();
+    assert!(
+        metrics.contains("smtprelay_delivery_state_save_failures_total 4"),
+        "{metrics}"
+    );
+    // The disk has room again: the state is saved at the next turn.
+    std::fs::remove_file(&state_dir).unwrap();
+    std::fs::create_dir(&state_dir).unwrap();
+    bounded(h.manager.run_due()).await;
+    let state = h.manager.state(&id).expect("saved once the disk takes it");
+    assert!(matches!(
+        state.recipients.get("now@dest.test"),
+        Some(relay::delivery::queue::RecipientState::Delivered { .. })
+    ));
+    assert_eq!(dest.messages().len(), 1);
+}

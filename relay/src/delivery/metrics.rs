@@ -77,6 +77,9 @@ pub struct DeliveryMetrics {
     /// 1 while the last login to a route's hosts was refused, 0 once one succeeded: what
     /// the operator turns into the route's `CredentialsAccepted` condition.
     pub auth_refused: Family<RouteLabels, Gauge>,
+    /// Saves of a message's per-recipient state that failed (a full disk): the process
+    /// keeps the state in memory and tries again at the message's next turn.
+    pub state_save_failures: Counter,
 }
 
 impl Default for DeliveryMetrics {
@@ -90,6 +93,7 @@ impl Default for DeliveryMetrics {
             queue_time_seconds: Family::new_with_constructor(queue_time_histogram),
             auth_failures: Family::default(),
             auth_refused: Family::default(),
+            state_save_failures: Counter::default(),
         }
     }
 }
@@ -137,6 +141,11 @@ impl DeliveryMetrics {
             "route_auth_refused",
             "1 while the last login to the route's hosts was refused (5xx to AUTH), 0 once one succeeded",
             m.auth_refused.clone(),
+        );
+        registry.register(
+            "delivery_state_save_failures",
+            "Saves of a message's per-recipient delivery state that failed (kept in memory, tried again)",
+            m.state_save_failures.clone(),
         );
         m
     }

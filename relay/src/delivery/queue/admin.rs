@@ -190,6 +190,7 @@ impl<S: MessageStore> QueueManager<S> {
                 }
             }
         }
+        self.inner.unsaved().remove(queue_id);
         let removed = self.inner.store.remove(queue_id);
         if let Err(e) = forget_state(&self.inner.state_dir, queue_id) {
             tracing::warn!(queue_id, "cannot remove the delivery state: {e}");

@@ -143,6 +143,7 @@ impl<S: MessageStore> QueueManager<S> {
             idle_sweep: Duration::from_secs(delivery.connection_idle_seconds),
             hostname: options.hostname,
             state_dir: options.state_dir,
+            unsaved: Mutex::new(HashMap::new()),
             clock: clock.clone(),
             transport,
             pools: Mutex::new(HashMap::new()),

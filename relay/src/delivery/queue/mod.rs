@@ -20,7 +20,10 @@
 //! Per-recipient state lives in a small state file per
 //! message (`<queue id>.delivery.json` in the state directory), written atomically after each
 //! route group, so a restart resumes where the last run stopped: a recipient is delivered at
-//! least once and never lost. 5xx bounces at once; 4xx and connect failures are retried on the
+//! least once and never lost. A state that cannot be saved (a full disk) is kept in memory,
+//! authoritative over the file until a later save succeeds (counted in
+//! `smtprelay_delivery_state_save_failures_total`): this process never sends a message again
+//! to a recipient it saw delivered; only a restart in that window can. 5xx bounces at once; 4xx and connect failures are retried on the
 //! [`RetrySchedule`](crate::delivery::retry::RetrySchedule); a bounce queues an RFC 3464 DSN from the null sender back to the
 //! original sender (never for a null sender). A message leaves the store only when every
 //! recipient is delivered or bounced and its DSN is queued.

@@ -47,6 +47,10 @@ pub(super) struct Inner<S: MessageStore> {
     pub(super) idle_sweep: Duration,
     pub(super) hostname: String,
     pub(super) state_dir: PathBuf,
+    /// States this process could not save (a full disk): authoritative over the state
+    /// files until a save succeeds, so a recipient seen delivered is never sent the
+    /// message again by this process.
+    pub(super) unsaved: Mutex<HashMap<String, MessageState>>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) transport: Transport,
     /// Host health per configured route, by route name (direct MX delivery has no pool).
@@ -146,18 +150,30 @@ impl<S: MessageStore> Inner<S> {
 
     pub(super) fn forget(&self, queue_id: &str) {
         self.shared.entries().remove(queue_id);
+        self.unsaved().remove(queue_id);
+    }
+
+    pub(super) fn unsaved(&self) -> std::sync::MutexGuard<'_, HashMap<String, MessageState>> {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Saves a message's state file (fsync'd) on a blocking thread, so the flush never
-    /// stalls the runtime threads that serve SMTP sessions.
+    /// stalls the runtime threads that serve SMTP sessions. A state that cannot be saved
+    /// is kept in memory (see [`Inner::unsaved`]), counted and logged; the next turn of
+    /// the message saves it again.
     pub(super) async fn persist(&self, queue_id: &str, state: &MessageState) -> bool {
         let dir = self.state_dir.clone();
         let id = queue_id.to_string();
-        let state = state.clone();
-        match blocking(move || save_state(&dir, &id, &state)).await {
-            Ok(()) => true,
+        let saved = state.clone();
+        match blocking(move || save_state(&dir, &id, &saved)).await {
+            Ok(()) => {
+                self.unsaved().remove(queue_id);
+                true
+            }
             Err(e) => {
-                tracing::error!(queue_id, "cannot save delivery state: {e}");
+                self.metrics.state_save_failures.inc();
+                tracing::error!(queue_id, "cannot save delivery state (kept in memory; recipients already delivered will not be sent it again by this process): {e}");
+                self.unsaved().insert(queue_id.to_string(), state.clone());
                 false
             }
         }
@@ -232,11 +248,14 @@ impl<S: MessageStore> Inner<S> {
         };
         // A state file exists only for a message that needed more than one attempt or
         // route group; it is removed with the message.
-        let mut state_on_disk = !matches!(saved, Ok(None));
-        let mut state = match saved {
-            Ok(Some(s)) => s,
-            Ok(None) => MessageState::new(&envelope, now),
-            Err(e) => {
+        // A state this process could not save is newer than any file.
+        let unsaved = self.unsaved().get(&queue_id).cloned();
+        let mut state_on_disk = unsaved.is_some() || !matches!(saved, Ok(None));
+        let mut state = match (unsaved, saved) {
+            (Some(s), _) => s,
+            (None, Ok(Some(s))) => s,
+            (None, Ok(None)) => MessageState::new(&envelope, now),
+            (None, Err(e)) => {
                 // An unreadable state file: start over (at-least-once, never lost).
                 tracing::warn!(queue_id, "delivery state unreadable, starting over: {e}");
                 MessageState::new(&envelope, now)
@@ -460,7 +479,11 @@ impl<S: MessageStore> Inner<S> {
         let finished = state.pending().is_empty() && state.dsn_pending.is_empty();
         if !attempted && !finished && state.dsn_pending.is_empty() {
             // Nothing tried, nothing changed: only the time of the next try, which a
-            // restart sets to "now" anyway. No disk write for a message that waits.
+            // restart sets to "now" anyway. No disk write for a message that waits,
+            // unless an earlier save failed: that is tried again.
+            if self.unsaved().contains_key(&queue_id) {
+                self.persist(&queue_id, &state).await;
+            }
             self.reschedule(
                 &queue_id,
                 from_unix(state.next_attempt_unix),

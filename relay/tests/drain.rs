@@ -326,6 +326,12 @@ async fn an_import_shorter_or_longer_than_announced_queues_nothing() {
     .await
     .unwrap();
     let text = b"Subject: x\r\n\r\nhello\r\n";
+    // Received a minute ago (an import must lie within the queue lifetime).
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
     let head = |size: usize| {
         serde_json::json!({
             "envelope": {
@@ -334,7 +340,7 @@ async fn an_import_shorter_or_longer_than_announced_queues_nothing() {
                 "rcpts": ["bob@dest.example"],
                 "clientIp": "127.0.0.1",
                 "helo": "client",
-                "receivedAt": {"secs_since_epoch": 1_700_000_000u64, "nanos_since_epoch": 0},
+                "receivedAt": {"secs_since_epoch": received, "nanos_since_epoch": 0},
                 "size": size,
             }
         })
@@ -361,5 +367,120 @@ async fn an_import_shorter_or_longer_than_announced_queues_nothing() {
         .await
         .unwrap();
     assert_eq!(sink.messages()[0].data, text.to_vec());
+    b.shutdown().await;
+}
+
+/// A target that answers `200` without naming the message it took (here `{}`, as a
+/// stray server or a proxy might) must not make the drain delete it: the drain stops,
+/// every message still in its spool.
+#[tokio::test]
+async fn a_200_that_does_not_echo_the_queue_id_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_config = stopped_with_deferred_mail(dir.path(), free_port(), 2).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // Headers and body are small: one read or two, then the answer.
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    std::fs::write(dir.path().join("b-token"), TOKEN).unwrap();
+    let handover = Handover {
+        targets: vec![format!("http://{addr}")],
+        token_file: dir.path().join("b-token"),
+    };
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        drain(&a_config, Some(&handover), None),
+    )
+    .await
+    .expect("the drain stops")
+    .unwrap_err();
+    assert!(matches!(e, DrainError::Unconfirmed { .. }), "{e}");
+    let spool = relay::Spool::open(&a_config.spool_dir).unwrap();
+    assert_eq!(spool.depth(), 2, "nothing deleted on an unconfirmed 200");
+}
+
+/// An import's envelope is checked as ingress checks one: CR/LF in a recipient or the
+/// sender, a recipient that is no path, and a `receivedAt` far in the future or before
+/// the queue lifetime are refused with `400` and the reason; nothing is queued.
+#[tokio::test]
+async fn an_import_with_cr_lf_in_an_address_or_a_wild_received_at_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let b = relay_b(dir.path(), &sink).await;
+    let text = b"Subject: x\r\n\r\nhello\r\n";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let head = |from: &str, rcpt: &str, at: u64| {
+        serde_json::json!({
+            "envelope": {
+                "queueId": "0000000000000001",
+                "mailFrom": from,
+                "rcpts": [rcpt],
+                "clientIp": "127.0.0.1",
+                "helo": "client",
+                "receivedAt": {"secs_since_epoch": at, "nanos_since_epoch": 0},
+                "size": text.len(),
+            }
+        })
+        .to_string()
+    };
+    let cases = [
+        (
+            "app@acme.example",
+            "bob@dest.example\r\nRCPT TO:<evil@x.example>",
+            now,
+            "recipient",
+        ),
+        ("app@acme.example\r\nX: y", "bob@dest.example", now, "sender"),
+        ("app@acme.example", "not an address", now, "recipient"),
+        (
+            "app@acme.example",
+            "bob@dest.example",
+            now + 365 * 24 * 3600,
+            "future",
+        ),
+        ("app@acme.example", "bob@dest.example", 0, "older"),
+    ];
+    for (from, rcpt, at, why) in cases {
+        let mut body = head(from, rcpt, at).into_bytes();
+        body.push(b'\n');
+        body.extend_from_slice(text);
+        let (status, answer) = post_raw(b.admin_addr(), &body).await;
+        assert_eq!(status, 400, "{why}: {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
+    assert_eq!(b.spool().depth(), 0);
+    // A sound one is taken, and the answer names it.
+    let mut body = head("app@acme.example", "bob@dest.example", now).into_bytes();
+    body.push(b'\n');
+    body.extend_from_slice(text);
+    let (status, answer) = post_raw(b.admin_addr(), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["sourceQueueId"], "0000000000000001");
+    assert_eq!(answer["size"], text.len());
+    assert!(answer["queueId"].as_str().is_some_and(|q| q.len() == 16));
     b.shutdown().await;
 }

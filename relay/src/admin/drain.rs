@@ -9,7 +9,10 @@
 //!   again, DSNs still owed are still sent, failed attempts keep counting toward the
 //!   queue lifetime) and its hold, to a running relay's `POST /queue/import`
 //!   ([`crate::admin::queue`]). It leaves this spool only after the receiving relay has
-//!   made it durable and answered `200`. A drain that stops between the two hands the
+//!   made it durable and answered `200` naming it: the answer must echo this spool's
+//!   queue id and the size sent, and give the new queue id; any other `200` (a proxy, a
+//!   relay of another version, a stray server) stops the drain with the message kept
+//!   ([`DrainError::Unconfirmed`]). A drain that stops between the two hands the
 //!   message over again when it is run again: at least once, as SMTP itself, never lost.
 //!   Targets are tried in turn; when none answers the drain waits and tries again, and
 //!   gives up (exit status 1, the spool as it was for what is left) after
@@ -37,7 +40,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::admin::queue::{IMPORT_PATH, ImportHead};
+use crate::admin::queue::{IMPORT_PATH, ImportAnswer, ImportHead};
 use crate::clock::SystemClock;
 use crate::config::RelayConfig;
 use crate::delivery::queue::{QueueManager, QueueOptions, forget_state, stored_state};
@@ -73,6 +76,14 @@ pub enum DrainError {
         target: String,
         status: u16,
         body: String,
+    },
+    #[error(
+        "{target} answered 200 to the hand-over of {id} without confirming it ({answer}); the message stays here"
+    )]
+    Unconfirmed {
+        target: String,
+        id: QueueId,
+        answer: String,
     },
     #[error("no target took message {id} after {rounds} rounds; last error: {last}")]
     Unreachable {
@@ -173,7 +184,8 @@ async fn hand_over(
         body.push(b'\n');
         body.extend_from_slice(&text);
         let body = Bytes::from(body);
-        let new_id = send_with_retries(handover, &body, id, &mut next_target).await?;
+        let new_id =
+            send_with_retries(handover, &body, id, head.envelope.size, &mut next_target).await?;
         remove(spool, state_dir, id)?;
         report.handed_over += 1;
         remaining.fetch_sub(1, Ordering::Relaxed);
@@ -207,6 +219,7 @@ async fn send_with_retries(
     handover: &Handover,
     body: &Bytes,
     id: QueueId,
+    size: u64,
     next_target: &mut usize,
 ) -> Result<String, DrainError> {
     let mut last = String::from("no target given");
@@ -222,12 +235,27 @@ async fn send_with_retries(
             let target = &handover.targets[*next_target % handover.targets.len()];
             *next_target = next_target.wrapping_add(1);
             match post(target, token.trim(), body.clone()).await {
+                // Deleted here only when the answer names this message, its size, and a
+                // queue id it now has there.
                 Ok((StatusCode::OK, answer)) => {
-                    let new_id = serde_json::from_slice::<serde_json::Value>(&answer)
-                        .ok()
-                        .and_then(|v| v["queueId"].as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    return Ok(new_id);
+                    return match serde_json::from_slice::<ImportAnswer>(&answer) {
+                        Ok(a)
+                            if a.source_queue_id == id.to_string()
+                                && a.size == size
+                                && a.queue_id.parse::<QueueId>().is_ok() =>
+                        {
+                            Ok(a.queue_id)
+                        }
+                        _ => Err(DrainError::Unconfirmed {
+                            target: target.clone(),
+                            id,
+                            answer: String::from_utf8_lossy(&answer)
+                                .trim()
+                                .chars()
+                                .take(500)
+                                .collect(),
+                        }),
+                    };
                 }
                 // The relay is there but will not take it: say so and stop; retrying
                 // would not change its answer.

@@ -15,7 +15,15 @@
 //! delivery state and hold), a line feed, then exactly `envelope.size` bytes of message
 //! text as that spool held it. The text is streamed into this relay's spool (memory stays
 //! bounded) and made durable before the `200`; a body shorter or longer than announced
-//! queues nothing. See [`crate::admin::drain`] for the other end.
+//! queues nothing. The envelope is checked as ingress would ([`check_import_envelope`]):
+//! sender and recipients must parse as RFC 5321 paths (no CR, LF or other control
+//! character can reach a log line or a downstream command), and `receivedAt` must lie
+//! between the queue lifetime (plus [`IMPORT_AGE_SLACK`]) ago and [`IMPORT_CLOCK_SKEW`]
+//! ahead: a message older than that was due to bounce where it came from, and one from
+//! the future would never expire; both are refused with `400` and the reason. The `200`
+//! names the new queue id, the source's queue id and the size taken
+//! (`{"queueId", "sourceQueueId", "size"}`): the drain deletes its copy only when they
+//! are the ones it sent. See [`crate::admin::drain`] for the other end.
 //!
 //! Every request needs `Authorization: Bearer TOKEN`, the token being the content of the
 //! file [`crate::config::RelayConfig::admin_token_file`] names (read on every request, so
@@ -28,7 +36,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -238,6 +246,77 @@ pub struct ImportHead {
 /// The most an import's first line may hold.
 pub const IMPORT_HEAD_LIMIT: usize = 8 * 1024 * 1024;
 
+/// How far in the future an imported `receivedAt` may be (clocks of two pods differ).
+pub const IMPORT_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// How much older than the maximum queue lifetime an imported `receivedAt` may be (a
+/// drain takes a while; older mail was due to bounce at its source).
+pub const IMPORT_AGE_SLACK: Duration = Duration::from_secs(24 * 3600);
+
+/// The answer to an import: what the importing relay made durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportAnswer {
+    /// The message's queue id here.
+    pub queue_id: String,
+    /// Its queue id in the spool it came from (the envelope's as sent).
+    pub source_queue_id: String,
+    /// Bytes of text taken.
+    pub size: u64,
+}
+
+/// Checks an imported envelope as ingress would have: sender and recipients are RFC 5321
+/// paths that parse back to themselves, there is a recipient, and `received_at` is
+/// neither more than [`IMPORT_CLOCK_SKEW`] ahead of `now` nor older than `lifetime` plus
+/// [`IMPORT_AGE_SLACK`]. The error says which field and why.
+pub fn check_import_envelope(
+    envelope: &crate::envelope::Envelope,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<(), String> {
+    use crate::smtp::{Command, parse_command};
+    if envelope.rcpts.is_empty() {
+        return Err("the envelope has no recipient".into());
+    }
+    let params = if envelope.smtputf8 { " SMTPUTF8" } else { "" };
+    let sender = &envelope.mail_from;
+    match parse_command(format!("MAIL FROM:<{sender}>{params}").as_bytes()) {
+        Ok(Command::Mail { from, .. }) if from.as_str() == sender => {}
+        _ => {
+            return Err(format!(
+                "the sender {sender:?} is not an RFC 5321 reverse-path"
+            ));
+        }
+    }
+    for rcpt in &envelope.rcpts {
+        match parse_command(format!("RCPT TO:<{rcpt}>").as_bytes()) {
+            Ok(Command::Rcpt { to }) if to.as_str() == rcpt && !rcpt.is_empty() => {}
+            _ => {
+                return Err(format!(
+                    "the recipient {rcpt:?} is not an RFC 5321 forward-path"
+                ));
+            }
+        }
+    }
+    let at = envelope.received_at;
+    if at > now + IMPORT_CLOCK_SKEW {
+        return Err(format!(
+            "receivedAt {} is in the future (more than {} s ahead of this relay's clock)",
+            unix(at),
+            IMPORT_CLOCK_SKEW.as_secs()
+        ));
+    }
+    let oldest = lifetime.saturating_add(IMPORT_AGE_SLACK);
+    if now.duration_since(at).is_ok_and(|age| age > oldest) {
+        return Err(format!(
+            "receivedAt {} is older than the queue lifetime ({} s) allows",
+            unix(at),
+            lifetime.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// Import path.
 pub const IMPORT_PATH: &str = "/queue/import";
 
@@ -253,7 +332,7 @@ pub async fn import(
         return refused;
     }
     let (status, result, resp) = match receive(&admin, body).await {
-        Ok((id, head)) => {
+        Ok((id, source_id, head)) => {
             tracing::info!(
                 client = %peer,
                 queue_id = %id,
@@ -269,7 +348,11 @@ pub async fn import(
                 format!("imported {} as {id}", head.source),
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({ "queueId": id.to_string() }),
+                    &ImportAnswer {
+                        queue_id: id.to_string(),
+                        source_queue_id: source_id.to_string(),
+                        size: head.envelope.size,
+                    },
                 ),
             )
         }
@@ -282,7 +365,14 @@ pub async fn import(
 async fn receive(
     admin: &QueueAdmin,
     mut body: hyper::body::Incoming,
-) -> Result<(crate::envelope::QueueId, ImportHead), (StatusCode, String)> {
+) -> Result<
+    (
+        crate::envelope::QueueId,
+        crate::envelope::QueueId,
+        ImportHead,
+    ),
+    (StatusCode, String),
+> {
     use http_body_util::BodyExt;
     let bad = |why: String| (StatusCode::BAD_REQUEST, why);
     let spool = admin.shared.spool.clone();
@@ -305,9 +395,17 @@ async fn receive(
                 head_bytes.extend_from_slice(&data.split_to(nl + 1)[..nl]);
                 let head: ImportHead = serde_json::from_slice(&head_bytes)
                     .map_err(|e| bad(format!("the first line is not an import head: {e}")))?;
-                if head.envelope.rcpts.is_empty() {
-                    return Err(bad("the envelope has no recipient".into()));
-                }
+                let lifetime = Duration::from_secs(
+                    admin
+                        .shared
+                        .current
+                        .load()
+                        .config
+                        .delivery
+                        .max_queue_lifetime_seconds,
+                );
+                check_import_envelope(&head.envelope, admin.shared.clock.now(), lifetime)
+                    .map_err(bad)?;
                 incoming = Some((spool.begin(spool.new_id()), head));
             }
             if let Some((inc, head)) = &mut incoming {
@@ -363,7 +461,7 @@ async fn receive(
         tracing::error!(queue_id = %id, error = %e, "imported message queued without its delivery state");
         admin.queue.submit(&id.to_string());
     }
-    Ok((id, head))
+    Ok((id, source_id, head))
 }
 
 /// The answer to a request that may not proceed (no token configured, a wrong token),

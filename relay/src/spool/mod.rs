@@ -60,6 +60,8 @@ mod compaction;
 mod error;
 mod files;
 pub(crate) mod fsys;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod job;
 mod lock;

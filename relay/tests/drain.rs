@@ -397,7 +397,9 @@ async fn a_200_that_does_not_echo_the_queue_id_deletes_nothing() {
                 })
                 .await;
                 let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    )
                     .await;
             });
         }
@@ -453,7 +455,12 @@ async fn an_import_with_cr_lf_in_an_address_or_a_wild_received_at_is_refused() {
             now,
             "recipient",
         ),
-        ("app@acme.example\r\nX: y", "bob@dest.example", now, "sender"),
+        (
+            "app@acme.example\r\nX: y",
+            "bob@dest.example",
+            now,
+            "sender",
+        ),
         ("app@acme.example", "not an address", now, "recipient"),
         (
             "app@acme.example",

@@ -147,7 +147,9 @@ async fn a_nearly_full_disk_keeps_room_for_a_message_that_fits() {
     assert_eq!(spool.depth(), acked.len());
     assert!(
         std::fs::read_dir(spool_dir.join("segments"))
-            .map(|d| d.filter_map(Result::ok).all(|e| !e.file_name().to_string_lossy().ends_with(".seg")))
+            .map(|d| d
+                .filter_map(Result::ok)
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".seg")))
             .unwrap_or(true),
         "no segment on a disk this small"
     );

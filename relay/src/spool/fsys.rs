@@ -137,9 +137,7 @@ impl SpoolFs for StdFs {
         fs::remove_file(path)
     }
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fs::read_dir(dir)?
-            .map(|e| e.map(|e| e.path()))
-            .collect()
+        fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
@@ -162,7 +160,10 @@ fn statvfs(dir: &Path) -> Option<(u64, u64)> {
     }
     // SAFETY: `statvfs` returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some, u64 here).
+    #[allow(clippy::unnecessary_cast)]
     let frsize = st.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
     Some((
         (st.f_bavail as u64).saturating_mul(frsize),
         (st.f_blocks as u64).saturating_mul(frsize),

@@ -65,13 +65,13 @@ pub mod fuzzing;
 mod index;
 mod job;
 mod lock;
+#[cfg(test)]
+mod powerloss;
 mod scan;
 mod segments;
 mod sequence;
 #[cfg(test)]
 mod sim;
-#[cfg(test)]
-mod powerloss;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -79,6 +79,6 @@ mod writer;
 
 pub use crate::envelope::{BadQueueId, Envelope, QueueId};
 pub use error::SpoolError;
-pub use store::{Incoming, SPILL_BYTES, Spool};
 #[cfg(test)]
 pub(crate) use store::SpoolOptions;
+pub use store::{Incoming, SPILL_BYTES, Spool};

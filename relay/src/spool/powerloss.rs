@@ -304,7 +304,11 @@ pub(super) fn crash_point(seed: u64, skip_sync: bool, tally: &mut Tally) {
                     tally.again_unlink_lost += 1;
                 } else if last.is_some_and(|(p, o)| mark_lost(&crashed.lost, p, *o)) {
                     tally.again_removal_mark_lost += 1;
-                } else if m.copies.iter().any(|(p, o)| mark_lost(&crashed.lost, p, *o)) {
+                } else if m
+                    .copies
+                    .iter()
+                    .any(|(p, o)| mark_lost(&crashed.lost, p, *o))
+                {
                     tally.again_old_copy_mark_lost += 1;
                 } else {
                     tally.failures.push(format!(
@@ -341,7 +345,11 @@ pub(super) fn crash_point(seed: u64, skip_sync: bool, tally: &mut Tally) {
 pub(super) fn run(seed: u64, count: u64, skip_sync: bool) -> Tally {
     let mut tally = Tally::default();
     for i in 0..count {
-        crash_point(seed.wrapping_mul(1_000_003).wrapping_add(i), skip_sync, &mut tally);
+        crash_point(
+            seed.wrapping_mul(1_000_003).wrapping_add(i),
+            skip_sync,
+            &mut tally,
+        );
     }
     tally
 }
@@ -365,7 +373,10 @@ fn a_thousand_power_losses_lose_no_acknowledged_message() {
 #[test]
 fn without_the_batch_flush_power_loss_loses_acknowledged_mail() {
     let tally = run(28, 200, true);
-    eprintln!("lost without the flush: {} of {}", tally.lost, tally.acknowledged);
+    eprintln!(
+        "lost without the flush: {} of {}",
+        tally.lost, tally.acknowledged
+    );
     assert!(tally.lost > 0, "{tally:#?}");
 }
 

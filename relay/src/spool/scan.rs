@@ -257,7 +257,9 @@ pub(crate) fn latest_seq(b: &[u8]) -> Option<u64> {
     let mut at = HEADER_LEN as usize;
     let last = b.len().checked_sub(RECORD_HEADER)?;
     while at <= last {
-        let Some(skip) = b.get(at..=last).and_then(|r| r.iter().position(|&x| x == magic[0]))
+        let Some(skip) = b
+            .get(at..=last)
+            .and_then(|r| r.iter().position(|&x| x == magic[0]))
         else {
             break;
         };
@@ -363,7 +365,10 @@ mod tests {
         b[offsets[20] as usize + 29] ^= 0x01;
         let s = scan(&b, 7, 2);
         assert_eq!(s.records.len(), 48);
-        assert_eq!(s.damaged, vec![offsets[10]..offsets[11], offsets[20]..offsets[21]]);
+        assert_eq!(
+            s.damaged,
+            vec![offsets[10]..offsets[11], offsets[20]..offsets[21]]
+        );
         assert_eq!(s.torn, None);
         assert!(s.records.iter().all(|f| f.id.0 != 11 && f.id.0 != 21));
     }
@@ -387,7 +392,10 @@ mod tests {
         let (mut b, offsets) = segment(3, &[(1, b"one")], 8 * 1024);
         b[offsets[0] as usize + 4] ^= b'L' ^ b'D';
         assert!(!scan(&b, 3, 2).records[0].done);
-        assert!(scan(&b, 3, 1).records[0].done, "the first layout's one-byte mark");
+        assert!(
+            scan(&b, 3, 1).records[0].done,
+            "the first layout's one-byte mark"
+        );
     }
 
     proptest! {

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use super::error::SpoolError;
 use super::fsys::{FileRef, SpoolFs};
-pub(super) use super::scan::{HEADER_LEN, RECORD_HEADER, encode, split};
 use super::scan::{self, DONE_V1, DONE_V2, RecordHead, checksum, header, parse_header, set_seq};
+pub(super) use super::scan::{HEADER_LEN, RECORD_HEADER, encode, split};
 use super::sequence::{self, Sequence};
 use crate::envelope::QueueId;
 
@@ -155,8 +155,7 @@ impl Segment {
             .read_exact_at(&mut head, offset)
             .map_err(|e| format!("cannot read the record at {offset}: {e}"))?;
         let h = RecordHead::parse(&head).ok_or("no record")?;
-        if h.seq != self.seq() || h.id != id.0 || h.is_done(self.version.load(Ordering::Acquire))
-        {
+        if h.seq != self.seq() || h.id != id.0 || h.is_done(self.version.load(Ordering::Acquire)) {
             return Err("the record is gone".into());
         }
         let end = offset
@@ -515,7 +514,11 @@ impl Segments {
             let reserve = self.config.reserve(total);
             if free < len.saturating_add(reserve) {
                 if !self.low_space.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(free, reserve, "spool disk low: no new segment (messages go to files of their own until space is freed)");
+                    tracing::warn!(
+                        free,
+                        reserve,
+                        "spool disk low: no new segment (messages go to files of their own until space is freed)"
+                    );
                 }
                 return Err(SpoolError::Full);
             }
@@ -706,7 +709,13 @@ pub(super) fn append(
     segment
         .file
         .write_all_at(&buf, offset)
-        .and_then(|()| if sync { segment.file.sync_data() } else { Ok(()) })
+        .and_then(|()| {
+            if sync {
+                segment.file.sync_data()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| SpoolError::io(&segment.path, e))?;
     Ok(offsets)
 }

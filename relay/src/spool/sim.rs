@@ -46,26 +46,22 @@ pub(crate) enum CrashMode {
 #[derive(Debug, Clone)]
 enum Volatile {
     Write {
-        n: u64,
         inode: u64,
         path: PathBuf,
         offset: u64,
         bytes: Vec<u8>,
     },
     Link {
-        n: u64,
         dir: PathBuf,
         path: PathBuf,
         inode: u64,
     },
     Unlink {
-        n: u64,
         dir: PathBuf,
         path: PathBuf,
         inode: u64,
     },
     Rename {
-        n: u64,
         dir: PathBuf,
         from: PathBuf,
         to: PathBuf,
@@ -73,23 +69,16 @@ enum Volatile {
     },
 }
 
-impl Volatile {
-    fn n(&self) -> u64 {
-        match self {
-            Volatile::Write { n, .. }
-            | Volatile::Link { n, .. }
-            | Volatile::Unlink { n, .. }
-            | Volatile::Rename { n, .. } => *n,
-        }
-    }
-}
-
 /// An operation whose effect did not survive the crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lost {
     /// A write of `len` bytes at `offset` of the file then named `path` (some or all of
     /// its pages lost).
-    Write { path: PathBuf, offset: u64, len: u64 },
+    Write {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
     /// A removal of `path`.
     Unlink { path: PathBuf },
     /// A new name or a rename to `path`.
@@ -146,17 +135,6 @@ impl Image {
             .filter_map(|i| self.data.get(i))
             .map(|d| d.len() as u64)
             .sum()
-    }
-
-    /// The file named `path`, for tests that look at a crashed disk.
-    pub(crate) fn file(&self, path: &Path) -> Option<&[u8]> {
-        let inode = self.names.get(path)?;
-        self.data.get(inode).map(Vec::as_slice)
-    }
-
-    /// Every name, for tests.
-    pub(crate) fn paths(&self) -> Vec<PathBuf> {
-        self.names.keys().cloned().collect()
     }
 }
 
@@ -249,7 +227,7 @@ impl SimFs {
 
     /// Counts one operation: `Err` once the machine is off. The operation the crash
     /// stops (`attempt`) is lost with the volatile ones.
-    fn op(st: &mut State, attempt: impl FnOnce() -> Option<Lost>) -> io::Result<u64> {
+    fn op(st: &mut State, attempt: impl FnOnce() -> Option<Lost>) -> io::Result<()> {
         if st.crashed.is_some() {
             return Err(eio());
         }
@@ -261,7 +239,7 @@ impl SimFs {
             }
             return Err(eio());
         }
-        Ok(st.ops)
+        Ok(())
     }
 }
 
@@ -391,7 +369,12 @@ struct SimFile {
 impl SpoolFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let st = self.fs.lock();
-        let data = st.now.data.get(&self.inode).map(Vec::as_slice).unwrap_or(&[]);
+        let data = st
+            .now
+            .data
+            .get(&self.inode)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let Some(from) = usize::try_from(offset).ok().filter(|&o| o < data.len()) else {
             return Ok(0);
         };
@@ -402,7 +385,7 @@ impl SpoolFile for SimFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.fs.lock();
-        let n = SimFs::op(&mut st, || {
+        SimFs::op(&mut st, || {
             Some(Lost::Write {
                 path: self.path.clone(),
                 offset,
@@ -419,7 +402,6 @@ impl SpoolFile for SimFile {
         }
         st.now.apply_write(self.inode, offset, buf);
         st.volatile.push(Volatile::Write {
-            n,
             inode: self.inode,
             path: self.path.clone(),
             offset,
@@ -481,7 +463,7 @@ impl SpoolFs for SimFs {
 
     fn create_new(&self, path: &Path) -> io::Result<FileRef> {
         let mut st = self.lock();
-        let n = SimFs::op(&mut st, || {
+        SimFs::op(&mut st, || {
             Some(Lost::Name {
                 path: path.to_path_buf(),
             })
@@ -497,7 +479,6 @@ impl SpoolFs for SimFs {
         st.now.next_inode = inode;
         st.durable.next_inode = inode;
         let op = Volatile::Link {
-            n,
             dir: parent(path),
             path: path.to_path_buf(),
             inode,
@@ -518,14 +499,13 @@ impl SpoolFs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        let n = SimFs::op(&mut st, || {
+        SimFs::op(&mut st, || {
             Some(Lost::Name {
                 path: to.to_path_buf(),
             })
         })?;
         let inode = *st.now.names.get(from).ok_or(io::ErrorKind::NotFound)?;
         let op = Volatile::Rename {
-            n,
             dir: parent(to),
             from: from.to_path_buf(),
             to: to.to_path_buf(),
@@ -538,14 +518,13 @@ impl SpoolFs for SimFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        let n = SimFs::op(&mut st, || {
+        SimFs::op(&mut st, || {
             Some(Lost::Unlink {
                 path: path.to_path_buf(),
             })
         })?;
         let inode = *st.now.names.get(path).ok_or(io::ErrorKind::NotFound)?;
         let op = Volatile::Unlink {
-            n,
             dir: parent(path),
             path: path.to_path_buf(),
             inode,

@@ -19,8 +19,7 @@ use tokio::sync::oneshot;
 use super::compaction::housekeeping_loop;
 use super::error::SpoolError;
 use super::files::{
-    HEADER3, discard_incoming, locate, parse, parse_envelope, recover_files, single_file,
-    trailer3,
+    HEADER3, discard_incoming, locate, parse, parse_envelope, recover_files, single_file, trailer3,
 };
 use super::fsys::{FileRef, SpoolFs, StdFs};
 use super::index::{Location, Shared};
@@ -125,10 +124,12 @@ impl Incoming {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, SpoolError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| SpoolError::Io {
-        path: PathBuf::new(),
-        source: io::Error::other(e.to_string()),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SpoolError::Io {
+            path: PathBuf::new(),
+            source: io::Error::other(e.to_string()),
+        })?
 }
 
 /// How a spool is opened: the defaults for a relay; tests change the file layer (a
@@ -226,15 +227,15 @@ impl Spool {
             &quarantine,
             options.segments.clone(),
             &mut |id, record| match index.entry(id) {
-            std::collections::btree_map::Entry::Occupied(_) => false,
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(Location::Segment {
-                    segment: record.segment,
-                    offset: record.offset,
-                    bytes: record.bytes,
-                });
-                true
-            }
+                std::collections::btree_map::Entry::Occupied(_) => false,
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(Location::Segment {
+                        segment: record.segment,
+                        offset: record.offset,
+                        bytes: record.bytes,
+                    });
+                    true
+                }
             },
         )?;
         let last = index.keys().next_back().map(|id| id.0).unwrap_or(0);
@@ -310,7 +311,11 @@ impl Spool {
     /// context.
     #[cfg(test)]
     pub(crate) fn housekeep_now(&self) {
-        let tx = self.writer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let tx = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         super::compaction::housekeep_once(&self.shared, &tx);
     }
 
@@ -342,10 +347,8 @@ impl Spool {
         if let Some((path, file)) = incoming.file {
             drop(file);
             let fs = self.shared.fs.clone();
-            let removed = blocking(move || {
-                fs.remove_file(&path).map_err(|e| SpoolError::io(&path, e))
-            })
-            .await;
+            let removed =
+                blocking(move || fs.remove_file(&path).map_err(|e| SpoolError::io(&path, e))).await;
             if let Err(e) = removed {
                 tracing::warn!(error = %e, "cannot remove a refused message's text");
             }

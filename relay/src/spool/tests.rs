@@ -782,7 +782,8 @@ async fn no_new_segment_below_the_free_space_reserve() {
         Location::File
     ));
     assert_eq!(spool.shared.segments.made(), 0);
-    fs.free.store(10 << 30, std::sync::atomic::Ordering::Release);
+    fs.free
+        .store(10 << 30, std::sync::atomic::Ordering::Release);
     let env2 = envelope(&spool);
     spool.accept(&env2, b"small").await.unwrap();
     assert!(matches!(
@@ -865,9 +866,16 @@ async fn a_mostly_delivered_sealed_segment_is_compacted_and_freed() {
     drop(first);
     drop(spool);
     let spool = Spool::open_with(dir.path(), options()).unwrap();
-    assert_eq!(spool.list(), live, "each message exactly once after a restart");
+    assert_eq!(
+        spool.list(),
+        live,
+        "each message exactly once after a restart"
+    );
     for &i in &keep {
-        assert_eq!(spool.read(ids[i].0.queue_id).unwrap().1, ids[i].1.as_bytes());
+        assert_eq!(
+            spool.read(ids[i].0.queue_id).unwrap().1,
+            ids[i].1.as_bytes()
+        );
     }
 }
 

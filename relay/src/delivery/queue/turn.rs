@@ -172,7 +172,10 @@ impl<S: MessageStore> Inner<S> {
             }
             Err(e) => {
                 self.metrics.state_save_failures.inc();
-                tracing::error!(queue_id, "cannot save delivery state (kept in memory; recipients already delivered will not be sent it again by this process): {e}");
+                tracing::error!(
+                    queue_id,
+                    "cannot save delivery state (kept in memory; recipients already delivered will not be sent it again by this process): {e}"
+                );
                 self.unsaved().insert(queue_id.to_string(), state.clone());
                 false
             }

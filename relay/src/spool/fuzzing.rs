@@ -56,7 +56,7 @@ pub fn recovery_case(data: &[u8], dir: &Path) -> Result<(), String> {
     };
     let records = usize::from(next() % 40) + 1;
     let mut segment = vec![0u8; SEGMENT_LEN];
-    segment[..24].copy_from_slice(&header(SEQ, 2));
+    segment[..32].copy_from_slice(&header(SEQ, 2));
     let mut at = HEADER_LEN as usize;
     let mut written: Vec<(QueueId, usize, usize, Envelope, Vec<u8>)> = Vec::new();
     for i in 0..records {

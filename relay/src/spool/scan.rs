@@ -12,10 +12,13 @@
 //! segment's, so a record left over from the segment's previous use never passes as one
 //! of this use (sequence numbers are never reused: `sequence`). The state is outside the
 //! checksum: a record is written `L\0\0\0` (live) and removing a message writes over it in
-//! place, not flushed. Segments of the first layout (`RLYSEG01` header) mark a record done
-//! with one byte `D`; segments of the second (`RLYSEG02`) with the four bytes `DONE`, so
-//! that no single flipped bit turns a live record into a done one. Anything else is live
-//! (a damaged mark means one more delivery, never a lost message).
+//! place, not flushed. Segments of the first layout mark a record done with one byte `D`
+//! (`L` and `D` differ in one bit); segments whose header carries the `MRK4` flag (every
+//! segment this relay prepares) with the four bytes `DONE`, so that no single flipped bit
+//! turns a live record into a done one; anything else is live there (a damaged mark means
+//! one more delivery, never a lost message). The flag sits after the first layout's
+//! header, with a checksum of its own, and `DONE` starts with `D`: a relay of the first
+//! layout (a rollback) still reads these segments, and their marks, as its own.
 //!
 //! How a scan goes on past damage: a record that fails its checks but whose header
 //! (magic, sequence number, lengths) is followed by a valid record exactly at its claimed
@@ -43,10 +46,10 @@ pub(crate) const HEADER_LEN: u64 = 4096;
 /// Fixed part of a record.
 pub(crate) const RECORD_HEADER: usize = 40;
 pub(crate) const RECORD_MAGIC: u32 = 0x5253_4731;
-/// Header magic of the first layout (one-byte done mark).
-pub(crate) const SEGMENT_MAGIC_V1: &[u8; 8] = b"RLYSEG01";
-/// Header magic of the second layout (four-byte done mark).
-pub(crate) const SEGMENT_MAGIC_V2: &[u8; 8] = b"RLYSEG02";
+/// Header magic of every segment.
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"RLYSEG01";
+/// Header flag (bytes 24..28, its checksum at 28..32): done marks are four bytes.
+pub(crate) const FOUR_BYTE_MARKS: &[u8; 4] = b"MRK4";
 pub(crate) const LIVE: [u8; 4] = *b"L\0\0\0";
 pub(crate) const DONE_V1: [u8; 4] = *b"D\0\0\0";
 pub(crate) const DONE_V2: [u8; 4] = *b"DONE";
@@ -95,11 +98,11 @@ impl RecordHead {
         u64::from(self.env_len) + u64::from(self.text_len)
     }
 
-    /// Whether the record is marked done, in a segment of header layout `version` (1 or
-    /// 2; 0 when the header was unreadable, which accepts either mark).
+    /// Whether the record is marked done, in a segment of header layout `version` (1: a
+    /// `D` first; 2: `DONE`; 0 when the header was unreadable: either mark, whole).
     pub(crate) fn is_done(&self, version: u8) -> bool {
         match version {
-            1 => self.state == DONE_V1,
+            1 => self.state[0] == DONE_V1[0],
             2 => self.state == DONE_V2,
             _ => self.state == DONE_V1 || self.state == DONE_V2,
         }
@@ -146,35 +149,34 @@ pub(crate) fn split(record: &[u8]) -> (&[u8], &[u8]) {
     payload.split_at(env_len.min(payload.len()))
 }
 
-/// A segment header: magic, sequence number, checksum.
-pub(crate) fn header(seq: u64, version: u8) -> [u8; 24] {
-    let mut h = [0u8; 24];
-    h[..8].copy_from_slice(if version == 1 {
-        SEGMENT_MAGIC_V1
-    } else {
-        SEGMENT_MAGIC_V2
-    });
+/// A segment header: magic, sequence number, checksum; with `version` 2, the
+/// [`FOUR_BYTE_MARKS`] flag and its checksum after them.
+pub(crate) fn header(seq: u64, version: u8) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..16].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32fast::hash(&h[..16]);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
+    if version == 2 {
+        h[24..28].copy_from_slice(FOUR_BYTE_MARKS);
+        let crc = crc32fast::hash(&h[..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+    }
     h
 }
 
 /// The sequence number and layout version (1 or 2) of a whole header, or `None`.
 pub(crate) fn parse_header(h: &[u8]) -> Option<(u64, u8)> {
-    let magic = h.get(..8)?;
-    let version = if magic == SEGMENT_MAGIC_V1 {
-        1
-    } else if magic == SEGMENT_MAGIC_V2 {
-        2
-    } else {
+    if h.get(..8)? != SEGMENT_MAGIC {
         return None;
-    };
+    }
     let crc = u32_at(h, 16)?;
     if crc != crc32fast::hash(h.get(..16)?) {
         return None;
     }
-    Some((u64_at(h, 8)?, version))
+    let flagged = h.get(24..28) == Some(&FOUR_BYTE_MARKS[..])
+        && u32_at(h, 28).is_some_and(|c| Some(c) == h.get(..28).map(crc32fast::hash));
+    Some((u64_at(h, 8)?, if flagged { 2 } else { 1 }))
 }
 
 /// A whole, valid record found by a scan.
@@ -337,7 +339,7 @@ mod tests {
 
     fn segment(seq: u64, records: &[(u64, &[u8])], len: usize) -> (Vec<u8>, Vec<u64>) {
         let mut b = vec![0u8; len];
-        b[..24].copy_from_slice(&header(seq, 2));
+        b[..32].copy_from_slice(&header(seq, 2));
         let mut at = HEADER_LEN as usize;
         let mut offsets = Vec::new();
         for (id, text) in records {

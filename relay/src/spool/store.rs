@@ -176,6 +176,8 @@ pub struct Spool {
     pub(super) damaged: u64,
     pub(super) writer: Mutex<mpsc::Sender<Job>>,
     pub(super) housekeeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer threads: they end once every sender of jobs is gone (on drop).
+    pub(super) writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pub(super) last_id: AtomicU64,
 }
 
@@ -248,13 +250,16 @@ impl Spool {
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let mut writers = Vec::with_capacity(options.writers.max(1));
         for _ in 0..options.writers.max(1) {
             let shared = shared.clone();
             let rx = rx.clone();
-            std::thread::Builder::new()
-                .name("spool-writer".into())
-                .spawn(move || writer_loop(&shared, &rx))
-                .map_err(|e| SpoolError::io(dir, e))?;
+            writers.push(
+                std::thread::Builder::new()
+                    .name("spool-writer".into())
+                    .spawn(move || writer_loop(&shared, &rx))
+                    .map_err(|e| SpoolError::io(dir, e))?,
+            );
         }
         let housekeeper = if options.housekeeping {
             let shared = shared.clone();
@@ -278,6 +283,7 @@ impl Spool {
             damaged: recovered.damaged,
             writer: Mutex::new(tx),
             housekeeper: Mutex::new(housekeeper),
+            writers: Mutex::new(writers),
             last_id: AtomicU64::new(last),
         })
     }
@@ -527,8 +533,19 @@ impl Spool {
 }
 
 impl Drop for Spool {
+    /// Stops the housekeeping thread, then lets the writers finish the batch they hold
+    /// and end: nothing of the spool runs once it is dropped.
     fn drop(&mut self) {
         self.stop_housekeeping();
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(
+            &mut *self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+            closed,
+        ));
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in writers {
+            let _ = w.join();
+        }
     }
 }
 

@@ -318,6 +318,7 @@ fn bench_spool() {
                             size: body.len() as u64,
                             smtputf8: false,
                             eight_bit_mime: false,
+                            quarantine: None,
                         };
                         spool.accept(&env, &body).await.unwrap();
                     }

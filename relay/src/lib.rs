@@ -203,7 +203,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         &config.delivery,
         QueueOptions {
             hostname: config.hostname.clone(),
-            state_dir: Path::new(&config.spool_dir).join("delivery"),
+            state_dir: delivery::queue::state::state_dir(Path::new(&config.spool_dir)),
         },
         opts.clock.clone(),
         metrics.registry_mut(),
@@ -271,6 +271,14 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         shutdown_rx.clone(),
     ));
     tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
+    {
+        let shared = shared.clone();
+        tokio::spawn(filter::probe::probe_loop(
+            move || shared.current.load().config.content_filters.clone(),
+            admin.metrics.filters.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let delivery = {
         let queue = queue.clone();
         let mut stop = shutdown_rx;
@@ -315,6 +323,9 @@ async fn feed_delivery(
 ) {
     loop {
         match accepted.recv().await {
+            Ok(envelope) if envelope.quarantine.is_some() => {
+                queue.submit_held(&envelope.queue_id.to_string())
+            }
             Ok(envelope) => queue.submit(&envelope.queue_id.to_string()),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
@@ -322,7 +333,7 @@ async fn feed_delivery(
                     "delivery fell behind the accept notices; rescanning the spool"
                 );
                 for id in spool.list() {
-                    queue.submit(&id.to_string());
+                    queue.resubmit(&id.to_string());
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -46,6 +46,8 @@ pub struct Metrics {
     /// Seconds from the end of DATA to the reply that the message is queued (spool commit
     /// and limit accounting included).
     pub data_reply_seconds: Histogram,
+    /// Content filters (`crate::filter`).
+    pub filters: crate::filter::metrics::FilterMetrics,
 }
 
 impl Default for Metrics {
@@ -75,7 +77,9 @@ impl Metrics {
             auth_lockouts: Family::default(),
             auth_busy: Counter::default(),
             data_reply_seconds: Histogram::new(reply_buckets()),
+            filters: crate::filter::metrics::FilterMetrics::default(),
         };
+        m.filters.register(&mut registry);
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(
             "sessions_active",

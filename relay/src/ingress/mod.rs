@@ -9,13 +9,15 @@
 //! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer puts first;
 //! - [`auth`]: SASL decoding and password verification (argon2id, on a bounded pool);
 //! - [`auth_throttle`]: delays and lockouts after AUTH failures;
-//! - [`received`]: the `Received:` trace header.
+//! - [`received`]: the `Received:` trace header;
+//! - [`filtering`]: the organization's content filters, consulted before the `250`.
 //!
 //! Not here: who may relay (`policy`), how much (`limits`), how a message is stored
 //! (`spool`).
 
 pub mod auth;
 pub mod auth_throttle;
+pub mod filtering;
 pub mod generation;
 pub mod proxy;
 pub mod received;

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyProtocolConfig;
+use crate::ingress::filtering::{Client, Decision, Filters};
 use crate::ingress::generation::Generation;
 use crate::ingress::proxy;
 use crate::ingress::received::{Trace, received_header};
@@ -60,6 +61,17 @@ pub enum ListenerKind {
     Submission,
     /// Port 465: TLS from the first byte.
     Smtps,
+}
+
+impl ListenerKind {
+    /// The listener's name in logs and for content filters (`{daemon_name}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+        }
+    }
 }
 
 /// State shared by every connection.
@@ -511,6 +523,8 @@ async fn connection(
         incoming: None,
         spool_failure: None,
         watch_for_header,
+        listener: kind,
+        filters: Filters::default(),
     };
     let mut session;
     let result = if kind == ListenerKind::Smtps {
@@ -548,6 +562,7 @@ async fn connection(
     if let Some(incoming) = conn.incoming.take() {
         shared.spool.discard(incoming).await;
     }
+    conn.filters.close().await;
     if let Some(Action::Release { tx, user, rcpts }) = session.abandon() {
         conn.release(tx, &user, &rcpts).await;
     }
@@ -606,6 +621,10 @@ struct Conn<'a> {
     spool_failure: Option<crate::spool::SpoolError>,
     /// The peer is not a trusted proxy: a PROXY header as its first line is a forgery.
     watch_for_header: bool,
+    /// The listener the connection came in on.
+    listener: ListenerKind,
+    /// The content filters' connections, kept for the session's next message.
+    filters: Filters,
 }
 
 /// Position just past the next LF, if a full line is buffered.
@@ -938,7 +957,7 @@ impl Conn<'_> {
         let now = shared.clock.now();
         let queue_id = incoming.id();
         let id_text = queue_id.to_string();
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             queue_id,
             mail_from: m.mail_from,
             original_mail_from: m.original_mail_from,
@@ -951,9 +970,92 @@ impl Conn<'_> {
             size: incoming.len(),
             smtputf8: m.smtputf8,
             eight_bit_mime: m.eight_bit_mime,
+            quarantine: None,
         };
+        let mut incoming = incoming;
+        // The recipients the limits reserved (a filter may change the envelope's).
+        let mut reserved: Option<Vec<String>> = None;
+        let mut quarantined = false;
+        let filters = &self.generation.config.content_filters;
+        if !filters.is_empty() {
+            reserved = Some(envelope.rcpts.clone());
+            let (helo, tls, auth) = (
+                envelope.helo.clone(),
+                envelope.tls.clone(),
+                envelope.auth_identity.clone(),
+            );
+            let client = Client {
+                ip,
+                listener: self.listener.name(),
+                helo: &helo,
+                tls: tls.as_deref(),
+                auth_identity: auth.as_deref(),
+                hostname: &self.generation.config.hostname,
+            };
+            let decision = self
+                .filters
+                .run(
+                    filters,
+                    &client,
+                    &mut envelope,
+                    &mut incoming,
+                    &shared.spool,
+                    &shared.metrics.filters,
+                )
+                .await;
+            let reserved = reserved.as_deref().unwrap_or(&[]);
+            match decision {
+                Decision::Deliver => {}
+                Decision::Refuse { filter, reply } => {
+                    shared.spool.discard(incoming).await;
+                    self.release(m.tx, &m.user, reserved).await;
+                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "rejected", reply = %reply_text(&reply), "message");
+                    return Err(reply);
+                }
+                Decision::Discard { filter } => {
+                    shared.spool.discard(incoming).await;
+                    self.release(m.tx, &m.user, reserved).await;
+                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "discarded", "message");
+                    return Ok(id_text);
+                }
+                Decision::Quarantine { filter, reason } => {
+                    let why = format!("{filter}: {reason}");
+                    let dir = crate::delivery::queue::state::state_dir(std::path::Path::new(
+                        &self.generation.config.spool_dir,
+                    ));
+                    if let Err(e) =
+                        crate::delivery::queue::state::hold_before_commit(&dir, &id_text, &why)
+                    {
+                        shared.spool.discard(incoming).await;
+                        self.release(m.tx, &m.user, reserved).await;
+                        let reply = if e.kind() == io::ErrorKind::StorageFull {
+                            crate::spool::SpoolError::Full
+                        } else {
+                            crate::spool::SpoolError::Io {
+                                path: dir.clone(),
+                                source: e,
+                            }
+                        }
+                        .reply();
+                        tracing::error!(queue_id = %id_text, client = %ip, filter, result = "rejected", reply = %reply_text(&reply), "message: cannot hold it as the content filter asked");
+                        return Err(reply);
+                    }
+                    envelope.quarantine = Some(why);
+                    quarantined = true;
+                }
+            }
+        }
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
-            self.release(m.tx, &m.user, &envelope.rcpts).await;
+            if quarantined {
+                crate::delivery::queue::state::forget_hold(
+                    &crate::delivery::queue::state::state_dir(std::path::Path::new(
+                        &self.generation.config.spool_dir,
+                    )),
+                    &id_text,
+                );
+            }
+            let rcpts = reserved.as_deref().unwrap_or(&envelope.rcpts);
+            self.release(m.tx, &m.user, rcpts).await;
             tracing::error!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %envelope.rcpts.join(","), client = %ip, error = %e, result = "rejected", reply = %reply_text(&e.reply()), "message");
             return Err(e.reply());
         }
@@ -963,7 +1065,7 @@ impl Conn<'_> {
                 now,
                 tx: m.tx,
                 user: &m.user,
-                rcpts: &envelope.rcpts,
+                rcpts: reserved.as_deref().unwrap_or(&envelope.rcpts),
             })
             .await
         {
@@ -982,7 +1084,8 @@ impl Conn<'_> {
             client = %ip,
             tls = envelope.tls.as_deref().unwrap_or("none"),
             size = envelope.size,
-            result = "accepted",
+            result = if quarantined { "quarantined" } else { "accepted" },
+            quarantine = envelope.quarantine.as_deref().unwrap_or(""),
             "message"
         );
         // No receiver is fine: delivery rescans the spool when it starts.

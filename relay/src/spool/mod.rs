@@ -62,6 +62,7 @@ mod files;
 mod index;
 mod job;
 mod lock;
+mod rewrite;
 mod segments;
 mod store;
 #[cfg(test)]
@@ -70,4 +71,5 @@ mod writer;
 
 pub use crate::envelope::{BadQueueId, Envelope, QueueId};
 pub use error::SpoolError;
+pub use rewrite::IncomingReader;
 pub use store::{Incoming, SPILL_BYTES, Spool};

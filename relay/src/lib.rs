@@ -84,6 +84,8 @@ pub struct StartOptions {
     pub limit_store: Option<Arc<dyn LimitStore>>,
     /// AUTH throttling (delays and lockouts after failures).
     pub auth_throttle: ingress::auth_throttle::ThrottleConfig,
+    /// Header timeout and connection cap of the admin endpoint.
+    pub admin: admin::AdminLimits,
 }
 
 impl Default for StartOptions {
@@ -92,6 +94,7 @@ impl Default for StartOptions {
             clock: Arc::new(SystemClock),
             limit_store: None,
             auth_throttle: ingress::auth_throttle::ThrottleConfig::default(),
+            admin: admin::AdminLimits::default(),
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -22,6 +23,26 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::spool::Spool;
+
+/// Bounds on the admin endpoint's clients; `Default` gives the production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// How long a client has to send a request's headers (on a kept-alive connection, the
+    /// next request's too) before its connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most connections served at once; one more is closed as soon as it is accepted.
+    /// Default 64.
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+        }
+    }
+}
 
 /// What the admin endpoint reads.
 #[derive(Debug)]

@@ -229,6 +229,48 @@ mod tests {
     }
 
     #[test]
+    fn addresses_that_carry_an_ipv4_address_are_judged_by_it_and_site_local_is_refused() {
+        let guard = DestinationGuard::new(&DeliveryConfig::default(), "relay.acme.test");
+        for internal in [
+            // NAT64, well-known prefix (RFC 6052): the IPv4 address is the last 32 bits.
+            "64:ff9b::a00:1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::169.254.169.254",
+            // NAT64, local-use prefix (RFC 8215): where the IPv4 address sits is the
+            // operator's choice, so none of it is dialled.
+            "64:ff9b:1::1",
+            "64:ff9b:1:ffff::5db8:d822",
+            // 6to4 (RFC 3056): the IPv4 address is bits 16 to 47.
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            // Teredo (RFC 4380): a tunnel endpoint, never a mail server.
+            "2001:0:5db8:d822::1",
+            // Site-local (deprecated by RFC 3879, still routed by some networks).
+            "fec0::1",
+            "feff:ffff::1",
+        ] {
+            assert!(!guard.may_dial(ip(internal)), "{internal} must be refused");
+        }
+        for public in [
+            "64:ff9b::5db8:d822",
+            "64:ff9b::93.184.216.34",
+            "2002:5db8:d822::1",
+        ] {
+            assert!(guard.may_dial(ip(public)), "{public} must pass");
+        }
+        // The configured lists see the IPv4 address too.
+        let cfg = DeliveryConfig {
+            denied_networks: vec!["93.184.216.0/24".parse().unwrap()],
+            ..DeliveryConfig::default()
+        };
+        let guard = DestinationGuard::new(&cfg, "relay.acme.test");
+        assert!(!guard.may_dial(ip("64:ff9b::93.184.216.34")));
+        assert!(!guard.may_dial(ip("2002:5db8:d822::1")));
+    }
+
+    #[test]
     fn configured_lists_deny_and_allow_with_deny_winning() {
         let cfg = DeliveryConfig {
             denied_networks: vec!["198.51.100.0/24".parse().unwrap()],

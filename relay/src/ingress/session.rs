@@ -975,6 +975,57 @@ mod tests {
     }
 
     #[test]
+    fn a_recipient_domain_that_is_an_ip_address_once_mapped_is_refused() {
+        let mut s = session(false);
+        s.cfg.limits.max_errors = 10;
+        line(&mut s, "EHLO c.acme.example");
+        line(&mut s, "MAIL FROM:<a@acme.example> SMTPUTF8");
+        // Fullwidth digits and ideographic full stops map to an IPv4 address (UTS #46).
+        for rcpt in [
+            "u@10.0.0.\u{ff15}",
+            "u@10\u{3002}0\u{3002}0\u{3002}5",
+            "u@\u{ff11}\u{ff10}.5",
+        ] {
+            assert_eq!(
+                line(&mut s, &format!("RCPT TO:<{rcpt}>")),
+                ["501 5.1.3 Recipient domain must be a domain name, not an IP address\r\n"],
+                "{rcpt}"
+            );
+        }
+        assert_eq!(
+            line(&mut s, "RCPT TO:<u@\u{ff11}0.example>"),
+            ["250 2.1.5 OK\r\n"],
+            "a name that maps to a domain name is fine"
+        );
+    }
+
+    #[test]
+    fn refused_senders_count_as_errors_and_end_the_session_at_the_limit() {
+        // An allowed client probing which senders pass gets as many tries as the error
+        // limit allows, like any other client making errors.
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        let refused =
+            "550 5.7.1 Sender domain other.example does not belong to the organization\r\n";
+        for n in 1..3 {
+            assert_eq!(
+                line(&mut s, &format!("MAIL FROM:<u{n}@other.example>")),
+                [refused],
+                "try {n}"
+            );
+        }
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<u3@other.example>"),
+            [
+                refused,
+                "421 4.7.0 relay.acme.example Error: too many errors, closing connection\r\n",
+                "Close"
+            ]
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
     fn a_utf8_address_needs_the_smtputf8_parameter() {
         let mut s = session(false);
         s.cfg.limits.max_errors = 10;

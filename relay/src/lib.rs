@@ -272,6 +272,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         admin_listener,
         admin.clone(),
         shutdown_rx.clone(),
+        opts.admin.clone(),
     ));
     tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
     let delivery = {

@@ -84,6 +84,8 @@ pub struct StartOptions {
     pub limit_store: Option<Arc<dyn LimitStore>>,
     /// AUTH throttling (delays and lockouts after failures).
     pub auth_throttle: ingress::auth_throttle::ThrottleConfig,
+    /// Header timeout and connection cap of the admin endpoint.
+    pub admin: admin::AdminLimits,
 }
 
 impl Default for StartOptions {
@@ -92,6 +94,7 @@ impl Default for StartOptions {
             clock: Arc::new(SystemClock),
             limit_store: None,
             auth_throttle: ingress::auth_throttle::ThrottleConfig::default(),
+            admin: admin::AdminLimits::default(),
         }
     }
 }
@@ -269,6 +272,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         admin_listener,
         admin.clone(),
         shutdown_rx.clone(),
+        opts.admin.clone(),
     ));
     tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
     {

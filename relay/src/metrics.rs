@@ -144,7 +144,8 @@ impl Metrics {
         );
         registry.register(
             "auth_lockouts",
-            "AUTH lockouts started, by scope (ip or user)",
+            "AUTH lockouts started, by scope (ip: a source for any users; user_ip: a user from \
+             one source; user: a user from the sources it has not logged in from recently)",
             m.auth_lockouts.clone(),
         );
         registry.register(
@@ -248,7 +249,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a lockout started on `scope` (`ip` or `user`, see `auth_throttle::Scope`).
+    /// Counts a lockout started on `scope` (`ip`, `user_ip` or `user`, see
+    /// `auth_throttle::Scope`).
     pub fn auth_lockout(&self, scope: &str) {
         self.auth_lockouts
             .get_or_create(&vec![("scope".to_string(), scope.to_string())])

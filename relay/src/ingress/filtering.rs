@@ -251,15 +251,14 @@ fn unreadable() -> Reply {
 /// The text of a filter's reply without its enhanced status code.
 fn text_of(reply: &Reply) -> Option<String> {
     let line = reply.lines.first()?;
+    let enhanced = |s: &str| {
+        s.split('.').count() == 3
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    };
     let rest = match line.split_once(' ') {
-        Some((status, rest))
-            if status.split('.').count() == 3
-                && status
-                    .split('.')
-                    .all(|p| p.chars().all(|c| c.is_ascii_digit())) =>
-        {
-            rest
-        }
+        Some((status, rest)) if enhanced(status) => rest,
+        None if enhanced(line) => "",
         _ => line.as_str(),
     };
     let rest = rest.trim();

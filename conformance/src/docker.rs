@@ -111,6 +111,8 @@ pub struct Images {
     pub dns: String,
     pub haproxy: String,
     pub relay: String,
+    /// rspamd and clamav-milter (`filter rspamd`, `filter clamav`).
+    pub filters: String,
 }
 
 /// The project's images, built (or found in the build cache) once per test process.
@@ -136,7 +138,7 @@ pub fn images() -> io::Result<&'static Images> {
             }
             let out = cmd
                 .arg(&script)
-                .args(["postfix", "dns", "haproxy", "relay"])
+                .args(["postfix", "dns", "haproxy", "filters", "relay"])
                 .stderr(Stdio::inherit())
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -155,6 +157,7 @@ pub fn images() -> io::Result<&'static Images> {
                 dns: get("dns")?,
                 haproxy: get("haproxy")?,
                 relay: get("relay")?,
+                filters: get("filters")?,
             })
         })
         .as_ref()
@@ -215,6 +218,14 @@ impl Ready {
         line: "Loading success.",
         on_stderr: true,
         within: Duration::from_secs(20),
+    };
+
+    /// The filters image's entrypoint prints this once the milter port accepts
+    /// connections (clamd loads its database first: some seconds).
+    const FILTER: Ready = Ready {
+        line: "filter ready",
+        on_stderr: false,
+        within: Duration::from_secs(120),
     };
 
     fn wait_for(self) -> WaitFor {
@@ -300,6 +311,29 @@ impl Container {
                 .kill_container(self.inner()?.id(), Some(options))
                 .await
                 .map_err(|e| err(format!("kill {}", self.name), e))
+        })
+    }
+
+    /// Freezes every process of the container: its TCP connections stay open (the
+    /// kernel still accepts them) but nothing answers.
+    pub fn pause(&self) -> io::Result<()> {
+        block_on(async {
+            client()
+                .await?
+                .pause_container(self.inner()?.id())
+                .await
+                .map_err(|e| err(format!("pause {}", self.name), e))
+        })
+    }
+
+    /// Undoes [`Container::pause`].
+    pub fn unpause(&self) -> io::Result<()> {
+        block_on(async {
+            client()
+                .await?
+                .unpause_container(self.inner()?.id())
+                .await
+                .map_err(|e| err(format!("unpause {}", self.name), e))
         })
     }
 
@@ -456,6 +490,8 @@ pub mod host {
     /// Clients are `CLIENT + n`, servers `SERVER + n`.
     pub const CLIENT: u8 = 20;
     pub const SERVER: u8 = 40;
+    /// Content filters (rspamd, clamav-milter) are `FILTER + n`.
+    pub const FILTER: u8 = 60;
     /// Start of the range Docker assigns from (`.128/25`).
     pub const DYNAMIC: u8 = 128;
 }
@@ -760,6 +796,23 @@ impl Scenario {
         )];
         self.run("dns", host::DNS, &image, &[], files, Ready::DNS)?;
         Ok(SocketAddr::new(IpAddr::V4(self.ip4(host::DNS)), 53))
+    }
+
+    /// A content filter as host `n`: `rspamd` (milter on port 11332) or `clamav`
+    /// (clamav-milter on port 7357, clamd knowing only the EICAR test signature).
+    pub fn content_filter(&mut self, role: &str, n: u8, which: &str) -> io::Result<&Container> {
+        let image = images()?.filters.clone();
+        let cmd = [which.to_string()];
+        self.run_full(
+            role,
+            n,
+            &image,
+            &[],
+            Files::new(),
+            Ready::FILTER,
+            &[],
+            Some(&cmd),
+        )
     }
 
     /// HAProxy as host `n` with `config` as its `haproxy.cfg`.
@@ -1161,6 +1214,12 @@ pub fn sendmail(client: &Container, from: &str, rcpts: &[&str], subject: &str) -
         "From: <{from}>\nTo: {}\nSubject: {subject}\nMessage-ID: <{subject}@conformance.test>\n\nbody of {subject}\n",
         rcpts.join(", ")
     );
+    sendmail_text(client, from, rcpts, &text)
+}
+
+/// Submits `text` (a whole message, LF line ends) on a Postfix client with
+/// `sendmail -f from rcpts…`.
+pub fn sendmail_text(client: &Container, from: &str, rcpts: &[&str], text: &str) -> io::Result<()> {
     // The message travels in the environment: the exec API has no standard input here.
     let mut args = vec![
         "sh",
@@ -1169,9 +1228,7 @@ pub fn sendmail(client: &Container, from: &str, rcpts: &[&str], subject: &str) -
         from,
     ];
     args.extend_from_slice(rcpts);
-    client
-        .exec_env(&args, &[("MESSAGE", text.as_str())])
-        .map(|_| ())
+    client.exec_env(&args, &[("MESSAGE", text)]).map(|_| ())
 }
 
 /// The messages in a downstream server's maildir (`/var/mail/vhosts/sink/new`).

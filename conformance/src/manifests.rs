@@ -72,6 +72,8 @@ pub struct OrgSpec {
     /// `spec.dkim`: signing keys; each Secret is stubbed here, its `private.key` is copied
     /// into the relay container.
     pub dkim: Vec<DkimKeySpec>,
+    /// `spec.contentFilters`, in order.
+    pub content_filters: Vec<crds::ContentFilterSpec>,
 }
 
 /// One `Organization.spec.dkim` key: the domain it signs for, its selector, the Secret
@@ -272,6 +274,28 @@ impl Manifests {
                     "    - domain: {:?}\n      selector: {:?}\n      secretRef: {{name: {}}}\n      algorithm: {}",
                     k.domain, k.selector, k.secret, k.algorithm
                 );
+            }
+        }
+        if !o.content_filters.is_empty() {
+            out.push_str("  contentFilters:\n");
+            for f in &o.content_filters {
+                let _ = writeln!(
+                    out,
+                    "    - name: {}\n      milter: {{host: {:?}, port: {}}}\n      onUnavailable: {}",
+                    f.name,
+                    f.milter.host,
+                    f.milter.port,
+                    match f.on_unavailable {
+                        crds::OnUnavailable::TempFail => "TempFail",
+                        crds::OnUnavailable::Accept => "Accept",
+                    }
+                );
+                if let Some(t) = f.timeout_seconds {
+                    let _ = writeln!(out, "      timeoutSeconds: {t}");
+                }
+                if let Some(m) = f.max_message_bytes {
+                    let _ = writeln!(out, "      maxMessageBytes: {m}");
+                }
             }
         }
         out.push_str("  relay:\n    hostname: relay.acme.example\n");

@@ -553,6 +553,7 @@ mod tests {
                 },
                 proxy_protocol: None,
                 dkim: vec![],
+                content_filters: vec![],
             },
             settings: vec![SettingSpec {
                 name: "office".into(),

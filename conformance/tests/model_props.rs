@@ -101,6 +101,7 @@ fn org() -> impl Strategy<Value = OrgSpec> {
                 limits,
                 proxy_protocol: None,
                 dkim: vec![],
+                content_filters: vec![],
             }
         })
 }

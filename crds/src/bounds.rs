@@ -56,6 +56,8 @@ pub const ROUTE_DOMAINS_MAX: usize = 1_000;
 pub const POOL_HOSTS_MAX: usize = 100;
 /// Cases of one RelayExpectation.
 pub const CASES_MAX: usize = 1_000;
+/// Content filters of an organization (SPEC §2.1: at most 8).
+pub const CONTENT_FILTERS_MAX: usize = 8;
 
 /// A registered user address: one or more characters other than `@` and white space, `@`,
 /// and a domain name. An OpenAPI `pattern` rather than a CEL rule: a regular expression over

@@ -29,9 +29,9 @@ pub use expectation::{
     ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
 };
 pub use organization::{
-    Billing, DkimAlgorithm, DkimSpec, DrainingClaim, LimitOverrides, LimitStoreKind,
-    LimitStoreSpec, ListenerPorts, Organization, OrganizationSpec, OrganizationStatus,
-    ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
+    Billing, ContentFilterSpec, DkimAlgorithm, DkimSpec, DrainingClaim, LimitOverrides,
+    LimitStoreKind, LimitStoreSpec, ListenerPorts, MilterSpec, OnUnavailable, Organization,
+    OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

@@ -89,6 +89,73 @@ pub struct OrganizationSpec {
     #[schemars(length(max = crate::bounds::DKIM_KEYS_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.domain == a.domain))").message("every dkim domain must be listed once: a domain signs with one key (use a subdomain entry for another key)"))]
     pub dkim: Vec<DkimSpec>,
+
+    /// Content filters (spam and virus checks) every message passes before the relay
+    /// answers `250`, in this order, over the milter protocol: rspamd's proxy worker,
+    /// clamav-milter, spamass-milter. A filter's reject is the client's `550 5.7.1` with
+    /// the filter's text; its tempfail a `451 4.7.1`; discard and quarantine answer `250`
+    /// (a quarantined message is held in the queue with the filter's reason, for `relayctl
+    /// queue`). Header and recipient changes apply to what is delivered, before DKIM
+    /// signing. At most 8 filters, names unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::CONTENT_FILTERS_MAX))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("every content filter name must be listed once"))]
+    pub content_filters: Vec<ContentFilterSpec>,
+}
+
+/// One content filter: where its milter listens and what happens when it cannot answer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContentFilterSpec {
+    /// Name of the filter in metrics, logs and status (for example `rspamd`): one DNS label
+    /// of lower-case letters, digits and '-', at most 63 characters.
+    #[schemars(length(max = crate::bounds::DNS_LABEL_MAX))]
+    #[x_kube(validation = kube::core::Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("contentFilters.name must be a DNS label such as rspamd (lower-case letters, digits and '-')"))]
+    pub name: String,
+    /// Where the filter's milter socket listens.
+    pub milter: MilterSpec,
+    /// Most seconds the filter may take for one message, connecting included (default
+    /// 30, 1 to 600). A filter that takes longer counts as unavailable for that message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 600").message("contentFilters.timeoutSeconds must be between 1 and 600"))]
+    pub timeout_seconds: Option<i32>,
+    /// What a message gets when the filter cannot be reached, times out or answers
+    /// garbage: `TempFail` (default: `451 4.7.1`, the client retries later) or `Accept`
+    /// (the message goes on unfiltered, and is counted).
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Messages larger than this many bytes skip this filter (counted as `skipped`), as
+    /// filters often refuse large mail. Unset: every message is filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("contentFilters.maxMessageBytes must be at least 1"))]
+    pub max_message_bytes: Option<i64>,
+}
+
+/// A filter's milter endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MilterSpec {
+    /// Host name (for example `rspamd.mail-filters.svc`) or IP address, at most 253
+    /// characters.
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
+    #[x_kube(validation = kube::core::Rule::new(r"isIP(self) || self.matches('^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("milter.host must be a host name such as rspamd.filters.svc or an IP address"))]
+    pub host: String,
+    /// TCP port (rspamd's proxy worker listens on 11332; clamav-milter where its
+    /// `MilterSocket` says).
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("milter.port must be between 1 and 65535"))]
+    pub port: i32,
+}
+
+/// What a message gets when its content filter is unavailable.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum OnUnavailable {
+    /// `451 4.7.1`: the client keeps the message and retries later.
+    #[default]
+    TempFail,
+    /// The message goes on without this filter's verdict (counted).
+    Accept,
 }
 
 /// One DKIM signing key: the signing domain (`d=`), the selector (`s=`) under which the
@@ -458,6 +525,20 @@ impl Organization {
                 v.items(&hpath, headers, bounds::DKIM_HEADERS_MAX);
                 v.each_len(&hpath, headers, bounds::HEADER_NAME_MAX);
             }
+        }
+        v.items(
+            "spec.contentFilters",
+            &s.content_filters,
+            bounds::CONTENT_FILTERS_MAX,
+        );
+        for (i, filter) in s.content_filters.iter().enumerate() {
+            let path = format!("spec.contentFilters[{i}]");
+            v.len(&format!("{path}.name"), &filter.name, bounds::DNS_LABEL_MAX);
+            v.len(
+                &format!("{path}.milter.host"),
+                &filter.milter.host,
+                bounds::DNS_NAME_MAX,
+            );
         }
         let r = &s.relay;
         v.opt_len(

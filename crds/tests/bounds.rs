@@ -114,6 +114,10 @@ fn dkim_key(domain: &str) -> Value {
     json!({"domain": domain, "selector": "s1", "secretRef": {"name": "dkim"}})
 }
 
+fn content_filter(name: &str) -> Value {
+    json!({"name": name, "milter": {"host": "rspamd.filters.svc", "port": 11332}})
+}
+
 fn weighted(n: usize) -> Value {
     json!((0..n)
         .map(|i| json!({"host": format!("h{i}.example.com"), "port": 587, "loadPercent": if i == 0 { 100 - (n as i64 - 1) } else { 1 }}))
@@ -248,9 +252,9 @@ fn s(n: usize) -> String {
 
 fn bounds() -> Vec<Bound> {
     use crds::bounds::{
-        ADDRESS_MAX, CASE_NAME_MAX, CASES_MAX, CIDR_MAX, DESCRIPTION_MAX, DKIM_HEADERS_MAX,
-        DKIM_KEYS_MAX, DNS_LABEL_MAX, DNS_NAME_MAX, DOMAINS_MAX, HEADER_NAME_MAX, IP_MAX,
-        NETWORKS_MAX, ORGANIZATION_NAME_MAX, POOL_HOSTS_MAX, ROUTE_DOMAINS_MAX, URL_MAX,
+        ADDRESS_MAX, CASE_NAME_MAX, CASES_MAX, CIDR_MAX, CONTENT_FILTERS_MAX, DESCRIPTION_MAX,
+        DKIM_HEADERS_MAX, DKIM_KEYS_MAX, DNS_LABEL_MAX, DNS_NAME_MAX, DOMAINS_MAX, HEADER_NAME_MAX,
+        IP_MAX, NETWORKS_MAX, ORGANIZATION_NAME_MAX, POOL_HOSTS_MAX, ROUTE_DOMAINS_MAX, URL_MAX,
         USER_PATTERN, USERS_MAX,
     };
     let users = |n: usize| {
@@ -339,6 +343,35 @@ fn bounds() -> Vec<Bound> {
                     .collect::<Vec<_>>()
             ),
             &too_many("spec.dkim", DKIM_KEYS_MAX),
+        ),
+        bound(
+            org,
+            "/spec/contentFilters",
+            json!(
+                (0..CONTENT_FILTERS_MAX)
+                    .map(|i| content_filter(&format!("f{i}")))
+                    .collect::<Vec<_>>()
+            ),
+            json!(
+                (0..=CONTENT_FILTERS_MAX)
+                    .map(|i| content_filter(&format!("f{i}")))
+                    .collect::<Vec<_>>()
+            ),
+            &too_many("spec.contentFilters", CONTENT_FILTERS_MAX),
+        ),
+        bound(
+            org,
+            "/spec/contentFilters",
+            json!([content_filter(&s(63))]),
+            json!([content_filter(&s(64))]),
+            &too_long("spec.contentFilters[0].name", DNS_LABEL_MAX),
+        ),
+        bound(
+            org,
+            "/spec/contentFilters",
+            json!([{"name": "rspamd", "milter": {"host": domain(253), "port": 11332}}]),
+            json!([{"name": "rspamd", "milter": {"host": domain(254), "port": 11332}}]),
+            &too_long("spec.contentFilters[0].milter.host", DNS_NAME_MAX),
         ),
         bound(
             org,
@@ -602,7 +635,7 @@ fn at_the_bound_validates_and_past_it_is_refused_with_the_fields_message() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(bounds.len(), 39);
+    assert_eq!(bounds.len(), 42);
 }
 
 #[test]

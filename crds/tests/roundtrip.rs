@@ -103,6 +103,7 @@ fn organization() -> impl Strategy<Value = Organization> {
                         ..Default::default()
                     },
                     dkim: Vec::new(),
+                    content_filters: Vec::new(),
                 };
                 named(Organization::new("x", spec), "acme".into(), labels)
             },

@@ -75,6 +75,7 @@ fuzz_target!(|input: &[u8]| {
             limits,
             policy: Arc::new(Policy::new(&cfg)),
             tls_available: input.first().is_some_and(|b| b & 1 == 1),
+            credentials: Default::default(),
         },
         "127.0.0.1".parse().unwrap(),
         None,

@@ -256,8 +256,60 @@ pub struct Explanation {
     pub recipients: Vec<RecipientExplanation>,
     /// MAIL and every RCPT were accepted.
     pub accepted: bool,
+    /// The content filters an accepted message passes before the `250`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub content_filters: Vec<FilterLine>,
     /// What was assumed.
     pub notes: Vec<String>,
+}
+
+/// One content filter a message passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterLine {
+    pub name: String,
+    /// `host:port` of its milter socket.
+    pub milter: String,
+    pub timeout_seconds: u64,
+    /// `TempFail` or `Accept`.
+    pub on_unavailable: &'static str,
+    /// Larger messages skip the filter.
+    pub max_message_bytes: Option<u64>,
+}
+
+impl FilterLine {
+    fn of(f: &relay::config::ContentFilterConfig) -> Self {
+        Self {
+            name: f.name.clone(),
+            milter: if f.host.contains(':') {
+                format!("[{}]:{}", f.host, f.port)
+            } else {
+                format!("{}:{}", f.host, f.port)
+            },
+            timeout_seconds: f.timeout_seconds,
+            on_unavailable: match f.on_unavailable {
+                relay::config::OnUnavailable::TempFail => "TempFail",
+                relay::config::OnUnavailable::Accept => "Accept",
+            },
+            max_message_bytes: f.max_message_bytes,
+        }
+    }
+
+    /// `rspamd at rspamd.filters.svc:11332 (30 s; unavailable: 451 4.7.1)`.
+    pub fn summary(&self) -> String {
+        let unavailable = match self.on_unavailable {
+            "Accept" => "unavailable: accepted unfiltered",
+            _ => "unavailable: 451 4.7.1",
+        };
+        let skip = self
+            .max_message_bytes
+            .map(|n| format!("; messages over {n} bytes skip it"))
+            .unwrap_or_default();
+        format!(
+            "{} at {} ({} s; {unavailable}{skip})",
+            self.name, self.milter, self.timeout_seconds
+        )
+    }
 }
 
 impl Explanation {
@@ -425,6 +477,12 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         );
     }
     let accepted = mail_ok && !recipients.is_empty() && recipients.iter().all(|r| r.accepted);
+    if accepted && !config.content_filters.is_empty() {
+        notes.push(
+            "content filters judge the message's text at runtime: this assumes they accept it"
+                .into(),
+        );
+    }
     Explanation {
         client_ip: query.client_ip,
         helo,
@@ -437,6 +495,11 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         rewritten_sender,
         recipients,
         accepted,
+        content_filters: if accepted {
+            config.content_filters.iter().map(FilterLine::of).collect()
+        } else {
+            Vec::new()
+        },
         notes,
     }
 }
@@ -714,6 +777,16 @@ pub fn text(e: &Explanation) -> String {
             if let Some(route) = &r.route {
                 let _ = writeln!(out, "  {} → {}", r.address, route.summary());
             }
+        }
+    }
+    if !e.content_filters.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Content filters (each judges the message before the 250, in this order):"
+        );
+        for f in &e.content_filters {
+            let _ = writeln!(out, "  {}", f.summary());
         }
     }
     let _ = writeln!(out);

@@ -197,6 +197,7 @@ fn organization(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
     }
     proxy_protocol(base, head, &object, out);
     dkim(base, head, &object, out);
+    content_filters(base, head, &object, out);
     if base.hostname != head.hostname {
         push(
             out,
@@ -690,6 +691,138 @@ fn dkim(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Chan
     }
 }
 
+/// Content filters: removing one, or letting mail through unfiltered when one is down
+/// (`onUnavailable: Accept`), lets mail leave unexamined; adding one can refuse mail.
+fn content_filters(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Change>) {
+    use relay::config::OnUnavailable;
+    let endpoint = |f: &relay::config::ContentFilterConfig| format!("{}:{}", f.host, f.port);
+    for h in &head.content_filters {
+        let Some(b) = base.content_filters.iter().find(|b| b.name == h.name) else {
+            push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "content filter {} added at {}: every message passes it before the 250 (its rejects refuse mail; when it is down, {})",
+                    h.name,
+                    endpoint(h),
+                    match h.on_unavailable {
+                        OnUnavailable::TempFail => "mail is refused with 451 4.7.1",
+                        OnUnavailable::Accept => "mail goes on unfiltered",
+                    }
+                ),
+            );
+            continue;
+        };
+        if b.host != h.host || b.port != h.port {
+            push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "content filter {} moved: {} → {}",
+                    h.name,
+                    endpoint(b),
+                    endpoint(h)
+                ),
+            );
+        }
+        match (b.on_unavailable, h.on_unavailable) {
+            (OnUnavailable::TempFail, OnUnavailable::Accept) => push(
+                out,
+                Severity::Warning,
+                object,
+                format!(
+                    "content filter {}: when it is down, mail now goes on unfiltered (onUnavailable: Accept) instead of being refused for later",
+                    h.name
+                ),
+            ),
+            (OnUnavailable::Accept, OnUnavailable::TempFail) => push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "content filter {}: when it is down, mail is now refused with 451 4.7.1 (onUnavailable: TempFail)",
+                    h.name
+                ),
+            ),
+            _ => {}
+        }
+        if b.timeout_seconds != h.timeout_seconds {
+            push(
+                out,
+                Severity::Notice,
+                object,
+                format!(
+                    "content filter {}: timeout {} s → {} s",
+                    h.name, b.timeout_seconds, h.timeout_seconds
+                ),
+            );
+        }
+        if b.max_message_bytes != h.max_message_bytes {
+            let words = |m: Option<u64>| {
+                m.map(|n| format!("messages over {n} bytes skip it"))
+                    .unwrap_or_else(|| "every message is filtered".into())
+            };
+            let looser = match (b.max_message_bytes, h.max_message_bytes) {
+                (None, Some(_)) => true,
+                (Some(b), Some(h)) => h < b,
+                _ => false,
+            };
+            push(
+                out,
+                if looser {
+                    Severity::Warning
+                } else {
+                    Severity::Notice
+                },
+                object,
+                format!(
+                    "content filter {}: {} → {}",
+                    h.name,
+                    words(b.max_message_bytes),
+                    words(h.max_message_bytes)
+                ),
+            );
+        }
+    }
+    for b in &base.content_filters {
+        if !head.content_filters.iter().any(|h| h.name == b.name) {
+            push(
+                out,
+                Severity::Warning,
+                object,
+                format!(
+                    "content filter {} removed: mail leaves without its check",
+                    b.name
+                ),
+            );
+        }
+    }
+    let order = |c: &RelayConfig| -> Vec<String> {
+        c.content_filters
+            .iter()
+            .filter(|f| {
+                base.content_filters.iter().any(|b| b.name == f.name)
+                    && head.content_filters.iter().any(|h| h.name == f.name)
+            })
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    if order(base) != order(head) {
+        push(
+            out,
+            Severity::Notice,
+            object,
+            format!(
+                "content filters reordered: {} → {}",
+                order(base).join(", "),
+                order(head).join(", ")
+            ),
+        );
+    }
+}
+
 /// Everything without a dedicated sentence: listeners, limit store, delivery, spool.
 /// PROXY protocol: a trusted proxy may report any client address, so trusting more
 /// addresses, or no longer requiring the header, loosens who the relay believes a client is.
@@ -776,6 +909,7 @@ fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
                 "hostname",
                 "proxyProtocol",
                 "dkim",
+                "contentFilters",
             ] {
                 o.remove(k);
             }
@@ -1085,6 +1219,58 @@ mod tests {
                 (
                     Severity::Warning,
                     "PROXY header no longer required: connections without one are taken as direct clients".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn content_filter_changes_are_told_in_words_and_loosening_warns() {
+        use relay::config::{ContentFilterConfig, OnUnavailable};
+        let base = RelayConfig::loopback("/spool", 2525);
+        let rspamd = ContentFilterConfig {
+            name: "rspamd".into(),
+            host: "rspamd.filters.svc".into(),
+            port: 11332,
+            timeout_seconds: 30,
+            on_unavailable: OnUnavailable::TempFail,
+            max_message_bytes: None,
+        };
+        let mut on = base.clone();
+        on.content_filters = vec![rspamd.clone()];
+        let words = |b: &RelayConfig, h: &RelayConfig| -> Vec<(Severity, String)> {
+            plan(b, h)
+                .into_iter()
+                .map(|c| (c.severity, c.change))
+                .collect()
+        };
+        assert_eq!(
+            words(&base, &on),
+            [(
+                Severity::Notice,
+                "content filter rspamd added at rspamd.filters.svc:11332: every message passes it before the 250 (its rejects refuse mail; when it is down, mail is refused with 451 4.7.1)".to_string()
+            )]
+        );
+        assert_eq!(
+            words(&on, &base),
+            [(
+                Severity::Warning,
+                "content filter rspamd removed: mail leaves without its check".to_string()
+            )]
+        );
+        let mut lax = on.clone();
+        lax.content_filters[0].on_unavailable = OnUnavailable::Accept;
+        lax.content_filters[0].max_message_bytes = Some(10_000_000);
+        assert_eq!(
+            words(&on, &lax),
+            [
+                (
+                    Severity::Warning,
+                    "content filter rspamd: when it is down, mail now goes on unfiltered (onUnavailable: Accept) instead of being refused for later".to_string()
+                ),
+                (
+                    Severity::Warning,
+                    "content filter rspamd: every message is filtered → messages over 10000000 bytes skip it".to_string()
                 ),
             ]
         );

@@ -157,9 +157,17 @@ pub fn list_table(list: &Value) -> String {
             .flatten()
             .map(text)
             .collect();
+        let state = match m["quarantine"].as_str() {
+            Some(_) => "quarantined".to_string(),
+            None => text(&m["state"]),
+        };
+        let last = match m["quarantine"].as_str() {
+            Some(why) => format!("quarantine: {why}"),
+            None => text(&m["lastError"]),
+        };
         rows.push(vec![
             text(&m["queueId"]),
-            text(&m["state"]),
+            state,
             text(&m["attempts"]),
             age(m["ageSeconds"].as_u64().unwrap_or(0)),
             next(m["nextAttemptUnix"].as_u64().unwrap_or(0), now),
@@ -169,7 +177,7 @@ pub fn list_table(list: &Value) -> String {
                 s => s.to_string(),
             },
             cut(&recipients.join(","), 40),
-            cut(&text(&m["lastError"]), 60),
+            cut(&last, 60),
         ]);
     }
     let mut widths = vec![0; header.len()];
@@ -208,6 +216,9 @@ pub fn show_text(m: &Value) -> String {
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12} {v}\n"));
     line("queue id", text(&m["queueId"]));
     line("state", text(&m["state"]));
+    if let Some(why) = m["quarantine"].as_str() {
+        line("quarantine", format!("{why} (release it to deliver it)"));
+    }
     line("sender", text(&m["sender"]));
     line("client", text(&m["clientIp"]));
     line("helo", text(&m["helo"]));

@@ -662,10 +662,32 @@ pub fn render(
         proxy_protocol,
         hide_client_address: spec.relay.hide_client_address,
         dkim,
+        content_filters: content_filters(&spec.content_filters),
     }
     .seal();
     findings.sort();
     Ok(Rendered { config, findings })
+}
+
+/// The content filters, in the order the Organization lists them, with the defaults of
+/// SPEC §2.1 filled in (30 s, `TempFail`). The schema bounds every value; a value out of
+/// range (only a hand-made object can hold one) takes the nearest bound.
+fn content_filters(filters: &[crds::ContentFilterSpec]) -> Vec<relay::config::ContentFilterConfig> {
+    filters
+        .iter()
+        .map(|f| relay::config::ContentFilterConfig {
+            name: f.name.clone(),
+            host: f.milter.host.to_ascii_lowercase(),
+            port: u16::try_from(f.milter.port.clamp(1, 65_535)).unwrap_or(u16::MAX),
+            timeout_seconds: u64::try_from(f.timeout_seconds.unwrap_or(30).clamp(1, 600))
+                .unwrap_or(30),
+            on_unavailable: match f.on_unavailable {
+                crds::OnUnavailable::TempFail => relay::config::OnUnavailable::TempFail,
+                crds::OnUnavailable::Accept => relay::config::OnUnavailable::Accept,
+            },
+            max_message_bytes: f.max_message_bytes.and_then(|n| u64::try_from(n).ok()),
+        })
+        .collect()
 }
 
 /// DKIM keys whose Secret exists but holds no usable private key under `private.key`

@@ -251,6 +251,8 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_exported() {
         "smtprelay_operator_route_tls_verified",
         "smtprelay_operator_config_in_force",
         "smtprelay_limit_hits_total",
+        "smtprelay_filter_unavailable_total",
+        "smtprelay_filter_reachable",
         "kubelet_volume_stats_available_bytes",
     ] {
         assert!(rules.contains(name), "no alert reads {name}: {rules:?}");
@@ -271,7 +273,21 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_exported() {
     // A relay after one delivered message, so that the per-route series exist too.
     let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::start(SinkConfig::default()).await.unwrap();
-    let cfg = RelayConfig::loopback(&dir.path().to_string_lossy(), sink.port());
+    let mut cfg = RelayConfig::loopback(&dir.path().to_string_lossy(), sink.port());
+    // A content filter nothing answers for (the message goes on, counted), so that the
+    // filter series exist too.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    cfg.content_filters = vec![relay::config::ContentFilterConfig {
+        name: "rspamd".into(),
+        host: "127.0.0.1".into(),
+        port: down.port(),
+        timeout_seconds: 2,
+        on_unavailable: relay::config::OnUnavailable::Accept,
+        max_message_bytes: None,
+    }];
     let relay = relay::start(cfg, StartOptions::default()).await.unwrap();
     let reply = send_one(relay.smtp_addr()).await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");

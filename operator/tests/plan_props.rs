@@ -40,6 +40,7 @@ fn org() -> impl Strategy<Value = Organization> {
                 }),
                 relay: RelaySpec::default(),
                 dkim: Vec::new(),
+                content_filters: Vec::new(),
             };
             meta(Organization::new("x", spec), "acme".into(), None)
         },

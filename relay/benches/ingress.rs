@@ -318,6 +318,7 @@ fn bench_spool() {
                             size: body.len() as u64,
                             smtputf8: false,
                             eight_bit_mime: false,
+                            quarantine: None,
                         };
                         spool.accept(&env, &body).await.unwrap();
                     }
@@ -367,10 +368,12 @@ fn bench_auth() {
         "auth: one argon2id check (default parameters): {:.1} ms",
         one * 1e3
     );
-    // A flood: 256 attempts at once against the shared pool (one worker per CPU).
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // A flood: 256 attempts at once against a pool like the shared one (all CPUs but one).
+    let workers = relay::ingress::auth::default_workers(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    );
     let credentials = credentials.with_pool(Argon2Pool::new(workers, 4 * workers));
     let t = Instant::now();
     let (checked, busy) = rt.block_on(async {
@@ -405,18 +408,18 @@ fn bench_auth() {
     let (mut tried, mut waited) = (0u32, Duration::ZERO);
     let mut i = 0u32;
     while now < end {
-        match throttle.check(ip, &format!("guess{}@acme.example", i % 1000), now) {
-            Decision::Allow => {}
-            Decision::Delay(d) => {
-                waited += d;
-                now += d;
+        let attempt = match throttle.check(ip, &format!("guess{}@acme.example", i % 1000), now) {
+            Decision::Verify { delay, attempt } => {
+                waited += delay;
+                now += delay;
+                attempt
             }
             Decision::LockedOut { until, .. } => {
                 now = until.max(now + Duration::from_secs(1));
                 continue;
             }
-        }
-        throttle.record_failure(ip, &format!("guess{}@acme.example", i % 1000), now);
+        };
+        attempt.failed(now);
         tried += 1;
         i += 1;
         now += Duration::from_millis(100);

@@ -67,6 +67,36 @@ pub struct RelayConfig {
     /// domain's key. Sorted by domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dkim: Vec<DkimConfig>,
+    /// Content filters every message passes before the `250`, in order (SPEC §3.4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_filters: Vec<ContentFilterConfig>,
+}
+
+/// One content filter spoken to over the milter protocol.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContentFilterConfig {
+    /// Name in metrics, logs and status.
+    pub name: String,
+    /// Host name or IP address of the filter's milter socket.
+    pub host: String,
+    pub port: u16,
+    /// Most seconds the filter may take for one message, connecting included.
+    pub timeout_seconds: u64,
+    /// What a message gets when the filter cannot answer.
+    pub on_unavailable: OnUnavailable,
+    /// Messages larger than this skip the filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
+}
+
+/// What a message gets when its content filter cannot be consulted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnUnavailable {
+    /// `451 4.7.1`: the client retries later.
+    TempFail,
+    /// Accepted without this filter's verdict, and counted.
+    Accept,
 }
 
 /// One DKIM signing key. The key is not inlined: `key_file` names a file (a mounted
@@ -695,6 +725,7 @@ impl RelayConfig {
             proxy_protocol: None,
             hide_client_address: false,
             dkim: Vec::new(),
+            content_filters: Vec::new(),
         }
     }
 

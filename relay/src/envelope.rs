@@ -85,6 +85,10 @@ pub struct Envelope {
     /// The client declared `BODY=8BITMIME` (RFC 6152) at MAIL.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eight_bit_mime: bool,
+    /// A content filter quarantined the message: `filter: reason`. It is held in the
+    /// queue until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 /// The MAIL parameters the client declared that delivery carries downstream, where the
@@ -147,6 +151,7 @@ impl Envelope {
             size,
             smtputf8: false,
             eight_bit_mime: false,
+            quarantine: None,
         }
     }
 }

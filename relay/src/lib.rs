@@ -84,6 +84,8 @@ pub struct StartOptions {
     pub limit_store: Option<Arc<dyn LimitStore>>,
     /// AUTH throttling (delays and lockouts after failures).
     pub auth_throttle: ingress::auth_throttle::ThrottleConfig,
+    /// Header timeout and connection cap of the admin endpoint.
+    pub admin: admin::AdminLimits,
 }
 
 impl Default for StartOptions {
@@ -92,6 +94,7 @@ impl Default for StartOptions {
             clock: Arc::new(SystemClock),
             limit_store: None,
             auth_throttle: ingress::auth_throttle::ThrottleConfig::default(),
+            admin: admin::AdminLimits::default(),
         }
     }
 }
@@ -203,7 +206,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         &config.delivery,
         QueueOptions {
             hostname: config.hostname.clone(),
-            state_dir: Path::new(&config.spool_dir).join("delivery"),
+            state_dir: delivery::queue::state::state_dir(Path::new(&config.spool_dir)),
         },
         opts.clock.clone(),
         metrics.registry_mut(),
@@ -272,8 +275,17 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         admin_listener,
         admin.clone(),
         shutdown_rx.clone(),
+        opts.admin.clone(),
     ));
     tokio::spawn(feed_delivery(accepted_rx, queue.clone(), spool.clone()));
+    {
+        let shared = shared.clone();
+        tokio::spawn(filter::probe::probe_loop(
+            move || shared.current.load().config.content_filters.clone(),
+            admin.metrics.filters.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let delivery = {
         let queue = queue.clone();
         let mut stop = shutdown_rx;
@@ -318,6 +330,9 @@ async fn feed_delivery(
 ) {
     loop {
         match accepted.recv().await {
+            Ok(envelope) if envelope.quarantine.is_some() => {
+                queue.submit_held(&envelope.queue_id.to_string())
+            }
             Ok(envelope) => queue.submit(&envelope.queue_id.to_string()),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
@@ -325,7 +340,7 @@ async fn feed_delivery(
                     "delivery fell behind the accept notices; rescanning the spool"
                 );
                 for id in spool.list() {
-                    queue.submit(&id.to_string());
+                    queue.resubmit(&id.to_string());
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Seconds from the end of DATA to the reply that the message is queued (spool commit
     /// and limit accounting included).
     pub data_reply_seconds: Histogram,
+    /// Content filters (`crate::filter`).
+    pub filters: crate::filter::metrics::FilterMetrics,
 }
 
 impl Default for Metrics {
@@ -77,7 +79,9 @@ impl Metrics {
             auth_lockouts: Family::default(),
             auth_busy: Counter::default(),
             data_reply_seconds: Histogram::new(reply_buckets()),
+            filters: crate::filter::metrics::FilterMetrics::default(),
         };
+        m.filters.register(&mut registry);
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(
             "sessions_active",
@@ -148,7 +152,8 @@ impl Metrics {
         );
         registry.register(
             "auth_lockouts",
-            "AUTH lockouts started, by scope (ip or user)",
+            "AUTH lockouts started, by scope (ip: a source for any users; user_ip: a user from \
+             one source; user: a user from the sources it has not logged in from recently)",
             m.auth_lockouts.clone(),
         );
         registry.register(
@@ -252,7 +257,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a lockout started on `scope` (`ip` or `user`, see `auth_throttle::Scope`).
+    /// Counts a lockout started on `scope` (`ip`, `user_ip` or `user`, see
+    /// `auth_throttle::Scope`).
     pub fn auth_lockout(&self, scope: &str) {
         self.auth_lockouts
             .get_or_create(&vec![("scope".to_string(), scope.to_string())])

@@ -493,3 +493,79 @@ async fn fifty_black_holed_mx_hosts_cost_five_sessions_while_other_mail_flows() 
     assert!(h.store.list().unwrap().contains(&bad), "still spooled");
     assert_eq!(sink.messages().len(), 1);
 }
+
+/// A downstream that sends one reply line too many after each message (a broken server,
+/// or an LMTP server answering once per recipient). Were its connection cached with that
+/// line unread, the next transaction would read every reply one command late: a refusal
+/// taken for the acceptance before it. The connection is closed instead, and each
+/// recipient of the next message gets the answer the server gave it.
+#[tokio::test]
+async fn a_connection_with_an_unread_reply_line_is_closed_not_reused() {
+    let sink = TestSink::start(SinkConfig {
+        pipelining: true,
+        extra_reply_after_data: Some("250 2.0.0 one reply too many".into()),
+        rcpt_replies: [
+            ("later@good.test", "451 4.2.0 try again later"),
+            ("never@good.test", "550 5.1.1 no such user"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let home = TestSink::start(SinkConfig::default()).await.unwrap();
+    let mut cfg = delivery_config(&[]);
+    cfg.connection_idle_seconds = 300;
+    let routes = vec![
+        route(
+            "good",
+            domains(&["good.test"]),
+            "127.0.0.1",
+            sink.port(),
+            no_tls(),
+        ),
+        route(
+            "home",
+            domains(&["acme.test"]),
+            "127.0.0.1",
+            home.port(),
+            no_tls(),
+        ),
+    ];
+    let h = Harness::new(routes, cfg);
+    h.send(
+        "alice@acme.test",
+        &["first@good.test"],
+        &message("alice@acme.test", "first@good.test", "first"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!(report.delivered, 1);
+    // The extra line has surely arrived by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rcpts = ["later@good.test", "never@good.test", "ok@good.test"];
+    let second = h.send(
+        "alice@acme.test",
+        &rcpts,
+        &message("alice@acme.test", "ok@good.test", "second"),
+    );
+    bounded(h.manager.run_due()).await;
+    let state = h.manager.state(&second).expect("later@ is still pending");
+    let of = |rcpt: &str| state.recipients.get(rcpt).cloned();
+    assert!(
+        matches!(of("later@good.test"), Some(RecipientState::Pending { last_error: Some(e) }) if e.contains("451 4.2.0")),
+        "{state:?}"
+    );
+    assert!(
+        matches!(of("never@good.test"), Some(RecipientState::Bounced { status, .. }) if status == "5.1.1"),
+        "{state:?}"
+    );
+    assert!(
+        matches!(of("ok@good.test"), Some(RecipientState::Delivered { .. })),
+        "{state:?}"
+    );
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 2, "each message once");
+    assert_eq!(messages[1].rcpt_to, ["ok@good.test"]);
+}

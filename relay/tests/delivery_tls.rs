@@ -237,3 +237,69 @@ async fn probe_route_reports_each_host_with_the_verifier_message() {
     // The probe ends its sessions politely; it delivers nothing.
     assert!(good.messages().is_empty());
 }
+
+/// A private CA rotated in place (new content, same file, as a Secret update does) with a
+/// server certificate from the new CA: the next delivery trusts the new roots. A cache of
+/// TLS settings by the CA file's path kept the old roots and bounced the mail `5.7.5`.
+#[tokio::test]
+async fn a_private_ca_rotated_in_place_is_trusted_at_the_next_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let old_ca = TestCa::new("Old Mail CA").unwrap();
+    std::fs::write(&ca_file, &old_ca.cert_pem).unwrap();
+    let ca_path = ca_file.display().to_string();
+    let serve = |cert: TestCert| async move {
+        TestSink::start(SinkConfig {
+            tls: Some(cert.server_config().unwrap()),
+            pipelining: true,
+            ..SinkConfig::default()
+        })
+        .await
+        .unwrap()
+    };
+    let home = TestSink::start(SinkConfig::default()).await.unwrap();
+    let routes = |port: u16| {
+        vec![
+            route(
+                "home",
+                domains(&["acme.test"]),
+                "127.0.0.1",
+                home.port(),
+                no_tls(),
+            ),
+            route(
+                "secure",
+                RouteMatcher::Default,
+                MX,
+                port,
+                tls(true, true, true, &ca_path),
+            ),
+        ]
+    };
+    let before = serve(old_ca.issue(&[MX]).unwrap()).await;
+    let mut cfg = delivery_config(&[(MX, LOOPBACK)]);
+    cfg.connection_idle_seconds = 0;
+    let h = Harness::new(routes(before.port()), cfg);
+    let mail = |subject: &str| message("alice@acme.test", "bob@dest.test", subject);
+    h.send("alice@acme.test", &["bob@dest.test"], &mail("before"));
+    bounded(h.manager.run_due()).await;
+    assert_eq!(before.messages().len(), 1, "delivered under the old CA");
+
+    // The Secret is rotated: a new CA in the same file, the server presents a
+    // certificate of the new CA.
+    let new_ca = TestCa::new("New Mail CA").unwrap();
+    std::fs::write(&ca_file, &new_ca.cert_pem).unwrap();
+    let after = serve(new_ca.issue(&[MX]).unwrap()).await;
+    h.manager.set_routes(routes(after.port()));
+    h.send("alice@acme.test", &["bob@dest.test"], &mail("after"));
+    bounded(h.manager.run_due()).await;
+    bounded(h.manager.run_due()).await;
+    assert!(
+        home.messages().is_empty(),
+        "bounced: {:?}",
+        home.messages()
+            .first()
+            .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+    );
+    assert_eq!(after.messages().len(), 1, "delivered under the new CA");
+}

@@ -109,6 +109,7 @@ proptest! {
                 limits,
                 policy: Arc::new(Policy::new(&cfg)),
                 tls_available,
+                credentials: Default::default(),
             },
             "127.0.0.1".parse().unwrap(),
             None,

@@ -455,16 +455,7 @@ async fn auth_from(
     user: &str,
     password: &str,
 ) -> String {
-    let tcp = connect_tcp_from(src, relay.smtps_addr()).await;
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = connector(cert_der).connect(name, tcp).await.unwrap();
-    let mut c = Client {
-        io: BufReader::new(tls),
-    };
-    c.reply().await;
-    c.cmd("EHLO client.acme.example").await;
-    let token = STANDARD.encode(format!("\0{user}\0{password}"));
-    c.cmd(&format!("AUTH PLAIN {token}")).await
+    login_from(relay, cert_der, src, user, password).await.1
 }
 
 /// Reconnecting does not reset the count: failures for one user, from any address, slow
@@ -554,6 +545,288 @@ async fn repeated_auth_failures_lock_the_user_out_across_connections() {
     );
     assert!(
         text.contains("smtprelay_auth_failures_total{reason=\"locked_out\"} 1"),
+        "{text}"
+    );
+    relay.shutdown().await;
+}
+
+/// A TLS session from `src` on the implicit-TLS port, after EHLO and `AUTH PLAIN`: the
+/// client and the reply to AUTH. The password-check pool is shared by every test of this
+/// binary: a `454 4.3.0` (busy, nothing checked) is tried again, as a client would.
+async fn login_from(
+    relay: &RelayHandle,
+    cert_der: &[u8],
+    src: &str,
+    user: &str,
+    password: &str,
+) -> (Client<tokio_rustls::client::TlsStream<TcpStream>>, String) {
+    let token = STANDARD.encode(format!("\0{user}\0{password}"));
+    let mut tries = 0;
+    loop {
+        let tcp = connect_tcp_from(src, relay.smtps_addr()).await;
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector(cert_der).connect(name, tcp).await.unwrap();
+        let mut c = Client {
+            io: BufReader::new(tls),
+        };
+        c.reply().await;
+        c.cmd("EHLO client.acme.example").await;
+        let reply = c.cmd(&format!("AUTH PLAIN {token}")).await;
+        tries += 1;
+        if reply != AUTH_BUSY || tries == 50 {
+            return (c, reply);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A relay whose one setting requires AUTH (no IP allow list), with these users.
+async fn auth_only_relay(
+    dir: &Path,
+    users: &[(&str, &str)],
+    throttle: relay::ingress::auth_throttle::ThrottleConfig,
+) -> (RelayHandle, RelayConfig, Vec<u8>, std::path::PathBuf) {
+    let (tls, cert_der) = tls_files(dir);
+    let credentials = dir.join("credentials");
+    write_credentials(&credentials, users);
+    let mut cfg = held(dir);
+    cfg.tls = Some(tls);
+    cfg.organization.credentials_file = Some(credentials.to_string_lossy().into_owned());
+    cfg.settings[0].ip_ranges = None;
+    cfg.settings[0].require_smtp_auth = true;
+    cfg.settings[0].require_tls = true;
+    let relay = relay::start(
+        cfg.clone(),
+        StartOptions {
+            auth_throttle: throttle,
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    (relay, cfg, cert_der, credentials)
+}
+
+fn write_credentials(path: &Path, users: &[(&str, &str)]) {
+    let lines: String = users
+        .iter()
+        .map(|(user, password)| format!("{user}:{}\n", phc(password)))
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
+/// Throttle delays short enough for a test.
+fn quick_throttle() -> relay::ingress::auth_throttle::ThrottleConfig {
+    relay::ingress::auth_throttle::ThrottleConfig {
+        first_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+        ..Default::default()
+    }
+}
+
+const AUTH_OK: &str = "235 2.7.0 Authentication successful";
+const AUTH_INVALID: &str = "535 5.7.8 Authentication credentials invalid";
+const AUTH_LOCKED: &str = "454 4.7.0 Too many authentication failures, try again later";
+const AUTH_REVOKED: &str = "535 5.7.8 Authentication credentials no longer valid";
+const AUTH_BUSY: &str = "454 4.3.0 Authentication service busy, try again later";
+
+/// SPEC §3.7: sessions logged in before the credentials Secret changed. The one whose
+/// password changed and the one whose user was removed are refused at their next MAIL
+/// (and may authenticate again); the one whose line did not change keeps relaying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_or_changed_credentials_are_refused_at_the_next_mail_of_a_live_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [
+        ("alice@acme.example", "alice's secret"),
+        ("bob@acme.example", "bob's secret"),
+        ("carol@acme.example", "carol's secret"),
+    ];
+    let (relay, cfg, cert_der, credentials) =
+        auth_only_relay(dir.path(), &users, quick_throttle()).await;
+    let mut sessions = Vec::new();
+    for (user, password) in users {
+        let (mut c, reply) = login_from(&relay, &cert_der, "127.0.0.1", user, password).await;
+        assert_eq!(reply, AUTH_OK, "{user}");
+        let (_, refused, done) = c
+            .transaction(user, &["x@dest.example".to_string()], "Subject: x\r\n\r\nx")
+            .await;
+        assert!(refused.is_empty(), "{refused:?}");
+        queue_id(&done.unwrap());
+        sessions.push(c);
+    }
+    // Alice's password changes, Bob's line goes, Carol's line stays as it was.
+    let carol_line = std::fs::read_to_string(&credentials)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("carol@"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &credentials,
+        format!(
+            "alice@acme.example:{}\n{carol_line}\n",
+            phc("alice's new secret")
+        ),
+    )
+    .unwrap();
+    relay
+        .reload_if_changed(cfg)
+        .unwrap()
+        .expect("a new generation");
+    let [alice, bob, carol] = &mut sessions[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        carol.cmd("MAIL FROM:<carol@acme.example>").await,
+        "250 2.1.0 OK"
+    );
+    assert_eq!(
+        alice.cmd("MAIL FROM:<alice@acme.example>").await,
+        AUTH_REVOKED
+    );
+    assert_eq!(bob.cmd("MAIL FROM:<bob@acme.example>").await, AUTH_REVOKED);
+    // The session no longer counts as authenticated: the old password fails, the new
+    // one works.
+    let old = STANDARD.encode("\0alice@acme.example\0alice's secret");
+    assert_eq!(alice.cmd(&format!("AUTH PLAIN {old}")).await, AUTH_INVALID);
+    let new = STANDARD.encode("\0alice@acme.example\0alice's new secret");
+    assert_eq!(alice.cmd(&format!("AUTH PLAIN {new}")).await, AUTH_OK);
+    assert_eq!(
+        alice.cmd("MAIL FROM:<alice@acme.example>").await,
+        "250 2.1.0 OK"
+    );
+    relay.shutdown().await;
+}
+
+/// SPEC §3.2: five wrong passwords for Bob from other addresses lock Bob out of new
+/// addresses, not out of the address he logged in from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attackers_guesses_from_elsewhere_leave_the_user_its_usual_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [("bob@acme.example", "bob's secret")];
+    let (relay, _, cert_der, _) = auth_only_relay(dir.path(), &users, quick_throttle()).await;
+    let login = |src: &'static str, password: &'static str| {
+        let (relay, cert_der) = (&relay, &cert_der);
+        async move {
+            let (_, reply) = login_from(relay, cert_der, src, "bob@acme.example", password).await;
+            reply
+        }
+    };
+    assert_eq!(login("127.0.0.1", "bob's secret").await, AUTH_OK);
+    for src in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+    ] {
+        assert_eq!(login(src, "guess").await, AUTH_INVALID, "{src}");
+    }
+    assert_eq!(
+        login("127.0.0.7", "bob's secret").await,
+        AUTH_LOCKED,
+        "a new address is locked out"
+    );
+    assert_eq!(
+        login("127.0.0.1", "bob's secret").await,
+        AUTH_OK,
+        "the usual address is not"
+    );
+    relay.shutdown().await;
+}
+
+/// SPEC §3.2: twenty guesses sent at once get no more password checks than five guesses
+/// sent one after another; the rest are answered as a lockout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_parallel_guesses_get_no_more_tries_than_the_lockout_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [("bob@acme.example", "bob's secret")];
+    let throttle = quick_throttle();
+    let tries = throttle.user_lockout_failures as usize;
+    let (relay, _, cert_der, _) = auth_only_relay(dir.path(), &users, throttle).await;
+    let relay = Arc::new(relay);
+    let cert_der = Arc::new(cert_der);
+    // Every client has its TLS session up and its EHLO answered before any guesses.
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let (relay, cert_der, barrier) = (relay.clone(), cert_der.clone(), barrier.clone());
+        guesses.spawn(async move {
+            let tcp = connect_tcp_from("127.0.0.2", relay.smtps_addr()).await;
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = connector(&cert_der).connect(name, tcp).await.unwrap();
+            let mut c = Client {
+                io: BufReader::new(tls),
+            };
+            c.reply().await;
+            c.cmd("EHLO client.acme.example").await;
+            barrier.wait().await;
+            let token = STANDARD.encode(format!("\0bob@acme.example\0guess {n}"));
+            c.cmd(&format!("AUTH PLAIN {token}")).await
+        });
+    }
+    let mut replies = Vec::new();
+    while let Some(reply) = guesses.join_next().await {
+        replies.push(reply.unwrap());
+    }
+    let checked = replies.iter().filter(|r| *r == AUTH_INVALID).count();
+    let locked = replies.iter().filter(|r| *r == AUTH_LOCKED).count();
+    // The password-check pool is shared by the whole process (the other tests of this
+    // binary too): a guess it has no room for is answered busy, unchecked.
+    let busy = replies.iter().filter(|r| *r == AUTH_BUSY).count();
+    assert!(
+        checked <= tries,
+        "{checked} guesses were checked, at most {tries} may be: {replies:?}"
+    );
+    assert_eq!(checked + locked + busy, 20, "{replies:?}");
+    assert!(locked >= 20 - tries, "{replies:?}");
+    // Guessing on one at a time: exactly `tries` checks in all before the lockout.
+    let mut total = checked;
+    for _ in 0..tries + 5 {
+        let (_, reply) = login_from(&relay, &cert_der, "127.0.0.2", "bob@acme.example", "x").await;
+        match reply.as_str() {
+            AUTH_LOCKED => break,
+            AUTH_INVALID => total += 1,
+            AUTH_BUSY => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(total, tries, "password checks before the lockout");
+    let (_, reply) = login_from(&relay, &cert_der, "127.0.0.2", "bob@acme.example", "x").await;
+    assert_eq!(reply, AUTH_LOCKED);
+    let relay = Arc::into_inner(relay).expect("every client is done");
+    relay.shutdown().await;
+}
+
+/// A setting with neither an IP allow list nor AUTH required would relay for anyone: the
+/// relay refuses such a config itself (the CRD schema refuses it too, but a ConfigMap can
+/// be edited by hand), at start and at reload, and says so on `/metrics`.
+#[tokio::test]
+async fn a_setting_with_no_check_on_is_refused_at_start_and_at_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = held(dir.path());
+    let mut open = cfg.clone();
+    open.settings[0].ip_ranges = None;
+    open.settings[0].require_smtp_auth = false;
+    let err = relay::start(open.clone(), StartOptions::default())
+        .await
+        .err()
+        .expect("an open relay must not start");
+    assert!(
+        err.to_string().contains("acme/loopback")
+            && err
+                .to_string()
+                .contains("neither an IP allow list nor SMTP AUTH"),
+        "{err}"
+    );
+    let relay = start(cfg).await;
+    let before = relay.generation();
+    let err = relay.reload_if_changed(open).unwrap_err();
+    assert!(err.to_string().contains("acme/loopback"), "{err}");
+    assert_eq!(relay.generation(), before, "the old configuration stays");
+    let text = metrics(&relay).await;
+    assert!(
+        text.contains("smtprelay_config_refused{") && text.contains("neither an IP allow list"),
         "{text}"
     );
     relay.shutdown().await;

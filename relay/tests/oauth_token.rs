@@ -239,3 +239,23 @@ async fn delivery_logs_in_with_the_fetched_token() {
         .encode("user=relay@acme.test\x01auth=Bearer token-1\x01\x01");
     assert_eq!(sink.auth_lines(), vec![format!("AUTH XOAUTH2 {expected}")]);
 }
+
+/// An `expires_in` beyond any real lifetime (here 2^64 - 1 seconds, past what a
+/// `SystemTime` can hold) neither panics nor keeps the token for ever: it is used for at
+/// most a day, then refreshed.
+#[tokio::test]
+async fn a_huge_expires_in_is_bounded_to_a_day() {
+    let ca = TestCa::new("Token CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = endpoint(&ca, 200, u64::MAX).await;
+    let cc = settings(&dir, &ca, ep.port);
+    let clock = Arc::new(FakeClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_750_000_000),
+    ));
+    let cache = TokenCache::new(clock.clone());
+    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    clock.advance(Duration::from_secs(23 * 3600));
+    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(cache.token(&cc).await.unwrap(), "token-2");
+}

@@ -243,6 +243,38 @@ async fn the_per_ip_cap_counts_the_clients_behind_the_proxy_not_the_proxy() {
     relay.shutdown().await;
 }
 
+/// An IPv6 client usually holds a whole /64 (SLAAC, privacy addresses): the per-IP cap
+/// counts the /64, so one /64 cannot take every slot by using a new address for each
+/// connection; another /64 has its own.
+#[tokio::test]
+async fn the_per_ip_cap_counts_an_ipv6_client_by_its_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = behind_proxy(dir.path(), true);
+    cfg.limits.connections_per_ip = 2;
+    let relay = start(cfg).await;
+    let addr = relay.smtp_addr();
+    let v6 = |ip: &str| -> SocketAddr { format!("[{ip}]:40000").parse().unwrap() };
+    let mut first = through_proxy(PROXY, addr, &v2_header(v6("2001:db8:1:2::1"), addr, &[])).await;
+    let _second = through_proxy(PROXY, addr, &v2_header(v6("2001:db8:1:2::abcd"), addr, &[])).await;
+    let mut third = tcp_from(PROXY, addr).await;
+    third
+        .write_all(&v2_header(v6("2001:db8:1:2:ffff::3"), addr, &[]))
+        .await
+        .unwrap();
+    let mut third = Client {
+        io: BufReader::new(third),
+    };
+    assert_eq!(
+        third.reply().await,
+        "421 4.7.0 Too many connections from 2001:db8:1:2::/64"
+    );
+    let mut elsewhere =
+        through_proxy(PROXY, addr, &v2_header(v6("2001:db8:1:3::1"), addr, &[])).await;
+    assert!(elsewhere.cmd("NOOP").await.starts_with("250"));
+    assert!(first.cmd("NOOP").await.starts_with("250"));
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn on_the_implicit_tls_port_the_header_comes_before_the_handshake() {
     let dir = tempfile::tempdir().unwrap();

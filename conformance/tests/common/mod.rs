@@ -34,6 +34,7 @@ pub fn base_manifests() -> Manifests {
             limits: LimitOverrides::default(),
             proxy_protocol: None,
             dkim: vec![],
+            content_filters: vec![],
         },
         settings: vec![SettingSpec {
             name: "clients".into(),

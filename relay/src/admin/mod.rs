@@ -11,4 +11,4 @@ pub mod drain;
 pub mod http;
 pub mod queue;
 
-pub use http::{AdminState, serve};
+pub use http::{AdminLimits, AdminState, serve};

@@ -85,6 +85,10 @@ pub struct QueueSummary {
     pub last_error: Option<String>,
     pub size: u64,
     pub age_seconds: u64,
+    /// Held because a content filter quarantined it: `filter: reason`. Release it to
+    /// deliver it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 /// The answer to `GET /queue`.
@@ -639,6 +643,7 @@ fn summary(
             .duration_since(env.received_at)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        quarantine: env.quarantine.clone(),
     };
     Some((summary, env, state))
 }

@@ -82,7 +82,9 @@ pub struct Transport {
     cache: ConnectionCache,
     helo_name: String,
     timeouts: StageTimeouts,
-    tls_configs: Mutex<HashMap<TlsPolicy, Arc<ClientConfig>>>,
+    /// TLS settings by route policy, with the digest of the CA file content they were
+    /// built from: a CA rotated in place (same path, new content) builds new ones.
+    tls_configs: Mutex<HashMap<TlsPolicy, RouteTls>>,
     guard: DestinationGuard,
     max_mx_hosts: usize,
     max_addresses: usize,
@@ -102,6 +104,14 @@ impl std::fmt::Debug for Transport {
             .field("helo_name", &self.helo_name)
             .finish()
     }
+}
+
+/// The TLS settings of a route's sessions.
+#[derive(Clone)]
+struct RouteTls {
+    config: Arc<ClientConfig>,
+    /// SHA-256 of the CA file content the roots came from (`None`: no CA file).
+    roots: Option<[u8; 32]>,
 }
 
 /// One host to dial, as the route named it or as an MX record did.
@@ -175,14 +185,25 @@ impl Transport {
         hop_refusal(message, self.max_received_headers)
     }
 
-    fn tls_config(&self, policy: &TlsPolicy) -> Result<Arc<ClientConfig>, String> {
+    /// The TLS settings of `policy` with its CA file as it is now: cached by policy and
+    /// the digest of the CA file's content (read at each delivery: a small file, so a
+    /// rotated CA applies at once, as a rotated AUTH secret does).
+    fn tls_config(&self, policy: &TlsPolicy) -> Result<RouteTls, String> {
+        use sha2::{Digest, Sha256};
+        let ca = policy.read_ca().map_err(|e| e.to_string())?;
+        let roots: Option<[u8; 32]> = ca.as_deref().map(|pem| Sha256::digest(pem).into());
         let mut configs = self.tls_configs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = configs.get(policy) {
+        if let Some(c) = configs.get(policy)
+            && c.roots == roots
+        {
             return Ok(c.clone());
         }
-        let config = policy.client_config().map_err(|e| e.to_string())?;
-        configs.insert(policy.clone(), config.clone());
-        Ok(config)
+        let config = policy
+            .client_config_with_ca(ca.as_deref())
+            .map_err(|e| e.to_string())?;
+        let tls = RouteTls { config, roots };
+        configs.insert(policy.clone(), tls.clone());
+        Ok(tls)
     }
 
     /// The host names to dial for one pool host: itself, or its MX hosts (at most
@@ -415,7 +436,7 @@ impl Transport {
         host: &str,
         addr: SocketAddr,
         policy: &TlsPolicy,
-        tls_config: &Arc<ClientConfig>,
+        tls: &RouteTls,
         auth: Option<&AuthCredentials>,
         mail_from: &str,
         rcpt_to: &[String],
@@ -427,7 +448,7 @@ impl Transport {
             addr,
             helo_name: self.helo_name.clone(),
             policy: policy.clone(),
-            tls_config: tls_config.clone(),
+            tls_config: tls.config.clone(),
             timeouts: self.timeouts,
             plaintext: false,
             auth: auth.cloned(),
@@ -436,6 +457,7 @@ impl Transport {
             host: host.to_string(),
             addr,
             policy: policy.clone(),
+            roots: tls.roots,
             auth: route.auth.as_ref().map(|a| a.secret_file.clone()),
         };
         let opened = match self.cache.checkout(&key, &params).await {

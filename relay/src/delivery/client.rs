@@ -15,8 +15,12 @@
 //! host without SMTPUTF8 and fails with `5.6.7` before MAIL is sent (RFC 6531 §3.5).
 //! Every stage has its own deadline ([`StageTimeouts`], RFC 5321 §4.5.3.2), a total from
 //! the command to the complete reply, not a limit per read. [`ConnectionCache`] keeps
-//! sessions open for `connection_idle_seconds`, keyed by host, port and TLS policy, and
-//! resets them (RSET) before reuse. Reply parsing ([`parse_reply`]) is a pure function
+//! sessions open for `connection_idle_seconds`, keyed by host, port, TLS policy and the
+//! CA roots the certificate was checked against, and resets them (RSET) before reuse. A
+//! session in step has nothing left to read between transactions: one with unread input
+//! (a reply line too many, sent by a broken server or an LMTP server answering per
+//! recipient; a notice sent while idle; the connection closed) is closed when it is
+//! returned or taken, never reused, since every later reply would be read one command late. Reply parsing ([`parse_reply`]) is a pure function
 //! over bytes.
 //!
 //! Outbound AUTH (PLAIN, LOGIN, XOAUTH2) is sent only over a TLS session whose policy
@@ -995,6 +999,23 @@ impl SmtpConnection {
         Ok(rcpt_outcomes(&rcpt_replies, &self.host, Some(&final_reply)))
     }
 
+    /// Whether the server sent anything not read yet (buffered here or waiting on the
+    /// socket), or closed the connection. Never waits: a session in step has nothing to
+    /// say between transactions.
+    fn has_unread_input(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let mut read = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Ready with data, at end of stream or with an error: not reusable either way.
+        !matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut read),
+            Poll::Pending
+        )
+    }
+
     /// True when this session, taken from the cache, turned out closed before the
     /// transaction began (see [`SmtpConnection::send`]): the caller may open a new one.
     pub fn is_stale(&self) -> bool {
@@ -1093,6 +1114,9 @@ pub struct CacheKey {
     pub addr: SocketAddr,
     /// The route's policy.
     pub policy: TlsPolicy,
+    /// Digest of the CA file content the session's certificate was checked against: after
+    /// a CA rotation, sessions checked against the old roots are not reused.
+    pub roots: Option<[u8; 32]>,
     /// The Secret whose credentials authenticated the session (`None`: no AUTH); sessions
     /// of different credentials are never shared.
     pub auth: Option<String>,
@@ -1133,11 +1157,18 @@ impl ConnectionCache {
             let mut idle = self.lock();
             let list = idle.entry(key.clone()).or_default();
             let mut found = None;
-            while let Some((conn, since)) = list.pop() {
-                if fresh(since, now, self.max_idle) {
-                    found = Some(conn);
-                    break;
+            while let Some((mut conn, since)) = list.pop() {
+                if !fresh(since, now, self.max_idle) {
+                    continue;
                 }
+                // Something arrived while it sat idle (a late reply line, a `421` before
+                // the server closed): its next replies would be out of step.
+                if conn.has_unread_input() {
+                    tracing::info!(host = %conn.host, "cached session not reused: the server sent something unasked while idle, or closed it");
+                    continue;
+                }
+                found = Some(conn);
+                break;
             }
             found
         };
@@ -1151,9 +1182,14 @@ impl ConnectionCache {
         }
     }
 
-    /// Returns a session that finished a transaction cleanly.
-    pub fn checkin(&self, key: CacheKey, conn: SmtpConnection) {
+    /// Returns a session that finished a transaction cleanly. One with unread input is
+    /// closed instead (see the module doc).
+    pub fn checkin(&self, key: CacheKey, mut conn: SmtpConnection) {
         if self.max_idle.is_zero() {
+            return;
+        }
+        if conn.has_unread_input() {
+            tracing::warn!(host = %conn.host, "session closed, not cached: the server sent more replies than it was asked for");
             return;
         }
         let now = self.clock.now();

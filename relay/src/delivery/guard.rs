@@ -6,8 +6,15 @@
 //! unique-local, multicast, unspecified and broadcast addresses are refused, and so are
 //! the configured `deniedNetworks` and `clusterNetworks`, unless the address lies in
 //! `allowedInternalNetworks` (which never overrides the two configured lists). An IPv6
-//! address that embeds an IPv4 one (`::ffff:10.0.0.1`) is judged by the IPv4 address. It
-//! also knows this relay's own host name, so an MX host that is this relay is a loop.
+//! address that carries an IPv4 one is judged by the IPv4 address too: mapped
+//! (`::ffff:10.0.0.1`) and compatible (`::10.0.0.1`) addresses, NAT64's well-known prefix
+//! `64:ff9b::/96` (RFC 6052: the IPv4 address is the last 32 bits, and a DNS64 resolver
+//! hands these out for every IPv4-only MX, so public ones must pass) and 6to4 `2002::/16`
+//! (RFC 3056: bits 16 to 47). The local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215, where
+//! the IPv4 address sits is the operator's choice), Teredo `2001::/32` (a tunnel endpoint)
+//! and site-local `fec0::/10` are refused outright. The configured lists are matched
+//! against both forms. It also knows this relay's own host name, so an MX host that is
+//! this relay is a loop.
 //! [`hop_refusal`] counts `Received:` headers: more than the configured number is a loop.
 //!
 //! The guard does not apply to the hosts a route names (`singleHost`, `multipleHosts`):
@@ -60,14 +67,15 @@ impl DestinationGuard {
 
     /// Whether MX or direct delivery may dial `ip`.
     pub fn may_dial(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        if self.denied.iter().any(|n| n.contains(&ip)) {
+        let judged = canonical(ip);
+        let listed = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&ip) || n.contains(&judged));
+        if listed(&self.denied) {
             return false;
         }
         if !is_internal(ip) {
             return true;
         }
-        self.allowed.iter().any(|n| n.contains(&ip))
+        listed(&self.allowed)
     }
 
     /// Whether `host` (an MX host name) is this relay.
@@ -94,20 +102,26 @@ impl DestinationGuard {
     }
 }
 
-/// IPv4 addresses carried in IPv6 (mapped `::ffff:a.b.c.d`, deprecated compatible
-/// `::a.b.c.d`) are judged as the IPv4 address they stand for.
+/// IPv4 addresses carried in IPv6 are judged as the IPv4 address they stand for or lead
+/// to: mapped `::ffff:a.b.c.d`, deprecated compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`
+/// and 6to4 `2002:aabb:ccdd::/48`.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => match v6.segments() {
-                [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => {
-                    IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
-                }
-                _ => ip,
-            },
-        },
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
+    }
+}
+
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
     }
 }
 
@@ -133,11 +147,14 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_internal_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let [first, second, third, ..] = ip.segments();
     ip.is_unspecified()
         || ip.is_loopback()
         || (first & 0xfe00) == 0xfc00 // unique local, fc00::/7
         || (first & 0xffc0) == 0xfe80 // link-local, fe80::/10
+        || (first & 0xffc0) == 0xfec0 // site-local, fec0::/10
+        || (first, second, third) == (0x64, 0xff9b, 1) // local-use NAT64, 64:ff9b:1::/48
+        || (first, second) == (0x2001, 0) // Teredo, 2001::/32
         || ip.is_multicast()
 }
 
@@ -226,6 +243,48 @@ mod tests {
         ] {
             assert!(guard.may_dial(ip(public)), "{public} must pass");
         }
+    }
+
+    #[test]
+    fn addresses_that_carry_an_ipv4_address_are_judged_by_it_and_site_local_is_refused() {
+        let guard = DestinationGuard::new(&DeliveryConfig::default(), "relay.acme.test");
+        for internal in [
+            // NAT64, well-known prefix (RFC 6052): the IPv4 address is the last 32 bits.
+            "64:ff9b::a00:1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::169.254.169.254",
+            // NAT64, local-use prefix (RFC 8215): where the IPv4 address sits is the
+            // operator's choice, so none of it is dialled.
+            "64:ff9b:1::1",
+            "64:ff9b:1:ffff::5db8:d822",
+            // 6to4 (RFC 3056): the IPv4 address is bits 16 to 47.
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            // Teredo (RFC 4380): a tunnel endpoint, never a mail server.
+            "2001:0:5db8:d822::1",
+            // Site-local (deprecated by RFC 3879, still routed by some networks).
+            "fec0::1",
+            "feff:ffff::1",
+        ] {
+            assert!(!guard.may_dial(ip(internal)), "{internal} must be refused");
+        }
+        for public in [
+            "64:ff9b::5db8:d822",
+            "64:ff9b::93.184.216.34",
+            "2002:5db8:d822::1",
+        ] {
+            assert!(guard.may_dial(ip(public)), "{public} must pass");
+        }
+        // The configured lists see the IPv4 address too.
+        let cfg = DeliveryConfig {
+            denied_networks: vec!["93.184.216.0/24".parse().unwrap()],
+            ..DeliveryConfig::default()
+        };
+        let guard = DestinationGuard::new(&cfg, "relay.acme.test");
+        assert!(!guard.may_dial(ip("64:ff9b::93.184.216.34")));
+        assert!(!guard.may_dial(ip("2002:5db8:d822::1")));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! form `grant_type=client_credentials`, `client_id`, `client_secret` (read from the
 //! mounted Secret's file at each fetch, so a rotated secret is used at the next refresh)
 //! and `scope`. Errors name the endpoint and the HTTP status or the OAuth `error` field,
-//! never the secret or the token. This module does not speak SMTP.
+//! never the secret or the token. A token's `expires_in` is trusted up to
+//! [`MAX_TOKEN_LIFETIME`] (one day): an endpoint that answers a larger number, up to
+//! 2^64 - 1 seconds, gets a token refreshed daily, not a panic on time arithmetic. This
+//! module does not speak SMTP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ use crate::config::ClientCredentialsConfig;
 
 /// A token is refreshed when less than this is left of its lifetime.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(120);
+
+/// The longest a token is used, whatever `expires_in` says.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest token response read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -69,12 +75,17 @@ impl TokenCache {
         );
         let now = self.clock.now();
         if let Some((token, expires)) = self.lock().get(&key)
-            && now + REFRESH_MARGIN < *expires
+            && now
+                .checked_add(REFRESH_MARGIN)
+                .is_some_and(|soon| soon < *expires)
         {
             return Ok(token.clone());
         }
         let (token, lifetime) = fetch(cc).await?;
-        let expires = self.clock.now() + lifetime;
+        let now = self.clock.now();
+        let expires = now
+            .checked_add(lifetime.min(MAX_TOKEN_LIFETIME))
+            .unwrap_or(now);
         self.lock().insert(key, (token.clone(), expires));
         Ok(token)
     }
@@ -189,5 +200,7 @@ async fn fetch(cc: &ClientCredentialsConfig) -> Result<(String, Duration), Strin
                 .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
         })
         .unwrap_or(3600);
-    Ok((token.to_string(), Duration::from_secs(lifetime)))
+    // Bounded here too, so no caller sees a lifetime beyond a day.
+    let lifetime = Duration::from_secs(lifetime).min(MAX_TOKEN_LIFETIME);
+    Ok((token.to_string(), lifetime))
 }

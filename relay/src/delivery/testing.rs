@@ -48,6 +48,9 @@ pub struct SinkConfig {
     pub rcpt_replies: HashMap<String, String>,
     /// Final reply to DATA instead of `250 2.0.0 queued`.
     pub data_reply: Option<String>,
+    /// A line sent after the final reply to each message: one reply too many, as a broken
+    /// server (or an LMTP server answering once per recipient) sends.
+    pub extra_reply_after_data: Option<String>,
     /// After this many messages, the reply to each further message is withheld until
     /// [`TestSink::release`] (the message is recorded as received).
     pub hold_after: Option<usize>,
@@ -444,6 +447,9 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
                 .clone()
                 .unwrap_or_else(|| "250 2.0.0 queued".into());
             reply(io, &r).await?;
+            if let Some(extra) = &config.extra_reply_after_data {
+                reply(io, extra).await?;
+            }
             in_session += 1;
             if config.close_after.is_some_and(|n| in_session >= n) {
                 return Ok(Flow::Quit);

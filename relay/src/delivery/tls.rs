@@ -20,10 +20,14 @@
 //! ([`super::attempt`]). With `requireTls` there is no plaintext: a failed handshake is a
 //! temporary failure, and a server that offers no STARTTLS bounces with `5.7.10`.
 //!
+//! The route's CA file is read when a configuration is built
+//! ([`TlsPolicy::client_config`] reads it; [`TlsPolicy::read_ca`] and
+//! [`TlsPolicy::client_config_with_ca`] let a caller that caches configurations key them
+//! by the file's content, so a CA rotated in place is trusted at the next delivery).
+//!
 //! This module does not connect or deliver; the route probe lives in [`super::probe`].
 
 use std::fmt;
-use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
 
@@ -125,12 +129,38 @@ impl TlsPolicy {
             && self.check == CertificateCheck::CaSignedAndHostname
     }
 
-    /// A rustls client configuration that verifies servers as this policy says.
+    /// A rustls client configuration that verifies servers as this policy says, with the
+    /// CA file as it is now.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        self.client_config_with_ca(self.read_ca()?.as_deref())
+    }
+
+    /// The bytes of the route's CA file (`None` when the policy names none, or its checks
+    /// do not use roots).
+    pub fn read_ca(&self) -> Result<Option<Vec<u8>>, TlsSetupError> {
+        match &self.extra_ca_file {
+            Some(path) if self.check.needs_roots() => {
+                std::fs::read(path)
+                    .map(Some)
+                    .map_err(|source| TlsSetupError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// [`TlsPolicy::client_config`] with the CA file's content given (`ca_pem`, as
+    /// [`TlsPolicy::read_ca`] read it).
+    pub fn client_config_with_ca(
+        &self,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algorithms = provider.signature_verification_algorithms;
         let webpki = if self.check.needs_roots() {
-            let roots = self.roots()?;
+            let roots = self.roots(ca_pem)?;
             let verifier =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
@@ -152,17 +182,16 @@ impl TlsPolicy {
         Ok(Arc::new(config))
     }
 
-    fn roots(&self) -> Result<RootCertStore, TlsSetupError> {
+    fn roots(&self, ca_pem: Option<&[u8]>) -> Result<RootCertStore, TlsSetupError> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(path) = &self.extra_ca_file {
-            let file = File::open(path).map_err(|source| TlsSetupError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
+            let Some(pem) = ca_pem else {
+                return Err(TlsSetupError::CaFileEmpty { path: path.clone() });
+            };
             let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+            for cert in rustls_pemfile::certs(&mut BufReader::new(pem)) {
                 let cert = cert.map_err(|source| TlsSetupError::CaFile {
                     path: path.clone(),
                     source,

@@ -7,9 +7,13 @@
 //! [`milter::Modifications`], and how those edits change the delivered header block and
 //! envelope.
 //!
+//! Owns too: the filters' metrics ([`metrics`]) and the periodic reachability probe
+//! ([`probe`]).
+//!
 //! Does not own: which filters apply and in what order, `onUnavailable` and
-//! `maxMessageBytes` (configuration and the session), the SMTP reply sent for a verdict,
-//! holding quarantined messages or writing a replaced body (the spool), metrics and logs.
-//! The session calls [`milter::MilterClient::check`] with the spooled text and decides.
+//! `maxMessageBytes`, the SMTP reply sent for a verdict (`crate::ingress::filtering`),
+//! holding quarantined messages or writing a replaced body (the spool), logs.
 
+pub mod metrics;
 pub mod milter;
+pub mod probe;

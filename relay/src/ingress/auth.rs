@@ -8,10 +8,16 @@
 //! - an unknown user costs the same as a known one: argon2 runs against a dummy hash with
 //!   the parameters of the real ones (those of the first line, or argon2's defaults), so
 //!   the reply time says nothing about which users exist;
-//! - argon2 runs on an [`Argon2Pool`]: at most one verification per CPU at a time, a few
-//!   more waiting, and [`Verdict::Busy`] beyond that (answer [`busy_reply`], `454 4.3.0`)
-//!   instead of a blocking thread and 19 MiB per attempt. All generations share one
-//!   process-wide pool, so a reload does not raise the bound.
+//! - argon2 runs on an [`Argon2Pool`]: at most one verification per CPU but one at a time
+//!   ([`default_workers`]: a flood of guesses never takes every core from the sessions
+//!   and deliveries), a few more waiting, and [`Verdict::Busy`] beyond that (answer
+//!   [`busy_reply`], `454 4.3.0`) instead of a blocking thread and 19 MiB per attempt. All
+//!   generations share one process-wide pool, so a reload does not raise the bound.
+//! - a valid password answers the [`CredentialFingerprint`] of the line it matched (a
+//!   SHA-256 of its PHC string): a session keeps it and, at each MAIL, compares it with the
+//!   fingerprint of the generation in force ([`Credentials::still_valid`], one map lookup),
+//!   so a changed password or a removed user is noticed without hashing the password
+//!   again (SPEC §3.7).
 //!
 //! Not here: when AUTH is allowed (after TLS only; `session` enforces that), and how often a
 //! client may try (`auth_throttle`).
@@ -83,11 +89,25 @@ pub enum CredentialsError {
     },
 }
 
+/// Which credential line a login matched: a SHA-256 of its PHC string. The same line in
+/// a later generation has the same fingerprint; a new password (a new PHC string) or a
+/// removed user has another, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CredentialFingerprint([u8; 32]);
+
+impl CredentialFingerprint {
+    fn of(phc: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(Sha256::digest(phc.as_bytes()).into())
+    }
+}
+
 /// The outcome of a password check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// The password is the user's: `235`.
-    Valid,
+    /// The password is the user's: `235`. The session keeps the fingerprint of the line
+    /// it matched, to notice at each MAIL when that line changes or goes.
+    Valid(CredentialFingerprint),
     /// Wrong password or unknown user (indistinguishable by design): `535 5.7.8`.
     Invalid,
     /// The argon2 pool and its queue are full; nothing was checked: answer [`busy_reply`]
@@ -120,6 +140,13 @@ pub struct Argon2Pool {
 /// Waiting jobs allowed per worker in the default pool.
 pub const QUEUE_PER_WORKER: usize = 4;
 
+/// Password checks run at once on a machine with `cpus` CPUs: all but one, and at least
+/// one. A flood of AUTH attempts then leaves a core to sessions, delivery and the admin
+/// endpoint (on a single CPU the one worker still shares it with them).
+pub fn default_workers(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
+}
+
 impl Argon2Pool {
     /// A pool of `workers` (at least one) and `queue` waiting places.
     pub fn new(workers: usize, queue: usize) -> Self {
@@ -131,14 +158,15 @@ impl Argon2Pool {
         }
     }
 
-    /// The process-wide pool: one worker per CPU
+    /// The process-wide pool: [`default_workers`] of the CPUs
     /// ([`std::thread::available_parallelism`]) and [`QUEUE_PER_WORKER`] waiting places
     /// per worker.
     pub fn shared() -> Self {
         static SHARED: OnceLock<Argon2Pool> = OnceLock::new();
         SHARED
             .get_or_init(|| {
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let workers = default_workers(cpus);
                 Self::new(workers, workers * QUEUE_PER_WORKER)
             })
             .clone()
@@ -183,10 +211,17 @@ impl Argon2Pool {
     }
 }
 
+/// One user's line: its PHC string and that string's fingerprint.
+#[derive(Debug)]
+struct Stored {
+    phc: Arc<str>,
+    fingerprint: CredentialFingerprint,
+}
+
 /// The PHC hashes of one config generation, and the pool they are checked on.
 #[derive(Clone, Debug)]
 pub struct Credentials {
-    hashes: Arc<HashMap<String, String>>,
+    hashes: Arc<HashMap<String, Stored>>,
     /// Checked for unknown users: same algorithm and parameters as the real hashes.
     dummy: Arc<str>,
     pool: Argon2Pool,
@@ -276,7 +311,11 @@ impl Credentials {
                 .ok_or_else(|| err("expected address:PHC"))?;
             PasswordHash::new(phc).map_err(|_| err("not a PHC string"))?;
             first.get_or_insert_with(|| phc.to_string());
-            hashes.insert(user.trim().to_ascii_lowercase(), phc.to_string());
+            let stored = Stored {
+                phc: phc.into(),
+                fingerprint: CredentialFingerprint::of(phc),
+            };
+            hashes.insert(user.trim().to_ascii_lowercase(), stored);
         }
         Ok(Self {
             hashes: Arc::new(hashes),
@@ -290,22 +329,45 @@ impl Credentials {
         Self { pool, ..self }
     }
 
+    /// The line of `identity` (case-insensitive; no allocation when it is lower case
+    /// already, as sessions keep it).
+    fn stored(&self, identity: &str) -> Option<&Stored> {
+        if identity.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hashes.get(&identity.to_ascii_lowercase())
+        } else {
+            self.hashes.get(identity)
+        }
+    }
+
     /// Checks `password` for `identity` (case-insensitive) on the pool. An unknown
     /// identity runs the same argon2 work against the dummy hash and is [`Verdict::Invalid`].
     pub async fn verify(&self, identity: &str, password: String) -> Verdict {
-        let (phc, known) = match self.hashes.get(&identity.to_ascii_lowercase()) {
-            Some(phc) => (Arc::<str>::from(phc.as_str()), true),
-            None => (self.dummy.clone(), false),
+        let (phc, fingerprint) = match self.stored(identity) {
+            Some(stored) => (stored.phc.clone(), Some(stored.fingerprint)),
+            None => (self.dummy.clone(), None),
         };
+        let known = fingerprint.is_some();
         let job = move || check(&phc, password.as_bytes()) && known;
         let Ok(run) = self.pool.try_run(job) else {
             return Verdict::Busy;
         };
-        if run.await {
-            Verdict::Valid
-        } else {
-            Verdict::Invalid
+        match (run.await, fingerprint) {
+            (true, Some(fingerprint)) => Verdict::Valid(fingerprint),
+            _ => Verdict::Invalid,
         }
+    }
+
+    /// The fingerprint of `identity`'s line (tests build sessions without a password check).
+    #[cfg(test)]
+    pub(crate) fn fingerprint(&self, identity: &str) -> Option<CredentialFingerprint> {
+        self.stored(identity).map(|stored| stored.fingerprint)
+    }
+
+    /// Whether the line `fingerprint` was taken from is still `identity`'s line here: false
+    /// once its password changed or the user was removed. A map lookup and a comparison.
+    pub fn still_valid(&self, identity: &str, fingerprint: CredentialFingerprint) -> bool {
+        self.stored(identity)
+            .is_some_and(|stored| stored.fingerprint == fingerprint)
     }
 }
 
@@ -345,10 +407,11 @@ mod tests {
     #[tokio::test]
     async fn verifies_argon2id_phc_lines() {
         let creds = alice(64);
-        assert_eq!(
-            creds.verify("Alice@acme.example", "right".into()).await,
-            Verdict::Valid
-        );
+        let Verdict::Valid(fingerprint) = creds.verify("Alice@acme.example", "right".into()).await
+        else {
+            panic!("the right password is valid");
+        };
+        assert!(creds.still_valid("alice@acme.example", fingerprint));
         assert_eq!(
             creds.verify("alice@acme.example", "wrong".into()).await,
             Verdict::Invalid
@@ -386,7 +449,7 @@ mod tests {
     fn the_dummy_hash_costs_what_a_real_one_costs() {
         let creds = alice(256);
         let dummy = PasswordHash::new(&creds.dummy).unwrap();
-        let real = PasswordHash::new(&creds.hashes["alice@acme.example"]).unwrap();
+        let real = PasswordHash::new(&creds.hashes["alice@acme.example"].phc).unwrap();
         assert_eq!(dummy.algorithm, real.algorithm);
         assert_eq!(dummy.version, real.version);
         assert_eq!(Params::try_from(&dummy), Params::try_from(&real));
@@ -426,10 +489,10 @@ mod tests {
         assert!(running.await.unwrap());
         assert!(waiting.await.unwrap());
         assert_eq!(pool.completed(), 2, "a busy answer runs nothing");
-        assert_eq!(
+        assert!(matches!(
             creds.verify("alice@acme.example", "right".into()).await,
-            Verdict::Valid
-        );
+            Verdict::Valid(_)
+        ));
     }
 
     #[tokio::test]
@@ -439,6 +502,33 @@ mod tests {
         assert!(pool.try_run(|| true).is_err());
         drop(held);
         assert!(pool.try_run(|| true).unwrap().await);
+    }
+
+    #[tokio::test]
+    async fn a_changed_password_or_a_removed_user_is_no_longer_valid() {
+        let creds = alice(64);
+        let Verdict::Valid(fingerprint) = creds.verify("alice@acme.example", "right".into()).await
+        else {
+            panic!("the right password is valid");
+        };
+        let bob = format!("bob@acme.example:{}\n", phc("bob's", 64));
+        let same = format!("alice@acme.example:{}\n{bob}", phc("right", 64));
+        let changed = format!("alice@acme.example:{}\n{bob}", phc("new", 64));
+        let parse = |text: &str| Credentials::parse("creds", text).unwrap();
+        assert!(parse(&same).still_valid("alice@acme.example", fingerprint));
+        assert!(parse(&same).still_valid("ALICE@acme.example", fingerprint));
+        assert!(!parse(&changed).still_valid("alice@acme.example", fingerprint));
+        assert!(!parse(&bob).still_valid("alice@acme.example", fingerprint));
+        assert!(!parse(&same).still_valid("bob@acme.example", fingerprint));
+    }
+
+    #[test]
+    fn the_pool_leaves_a_core_free() {
+        assert_eq!(default_workers(0), 1);
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(4), 3);
+        assert_eq!(default_workers(64), 63);
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! generation reads the TLS and credential files, so a reload also picks up rotated
 //! certificates and passwords.
 //!
+//! A config with a setting that checks nothing (neither an IP allow list nor SMTP AUTH
+//! required) is refused ([`GenerationError::OpenSetting`]): it would relay for anyone. The
+//! CRD schema refuses such a setting, but the relay does not rely on it, since a ConfigMap
+//! can be edited by hand; the refusal is reported like any other (the old generation stays
+//! in force, `/metrics` names the reason).
+//!
 //! The Secrets a config names are configuration too: [`content_hash`] covers the document
 //! and the bytes of every file it names (credentials, TLS certificate and key, CA roots),
 //! so a rotated certificate or a revoked password is a new generation, put in force by
@@ -28,6 +34,10 @@ pub enum GenerationError {
     Tls(String),
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    #[error(
+        "setting {setting} has neither an IP allow list nor SMTP AUTH required: it would relay for anyone"
+    )]
+    OpenSetting { setting: String },
 }
 
 /// One config in force.
@@ -48,6 +58,15 @@ pub struct Generation {
 impl Generation {
     /// Builds generation `id` from `config`.
     pub fn build(id: u64, config: RelayConfig) -> Result<Self, GenerationError> {
+        if let Some(open) = config
+            .settings
+            .iter()
+            .find(|s| s.ip_ranges.is_none() && !s.require_smtp_auth)
+        {
+            return Err(GenerationError::OpenSetting {
+                setting: open.name.clone(),
+            });
+        }
         let content_hash = content_hash(&config);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let credentials = Credentials::load(config.organization.credentials_file.as_deref())?;
@@ -56,7 +75,8 @@ impl Generation {
         } else {
             config.hash.clone()
         };
-        let session = SessionConfig::for_config(&config, tls.is_some());
+        let mut session = SessionConfig::for_config(&config, tls.is_some());
+        session.credentials = credentials.clone();
         Ok(Self {
             id,
             config: Arc::new(config),

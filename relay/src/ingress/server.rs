@@ -3,7 +3,9 @@
 //! [`Session`] and carries out its actions (credential checks, limit checks, streaming the
 //! message text to the spool).
 //!
-//! Connection caps are taken at accept, before any TLS handshake: a connection over a cap
+//! Connection caps are taken at accept, before any TLS handshake: the per-IP cap counts a
+//! client by [`crate::ingress::client_source`] (an IPv4 address, an IPv6 /64, so one /64
+//! cannot take every slot with a new address per connection). A connection over a cap
 //! gets `421 4.7.0` and is closed (on the implicit-TLS port, where no plaintext reply is
 //! possible, it is closed at once). A slot is released just before the session's last
 //! reply is written, so a client that reconnects on reading `221` finds it free. Every
@@ -19,7 +21,14 @@
 //!
 //! Before each command outside a transaction, the driver puts the configuration in force
 //! at that moment into the session: a disabled range or a deleted setting refuses the
-//! next MAIL of a session that was already open, and a removed user cannot authenticate.
+//! next MAIL of a session that was already open, a removed user cannot authenticate, and
+//! a session logged in as a user whose password changed or who was removed is refused at
+//! its next MAIL (the session compares credential fingerprints).
+//!
+//! AUTH: the throttle is asked first and reserves the attempt (a lockout is answered
+//! without a check), then the password is checked on the bounded argon2 pool against the
+//! credentials in force, and the reservation is settled with the outcome
+//! ([`crate::ingress::auth_throttle`]).
 //!
 //! Replies are buffered and flushed when no further complete command is buffered, so a
 //! pipelining client gets its replies in order in one write. After STARTTLS any plaintext
@@ -42,10 +51,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyProtocolConfig;
+use crate::ingress::filtering::{Client, Decision, Filters};
 use crate::ingress::generation::Generation;
-use crate::ingress::proxy;
 use crate::ingress::received::{Trace, received_header};
 use crate::ingress::session::{Action, Message, Session};
+use crate::ingress::{client_source, proxy};
 use crate::limits::{Clock, LimitStore, RcptQuery, Release, Usage};
 use crate::metrics::Metrics;
 use crate::smtp::{MAX_COMMAND_LINE, Reply};
@@ -60,6 +70,17 @@ pub enum ListenerKind {
     Submission,
     /// Port 465: TLS from the first byte.
     Smtps,
+}
+
+impl ListenerKind {
+    /// The listener's name in logs and for content filters (`{daemon_name}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+        }
+    }
 }
 
 /// State shared by every connection.
@@ -106,9 +127,10 @@ impl Shared {
 }
 
 /// A held connection slot: one of the global cap and, once the client's address is known,
-/// one of that address's; released on drop.
+/// one of its source's ([`client_source`]); released on drop.
 struct Slot {
     shared: Arc<Shared>,
+    /// The client's source, once charged.
     ip: Option<IpAddr>,
 }
 
@@ -126,6 +148,7 @@ impl Slot {
         per_ip: u32,
         global: u32,
     ) -> Result<Self, Refusal> {
+        let ip = client_source(ip);
         let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= per_ip {
@@ -161,6 +184,7 @@ impl Slot {
 
     /// Adds the client's own slot to a global one.
     fn charge(&mut self, ip: IpAddr, per_ip: u32) -> Result<(), Refusal> {
+        let ip = client_source(ip);
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= per_ip {
@@ -193,7 +217,10 @@ impl Drop for Slot {
 /// The `421` of a connection over a cap, counted.
 fn refusal_reply(shared: &Shared, refusal: Refusal, ip: IpAddr) -> Reply {
     let text = match refusal {
-        Refusal::PerIp => format!("4.7.0 Too many connections from {ip}"),
+        Refusal::PerIp => match client_source(ip) {
+            IpAddr::V6(net) => format!("4.7.0 Too many connections from {net}/64"),
+            v4 => format!("4.7.0 Too many connections from {v4}"),
+        },
         Refusal::Global => "4.7.0 Too many connections, try again later".to_string(),
     };
     let r = Reply::new(421, text);
@@ -511,6 +538,8 @@ async fn connection(
         incoming: None,
         spool_failure: None,
         watch_for_header,
+        listener: kind,
+        filters: Filters::default(),
     };
     let mut session;
     let result = if kind == ListenerKind::Smtps {
@@ -548,6 +577,7 @@ async fn connection(
     if let Some(incoming) = conn.incoming.take() {
         shared.spool.discard(incoming).await;
     }
+    conn.filters.close().await;
     if let Some(Action::Release { tx, user, rcpts }) = session.abandon() {
         conn.release(tx, &user, &rcpts).await;
     }
@@ -606,6 +636,10 @@ struct Conn<'a> {
     spool_failure: Option<crate::spool::SpoolError>,
     /// The peer is not a trusted proxy: a PROXY header as its first line is a forgery.
     watch_for_header: bool,
+    /// The listener the connection came in on.
+    listener: ListenerKind,
+    /// The content filters' connections, kept for the session's next message.
+    filters: Filters,
 }
 
 /// Position just past the next LF, if a full line is buffered.
@@ -777,7 +811,8 @@ impl Conn<'_> {
         use crate::ingress::auth_throttle::{Decision, lockout_reply};
         let shared = self.shared;
         let ip = session.client_ip();
-        match shared
+        // The attempt is reserved from here until it is settled (or dropped: not counted).
+        let attempt = match shared
             .auth_throttle
             .check(ip, &identity, shared.clock.now())
         {
@@ -786,22 +821,23 @@ impl Conn<'_> {
                 tracing::info!(client = %ip, %identity, scope = scope.label(), result = "locked out", "SMTP AUTH");
                 return session.auth_not_checked(lockout_reply());
             }
-            Decision::Delay(d) => tokio::time::sleep(d).await,
-            Decision::Allow => {}
-        }
+            Decision::Verify { delay, attempt } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                attempt
+            }
+        };
         let credentials = self.shared.current.load().credentials.clone();
         match credentials.verify(&identity, password).await {
-            Verdict::Valid => {
-                shared.auth_throttle.record_success(&identity);
+            Verdict::Valid(fingerprint) => {
+                attempt.succeeded(shared.clock.now());
                 tracing::info!(client = %ip, %identity, result = "ok", "SMTP AUTH");
-                session.auth_result(identity, true)
+                session.auth_verified(identity, fingerprint)
             }
             Verdict::Invalid => {
                 shared.metrics.auth_failure("invalid");
-                for scope in shared
-                    .auth_throttle
-                    .record_failure(ip, &identity, shared.clock.now())
-                {
+                for scope in attempt.failed(shared.clock.now()) {
                     shared.metrics.auth_lockout(scope.label());
                     tracing::warn!(client = %ip, %identity, scope = scope.label(), "AUTH lockout started");
                 }
@@ -809,6 +845,8 @@ impl Conn<'_> {
                 session.auth_result(identity, false)
             }
             Verdict::Busy => {
+                // Nothing was checked: the reservation goes back uncounted.
+                drop(attempt);
                 shared.metrics.auth_busy.inc();
                 tracing::warn!(client = %ip, "AUTH refused: the password check pool is full");
                 session.auth_not_checked(crate::ingress::auth::busy_reply())
@@ -938,7 +976,7 @@ impl Conn<'_> {
         let now = shared.clock.now();
         let queue_id = incoming.id();
         let id_text = queue_id.to_string();
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             queue_id,
             mail_from: m.mail_from,
             original_mail_from: m.original_mail_from,
@@ -951,9 +989,92 @@ impl Conn<'_> {
             size: incoming.len(),
             smtputf8: m.smtputf8,
             eight_bit_mime: m.eight_bit_mime,
+            quarantine: None,
         };
+        let mut incoming = incoming;
+        // The recipients the limits reserved (a filter may change the envelope's).
+        let mut reserved: Option<Vec<String>> = None;
+        let mut quarantined = false;
+        let filters = &self.generation.config.content_filters;
+        if !filters.is_empty() {
+            reserved = Some(envelope.rcpts.clone());
+            let (helo, tls, auth) = (
+                envelope.helo.clone(),
+                envelope.tls.clone(),
+                envelope.auth_identity.clone(),
+            );
+            let client = Client {
+                ip,
+                listener: self.listener.name(),
+                helo: &helo,
+                tls: tls.as_deref(),
+                auth_identity: auth.as_deref(),
+                hostname: &self.generation.config.hostname,
+            };
+            let decision = self
+                .filters
+                .run(
+                    filters,
+                    &client,
+                    &mut envelope,
+                    &mut incoming,
+                    &shared.spool,
+                    &shared.metrics.filters,
+                )
+                .await;
+            let reserved = reserved.as_deref().unwrap_or(&[]);
+            match decision {
+                Decision::Deliver => {}
+                Decision::Refuse { filter, reply } => {
+                    shared.spool.discard(incoming).await;
+                    self.release(m.tx, &m.user, reserved).await;
+                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "rejected", reply = %reply_text(&reply), "message");
+                    return Err(reply);
+                }
+                Decision::Discard { filter } => {
+                    shared.spool.discard(incoming).await;
+                    self.release(m.tx, &m.user, reserved).await;
+                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "discarded", "message");
+                    return Ok(id_text);
+                }
+                Decision::Quarantine { filter, reason } => {
+                    let why = format!("{filter}: {reason}");
+                    let dir = crate::delivery::queue::state::state_dir(std::path::Path::new(
+                        &self.generation.config.spool_dir,
+                    ));
+                    if let Err(e) =
+                        crate::delivery::queue::state::hold_before_commit(&dir, &id_text, &why)
+                    {
+                        shared.spool.discard(incoming).await;
+                        self.release(m.tx, &m.user, reserved).await;
+                        let reply = if e.kind() == io::ErrorKind::StorageFull {
+                            crate::spool::SpoolError::Full
+                        } else {
+                            crate::spool::SpoolError::Io {
+                                path: dir.clone(),
+                                source: e,
+                            }
+                        }
+                        .reply();
+                        tracing::error!(queue_id = %id_text, client = %ip, filter, result = "rejected", reply = %reply_text(&reply), "message: cannot hold it as the content filter asked");
+                        return Err(reply);
+                    }
+                    envelope.quarantine = Some(why);
+                    quarantined = true;
+                }
+            }
+        }
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
-            self.release(m.tx, &m.user, &envelope.rcpts).await;
+            if quarantined {
+                crate::delivery::queue::state::forget_hold(
+                    &crate::delivery::queue::state::state_dir(std::path::Path::new(
+                        &self.generation.config.spool_dir,
+                    )),
+                    &id_text,
+                );
+            }
+            let rcpts = reserved.as_deref().unwrap_or(&envelope.rcpts);
+            self.release(m.tx, &m.user, rcpts).await;
             tracing::error!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %envelope.rcpts.join(","), client = %ip, error = %e, result = "rejected", reply = %reply_text(&e.reply()), "message");
             return Err(e.reply());
         }
@@ -963,7 +1084,7 @@ impl Conn<'_> {
                 now,
                 tx: m.tx,
                 user: &m.user,
-                rcpts: &envelope.rcpts,
+                rcpts: reserved.as_deref().unwrap_or(&envelope.rcpts),
             })
             .await
         {
@@ -982,7 +1103,8 @@ impl Conn<'_> {
             client = %ip,
             tls = envelope.tls.as_deref().unwrap_or("none"),
             size = envelope.size,
-            result = "accepted",
+            result = if quarantined { "quarantined" } else { "accepted" },
+            quarantine = envelope.quarantine.as_deref().unwrap_or(""),
             "message"
         );
         // No receiver is fine: delivery rescans the spool when it starts.

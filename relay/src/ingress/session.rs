@@ -21,7 +21,17 @@
 //!
 //! Configuration is swapped in between transactions ([`Session::reconfigure`]), so each
 //! MAIL is judged by the policy in force at that moment; the session itself keeps only
-//! what it learnt from the client (HELO, TLS, AUTH).
+//! what it learnt from the client (HELO, TLS, AUTH). An authenticated session keeps the
+//! [`CredentialFingerprint`] of the line its password matched, and each MAIL checks it
+//! against the credentials in force (SPEC §3.7): once that user's password changed or the
+//! user was removed, MAIL gets `535 5.7.8 Authentication credentials no longer valid`, the
+//! session is no longer authenticated (the client may AUTH again) and the refusal counts
+//! as an error. The check is a map lookup, no password hash.
+//!
+//! Errors count toward `max_errors` (then `421` and close): bad commands and syntax, and
+//! refusals a client could use to probe, such as a refused sender at MAIL (an allowed
+//! client must not enumerate users for free) and a recipient domain that is an IP address,
+//! also once IDNA mapping made it one (`10.0.0.５`).
 //!
 //! Not here: sockets, timeouts, TLS handshakes, the spool format, metrics.
 
@@ -30,7 +40,7 @@ use std::sync::Arc;
 
 use crate::config::{LimitsConfig, RelayConfig};
 use crate::idn;
-use crate::ingress::auth::{self, SaslError};
+use crate::ingress::auth::{self, CredentialFingerprint, Credentials, SaslError};
 use crate::limits::{LimitHit, LimitStoreError, TxId};
 use crate::policy::{ClientFacts, MailDecision, Policy};
 use crate::smtp::{
@@ -47,18 +57,23 @@ pub struct SessionConfig {
     pub policy: Arc<Policy>,
     /// STARTTLS can be offered (the relay has a certificate).
     pub tls_available: bool,
+    /// The AUTH credentials in force, against which an authenticated session is checked
+    /// at each MAIL.
+    pub credentials: Credentials,
 }
 
 impl SessionConfig {
     /// What sessions need from `config`, compiled; `tls_available` says whether the relay
-    /// holds a certificate (loading it is the caller's business). Pure: reads no file, so
-    /// `relayctl explain` builds sessions exactly as a config generation does.
+    /// holds a certificate (loading it and the credentials is the caller's business: the
+    /// credentials are empty here). Pure: reads no file, so `relayctl explain` builds
+    /// sessions exactly as a config generation does.
     pub fn for_config(config: &RelayConfig, tls_available: bool) -> Self {
         Self {
             hostname: config.hostname.clone(),
             limits: config.limits.clone(),
             policy: Arc::new(Policy::new(config)),
             tls_available,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -152,6 +167,9 @@ pub struct Session {
     tls: Option<String>,
     helo: Option<String>,
     auth: Option<String>,
+    /// The line the AUTH password matched; `None` for an identity accepted without a
+    /// check against credentials ([`Session::auth_result`]).
+    auth_fingerprint: Option<CredentialFingerprint>,
     tx: Option<Transaction>,
     mode: Mode,
     errors: u32,
@@ -159,6 +177,14 @@ pub struct Session {
 
 fn reply(code: u16, text: impl Into<String>) -> Action {
     Action::Reply(Reply::new(code, text))
+}
+
+/// SPEC §3.4: a recipient domain that is an IP address.
+fn recipient_domain_is_ip() -> Reply {
+    Reply::new(
+        501,
+        "5.1.3 Recipient domain must be a domain name, not an IP address",
+    )
 }
 
 /// RFC 6531 §3.7.1, in Postfix's words.
@@ -175,6 +201,7 @@ impl Session {
             tls,
             helo: None,
             auth: None,
+            auth_fingerprint: None,
             tx: None,
             mode: Mode::Command,
             errors: 0,
@@ -312,10 +339,7 @@ impl Session {
                     CommandError::BadRecipientAddress => {
                         Reply::new(501, "5.1.3 Bad recipient address syntax")
                     }
-                    CommandError::RecipientDomainIsIp => Reply::new(
-                        501,
-                        "5.1.3 Recipient domain must be a domain name, not an IP address",
-                    ),
+                    CommandError::RecipientDomainIsIp => recipient_domain_is_ip(),
                     CommandError::Utf8WithoutSmtputf8 => utf8_without_smtputf8(),
                     CommandError::UnsupportedParameter(p) => {
                         Reply::new(555, format!("5.5.4 Unsupported option: {p}"))
@@ -406,6 +430,17 @@ impl Session {
         if self.tx.is_some() {
             return self.error(Reply::new(503, "5.5.1 Error: nested MAIL command"));
         }
+        if let (Some(identity), Some(fingerprint)) = (&self.auth, self.auth_fingerprint)
+            && !self.cfg.credentials.still_valid(identity, fingerprint)
+        {
+            // Revoked or changed since the login: the session is no longer authenticated.
+            self.auth = None;
+            self.auth_fingerprint = None;
+            return self.error(Reply::new(
+                535,
+                "5.7.8 Authentication credentials no longer valid",
+            ));
+        }
         if size.is_some_and(|s| s > self.cfg.limits.max_message_bytes) {
             return vec![reply(
                 552,
@@ -442,11 +477,12 @@ impl Session {
                     .unwrap_or_else(|| Reply::new(550, "5.7.1"));
                 vec![Action::Reply(r), Action::Close]
             }
-            other => other
-                .reply(self.ip)
-                .map(Action::Reply)
-                .into_iter()
-                .collect(),
+            // A refused sender (or TLS required first) counts as an error, so an allowed
+            // client cannot probe senders without end.
+            other => match other.reply(self.ip) {
+                Some(r) => self.error(r),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -477,6 +513,10 @@ impl Session {
                 "5.1.3 Bad recipient address syntax: invalid international domain name",
             ));
         };
+        // Checked again on the mapped form: `10.0.0.５` is `10.0.0.5` once mapped.
+        if crate::smtp::domain_is_ip(&rcpt) {
+            return self.error(recipient_domain_is_ip());
+        }
         let Some(tx) = &self.tx else {
             return Vec::new();
         };
@@ -632,6 +672,7 @@ impl Session {
         self.tls = Some(description);
         self.helo = None;
         self.auth = None;
+        self.auth_fingerprint = None;
         // STARTTLS is refused inside a transaction, so none is open here.
         self.tx = None;
         self.mode = Mode::Command;
@@ -718,15 +759,30 @@ impl Session {
         self.error(r)
     }
 
-    /// The credential check's answer.
+    /// The credential check's answer, from a caller that checks no credentials file (a
+    /// simulation such as `relayctl explain`): an identity accepted here is never checked
+    /// again at MAIL. The relay answers with [`Session::auth_verified`] instead.
     pub fn auth_result(&mut self, identity: String, ok: bool) -> Vec<Action> {
         self.mode = Mode::Command;
         if ok {
             self.auth = Some(identity);
+            self.auth_fingerprint = None;
             vec![reply(235, "2.7.0 Authentication successful")]
         } else {
             self.error(Reply::new(535, "5.7.8 Authentication credentials invalid"))
         }
+    }
+
+    /// The password matched the credential line `fingerprint` identifies: the session is
+    /// authenticated as long as that line is in force (checked at each MAIL).
+    pub fn auth_verified(
+        &mut self,
+        identity: String,
+        fingerprint: CredentialFingerprint,
+    ) -> Vec<Action> {
+        let actions = self.auth_result(identity, true);
+        self.auth_fingerprint = Some(fingerprint);
+        actions
     }
 }
 
@@ -757,6 +813,7 @@ mod tests {
                 limits,
                 policy: Arc::new(Policy::new(&cfg)),
                 tls_available,
+                credentials: Credentials::default(),
             },
             "192.0.2.9".parse().unwrap(),
             None,
@@ -908,6 +965,7 @@ mod tests {
             limits: c.limits.clone(),
             policy: Arc::new(Policy::new(c)),
             tls_available: false,
+            credentials: Credentials::default(),
         };
         line(&mut s, "HELO c");
         line(&mut s, "MAIL FROM:<a@acme.example>");
@@ -917,6 +975,57 @@ mod tests {
         assert!(s.reconfigure(cfg(&closed)));
         let refused = line(&mut s, "MAIL FROM:<a@acme.example>").concat();
         assert!(refused.starts_with("550 5.7.1"), "{refused}");
+    }
+
+    /// SPEC §3.7 without sockets: the MAIL after a reload that changed the session's
+    /// credential line is refused, with no password check (no `VerifyAuth` action).
+    #[test]
+    fn an_authenticated_session_is_refused_at_mail_once_its_credential_line_changes() {
+        const PHC_A: &str = "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        const PHC_B: &str = "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA";
+        let creds = |text: &str| Credentials::parse("creds", text).unwrap();
+        let with = |s: &Session, credentials: Credentials| SessionConfig {
+            credentials,
+            ..s.cfg.clone()
+        };
+        let mut s = session(true);
+        s.cfg.credentials = creds(&format!(
+            "alice@acme.example:{PHC_A}\nbob@acme.example:{PHC_B}\n"
+        ));
+        s.cfg.limits.max_errors = 10;
+        s.tls_started("TLSv1_3".into());
+        line(&mut s, "EHLO c.acme.example");
+        let fingerprint = s.cfg.credentials.fingerprint("alice@acme.example").unwrap();
+        assert!(matches!(
+            s.on_line(b"AUTH PLAIN AGFsaWNlQGFjbWUuZXhhbXBsZQBz").last(),
+            Some(Action::VerifyAuth { .. })
+        ));
+        s.auth_verified("alice@acme.example".into(), fingerprint);
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["250 2.1.0 OK\r\n"]
+        );
+        line(&mut s, "RSET");
+        // The same line in a new generation (Bob removed): still valid.
+        assert!(s.reconfigure(with(&s, creds(&format!("alice@acme.example:{PHC_A}\n")))));
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<a@acme.example>"),
+            ["250 2.1.0 OK\r\n"]
+        );
+        line(&mut s, "RSET");
+        // Alice's password changed.
+        assert!(s.reconfigure(with(&s, creds(&format!("alice@acme.example:{PHC_B}\n")))));
+        let actions = s.on_line(b"MAIL FROM:<a@acme.example>");
+        assert_eq!(
+            texts(&actions),
+            ["535 5.7.8 Authentication credentials no longer valid\r\n"]
+        );
+        assert_eq!(s.client_facts().auth, None, "no longer authenticated");
+        // She may authenticate again.
+        assert!(matches!(
+            s.on_line(b"AUTH PLAIN AGFsaWNlQGFjbWUuZXhhbXBsZQBz").last(),
+            Some(Action::VerifyAuth { .. })
+        ));
     }
 
     #[test]
@@ -972,6 +1081,57 @@ mod tests {
                 "{rcpt}"
             );
         }
+    }
+
+    #[test]
+    fn a_recipient_domain_that_is_an_ip_address_once_mapped_is_refused() {
+        let mut s = session(false);
+        s.cfg.limits.max_errors = 10;
+        line(&mut s, "EHLO c.acme.example");
+        line(&mut s, "MAIL FROM:<a@acme.example> SMTPUTF8");
+        // Fullwidth digits and ideographic full stops map to an IPv4 address (UTS #46).
+        for rcpt in [
+            "u@10.0.0.\u{ff15}",
+            "u@10\u{3002}0\u{3002}0\u{3002}5",
+            "u@\u{ff11}\u{ff10}.5",
+        ] {
+            assert_eq!(
+                line(&mut s, &format!("RCPT TO:<{rcpt}>")),
+                ["501 5.1.3 Recipient domain must be a domain name, not an IP address\r\n"],
+                "{rcpt}"
+            );
+        }
+        assert_eq!(
+            line(&mut s, "RCPT TO:<u@\u{ff11}0.example>"),
+            ["250 2.1.5 OK\r\n"],
+            "a name that maps to a domain name is fine"
+        );
+    }
+
+    #[test]
+    fn refused_senders_count_as_errors_and_end_the_session_at_the_limit() {
+        // An allowed client probing which senders pass gets as many tries as the error
+        // limit allows, like any other client making errors.
+        let mut s = session(false);
+        line(&mut s, "EHLO c.acme.example");
+        let refused =
+            "550 5.7.1 Sender domain other.example does not belong to the organization\r\n";
+        for n in 1..3 {
+            assert_eq!(
+                line(&mut s, &format!("MAIL FROM:<u{n}@other.example>")),
+                [refused],
+                "try {n}"
+            );
+        }
+        assert_eq!(
+            line(&mut s, "MAIL FROM:<u3@other.example>"),
+            [
+                refused,
+                "421 4.7.0 relay.acme.example Error: too many errors, closing connection\r\n",
+                "Close"
+            ]
+        );
+        assert!(s.is_closed());
     }
 
     #[test]

@@ -371,7 +371,7 @@ fn address_literal(d: &str) -> Option<String> {
 /// True when the domain of `address` is an IP address, or a name a resolver could read as
 /// one (`inet_aton` takes `10.5`, `167772165` and `0xa000005`): no real top-level domain
 /// is numeric.
-fn domain_is_ip(address: &str) -> bool {
+pub fn domain_is_ip(address: &str) -> bool {
     let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
     let last = domain.rsplit('.').next().unwrap_or("");
     let hex = last

@@ -8,6 +8,8 @@ pub mod command;
 pub mod data;
 pub mod reply;
 
-pub use command::{AuthMechanism, Command, CommandError, MAX_COMMAND_LINE, Path, parse_command};
+pub use command::{
+    AuthMechanism, Command, CommandError, MAX_COMMAND_LINE, Path, domain_is_ip, parse_command,
+};
 pub use data::{DataError, DataProgress, DataReader, MAX_TEXT_LINE};
 pub use reply::Reply;

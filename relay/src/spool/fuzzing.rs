@@ -36,6 +36,7 @@ fn envelope(id: u64, size: usize) -> Envelope {
         size: size as u64,
         smtputf8: false,
         eight_bit_mime: false,
+        quarantine: None,
     }
 }
 

@@ -94,7 +94,8 @@
 //! files, their recovery, reuse, the free-space reserve), `scan` (the record format and
 //! the scan past damage), `sequence` (sequence numbers), `files` (files of their own),
 //! `index` (where each message is), `job` (what the writers take), `compaction`
-//! (housekeeping), `fsys` (the file layer), `lock` (one process per spool), `error`.
+//! (housekeeping), `rewrite` (what content filters read and rewrite of a message being
+//! received), `fsys` (the file layer), `lock` (one process per spool), `error`.
 //!
 //! Not here: what happens to a message next (delivery takes it from the accepted-message
 //! channel and [`Spool::list`]), limits or policy.
@@ -110,6 +111,7 @@ mod job;
 mod lock;
 #[cfg(test)]
 mod powerloss;
+mod rewrite;
 mod scan;
 mod segments;
 mod sequence;
@@ -122,6 +124,7 @@ mod writer;
 
 pub use crate::envelope::{BadQueueId, Envelope, QueueId};
 pub use error::SpoolError;
+pub use rewrite::IncomingReader;
 #[cfg(test)]
 pub(crate) use store::SpoolOptions;
 pub use store::{Incoming, SPILL_BYTES, Spool};

@@ -72,6 +72,7 @@ fn envelope(id: QueueId, size: u64) -> Envelope {
         size,
         smtputf8: false,
         eight_bit_mime: false,
+        quarantine: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn envelope(spool: &Spool) -> Envelope {
         size: 5,
         smtputf8: true,
         eight_bit_mime: true,
+        quarantine: None,
     }
 }
 

@@ -75,6 +75,21 @@ impl QueueHandle {
             .or_insert_with(|| QueueEntry::new(now, None));
         self.shared.nominate(queue_id);
     }
+
+    /// A message is in the spool, held (a content filter quarantined it; its hold marker
+    /// is on disk): listed for queue administration, never attempted until released.
+    pub fn submit_held(&self, queue_id: &str) {
+        let now = self.clock.now();
+        self.shared
+            .entries()
+            .entry(queue_id.to_string())
+            .and_modify(|e| e.held = true)
+            .or_insert_with(|| {
+                let mut entry = QueueEntry::new(now, None);
+                entry.held = true;
+                entry
+            });
+    }
 }
 
 /// Delivers spooled messages. See the module documentation.
@@ -190,6 +205,22 @@ impl<S: MessageStore> QueueManager<S> {
     /// Same as [`QueueHandle::submit`].
     pub fn submit(&self, queue_id: &str) {
         self.handle().submit(queue_id);
+    }
+
+    /// Same as [`QueueHandle::submit_held`].
+    pub fn submit_held(&self, queue_id: &str) {
+        self.handle().submit_held(queue_id);
+    }
+
+    /// A message found in the spool whose notice was missed: submitted, held when its
+    /// hold marker says so (a quarantined message must never slip through).
+    pub fn resubmit(&self, queue_id: &str) {
+        let known = self.inner.shared.entries().contains_key(queue_id);
+        if !known && self.inner.state_dir.join(hold_name(queue_id)).exists() {
+            self.submit_held(queue_id);
+        } else {
+            self.submit(queue_id);
+        }
     }
 
     /// Replaces the routes (a new RelayConfig). Messages in flight finish on the old ones.

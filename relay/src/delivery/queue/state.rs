@@ -124,6 +124,49 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Where a spool in `spool_dir` keeps its messages' delivery state and hold markers.
+pub fn state_dir(spool_dir: &Path) -> std::path::PathBuf {
+    spool_dir.join("delivery")
+}
+
+/// Holds `queue_id` before it joins the queue (a content filter quarantined it): the hold
+/// marker, with `reason`, written durably into `dir` (the spool's state directory). Written
+/// before the message is committed, so a crash in between never lets it be delivered.
+pub fn hold_before_commit(dir: &Path, queue_id: &str, reason: &str) -> io::Result<()> {
+    if !valid_queue_id(queue_id) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad queue id"));
+    }
+    fs::create_dir_all(dir)?;
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect();
+    write_atomic(
+        dir,
+        &hold_name(queue_id),
+        format!("held: {reason}\n").as_bytes(),
+    )
+}
+
+/// Removes a hold marker written by [`hold_before_commit`] for a message that was not
+/// committed after all.
+pub fn forget_hold(dir: &Path, queue_id: &str) {
+    if valid_queue_id(queue_id) {
+        let _ = fs::remove_file(dir.join(hold_name(queue_id)));
+    }
+}
+
+/// Why `queue_id` is held, when a reason was written with the hold.
+pub fn hold_reason(dir: &Path, queue_id: &str) -> Option<String> {
+    if !valid_queue_id(queue_id) {
+        return None;
+    }
+    let text = fs::read_to_string(dir.join(hold_name(queue_id))).ok()?;
+    let reason = text.trim().strip_prefix("held: ")?;
+    Some(reason.to_string())
+}
+
 pub(super) fn hold_name(queue_id: &str) -> String {
     format!("{queue_id}.hold")
 }

@@ -33,8 +33,10 @@ pub mod client;
 pub mod message;
 pub mod protocol;
 
-#[cfg(test)]
-mod fake;
+/// A scripted content filter on a loopback port, for this crate's tests and others'
+/// (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 
 pub use client::{
     AuthFacts, ClientOptions, ConnectFacts, ErrorKind, FilterError, MessageFacts, MilterClient,

@@ -37,7 +37,7 @@ impl Incoming {
         let Some((path, _)) = &self.file else {
             return Ok(Box::pin(tail));
         };
-        let mut read = tokio::fs::File::open(&*path)
+        let mut read = tokio::fs::File::open(path)
             .await
             .map_err(|e| SpoolError::io(path, e))?;
         read.seek(io::SeekFrom::Start(HEADER3.len() as u64))

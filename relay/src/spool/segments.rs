@@ -411,6 +411,7 @@ impl Segments {
             s.state.lock().unwrap_or_else(|e| e.into_inner()).free = true;
         }
         let sequence = Sequence::open(&*fs, dir, max_seq, !names.is_empty());
+        sequence.reserve(&*fs)?;
         let segments = Arc::new(Segments {
             fs,
             dir: dir.to_path_buf(),

@@ -53,9 +53,20 @@ impl Sequence {
         };
         Self {
             dir: dir.to_path_buf(),
-            // Nothing reserved yet: the first `take` writes a ceiling.
+            // Nothing reserved yet: `reserve` (at open) or the first `take` writes one.
             state: Mutex::new((next, next)),
         }
+    }
+
+    /// Makes a ceiling durable now (at open), so the first segment does not wait for it.
+    pub(super) fn reserve(&self, fs: &dyn SpoolFs) -> Result<(), SpoolError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.0 >= st.1 {
+            let raised = st.0.saturating_add(BLOCK);
+            write_ceiling(fs, &self.dir, raised)?;
+            st.1 = raised;
+        }
+        Ok(())
     }
 
     /// The next sequence number, its ceiling made durable first when needed.

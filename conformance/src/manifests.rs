@@ -74,6 +74,8 @@ pub struct OrgSpec {
     pub dkim: Vec<DkimKeySpec>,
     /// `spec.contentFilters`, in order.
     pub content_filters: Vec<crds::ContentFilterSpec>,
+    /// `spec.archive`.
+    pub archive: Option<crds::ArchiveSpec>,
 }
 
 /// One `Organization.spec.dkim` key: the domain it signs for, its selector, the Secret
@@ -296,6 +298,16 @@ impl Manifests {
                 if let Some(m) = f.max_message_bytes {
                     let _ = writeln!(out, "      maxMessageBytes: {m}");
                 }
+            }
+        }
+        if let Some(a) = &o.archive {
+            let _ = writeln!(
+                out,
+                "  archive:\n    address: {:?}\n    includeFilteredOut: {}",
+                a.address, a.include_filtered_out
+            );
+            if let Some(route) = &a.route {
+                let _ = writeln!(out, "    route: {route}");
             }
         }
         out.push_str("  relay:\n    hostname: relay.acme.example\n");

@@ -554,6 +554,7 @@ mod tests {
                 proxy_protocol: None,
                 dkim: vec![],
                 content_filters: vec![],
+                archive: None,
             },
             settings: vec![SettingSpec {
                 name: "office".into(),

@@ -102,6 +102,7 @@ fn org() -> impl Strategy<Value = OrgSpec> {
                 proxy_protocol: None,
                 dkim: vec![],
                 content_filters: vec![],
+                archive: None,
             }
         })
 }

@@ -29,9 +29,10 @@ pub use expectation::{
     ExpectationCase, ExpectationClient, Expected, RelayExpectation, RelayExpectationSpec,
 };
 pub use organization::{
-    Billing, ContentFilterSpec, DkimAlgorithm, DkimSpec, DrainingClaim, LimitOverrides,
-    LimitStoreKind, LimitStoreSpec, ListenerPorts, MilterSpec, OnUnavailable, Organization,
-    OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType, SpoolSpec,
+    ArchiveSpec, Billing, ContentFilterSpec, DkimAlgorithm, DkimSpec, DrainingClaim,
+    LimitOverrides, LimitStoreKind, LimitStoreSpec, ListenerPorts, MilterSpec, OnUnavailable,
+    Organization, OrganizationSpec, OrganizationStatus, ProxyProtocolSpec, RelaySpec, ServiceType,
+    SpoolSpec,
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{

@@ -101,6 +101,35 @@ pub struct OrganizationSpec {
     #[schemars(length(max = crate::bounds::CONTENT_FILTERS_MAX))]
     #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("every content filter name must be listed once"))]
     pub content_filters: Vec<ContentFilterSpec>,
+
+    /// Comprehensive mail storage: a journal copy of every accepted message (null sender
+    /// included) goes to this archive address, with its envelope (sender, every recipient,
+    /// Bcc included, client, identity, queue id, time) in headers on that copy only. The
+    /// copy is durable from the `250` on and delivered on its own: its failures never
+    /// delay or bounce the main recipients, theirs never drop it, and a copy that cannot
+    /// be delivered is reported to the organization's postmaster, never to the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
+}
+
+/// Where the journal copies go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveSpec {
+    /// The archive's mail address (`journal@archive.example`), at most 254 characters.
+    #[schemars(length(max = crate::bounds::ADDRESS_MAX))]
+    #[x_kube(validation = kube::core::Rule::new(r"self.matches('^[^@\\t\\n\\f\\r ]+@([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$')").message("archive.address must be a mail address such as journal@archive.example"))]
+    pub address: String,
+    /// A MailRoute of this namespace to send the copies through (its hosts, TLS checks and
+    /// AUTH); unset, the archive address is routed like any recipient. At most 253
+    /// characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::DNS_NAME_MAX))]
+    pub route: Option<String>,
+    /// Archive messages a content filter discarded or quarantined too (default false:
+    /// only mail that was relayed).
+    #[serde(default)]
+    pub include_filtered_out: bool,
 }
 
 /// One content filter: where its milter listens and what happens when it cannot answer.
@@ -537,6 +566,18 @@ impl Organization {
             v.len(
                 &format!("{path}.milter.host"),
                 &filter.milter.host,
+                bounds::DNS_NAME_MAX,
+            );
+        }
+        if let Some(archive) = &s.archive {
+            v.len(
+                "spec.archive.address",
+                &archive.address,
+                bounds::ADDRESS_MAX,
+            );
+            v.opt_len(
+                "spec.archive.route",
+                archive.route.as_deref(),
                 bounds::DNS_NAME_MAX,
             );
         }

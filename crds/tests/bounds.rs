@@ -361,6 +361,20 @@ fn bounds() -> Vec<Bound> {
         ),
         bound(
             org,
+            "/spec/archive",
+            json!({"address": format!("{}@{}", s(64), domain(189))}),
+            json!({"address": format!("{}@{}", s(64), domain(190))}),
+            &too_long("spec.archive.address", ADDRESS_MAX),
+        ),
+        bound(
+            org,
+            "/spec/archive",
+            json!({"address": "journal@archive.example", "route": domain(253)}),
+            json!({"address": "journal@archive.example", "route": domain(254)}),
+            &too_long("spec.archive.route", DNS_NAME_MAX),
+        ),
+        bound(
+            org,
             "/spec/contentFilters",
             json!([content_filter(&s(63))]),
             json!([content_filter(&s(64))]),
@@ -635,7 +649,7 @@ fn at_the_bound_validates_and_past_it_is_refused_with_the_fields_message() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(bounds.len(), 42);
+    assert_eq!(bounds.len(), 44);
 }
 
 #[test]

@@ -104,6 +104,7 @@ fn organization() -> impl Strategy<Value = Organization> {
                     },
                     dkim: Vec::new(),
                     content_filters: Vec::new(),
+                    archive: None,
                 };
                 named(Organization::new("x", spec), "acme".into(), labels)
             },

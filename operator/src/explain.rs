@@ -259,8 +259,22 @@ pub struct Explanation {
     /// The content filters an accepted message passes before the `250`, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub content_filters: Vec<FilterLine>,
+    /// Where the journal copy of an accepted message goes, when the organization archives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveLine>,
     /// What was assumed.
     pub notes: Vec<String>,
+}
+
+/// The journal copy of an accepted message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveLine {
+    pub address: String,
+    /// Its route, as for a recipient.
+    pub route: RouteExplanation,
+    /// Envelope sender of the copy, who hears of a copy that cannot be delivered.
+    pub postmaster: String,
 }
 
 /// One content filter a message passes.
@@ -500,6 +514,24 @@ pub fn explain(config: &RelayConfig, facts: &ManifestFacts, query: &Query) -> Ex
         } else {
             Vec::new()
         },
+        archive: config.archive.as_ref().filter(|_| accepted).map(|a| {
+            let named = a
+                .route
+                .as_ref()
+                .and_then(|name| config.routes.iter().position(|r| r.name == *name));
+            let choice = match named {
+                Some(index) => RouteChoice::Configured(index),
+                None => match relay::envelope::domain_of(&a.address) {
+                    Some(domain) => table.choose_for(None, &domain),
+                    None => RouteChoice::DirectMx(String::new()),
+                },
+            };
+            ArchiveLine {
+                address: a.address.clone(),
+                route: describe_route(&resolve_choice(&config.routes, &choice), &choice),
+                postmaster: a.postmaster.clone(),
+            }
+        }),
         notes,
     }
 }
@@ -778,6 +810,16 @@ pub fn text(e: &Explanation) -> String {
                 let _ = writeln!(out, "  {} → {}", r.address, route.summary());
             }
         }
+    }
+    if let Some(a) = &e.archive {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Archive: a journal copy (envelope in its headers, Bcc included) goes to {} → {}; a copy that cannot be delivered is reported to {}",
+            a.address,
+            a.route.summary(),
+            a.postmaster
+        );
     }
     if !e.content_filters.is_empty() {
         let _ = writeln!(out);

@@ -198,6 +198,7 @@ fn organization(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
     proxy_protocol(base, head, &object, out);
     dkim(base, head, &object, out);
     content_filters(base, head, &object, out);
+    archive(base, head, &object, out);
     if base.hostname != head.hostname {
         push(
             out,
@@ -691,6 +692,77 @@ fn dkim(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Chan
     }
 }
 
+/// Archive: turning it off, or sending the copies elsewhere, changes what compliance
+/// receives: both warn.
+fn archive(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Change>) {
+    let route = |a: &relay::config::ArchiveConfig| {
+        a.route
+            .clone()
+            .map(|r| format!("through route {r}"))
+            .unwrap_or_else(|| "routed like any recipient".into())
+    };
+    match (&base.archive, &head.archive) {
+        (None, Some(h)) => push(
+            out,
+            Severity::Notice,
+            object,
+            format!(
+                "archiving turned on: a journal copy of every accepted message goes to {} ({})",
+                h.address,
+                route(h)
+            ),
+        ),
+        (Some(b), None) => push(
+            out,
+            Severity::Warning,
+            object,
+            format!(
+                "archiving turned off: messages accepted from now on are no longer copied to {}",
+                b.address
+            ),
+        ),
+        (Some(b), Some(h)) => {
+            if b.address != h.address {
+                push(
+                    out,
+                    Severity::Warning,
+                    object,
+                    format!(
+                        "archive address changed: {} → {} (copies already queued still go to {})",
+                        b.address, h.address, b.address
+                    ),
+                );
+            }
+            if b.route != h.route {
+                push(
+                    out,
+                    Severity::Notice,
+                    object,
+                    format!("archive copies now go {} (were {})", route(h), route(b)),
+                );
+            }
+            if b.include_filtered_out != h.include_filtered_out {
+                push(
+                    out,
+                    if h.include_filtered_out {
+                        Severity::Notice
+                    } else {
+                        Severity::Warning
+                    },
+                    object,
+                    if h.include_filtered_out {
+                        "messages a content filter discards or quarantines are archived too".into()
+                    } else {
+                        "messages a content filter discards or quarantines are no longer archived"
+                            .into()
+                    },
+                );
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 /// Content filters: removing one, or letting mail through unfiltered when one is down
 /// (`onUnavailable: Accept`), lets mail leave unexamined; adding one can refuse mail.
 fn content_filters(base: &RelayConfig, head: &RelayConfig, object: &str, out: &mut Vec<Change>) {
@@ -910,6 +982,7 @@ fn rest(base: &RelayConfig, head: &RelayConfig, out: &mut Vec<Change>) {
                 "proxyProtocol",
                 "dkim",
                 "contentFilters",
+                "archive",
             ] {
                 o.remove(k);
             }
@@ -1273,6 +1346,50 @@ mod tests {
                     "content filter rspamd: every message is filtered → messages over 10000000 bytes skip it".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn archiving_off_or_elsewhere_warns() {
+        use relay::config::ArchiveConfig;
+        let base = RelayConfig::loopback("/spool", 2525);
+        let mut on = base.clone();
+        on.archive = Some(ArchiveConfig {
+            address: "journal@archive.example".into(),
+            route: None,
+            include_filtered_out: false,
+            postmaster: "postmaster@acme.example".into(),
+        });
+        let words = |b: &RelayConfig, h: &RelayConfig| -> Vec<(Severity, String)> {
+            plan(b, h)
+                .into_iter()
+                .map(|c| (c.severity, c.change))
+                .collect()
+        };
+        assert_eq!(
+            words(&base, &on),
+            [(
+                Severity::Notice,
+                "archiving turned on: a journal copy of every accepted message goes to journal@archive.example (routed like any recipient)".to_string()
+            )]
+        );
+        assert_eq!(
+            words(&on, &base),
+            [(
+                Severity::Warning,
+                "archiving turned off: messages accepted from now on are no longer copied to journal@archive.example".to_string()
+            )]
+        );
+        let mut moved = on.clone();
+        if let Some(a) = moved.archive.as_mut() {
+            a.address = "vault@archive.example".into();
+        }
+        assert_eq!(
+            words(&on, &moved),
+            [(
+                Severity::Warning,
+                "archive address changed: journal@archive.example → vault@archive.example (copies already queued still go to journal@archive.example)".to_string()
+            )]
         );
     }
 

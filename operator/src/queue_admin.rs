@@ -176,7 +176,13 @@ pub fn list_table(list: &Value) -> String {
                 "" => "<>".into(),
                 s => s.to_string(),
             },
-            cut(&recipients.join(","), 40),
+            cut(
+                &match m["archive"]["state"].as_str() {
+                    Some(state) => format!("{} +archive ({state})", recipients.join(",")),
+                    None => recipients.join(","),
+                },
+                60,
+            ),
             cut(&last, 60),
         ]);
     }
@@ -242,6 +248,13 @@ pub fn show_text(m: &Value) -> String {
             },
         };
         out.push_str(&format!("  {}  {detail}\n", text(&r["recipient"])));
+    }
+    if let Some(address) = m["archive"]["address"].as_str() {
+        let detail = match m["archive"]["lastError"].as_str() {
+            Some(e) => format!("{}, {e}", text(&m["archive"]["state"])),
+            None => text(&m["archive"]["state"]),
+        };
+        out.push_str(&format!("archive copy\n  {address}  {detail}\n"));
     }
     out.push_str("headers\n");
     for h in m["headers"].as_str().unwrap_or("").lines() {

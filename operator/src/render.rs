@@ -632,6 +632,31 @@ pub fn render(
         });
     }
 
+    let archive = spec.archive.as_ref().map(|a| {
+        let route = a.route.as_ref().map(|r| {
+            if !objects.routes.iter().any(|m| m.name_any() == *r) {
+                findings.push(Finding {
+                    kind: ObjectKind::Organization,
+                    name: org.name_any(),
+                    reason: "ArchiveRouteMissing",
+                    message: format!(
+                        "archive.route names MailRoute {r}, which does not exist: journal copies wait in the queue until it does"
+                    ),
+                });
+            }
+            qualified(r.clone())
+        });
+        let (local, domain) = a.address.rsplit_once('@').unwrap_or((a.address.as_str(), ""));
+        relay::config::ArchiveConfig {
+            address: format!("{local}@{}", domain.to_ascii_lowercase()),
+            route,
+            include_filtered_out: a.include_filtered_out,
+            postmaster: format!(
+                "postmaster@{}",
+                domains.first().map(String::as_str).unwrap_or("localhost")
+            ),
+        }
+    });
     let hostname = spec
         .relay
         .hostname
@@ -663,6 +688,7 @@ pub fn render(
         hide_client_address: spec.relay.hide_client_address,
         dkim,
         content_filters: content_filters(&spec.content_filters),
+        archive,
     }
     .seal();
     findings.sort();

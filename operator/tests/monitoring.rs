@@ -253,6 +253,8 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_exported() {
         "smtprelay_limit_hits_total",
         "smtprelay_filter_unavailable_total",
         "smtprelay_filter_reachable",
+        "smtprelay_archive_oldest_age_seconds",
+        "smtprelay_archive_failed_total",
         "kubelet_volume_stats_available_bytes",
     ] {
         assert!(rules.contains(name), "no alert reads {name}: {rules:?}");

@@ -41,6 +41,7 @@ fn org() -> impl Strategy<Value = Organization> {
                 relay: RelaySpec::default(),
                 dkim: Vec::new(),
                 content_filters: Vec::new(),
+                archive: None,
             };
             meta(Organization::new("x", spec), "acme".into(), None)
         },

@@ -319,6 +319,8 @@ fn bench_spool() {
                             smtputf8: false,
                             eight_bit_mime: false,
                             quarantine: None,
+                            discarded: None,
+                            archive: None,
                         };
                         spool.accept(&env, &body).await.unwrap();
                     }

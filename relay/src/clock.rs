@@ -51,3 +51,16 @@ impl Clock for FakeClock {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// `Tue, 25 Nov 2025 14:03:09 +0000`: RFC 5322 §3.3, in UTC. A time outside the years
+/// -9999 to 9999 is written as the nearest one inside.
+pub fn rfc5322_date(t: std::time::SystemTime) -> String {
+    let ts = jiff::Timestamp::try_from(t).unwrap_or_else(|_| {
+        if t < std::time::UNIX_EPOCH {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        }
+    });
+    ts.strftime("%a, %d %b %Y %H:%M:%S +0000").to_string()
+}

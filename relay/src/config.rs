@@ -70,6 +70,26 @@ pub struct RelayConfig {
     /// Content filters every message passes before the `250`, in order (SPEC §3.4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content_filters: Vec<ContentFilterConfig>,
+    /// Comprehensive mail storage: a journal copy of every accepted message (SPEC §3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// Where the journal copies of accepted messages go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// The archive's address (domain lower case).
+    pub address: String,
+    /// The route (`namespace/name`) copies go through; `None`: routed like any recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Archive what a content filter discarded or quarantined too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_filtered_out: bool,
+    /// The organization's postmaster: envelope sender of the copies, and who is told
+    /// when one cannot be delivered.
+    pub postmaster: String,
 }
 
 /// One content filter spoken to over the milter protocol.
@@ -726,6 +746,7 @@ impl RelayConfig {
             hide_client_address: false,
             dkim: Vec::new(),
             content_filters: Vec::new(),
+            archive: None,
         }
     }
 

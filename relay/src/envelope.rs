@@ -89,6 +89,13 @@ pub struct Envelope {
     /// queue until released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// A content filter discarded the message (`filter`): it is kept only for its archive
+    /// copy, and none of its recipients gets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<String>,
+    /// A journal copy of the message is owed to this archive address (SPEC §3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// The MAIL parameters the client declared that delivery carries downstream, where the
@@ -152,6 +159,8 @@ impl Envelope {
             smtputf8: false,
             eight_bit_mime: false,
             quarantine: None,
+            discarded: None,
+            archive: None,
         }
     }
 }

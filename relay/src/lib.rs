@@ -212,6 +212,7 @@ pub async fn start(config: RelayConfig, opts: StartOptions) -> Result<RelayHandl
         metrics.registry_mut(),
     )?);
     queue.set_dkim(config.dkim.clone());
+    queue.set_archive(config.archive.clone());
     if let Some(shared) = shared_turns {
         queue.set_shared_turns(shared);
     }
@@ -331,7 +332,7 @@ async fn feed_delivery(
     loop {
         match accepted.recv().await {
             Ok(envelope) if envelope.quarantine.is_some() => {
-                queue.submit_held(&envelope.queue_id.to_string())
+                queue.submit_held(&envelope.queue_id.to_string(), envelope.archive.is_some())
             }
             Ok(envelope) => queue.submit(&envelope.queue_id.to_string()),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -392,9 +393,11 @@ impl RelayHandle {
         }
         let routes = config.routes.clone();
         let dkim = config.dkim.clone();
+        let archive = config.archive.clone();
         let next = Generation::build(old.id + 1, config)?;
         self.queue.set_routes(routes);
         self.queue.set_dkim(dkim);
+        self.queue.set_archive(archive);
         let id = next.id;
         self.shared
             .metrics

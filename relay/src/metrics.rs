@@ -49,6 +49,8 @@ pub struct Metrics {
     pub data_reply_seconds: Histogram,
     /// Content filters (`crate::filter`).
     pub filters: crate::filter::metrics::FilterMetrics,
+    /// Messages accepted with an archive copy owed.
+    pub archive_queued: Counter,
 }
 
 impl Default for Metrics {
@@ -80,7 +82,13 @@ impl Metrics {
             auth_busy: Counter::default(),
             data_reply_seconds: Histogram::new(reply_buckets()),
             filters: crate::filter::metrics::FilterMetrics::default(),
+            archive_queued: Counter::default(),
         };
+        registry.register(
+            "archive_queued",
+            "Archive (journal) copies queued: one per accepted message while archiving is on",
+            m.archive_queued.clone(),
+        );
         m.filters.register(&mut registry);
         registry.register("sessions", "SMTP sessions opened", m.sessions.clone());
         registry.register(

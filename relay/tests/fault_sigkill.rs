@@ -312,6 +312,80 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     assert!(sink.messages().len() >= acked.len());
 }
 
+/// `config` with archiving on: a journal copy of every message to
+/// `journal@archive.example`, through its own route to `archive_port`.
+fn archiving(spool: &Path, main_port: u16, archive_port: u16) -> relay::RelayConfig {
+    use relay::config::*;
+    let mut cfg = config(spool, main_port);
+    let mut route = cfg.routes[0].clone();
+    route.name = "acme/archive".into();
+    route.matcher = RouteMatcher::Domains(vec!["archive.example".into()]);
+    route.hosts = RouteHosts::Single(HostConfig {
+        host: "127.0.0.1".into(),
+        port: archive_port,
+    });
+    cfg.routes.insert(0, route);
+    cfg.archive = Some(ArchiveConfig {
+        address: "journal@archive.example".into(),
+        route: Some("acme/archive".into()),
+        include_filtered_out: false,
+        postmaster: "postmaster@acme.example".into(),
+    });
+    cfg
+}
+
+#[tokio::test]
+async fn sigkill_with_archiving_loses_neither_the_delivery_nor_the_archive_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let cfg_path = dir.path().join("relay.json");
+    // First run: recipients and archive both unreachable, so both copies of every
+    // acknowledged message can only come from the spool of the restarted relay.
+    std::fs::write(&cfg_path, archiving(&spool, 9, 9).seal().to_json()).unwrap();
+    let mut relay = spawn_relay(&cfg_path, None);
+    let smtp = relay.listening("first run").await;
+    let load = Arc::new(Load::default());
+    let senders = senders(smtp, 6, 300, &load);
+    for _ in 0..600 {
+        if load.ledger().acked.len() >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.kill("first run");
+    join(senders, "first run").await;
+    let acked = load.ledger().acked.clone();
+    assert!(acked.len() >= 60, "only {} acknowledged", acked.len());
+
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let archive = TestSink::start(SinkConfig::default()).await.unwrap();
+    std::fs::write(
+        &cfg_path,
+        archiving(&spool, sink.port(), archive.port())
+            .seal()
+            .to_json(),
+    )
+    .unwrap();
+    let mut relay = spawn_relay(&cfg_path, None);
+    relay.listening("restart").await;
+    let missing = wait_delivered(&sink, &acked).await;
+    let missing_copies = wait_delivered(&archive, &acked).await;
+    relay.kill("restart");
+    assert!(
+        missing.is_empty() && missing_copies.is_empty(),
+        "of {} acknowledged messages, {} never reached the recipients ({missing:?}) and {} never reached the archive ({missing_copies:?})",
+        acked.len(),
+        missing.len(),
+        missing_copies.len()
+    );
+    assert!(
+        archive
+            .messages()
+            .iter()
+            .all(|m| String::from_utf8_lossy(&m.data).starts_with("X-Journal-Report: "))
+    );
+}
+
 /// Copies at the sink per message number (messages without one are not counted).
 fn delivered(sink: &TestSink) -> BTreeMap<u64, usize> {
     let mut copies = BTreeMap::new();

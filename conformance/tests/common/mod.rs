@@ -35,6 +35,7 @@ pub fn base_manifests() -> Manifests {
             proxy_protocol: None,
             dkim: vec![],
             content_filters: vec![],
+            archive: None,
         },
         settings: vec![SettingSpec {
             name: "clients".into(),

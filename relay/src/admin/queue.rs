@@ -89,6 +89,22 @@ pub struct QueueSummary {
     /// deliver it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// The message's archive (journal) copy, when one is owed or was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSummary>,
+}
+
+/// The archive copy of a queued message.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSummary {
+    /// The archive address.
+    pub address: String,
+    /// `pending`, `delivered` or `bounced` (reported to the postmaster).
+    pub state: &'static str,
+    /// Pending: the last temporary failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The answer to `GET /queue`.
@@ -644,6 +660,7 @@ fn summary(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         quarantine: env.quarantine.clone(),
+        archive: archive_summary(&env, state.as_ref()),
     };
     Some((summary, env, state))
 }
@@ -692,5 +709,30 @@ async fn show(admin: &Arc<QueueAdmin>, id: &str) -> Result<QueueDetail, AdminErr
         destinations,
         recipient_states,
         headers: String::from_utf8_lossy(&headers).into_owned(),
+    })
+}
+
+/// What the queue says of a message's archive copy: its state once a turn recorded one,
+/// else owed and not tried yet.
+fn archive_summary(
+    env: &crate::envelope::Envelope,
+    state: Option<&crate::delivery::queue::MessageState>,
+) -> Option<ArchiveSummary> {
+    if let Some(a) = state.and_then(|s| s.archive.as_ref()) {
+        let (label, last_error) = match &a.state {
+            RecipientState::Pending { last_error } => ("pending", last_error.clone()),
+            RecipientState::Delivered { .. } => ("delivered", None),
+            RecipientState::Bounced { diagnostic, .. } => ("bounced", Some(diagnostic.clone())),
+        };
+        return Some(ArchiveSummary {
+            address: a.address.clone(),
+            state: label,
+            last_error,
+        });
+    }
+    env.archive.as_ref().map(|address| ArchiveSummary {
+        address: address.clone(),
+        state: "pending",
+        last_error: None,
     })
 }

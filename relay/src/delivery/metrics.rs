@@ -1,6 +1,7 @@
 //! Delivery metrics (SPEC §3.8): deliveries by route, host and result, queue depth, the
 //! age of the oldest queued message, plaintext retries after failed TLS handshakes,
-//! upstreams refusing a route's credentials (`delivery_auth_failures`), and
+//! upstreams refusing a route's credentials (`delivery_auth_failures`), archive copies
+//! (`archive_*`), and
 //! histograms of delivery attempt duration (by route) and time in queue (by final result).
 //!
 //! Labels are bounded by the configuration: `route` is a configured route name or
@@ -80,6 +81,17 @@ pub struct DeliveryMetrics {
     /// Saves of a message's per-recipient state that failed (a full disk): the process
     /// keeps the state in memory and tries again at the message's next turn.
     pub state_save_failures: Counter,
+    /// Archive copies delivered to the archive.
+    pub archive_delivered: Counter,
+    /// Archive copies the archive refused or that outlived the queue lifetime (each
+    /// reported to the postmaster).
+    pub archive_failed: Counter,
+    /// Archive copies attempted and put off (the archive host down or refusing for now).
+    pub archive_deferred: Counter,
+    /// Archive copies owed now.
+    pub archive_pending: Gauge,
+    /// Seconds since the oldest message whose archive copy is still owed was received.
+    pub archive_oldest_age_seconds: Gauge,
 }
 
 impl Default for DeliveryMetrics {
@@ -94,6 +106,11 @@ impl Default for DeliveryMetrics {
             auth_failures: Family::default(),
             auth_refused: Family::default(),
             state_save_failures: Counter::default(),
+            archive_delivered: Counter::default(),
+            archive_failed: Counter::default(),
+            archive_deferred: Counter::default(),
+            archive_pending: Gauge::default(),
+            archive_oldest_age_seconds: Gauge::default(),
         }
     }
 }
@@ -146,6 +163,31 @@ impl DeliveryMetrics {
             "delivery_state_save_failures",
             "Saves of a message's per-recipient delivery state that failed (kept in memory, tried again)",
             m.state_save_failures.clone(),
+        );
+        registry.register(
+            "archive_delivered",
+            "Archive (journal) copies delivered to the archive",
+            m.archive_delivered.clone(),
+        );
+        registry.register(
+            "archive_failed",
+            "Archive copies refused by the archive or expired, each reported to the postmaster",
+            m.archive_failed.clone(),
+        );
+        registry.register(
+            "archive_deferred",
+            "Archive copy attempts put off for later (archive host down or refusing for now)",
+            m.archive_deferred.clone(),
+        );
+        registry.register(
+            "archive_pending",
+            "Archive copies owed now",
+            m.archive_pending.clone(),
+        );
+        registry.register(
+            "archive_oldest_age_seconds",
+            "Age of the oldest message whose archive copy is still owed",
+            m.archive_oldest_age_seconds.clone(),
         );
         m
     }

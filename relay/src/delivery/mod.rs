@@ -33,6 +33,7 @@ pub mod client;
 pub mod dkim;
 pub mod dsn;
 pub mod guard;
+pub mod journal;
 pub mod metrics;
 pub mod mx;
 pub mod oauth;

@@ -70,6 +70,19 @@ impl MessageText {
         }
     }
 
+    /// The same text with `bytes` (whole header lines) sent before everything it sends
+    /// now, its prefix included.
+    pub fn prepend(&self, bytes: &[u8]) -> Self {
+        let mut prefix = bytes.to_vec();
+        if let Some(old) = &self.prefix {
+            prefix.extend_from_slice(old);
+        }
+        Self {
+            source: self.source.clone(),
+            prefix: Some(prefix.into()),
+        }
+    }
+
     /// The stored text alone, without a prefix.
     pub fn stored(&self) -> Self {
         Self {

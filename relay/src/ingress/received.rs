@@ -12,10 +12,9 @@
 //! laptop.example\r\n\tby relay… with ESMTPSA id …; date`.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use jiff::Timestamp;
-
+use crate::clock::rfc5322_date;
 use crate::smtp::command::is_helo_name;
 
 /// What the header records.
@@ -72,23 +71,11 @@ pub fn received_header(t: &Trace<'_>) -> String {
     )
 }
 
-/// `Tue, 25 Nov 2025 14:03:09 +0000`: RFC 5322 §3.3, in UTC. A time outside the years
-/// -9999 to 9999 is written as the nearest one inside.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    let ts = Timestamp::try_from(t).unwrap_or_else(|_| {
-        if t < UNIX_EPOCH {
-            Timestamp::MIN
-        } else {
-            Timestamp::MAX
-        }
-    });
-    ts.strftime("%a, %d %b %Y %H:%M:%S +0000").to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn dates_are_rfc5322() {

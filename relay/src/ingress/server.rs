@@ -990,7 +990,10 @@ impl Conn<'_> {
             smtputf8: m.smtputf8,
             eight_bit_mime: m.eight_bit_mime,
             quarantine: None,
+            discarded: None,
+            archive: None,
         };
+        let archive = self.generation.config.archive.as_ref();
         let mut incoming = incoming;
         // The recipients the limits reserved (a filter may change the envelope's).
         let mut reserved: Option<Vec<String>> = None;
@@ -1032,9 +1035,23 @@ impl Conn<'_> {
                     return Err(reply);
                 }
                 Decision::Discard { filter } => {
-                    shared.spool.discard(incoming).await;
                     self.release(m.tx, &m.user, reserved).await;
-                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "discarded", "message");
+                    let keep = archive.filter(|a| a.include_filtered_out);
+                    let Some(archive) = keep else {
+                        shared.spool.discard(incoming).await;
+                        tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "discarded", "message");
+                        return Ok(id_text);
+                    };
+                    // Kept for its journal copy only: no recipient gets it.
+                    envelope.discarded = Some(filter.clone());
+                    envelope.archive = Some(archive.address.clone());
+                    if let Err(e) = shared.spool.commit(&envelope, incoming).await {
+                        tracing::error!(queue_id = %id_text, client = %ip, filter, error = %e, result = "rejected", reply = %reply_text(&e.reply()), "message: discarded, and its journal copy cannot be queued");
+                        return Err(e.reply());
+                    }
+                    shared.metrics.archive_queued.inc();
+                    tracing::info!(queue_id = %id_text, sender = %envelope.mail_from, recipients = %reserved.join(","), client = %ip, filter, result = "discarded", archive = %archive.address, "message");
+                    let _ = shared.accepted.send(envelope);
                     return Ok(id_text);
                 }
                 Decision::Quarantine { filter, reason } => {
@@ -1064,6 +1081,11 @@ impl Conn<'_> {
                 }
             }
         }
+        if let Some(archive) = archive
+            && (!quarantined || archive.include_filtered_out)
+        {
+            envelope.archive = Some(archive.address.clone());
+        }
         if let Err(e) = shared.spool.commit(&envelope, incoming).await {
             if quarantined {
                 crate::delivery::queue::state::forget_hold(
@@ -1091,6 +1113,9 @@ impl Conn<'_> {
             tracing::warn!(queue_id = %id_text, error = %e, "message queued but not counted toward limits");
         }
         shared.metrics.accepted.inc();
+        if envelope.archive.is_some() {
+            shared.metrics.archive_queued.inc();
+        }
         shared
             .metrics
             .accepted_recipients
@@ -1105,6 +1130,7 @@ impl Conn<'_> {
             size = envelope.size,
             result = if quarantined { "quarantined" } else { "accepted" },
             quarantine = envelope.quarantine.as_deref().unwrap_or(""),
+            archive = envelope.archive.as_deref().unwrap_or(""),
             "message"
         );
         // No receiver is fine: delivery rescans the spool when it starts.

@@ -37,6 +37,8 @@ fn envelope(id: u64, size: usize) -> Envelope {
         smtputf8: false,
         eight_bit_mime: false,
         quarantine: None,
+        discarded: None,
+        archive: None,
     }
 }
 

@@ -73,6 +73,8 @@ fn envelope(id: QueueId, size: u64) -> Envelope {
         smtputf8: false,
         eight_bit_mime: false,
         quarantine: None,
+        discarded: None,
+        archive: None,
     }
 }
 

@@ -29,6 +29,8 @@ fn envelope(spool: &Spool) -> Envelope {
         smtputf8: true,
         eight_bit_mime: true,
         quarantine: None,
+        discarded: None,
+        archive: None,
     }
 }
 

@@ -77,18 +77,26 @@ impl QueueHandle {
     }
 
     /// A message is in the spool, held (a content filter quarantined it; its hold marker
-    /// is on disk): listed for queue administration, never attempted until released.
-    pub fn submit_held(&self, queue_id: &str) {
+    /// is on disk): listed for queue administration, never attempted until released;
+    /// with `archive`, its archive copy is delivered all the same.
+    pub fn submit_held(&self, queue_id: &str, archive: bool) {
         let now = self.clock.now();
         self.shared
             .entries()
             .entry(queue_id.to_string())
-            .and_modify(|e| e.held = true)
+            .and_modify(|e| {
+                e.held = true;
+                e.archive_while_held = archive;
+            })
             .or_insert_with(|| {
                 let mut entry = QueueEntry::new(now, None);
                 entry.held = true;
+                entry.archive_while_held = archive;
                 entry
             });
+        if archive {
+            self.shared.nominate(queue_id);
+        }
     }
 }
 
@@ -143,6 +151,10 @@ impl<S: MessageStore> QueueManager<S> {
                 .unwrap_or(now);
             let mut entry = QueueEntry::new(next_attempt, None);
             entry.held = options.state_dir.join(hold_name(&id)).exists();
+            // Held mail is rare (quarantine, an operator's hold): its envelope is read to
+            // know whether an archive copy is still owed.
+            entry.archive_while_held =
+                entry.held && archive_owed(store.as_ref(), &options.state_dir, &id);
             entries.insert(id, entry);
         }
         metrics.queue_depth.set(entries.len() as i64);
@@ -165,6 +177,7 @@ impl<S: MessageStore> QueueManager<S> {
             rng: Mutex::new(rand::make_rng()),
             metrics,
             dkim,
+            archive: RwLock::new(None),
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
                 wake: Notify::new(),
@@ -208,8 +221,13 @@ impl<S: MessageStore> QueueManager<S> {
     }
 
     /// Same as [`QueueHandle::submit_held`].
-    pub fn submit_held(&self, queue_id: &str) {
-        self.handle().submit_held(queue_id);
+    pub fn submit_held(&self, queue_id: &str, archive: bool) {
+        self.handle().submit_held(queue_id, archive);
+    }
+
+    /// Whether message `queue_id` still owes its archive copy.
+    fn archive_owed(&self, queue_id: &str) -> bool {
+        archive_owed(self.inner.store.as_ref(), &self.inner.state_dir, queue_id)
     }
 
     /// A message found in the spool whose notice was missed: submitted, held when its
@@ -217,7 +235,8 @@ impl<S: MessageStore> QueueManager<S> {
     pub fn resubmit(&self, queue_id: &str) {
         let known = self.inner.shared.entries().contains_key(queue_id);
         if !known && self.inner.state_dir.join(hold_name(queue_id)).exists() {
-            self.submit_held(queue_id);
+            let archive = self.archive_owed(queue_id);
+            self.submit_held(queue_id, archive);
         } else {
             self.submit(queue_id);
         }
@@ -234,6 +253,22 @@ impl<S: MessageStore> QueueManager<S> {
             .retain(|name, _| routes.iter().any(|r| r.name == *name));
         *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(RouteSet::new(routes));
+    }
+
+    /// Replaces where archive copies go and who hears of a failed one (a new RelayConfig);
+    /// copies owed from before still go to the address they were owed to.
+    pub fn set_archive(&self, archive: Option<crate::config::ArchiveConfig>) {
+        let mut current = self
+            .inner
+            .archive
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match (archive, current.as_mut()) {
+            (Some(new), _) => *current = Some(new),
+            // Turned off: the last postmaster stays known for the copies still owed.
+            (None, Some(old)) => old.route = None,
+            (None, None) => {}
+        }
     }
 
     /// Replaces the DKIM signing keys (a new RelayConfig); the next attempt uses them.
@@ -271,7 +306,7 @@ impl<S: MessageStore> QueueManager<S> {
             let mut entries = self.inner.shared.entries();
             entries
                 .iter_mut()
-                .filter(|(_, e)| !e.in_flight && !e.held && e.next_attempt <= now)
+                .filter(|(_, e)| e.startable() && e.next_attempt <= now)
                 .map(|(id, e)| {
                     e.in_flight = true;
                     id.clone()
@@ -390,7 +425,7 @@ impl<S: MessageStore> QueueManager<S> {
             let Some(e) = entries.get_mut(&id) else {
                 continue;
             };
-            if e.in_flight || e.held {
+            if !e.startable() {
                 continue;
             }
             if e.next_attempt > now {
@@ -432,3 +467,18 @@ impl<S: MessageStore> QueueManager<S> {
 
 /// How often the scheduler looks at every queued message, for those that came due by time.
 pub(super) const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether message `queue_id` still owes its archive copy: its envelope names one and its
+/// state (if any) has not settled it.
+fn archive_owed<S: MessageStore>(store: &S, state_dir: &std::path::Path, queue_id: &str) -> bool {
+    let Ok(message) = store.read(queue_id) else {
+        return false;
+    };
+    if message.envelope.archive.is_none() {
+        return false;
+    }
+    match load_state(state_dir, queue_id) {
+        Ok(Some(state)) => state.archive.as_ref().is_some_and(|a| !a.settled()),
+        _ => true,
+    }
+}

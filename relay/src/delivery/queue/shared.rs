@@ -27,6 +27,12 @@ pub(super) struct QueueEntry {
     /// Held by an operator: not attempted until released (a `<queue id>.hold` marker in
     /// the state directory keeps it held across restarts).
     pub(super) held: bool,
+    /// Held, and its archive copy is owed all the same (a quarantined message of an
+    /// organization that archives what filters keep back): attempted for that copy only.
+    pub(super) archive_while_held: bool,
+    /// When the message whose archive copy is still owed was received, as its last turn
+    /// found it (for the archive gauges).
+    pub(super) archive_since: Option<SystemTime>,
 }
 
 impl QueueEntry {
@@ -37,7 +43,14 @@ impl QueueEntry {
             in_flight: false,
             destinations: Vec::new(),
             held: false,
+            archive_while_held: false,
+            archive_since: None,
         }
+    }
+
+    /// Whether the scheduler may give it a turn (its time aside).
+    pub(super) fn startable(&self) -> bool {
+        !self.in_flight && (!self.held || self.archive_while_held)
     }
 }
 

@@ -52,6 +52,39 @@ pub struct MessageState {
     /// Bounced recipients whose DSN is not queued yet.
     #[serde(default)]
     pub dsn_pending: Vec<DsnEntry>,
+    /// The journal copy owed to the archive (SPEC §3.5), on a schedule of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveState>,
+}
+
+/// The journal copy of a message: delivered on its own, with its own failed attempts and
+/// next try, so its failures never delay the recipients and theirs never drop it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveState {
+    /// The archive address the copy is owed to.
+    pub address: String,
+    /// Pending, delivered or bounced, as for a recipient.
+    pub state: RecipientState,
+    /// Failed attempts of the copy so far.
+    pub attempts: u32,
+    /// When to try the copy next (Unix seconds).
+    pub next_attempt_unix: u64,
+    /// The copy bounced and its report to the postmaster is not queued yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_pending: Option<DsnEntry>,
+}
+
+impl ArchiveState {
+    /// True while the copy is still to be delivered.
+    pub fn pending(&self) -> bool {
+        matches!(self.state, RecipientState::Pending { .. })
+    }
+
+    /// True once nothing is owed for it any more (delivered, or bounced and reported).
+    pub fn settled(&self) -> bool {
+        !self.pending() && self.report_pending.is_none()
+    }
 }
 
 /// A bounced recipient waiting for its DSN.
@@ -70,17 +103,45 @@ pub struct DsnEntry {
 }
 
 impl MessageState {
+    /// The state of a message nothing was tried for yet: every recipient pending (none
+    /// when a content filter discarded it and it is kept for its archive copy only), and
+    /// its archive copy owed.
     pub(super) fn new(envelope: &Envelope, now: SystemTime) -> Self {
-        Self {
-            attempts: 0,
-            next_attempt_unix: unix(now),
-            recipients: envelope
+        let recipients = if envelope.discarded.is_some() {
+            BTreeMap::new()
+        } else {
+            envelope
                 .rcpts
                 .iter()
                 .map(|r| (r.clone(), RecipientState::Pending { last_error: None }))
-                .collect(),
+                .collect()
+        };
+        Self {
+            attempts: 0,
+            next_attempt_unix: unix(now),
+            recipients,
             dsn_pending: Vec::new(),
+            archive: envelope.archive.as_ref().map(|address| ArchiveState {
+                address: address.clone(),
+                state: RecipientState::Pending { last_error: None },
+                attempts: 0,
+                next_attempt_unix: unix(now),
+                report_pending: None,
+            }),
         }
+    }
+
+    /// True when nothing more is owed: every recipient delivered or bounced, every DSN
+    /// queued, the archive copy delivered or bounced and reported.
+    pub(super) fn finished(&self) -> bool {
+        self.pending().is_empty()
+            && self.dsn_pending.is_empty()
+            && self.archive.as_ref().is_none_or(ArchiveState::settled)
+    }
+
+    /// The archive copy, when it is still to be delivered.
+    pub(super) fn archive_pending(&self) -> Option<&ArchiveState> {
+        self.archive.as_ref().filter(|a| a.pending())
     }
 
     pub(super) fn pending(&self) -> Vec<String> {

@@ -57,6 +57,10 @@ pub(super) struct Inner<S: MessageStore> {
     pub(super) pools: Mutex<HashMap<String, (RouteHosts, HostPool)>>,
     pub(super) rng: Mutex<StdRng>,
     pub(super) metrics: DeliveryMetrics,
+    /// Where owed archive copies go and who hears of a failed one (the config in force);
+    /// `None` when the organization stopped archiving (copies owed still go, sent by the
+    /// last postmaster known).
+    pub(super) archive: RwLock<Option<crate::config::ArchiveConfig>>,
     /// DKIM keys; messages are signed before each attempt.
     pub(super) dkim: crate::delivery::dkim::Dkim,
     pub(super) shared: Arc<Shared>,
@@ -120,12 +124,18 @@ impl<S: MessageStore> Inner<S> {
             }
             *at = Some(now);
         }
+        let age_of = |t: Option<SystemTime>| {
+            t.and_then(|t| now.duration_since(t).ok())
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
         let oldest = entries.values().filter_map(|e| e.received_at).min();
-        let age = oldest
-            .and_then(|t| now.duration_since(t).ok())
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.metrics.oldest_message_age_seconds.set(age);
+        self.metrics.oldest_message_age_seconds.set(age_of(oldest));
+        let archive: Vec<SystemTime> = entries.values().filter_map(|e| e.archive_since).collect();
+        self.metrics.archive_pending.set(archive.len() as i64);
+        self.metrics
+            .archive_oldest_age_seconds
+            .set(age_of(archive.iter().min().copied()));
     }
 
     pub(super) fn reschedule(
@@ -265,7 +275,10 @@ impl<S: MessageStore> Inner<S> {
             }
         };
 
-        let pending = state.pending();
+        // A held message is started only for its archive copy (quarantined mail of an
+        // organization that archives what filters keep back).
+        let held = self.shared.entries().get(&queue_id).is_some_and(|e| e.held);
+        let pending = if held { Vec::new() } else { state.pending() };
         let route_set = self
             .routes
             .read()
@@ -273,7 +286,61 @@ impl<S: MessageStore> Inner<S> {
             .clone();
         let routes = &route_set.list;
         let mut groups = JoinSet::new();
-        let route_groups = group_by_table(&route_set.table, &envelope.mail_from, &pending);
+        let mut route_groups: Vec<(RouteChoice, Vec<String>, Part)> =
+            group_by_table(&route_set.table, &envelope.mail_from, &pending)
+                .into_iter()
+                .map(|(choice, rcpts)| (choice, rcpts, Part::Recipients))
+                .collect();
+        // The archive copy, when its time has come (or nothing else is left to try): a
+        // group of its own, with its own sender and the journal headers above the text.
+        let archive_config = self
+            .archive
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let archive_due = state
+            .archive_pending()
+            .filter(|a| pending.is_empty() || a.next_attempt_unix <= unix(now))
+            .map(|a| a.address.clone());
+        let mut archive_missing_route = None;
+        if let Some(address) = archive_due {
+            let postmaster = archive_config
+                .as_ref()
+                .map(|a| a.postmaster.clone())
+                .unwrap_or_default();
+            let named = archive_config
+                .as_ref()
+                .filter(|a| a.address == address)
+                .and_then(|a| a.route.clone());
+            let choice = match named {
+                Some(name) => match routes.iter().position(|r| r.name == name) {
+                    Some(i) => Some(RouteChoice::Configured(i)),
+                    None => {
+                        archive_missing_route = Some(name);
+                        None
+                    }
+                },
+                None => group_by_table(
+                    &route_set.table,
+                    &postmaster,
+                    std::slice::from_ref(&address),
+                )
+                .into_iter()
+                .next()
+                .map(|(choice, _)| choice),
+            };
+            if let Some(choice) = choice {
+                let journal = crate::delivery::journal::journal_headers(&envelope, &self.hostname);
+                route_groups.push((
+                    choice,
+                    vec![address],
+                    Part::Archive {
+                        from: postmaster,
+                        text: text.prepend(&journal),
+                    },
+                ));
+            }
+        }
         // With several route groups, each finished group is saved, so a restart does not
         // deliver it again; a single group needs no intermediate save.
         let save_each_group = route_groups.len() > 1;
@@ -281,7 +348,7 @@ impl<S: MessageStore> Inner<S> {
         // Destinations that were full: their recipients wait for a free slot.
         let mut busy: Vec<String> = Vec::new();
         let mut attempted = false;
-        for (choice, rcpts) in route_groups {
+        for (choice, rcpts, part) in route_groups {
             let route = resolve_choice(routes, &choice);
             let destination = destination_of(&choice, &route.name);
             let slot = match reserved.iter().position(|s| s.key == destination) {
@@ -296,12 +363,20 @@ impl<S: MessageStore> Inner<S> {
                 },
             };
             let this = self.clone();
-            let text = text.clone();
-            let from = envelope.mail_from.clone();
+            // The archive copy goes whatever the loop guard or a DKIM key says: it is the
+            // organization's own record, not mail leaving it.
+            let (from, text, looping, unsigned, archive) = match part {
+                Part::Recipients => (
+                    envelope.mail_from.clone(),
+                    text.clone(),
+                    looping.clone(),
+                    unsigned.clone(),
+                    false,
+                ),
+                Part::Archive { from, text } => (from, text, None, None, true),
+            };
             attempted = true;
             let params = envelope.mail_params();
-            let looping = looping.clone();
-            let unsigned = unsigned.clone();
             groups.spawn(async move {
                 let _slot = match slot {
                     Some(slot) => slot,
@@ -348,6 +423,7 @@ impl<S: MessageStore> Inner<S> {
                     metric_host(&choice, &result),
                     tls,
                     result,
+                    archive,
                 )
             });
         }
@@ -355,9 +431,16 @@ impl<S: MessageStore> Inner<S> {
         drop(reserved);
 
         while let Some(done) = groups.join_next().await {
-            let Ok((route_name, metric_host, tls, result)) = done else {
+            let Ok((route_name, metric_host, tls, result, archive)) = done else {
                 continue;
             };
+            if archive {
+                self.archive_result(&queue_id, &envelope, &mut state, &route_name, &result, now);
+                if save_each_group {
+                    state_on_disk |= self.persist(&queue_id, &state).await;
+                }
+                continue;
+            }
             let in_queue = now
                 .duration_since(envelope.received_at)
                 .unwrap_or_default()
@@ -479,19 +562,34 @@ impl<S: MessageStore> Inner<S> {
         self.set_destinations(&queue_id, destinations);
         // A message finished in this attempt goes straight to removal: if the relay stops
         // before the removal, the next run delivers it again (at least once, never lost).
-        let finished = state.pending().is_empty() && state.dsn_pending.is_empty();
-        if !attempted && !finished && state.dsn_pending.is_empty() {
+        if let Some(name) = archive_missing_route {
+            self.archive_put_off(
+                &queue_id,
+                &envelope,
+                &mut state,
+                &format!("archive route {name} does not exist"),
+                now,
+            );
+            attempted = true;
+        }
+        self.archive_expired(&queue_id, &envelope, &mut state, now);
+        if held && state.archive_pending().is_none() {
+            // Its copy is settled: the held message waits for its release alone.
+            if let Some(e) = self.shared.entries().get_mut(&queue_id) {
+                e.archive_while_held = false;
+            }
+        }
+        self.note_archive(&queue_id, &state, envelope.received_at);
+        let next_attempt = next_attempt_of(&state, held);
+        let finished = state.finished();
+        if !attempted && !finished && state.dsn_pending.is_empty() && !archive_report_due(&state) {
             // Nothing tried, nothing changed: only the time of the next try, which a
             // restart sets to "now" anyway. No disk write for a message that waits,
             // unless an earlier save failed: that is tried again.
             if self.unsaved().contains_key(&queue_id) {
                 self.persist(&queue_id, &state).await;
             }
-            self.reschedule(
-                &queue_id,
-                from_unix(state.next_attempt_unix),
-                Some(envelope.received_at),
-            );
+            self.reschedule(&queue_id, next_attempt, Some(envelope.received_at));
             return report;
         }
         if !finished {
@@ -523,7 +621,38 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         }
-        if state.pending().is_empty() && state.dsn_pending.is_empty() {
+        if archive_report_due(&state) {
+            match self
+                .queue_archive_report(&envelope, &headers, &state, now)
+                .await
+            {
+                Ok(Some(dsn_id)) => {
+                    report.dsns_queued += 1;
+                    if let Some(a) = state.archive.as_mut() {
+                        a.report_pending = None;
+                    }
+                    self.persist(&queue_id, &state).await;
+                    self.shared
+                        .entries()
+                        .insert(dsn_id.clone(), QueueEntry::new(now, Some(now)));
+                    self.shared.nominate(&dsn_id);
+                }
+                Ok(None) => {
+                    if let Some(a) = state.archive.as_mut() {
+                        a.report_pending = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        queue_id,
+                        "cannot queue the report of a failed archive copy: {e}"
+                    );
+                    self.reschedule(&queue_id, retry_soon, Some(envelope.received_at));
+                    return report;
+                }
+            }
+        }
+        if state.finished() {
             let store = self.store.clone();
             let id = queue_id.clone();
             match blocking(move || store.remove(&id)).await {
@@ -547,11 +676,7 @@ impl<S: MessageStore> Inner<S> {
                 }
             }
         } else {
-            self.reschedule(
-                &queue_id,
-                from_unix(state.next_attempt_unix),
-                Some(envelope.received_at),
-            );
+            self.reschedule(&queue_id, next_attempt, Some(envelope.received_at));
         }
         report
     }
@@ -559,6 +684,20 @@ impl<S: MessageStore> Inner<S> {
     /// Queues the DSN of `entries`; it quotes `headers`, the original's header section.
     pub(super) async fn queue_dsn(
         &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        entries: &[DsnEntry],
+        now: SystemTime,
+    ) -> io::Result<String> {
+        self.queue_dsn_to(&envelope.mail_from, envelope, headers, entries, now)
+            .await
+    }
+
+    /// Queues the DSN of `entries` to `to` (the sender, or the postmaster for an archive
+    /// copy).
+    pub(super) async fn queue_dsn_to(
+        &self,
+        to: &str,
         envelope: &Envelope,
         headers: &[u8],
         entries: &[DsnEntry],
@@ -583,7 +722,7 @@ impl<S: MessageStore> Inner<S> {
             original: headers,
         });
         let store = self.store.clone();
-        let to = vec![envelope.mail_from.clone()];
+        let to = vec![to.to_string()];
         blocking(move || store.enqueue("", &to, &dsn, now)).await
     }
 
@@ -665,5 +804,197 @@ pub(super) fn metric_host(choice: &RouteChoice, result: &GroupResult) -> String 
     {
         Some(h) => format!("{}:{}", h.host, h.port),
         None => "none".to_string(),
+    }
+}
+
+/// What a route group of a turn carries.
+enum Part {
+    /// Pending recipients of the message.
+    Recipients,
+    /// The archive copy: sent by `from` (the organization's postmaster), `text` with the
+    /// journal headers above it.
+    Archive {
+        from: String,
+        text: crate::delivery::text::MessageText,
+    },
+}
+
+/// When the message is due next: its recipients' next try (unless held), or its archive
+/// copy's, whichever comes first.
+fn next_attempt_of(state: &MessageState, held: bool) -> SystemTime {
+    let recipients = (!held && !state.pending().is_empty()).then_some(state.next_attempt_unix);
+    let archive = state.archive_pending().map(|a| a.next_attempt_unix);
+    let next = match (recipients, archive) {
+        (Some(r), Some(a)) => r.min(a),
+        (Some(r), None) => r,
+        (None, Some(a)) => a,
+        (None, None) => state.next_attempt_unix,
+    };
+    from_unix(next)
+}
+
+/// A failed archive copy whose report to the postmaster is not queued yet.
+fn archive_report_due(state: &MessageState) -> bool {
+    state
+        .archive
+        .as_ref()
+        .is_some_and(|a| a.report_pending.is_some())
+}
+
+impl<S: MessageStore> Inner<S> {
+    /// Records the outcome of an archive copy's attempt.
+    fn archive_result(
+        &self,
+        queue_id: &str,
+        envelope: &Envelope,
+        state: &mut MessageState,
+        route: &str,
+        result: &GroupResult,
+        now: SystemTime,
+    ) {
+        let Some(outcome) = result.outcomes.iter().map(|(_, o)| o).next() else {
+            return;
+        };
+        let host = result.host.as_deref().unwrap_or("none");
+        match outcome {
+            RecipientOutcome::Delivered { reply } => {
+                let Some(a) = state.archive.as_mut() else {
+                    return;
+                };
+                tracing::info!(queue_id, archive = %a.address, route, host, result = "delivered", %reply, "archive copy");
+                self.metrics.archive_delivered.inc();
+                a.state = RecipientState::Delivered {
+                    host: host.to_string(),
+                };
+            }
+            RecipientOutcome::Deferred { reason } => {
+                self.archive_put_off(queue_id, envelope, state, reason, now);
+            }
+            RecipientOutcome::Failed { status, diagnostic } => {
+                self.archive_bounced(queue_id, state, status, diagnostic, Some(host), now);
+            }
+        }
+    }
+
+    /// The archive copy could not go now: retried on its own schedule (its own failed
+    /// attempts, counted from the message's receipt), bounced once that lifetime is over.
+    fn archive_put_off(
+        &self,
+        queue_id: &str,
+        envelope: &Envelope,
+        state: &mut MessageState,
+        reason: &str,
+        now: SystemTime,
+    ) {
+        let Some(a) = state.archive.as_mut() else {
+            return;
+        };
+        tracing::info!(queue_id, archive = %a.address, result = "deferred", reply = %reason, "archive copy");
+        self.metrics.archive_deferred.inc();
+        a.attempts = a.attempts.saturating_add(1);
+        a.state = RecipientState::Pending {
+            last_error: Some(reason.to_string()),
+        };
+        match self.schedule.decide(envelope.received_at, now, a.attempts) {
+            RetryDecision::RetryAt(t) => a.next_attempt_unix = unix(t),
+            RetryDecision::Expired => {
+                let diagnostic = format!("delivery time expired; last error: {reason}");
+                self.archive_bounced(queue_id, state, "5.4.7", &diagnostic, None, now);
+            }
+        }
+    }
+
+    /// An archive copy still owed once the message's lifetime is over is bounced, whether
+    /// or not it was tried this turn.
+    fn archive_expired(
+        &self,
+        queue_id: &str,
+        envelope: &Envelope,
+        state: &mut MessageState,
+        now: SystemTime,
+    ) {
+        let Some(a) = state.archive_pending() else {
+            return;
+        };
+        if let RetryDecision::Expired =
+            self.schedule
+                .decide(envelope.received_at, now, a.attempts.max(1))
+        {
+            let last = match &a.state {
+                RecipientState::Pending {
+                    last_error: Some(e),
+                } => e.clone(),
+                _ => "no delivery attempt succeeded".to_string(),
+            };
+            let diagnostic = format!("delivery time expired; last error: {last}");
+            self.archive_bounced(queue_id, state, "5.4.7", &diagnostic, None, now);
+        }
+    }
+
+    /// The archive refused the copy for good: reported to the postmaster (never to the
+    /// sender), counted.
+    fn archive_bounced(
+        &self,
+        queue_id: &str,
+        state: &mut MessageState,
+        status: &str,
+        diagnostic: &str,
+        host: Option<&str>,
+        _now: SystemTime,
+    ) {
+        let Some(a) = state.archive.as_mut() else {
+            return;
+        };
+        tracing::warn!(queue_id, archive = %a.address, result = "bounced", status, reply = %diagnostic, "archive copy failed; reported to the postmaster");
+        self.metrics.archive_failed.inc();
+        a.state = RecipientState::Bounced {
+            status: status.to_string(),
+            diagnostic: diagnostic.to_string(),
+        };
+        a.report_pending = Some(DsnEntry {
+            recipient: a.address.clone(),
+            status: status.to_string(),
+            diagnostic: diagnostic.to_string(),
+            remote_mta: host.filter(|h| *h != "none").map(str::to_string),
+        });
+    }
+
+    /// Keeps the scheduler's view of the message's owed archive copy current (for the
+    /// `archive_pending` and `archive_oldest_age_seconds` gauges).
+    fn note_archive(&self, queue_id: &str, state: &MessageState, received_at: SystemTime) {
+        if let Some(e) = self.shared.entries().get_mut(queue_id) {
+            e.archive_since = state.archive_pending().map(|_| received_at);
+        }
+    }
+
+    /// Queues the report of a failed archive copy to the postmaster (from the null
+    /// sender, quoting the message's header section); `None` when no postmaster is known.
+    async fn queue_archive_report(
+        &self,
+        envelope: &Envelope,
+        headers: &[u8],
+        state: &MessageState,
+        now: SystemTime,
+    ) -> io::Result<Option<String>> {
+        let Some(entry) = state
+            .archive
+            .as_ref()
+            .and_then(|a| a.report_pending.clone())
+        else {
+            return Ok(None);
+        };
+        let postmaster = self
+            .archive
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| a.postmaster.clone());
+        let Some(postmaster) = postmaster.filter(|p| !p.is_empty()) else {
+            tracing::error!(queue_id = %envelope.queue_id, "an archive copy failed and no postmaster is configured to tell");
+            return Ok(None);
+        };
+        self.queue_dsn_to(&postmaster, envelope, headers, &[entry], now)
+            .await
+            .map(Some)
     }
 }

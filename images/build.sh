@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Builds the production images of the relay and the operator without any registry:
-#   runtime   a Debian bookworm `minbase` rootfs made with debootstrap from the machine's
-#             apt mirror (no mail software, no apt lists, docs, man pages or locales), with
-#             the user nonroot (65532) and its spool directory, imported with `docker import`
-#   relay     the host's `cargo build --release` relay binary (debug info stripped, symbols
-#             kept) on that runtime, user 65532
-#   operator  likewise for the operator
-# The builder stage is the host itself: its glibc must not be newer than the runtime's, which
-# the script checks before it builds anything.
+# Builds the production images of the relay and the operator without any registry. Each
+# image holds a statically linked binary, the CA roots and nothing else: no shell, no
+# package manager, no setuid file, no libc to patch. It is made `FROM scratch` (nothing
+# pulled) from a root filesystem this script stages:
+#
+#   /usr/local/bin/<name>               the release binary, statically linked
+#                                       (`-C target-feature=+crt-static` on the host's gnu
+#                                       target; debug info stripped, symbols kept)
+#   /etc/ssl/certs/ca-certificates.crt  the host's CA roots (the relay has webpki's compiled
+#                                       in; this file is for anything that reads the system
+#                                       store, and SSL_CERT_FILE names it)
+#   /etc/passwd, /etc/group             root and nonroot (65532), the user both run as
+#   /tmp                                1777 (a pod mounts an emptyDir there)
+#   relay only: /var/spool/smtprelay (65532, 0750: the spool, a volume in a pod) and
+#               /etc/smtprelay (where the pod mounts config and Secrets)
 #
 # Each image is tagged with the workspace version (`smtprelay-relay:0.1.0`, the tag deploy/
 # uses) and with that version and a hash of its inputs (`smtprelay-relay:0.1.0-<hash>`); an
-# image whose inputs have not changed is not rebuilt.
+# image whose inputs have not changed is not rebuilt. Its size is printed.
 #
-# usage: images/build.sh [runtime|relay|operator|all]...   (default: all = relay operator)
+# usage: images/build.sh [relay|operator|all]...     (default: all = relay operator)
+#        images/build.sh context NAME DIR            only stage the build context of image
+#                                                    NAME in DIR (Dockerfile + rootfs.tar),
+#                                                    for building it elsewhere (docker,
+#                                                    podman, buildah, kaniko: nothing pulled)
 # Prints `name=image:tag` lines on standard output (the content-hash tag, then
 # `name-version=` with the version tag); progress goes to standard error.
 set -euo pipefail
@@ -21,95 +31,117 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 cache=${SMTPRELAY_IMAGE_CACHE:-$root/target/images}
-suite=bookworm
+target=x86_64-unknown-linux-gnu
 uid=65532
+ca_roots=${SMTPRELAY_CA_ROOTS:-/etc/ssl/certs/ca-certificates.crt}
 mkdir -p "$cache"
 
 . "$here/lib.sh"
 version() { awk '/^\[workspace.package\]/ {p=1} p && /^version/ {gsub(/"/, "", $3); print $3; exit}' "$root/Cargo.toml"; }
 
-# The runtime's recipe is this function's text: changing it changes the tag.
-build_runtime() {
-  local tag="smtprelay-runtime:$suite-$( (echo "$suite $uid"; declare -f build_runtime) | hash_of)"
-  if ! have_image "$tag"; then
-    need_debootstrap
-    local dir="$cache/runtime-$suite"
-    rm -rf "$dir"
-    log "debootstrap --variant=minbase $suite from $(mirror) (about a minute)"
-    DEBIAN_FRONTEND=noninteractive debootstrap --variant=minbase "$suite" "$dir" "$(mirror)" >&2
-    # Nothing of this is read at run time (the packages' copyright files stay).
-    rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/* "$dir"/var/cache/debconf/*-old \
-      "$dir"/var/log/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/locale/* \
-      "$dir"/usr/share/lintian "$dir"/tmp/* 2>/dev/null || true
-    find "$dir/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
-    find "$dir/usr/share/doc" -mindepth 1 -type d -empty -delete
-    # The unprivileged user both programs run as, and the relay's spool (a volume in a pod).
-    echo "nonroot:x:$uid:$uid:nonroot:/nonexistent:/usr/sbin/nologin" >>"$dir/etc/passwd"
-    echo "nonroot:x:$uid:" >>"$dir/etc/group"
-    echo "nonroot:!:1::::::" >>"$dir/etc/shadow"
-    mkdir -p "$dir/var/spool/smtprelay" "$dir/etc/smtprelay"
-    chown "$uid:$uid" "$dir/var/spool/smtprelay"
-    chmod 0750 "$dir/var/spool/smtprelay"
-    tar -C "$dir" --numeric-owner -c . | docker import \
-      -c "USER $uid:$uid" -c "ENV LANG=C.UTF-8" \
-      -c "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" - "$tag" >&2
-    rm -rf "$dir"
-  fi
-  echo "$tag"
+# package_of NAME: the cargo package of binary NAME.
+package_of() {
+  case "$1" in
+    relay) echo relay ;;
+    operator) echo operator ;;
+    *) log "unknown image $1 (expected relay or operator)"; exit 2 ;;
+  esac
 }
 
-# The glibc the runtime ships must be at least the builder's (the host's), or the binaries
-# may need symbols it lacks.
-check_glibc() {
-  local runtime=$1 host image
-  host=$(dpkg-query -W -f='${Version}' libc6 2>/dev/null || ldd --version | awk 'NR==1 {print $NF}')
-  image=$(docker run --rm --entrypoint /usr/bin/dpkg-query "$runtime" -W -f='${Version}' libc6)
-  if ! dpkg --compare-versions "$image" ge "$host" 2>/dev/null; then
-    log "the runtime's glibc ($image) is older than the builder's ($host): build on $suite"
-    exit 1
+# static_binary NAME: builds the statically linked release binary NAME; prints its path.
+static_binary() {
+  local name=$1 start=$SECONDS
+  log "building the static release $name binary (--target $target, +crt-static)"
+  (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked -p "$(package_of "$name")" --bin "$name" --target "$target" >&2)
+  local bin="$root/target/$target/release/$name"
+  if ! file "$bin" 2>/dev/null | grep -q 'static'; then
+    # `file` may be missing; ldd is the second opinion.
+    if ldd "$bin" >/dev/null 2>&1; then
+      log "$bin is dynamically linked; a scratch image cannot run it"
+      exit 1
+    fi
   fi
-  log "glibc: builder $host, runtime $image"
+  log "$name built in $(( SECONDS - start ))s"
+  echo "$bin"
 }
 
-# build_binary NAME PACKAGE RUNTIME: the release binary NAME of PACKAGE on RUNTIME.
-build_binary() {
-  local name=$1 package=$2 runtime=$3 ver
-  ver=$(version)
-  log "building the release $name binary"
-  (cd "$root" && cargo build --release -p "$package" --bin "$name" >&2)
-  local ctx="$cache/$name-context"
-  rm -rf "$ctx" && mkdir -p "$ctx"
-  cp "$here/$name/Dockerfile" "$ctx/"
-  cp "$root/target/release/$name" "$ctx/$name"
+# stage_context NAME BINARY DIR: the Dockerfile and rootfs.tar of image NAME in DIR.
+stage_context() {
+  local name=$1 bin=$2 dir=$3
+  [ -r "$ca_roots" ] || { log "no CA roots at $ca_roots (install ca-certificates, or set SMTPRELAY_CA_ROOTS)"; exit 1; }
+  rm -rf "$dir" && mkdir -p "$dir"
+  local fs="$dir/rootfs"
+  mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/tmp"
+  cp "$bin" "$fs/usr/local/bin/$name"
   # Line tables are for local debugging; the image keeps symbol names (backtraces name
-  # functions) at a fifth of the size.
-  if command -v strip >/dev/null; then strip --strip-debug "$ctx/$name"; fi
-  local tag
-  tag="smtprelay-$name:$ver-$( (echo "$runtime $ver"; cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | hash_of)"
+  # functions).
+  if command -v strip >/dev/null; then strip --strip-debug "$fs/usr/local/bin/$name"; fi
+  cp "$ca_roots" "$fs/etc/ssl/certs/ca-certificates.crt"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%s:%s:nonroot:/nonexistent:/sbin/nologin\n' \
+    "$uid" "$uid" >"$fs/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:%s:\n' "$uid" >"$fs/etc/group"
+  if [ "$name" = relay ]; then
+    mkdir -p "$fs/var/spool/smtprelay" "$fs/etc/smtprelay"
+  fi
+  # Owners and modes are set in the archive, not on disk: no root needed.
+  local owners=(--numeric-owner --owner=0 --group=0)
+  local fixed=(--sort=name --mtime=@0 --format=gnu)
+  find "$fs" -type d -exec chmod 0755 {} +
+  chmod 0755 "$fs/usr/local/bin/$name"
+  chmod 0644 "$fs/etc/ssl/certs/ca-certificates.crt" "$fs/etc/passwd" "$fs/etc/group"
+  chmod 1777 "$fs/tmp"
+  local exclude=()
+  [ "$name" = relay ] && exclude=(--exclude=./var/spool/smtprelay)
+  tar -C "$fs" "${owners[@]}" "${fixed[@]}" "${exclude[@]}" -cf "$dir/rootfs.tar" .
+  if [ "$name" = relay ]; then
+    chmod 0750 "$fs/var/spool/smtprelay"
+    tar -C "$fs" --numeric-owner --owner="$uid" --group="$uid" "${fixed[@]}" \
+      -rf "$dir/rootfs.tar" ./var/spool/smtprelay
+  fi
+  rm -rf "$fs"
+  cp "$here/$name/Dockerfile" "$dir/Dockerfile"
+}
+
+# build_image NAME: the image NAME, built unless its inputs are unchanged.
+build_image() {
+  local name=$1 ver bin ctx tag
+  ver=$(version)
+  bin=$(static_binary "$name")
+  ctx="$cache/$name-context"
+  stage_context "$name" "$bin" "$ctx"
+  tag="smtprelay-$name:$ver-$( (echo "$ver"; cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | hash_of)"
   if ! have_image "$tag"; then
-    log "building $tag"
-    DOCKER_BUILDKIT=0 docker build -q --build-arg "RUNTIME=$runtime" --build-arg "VERSION=$ver" \
-      -t "$tag" "$ctx" >&2
+    log "building $tag (FROM scratch: nothing is pulled)"
+    DOCKER_BUILDKIT=0 docker build -q --build-arg "VERSION=$ver" -t "$tag" "$ctx" >&2
   fi
   docker tag "$tag" "smtprelay-$name:$ver" >&2
+  local size
+  size=$(docker image inspect --format '{{.Size}}' "$tag")
+  log "smtprelay-$name:$ver: $(( size / 1024 / 1024 )) MiB ($size bytes)"
   echo "$name=$tag"
   echo "$name-version=smtprelay-$name:$ver"
+  echo "$name-size=$size"
 }
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(all)
-runtime=$(build_runtime)
-check_glibc "$runtime"
-echo "runtime=$runtime"
+if [ "${targets[0]}" = context ]; then
+  [ ${#targets[@]} -eq 3 ] || { log "usage: images/build.sh context NAME DIR"; exit 2; }
+  package_of "${targets[1]}" >/dev/null
+  stage_context "${targets[1]}" "$(static_binary "${targets[1]}")" "${targets[2]}"
+  log "build context of ${targets[1]} in ${targets[2]}: docker build ${targets[2]}"
+  exit 0
+fi
 for t in "${targets[@]}"; do
   case "$t" in
+    # The Debian runtime of earlier versions is gone: nothing to build.
     runtime) ;;
-    relay) build_binary relay relay "$runtime" ;;
-    operator) build_binary operator operator "$runtime" ;;
+    relay|operator) build_image "$t" ;;
     all)
-      build_binary relay relay "$runtime"
-      build_binary operator operator "$runtime"
+      build_image relay
+      build_image operator
       ;;
-    *) log "unknown image $t (expected runtime, relay, operator or all)"; exit 2 ;;
+    *) log "unknown image $t (expected relay, operator or all)"; exit 2 ;;
   esac
 done

@@ -11,8 +11,9 @@
 #   haproxy  HAProxy in front of the relay, sending PROXY protocol headers
 #   filters  rspamd and clamav-milter (with clamd), content filters over the milter protocol,
 #            on a rootfs of their own (rspamd, clamav-daemon, clamav-milter)
-#   relay    the production relay image, as images/build.sh makes it (minimal runtime, no
-#            mail software, user 65532): scenarios run what a cluster runs
+#   relay    the production relay image, as images/build.sh makes it (FROM scratch: the
+#            static binary, CA roots and nothing else; user 65532): scenarios run what a
+#            cluster runs
 #   operator the production operator image, likewise
 # Each image is tagged with a hash of its inputs and rebuilt only when they change.
 #
@@ -111,6 +112,7 @@ for t in "${targets[@]}"; do
       echo "haproxy=$(build_from haproxy "$here/haproxy" "$base")"
       echo "filters=$(build_filters)"
       tag=$(production relay); echo "relay=$tag"
+      tag=$(production operator); echo "operator=$tag"
       ;;
     *) log "unknown image $t (expected base, postfix, dns, haproxy, filters, relay, operator or all)"; exit 2 ;;
   esac

@@ -356,6 +356,13 @@ pub struct RelaySpec {
     /// hosts whose addresses should not travel with the message. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hide_client_address: bool,
+    /// Seconds a stopping relay pod keeps its listeners open after it turned unready, so
+    /// that endpoints and load balancers stop sending it new connections first (default
+    /// 10; 0 to 300). A load balancer whose health checks are slower needs more. Part of
+    /// the pod template: changing it replaces the relay pods one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub drain_delay_seconds: Option<i64>,
 }
 
 /// Load balancers allowed to name the client with a PROXY protocol header.
@@ -607,6 +614,23 @@ impl Organization {
             let path = "spec.relay.proxyProtocol.trustedProxies";
             v.items(path, &proxy.trusted_proxies, bounds::NETWORKS_MAX);
             v.each_len(path, &proxy.trusted_proxies, bounds::CIDR_MAX);
+        }
+        if let Some(delay) = r.drain_delay_seconds {
+            // The schema's `minimum`/`maximum`, in the API server's words.
+            let field = "spec.relay.drainDelaySeconds";
+            let (words, limit) = match delay {
+                ..0 => ("greater than or equal to", 0),
+                301.. => ("less than or equal to", 300),
+                _ => ("", 0),
+            };
+            if !words.is_empty() {
+                v.0.push(FieldError {
+                    field: field.into(),
+                    detail: format!(
+                        "Invalid value: {delay}: {field} in body should be {words} {limit}"
+                    ),
+                });
+            }
         }
         v.0
     }

@@ -280,6 +280,20 @@ fn bounds() -> Vec<Bound> {
         // Organization
         bound(
             org,
+            "/spec/relay/drainDelaySeconds",
+            json!(300),
+            json!(301),
+            "spec.relay.drainDelaySeconds: Invalid value: 301: spec.relay.drainDelaySeconds in body should be less than or equal to 300",
+        ),
+        bound(
+            org,
+            "/spec/relay/drainDelaySeconds",
+            json!(0),
+            json!(-1),
+            "spec.relay.drainDelaySeconds: Invalid value: -1: spec.relay.drainDelaySeconds in body should be greater than or equal to 0",
+        ),
+        bound(
+            org,
             "/metadata/name",
             json!(s(63)),
             json!(s(64)),
@@ -649,7 +663,7 @@ fn at_the_bound_validates_and_past_it_is_refused_with_the_fields_message() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(bounds.len(), 44);
+    assert_eq!(bounds.len(), 46);
 }
 
 #[test]

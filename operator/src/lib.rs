@@ -10,6 +10,7 @@ pub mod install;
 pub mod local;
 pub mod manifests;
 pub mod plan;
+pub mod quantity;
 pub mod queue_admin;
 pub mod render;
 pub mod secrets;

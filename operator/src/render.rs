@@ -50,7 +50,9 @@ pub struct RenderEnv {
 impl RenderEnv {
     /// The layout of a relay pod, as the operator's StatefulSet mounts it.
     pub fn pod() -> Self {
-        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        // Every address family the pod has: `[::]` takes IPv4 too (a dual-stack socket),
+        // and the relay falls back to `0.0.0.0` where the pod has no IPv6 (SPEC §3.9).
+        let any = |port| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         Self {
             listeners: ListenerConfig {
                 smtp: any(2525),
@@ -733,7 +735,8 @@ pub fn dkim_key_findings(
             crds::DkimAlgorithm::Ed25519Sha256 => DkimAlgorithm::Ed25519Sha256,
         };
         let problem = match crate::secrets::secret_value(secret, DKIM_SECRET_KEY) {
-            None => format!("has no key {DKIM_SECRET_KEY}"),
+            // SecretKeyMissing, from the controller's check of the keys pods mount.
+            None => continue,
             Some(pem) => match relay::delivery::dkim::public_key(&pem, algorithm) {
                 Ok(_) => continue,
                 Err(e) => format!(

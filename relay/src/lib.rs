@@ -9,7 +9,8 @@
 //! [`admin`] is the side door: the HTTP endpoint for metrics, health and queue
 //! administration, and the drain that empties a spool into another relay. What the stages
 //! share (the [`config::RelayConfig`] document, the
-//! [`envelope`], pure [`smtp`] parsing, [`idn`], [`clock`], [`metrics`], [`logging`]) sits
+//! [`envelope`], pure [`smtp`] parsing, [`idn`], [`clock`], [`metrics`], [`logging`],
+//! dual-stack listeners in [`net`]) sits
 //! beside them. The relay's only input is a `RelayConfig` document; it never talks to
 //! Kubernetes.
 //!
@@ -45,6 +46,7 @@ pub mod envelope;
 pub mod idn;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod smtp;
 
 use std::net::SocketAddr;
@@ -154,9 +156,8 @@ pub struct RelayHandle {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    // `[::]` is dual-stack, or `0.0.0.0` where there is no IPv6 (SPEC §3.9).
+    net::listen(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 fn local(l: &TcpListener, what: &'static str) -> Result<SocketAddr, StartError> {

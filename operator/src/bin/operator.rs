@@ -27,8 +27,9 @@ use tokio::sync::watch;
     about = "Reconcile SmtpRelay Organizations into relay StatefulSets"
 )]
 struct Args {
-    /// Address of `/metrics` and `/healthz`.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Address of `/metrics` and `/healthz` (`[::]` takes both address families, and falls
+    /// back to `0.0.0.0` where there is no IPv6).
+    #[arg(long, default_value = "[::]:8080")]
     metrics_addr: SocketAddr,
     /// Relay image for Organizations that do not set `spec.relay.image`.
     #[arg(long, default_value = operator::controller::children::DEFAULT_RELAY_IMAGE)]
@@ -118,7 +119,7 @@ async fn main() -> ExitCode {
 async fn operate(args: Args) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let listener = relay::net::listen(args.metrics_addr)?;
     tokio::spawn(serve(listener, metrics.clone()));
 
     let identity = identity(args.identity);
@@ -155,6 +156,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         defaults: ChildDefaults {
             relay_image: args.relay_image,
             admin_namespaces,
+            operator_namespace: args.lease_namespace.clone(),
         },
         probe_interval: Duration::from_secs(args.probe_interval_seconds),
         allowed_images: args.allowed_relay_images,

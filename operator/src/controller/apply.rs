@@ -1,6 +1,6 @@
 //! Writing to the API server: server-side apply of children and status under one field
 //! manager (skipped when the stored object already holds what the operator wants), and
-//! Events, the audit log (bounded notes, one per change, never retried).
+//! Events, the audit log (bounded notes, one per change, never retried; see `events`).
 //!
 //! Not here: what to apply (`children`, `status`), when (`reconcile`).
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crds::Condition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -135,14 +135,20 @@ pub(super) async fn publish<P, K>(
 ) where
     K: Resource<DynamicType = ()>,
 {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate_note(note, MAX_EVENT_NOTE)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+    let note = truncate_note(note, MAX_EVENT_NOTE);
+    let published = ctx
+        .recorder
+        .publish(
+            &ctx.client,
+            (ctx.clock)(),
+            type_,
+            reason,
+            &note,
+            &object.object_ref(&()),
+            object.meta().generation,
+        )
+        .await;
+    if let Err(error) = published {
         ctx.metrics.failed("event");
         tracing::warn!(
             reason,

@@ -13,6 +13,10 @@
 //! StatefulSet scaled down, so mail acknowledged by a pod waits on its claim for the next
 //! pod with that ordinal.
 //!
+//! Secrets are mounted key by key ([`secret_mounts`]): a Secret enters the pod template
+//! only with every key its volume needs, since a pod naming a missing key never starts,
+//! and every Secret volume is optional, so a Secret deleted later stops no pod.
+//!
 //! Neither the config hash nor the Secrets' hash is in the pod template: relays reload
 //! the ConfigMap and every file it names (TLS keys, credentials, CA roots) when their
 //! content changes, so no change of configuration or Secret restarts a pod. The Secrets'
@@ -32,8 +36,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -65,12 +69,23 @@ const RELAY_UID: i64 = 65532;
 /// Spool claim (or emptyDir size limit) when `spool.size` is unset.
 pub const DEFAULT_SPOOL_SIZE: &str = "1Gi";
 /// Seconds a stopping relay keeps its listeners open after turning unready, so that
-/// endpoints and load balancers stop sending it new connections first.
+/// endpoints and load balancers stop sending it new connections first, unless
+/// `relay.drainDelaySeconds` says otherwise.
 pub const DRAIN_DELAY_SECONDS: i64 = 10;
 /// Most seconds of the stop budget given to open sessions (a message in DATA finishing);
 /// a session still open after that is cut by the kubelet and its unacknowledged message
 /// retried by the client.
 pub const SESSION_FINISH_CAP_SECONDS: i64 = 300;
+/// Seconds of the stop budget given to delivery attempts under way (four connect
+/// timeouts of the default 30 s); one still running after that is cut, and its message
+/// stays on the spool for the next attempt.
+pub const DELIVERY_FINISH_SECONDS: i64 = 120;
+/// Seconds a probe waits for `/healthz` or `/readyz`: a relay busy for a moment (a large
+/// spool being indexed, a burst of sessions) is not dead.
+pub const PROBE_TIMEOUT_SECONDS: i32 = 3;
+/// Label on spool claims (through the claim template): the UID of the Organization whose
+/// relay made them, so that a later Organization of the same name never takes them over.
+pub const ORGANIZATION_UID_LABEL: &str = "smtprelay.dev/organization-uid";
 /// Seconds the startup probe waits for a relay to recover its spool (a large queue is
 /// read and indexed before the relay listens): 360 checks 5 s apart.
 pub const STARTUP_BUDGET_SECONDS: i32 = 1800;
@@ -83,6 +98,8 @@ pub struct ChildDefaults {
     /// Namespaces whose pods may reach the relay's admin port (`/metrics`, queue
     /// administration): the operator's own and the monitoring namespace.
     pub admin_namespaces: Vec<String>,
+    /// The operator's namespace: the only one that reaches a drain pod's status port.
+    pub operator_namespace: String,
 }
 
 /// The relay image of this operator's release (what `images/build.sh` tags).
@@ -93,6 +110,7 @@ impl Default for ChildDefaults {
         Self {
             relay_image: DEFAULT_RELAY_IMAGE.into(),
             admin_namespaces: vec!["smtprelay-system".into(), "monitoring".into()],
+            operator_namespace: "smtprelay-system".into(),
         }
     }
 }
@@ -123,21 +141,14 @@ pub struct MountedSecret {
     pub name: String,
 }
 
-/// Secrets the pods mount: those the Organization and its routes name *and* that exist
-/// (a missing Secret is a render finding; mounting it would keep pods from starting).
-pub fn mounted_secrets(
-    org: &Organization,
-    routes: &[MailRoute],
-    existing: &BTreeSet<String>,
-) -> Vec<MountedSecret> {
+/// Every Secret the Organization and its routes name, with why, whether it exists or not.
+pub fn referenced_secrets(org: &Organization, routes: &[MailRoute]) -> Vec<MountedSecret> {
     let mut out = BTreeSet::new();
     let mut add = |usage, name: &str| {
-        if existing.contains(name) {
-            out.insert(MountedSecret {
-                usage,
-                name: name.to_string(),
-            });
-        }
+        out.insert(MountedSecret {
+            usage,
+            name: name.to_string(),
+        });
     };
     if let Some(r) = &org.spec.relay.tls_secret_ref {
         add(SecretUse::Tls, &r.name);
@@ -170,6 +181,131 @@ pub fn mounted_secrets(
     }
     add(SecretUse::Admin, &admin_secret_name(&org.name_any()));
     out.into_iter().collect()
+}
+
+/// Secrets the pods mount: those the Organization and its routes name *and* that exist
+/// (a missing Secret is a render finding). `relayctl run` writes these files; the
+/// controller chooses with [`secret_mounts`], which also looks at keys and at the pods
+/// running now.
+pub fn mounted_secrets(
+    org: &Organization,
+    routes: &[MailRoute],
+    existing: &BTreeSet<String>,
+) -> Vec<MountedSecret> {
+    referenced_secrets(org, routes)
+        .into_iter()
+        .filter(|m| existing.contains(&m.name))
+        .collect()
+}
+
+/// The keys of a Secret its volume's items name and a relay needs: a Secret without
+/// one of them is not put into a pod template. A route's auth Secret holds `password` or
+/// `token` or `clientSecret`, never all: it needs none in particular.
+pub fn required_keys(usage: SecretUse) -> &'static [&'static str] {
+    match usage {
+        SecretUse::Tls => &["tls.crt", "tls.key"],
+        SecretUse::Auth => &["credentials"],
+        SecretUse::Ca => &["ca.crt"],
+        SecretUse::RouteAuth => &[],
+        SecretUse::RedisPassword => &["password"],
+        SecretUse::Dkim => &[crate::render::DKIM_SECRET_KEY],
+        SecretUse::Admin => &["token"],
+    }
+}
+
+/// A key a Secret lacks that the relay needs from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingKey {
+    pub usage: SecretUse,
+    pub secret: String,
+    pub key: String,
+    /// The running pods already mount the Secret (it stays mounted; the relay reports the
+    /// missing file); otherwise it was not added to the pod template.
+    pub mounted: bool,
+}
+
+impl MissingKey {
+    /// The Degraded message: which Secret, which key, what it is for, what happens.
+    pub fn message(&self) -> String {
+        let what = match self.usage {
+            SecretUse::Tls => "the relay's TLS certificate (relay.tlsSecretRef)",
+            SecretUse::Auth => "SMTP AUTH credentials (authSecretRef)",
+            SecretUse::Ca => "a route's private CA roots (tls.trustedCaSecretRef)",
+            SecretUse::RouteAuth => "a route's credentials (auth.secretRef)",
+            SecretUse::RedisPassword => "the Redis password (limitStore.passwordSecretRef)",
+            SecretUse::Dkim => "a DKIM signing key (dkim[].secretRef)",
+            SecretUse::Admin => "the queue administration token",
+        };
+        let then = if self.mounted {
+            "the running relay pods keep the Secret mounted and report the missing file"
+        } else {
+            "the Secret is not mounted, so the relay pods keep running as they are"
+        };
+        format!(
+            "Secret {} has no key {} ({what}): {then}; add the key to the Secret",
+            self.secret, self.key
+        )
+    }
+}
+
+/// The Secrets relay pods mount, as the kubelet will see them, and the keys missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretMounts {
+    pub mounted: Vec<MountedSecret>,
+    pub missing: Vec<MissingKey>,
+}
+
+/// Which Secrets go into the pod template. A pod whose template names a Secret key that
+/// does not exist never starts (the kubelet keeps it in `ContainerCreating`), and a
+/// rollout replaces running pods with such pods one by one; so the template changes only
+/// towards Secrets that hold every key their volume needs ([`required_keys`]):
+///
+/// - a Secret the pods of `previous` (the StatefulSet as it is) mount stays mounted,
+///   whatever happened to it: deleted to revoke it, or a key removed (every Secret volume
+///   is optional, so such pods still start, and the relay reports the missing file);
+/// - a Secret not yet mounted is added once it exists with every key; one that lacks a
+///   key is left out and reported in `missing`;
+/// - a Secret no longer named goes.
+pub fn secret_mounts(
+    org: &Organization,
+    routes: &[MailRoute],
+    secrets: &[Secret],
+    previous: Option<&StatefulSet>,
+) -> SecretMounts {
+    let running: BTreeSet<(String, String)> = previous
+        .and_then(|s| s.spec.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.secret.as_ref()?.secret_name.clone()?)))
+        .collect();
+    let mut out = SecretMounts::default();
+    for m in referenced_secrets(org, routes) {
+        let (volume, _, _) = secret_mount(&m);
+        let mounted_now = running.contains(&(volume, m.name.clone()));
+        let secret = secrets.iter().find(|s| s.name_any() == m.name);
+        let lacking: Vec<&str> = secret
+            .map(|s| {
+                required_keys(m.usage)
+                    .iter()
+                    .copied()
+                    .filter(|k| crate::secrets::secret_value(s, k).is_none())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in &lacking {
+            out.missing.push(MissingKey {
+                usage: m.usage,
+                secret: m.name.clone(),
+                key: (*key).to_string(),
+                mounted: mounted_now,
+            });
+        }
+        if mounted_now || (secret.is_some() && lacking.is_empty()) {
+            out.mounted.push(m);
+        }
+    }
+    out
 }
 
 /// True when the pod template of `sts` mounts the admin token Secret.
@@ -321,6 +457,8 @@ pub struct Children {
     pub service: Service,
     pub pdb: PodDisruptionBudget,
     pub network_policy: NetworkPolicy,
+    /// Ingress of the Organization's drain pods: their status port, from the operator.
+    pub drain_network_policy: NetworkPolicy,
 }
 
 impl Children {
@@ -337,6 +475,7 @@ impl Children {
         push(serde_yaml::to_string(&self.service)?);
         push(serde_yaml::to_string(&self.pdb)?);
         push(serde_yaml::to_string(&self.network_policy)?);
+        push(serde_yaml::to_string(&self.drain_network_policy)?);
         Ok(out)
     }
 }
@@ -386,22 +525,51 @@ pub fn ephemeral_spool(org: &Organization) -> bool {
 }
 
 /// `terminationGracePeriodSeconds` of relay pods: the budget of a relay's stop. After
-/// SIGTERM the relay turns unready and keeps listening for [`DRAIN_DELAY_SECONDS`], then
-/// closes its listeners and waits for open sessions (at most the session timeout; this
-/// budget gives them up to [`SESSION_FINISH_CAP_SECONDS`]), then for delivery attempts
-/// under way (at most four connect timeouts). With the default limits: 10 + 300 + 4 × 30
-/// = 430 s.
-pub fn termination_grace_seconds(config: &RelayConfig) -> i64 {
-    let session = i64::try_from(config.limits.session_timeout_seconds)
-        .unwrap_or(i64::MAX)
-        .min(SESSION_FINISH_CAP_SECONDS);
-    let delivery = i64::try_from(config.delivery.connect_timeout_seconds)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(4)
-        .max(1);
-    DRAIN_DELAY_SECONDS
-        .saturating_add(session)
-        .saturating_add(delivery)
+/// SIGTERM the relay turns unready and keeps listening for `drain_delay` seconds, then
+/// closes its listeners and waits for open sessions (at most
+/// [`SESSION_FINISH_CAP_SECONDS`] of this budget), then for delivery attempts under way
+/// (at most [`DELIVERY_FINISH_SECONDS`]). With the default delay: 10 + 300 + 120 = 430 s.
+///
+/// The budget is an upper bound (a relay exits as soon as it is done) and depends on no
+/// timeout of the configuration: a timeout changed in the Organization reloads the relays
+/// and restarts no pod. A relay whose timeouts are longer than these caps is cut when the
+/// budget ends; what it had not acknowledged is retried by its client, what it had is on
+/// the spool.
+pub fn termination_grace_seconds(drain_delay: i64) -> i64 {
+    drain_delay
+        .saturating_add(SESSION_FINISH_CAP_SECONDS)
+        .saturating_add(DELIVERY_FINISH_SECONDS)
+}
+
+/// The drain delay of `org`'s relay pods.
+pub fn drain_delay_seconds(org: &Organization) -> i64 {
+    org.spec
+        .relay
+        .drain_delay_seconds
+        .unwrap_or(DRAIN_DELAY_SECONDS)
+        .clamp(0, 300)
+}
+
+/// `resources` with every quantity as the API server stores it (`1000m` is `1`), so that
+/// an apply equals what the cluster holds.
+pub fn canonical_resources(resources: &ResourceRequirements) -> ResourceRequirements {
+    let canonical = |m: &Option<BTreeMap<String, Quantity>>| {
+        m.as_ref().map(|m| {
+            m.iter()
+                .map(|(k, q)| {
+                    (
+                        k.clone(),
+                        Quantity(crate::quantity::canonical_or_same(&q.0)),
+                    )
+                })
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: canonical(&resources.requests),
+        limits: canonical(&resources.limits),
+        ..resources.clone()
+    }
 }
 
 /// Requests of the relay container when `relay.resources` is unset: enough to be
@@ -454,6 +622,9 @@ pub fn build(
             // A node drain takes one relay pod at a time; with one replica it may take
             // that one (its claim waits for it on the new node).
             max_unavailable: Some(IntOrString::Int(1)),
+            // A pod that is not ready serves nobody: evicting it must never block a
+            // node drain (the default, IfHealthyBudget, would while another is down).
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -461,6 +632,11 @@ pub fn build(
     Children {
         config_map,
         network_policy: network_policy(org, config, defaults),
+        drain_network_policy: super::drain::network_policy(
+            org,
+            config.admin_listen.port(),
+            &defaults.operator_namespace,
+        ),
         stateful_set: stateful_set(org, config, mounted, defaults, replicas),
         pods_service: pods_service(org, config),
         service: service(org),
@@ -566,16 +742,19 @@ fn stateful_set(
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
+        timeout_seconds: Some(PROBE_TIMEOUT_SECONDS),
         ..Default::default()
     };
     let ephemeral = relay.spool.as_ref().is_some_and(|s| s.ephemeral);
-    let spool_size = Quantity(
-        relay
+    // As the API server stores it, so that an apply equals what it holds.
+    let spool_size = Quantity(crate::quantity::canonical_or_same(
+        &relay
             .spool
             .as_ref()
             .and_then(|s| s.size.clone())
             .unwrap_or_else(|| DEFAULT_SPOOL_SIZE.into()),
-    );
+    ));
+    let drain_delay = drain_delay_seconds(org);
 
     let mut volumes = vec![Volume {
         name: "config".into(),
@@ -597,11 +776,12 @@ fn stateful_set(
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(m.name.clone()),
-                // Pods start without it (queue administration then answers 503). A route's
-                // auth Secret holds `password` or `token`, not both: missing keys are
-                // skipped (the relay defers that route's mail, naming the file).
-                optional: matches!(m.usage, SecretUse::Admin | SecretUse::RouteAuth)
-                    .then_some(true),
+                // Optional: a pod starts whatever happens to the Secret later (deleted to
+                // revoke it, a key removed), and a running pod's files follow it; the
+                // relay reports a missing file. Keys are checked before a Secret enters
+                // the template (`secret_mounts`). A route's auth Secret holds `password`
+                // or `token`, not both: the missing one is skipped.
+                optional: Some(true),
                 items: Some(
                     keys.iter()
                         .map(|k| KeyToPath {
@@ -654,7 +834,7 @@ fn stateful_set(
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
             "--drain-delay-seconds".into(),
-            DRAIN_DELAY_SECONDS.to_string(),
+            drain_delay.to_string(),
         ]),
         ports: Some(vec![
             port("smtp", config.listeners.smtp.port()),
@@ -667,7 +847,9 @@ fn stateful_set(
         startup_probe: Some(http_probe("/healthz", 5, STARTUP_BUDGET_SECONDS / 5)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
-        resources: Some(relay.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(canonical_resources(
+            &relay.resources.clone().unwrap_or_else(default_resources),
+        )),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -689,10 +871,14 @@ fn stateful_set(
         ("prometheus.io/port".to_string(), admin_port.to_string()),
         ("prometheus.io/path".to_string(), "/metrics".to_string()),
     ]);
+    let mut claim_labels = labels(&name);
+    if let Some(uid) = org.uid() {
+        claim_labels.insert(ORGANIZATION_UID_LABEL.into(), uid);
+    }
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(SPOOL_VOLUME.into()),
-            labels: Some(labels(&name)),
+            labels: Some(claim_labels),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -743,11 +929,14 @@ fn stateful_set(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
-                    termination_grace_period_seconds: Some(termination_grace_seconds(config)),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(drain_delay)),
                     automount_service_account_token: Some(false),
+                    topology_spread_constraints: (replicas > 1).then(|| spread(&name)),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         fs_group: Some(RELAY_UID),
+                        // A large spool is not walked to chown it at every pod start.
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..Default::default()
@@ -761,6 +950,26 @@ fn stateful_set(
         },
         ..Default::default()
     }
+}
+
+/// Relay pods of one Organization spread over nodes, then zones: one node or zone going
+/// down takes as few of them as it can. A preference (`ScheduleAnyway`), not a rule: a
+/// cluster with fewer nodes than replicas still runs them all, and a claim bound to a
+/// zone still gets its pod.
+fn spread(org: &str) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(org)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The headless Service that governs the StatefulSet: stable DNS names per pod
@@ -1154,5 +1363,72 @@ spec:
             claim.resources.unwrap().requests.unwrap()["storage"],
             Quantity("10Gi".into())
         );
+    }
+
+    #[test]
+    fn probes_wait_longer_than_a_second_and_volumes_keep_their_group_on_restart() {
+        let pod = pod_spec(&children_for(&org(ORG), &[]));
+        let relay = &pod.containers[0];
+        for probe in [
+            &relay.startup_probe,
+            &relay.liveness_probe,
+            &relay.readiness_probe,
+        ] {
+            let timeout = probe.as_ref().unwrap().timeout_seconds.unwrap_or(1);
+            assert!(
+                timeout > 1,
+                "a relay busy for a second is not dead: {timeout}"
+            );
+        }
+        let security = pod.security_context.unwrap();
+        assert_eq!(
+            security.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+    }
+
+    #[test]
+    fn several_replicas_spread_over_nodes_and_zones_and_one_does_not() {
+        let three = pod_spec(&children_for(&org(ORG), &[]));
+        let spread = three.topology_spread_constraints.unwrap();
+        let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        );
+        for c in &spread {
+            assert_eq!(c.max_skew, 1);
+            assert_eq!(
+                c.label_selector.as_ref().unwrap().match_labels,
+                Some(selector_labels("acme"))
+            );
+        }
+        let mut single = org(ORG);
+        single.spec.relay.replicas = None;
+        assert_eq!(
+            pod_spec(&children_for(&single, &[])).topology_spread_constraints,
+            None
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_pod_never_blocks_a_node_drain() {
+        let pdb = children_for(&org(ORG), &[]).pdb.spec.unwrap();
+        assert_eq!(
+            pdb.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
+    }
+
+    #[test]
+    fn a_timeout_change_restarts_no_pod() {
+        let o = org(ORG);
+        let before = sts(&children_for(&o, &[])).template;
+        let mut slower = o.clone();
+        slower.spec.limits = Some(crds::LimitOverrides {
+            session_timeout_seconds: Some(60),
+            ..Default::default()
+        });
+        assert_eq!(sts(&children_for(&slower, &[])).template, before);
     }
 }

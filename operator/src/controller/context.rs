@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
 
 use super::children::ChildDefaults;
+use super::events::Recorder;
 use super::metrics::Metrics;
 use super::pod_reports::{HttpPodReports, PodReports};
 use super::probe::TlsProber;
@@ -288,12 +288,8 @@ impl<P: TlsProber> Context<P> {
         instance: Option<String>,
         stores: Stores,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(FIELD_MANAGER, instance),
             client,
             settings,
             prober,

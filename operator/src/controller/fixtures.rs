@@ -26,7 +26,7 @@
 //!
 //! It owns no assertions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -138,7 +138,8 @@ pub struct World {
     pub secrets: Vec<Secret>,
     /// Everything else the API server holds (the operator's children), by object path.
     pub children: BTreeMap<String, Value>,
-    /// Events posted, in order.
+    /// Events as the API server holds them, in the order they were created (a series
+    /// PATCH updates the Event it continues).
     pub events: Vec<Value>,
     /// `status` the StatefulSet controller writes once it observes a generation; its
     /// `readyReplicas` is how many ready pods [`World::settle`] runs.
@@ -151,6 +152,13 @@ pub struct World {
     /// The operator's ClusterRole; `None` authorises everything.
     pub rules: Option<Vec<Rule>>,
     pub refusals: Vec<Refusal>,
+    /// Namespaces being deleted (NamespaceLifecycle refuses every create in them).
+    pub terminating: BTreeSet<String>,
+    /// Claims the StatefulSet controller made so far (each gets a UID of its own).
+    pub claims_made: u64,
+    /// The operator's Event recorder, which lives as long as the operator: a repeat of
+    /// an Event within six minutes is a series, also across reconciles.
+    pub recorder: super::events::Recorder,
     /// Settings of the reconciles' context.
     pub operator: Settings,
 }
@@ -167,6 +175,7 @@ impl PodReports for FakePodReports {
         &self,
         ip: std::net::IpAddr,
         _port: u16,
+        _token: Option<String>,
     ) -> futures::future::BoxFuture<'_, Result<u64, String>> {
         let answer = self
             .1
@@ -316,6 +325,35 @@ fn quantity(q: &str) -> Option<f64> {
         _ => return None,
     };
     n.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// Writes every quantity of `object` as the API server stores it (resource requests and
+/// limits, claim sizes, emptyDir size limits): apimachinery parses and re-serializes each
+/// `resource.Quantity`, so `1024Mi` comes back as `1Gi` and `1000m` as `1`.
+pub(super) fn canonical_quantities(object: &mut Value) {
+    match object {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match (key.as_str(), child) {
+                    ("requests" | "limits" | "capacity" | "overhead", Value::Object(q)) => {
+                        for v in q.values_mut() {
+                            if let Some(text) = v.as_str() {
+                                *v = json!(crate::quantity::canonical_or_same(text));
+                            }
+                        }
+                    }
+                    ("sizeLimit", v) => {
+                        if let Some(text) = v.as_str() {
+                            *v = json!(crate::quantity::canonical_or_same(text));
+                        }
+                    }
+                    (_, child) => canonical_quantities(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonical_quantities),
+        _ => {}
+    }
 }
 
 /// What the API server's validation says about `body` (a child of kind `kind`), if wrong.
@@ -518,16 +556,18 @@ fn defaulted(kind: &str, mut body: Value) -> Value {
     body
 }
 
-struct Server {
-    objects: BTreeMap<String, Value>,
-    events: Vec<Value>,
-    rules: Option<Vec<Rule>>,
-    refusals: Vec<Refusal>,
-    log: Vec<Recorded>,
+pub(super) struct Server {
+    pub(super) objects: BTreeMap<String, Value>,
+    pub(super) events: Vec<Value>,
+    /// Namespaces being deleted: creating anything in them is forbidden.
+    pub(super) terminating: BTreeSet<String>,
+    pub(super) rules: Option<Vec<Rule>>,
+    pub(super) refusals: Vec<Refusal>,
+    pub(super) log: Vec<Recorded>,
 }
 
 impl Server {
-    fn allowed(&self, group: &str, resource: &str, verb: &str) -> bool {
+    pub(super) fn allowed(&self, group: &str, resource: &str, verb: &str) -> bool {
         let Some(rules) = &self.rules else {
             return true;
         };
@@ -552,7 +592,7 @@ impl Server {
         )
     }
 
-    fn answer(&mut self, r: &Recorded) -> (u16, Value) {
+    pub(super) fn answer(&mut self, r: &Recorded) -> (u16, Value) {
         let Some((group, ns, resource, name, sub)) = parse(&r.path) else {
             return (404, status_body(404, "NotFound", r.path.clone()));
         };
@@ -605,6 +645,20 @@ impl Server {
                 ),
             );
         }
+        // NamespaceLifecycle admission: nothing new in a namespace being deleted.
+        let creates = r.method == "POST" || (verb == "patch" && !exists && sub.is_none());
+        if creates && self.terminating.contains(&ns) {
+            return (
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": format!("{resource} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", name.clone().unwrap_or_default()),
+                    "details": {"name": name.clone().unwrap_or_default(), "kind": resource,
+                        "causes": [{"reason": "NamespaceTerminating",
+                            "message": format!("namespace {ns} is being terminated"),
+                            "field": "metadata.namespace"}]}}),
+            );
+        }
         if let Some(f) = self
             .refusals
             .iter()
@@ -648,22 +702,129 @@ impl Server {
             ("POST", None, None) if resource == "events" => {
                 let note = r.body["note"].as_str().unwrap_or_default();
                 let event_name = r.body["metadata"]["name"].as_str().unwrap_or_default();
+                let mut errors = Vec::new();
                 if note.len() > 1024 {
+                    errors.push("note: Too long: may not be more than 1024 bytes".to_string());
+                }
+                // events.k8s.io/v1 validation of a new Event.
+                for field in [
+                    "eventTime",
+                    "reportingController",
+                    "reportingInstance",
+                    "action",
+                    "reason",
+                ] {
+                    if r.body[field].as_str().is_none_or(str::is_empty) {
+                        errors.push(format!("{field}: Required value"));
+                    }
+                }
+                if !errors.is_empty() {
                     return (
                         422,
                         status_body(
                             422,
                             "Invalid",
                             format!(
-                                "Event.events.k8s.io \"{event_name}\" is invalid: note: Too long: may not be more than 1024 bytes"
+                                "Event.events.k8s.io \"{event_name}\" is invalid: {}",
+                                errors.join(", ")
                             ),
                         ),
                     );
                 }
-                self.events.push(r.body.clone());
-                (201, r.body.clone())
+                if self
+                    .events
+                    .iter()
+                    .any(|e| e["metadata"]["name"] == r.body["metadata"]["name"])
+                {
+                    return (
+                        409,
+                        status_body(
+                            409,
+                            "AlreadyExists",
+                            format!("events.events.k8s.io \"{event_name}\" already exists"),
+                        ),
+                    );
+                }
+                let mut stored = r.body.clone();
+                stored["metadata"]["namespace"] = json!(ns.clone());
+                self.events.push(stored.clone());
+                (201, stored)
             }
-            ("PATCH", Some(_), None) if resource == "events" => (200, r.body.clone()),
+            // A create: the object at the collection's path and its name.
+            ("POST", None, None) => {
+                let Some(n) = r.body["metadata"]["name"].as_str().map(str::to_string) else {
+                    return (
+                        422,
+                        status_body(422, "Invalid", "metadata.name: Required value".into()),
+                    );
+                };
+                let path = format!("{}/{n}", r.path);
+                if self.objects.contains_key(&path) {
+                    return (
+                        409,
+                        status_body(
+                            409,
+                            "AlreadyExists",
+                            format!("{resource} \"{n}\" already exists"),
+                        ),
+                    );
+                }
+                let mut new = r.body.clone();
+                new["metadata"]["namespace"] = json!(ns.clone());
+                new["metadata"]["uid"] = json!(format!("uid-{n}"));
+                new["metadata"]["generation"] = json!(1);
+                new["metadata"]["resourceVersion"] = json!("1");
+                // The API server folds a Secret's stringData into data.
+                if let Some(strings) = new
+                    .as_object_mut()
+                    .and_then(|o| o.remove("stringData"))
+                    .and_then(|v| v.as_object().cloned())
+                {
+                    use base64::Engine;
+                    for (k, v) in strings {
+                        let text = v.as_str().unwrap_or_default();
+                        new["data"][k] =
+                            json!(base64::engine::general_purpose::STANDARD.encode(text));
+                    }
+                }
+                canonical_quantities(&mut new);
+                self.objects.insert(path, new.clone());
+                (201, new)
+            }
+            // A repeated Event: the recorder patches the series (count, last seen) of the
+            // Event it posted first, as client-go's recorder does.
+            ("PATCH", Some(n), None) if resource == "events" => {
+                if r.content_type != "application/merge-patch+json"
+                    && r.content_type != "application/strategic-merge-patch+json"
+                {
+                    return (
+                        415,
+                        status_body(415, "UnsupportedMediaType", r.content_type.clone()),
+                    );
+                }
+                let Some(event) = self
+                    .events
+                    .iter_mut()
+                    .find(|e| e["metadata"]["name"].as_str() == Some(n.as_str()))
+                else {
+                    return not_found();
+                };
+                let count = r.body["series"]["count"].as_i64().unwrap_or(0);
+                if count < 2 || r.body["series"]["lastObservedTime"].is_null() {
+                    return (
+                        422,
+                        status_body(
+                            422,
+                            "Invalid",
+                            format!(
+                                "Event.events.k8s.io \"{n}\" is invalid: series.count: Invalid value: {count}: should be at least 2"
+                            ),
+                        ),
+                    );
+                }
+                merge_patch(event, &r.body);
+                (200, event.clone())
+            }
             ("PATCH", Some(_), Some(s)) if s == "scale" => {
                 if r.content_type != "application/merge-patch+json" {
                     return (
@@ -847,6 +1008,8 @@ impl Server {
                     }
                 }
                 let mut new = defaulted(&kind, r.body.clone());
+                // Quantities are stored as the API server writes them: `1024Mi` is `1Gi`.
+                canonical_quantities(&mut new);
                 new["metadata"]["namespace"] = json!(ns.clone());
                 match &old {
                     Some(old) => {
@@ -956,6 +1119,9 @@ impl World {
             drain_answers: BTreeMap::new(),
             rules: Some(shipped_rules()),
             refusals: Vec::new(),
+            terminating: BTreeSet::new(),
+            claims_made: 0,
+            recorder: super::events::Recorder::new(FIELD_MANAGER, Some("test".into())),
             operator: Settings::default(),
         }
     }
@@ -1010,28 +1176,67 @@ impl World {
 
     /// Plays the StatefulSet controller and the kubelet: every StatefulSet's status now
     /// describes its current generation, with the counts of
-    /// [`World::stateful_set_status`]; it runs `readyReplicas` ready pods
+    /// [`World::stateful_set_status`]; it runs `readyReplicas` pods
     /// (`<name>-0`, `<name>-1`, … at `10.0.0.1`, `10.0.0.2`, … for the first StatefulSet,
-    /// `10.0.1.1`, … for the next) whose relays have the
+    /// `10.0.1.1`, … for the next), each owned by its StatefulSet, whose relays have the
     /// config of the Organization's ConfigMap in force.
+    ///
+    /// A pod runs the template it was made from (label `controller-revision-hash`). When
+    /// the template changes, pods are replaced one at a time from the highest ordinal, as
+    /// a RollingUpdate does, and the rollout stops at a new pod that does not become ready.
+    /// The kubelet starts a pod only once it can mount every volume
+    /// ([`World::cannot_mount`]): a Secret that is missing, or lacks a key an item names,
+    /// keeps a pod that does not mark it optional in `ContainerCreating` forever. A pod
+    /// that already runs keeps running whatever happens to its Secrets.
     pub fn settle(&mut self) {
-        let mut pods = Vec::new();
+        let mut sets = Vec::new();
         for (path, d) in self.children.iter_mut() {
             if path.contains("/statefulsets/") {
                 let mut status = self.stateful_set_status.clone();
                 status["observedGeneration"] = d["metadata"]["generation"].clone();
                 d["status"] = status;
-                pods.push(d.clone());
+                sets.push((path.clone(), d.clone()));
             }
         }
+        // The Deployment controller: the pods of a Deployment that is gone or scaled to
+        // zero stop (their ReplicaSet is `<deployment>-<hash>`).
+        let deployments: BTreeMap<String, i64> = self
+            .children
+            .iter()
+            .filter(|(p, _)| p.contains("/deployments/"))
+            .map(|(p, d)| (p.clone(), d["spec"]["replicas"].as_i64().unwrap_or(1)))
+            .collect();
         self.children.retain(|p, v| {
-            !p.contains("/pods/")
-                || v["metadata"]["labels"]["app.kubernetes.io/name"] == super::identity::DRAIN_APP
+            let owner = &v["metadata"]["ownerReferences"][0];
+            if !p.contains("/pods/") || owner["kind"] != "ReplicaSet" {
+                return true;
+            }
+            let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+            let rs = owner["name"].as_str().unwrap_or_default();
+            let deployment = rs.rsplit_once('-').map_or(rs, |(d, _)| d);
+            deployments
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/{ns}/deployments/{deployment}"
+                ))
+                .is_some_and(|replicas| *replicas > 0)
         });
+        // Pods of StatefulSets as they ran before (drain pods are the Job controller's,
+        // other pods nobody's here).
+        let is_relay_pod = |p: &String, v: &Value| {
+            p.contains("/pods/") && v["metadata"]["ownerReferences"][0]["kind"] == "StatefulSet"
+        };
+        let before: BTreeMap<String, Value> = self
+            .children
+            .iter()
+            .filter(|(p, v)| is_relay_pod(p, v))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect();
+        self.children.retain(|p, v| !is_relay_pod(p, v));
         self.pod_answers.clear();
-        for (k, set) in pods.into_iter().enumerate() {
+        for (k, (set_path, set)) in sets.into_iter().enumerate() {
             let ns = set["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = set["metadata"]["name"].as_str().unwrap_or_default();
+            let uid = set["metadata"]["uid"].clone();
             // One Organization per namespace: its ConfigMap is the one with a config, and
             // its relays load the Secrets as they are now.
             let prefix = format!("/api/v1/namespaces/{ns}/configmaps/");
@@ -1083,36 +1288,145 @@ impl World {
                         "{}-{name}-{i}",
                         template["metadata"]["name"].as_str().unwrap_or_default()
                     );
-                    self.children
-                        .entry(format!(
-                            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"
-                        ))
-                        .or_insert_with(|| {
-                            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                                "metadata": {"name": claim, "namespace": ns,
-                                    "labels": template["metadata"]["labels"].clone()},
-                                "spec": template["spec"].clone()})
-                        });
+                    let path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}");
+                    if !self.children.contains_key(&path) {
+                        let mut made = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                            "metadata": {"name": claim, "namespace": ns,
+                                "uid": format!("uid-{claim}-{}", self.claims_made),
+                                "labels": template["metadata"]["labels"].clone()},
+                            "spec": template["spec"].clone()});
+                        canonical_quantities(&mut made);
+                        self.children.insert(path, made);
+                        self.claims_made += 1;
+                    }
                 }
             }
-            for i in 0..ready {
+            let template = &set["spec"]["template"];
+            let revision = format!(
+                "{name}-{}",
+                &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    template.to_string().as_bytes()
+                ))[..10]
+            );
+            let (mut halted, mut blocked, mut updated) = (false, 0, 0);
+            // A RollingUpdate replaces the highest ordinal first.
+            for i in (0..ready).rev() {
                 let pod = format!("{name}-{i}");
+                let path = format!("/api/v1/namespaces/{ns}/pods/{pod}");
+                let old = before
+                    .get(&path)
+                    .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == uid);
+                let old_revision = old
+                    .map(|p| p["metadata"]["labels"]["controller-revision-hash"].clone())
+                    .unwrap_or(Value::Null);
+                let running_before = old.is_some_and(|p| p["status"]["phase"] == "Running");
+                // The previous pod stays while the rollout is stopped; else this one is
+                // (re)made from the current template.
+                let mut object = match old {
+                    Some(p) if old_revision == json!(revision) || halted => p.clone(),
+                    _ => {
+                        let mut labels = template["metadata"]["labels"].clone();
+                        labels["controller-revision-hash"] = json!(revision);
+                        json!({
+                            "apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": pod, "namespace": ns, "labels": labels,
+                                "uid": format!("uid-{pod}-{revision}"),
+                                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                    "name": name, "uid": uid, "controller": true,
+                                    "blockOwnerDeletion": true}]},
+                            "spec": template["spec"].clone(),
+                        })
+                    }
+                };
+                let fresh =
+                    object["metadata"]["labels"]["controller-revision-hash"] == json!(revision);
+                if fresh {
+                    updated += 1;
+                }
+                let started = running_before && object.get("status").is_some();
+                let mount = if started {
+                    None
+                } else {
+                    self.cannot_mount(ns, &object["spec"])
+                };
                 // One /24 per StatefulSet, in path order.
                 let ip = format!("10.{}.{}.{}", k / 256, k % 256, i + 1);
-                self.children.insert(
-                    format!("/api/v1/namespaces/{ns}/pods/{pod}"),
-                    json!({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": pod, "namespace": ns,
-                            "labels": set["spec"]["template"]["metadata"]["labels"].clone()},
-                        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
-                    }),
-                );
-                if let Some(running) = &running {
-                    self.pod_answers.insert(ip, Ok(running.clone()));
+                match mount {
+                    None => {
+                        object["status"] = json!({"podIP": ip, "phase": "Running",
+                            "conditions": [{"type": "Ready", "status": "True"}],
+                            "containerStatuses": [{"name": "relay", "ready": true,
+                                "state": {"running": {}}}]});
+                        if let Some(running) = &running {
+                            self.pod_answers.insert(ip, Ok(running.clone()));
+                        }
+                    }
+                    Some(why) => {
+                        blocked += 1;
+                        if fresh {
+                            halted = true;
+                        }
+                        object["status"] = json!({"podIP": ip, "phase": "Pending",
+                            "conditions": [{"type": "Ready", "status": "False",
+                                "reason": "ContainersNotReady"}],
+                            "containerStatuses": [{"name": "relay", "ready": false,
+                                "state": {"waiting": {"reason": "ContainerCreating",
+                                    "message": format!("MountVolume.SetUp failed: {why}")}}}]});
+                    }
+                }
+                self.children.insert(path, object);
+            }
+            if blocked > 0 || halted {
+                let minus = |v: &Value| json!((v.as_i64().unwrap_or(0) - blocked).max(0));
+                if let Some(d) = self.children.get_mut(&set_path) {
+                    d["status"]["readyReplicas"] = minus(&d["status"]["readyReplicas"]);
+                    d["status"]["availableReplicas"] = minus(&d["status"]["availableReplicas"]);
+                    d["status"]["updatedReplicas"] = json!(updated);
+                }
+            }
+            if let Some(d) = self.children.get_mut(&set_path) {
+                d["status"]["updateRevision"] = json!(revision);
+            }
+        }
+    }
+
+    /// Why the kubelet cannot mount the volumes of `pod_spec` in `namespace` (and so never
+    /// starts the pod), if it cannot: a Secret or ConfigMap that does not exist, or an item
+    /// naming a key it lacks, unless the volume is `optional`.
+    pub fn cannot_mount(&self, namespace: &str, pod_spec: &Value) -> Option<String> {
+        for volume in pod_spec["volumes"].as_array().into_iter().flatten() {
+            let v = volume["name"].as_str().unwrap_or_default();
+            if let Some(source) = volume.get("secret") {
+                let optional = source["optional"] == true;
+                let name = source["secretName"].as_str().unwrap_or_default();
+                let secret = self.secrets.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(namespace)
+                        && s.metadata.name.as_deref() == Some(name)
+                });
+                let Some(secret) = secret else {
+                    if optional {
+                        continue;
+                    }
+                    return Some(format!("volume \"{v}\": secret \"{name}\" not found"));
+                };
+                for item in source["items"].as_array().into_iter().flatten() {
+                    let key = item["key"].as_str().unwrap_or_default();
+                    if crate::secrets::secret_value(secret, key).is_none() && !optional {
+                        return Some(format!(
+                            "volume \"{v}\": secret \"{name}\" references non-existent secret key: {key}"
+                        ));
+                    }
+                }
+            }
+            if let Some(source) = volume.get("configMap") {
+                let name = source["name"].as_str().unwrap_or_default();
+                let path = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
+                if !self.children.contains_key(&path) && source["optional"] != true {
+                    return Some(format!("volume \"{v}\": configmap \"{name}\" not found"));
                 }
             }
         }
+        None
     }
 
     /// Plays the Job controller and the kubelet for drain Jobs: each Job not finished
@@ -1136,7 +1450,9 @@ impl World {
             self.children.insert(
                 format!("/api/v1/namespaces/{ns}/pods/{name}-run"),
                 json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": format!("{name}-run"), "namespace": ns, "labels": labels},
+                    "metadata": {"name": format!("{name}-run"), "namespace": ns, "labels": labels,
+                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                            "uid": job["metadata"]["uid"].clone(), "controller": true}]},
                     "spec": job["spec"]["template"]["spec"].clone(),
                     "status": {"podIP": ip, "phase": "Running"}}),
             );
@@ -1205,6 +1521,19 @@ impl World {
         self.children = objects;
     }
 
+    /// The API server holding what the world holds.
+    pub(super) fn server(&self) -> Server {
+        Server {
+            objects: self.objects(),
+            // Events stay between reconciles, as in a cluster (a repeated one is a series).
+            events: self.events.clone(),
+            terminating: self.terminating.clone(),
+            rules: self.rules.clone(),
+            refusals: self.refusals.clone(),
+            log: Vec::new(),
+        }
+    }
+
     /// The reflector stores as the controller's watches would hold the world.
     fn stores(&self) -> Stores {
         fn kids<K: DeserializeOwned + Resource<DynamicType = ()> + Clone + 'static>(
@@ -1257,13 +1586,7 @@ impl World {
         prober: P,
     ) -> (Vec<Result<Action, Error>>, Vec<Recorded>) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = Arc::new(Mutex::new(Server {
-            objects: self.objects(),
-            events: Vec::new(),
-            rules: self.rules.clone(),
-            refusals: self.refusals.clone(),
-            log: Vec::new(),
-        }));
+        let server = Arc::new(Mutex::new(self.server()));
         let serving = server.clone();
         let task = tokio::spawn(async move {
             // Ends when the last client is dropped.
@@ -1319,6 +1642,7 @@ impl World {
             self.stores(),
         );
         ctx.clock = Arc::new(|| Timestamp::from_second(NOW).unwrap());
+        ctx.recorder = self.recorder.clone();
         ctx.pod_reports = Arc::new(FakePodReports(
             self.pod_answers.clone(),
             self.drain_answers.clone(),
@@ -1337,7 +1661,7 @@ impl World {
             .into_inner()
             .unwrap();
         self.absorb(server.objects);
-        self.events.extend(server.events);
+        self.events = server.events;
         (results, server.log)
     }
 }

@@ -38,13 +38,18 @@ mod apply;
 pub mod children;
 mod context;
 pub mod drain;
+pub mod events;
 mod finalize;
 #[cfg(test)]
 mod fixtures;
 pub mod identity;
 pub mod leader;
+#[cfg(test)]
+mod live;
 pub mod metrics;
 pub mod names;
+#[cfg(test)]
+mod path_tests;
 pub mod pod_reports;
 pub mod probe;
 mod reconcile;

@@ -1,4 +1,7 @@
-//! What each ready relay pod says about the config it has in force.
+//! What each ready relay pod says about the config it has in force, and what a drain pod
+//! says about its progress. Only pods the relay's StatefulSet (or the drain's Job) owns
+//! are asked (the controller picks them), and no answer is read past
+//! [`MAX_METRICS_BYTES`]: a tenant's own pod cannot steer or exhaust the operator.
 //!
 //! The relay's admin endpoint publishes `smtprelay_config_info{hash="…",content_hash="…"} 1`
 //! on `/metrics`: the document hash, and the hash of the document and the files it names.
@@ -98,8 +101,14 @@ pub trait PodReports: Send + Sync + 'static {
     /// What the relay at `ip` (admin port `port`) runs, or why it could not be learned.
     fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>>;
 
-    /// How many messages the drain pod at `ip` (status port `port`) still has to drain.
-    fn drain_remaining(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<u64, String>>;
+    /// How many messages the drain pod at `ip` (status port `port`) still has to drain;
+    /// `token` is the Organization's admin token, which the status port asks for.
+    fn drain_remaining(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        token: Option<String>,
+    ) -> BoxFuture<'_, Result<u64, String>>;
 }
 
 /// Name of the drain's progress metric (`relay --drain --drain-status-listen`).
@@ -165,7 +174,12 @@ impl Default for HttpPodReports {
     }
 }
 
-async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
+/// The most of a `/metrics` answer that is read: a relay's is a few kilobytes; a pod
+/// that answers without end (or a tenant's pod posing as a relay) costs the operator,
+/// which serves every tenant, no more than this.
+pub const MAX_METRICS_BYTES: usize = 1024 * 1024;
+
+async fn fetch_metrics(addr: SocketAddr, token: Option<&str>) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -174,8 +188,11 @@ async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
     let connection = tokio::spawn(connection);
-    let request = http::Request::get("/metrics")
-        .header(http::header::HOST, addr.to_string())
+    let mut request = http::Request::get("/metrics").header(http::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender
@@ -183,11 +200,18 @@ async fn fetch_metrics(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
     let status = response.status();
-    let body = response
-        .into_body()
+    let body = http_body_util::Limited::new(response.into_body(), MAX_METRICS_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                format!(
+                    "GET http://{addr}/metrics: the answer is longer than {MAX_METRICS_BYTES} bytes"
+                )
+            } else {
+                format!("GET http://{addr}/metrics: {e}")
+            }
+        })?
         .to_bytes();
     connection.abort();
     if !status.is_success() {
@@ -200,17 +224,22 @@ impl PodReports for HttpPodReports {
     fn running(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<Running, String>> {
         Box::pin(async move {
             let addr = SocketAddr::new(ip, port);
-            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr))
+            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr, None))
                 .await
                 .map_err(|_| format!("GET http://{addr}/metrics timed out"))??;
             running(&text).ok_or_else(|| format!("{addr} publishes no {CONFIG_INFO_METRIC}"))
         })
     }
 
-    fn drain_remaining(&self, ip: IpAddr, port: u16) -> BoxFuture<'_, Result<u64, String>> {
+    fn drain_remaining(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        token: Option<String>,
+    ) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
             let addr = SocketAddr::new(ip, port);
-            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr))
+            let text = tokio::time::timeout(self.timeout, fetch_metrics(addr, token.as_deref()))
                 .await
                 .map_err(|_| format!("GET http://{addr}/metrics timed out"))??;
             drain_remaining(&text)
@@ -306,5 +335,28 @@ smtprelay_config_generation 3\n";
         // Nothing listens there any more.
         let err = reports.running(ip, port).await.unwrap_err();
         assert!(err.contains("127.0.0.1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_answers_without_end_is_cut_off_at_a_mebibyte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let junk = "# padding\n".repeat(200_000);
+            let body = format!("{junk}{METRICS}");
+            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            s.write_all(reply.as_bytes()).await.unwrap();
+            let _ = s.write_all(body.as_bytes()).await;
+        });
+        let reports = HttpPodReports::default();
+        let err = reports
+            .running("127.0.0.1".parse().unwrap(), port)
+            .await
+            .unwrap_err();
+        assert!(err.contains("1048576"), "{err}");
     }
 }

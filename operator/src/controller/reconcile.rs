@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,7 +33,6 @@ use super::apply::{
 };
 use super::context::{Context, Error, FIELD_MANAGER, Settings};
 use super::finalize::{drain_claims, finalize, set_finalizer};
-use super::identity::selected;
 
 /// Reconciles one Organization (the controller's entry point).
 pub async fn reconcile<P: TlsProber>(
@@ -137,8 +136,8 @@ pub(super) async fn referenced_secrets(
 
 /// The Organization's admin token Secret (`<org>-relay-admin`, key `token`): read with
 /// one GET, or created with a new random token when there is none. An existing one is
-/// never overwritten (an operator may rotate the token by editing it); the create is an
-/// apply that is not forced, so a Secret someone made meanwhile wins (the apply conflicts).
+/// never overwritten (an operator may rotate the token by editing it): a Secret someone
+/// made meanwhile wins (the create conflicts and the Secret is read).
 pub(super) async fn ensure_admin_secret(
     client: &Client,
     org: &Organization,
@@ -158,28 +157,34 @@ pub(super) async fn ensure_admin_secret(
             });
         }
     }
-    let apply = |source| Error::Apply {
+    let create = |source| Error::Apply {
         kind: "Secret".into(),
         namespace: namespace.clone(),
         name: name.clone(),
         source,
     };
     let token = crate::local::new_admin_token()
-        .map_err(|e| apply(kube::Error::Service(e.to_string().into())))?;
+        .map_err(|e| create(kube::Error::Service(e.to_string().into())))?;
     let secret = children::admin_secret(org, &token);
-    let mut body = serde_json::to_value(&secret).unwrap_or_default();
-    body["apiVersion"] = "v1".into();
-    body["kind"] = "Secret".into();
-    let made = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(apply)?;
-    tracing::info!(namespace, name, "created the relay admin token Secret");
-    Ok(made)
+    // A create, not an apply: the operator may create Secrets but never change one.
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(made) => {
+            tracing::info!(namespace, name, "created the relay admin token Secret");
+            Ok(made)
+        }
+        // Someone made it meanwhile: theirs wins.
+        Err(kube::Error::Api(e)) if e.code == 409 => match api.get_opt(&name).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(create(kube::Error::Api(e))),
+            Err(source) => Err(Error::Get {
+                kind: "Secret",
+                namespace,
+                name,
+                source,
+            }),
+        },
+        Err(source) => Err(create(source)),
+    }
 }
 
 /// Why the operator refuses to run what `org` asks for (tenant boundaries set by flags).
@@ -246,10 +251,14 @@ pub(super) fn spool_of(stateful_set: &StatefulSet) -> Option<crds::SpoolSpec> {
 }
 
 /// A spool spec with its defaults filled in, for comparison.
+/// Sizes are compared by amount (`1024Mi` is `1Gi`, as the API server stores it).
 pub(super) fn spool_with_defaults(spool: Option<&crds::SpoolSpec>) -> crds::SpoolSpec {
     let mut s = spool.cloned().unwrap_or_default();
-    s.size
-        .get_or_insert_with(|| children::DEFAULT_SPOOL_SIZE.into());
+    let size = s
+        .size
+        .take()
+        .unwrap_or_else(|| children::DEFAULT_SPOOL_SIZE.into());
+    s.size = Some(crate::quantity::canonical_or_same(&size));
     s
 }
 
@@ -417,17 +426,70 @@ pub(super) async fn reconcile_org<P: TlsProber>(
         .config_maps
         .get(&ObjectRef::new(&children::config_map_name(&name)).within(&ns))
         .map(|c| c.as_ref().clone());
-    let mounted = children::mounted_secrets(org, &routes, &secret_names);
+    // Key by key, as the kubelet will mount them; the running pods' Secrets stay.
+    let mounts = children::secret_mounts(org, &routes, &secrets, existing.as_ref());
+    let mounted = mounts.mounted;
     let secrets_hash = children::secrets_hash(&mounted, &secrets);
-    let mut problems = refusals(org, &ctx.settings);
+    let mut problems: Vec<Problem> = mounts
+        .missing
+        .iter()
+        .map(|m| Problem::new("SecretKeyMissing", m.message()))
+        .collect();
+    problems.extend(refusals(org, &ctx.settings));
     let allowed = within_bounds(org, &mut problems, existing.as_ref(), &stores.services);
-    let built = children::build(
+    let mut built = children::build(
         &allowed,
         &rendered.config,
         &mounted,
         &secrets_hash,
         &ctx.settings.defaults,
     );
+    // Claim templates never change (the API server refuses it; `within_bounds` keeps the
+    // spool): a StatefulSet made before claims carried the Organization's UID keeps
+    // claim templates without it.
+    let labelled = |s: &StatefulSet| {
+        s.spec.volume_claim_templates.iter().flatten().any(|c| {
+            c.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(children::ORGANIZATION_UID_LABEL))
+        })
+    };
+    if existing.as_ref().is_some_and(|s| !labelled(s)) {
+        for claim in built
+            .stateful_set
+            .spec
+            .volume_claim_templates
+            .iter_mut()
+            .flatten()
+        {
+            if let Some(labels) = claim.metadata.labels.as_mut() {
+                labels.remove(children::ORGANIZATION_UID_LABEL);
+            }
+        }
+    }
+    // Claims of an earlier Organization of this name: no relay pod of this one may run on
+    // them (the StatefulSet would take them by name), so the relay stops below the first.
+    let foreign = drain::foreign_claims(org, &owned(&in_namespace(&stores.claims, &ns)));
+    if !foreign.is_empty() {
+        let list: Vec<&str> = foreign.iter().map(|(_, c)| c.as_str()).collect();
+        problems.insert(
+            0,
+            Problem::new(
+                "ForeignSpoolClaim",
+                format!(
+                    "spool claims {} were made for an earlier Organization named {name} (label {} or creation time) and may hold its mail: no relay pod of this Organization runs on them; deliver their mail with a drain Job and delete them (see deploy/README.md), and the relay starts",
+                    list.join(", "),
+                    children::ORGANIZATION_UID_LABEL
+                ),
+            ),
+        );
+        if let Some(first) = foreign.iter().filter_map(|(o, _)| *o).min() {
+            let replicas = built.stateful_set.spec.replicas.unwrap_or(1);
+            let capped = replicas.min(i32::try_from(first).unwrap_or(i32::MAX));
+            built.stateful_set.spec.replicas = Some(capped);
+        }
+    }
     let mut failed = None;
     ensure_or_note(
         client,
@@ -471,6 +533,14 @@ pub(super) async fn reconcile_org<P: TlsProber>(
         &mut failed,
     )
     .await;
+    ensure_or_note(
+        client,
+        &stores.network_policies,
+        &built.drain_network_policy,
+        &mut problems,
+        &mut failed,
+    )
+    .await;
     let desired = allowed.spec.relay.replicas.unwrap_or(1).max(1);
     let rollout = status::Rollout::of(stateful_set.as_ref());
     let replaced = replace_deployment(ctx, org, &ns, &relay_name, &rollout, desired).await;
@@ -478,7 +548,13 @@ pub(super) async fn reconcile_org<P: TlsProber>(
         problems.push(Problem::new("DeploymentNotReplaced", e.to_string()));
         failed.get_or_insert(e);
     }
-    let reports = pod_reports(ctx, &ns, &name, rendered.config.admin_listen.port()).await;
+    let reports = pod_reports(
+        ctx,
+        &ns,
+        stateful_set.as_ref(),
+        rendered.config.admin_listen.port(),
+    )
+    .await;
     let wanted_content = children::content_hash_in_pods(&rendered.config, &mounted, &secrets);
     nudge_pods(ctx, &ns, &reports, &rendered.config.hash, &wanted_content).await;
     let draining = drain_claims(
@@ -486,11 +562,12 @@ pub(super) async fn reconcile_org<P: TlsProber>(
         org,
         &ns,
         Some(u32::try_from(desired).unwrap_or(1)),
-        stateful_set.as_ref(),
+        stateful_set.as_ref().map(|s| &s.spec.template),
         rendered.config.admin_listen.port(),
         &mut problems,
     )
-    .await;
+    .await
+    .draining;
 
     // Status of the Organization, then the Events that announce it.
     let mut new = status::organization_rendered(
@@ -504,6 +581,12 @@ pub(super) async fn reconcile_org<P: TlsProber>(
             content_hash: Some(&wanted_content),
         },
         &problems,
+        &now,
+    );
+    status::set_condition(
+        &mut new.conditions,
+        status::claims_pending(&draining),
+        org.metadata.generation,
         &now,
     );
     new.draining = draining;
@@ -820,17 +903,27 @@ pub(super) async fn nudge_pods<P: TlsProber>(
     }
 }
 
-/// What every ready relay pod of `org` says about its config, asked concurrently.
+/// What every ready relay pod of `stateful_set` says about its config, asked
+/// concurrently. Only pods the StatefulSet owns (its controller owner reference, by UID)
+/// are asked: a pod of the tenant's own with the relay's labels is not a relay, and its
+/// address is not the operator's to connect to.
 pub(super) async fn pod_reports<P: TlsProber>(
     ctx: &Context<P>,
     ns: &str,
-    org: &str,
+    stateful_set: Option<&StatefulSet>,
     admin_port: u16,
 ) -> Vec<PodReport> {
-    let selector = identity::selector_labels(org);
+    let Some(owner) = stateful_set.and_then(|s| s.uid()) else {
+        return Vec::new();
+    };
     let ready: Vec<(String, std::net::IpAddr)> = in_namespace(&ctx.stores.pods, ns)
         .into_iter()
-        .filter(|p| selected(p.as_ref(), &selector) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.owner_references().iter().any(|r| {
+                    r.kind == "StatefulSet" && r.controller == Some(true) && r.uid == owner
+                })
+        })
         .filter_map(|p| {
             let status = p.status.as_ref()?;
             let ready = status

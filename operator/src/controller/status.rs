@@ -30,6 +30,38 @@ pub const CREDENTIALS_ACCEPTED: &str = "CredentialsAccepted";
 pub const IN_FORCE: &str = "InForce";
 /// A Warning condition: the spool does not outlive its pod.
 pub const SPOOL_EPHEMERAL: &str = "SpoolEphemeral";
+/// True while a spool claim no relay pod serves waits to be drained (its mail handed
+/// over to the remaining relays, or delivered); what it waits for in the message.
+pub const SPOOL_CLAIM_PENDING: &str = "SpoolClaimPending";
+/// True while a deleted Organization waits for something before it goes; the reason says
+/// what (the relay to stop, drains, a failed drain, claims left with their mail).
+pub const DELETING: &str = "Deleting";
+
+/// `SpoolClaimPending` from the claims being drained.
+pub fn claims_pending(draining: &[crds::DrainingClaim]) -> Want {
+    if draining.is_empty() {
+        return Want::new(
+            SPOOL_CLAIM_PENDING,
+            false,
+            "NoClaimPending",
+            "no spool claim waits to be drained".into(),
+        );
+    }
+    let failed = draining.iter().any(|d| d.phase == "Failed");
+    let list: Vec<String> = draining
+        .iter()
+        .map(|d| format!("{} (Job {}, {})", d.claim, d.job, d.phase))
+        .collect();
+    Want::new(
+        SPOOL_CLAIM_PENDING,
+        true,
+        if failed { "DrainFailed" } else { "Draining" },
+        format!(
+            "spool claims of relay pods that are gone hold mail until drained: {}",
+            list.join(", ")
+        ),
+    )
+}
 
 /// What reconcile saw of the running relay.
 #[derive(Clone, Copy, Debug, Default)]

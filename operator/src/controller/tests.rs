@@ -20,22 +20,23 @@ use super::fixtures::{FakeProber, NOW, Recorded, Refusal, World};
 use super::probe::ProbingDisabled;
 use crate::render::{Objects, RenderEnv, render};
 
-const API: &str = "/apis/smtprelay.dev/v1alpha1/namespaces/acme";
-const EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/acme/events";
-const CHILD_APPLIES: [&str; 6] = [
+pub(super) const API: &str = "/apis/smtprelay.dev/v1alpha1/namespaces/acme";
+pub(super) const EVENTS: &str = "POST /apis/events.k8s.io/v1/namespaces/acme/events";
+const CHILD_APPLIES: [&str; 7] = [
     "PATCH /api/v1/namespaces/acme/configmaps/acme-relay-config",
     "PATCH /api/v1/namespaces/acme/services/acme-relay-pods",
     "PATCH /apis/apps/v1/namespaces/acme/statefulsets/acme-relay",
     "PATCH /api/v1/namespaces/acme/services/acme-relay",
     "PATCH /apis/policy/v1/namespaces/acme/poddisruptionbudgets/acme-relay",
     "PATCH /apis/networking.k8s.io/v1/namespaces/acme/networkpolicies/acme-relay",
+    "PATCH /apis/networking.k8s.io/v1/namespaces/acme/networkpolicies/acme-relay-drain",
 ];
 
-fn lines(log: &[Recorded]) -> Vec<String> {
+pub(super) fn lines(log: &[Recorded]) -> Vec<String> {
     log.iter().map(Recorded::line).collect()
 }
 
-fn writes(log: &[Recorded]) -> Vec<String> {
+pub(super) fn writes(log: &[Recorded]) -> Vec<String> {
     log.iter()
         .filter(|r| r.is_write())
         .map(Recorded::line)
@@ -43,7 +44,7 @@ fn writes(log: &[Recorded]) -> Vec<String> {
 }
 
 /// Requests the API server refused.
-fn refused(log: &[Recorded]) -> Vec<String> {
+pub(super) fn refused(log: &[Recorded]) -> Vec<String> {
     log.iter()
         .filter(|r| r.code >= 400 && r.code != 404)
         .map(|r| format!("{} -> {}", r.line(), r.code))
@@ -51,7 +52,7 @@ fn refused(log: &[Recorded]) -> Vec<String> {
 }
 
 /// `(type, reason, note, regarding kind/name)` of every Event the API server accepted.
-fn events(log: &[Recorded]) -> Vec<(String, String, String, String)> {
+pub(super) fn events(log: &[Recorded]) -> Vec<(String, String, String, String)> {
     log.iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/events") && r.code < 300)
         .map(|r| {
@@ -70,24 +71,24 @@ fn events(log: &[Recorded]) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn request<'a>(log: &'a [Recorded], method: &str, path: &str) -> &'a Recorded {
+pub(super) fn request<'a>(log: &'a [Recorded], method: &str, path: &str) -> &'a Recorded {
     log.iter()
         .find(|r| r.method == method && r.path == path)
         .unwrap_or_else(|| panic!("no {method} {path} in {:#?}", lines(log)))
 }
 
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+pub(super) fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
-fn org_status(world: &World) -> Value {
+pub(super) fn org_status(world: &World) -> Value {
     serde_json::to_value(world.organizations[0].status.clone()).unwrap()
 }
 
-fn rendered(world: &World) -> RelayConfig {
+pub(super) fn rendered(world: &World) -> RelayConfig {
     let secrets: BTreeSet<String> = world.secrets.iter().map(|s| s.name_any()).collect();
     render(
         "acme",
@@ -105,7 +106,7 @@ fn rendered(world: &World) -> RelayConfig {
 }
 
 /// The world after its first reconcile and the Deployment controller's rollout.
-async fn settled(example: &str) -> World {
+pub(super) async fn settled(example: &str) -> World {
     let mut world = World::example(example);
     let (result, log) = world.reconcile(ProbingDisabled).await;
     result.unwrap();
@@ -130,7 +131,7 @@ async fn new_organization_gets_all_children_then_status_then_events() {
     let mut expected: Vec<String> = vec![
         format!("PATCH {API}/organizations/acme"),
         "GET /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
-        "PATCH /api/v1/namespaces/acme/secrets/acme-relay-admin".into(),
+        "POST /api/v1/namespaces/acme/secrets".into(),
     ];
     expected.extend(CHILD_APPLIES.map(String::from));
     expected.extend([
@@ -704,7 +705,7 @@ async fn a_rotated_secret_restarts_no_pod_and_is_in_force_once_pods_load_it() {
 }
 
 /// A relay's answer that names its document hash only (as relays before content hashes).
-fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
+pub(super) fn running(hash: &str) -> Result<super::pod_reports::Running, String> {
     Ok(super::pod_reports::Running {
         hash: hash.into(),
         content_hash: None,
@@ -1173,8 +1174,9 @@ async fn secrets_are_read_one_by_one_and_never_listed() {
         .filter(|r| r.resources.iter().any(|x| x == "secrets"))
         .collect();
     assert_eq!(secrets.len(), 1);
-    // create and patch: only for the admin token Secret the operator makes (below).
-    assert_eq!(secrets[0].verbs, ["get", "create", "patch"]);
+    // create: only for the admin token Secret the operator makes (below); it never
+    // changes a Secret.
+    assert_eq!(secrets[0].verbs, ["get", "create"]);
     assert!(secrets[0].resource_names.is_empty());
     let mut world = World::example("applications-smtp-auth");
     let (result, log) = world.reconcile(ProbingDisabled).await;
@@ -1190,7 +1192,7 @@ async fn secrets_are_read_one_by_one_and_never_listed() {
             "GET /api/v1/namespaces/acme/secrets/relay-tls",
             "GET /api/v1/namespaces/acme/secrets/smtp-credentials",
             "GET /api/v1/namespaces/acme/secrets/acme-relay-admin",
-            "PATCH /api/v1/namespaces/acme/secrets/acme-relay-admin",
+            "POST /api/v1/namespaces/acme/secrets",
         ]
     );
 }
@@ -1858,12 +1860,12 @@ async fn the_cluster_networks_reach_the_relays_delivery_guard() {
 
 // --- Draining the spools of relay pods that are gone ------------------------------------
 
-const JOBS: &str = "/apis/batch/v1/namespaces/acme/jobs";
-const CLAIMS: &str = "/api/v1/namespaces/acme/persistentvolumeclaims";
+pub(super) const JOBS: &str = "/apis/batch/v1/namespaces/acme/jobs";
+pub(super) const CLAIMS: &str = "/api/v1/namespaces/acme/persistentvolumeclaims";
 
 /// The quickstart with `replicas` relays (and the Redis limit store more than one needs),
 /// rolled out: every pod ready, every claim made.
-async fn with_replicas(replicas: i32) -> World {
+pub(super) async fn with_replicas(replicas: i32) -> World {
     let mut world = World::example("quickstart");
     world.organizations[0].spec.relay.replicas = Some(replicas);
     world.organizations[0].spec.relay.limit_store = Some(crds::LimitStoreSpec {
@@ -1879,7 +1881,7 @@ async fn with_replicas(replicas: i32) -> World {
     world
 }
 
-fn claims(world: &World) -> Vec<String> {
+pub(super) fn claims(world: &World) -> Vec<String> {
     world
         .children
         .keys()
@@ -1888,7 +1890,7 @@ fn claims(world: &World) -> Vec<String> {
         .collect()
 }
 
-fn jobs(world: &World) -> Vec<String> {
+pub(super) fn jobs(world: &World) -> Vec<String> {
     world
         .children
         .keys()

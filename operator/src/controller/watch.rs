@@ -1,9 +1,11 @@
 //! The controller's watches and [`run`]: which changes of which objects (inputs of an
 //! Organization, children it owns) trigger a reconcile of which Organization, and the
-//! controller loop with its error policy.
+//! controller loop with its error policy. Creates, changes and deletes all count: a
+//! deleted IpAllowRange leaves the config at once, a deleted child is put back at once.
 //!
 //! Not here: what a reconcile does (`reconcile`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crds::Organization;
@@ -41,11 +43,97 @@ pub(super) fn input_changed<K: Resource>(obj: &K) -> Option<u64> {
         .hash_property(obj)
 }
 
-/// A watch of every `K` that feeds `writer` and yields the objects whose spec or labels
-/// changed.
+/// Which watch events of inputs are worth a reconcile: an object created, one whose spec
+/// or labels changed ([`input_changed`]), and one deleted. kube's `predicate_filter`
+/// cannot be used for this: a Deleted event carries the object as it was, so its
+/// generation and labels are unchanged and the filter would drop it; and a re-list after
+/// a broken watch reports objects deleted meanwhile by leaving them out, not by an event.
+/// Both are deletes here: the last known state of each object is kept, and an object
+/// missing from a re-list is reported as it was last seen.
+pub struct InputChanges<K: Resource<DynamicType = ()>> {
+    /// Deleted objects are reported too (inputs); Organizations are not: their deletion
+    /// is a deletion timestamp first (a new generation), their disappearance the end.
+    report_deletes: bool,
+    seen: HashMap<ObjectRef<K>, (Option<u64>, K)>,
+    /// Objects listed by the re-list under way.
+    relisted: Option<HashSet<ObjectRef<K>>>,
+}
+
+impl<K> InputChanges<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    pub fn new(report_deletes: bool) -> Self {
+        Self {
+            report_deletes,
+            seen: HashMap::new(),
+            relisted: None,
+        }
+    }
+
+    /// The objects `event` asks to reconcile for.
+    pub fn on_event(&mut self, event: &watcher::Event<K>) -> Vec<K> {
+        match event {
+            watcher::Event::Apply(o) => self.applied(o).into_iter().collect(),
+            watcher::Event::Delete(o) => {
+                self.seen.remove(&ObjectRef::from_obj(o));
+                if self.report_deletes {
+                    vec![o.clone()]
+                } else {
+                    Vec::new()
+                }
+            }
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(o) => {
+                if let Some(listed) = self.relisted.as_mut() {
+                    listed.insert(ObjectRef::from_obj(o));
+                }
+                self.applied(o).into_iter().collect()
+            }
+            watcher::Event::InitDone => {
+                let Some(listed) = self.relisted.take() else {
+                    return Vec::new();
+                };
+                let gone: Vec<ObjectRef<K>> = self
+                    .seen
+                    .keys()
+                    .filter(|k| !listed.contains(k))
+                    .cloned()
+                    .collect();
+                let mut out = Vec::new();
+                for key in gone {
+                    if let Some((_, last)) = self.seen.remove(&key)
+                        && self.report_deletes
+                    {
+                        out.push(last);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn applied(&mut self, o: &K) -> Option<K> {
+        let hash = input_changed(o);
+        let key = ObjectRef::from_obj(o);
+        let same = self
+            .seen
+            .get(&key)
+            .is_some_and(|(h, last)| *h == hash && last.meta().uid == o.meta().uid);
+        self.seen.insert(key, (hash, o.clone()));
+        (!same).then(|| o.clone())
+    }
+}
+
+/// A watch of every `K` that feeds `writer` and yields the objects created, deleted, or
+/// whose spec or labels changed ([`InputChanges`]).
 pub(super) fn inputs<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
+    report_deletes: bool,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
@@ -56,14 +144,22 @@ where
         + Sync
         + 'static,
 {
+    let mut changes = InputChanges::new(report_deletes);
     watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .applied_objects()
-        .predicate_filter(input_changed::<K>, Default::default())
+        .map(move |event| match event {
+            Ok(event) => {
+                futures::stream::iter(changes.on_event(&event).into_iter().map(Ok)).left_stream()
+            }
+            Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+        })
+        .flatten()
 }
 
-/// A watch of the operator's children of kind `K` (by label) that feeds `writer`.
+/// A watch of the operator's children of kind `K` (by label) that feeds `writer` and
+/// yields every child created, changed or deleted: a child deleted by someone is put
+/// back at once, not at the next periodic reconcile.
 pub(super) fn children_of<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
@@ -81,7 +177,7 @@ where
     watcher(Api::<K>::all(client.clone()), owned)
         .default_backoff()
         .reflect(writer)
-        .applied_objects()
+        .touched_objects()
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -108,7 +204,7 @@ pub async fn run<P: TlsProber>(
         stores.organizations.clone(),
     );
     Controller::for_stream(
-        inputs(&client, w.organizations),
+        inputs(&client, w.organizations, false),
         stores.organizations.clone(),
     )
     .owns_stream(children_of(&client, w.config_maps))
@@ -127,13 +223,13 @@ pub async fn run<P: TlsProber>(
     .watches_stream(children_of(&client, w.claims), move |c| {
         organizations_in(&s5, c.namespace())
     })
-    .watches_stream(inputs(&client, w.settings), move |o| {
+    .watches_stream(inputs(&client, w.settings, true), move |o| {
         organizations_in(&s1, o.namespace())
     })
-    .watches_stream(inputs(&client, w.ranges), move |o| {
+    .watches_stream(inputs(&client, w.ranges, true), move |o| {
         organizations_in(&s2, o.namespace())
     })
-    .watches_stream(inputs(&client, w.routes), move |o| {
+    .watches_stream(inputs(&client, w.routes, true), move |o| {
         organizations_in(&s3, o.namespace())
     })
     .graceful_shutdown_on(shutdown)

@@ -26,7 +26,8 @@
 //! Either way the spool is opened like the relay opens it, so its lock keeps a drain off
 //! a spool a relay still runs on, and unreadable files go to quarantine as they would.
 //! With `--drain-status-listen` the number of messages still to drain is served as
-//! `smtprelay_drain_remaining` on `/metrics`, for the operator's status.
+//! `smtprelay_drain_remaining` on `/metrics`, for the operator's status, to whoever
+//! presents the admin token (when the configuration names one).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,9 +117,10 @@ pub async fn drain(
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let remaining = Arc::new(AtomicU64::new(spool.depth() as u64));
     if let Some(addr) = status_listen {
-        match TcpListener::bind(addr).await {
+        match crate::net::listen(addr) {
             Ok(listener) => {
-                tokio::spawn(serve_status(listener, remaining.clone()));
+                let token = config.admin_token_file.as_ref().map(PathBuf::from);
+                tokio::spawn(serve_status(listener, remaining.clone(), token));
             }
             Err(e) => tracing::warn!(%addr, error = %e, "cannot serve the drain's progress"),
         }
@@ -405,7 +407,33 @@ async fn deliver(
     })
 }
 
-async fn serve_status(listener: TcpListener, remaining: Arc<AtomicU64>) {
+/// True when `authorization` carries the admin token of `token_file` (compared in
+/// constant time); with no token file configured, anyone may read the progress.
+fn status_allowed(token_file: Option<&Path>, authorization: Option<&[u8]>) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(file) = token_file else {
+        return true;
+    };
+    let Ok(expected) = std::fs::read(file) else {
+        return false;
+    };
+    let expected = expected.trim_ascii();
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    match presented {
+        Some(p) if !expected.is_empty() => {
+            Sha256::digest(p).ct_eq(&Sha256::digest(expected)).into()
+        }
+        _ => false,
+    }
+}
+
+/// Serves the progress on `/metrics`, to those who present the admin token when the
+/// configuration names one (the operator does; the drain pod's port is not open to the
+/// Organization's other pods either, by its NetworkPolicy).
+async fn serve_status(listener: TcpListener, remaining: Arc<AtomicU64>, token: Option<PathBuf>) {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     loop {
@@ -413,10 +441,24 @@ async fn serve_status(listener: TcpListener, remaining: Arc<AtomicU64>) {
             continue;
         };
         let remaining = remaining.clone();
+        let token = token.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let n = remaining.load(Ordering::Relaxed);
+                let allowed = status_allowed(
+                    token.as_deref(),
+                    req.headers()
+                        .get(hyper::header::AUTHORIZATION)
+                        .map(|v| v.as_bytes()),
+                );
                 async move {
+                    if !allowed {
+                        let mut refused = hyper::Response::new(Full::new(Bytes::from_static(
+                            b"the admin token is required\n",
+                        )));
+                        *refused.status_mut() = StatusCode::UNAUTHORIZED;
+                        return Ok::<_, std::convert::Infallible>(refused);
+                    }
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
                         format!(
                             "# TYPE smtprelay_drain_remaining gauge\nsmtprelay_drain_remaining {n}\n# EOF\n"
@@ -428,5 +470,28 @@ async fn serve_status(listener: TcpListener, remaining: Arc<AtomicU64>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::status_allowed;
+
+    #[test]
+    fn the_progress_is_shown_only_to_the_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let file = Some(file.as_path());
+        assert!(status_allowed(file, Some(b"Bearer s3cret")));
+        assert!(!status_allowed(file, Some(b"Bearer guess")));
+        assert!(!status_allowed(file, None));
+        // Unreadable token: nobody.
+        assert!(!status_allowed(
+            Some(dir.path().join("gone").as_path()),
+            Some(b"Bearer s3cret")
+        ));
+        // No token configured (a drain run by hand): anyone.
+        assert!(status_allowed(None, None));
     }
 }

@@ -20,6 +20,7 @@ pub mod expectation;
 pub mod manifest;
 pub mod organization;
 pub mod range;
+pub mod reference;
 pub mod route;
 pub mod setting;
 pub mod structural;

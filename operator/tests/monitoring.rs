@@ -343,3 +343,60 @@ async fn every_metric_the_alerts_and_the_dashboard_read_is_exported() {
         "read by the kit but not exported: {missing:?}"
     );
 }
+
+/// mdBook's id of a heading: lower case, alphanumerics, `-` and `_` kept, spaces turned into
+/// `-`, everything else dropped.
+fn mdbook_id(heading: &str) -> String {
+    heading
+        .trim()
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c.to_ascii_lowercase()),
+            ' ' => Some('-'),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_to_its_runbook_in_the_book() {
+    const BOOK_URL: &str = "https://smtprelay.dev/book/";
+    let doc: serde_yaml::Value = serde_yaml::from_str(RULES).unwrap();
+    let mut alerts = 0;
+    for group in doc["spec"]["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let alert = rule["alert"].as_str().unwrap();
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert}: no runbook_url annotation"));
+            let rest = url
+                .strip_prefix(BOOK_URL)
+                .unwrap_or_else(|| panic!("{alert}: {url} is not in the book ({BOOK_URL})"));
+            let (page, anchor) = rest
+                .split_once('#')
+                .unwrap_or_else(|| panic!("{alert}: {url} names no heading"));
+            let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../docs/src")
+                .join(page.replace(".html", ".md"));
+            let text = std::fs::read_to_string(&source)
+                .unwrap_or_else(|e| panic!("{alert}: {url}: {}: {e}", source.display()));
+            let ids: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with('#'))
+                .map(|l| mdbook_id(l.trim_start_matches('#')))
+                .collect();
+            assert!(
+                ids.iter().any(|id| id == anchor),
+                "{alert}: {url}: no heading with id `{anchor}` in {}",
+                source.display()
+            );
+            assert_eq!(
+                anchor,
+                mdbook_id(alert),
+                "{alert}: the runbook heading is the alert's name"
+            );
+        }
+    }
+    assert!(alerts >= 12, "{alerts} alerts read");
+}

@@ -1813,7 +1813,7 @@ async fn at_steady_state_reconciles_write_nothing_and_changes_write_each_object_
     );
 }
 
-/// The benchmark of `docs/benchmarks.md`:
+/// The benchmark of `docs/src/benchmarks.md`:
 /// `cargo test -p operator --lib reconcile_cost_at_1000 -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "benchmark: run explicitly"]

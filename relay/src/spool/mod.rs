@@ -26,7 +26,7 @@
 //! segment is compacted into a new one. A new segment file is made only while the disk
 //! keeps a reserve free after it; below that, messages go to files of their own, which
 //! take only the room they need (no spurious `452` on a nearly full disk). The
-//! measurements that chose this are in `docs/benchmarks.md` ("Performance round 2").
+//! measurements that chose this are in `docs/src/benchmarks.md` ("Performance round 2").
 //!
 //! A message that went to `incoming/` (more than [`SPILL_BYTES`] of text, or a record
 //! larger than a segment takes) keeps a file of its own (`files`): `RELAYSPOOL3\n`, the
@@ -65,7 +65,7 @@
 //! sent may also come back (its record or file reached the disk before the crash cut its
 //! acknowledgment): the client retries it, so it may be delivered twice. An acknowledged
 //! message never goes missing. The power-loss simulator (`sim`, `powerloss`) checks these
-//! exact rules over thousands of crash points; `docs/durability.md` has its numbers.
+//! exact rules over thousands of crash points; `docs/src/durability.md` has its numbers.
 //!
 //! ## Writing
 //!

@@ -44,7 +44,13 @@ pub struct Running {
     /// DKIM signing domains whose key the relay's last signing could not read
     /// (`smtprelay_dkim_key_unreadable{domain} 1`).
     pub dkim_unreadable: Vec<String>,
+    /// Content filters (by name) the relay could not reach at its last probe or message
+    /// (`smtprelay_filter_reachable{filter} 0`).
+    pub filters_unreachable: Vec<String>,
 }
+
+/// Name of the relay's per-filter reachability gauge.
+pub const FILTER_REACHABLE_METRIC: &str = "smtprelay_filter_reachable";
 
 /// Name of the relay's per-domain DKIM key metric.
 pub const DKIM_KEY_UNREADABLE_METRIC: &str = "smtprelay_dkim_key_unreadable";
@@ -142,21 +148,23 @@ pub fn running(metrics: &str) -> Option<Running> {
         .lines()
         .find_map(|line| sample_labels(line, CONFIG_REFUSED_METRIC))
         .and_then(|l| Some((label(&l, "hash")?, label(&l, "reason").unwrap_or_default())));
-    // The values of `key` of the samples of 0/1 gauge `metric` that are 1.
-    let raised = |metric: &str, key: &str| -> Vec<String> {
+    // The values of `key` of the samples of 0/1 gauge `metric` whose value is `value`.
+    let at = |metric: &str, key: &str, value: &str| -> Vec<String> {
         metrics
             .lines()
-            .filter(|line| line.trim_end().ends_with(" 1"))
+            .filter(|line| line.trim_end().ends_with(value))
             .filter_map(|line| sample_labels(line, metric))
             .filter_map(|l| label(&l, key))
             .collect()
     };
+    let raised = |metric: &str, key: &str| at(metric, key, " 1");
     Some(Running {
         hash: label(&info, "hash")?,
         content_hash: label(&info, "content_hash"),
         refused,
         auth_refused: raised(ROUTE_AUTH_REFUSED_METRIC, "route"),
         dkim_unreadable: raised(DKIM_KEY_UNREADABLE_METRIC, "domain"),
+        filters_unreachable: at(FILTER_REACHABLE_METRIC, "filter", " 0"),
     })
 }
 
@@ -302,6 +310,14 @@ smtprelay_config_generation 3\n";
             running(&keys).unwrap().dkim_unreadable,
             vec!["acme.example"]
         );
+        let filters = format!(
+            "{METRICS}smtprelay_filter_reachable{{filter=\"rspamd\"}} 0\nsmtprelay_filter_reachable{{filter=\"clamav\"}} 1\n"
+        );
+        assert_eq!(
+            running(&filters).unwrap().filters_unreachable,
+            vec!["rspamd"]
+        );
+        assert!(running(METRICS).unwrap().filters_unreachable.is_empty());
         assert_eq!(sample_labels("x{a=\"1\"", "x"), None, "unterminated");
         assert_eq!(sample_labels("x{a=\"1\",} 1", "x").unwrap().len(), 1);
     }

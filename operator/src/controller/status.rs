@@ -455,6 +455,39 @@ pub fn organization_rendered(
             ),
         ));
     }
+    // A content filter a relay cannot reach: its messages get the filter's onUnavailable
+    // answer (by default 451 4.7.1, so clients retry) until it answers again.
+    let mut unreachable: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for r in reports {
+        if let Ok(run) = &r.running {
+            for filter in &run.filters_unreachable {
+                unreachable.entry(filter).or_default().push(&r.pod);
+            }
+        }
+    }
+    for (filter, pods) in unreachable {
+        let answer = org
+            .spec
+            .content_filters
+            .iter()
+            .find(|f| f.name == filter)
+            .map(|f| match f.on_unavailable {
+                crds::organization::OnUnavailable::Accept => {
+                    "messages go on unfiltered (onUnavailable: Accept)"
+                }
+                crds::organization::OnUnavailable::TempFail => {
+                    "messages are answered 451 4.7.1 and clients retry (onUnavailable: TempFail)"
+                }
+            })
+            .unwrap_or("its onUnavailable answer applies");
+        all.push(Problem::new(
+            "ContentFilterUnreachable",
+            format!(
+                "relay pod(s) {} cannot reach content filter {filter}: {answer} until it answers again",
+                pods.join(", ")
+            ),
+        ));
+    }
     set_condition(
         &mut conditions,
         in_force(config, content_hash, &rollout, reports),
@@ -1132,6 +1165,52 @@ spec:
             "{}",
             degraded.message
         );
+        let s = status(&[pod("acme-relay-0", &[]), pod("acme-relay-1", &[])]);
+        assert_eq!(condition(&s.conditions, DEGRADED).unwrap().status, "False");
+    }
+
+    #[test]
+    fn a_content_filter_a_pod_cannot_reach_is_degraded_naming_the_filter_the_pods_and_the_answer() {
+        let (mut org, config, _) = org_and_config(1);
+        org.spec.content_filters = serde_json::from_value(serde_json::json!([
+            {"name": "rspamd", "milter": {"host": "rspamd.filters.svc", "port": 11332}},
+            {"name": "clamav", "milter": {"host": "clamav.filters.svc", "port": 7357},
+             "onUnavailable": "Accept"},
+        ]))
+        .unwrap();
+        let pod = |name: &str, unreachable: &[&str]| PodReport {
+            pod: name.into(),
+            running: Ok(Running {
+                hash: config.hash.clone(),
+                filters_unreachable: unreachable.iter().map(|d| d.to_string()).collect(),
+                ..Default::default()
+            }),
+        };
+        let status = |reports: &[PodReport]| with_two_ready_pods(&org, &config, reports);
+        let s = status(&[
+            pod("acme-relay-0", &["rspamd"]),
+            pod("acme-relay-1", &["rspamd", "clamav"]),
+        ]);
+        let degraded = condition(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ContentFilterUnreachable")
+        );
+        assert!(
+            degraded.message.contains(
+                "relay pod(s) acme-relay-0, acme-relay-1 cannot reach content filter rspamd: messages are answered 451 4.7.1"
+            ),
+            "{}",
+            degraded.message
+        );
+        assert!(
+            degraded.message.contains(
+                "relay pod(s) acme-relay-1 cannot reach content filter clamav: messages go on unfiltered"
+            ),
+            "{}",
+            degraded.message
+        );
+        // Reachable again: no longer degraded.
         let s = status(&[pod("acme-relay-0", &[]), pod("acme-relay-1", &[])]);
         assert_eq!(condition(&s.conditions, DEGRADED).unwrap().status, "False");
     }

@@ -26,6 +26,8 @@ pub(crate) struct Args {
     pub(crate) postfix: bool,
     pub(crate) generator: GeneratorChoice,
     pub(crate) scaling: bool,
+    /// Only archiving's cost: our relay without and with an archive address.
+    pub(crate) archive: bool,
     pub(crate) scaling_messages: usize,
     pub(crate) work_dir: PathBuf,
     pub(crate) timeout: Duration,
@@ -61,6 +63,7 @@ impl Default for Args {
             postfix: true,
             generator: GeneratorChoice::Ours,
             scaling: false,
+            archive: false,
             scaling_messages: 5000,
             work_dir: PathBuf::from("/var/tmp/relay-bench"),
             timeout: Duration::from_secs(600),
@@ -120,6 +123,7 @@ pub(crate) fn parse_args(argv: &[String]) -> Result<Args, String> {
                 }
             }
             "--scaling" => a.scaling = true,
+            "--archive" => a.archive = true,
             "--scaling-messages" => a.scaling_messages = num(value()?)?.max(1),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "--timeout-secs" => a.timeout = Duration::from_secs(num(value()?)? as u64),

@@ -9,16 +9,20 @@ use crate::stats::median;
 use crate::args::{Args, GeneratorChoice};
 use crate::report::{order, print_run, print_source_table, print_table};
 use crate::rounds::{Driver, Run, Shape, System, default_relayctl, loadavg, run_system};
-use crate::{big, downstream, idle, ours, postfix, reload, scaling, source, tarpit};
+use crate::{archive, big, downstream, idle, ours, postfix, reload, scaling, source, tarpit};
 
 pub(crate) async fn bench(args: Args) -> Result<(), String> {
-    if args.postfix && !postfix::available() {
+    if args.postfix && !args.archive && !postfix::available() {
         return Err(
             "postfix is not installed: run bench/scripts/setup-postfix.sh (or pass --no-postfix)"
                 .into(),
         );
     }
-    if !args.scaling && args.generator != GeneratorChoice::Ours && !source::available() {
+    if !args.scaling
+        && !args.archive
+        && args.generator != GeneratorChoice::Ours
+        && !source::available()
+    {
         return Err(
             "smtp-source is not installed: run bench/scripts/setup-postfix.sh (or pass --generator ours)"
                 .into(),
@@ -38,6 +42,12 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
             "not run".into()
         }
     );
+    if args.archive {
+        let sink = Sink::start()?;
+        archive::run(&args, &sink).await?;
+        eprintln!("relay-bench: done, load average {}", loadavg());
+        return Ok(());
+    }
     if args.scaling {
         let sink = Sink::start()?;
         let rows = scaling::run(&args, &sink).await?;

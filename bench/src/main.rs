@@ -14,6 +14,7 @@
 //!             [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both]
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
 //! relay-bench --scaling [--scaling-messages 5000] [--no-postfix] [--work-dir DIR]
+//! relay-bench --archive [--rounds 3] [--messages N] [--sessions N]   (archiving's cost)
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
 //! ```
 //!
@@ -27,6 +28,7 @@
 //! on error and on Ctrl-C too. The policy-decision micro benchmark is
 //! `cargo bench -p relay --bench ingress`.
 
+mod archive;
 mod args;
 mod big;
 mod downstream;
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
                 eprintln!("relay-bench: {e}");
             }
             eprintln!(
-                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both] [--scaling] [--scaling-messages N] [--work-dir DIR] [--timeout-secs N]"
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both] [--scaling] [--scaling-messages N] [--archive] [--work-dir DIR] [--timeout-secs N]"
             );
             return ExitCode::from(2);
         }

@@ -879,3 +879,18 @@ pub fn refusal(e: &Explanation) -> String {
 pub fn json(e: &Explanation) -> String {
     serde_json::to_string_pretty(e).unwrap_or_default() + "\n"
 }
+
+/// The explanation as a Markdown section, for a pull-request comment: the verdict in bold,
+/// then the text report in a code block.
+pub fn markdown(e: &Explanation) -> String {
+    let verdict = if e.accepted {
+        "Accepted".to_string()
+    } else {
+        format!("Refused: {}", refusal(e))
+    };
+    format!(
+        "### relayctl explain\n\n**{}**\n\n```text\n{}```\n",
+        verdict.replace('*', "\\*"),
+        text(e).replace("```", "'''")
+    )
+}

@@ -903,8 +903,6 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// `relayctl queue`.
-
-/// `relayctl queue`.
 async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
     use operator::queue_admin::{escape, list_table, request, show_text};
     let local = operator::local::LocalOptions {
@@ -1254,8 +1252,6 @@ async fn sink(listen: std::net::SocketAddr) -> ExitCode {
         }
     }
 }
-
-/// `relayctl dkim-record`: the TXT record of a private key file.
 
 /// What `relayctl dkim-record -o json|yaml` prints.
 #[derive(Serialize)]

@@ -600,7 +600,7 @@ fn describe_setting(
         BoxCheck::Failed => "TLS missing: the setting requires STARTTLS before MAIL".to_string(),
     };
     let (sender_state, sender_detail) = match &v.sender {
-        SenderCheck::Allowed => ("ok", format!("allowed by {:?}", s.allowed_senders)),
+        SenderCheck::Allowed => ("ok", format!("allowed by {}", s.allowed_senders)),
         SenderCheck::Rewritten { to, reason } => (
             "ok",
             format!("{reason}: AnyAddress rewrites the envelope sender to {to}"),

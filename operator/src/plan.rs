@@ -256,7 +256,7 @@ fn describe_setting(s: &SettingConfig) -> String {
         }
     };
     format!(
-        "allowedSenders {:?}, {ip}, SMTP AUTH {}, TLS {}",
+        "allowedSenders {}, {ip}, SMTP AUTH {}, TLS {}",
         s.allowed_senders,
         if s.require_smtp_auth {
             "required"
@@ -314,7 +314,7 @@ fn setting_changes(object: &str, b: &SettingConfig, h: &SettingConfig, out: &mut
             },
             object,
             format!(
-                "allowedSenders {:?} → {:?}{}",
+                "allowedSenders {} → {}{}",
                 b.allowed_senders,
                 h.allowed_senders,
                 if loosened {

@@ -745,6 +745,13 @@ fn old_flags_still_work_with_a_deprecation_note() {
 
 #[test]
 fn every_command_documents_its_exit_codes_and_usage_errors_exit_2() {
+    let top = relayctl(&["--help"]);
+    assert!(
+        top.out.contains("Exit status, for every command")
+            && top.out.contains("\n  2  invalid input"),
+        "{}",
+        top.out
+    );
     for command in [
         "crds",
         "install",
@@ -857,4 +864,42 @@ fn spool_size_is_checked_as_the_api_server_checks_a_quantity() {
             assert!(run.err.contains("spec.relay.spool"), "{size}: {}", run.err);
         }
     }
+}
+
+/// A 1024-bit RSA DKIM key cannot sign (ring needs 2048 bits or more): render still
+/// renders, and says so in one human-readable warning; the relay defers that domain's
+/// mail (relay/tests/delivery_dkim.rs).
+#[test]
+fn a_1024_bit_dkim_key_is_a_readable_warning_not_a_debug_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = std::fs::read_to_string(examples().join("quickstart/relay.yaml")).unwrap();
+    let key: String = relay::delivery::testing::dkim_keys::RSA_1024_PKCS8
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let manifests = relay.replacen(
+        "  relay:\n",
+        "  dkim:\n    - {domain: acme.example, selector: s1, secretRef: {name: dkim-acme}}\n  relay:\n",
+        1,
+    ) + &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: dkim-acme\n  namespace: acme\nstringData:\n  private.key: |\n{key}"
+    );
+    std::fs::write(dir.path().join("relay.yaml"), manifests).unwrap();
+    let run = relayctl_in(dir.path(), &["render", ".", "-o", "yaml"]);
+    assert_eq!(run.code, 0, "{}", run.err);
+    let warning = run
+        .err
+        .lines()
+        .find(|l| l.contains("dkim for acme.example"))
+        .unwrap_or_else(|| panic!("{}", run.err));
+    assert!(
+        warning.starts_with(
+            "warning: Organization acme: dkim for acme.example: Secret dkim-acme key private.key is not a usable rsa-sha256 private key (the RSA key is smaller than 2048 bits"
+        ),
+        "{warning}"
+    );
+    assert!(warning.ends_with("until the key is fixed"), "{warning}");
+    assert!(!run.err.contains("BEGIN"), "never the key");
+    let v = parse("yaml", &run.out, &["render"]);
+    assert_eq!(v["dkim"][0]["domain"], "acme.example");
 }

@@ -26,18 +26,24 @@ use serde::Serialize;
     name = "relayctl",
     version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SMTPRELAY_GIT_REVISION"), ")"),
     about = "Manage SmtpRelay manifests: validate, render, explain, test, plan, run",
-    after_help = "Every command that prints a result takes -o/--output (text, json, yaml; \
-                  plan and explain also markdown). Exit status: 0 done; 1 the answer is no \
-                  (a case failed, a host did not verify, a plan gate tripped, the relay \
-                  refused); 2 invalid input (arguments, manifests, key files). Objects of \
-                  other API groups among the manifests (a Namespace, a SealedSecret, a \
-                  kustomization.yaml) are skipped with a note on stderr; --strict refuses them."
+    after_help = CLI_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+const CLI_HELP: &str = "Every command that prints a result takes -o/--output: text, json or yaml
+(plan and explain also markdown); stdout holds only the result.
+
+Exit status, for every command (each one's --help says when):
+  0  done
+  1  the answer is no: a case failed, a host did not verify, a plan --fail-on gate
+     tripped, the relay refused
+  2  invalid input: arguments, manifests, key files
+
+Objects of other API groups among the manifests (a Namespace, a SealedSecret, a
+kustomization.yaml) are skipped with a note on stderr; --strict refuses them.";
 const VALIDATE_HELP: &str = "Exit status:
   0  every object is valid
   2  invalid manifests or arguments (every problem is listed; -o json|yaml prints them as

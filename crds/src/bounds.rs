@@ -37,6 +37,8 @@ pub const DESCRIPTION_MAX: usize = 1024;
 pub const URL_MAX: usize = 2048;
 /// A header field name (the longest registered ones are about 30 characters).
 pub const HEADER_NAME_MAX: usize = 64;
+/// A resource quantity in text (`1Gi`, `500Mi`, `10G`): the spool size.
+pub const QUANTITY_MAX: usize = 64;
 /// The name of a policy test case.
 pub const CASE_NAME_MAX: usize = 256;
 

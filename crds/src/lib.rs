@@ -119,14 +119,14 @@ pub fn validate_object(kind: &str, object: &serde_json::Value) -> Vec<structural
 /// All CRDs as one multi-document YAML stream, as `relayctl crds` prints it and as
 /// `crds/yaml/smtprelay.dev.yaml` commits it. A comment first states the Kubernetes
 /// version they need.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, yaml_serde::Error> {
     let mut out = format!(
         "# SmtpRelay CustomResourceDefinitions (smtprelay.dev/v1alpha1).\n\
          # They need Kubernetes {MIN_KUBERNETES_VERSION} or newer: their validation rules use the CEL IP/CIDR library.\n"
     );
     for crd in all_crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&yaml_serde::to_string(&crd)?);
     }
     Ok(out)
 }

@@ -2,8 +2,11 @@
 //!
 //! This module owns the user-facing error reporting of `relayctl validate`, `render`,
 //! `run` and `plan`: every problem names the file, the document, the object, the field
-//! path, the line where it can be found, and what to do. Unknown kinds and unknown fields
-//! are errors (a typo must never silently drop a rule). Single-object rules are the CRD
+//! path, the line where it can be found, and what to do. Unknown kinds of our API group and
+//! unknown fields are errors (a typo must never silently drop a rule). Objects of other API
+//! groups (a Namespace, a SealedSecret, a `kustomization.yaml` beside the manifests of a
+//! GitOps folder) are refused by a strict load and set aside as [`Skipped`] by a lenient
+//! one ([`LoadOptions`]); `v1` Secrets are read either way. Single-object rules are the CRD
 //! schema's value validations (bounds such as `maxItems` and `maxLength`, patterns, enums:
 //! [`crate::structural`], which kube's `cel` feature does not check) and its CEL rules,
 //! evaluated through kube's `cel` feature, so offline validation and the API server agree
@@ -24,7 +27,7 @@ use crate::{
 };
 
 /// Where an object came from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Source {
     /// File name as given (or as found under a given directory).
     pub file: String,
@@ -63,6 +66,45 @@ pub struct ManifestSet {
     /// Policy test cases (`relayctl test`); they configure nothing and are not counted
     /// by [`ManifestSet::len`].
     pub expectations: Vec<Loaded<RelayExpectation>>,
+    /// Objects of other API groups left out by a lenient load (always empty after a
+    /// strict one).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A document (or a whole file) of another API group, left out of a lenient load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub source: Source,
+    /// `Kind namespace/name (apiVersion)`, or `a Kustomization file` for a
+    /// `kustomization.yaml`.
+    pub what: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.source.document == 0 {
+            write!(f, "{}: {}", self.source.file, self.what)
+        } else {
+            write!(f, "{}: {}", self.source, self.what)
+        }
+    }
+}
+
+/// How strictly a load treats objects that are not ours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Set aside objects of API groups other than `smtprelay.dev` (except `v1` Secrets)
+    /// and `kustomization.yaml` files instead of refusing them.
+    pub skip_foreign: bool,
+}
+
+impl LoadOptions {
+    /// Refuse anything that is not ours: what the operator and the tests use.
+    pub const STRICT: LoadOptions = LoadOptions {
+        skip_foreign: false,
+    };
+    /// Set aside what is not ours: what `relayctl` does unless given `--strict`.
+    pub const LENIENT: LoadOptions = LoadOptions { skip_foreign: true };
 }
 
 impl ManifestSet {
@@ -82,7 +124,7 @@ impl ManifestSet {
 }
 
 /// One problem in one document.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ManifestError {
     /// File name.
     pub file: String,
@@ -91,8 +133,10 @@ pub struct ManifestError {
     /// 1-based line of the problem (or of the document start), 0 when unknown.
     pub line: usize,
     /// `Kind namespace/name` of the object, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
     /// Field path such as `spec.cidr`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// What is wrong and what to do.
     pub message: String,
@@ -188,9 +232,17 @@ fn file_error(path: &Path, message: String) -> ManifestError {
     }
 }
 
-/// Loads and validates every manifest under `paths`. Returns all objects, or every error
-/// found (not just the first).
+/// Loads and validates every manifest under `paths`, refusing objects that are not ours.
+/// Returns all objects, or every error found (not just the first).
 pub fn load_paths(paths: &[PathBuf]) -> Result<ManifestSet, ManifestErrors> {
+    load_paths_with(paths, LoadOptions::STRICT)
+}
+
+/// [`load_paths`] with a choice of what to do with objects that are not ours.
+pub fn load_paths_with(
+    paths: &[PathBuf],
+    options: LoadOptions,
+) -> Result<ManifestSet, ManifestErrors> {
     let files = collect_files(paths)?;
     let mut sources = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
@@ -200,7 +252,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<ManifestSet, ManifestErrors> {
             Err(e) => errors.push(file_error(&file, format!("cannot read file: {e}"))),
         }
     }
-    match load_sources(&sources) {
+    match load_sources_with(&sources, options) {
         Ok(set) if errors.is_empty() => Ok(set),
         Ok(_) => Err(ManifestErrors(errors)),
         Err(ManifestErrors(more)) => {
@@ -211,18 +263,37 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<ManifestSet, ManifestErrors> {
 }
 
 /// Loads and validates manifests given as `(file name, text)` pairs (files read from a Git
-/// revision, for instance).
+/// revision, for instance), refusing objects that are not ours.
 pub fn load_sources(sources: &[(String, String)]) -> Result<ManifestSet, ManifestErrors> {
+    load_sources_with(sources, LoadOptions::STRICT)
+}
+
+/// [`load_sources`] with a choice of what to do with objects that are not ours.
+pub fn load_sources_with(
+    sources: &[(String, String)],
+    options: LoadOptions,
+) -> Result<ManifestSet, ManifestErrors> {
     let mut set = ManifestSet::default();
     let mut errors = Vec::new();
     for (file, text) in sources {
+        if options.skip_foreign && is_kustomization(file) {
+            set.skipped.push(Skipped {
+                source: Source {
+                    file: file.clone(),
+                    document: 0,
+                    line: 1,
+                },
+                what: "a Kustomization file".into(),
+            });
+            continue;
+        }
         for doc in split_documents(text) {
             let source = Source {
                 file: file.clone(),
                 document: doc.index,
                 line: doc.line,
             };
-            if let Err(e) = load_document(&source, doc.text, &mut set) {
+            if let Err(e) = load_document(&source, doc.text, options, &mut set) {
                 errors.push(*e);
             }
         }
@@ -233,6 +304,23 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<ManifestSet, Manifes
     } else {
         Err(ManifestErrors(errors))
     }
+}
+
+/// `kustomization.yaml` (or `.yml`, or `Kustomization`): kustomize's own file, which has
+/// no `apiVersion` of ours and often none at all.
+fn is_kustomization(file: &str) -> bool {
+    matches!(
+        Path::new(file).file_name().and_then(|n| n.to_str()),
+        Some("kustomization.yaml" | "kustomization.yml" | "Kustomization")
+    )
+}
+
+/// The API group of an `apiVersion` (`""` for the core group's `v1`).
+fn api_group(api_version: &str) -> &str {
+    api_version
+        .rsplit_once('/')
+        .map(|(group, _)| group)
+        .unwrap_or("")
 }
 
 struct Document<'a> {
@@ -307,6 +395,7 @@ const METADATA_FIELDS: &[&str] = &[
 fn load_document(
     source: &Source,
     text: &str,
+    options: LoadOptions,
     set: &mut ManifestSet,
 ) -> Result<(), Box<ManifestError>> {
     let err = |line: usize, object: Option<String>, field: Option<String>, message: String| {
@@ -319,7 +408,7 @@ fn load_document(
             message,
         })
     };
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
         let line = e
             .location()
             .map(|l| source.line + l.line() - 1)
@@ -369,6 +458,16 @@ fn load_document(
             "Organization" | "SmtpRelaySetting" | "IpAllowRange" | "MailRoute" | "RelayExpectation",
         ) => (TOP_LEVEL_CRD, false),
         ("v1", "Secret") => (TOP_LEVEL_SECRET, true),
+        _ if options.skip_foreign && api_group(&api_version) != crate::GROUP => {
+            set.skipped.push(Skipped {
+                source: source.clone(),
+                what: format!(
+                    "{kind} {namespace}/{} ({api_version})",
+                    name.as_deref().unwrap_or("<unnamed>")
+                ),
+            });
+            return Ok(());
+        }
         _ => {
             return Err(err(
                 0,
@@ -471,7 +570,7 @@ fn typed<T: DeserializeOwned>(
     source: &Source,
     object: &Option<String>,
 ) -> Result<T, Box<ManifestError>> {
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -640,7 +739,7 @@ fn locate_value(text: &str, key: &str, value: &str) -> Option<usize> {
         .last()
 }
 
-/// serde_yaml starts some messages with the path of the enclosing mapping
+/// yaml_serde starts some messages with the path of the enclosing mapping
 /// (`spec.authentication: unknown field ...`); the error carries the full path already.
 fn strip_path_prefix(message: &str) -> String {
     match message.split_once(": ") {
@@ -651,7 +750,7 @@ fn strip_path_prefix(message: &str) -> String {
     }
 }
 
-/// serde_yaml appends " at line L column C"; we print our own line.
+/// yaml_serde appends " at line L column C"; we print our own line.
 fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(i) => message[..i].to_string(),

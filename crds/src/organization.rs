@@ -433,11 +433,15 @@ pub enum ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = kube::core::Rule::new("!has(self.ephemeral) || !self.ephemeral || !has(self.storageClassName)").message("relay.spool.storageClassName needs a persistent spool; an ephemeral spool is an emptyDir"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.size) || isQuantity(self.size)").message("relay.spool.size must be a Kubernetes quantity such as 1Gi, 500Mi or 10G"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.size) || !isQuantity(self.size) || quantity(self.size).isGreaterThan(quantity('0'))").message("relay.spool.size must be larger than zero"))]
 pub struct SpoolSpec {
     /// Size of each pod's spool claim (default 1Gi), or the size limit of the emptyDir
-    /// of an ephemeral spool. Fixed once the relay exists: a StatefulSet's claim
+    /// of an ephemeral spool: a Kubernetes quantity (`1Gi`, `500Mi`, `10G`) of at most 64
+    /// characters, larger than zero. Fixed once the relay exists: a StatefulSet's claim
     /// templates cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::QUANTITY_MAX))]
     pub size: Option<String>,
     /// StorageClass of the claims (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -561,6 +565,13 @@ impl Organization {
                 v.items(&hpath, headers, bounds::DKIM_HEADERS_MAX);
                 v.each_len(&hpath, headers, bounds::HEADER_NAME_MAX);
             }
+        }
+        if let Some(spool) = &s.relay.spool {
+            v.opt_len(
+                "spec.relay.spool.size",
+                spool.size.as_deref(),
+                bounds::QUANTITY_MAX,
+            );
         }
         v.items(
             "spec.contentFilters",

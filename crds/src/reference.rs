@@ -170,19 +170,17 @@ fn walk(node: &Value, path: &str, required: bool, rows: &mut Vec<Row>) {
             }
         }
     }
-    if let Some(props) = node
-        .get("additionalProperties")
-        .and_then(|extra| extra.get("properties").map(|p| (extra, p)))
-        .and_then(|(extra, p)| Some((extra, p.as_object()?)))
-    {
-        let (extra, props) = props;
-        for (name, child) in props {
-            walk(
-                child,
-                &format!("{path}.<key>.{name}"),
-                is_required(extra, name),
-                rows,
-            );
+    if let Some(extra) = node.get("additionalProperties").filter(|v| v.is_object()) {
+        let map_path = format!("{path}.<key>");
+        if let Some(props) = extra.get("properties").and_then(Value::as_object) {
+            for (name, child) in props {
+                walk(
+                    child,
+                    &format!("{map_path}.{name}"),
+                    is_required(extra, name),
+                    rows,
+                );
+            }
         }
     }
 }

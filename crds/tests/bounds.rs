@@ -209,7 +209,7 @@ fn schema(object: &Value) -> Vec<String> {
 }
 
 fn load(object: &Value) -> Result<(), String> {
-    let text = serde_yaml::to_string(object).expect("yaml");
+    let text = yaml_serde::to_string(object).expect("yaml");
     load_sources(&[("bound.yaml".to_string(), text)])
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -674,7 +674,7 @@ fn a_loaded_bound_error_names_file_line_and_field() {
         "/spec/domains",
         json!(["acme.example", domain(254)]),
     );
-    let text = serde_yaml::to_string(&o).expect("yaml");
+    let text = yaml_serde::to_string(&o).expect("yaml");
     let err = load_sources(&[("org.yaml".to_string(), text.clone())])
         .expect_err("refused")
         .0

@@ -23,7 +23,7 @@ fn committed_crd_yaml_matches_the_types() {
 
 fn parsed() -> Vec<CustomResourceDefinition> {
     let yaml = crds::crds_yaml().unwrap();
-    serde_yaml::Deserializer::from_str(&yaml)
+    yaml_serde::Deserializer::from_str(&yaml)
         .map(|doc| CustomResourceDefinition::deserialize(doc).unwrap())
         .collect()
 }

@@ -6,7 +6,7 @@ use crds::manifest::validate_object;
 use crds::{DkimAlgorithm, Organization};
 
 fn with_dkim(dkim: &str) -> Organization {
-    serde_yaml::from_str(&format!(
+    yaml_serde::from_str(&format!(
         r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization
@@ -95,11 +95,11 @@ fn a_domain_listed_twice_is_refused() {
 
 #[test]
 fn an_unknown_algorithm_or_field_is_refused() {
-    let bad: Result<Organization, _> = serde_yaml::from_str(
+    let bad: Result<Organization, _> = yaml_serde::from_str(
         "apiVersion: smtprelay.dev/v1alpha1\nkind: Organization\nmetadata: {name: acme}\nspec:\n  domains: [acme.example]\n  licenses: 1\n  dkim: [{domain: acme.example, selector: s1, secretRef: {name: k}, algorithm: rsa-sha1}]\n",
     );
     assert!(bad.is_err());
-    let bad: Result<Organization, _> = serde_yaml::from_str(
+    let bad: Result<Organization, _> = yaml_serde::from_str(
         "apiVersion: smtprelay.dev/v1alpha1\nkind: Organization\nmetadata: {name: acme}\nspec:\n  domains: [acme.example]\n  licenses: 1\n  dkim: [{domain: acme.example, selector: s1, secretRef: {name: k}, key: x}]\n",
     );
     assert!(bad.is_err());

@@ -5,7 +5,7 @@ use crds::Organization;
 use crds::manifest::validate_object;
 
 fn org(name: &str, tls_secret: &str) -> Organization {
-    serde_yaml::from_str(&format!(
+    yaml_serde::from_str(&format!(
         r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization
@@ -49,7 +49,7 @@ fn secret_references_are_valid_secret_names() {
 }
 
 fn with_store(store: &str) -> Organization {
-    serde_yaml::from_str(&format!(
+    yaml_serde::from_str(&format!(
         r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization

@@ -5,7 +5,7 @@ use crds::Organization;
 use crds::manifest::validate_object;
 
 fn with_proxy(proxy: &str) -> Organization {
-    serde_yaml::from_str(&format!(
+    yaml_serde::from_str(&format!(
         r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization
@@ -59,7 +59,7 @@ fn anything_else_is_refused_with_a_message_saying_what_to_write() {
 
 #[test]
 fn an_unknown_field_is_refused() {
-    let parsed: Result<Organization, _> = serde_yaml::from_str(
+    let parsed: Result<Organization, _> = yaml_serde::from_str(
         r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization

@@ -261,8 +261,8 @@ fn roundtrip<T>(value: &T) -> T
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    let yaml = serde_yaml::to_string(value).unwrap();
-    serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    let yaml = yaml_serde::to_string(value).unwrap();
+    yaml_serde::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
 proptest! {

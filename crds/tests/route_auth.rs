@@ -11,7 +11,7 @@ fn route(hosts: &str, tls: &str, auth: bool) -> MailRoute {
     } else {
         ""
     };
-    serde_yaml::from_str(&format!(
+    yaml_serde::from_str(&format!(
         "apiVersion: smtprelay.dev/v1alpha1
 kind: MailRoute
 metadata: {{name: smarthost, namespace: acme}}

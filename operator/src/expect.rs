@@ -291,6 +291,7 @@ pub fn outcome_changes(
                     " (the expectation now fails)"
                 }
             ),
+            breaks_expectation: b.passed() && !h.passed(),
         })
         .collect()
 }

@@ -600,7 +600,7 @@ fn describe_setting(
         BoxCheck::Failed => "TLS missing: the setting requires STARTTLS before MAIL".to_string(),
     };
     let (sender_state, sender_detail) = match &v.sender {
-        SenderCheck::Allowed => ("ok", format!("allowed by {:?}", s.allowed_senders)),
+        SenderCheck::Allowed => ("ok", format!("allowed by {}", s.allowed_senders)),
         SenderCheck::Rewritten { to, reason } => (
             "ok",
             format!("{reason}: AnyAddress rewrites the envelope sender to {to}"),
@@ -878,4 +878,19 @@ pub fn refusal(e: &Explanation) -> String {
 /// The explanation as JSON, for tools.
 pub fn json(e: &Explanation) -> String {
     serde_json::to_string_pretty(e).unwrap_or_default() + "\n"
+}
+
+/// The explanation as a Markdown section, for a pull-request comment: the verdict in bold,
+/// then the text report in a code block.
+pub fn markdown(e: &Explanation) -> String {
+    let verdict = if e.accepted {
+        "Accepted".to_string()
+    } else {
+        format!("Refused: {}", refusal(e))
+    };
+    format!(
+        "### relayctl explain\n\n**{}**\n\n```text\n{}```\n",
+        verdict.replace('*', "\\*"),
+        text(e).replace("```", "'''")
+    )
 }

@@ -26,7 +26,7 @@ const BASE: [(&str, &str); 2] = [
 ];
 
 /// The whole install as one multi-document YAML stream, with both images tagged `tag`.
-pub fn install_yaml(tag: &str) -> Result<String, serde_yaml::Error> {
+pub fn install_yaml(tag: &str) -> Result<String, yaml_serde::Error> {
     let mut out = String::from(
         "# SmtpRelay: CRDs, namespace, RBAC and operator.\n\
          # kubectl apply --server-side -f install.yaml\n",

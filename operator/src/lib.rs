@@ -9,6 +9,7 @@ pub mod git;
 pub mod install;
 pub mod local;
 pub mod manifests;
+pub mod output;
 pub mod plan;
 pub mod quantity;
 pub mod queue_admin;

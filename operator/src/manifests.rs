@@ -95,7 +95,7 @@ fn render_with(
             }
         }
     }
-    let rendered = render(
+    let mut rendered = render(
         &namespace,
         Objects {
             organizations: &organizations,
@@ -106,5 +106,21 @@ fn render_with(
         },
         env,
     )?;
+    // DKIM keys the manifests hold are read, as the controller reads them from the
+    // cluster: an unusable one (not a key, an RSA key under 2048 bits) is said offline.
+    let held: Vec<_> = set
+        .secrets
+        .iter()
+        .filter(|s| s.object.namespace().unwrap_or_else(|| "default".into()) == namespace)
+        .map(|s| s.object.clone())
+        .collect();
+    for org in organizations
+        .iter()
+        .filter(|o| o.namespace().unwrap_or_else(|| "default".into()) == namespace)
+    {
+        rendered
+            .findings
+            .extend(crate::render::dkim_key_findings(org, &held));
+    }
     Ok((rendered, assumed))
 }

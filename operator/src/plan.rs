@@ -106,6 +106,35 @@ pub struct Change {
     pub object: String,
     /// The change in words.
     pub change: String,
+    /// A RelayExpectation case that passed at the base fails at the head: the change
+    /// breaks a behaviour the repository states (`relayctl plan --fail-on breaking`).
+    #[serde(
+        rename = "breaksExpectation",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub breaks_expectation: bool,
+}
+
+/// What `relayctl plan --fail-on` turns into exit code 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Any behavioural change.
+    Change,
+    /// A warning: a loosened policy, or an expectation that now fails.
+    Warning,
+    /// A RelayExpectation case that passed at the base and fails at the head.
+    Breaking,
+}
+
+impl FailOn {
+    /// Whether `changes` trip this gate.
+    pub fn tripped(self, changes: &[Change]) -> bool {
+        changes.iter().any(|c| match self {
+            FailOn::Change => true,
+            FailOn::Warning => c.severity == Severity::Warning,
+            FailOn::Breaking => c.breaks_expectation,
+        })
+    }
 }
 
 /// The changes from `base` to `head`, in a stable order (by object, then as found).
@@ -127,6 +156,7 @@ fn push(out: &mut Vec<Change>, severity: Severity, object: &str, change: String)
         severity,
         object: object.to_string(),
         change,
+        breaks_expectation: false,
     });
 }
 
@@ -226,7 +256,7 @@ fn describe_setting(s: &SettingConfig) -> String {
         }
     };
     format!(
-        "allowedSenders {:?}, {ip}, SMTP AUTH {}, TLS {}",
+        "allowedSenders {}, {ip}, SMTP AUTH {}, TLS {}",
         s.allowed_senders,
         if s.require_smtp_auth {
             "required"
@@ -284,7 +314,7 @@ fn setting_changes(object: &str, b: &SettingConfig, h: &SettingConfig, out: &mut
             },
             object,
             format!(
-                "allowedSenders {:?} → {:?}{}",
+                "allowedSenders {} → {}{}",
                 b.allowed_senders,
                 h.allowed_senders,
                 if loosened {

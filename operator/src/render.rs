@@ -131,6 +131,17 @@ pub enum ObjectKind {
     MailRoute,
 }
 
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Organization => "Organization",
+            ObjectKind::SmtpRelaySetting => "SmtpRelaySetting",
+            ObjectKind::IpAllowRange => "IpAllowRange",
+            ObjectKind::MailRoute => "MailRoute",
+        })
+    }
+}
+
 /// A cross-object problem that leaves a working configuration: reported, not fatal.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Finding {
@@ -141,6 +152,13 @@ pub struct Finding {
     pub reason: &'static str,
     /// What happens and what to do.
     pub message: String,
+}
+
+/// `MailRoute partner: message`, as `relayctl` prints it after `warning: `.
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.name, self.message)
+    }
 }
 
 /// A rendered configuration and what render noticed on the way.

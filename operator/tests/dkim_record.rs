@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine;
-use rsa::pkcs8::{DecodePublicKey, EncodePrivateKey};
+use relay::delivery::testing::dkim_keys;
 
 fn relayctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_relayctl"))
@@ -53,13 +53,8 @@ fn strings(line: &str) -> Vec<String> {
 #[test]
 fn an_rsa_key_prints_a_record_split_into_255_byte_strings() {
     let dir = tempfile::tempdir().unwrap();
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-    let pem = private
-        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-        .unwrap()
-        .to_string();
     let key = dir.path().join("private.key");
-    std::fs::write(&key, pem).unwrap();
+    std::fs::write(&key, dkim_keys::RSA_2048_PKCS8).unwrap();
 
     let (ok, out, err) = record(&key, &[]);
     assert!(ok, "{err}");
@@ -70,10 +65,10 @@ fn an_rsa_key_prints_a_record_split_into_255_byte_strings() {
     assert!(strings[1].len() <= 255);
     let value = strings.concat();
     let p = value.strip_prefix("v=DKIM1; k=rsa; p=").unwrap();
-    let der = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
-    // p= is the SubjectPublicKeyInfo of the key's public half.
-    let public = rsa::RsaPublicKey::from_public_key_der(&der).unwrap();
-    assert_eq!(public, rsa::RsaPublicKey::from(&private));
+    // p= is the SubjectPublicKeyInfo of the key's public half, byte for byte as
+    // `openssl pkey -pubout -outform DER` writes it.
+    assert_eq!(p, dkim_keys::RSA_2048_SPKI_BASE64.trim());
+    assert!(base64::engine::general_purpose::STANDARD.decode(p).is_ok());
 
     // Naming the algorithm gives the same; naming the wrong one fails.
     assert_eq!(record(&key, &["--algorithm", "rsa-sha256"]).1, out);
@@ -122,6 +117,28 @@ fn a_file_that_is_not_a_key_fails_with_a_message() {
     let (ok, _, err) = record(&dir.path().join("missing"), &[]);
     assert!(!ok);
     assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn a_1024_bit_rsa_key_is_refused_as_too_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("private.key");
+    std::fs::write(&key, dkim_keys::RSA_1024_PKCS8).unwrap();
+    let out = relayctl(&[
+        "dkim-record",
+        "--key",
+        key.to_str().unwrap(),
+        "--selector",
+        "s1",
+        "--domain",
+        "acme.example",
+        "--algorithm",
+        "rsa-sha256",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "invalid input");
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("smaller than 2048 bits"), "{err}");
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {

@@ -486,7 +486,7 @@ fn malformed_expectations_are_invalid_input_with_file_line_and_field() {
     let dir = scenario(&bad_ip);
     for command in ["test", "validate"] {
         let (code, _, err) = relayctl_in(dir.path(), &[command, "."]);
-        assert_eq!(code, if command == "test" { 2 } else { 1 }, "{err}");
+        assert_eq!(code, 2, "{command}: {err}");
         assert_line(
             &err,
             &[
@@ -510,7 +510,7 @@ fn malformed_expectations_are_invalid_input_with_file_line_and_field() {
     );
     let dir = scenario(&twice);
     let (code, _, err) = relayctl_in(dir.path(), &["validate", "."]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert_line(
         &err,
         &[
@@ -568,7 +568,12 @@ fn plan_reports_cases_whose_outcome_changed() {
     assert_ne!(edited, manifest);
     std::fs::write(repo.join("relay.yaml"), edited).unwrap();
     let (code, out, err) = relayctl_in(repo, &["plan", "--base", "HEAD", "."]);
-    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(code, 0, "no --fail-on: {out}\n{err}");
+    let (gated, _, _) = relayctl_in(
+        repo,
+        &["plan", "--base", "HEAD", "--fail-on", "breaking", "."],
+    );
+    assert_eq!(gated, 1, "a case that passed at the base fails now");
     assert_line(
         &out,
         &[

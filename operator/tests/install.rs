@@ -31,7 +31,7 @@ fn relayctl(args: &[&str]) -> String {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    yaml_serde::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -167,7 +167,7 @@ fn a_misspelt_field_is_refused() {
 fn the_kustomize_base_holds_the_same_objects_as_the_install() {
     let base = root().join("deploy/base");
     let kustomization: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap())
+        yaml_serde::from_str(&std::fs::read_to_string(base.join("kustomization.yaml")).unwrap())
             .unwrap();
     let mut from_base = Vec::new();
     for resource in kustomization["resources"].as_array().unwrap() {

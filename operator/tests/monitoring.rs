@@ -113,7 +113,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 fn rule_exprs() -> Vec<String> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(RULES).unwrap();
+    let doc: yaml_serde::Value = yaml_serde::from_str(RULES).unwrap();
     assert_eq!(doc["kind"].as_str(), Some("PrometheusRule"));
     let mut out = Vec::new();
     for group in doc["spec"]["groups"].as_sequence().unwrap() {
@@ -361,7 +361,7 @@ fn mdbook_id(heading: &str) -> String {
 #[test]
 fn every_alert_links_to_its_runbook_in_the_book() {
     const BOOK_URL: &str = "https://smtprelay.dev/book/";
-    let doc: serde_yaml::Value = serde_yaml::from_str(RULES).unwrap();
+    let doc: yaml_serde::Value = yaml_serde::from_str(RULES).unwrap();
     let mut alerts = 0;
     for group in doc["spec"]["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {

@@ -392,7 +392,7 @@ fn dkim_keys_render_as_mounted_file_paths_and_a_missing_secret_is_a_finding() {
     use relay::config::DkimAlgorithm;
     let set = example("quickstart");
     let (mut orgs, settings, ranges, routes) = objects_of(&set);
-    orgs[0].spec.dkim = serde_yaml::from_str(
+    orgs[0].spec.dkim = yaml_serde::from_str(
         "[{domain: acme.example, selector: s1, secretRef: {name: dkim-acme}},
           {domain: eu.acme.example, selector: ed1, secretRef: {name: dkim-eu}, algorithm: ed25519-sha256, headers: [From, Subject]}]",
     )

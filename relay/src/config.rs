@@ -241,6 +241,17 @@ pub enum AllowedSenders {
     AnyAddress,
 }
 
+/// The API's name of the mode (`OrganizationDomains`), as messages print it.
+impl std::fmt::Display for AllowedSenders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AllowedSenders::RegisteredUsers => "RegisteredUsers",
+            AllowedSenders::OrganizationDomains => "OrganizationDomains",
+            AllowedSenders::AnyAddress => "AnyAddress",
+        })
+    }
+}
+
 /// One enabled IpAllowRange.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

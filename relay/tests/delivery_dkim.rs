@@ -19,10 +19,9 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
 };
 use relay::config::{DkimAlgorithm, DkimConfig, RouteMatcher};
-use relay::delivery::dkim::{DEFAULT_HEADERS, dns_record, pkcs8_pem};
+use relay::delivery::dkim::{DEFAULT_HEADERS, dns_record};
 use relay::delivery::queue::MessageStore;
 use relay::delivery::testing::{SinkConfig, TestSink};
-use rsa::pkcs8::EncodePrivateKey;
 
 /// A TXT "cache" that answers every DKIM key lookup the verifier makes.
 struct Records(Mutex<HashMap<Box<str>, Txt>>);
@@ -67,8 +66,7 @@ fn publish(records: &Records, line: &str) {
 }
 
 fn rsa_pem() -> String {
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-    pkcs8_pem(key.to_pkcs8_der().unwrap().as_bytes())
+    relay::delivery::testing::dkim_keys::RSA_2048_PKCS8.to_string()
 }
 
 fn ed25519_pem() -> String {
@@ -248,6 +246,44 @@ async fn rsa_and_ed25519_signatures_verify_at_the_next_hop() {
     assert!(
         metrics.contains("smtprelay_dkim_signed_total{domain=\"eu.acme.test\"} 1"),
         "{metrics}"
+    );
+}
+
+/// ring signs with RSA keys of 2048 bits or more: a 1024-bit key (RFC 8301 still allows
+/// it) is an unreadable key that says why, and the mail waits for a new one.
+#[tokio::test]
+async fn a_1024_bit_rsa_key_defers_the_message_saying_the_key_is_too_small() {
+    let sink = TestSink::start(SinkConfig::default()).await.unwrap();
+    let h = harness(&sink);
+    let key_file = h.dir.path().join("dkim.key");
+    std::fs::write(
+        &key_file,
+        relay::delivery::testing::dkim_keys::RSA_1024_PKCS8,
+    )
+    .unwrap();
+    h.manager.set_dkim(vec![dkim_key(
+        "acme.test",
+        "s1",
+        DkimAlgorithm::RsaSha256,
+        &key_file,
+    )]);
+    let id = h.send(
+        "alice@acme.test",
+        &["bob@dest.test"],
+        &body("alice@acme.test", "m1"),
+    );
+    let report = bounded(h.manager.run_due()).await;
+    assert_eq!((report.delivered, report.deferred), (0, 1));
+    assert!(sink.messages().is_empty(), "nothing is sent unsigned");
+    let state = format!("{:?}", h.manager.state(&id));
+    assert!(
+        state.contains("4.7.0 DKIM signing for acme.test failed"),
+        "{state}"
+    );
+    assert!(state.contains("smaller than 2048 bits"), "{state}");
+    assert!(
+        h.metrics_text()
+            .contains("smtprelay_dkim_key_unreadable{domain=\"acme.test\"} 1")
     );
 }
 

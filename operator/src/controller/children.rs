@@ -463,19 +463,19 @@ pub struct Children {
 
 impl Children {
     /// All children as one multi-document YAML stream (golden files, `kubectl diff`).
-    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+    pub fn to_yaml(&self) -> Result<String, yaml_serde::Error> {
         let mut out = String::new();
         let mut push = |doc: String| {
             out.push_str("---\n");
             out.push_str(&doc);
         };
-        push(serde_yaml::to_string(&self.config_map)?);
-        push(serde_yaml::to_string(&self.stateful_set)?);
-        push(serde_yaml::to_string(&self.pods_service)?);
-        push(serde_yaml::to_string(&self.service)?);
-        push(serde_yaml::to_string(&self.pdb)?);
-        push(serde_yaml::to_string(&self.network_policy)?);
-        push(serde_yaml::to_string(&self.drain_network_policy)?);
+        push(yaml_serde::to_string(&self.config_map)?);
+        push(yaml_serde::to_string(&self.stateful_set)?);
+        push(yaml_serde::to_string(&self.pods_service)?);
+        push(yaml_serde::to_string(&self.service)?);
+        push(yaml_serde::to_string(&self.pdb)?);
+        push(yaml_serde::to_string(&self.network_policy)?);
+        push(yaml_serde::to_string(&self.drain_network_policy)?);
         Ok(out)
     }
 }
@@ -1054,7 +1054,7 @@ mod tests {
     use crate::render::{Objects, RenderEnv, render};
 
     fn org(yaml: &str) -> Organization {
-        serde_yaml::from_str(yaml).unwrap()
+        yaml_serde::from_str(yaml).unwrap()
     }
 
     const ORG: &str = r#"

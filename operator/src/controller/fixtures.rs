@@ -109,7 +109,7 @@ pub struct Rule {
 pub fn shipped_rules() -> Vec<Rule> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in yaml_serde::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
         if v["kind"] == "ClusterRole" {
             return serde_json::from_value(v["rules"].clone()).unwrap();

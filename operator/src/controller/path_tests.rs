@@ -86,7 +86,7 @@ async fn a_dkim_secret_without_its_key_does_not_replace_pod_0_with_one_that_cann
         "dkim-acme",
         &[("tls.key", "-----BEGIN PRIVATE KEY-----")],
     ));
-    world.organizations[0].spec.dkim = serde_yaml::from_str(
+    world.organizations[0].spec.dkim = yaml_serde::from_str(
         "[{domain: acme.example, selector: s1, secretRef: {name: dkim-acme}}]",
     )
     .unwrap();

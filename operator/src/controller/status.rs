@@ -784,7 +784,7 @@ mod tests {
 
     #[test]
     fn a_refused_login_is_a_false_credentials_condition_that_clears_once_one_goes_through() {
-        let route: MailRoute = serde_yaml::from_str(
+        let route: MailRoute = yaml_serde::from_str(
             r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: MailRoute
@@ -826,7 +826,7 @@ spec:
 
     #[test]
     fn probe_failure_names_each_failing_host() {
-        let route: MailRoute = serde_yaml::from_str(
+        let route: MailRoute = yaml_serde::from_str(
             r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: MailRoute
@@ -865,7 +865,7 @@ spec:
     }
 
     fn org_and_config(replicas: i32) -> (Organization, RelayConfig, Vec<Finding>) {
-        let org: Organization = serde_yaml::from_str(&format!(
+        let org: Organization = yaml_serde::from_str(&format!(
             r#"
 apiVersion: smtprelay.dev/v1alpha1
 kind: Organization

@@ -1415,7 +1415,7 @@ async fn dkim_secrets_are_read_and_mounted_and_missing_or_unusable_keys_degrade_
  {
     use k8s_openapi::api::core::v1::Secret;
     let mut world = World::example("quickstart");
-    world.organizations[0].spec.dkim = serde_yaml::from_str(
+    world.organizations[0].spec.dkim = yaml_serde::from_str(
         "[{domain: acme.example, selector: s1, secretRef: {name: dkim-acme}},
           {domain: eu.acme.example, selector: s2, secretRef: {name: dkim-eu}}]",
     )

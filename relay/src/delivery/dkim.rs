@@ -263,17 +263,51 @@ pub fn parse_key(pem: &[u8], algorithm: DkimAlgorithm) -> Result<DkimKey, String
     let der =
         PrivateKeyDer::from_pem_slice(pem).map_err(|_| "no PEM private key found".to_string())?;
     match algorithm {
-        DkimAlgorithm::RsaSha256 => RsaKey::<Sha256>::from_key_der(der)
-            .map(DkimKey::Rsa)
-            .map_err(|e| format!("not an RSA private key: {e}")),
+        DkimAlgorithm::RsaSha256 => rsa_key(der).map(DkimKey::Rsa),
         DkimAlgorithm::Ed25519Sha256 => match der {
-            PrivateKeyDer::Pkcs8(der) => Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der())
+            PrivateKeyDer::Pkcs8(der) => ed25519_key(der.secret_pkcs8_der())
                 .map(DkimKey::Ed25519)
                 .map_err(|e| format!("not an Ed25519 PKCS#8 private key: {e}")),
             _ => Err("an Ed25519 key must be a PKCS#8 PEM (`BEGIN PRIVATE KEY`)".to_string()),
         },
     }
 }
+
+/// An Ed25519 signing key from PKCS#8 v2 (the seed and the public key, checked against
+/// each other) or v1 (the seed only, as `openssl genpkey` writes it), which ring reads
+/// only through its "maybe unchecked" constructor.
+fn ed25519_key(pkcs8: &[u8]) -> mail_auth::Result<Ed25519Key> {
+    match Ed25519Key::from_pkcs8_der(pkcs8) {
+        Err(e) if e.to_string().contains("VersionNotSupported") => {
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8)
+        }
+        other => other,
+    }
+}
+
+/// An RSA signing key (PKCS#1 or PKCS#8). ring signs with keys of 2048 to 8192 bits only:
+/// a smaller key (RFC 8301 still allows 1024) is refused here with a message saying so,
+/// and mail it would sign is deferred, as for any unreadable key.
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<RsaKey<Sha256>, String> {
+    if !matches!(der, PrivateKeyDer::Pkcs1(_) | PrivateKeyDer::Pkcs8(_)) {
+        return Err("not an RSA private key (PKCS#8 or PKCS#1 PEM)".into());
+    }
+    RsaKey::<Sha256>::from_key_der(der).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("TooSmall") {
+            RSA_TOO_SMALL.to_string()
+        } else if e.contains("TooLarge") {
+            "the RSA key is larger than 8192 bits, which DKIM signing does not support".into()
+        } else {
+            format!("not an RSA private key: {e}")
+        }
+    })
+}
+
+/// Why a 1024-bit RSA key is refused.
+pub const RSA_TOO_SMALL: &str = "the RSA key is smaller than 2048 bits: DKIM signing needs \
+     2048 to 8192 bits (RFC 8301 recommends 2048); generate a new key, e.g. `openssl genpkey \
+     -algorithm RSA -pkeyopt rsa_keygen_bits:2048`, and publish its record";
 
 /// Streams `text` through a DKIM signer and returns the `DKIM-Signature:` header field.
 async fn sign_text(
@@ -358,33 +392,49 @@ pub fn dns_record(
 
 /// The key type tag (`k=`) and the public key bytes of `p=`.
 pub fn public_key(pem: &[u8], algorithm: DkimAlgorithm) -> Result<(&'static str, Vec<u8>), String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
     let der =
         PrivateKeyDer::from_pem_slice(pem).map_err(|_| "no PEM private key found".to_string())?;
     match algorithm {
-        DkimAlgorithm::RsaSha256 => {
-            let private = match &der {
-                PrivateKeyDer::Pkcs8(d) => rsa::RsaPrivateKey::from_pkcs8_der(d.secret_pkcs8_der())
-                    .map_err(|e| format!("not an RSA private key: {e}"))?,
-                PrivateKeyDer::Pkcs1(d) => rsa::RsaPrivateKey::from_pkcs1_der(d.secret_pkcs1_der())
-                    .map_err(|e| format!("not an RSA private key: {e}"))?,
-                _ => return Err("not an RSA private key (PKCS#8 or PKCS#1 PEM)".into()),
-            };
-            let spki = rsa::RsaPublicKey::from(&private)
-                .to_public_key_der()
-                .map_err(|e| format!("cannot encode the public key: {e}"))?;
-            Ok(("rsa", spki.as_bytes().to_vec()))
-        }
+        DkimAlgorithm::RsaSha256 => Ok(("rsa", rsa_spki(&rsa_key(der)?.public_key()))),
         DkimAlgorithm::Ed25519Sha256 => {
             let PrivateKeyDer::Pkcs8(d) = der else {
                 return Err("an Ed25519 key must be a PKCS#8 PEM (`BEGIN PRIVATE KEY`)".into());
             };
-            let key = Ed25519Key::from_pkcs8_der(d.secret_pkcs8_der())
+            let key = ed25519_key(d.secret_pkcs8_der())
                 .map_err(|e| format!("not an Ed25519 PKCS#8 private key: {e}"))?;
             Ok(("ed25519", key.public_key()))
         }
     }
+}
+
+/// The DER SubjectPublicKeyInfo (RFC 5280 §4.1, algorithm `rsaEncryption` of RFC 8017
+/// §A.1) around a PKCS#1 `RSAPublicKey`, which is what ring gives.
+fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
+    /// `SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }`.
+    const RSA_ENCRYPTION: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut bits = vec![0u8]; // no unused bits
+    bits.extend_from_slice(pkcs1);
+    let mut body = RSA_ENCRYPTION.to_vec();
+    body.extend(der_tlv(0x03, &bits));
+    der_tlv(0x30, &body)
+}
+
+/// One DER tag-length-value (definite length, short or long form).
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// A PEM `PRIVATE KEY` block around PKCS#8 DER (tests and tools that generate keys).
@@ -437,7 +487,6 @@ mod tests {
 
     #[test]
     fn a_txt_record_names_the_selector_and_is_split_into_255_byte_strings() {
-        use rsa::pkcs8::EncodePrivateKey;
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let line = dns_record(
             ed.serialize_pem().as_bytes(),
@@ -453,8 +502,7 @@ mod tests {
         assert_eq!(p.len(), 44 + 1);
         assert!(parse_key(ed.serialize_pem().as_bytes(), DkimAlgorithm::RsaSha256).is_err());
 
-        let rsa = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-        let pem = pkcs8_pem(rsa.to_pkcs8_der().unwrap().as_bytes());
+        let pem = crate::delivery::testing::dkim_keys::RSA_2048_PKCS8;
         let line = dns_record(pem.as_bytes(), DkimAlgorithm::RsaSha256, "s2", "acme.test").unwrap();
         let rest = line
             .strip_prefix("s2._domainkey.acme.test. IN TXT ")
@@ -464,7 +512,67 @@ mod tests {
         assert_eq!(strings[0].len(), 1 + 255);
         assert!(strings[0].starts_with("\"v=DKIM1; k=rsa; p=MIIBIjAN"));
         assert!(strings[1].ends_with('"'));
+        // p= is the public key exactly as `openssl pkey -pubout` encodes it.
+        let p: String = strings
+            .concat()
+            .trim_matches('"')
+            .strip_prefix("v=DKIM1; k=rsa; p=")
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            p,
+            crate::delivery::testing::dkim_keys::RSA_2048_SPKI_BASE64.trim()
+        );
         assert!(parse_key(pem.as_bytes(), DkimAlgorithm::RsaSha256).is_ok());
         assert!(parse_key(pem.as_bytes(), DkimAlgorithm::Ed25519Sha256).is_err());
+
+        // The PKCS#1 form of the same key publishes the same record.
+        let pkcs1 = crate::delivery::testing::dkim_keys::RSA_2048_PKCS1;
+        assert_eq!(
+            dns_record(
+                pkcs1.as_bytes(),
+                DkimAlgorithm::RsaSha256,
+                "s2",
+                "acme.test"
+            )
+            .unwrap(),
+            line
+        );
+    }
+
+    #[test]
+    fn an_ed25519_key_as_openssl_writes_it_signs() {
+        // PKCS#8 v1 (seed only), as `openssl genpkey -algorithm ed25519` writes it.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend(0u8..32);
+        let pem = pkcs8_pem(&der);
+        assert!(parse_key(pem.as_bytes(), DkimAlgorithm::Ed25519Sha256).is_ok());
+        let (k, public) = public_key(pem.as_bytes(), DkimAlgorithm::Ed25519Sha256).unwrap();
+        assert_eq!((k, public.len()), ("ed25519", 32));
+        // A v2 key whose public key is not the seed's is refused.
+        let v2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut tampered = v2.serialize_der();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(
+            parse_key(
+                pkcs8_pem(&tampered).as_bytes(),
+                DkimAlgorithm::Ed25519Sha256
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_1024_bit_rsa_key_is_refused_with_a_message_that_says_why() {
+        let pem = crate::delivery::testing::dkim_keys::RSA_1024_PKCS8.as_bytes();
+        let err = parse_key(pem, DkimAlgorithm::RsaSha256).err().unwrap();
+        assert_eq!(err, RSA_TOO_SMALL);
+        assert!(err.contains("smaller than 2048 bits"));
+        let err = dns_record(pem, DkimAlgorithm::RsaSha256, "s1", "acme.test").unwrap_err();
+        assert_eq!(err, RSA_TOO_SMALL);
     }
 }

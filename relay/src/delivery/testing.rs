@@ -8,7 +8,8 @@
 //! can hold back the reply to a message so a test can stop a sender mid-delivery. It can
 //! speak TLS from the first byte (a port-465 smarthost) and require SMTP AUTH (PLAIN,
 //! LOGIN, XOAUTH2) after TLS, recording every line of each AUTH exchange as received.
-//! [`TestCa`] and [`self_signed`] make certificates with rcgen. Nothing here is used by the
+//! [`TestCa`] and [`self_signed`] make certificates with rcgen. [`dkim_keys`] holds fixed
+//! RSA test keys (ring, which signs, cannot generate RSA keys). Nothing here is used by the
 //! relay itself.
 
 use std::collections::HashMap;
@@ -556,4 +557,18 @@ pub fn self_signed(names: &[&str]) -> Result<TestCert, TestPkiError> {
         chain: vec![cert.der().clone()],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     })
+}
+
+/// Fixed RSA DKIM test keys (made once with `openssl genpkey`; published here, so never
+/// use them for real mail).
+pub mod dkim_keys {
+    /// A 2048-bit RSA key, PKCS#8 PEM (`BEGIN PRIVATE KEY`).
+    pub const RSA_2048_PKCS8: &str = include_str!("testdata/dkim-rsa2048.pem");
+    /// The same key, PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`).
+    pub const RSA_2048_PKCS1: &str = include_str!("testdata/dkim-rsa2048-pkcs1.pem");
+    /// Its public half as `openssl pkey -pubout -outform DER | base64` prints it: the
+    /// SubjectPublicKeyInfo a DKIM record's `p=` carries.
+    pub const RSA_2048_SPKI_BASE64: &str = include_str!("testdata/dkim-rsa2048.spki.b64");
+    /// A 1024-bit RSA key, PKCS#8 PEM: too small for ring to sign with.
+    pub const RSA_1024_PKCS8: &str = include_str!("testdata/dkim-rsa1024.pem");
 }

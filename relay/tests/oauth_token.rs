@@ -9,7 +9,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use delivery_common::*;
 use relay::config::{
-    AuthMechanism, ClientCredentialsConfig, RouteAuthConfig, RouteMatcher, RouteTlsConfig,
+    AuthMechanism, ClientCredentialsConfig, OAuthGrant, RouteAuthConfig, RouteMatcher,
+    RouteTlsConfig,
 };
 use relay::delivery::FakeClock;
 use relay::delivery::oauth::TokenCache;
@@ -120,7 +121,13 @@ async fn the_token_is_fetched_once_reused_and_refreshed_before_it_expires() {
     ));
     let cache = TokenCache::new(clock.clone());
 
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-1"
+    );
     let body = ep.bodies.lock().unwrap()[0].clone();
     let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
         .into_owned()
@@ -140,12 +147,24 @@ async fn the_token_is_fetched_once_reused_and_refreshed_before_it_expires() {
 
     // Still valid 50 minutes later: no request.
     clock.advance(Duration::from_secs(50 * 60));
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-1"
+    );
     assert_eq!(ep.bodies.lock().unwrap().len(), 1);
 
     // Within the refresh margin of its expiry: a new token.
     clock.advance(Duration::from_secs(9 * 60));
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-2");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-2"
+    );
     assert_eq!(ep.bodies.lock().unwrap().len(), 2);
 }
 
@@ -156,7 +175,10 @@ async fn a_refused_client_is_an_error_naming_the_endpoint_not_the_secret() {
     let ep = endpoint(&ca, 401, 3600).await;
     let cc = settings(&dir, &ca, ep.port);
     let cache = TokenCache::new(Arc::new(FakeClock::new(UNIX_EPOCH)));
-    let err = cache.token(&cc).await.unwrap_err();
+    let err = cache
+        .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+        .await
+        .unwrap_err();
     assert!(
         err.contains("401") && err.contains("invalid_client"),
         "{err}"
@@ -173,7 +195,10 @@ async fn an_endpoint_with_an_untrusted_certificate_is_not_sent_the_secret() {
     let ep = endpoint(&other, 200, 3600).await;
     let cc = settings(&dir, &ca, ep.port);
     let cache = TokenCache::new(Arc::new(FakeClock::new(UNIX_EPOCH)));
-    let err = cache.token(&cc).await.unwrap_err();
+    let err = cache
+        .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+        .await
+        .unwrap_err();
     assert!(err.contains("TLS failed"), "{err}");
     assert!(ep.bodies.lock().unwrap().is_empty());
 }
@@ -222,6 +247,8 @@ async fn delivery_logs_in_with_the_fetched_token() {
         username_file: user.display().to_string(),
         secret_file: dir.path().join("token").display().to_string(),
         client_credentials: Some(cc),
+        refresh_token: None,
+        service_account: None,
     });
     let h = Harness::new(
         vec![r],
@@ -253,9 +280,27 @@ async fn a_huge_expires_in_is_bounded_to_a_day() {
         UNIX_EPOCH + Duration::from_secs(1_750_000_000),
     ));
     let cache = TokenCache::new(clock.clone());
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-1"
+    );
     clock.advance(Duration::from_secs(23 * 3600));
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-1");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-1"
+    );
     clock.advance(Duration::from_secs(3600));
-    assert_eq!(cache.token(&cc).await.unwrap(), "token-2");
+    assert_eq!(
+        cache
+            .token(OAuthGrant::ClientCredentials(&cc), "relay@acme.test")
+            .await
+            .unwrap(),
+        "token-2"
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! [`TokenCache::token`] returns the access token of a route's [`OAuthGrant`]: the cached
 //! one while it has more than [`REFRESH_MARGIN`] left, else a new one from the token
-//! endpoint. Three grants, each for the providers that offer it:
+//! endpoint, one request per token at a time. Three grants, each for the providers that offer it:
 //!
 //! - client credentials (RFC 6749 §4.4; Microsoft 365): the form
 //!   `grant_type=client_credentials`, `client_id`, `client_secret`, `scope`;
@@ -62,12 +62,16 @@ pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 /// What a token is cached under: the grant's kind and what identifies its token.
 type TokenKey = (&'static str, String, String, String);
-/// A token and when it expires.
-type Tokens = HashMap<TokenKey, (String, SystemTime)>;
+/// Tokens with when they expire, and the lock each fetch holds.
+#[derive(Default)]
+struct CacheState {
+    tokens: HashMap<TokenKey, (String, SystemTime)>,
+    fetching: HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>,
+}
 
 /// Access tokens by grant, each until its expiry.
 pub struct TokenCache {
-    tokens: Mutex<Tokens>,
+    state: Mutex<CacheState>,
     clock: Arc<dyn Clock>,
     transport: Transport,
 }
@@ -83,7 +87,7 @@ impl TokenCache {
     /// environment names (`HTTPS_PROXY`, `NO_PROXY`), as read now.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
-            tokens: Mutex::new(HashMap::new()),
+            state: Mutex::new(CacheState::default()),
             clock,
             transport: Transport::from_env(),
         }
@@ -112,13 +116,15 @@ impl TokenCache {
                 sa.scope.clone(),
             ),
         };
-        let now = self.clock.now();
-        if let Some((token, expires)) = self.lock().get(&key)
-            && now
-                .checked_add(REFRESH_MARGIN)
-                .is_some_and(|soon| soon < *expires)
-        {
-            return Ok(token.clone());
+        if let Some(token) = self.cached(&key) {
+            return Ok(token);
+        }
+        // One fetch per token at a time: deliveries that find it expired together wait
+        // for the first one's answer instead of each asking the endpoint.
+        let fetching = self.lock().fetching.entry(key.clone()).or_default().clone();
+        let _fetching = fetching.lock().await;
+        if let Some(token) = self.cached(&key) {
+            return Ok(token);
         }
         let (token, lifetime) = match grant {
             OAuthGrant::ClientCredentials(cc) => self.client_credentials(cc).await?,
@@ -129,12 +135,22 @@ impl TokenCache {
         let expires = now
             .checked_add(lifetime.min(MAX_TOKEN_LIFETIME))
             .unwrap_or(now);
-        self.lock().insert(key, (token.clone(), expires));
+        self.lock().tokens.insert(key, (token.clone(), expires));
         Ok(token)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    /// The token under `key` while it has more than [`REFRESH_MARGIN`] left.
+    fn cached(&self, key: &TokenKey) -> Option<String> {
+        let now = self.clock.now();
+        let state = self.lock();
+        let (token, expires) = state.tokens.get(key)?;
+        now.checked_add(REFRESH_MARGIN)
+            .is_some_and(|soon| soon < *expires)
+            .then(|| token.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn client_credentials(

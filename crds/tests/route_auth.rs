@@ -162,3 +162,93 @@ fn the_rules_are_in_the_published_crd() {
         assert!(yaml.contains(needle), "{needle} missing from the CRDs");
     }
 }
+
+/// `auth` with the given mechanism and grant fields, as a MailRoute manifest.
+fn with_grants(mechanism: &str, grants: &str) -> String {
+    format!(
+        "apiVersion: smtprelay.dev/v1alpha1
+kind: MailRoute
+metadata: {{name: gmail, namespace: acme}}
+spec:
+  description: provider
+  match: {{default: true}}
+  singleHost: {{host: smtp.gmail.com, port: 587}}
+  auth: {{mechanism: {mechanism}, secretRef: {{name: gmail}}{grants}}}
+"
+    )
+}
+
+const CLIENT_CREDENTIALS: &str =
+    ", clientCredentials: {tokenEndpoint: 'https://login.example.com/token', clientId: app}";
+const REFRESH_TOKEN: &str = ", refreshToken: {clientId: 1234-app.apps.googleusercontent.com}";
+const SERVICE_ACCOUNT: &str = ", serviceAccount: {}";
+
+#[test]
+fn an_xoauth2_route_chooses_at_most_one_grant() {
+    let grants = [CLIENT_CREDENTIALS, REFRESH_TOKEN, SERVICE_ACCOUNT];
+    for bits in 0..8u8 {
+        let chosen: String = (0..3)
+            .filter(|i| bits & (1 << i) != 0)
+            .map(|i| grants[i])
+            .collect();
+        let route: MailRoute = serde_yaml::from_str(&with_grants("XOAuth2", &chosen)).unwrap();
+        let result = validate_object(&route);
+        if bits.count_ones() <= 1 {
+            assert_eq!(result, Ok(()), "{chosen}");
+        } else {
+            let errors = result.unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("choose one OAuth 2.0 grant")),
+                "{chosen}: {errors:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_grant_needs_mechanism_xoauth2() {
+    for grant in [CLIENT_CREDENTIALS, REFRESH_TOKEN, SERVICE_ACCOUNT] {
+        for (mechanism, ok) in [("Plain", false), ("Login", false), ("XOAuth2", true)] {
+            let route: MailRoute = serde_yaml::from_str(&with_grants(mechanism, grant)).unwrap();
+            let result = validate_object(&route);
+            assert_eq!(result.is_ok(), ok, "{mechanism}{grant}: {result:?}");
+            if let Err(errors) = result {
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.contains("which only mechanism XOAuth2 uses")),
+                    "{errors:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refresh_token_endpoint_must_be_https_and_defaults_to_googles() {
+    let route: MailRoute = serde_yaml::from_str(&with_grants(
+        "XOAuth2",
+        ", refreshToken: {clientId: app, tokenEndpoint: 'http://oauth2.example.com/token'}",
+    ))
+    .unwrap();
+    let errors = validate_object(&route).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("tokenEndpoint must be an https:// URL")),
+        "{errors:?}"
+    );
+    let route: MailRoute = serde_yaml::from_str(&with_grants("XOAuth2", REFRESH_TOKEN)).unwrap();
+    let auth = route.spec.auth.unwrap();
+    assert_eq!(
+        auth.refresh_token.unwrap().endpoint(),
+        "https://oauth2.googleapis.com/token"
+    );
+    let route: MailRoute = serde_yaml::from_str(&with_grants("XOAuth2", SERVICE_ACCOUNT)).unwrap();
+    assert_eq!(
+        route.spec.auth.unwrap().service_account.unwrap().scope(),
+        "https://mail.google.com/"
+    );
+}

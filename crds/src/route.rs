@@ -90,8 +90,8 @@ pub struct RateLimit {
 /// `serviceAccount`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = kube::core::Rule::new("(!has(self.clientCredentials) && !has(self.refreshToken) && !has(self.serviceAccount)) || self.mechanism == 'XOAuth2'").message("auth.clientCredentials, auth.refreshToken and auth.serviceAccount fetch an OAuth 2.0 token, which only mechanism XOAuth2 uses"))]
-#[x_kube(validation = kube::core::Rule::new("(has(self.clientCredentials) ? 1 : 0) + (has(self.refreshToken) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) <= 1").message("choose one OAuth 2.0 grant: set at most one of auth.clientCredentials, auth.refreshToken and auth.serviceAccount"))]
+#[x_kube(validation = kube::core::Rule::new("(!has(self.clientCredentials) && !has(self.refreshToken) && !has(self.serviceAccount)) || self.mechanism == 'XOAuth2'").message(GRANT_NEEDS_XOAUTH2))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.clientCredentials) ? 1 : 0) + (has(self.refreshToken) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) <= 1").message(ONE_GRANT))]
 pub struct RouteAuth {
     /// Secret in the route's namespace. `Plain` and `Login` read the keys `username` and
     /// `password`. `XOAuth2` reads `username` and: `token` (an OAuth 2.0 access token kept
@@ -212,6 +212,34 @@ pub enum AuthMechanism {
     /// the Secret's `token`, or one the relay fetches (`clientCredentials`, `refreshToken`,
     /// `serviceAccount`).
     XOAuth2,
+}
+
+/// Message of the CEL rule on an OAuth grant with a mechanism other than `XOAuth2`.
+pub const GRANT_NEEDS_XOAUTH2: &str = "auth.clientCredentials, auth.refreshToken and auth.serviceAccount fetch an OAuth 2.0 token, which only mechanism XOAuth2 uses";
+/// Message of the CEL rule on more than one OAuth grant.
+pub const ONE_GRANT: &str = "choose one OAuth 2.0 grant: set at most one of auth.clientCredentials, auth.refreshToken and auth.serviceAccount";
+
+impl RouteAuth {
+    /// The rules of `auth` in Rust, mirroring its CEL rules (a test proves both refuse the
+    /// same objects): the messages of the rules this `auth` breaks.
+    pub fn rule_violations(&self) -> Vec<&'static str> {
+        let grants = [
+            self.client_credentials.is_some(),
+            self.refresh_token.is_some(),
+            self.service_account.is_some(),
+        ]
+        .into_iter()
+        .filter(|g| *g)
+        .count();
+        let mut out = Vec::new();
+        if grants > 0 && self.mechanism != AuthMechanism::XOAuth2 {
+            out.push(GRANT_NEEDS_XOAUTH2);
+        }
+        if grants > 1 {
+            out.push(ONE_GRANT);
+        }
+        out
+    }
 }
 
 /// Message of the CEL rule on port 465 without `tls.implicit`.

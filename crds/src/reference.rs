@@ -172,16 +172,14 @@ fn walk(node: &Value, path: &str, required: bool, rows: &mut Vec<Row>) {
     }
     if let Some(extra) = node.get("additionalProperties").filter(|v| v.is_object()) {
         let map_path = format!("{path}.<key>");
-        if extra.get("properties").is_some() {
-            if let Some(props) = extra.get("properties").and_then(Value::as_object) {
-                for (name, child) in props {
-                    walk(
-                        child,
-                        &format!("{map_path}.{name}"),
-                        is_required(extra, name),
-                        rows,
-                    );
-                }
+        if let Some(props) = extra.get("properties").and_then(Value::as_object) {
+            for (name, child) in props {
+                walk(
+                    child,
+                    &format!("{map_path}.{name}"),
+                    is_required(extra, name),
+                    rows,
+                );
             }
         }
     }

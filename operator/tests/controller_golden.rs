@@ -13,7 +13,7 @@ use crds::manifest::load_paths;
 use crds::{LimitStoreKind, LimitStoreSpec, Organization, ServiceType, SpoolSpec};
 use kube::ResourceExt;
 use operator::controller::children::{
-    ChildDefaults, Children, build, mounted_secrets, secrets_hash,
+    ChildDefaults, Children, build, content_hash_in_pods, mounted_secrets, secrets_hash,
 };
 use operator::manifests::{organization_namespace, render_set};
 use operator::render::RenderEnv;
@@ -224,5 +224,31 @@ fn relay_pods_mount_every_credential_file_the_config_names() {
             seen.push(key);
         }
         assert_eq!(seen, keys, "{example}");
+    }
+}
+
+/// A rotated refresh token or service account key is a change of the content the relay
+/// pods report (their hash covers the new keys' files), so the operator sees when every
+/// pod has the new one.
+#[test]
+fn a_rotated_refresh_token_or_key_changes_the_pods_content_hash() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (example, key) in [
+        ("gmail-xoauth2", "refreshToken"),
+        ("google-service-account", "serviceAccountKey"),
+    ] {
+        let set = load_paths(&[examples.join(example)]).unwrap();
+        let rendered = render_set(&set, &RenderEnv::pod()).unwrap();
+        let org = set.organizations[0].object.clone();
+        let routes: Vec<_> = set.routes.iter().map(|l| l.object.clone()).collect();
+        let mut secrets: Vec<_> = set.secrets.iter().map(|l| l.object.clone()).collect();
+        let names: BTreeSet<String> = secrets.iter().map(|s| s.name_any()).collect();
+        let mounted = mounted_secrets(&org, &routes, &names);
+        let before = content_hash_in_pods(&rendered.config, &mounted, &secrets);
+        let data = secrets[0].string_data.as_mut().unwrap();
+        assert!(data.contains_key(key), "{example}: {data:?}");
+        data.insert(key.to_string(), "rotated".to_string());
+        let after = content_hash_in_pods(&rendered.config, &mounted, &secrets);
+        assert_ne!(before, after, "{example}: {key}");
     }
 }

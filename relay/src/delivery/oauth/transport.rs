@@ -96,6 +96,13 @@ impl Transport {
 
         let tcp = match self.proxy.intercept(&uri) {
             Some(proxy) => {
+                // Spoken to in plain HTTP; a TLS or SOCKS proxy would fail less clearly.
+                if proxy.uri().scheme_str() != Some("http") {
+                    return Err(fail(format!(
+                        "the proxy must be an http:// URL (HTTPS_PROXY or ALL_PROXY), not {}://",
+                        proxy.uri().scheme_str().unwrap_or("")
+                    )));
+                }
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), HttpConnector::new());
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
@@ -171,4 +178,24 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_proxy_other_than_http_is_refused_by_name() {
+        let transport = Transport {
+            proxy: Matcher::builder()
+                .all("socks5://user:password@127.0.0.1:1080")
+                .build(),
+        };
+        let request = http::Request::post("https://oauth2.example/token")
+            .body(Vec::new())
+            .unwrap();
+        let err = transport.send(request, None).await.unwrap_err().to_string();
+        assert!(err.contains("must be an http:// URL"), "{err}");
+        assert!(!err.contains("password"), "{err}");
+    }
 }

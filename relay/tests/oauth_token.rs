@@ -357,6 +357,43 @@ async fn a_revoked_refresh_token_is_an_error_with_the_endpoints_answer_not_the_t
     );
 }
 
+/// Mail queued behind a refused grant does not ask the endpoint once per message: the
+/// refusal is repeated from memory for 30 seconds, then the endpoint is asked again.
+#[tokio::test]
+async fn a_refusal_is_not_asked_again_for_thirty_seconds() {
+    let ca = TestCa::new("Token CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = endpoint(
+        &ca,
+        Answer::Fixed(
+            400,
+            "application/json",
+            r#"{"error":"invalid_grant"}"#.into(),
+        ),
+    )
+    .await;
+    let rt = refresh_settings(&dir, &ca, &ep);
+    let clock = Arc::new(FakeClock::new(
+        UNIX_EPOCH + Duration::from_secs(1_750_000_000),
+    ));
+    let cache = TokenCache::new(clock.clone());
+    let grant = OAuthGrant::RefreshToken(&rt);
+    let first = cache.token(grant, "relay@acme.test").await.unwrap_err();
+    for _ in 0..5 {
+        assert_eq!(
+            cache.token(grant, "relay@acme.test").await.unwrap_err(),
+            first
+        );
+    }
+    assert_eq!(ep.requests(), 1);
+    clock.advance(Duration::from_secs(29));
+    assert!(cache.token(grant, "relay@acme.test").await.is_err());
+    assert_eq!(ep.requests(), 1);
+    clock.advance(Duration::from_secs(1));
+    assert!(cache.token(grant, "relay@acme.test").await.is_err());
+    assert_eq!(ep.requests(), 2);
+}
+
 /// A proxy or gateway in the way answers HTML, not OAuth JSON: its status and the start
 /// of its body say so, on one line.
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! [`TokenCache::token`] returns the access token of a route's [`OAuthGrant`]: the cached
 //! one while it has more than [`REFRESH_MARGIN`] left, else a new one from the token
-//! endpoint, one request per token at a time. Three grants, each for the providers that offer it:
+//! endpoint, one request per token at a time; a failure is answered from memory for
+//! [`FAILURE_HOLD`] before the endpoint is asked again. Three grants, each for the providers that offer it:
 //!
 //! - client credentials (RFC 6749 §4.4; Microsoft 365): the form
 //!   `grant_type=client_credentials`, `client_id`, `client_secret`, `scope`;
@@ -51,6 +52,11 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(120);
 /// The longest a token is used, whatever `expires_in` says.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// After a failed fetch, deliveries needing that token get the same error for this long
+/// instead of each asking the endpoint again (a queue of mail to a route whose refresh
+/// token was revoked does not hammer the provider).
+pub const FAILURE_HOLD: Duration = Duration::from_secs(30);
+
 /// The lifetime assumed when an endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -67,6 +73,8 @@ type TokenKey = (&'static str, String, String, String);
 struct CacheState {
     tokens: HashMap<TokenKey, (String, SystemTime)>,
     fetching: HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>,
+    /// The last failed fetch's error and when it happened.
+    failures: HashMap<TokenKey, (String, SystemTime)>,
 }
 
 /// Access tokens by grant, each until its expiry.
@@ -126,17 +134,40 @@ impl TokenCache {
         if let Some(token) = self.cached(&key) {
             return Ok(token);
         }
-        let (token, lifetime) = match grant {
-            OAuthGrant::ClientCredentials(cc) => self.client_credentials(cc).await?,
-            OAuthGrant::RefreshToken(rt) => self.refresh_token(rt).await?,
-            OAuthGrant::ServiceAccount(sa) => self.service_account(sa, user).await?,
+        if let Some(error) = self.recent_failure(&key) {
+            return Err(error);
+        }
+        let fetched = match grant {
+            OAuthGrant::ClientCredentials(cc) => self.client_credentials(cc).await,
+            OAuthGrant::RefreshToken(rt) => self.refresh_token(rt).await,
+            OAuthGrant::ServiceAccount(sa) => self.service_account(sa, user).await,
         };
         let now = self.clock.now();
-        let expires = now
-            .checked_add(lifetime.min(MAX_TOKEN_LIFETIME))
-            .unwrap_or(now);
-        self.lock().tokens.insert(key, (token.clone(), expires));
-        Ok(token)
+        let mut state = self.lock();
+        match fetched {
+            Ok((token, lifetime)) => {
+                let expires = now
+                    .checked_add(lifetime.min(MAX_TOKEN_LIFETIME))
+                    .unwrap_or(now);
+                state.failures.remove(&key);
+                state.tokens.insert(key, (token.clone(), expires));
+                Ok(token)
+            }
+            Err(error) => {
+                state.failures.insert(key, (error.clone(), now));
+                Err(error)
+            }
+        }
+    }
+
+    /// The error of a fetch less than [`FAILURE_HOLD`] ago.
+    fn recent_failure(&self, key: &TokenKey) -> Option<String> {
+        let now = self.clock.now();
+        let state = self.lock();
+        let (error, at) = state.failures.get(key)?;
+        at.checked_add(FAILURE_HOLD)
+            .is_some_and(|until| now < until)
+            .then(|| error.clone())
     }
 
     /// The token under `key` while it has more than [`REFRESH_MARGIN`] left.

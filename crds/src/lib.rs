@@ -37,9 +37,10 @@ pub use organization::{
 };
 pub use range::{IpAllowRange, IpAllowRangeSpec, IpAllowRangeStatus};
 pub use route::{
-    AUTH_NEEDS_TLS_CHECKS, AuthMechanism, ClientCredentials, HostSpec, MailRoute, MailRouteSpec,
-    MailRouteStatus, MultipleHosts, PORT_465_NEEDS_IMPLICIT, RateLimit, RouteAuth, RouteMatch,
-    RouteTls, WeightedHost,
+    AUTH_NEEDS_TLS_CHECKS, AuthMechanism, ClientCredentials, GMAIL_SCOPE, GOOGLE_TOKEN_ENDPOINT,
+    GRANT_NEEDS_XOAUTH2, HostSpec, MailRoute, MailRouteSpec, MailRouteStatus, MultipleHosts,
+    ONE_GRANT, PORT_465_NEEDS_IMPLICIT, RateLimit, RefreshTokenGrant, RouteAuth, RouteMatch,
+    RouteTls, ServiceAccountGrant, WeightedHost,
 };
 pub use setting::{
     AllowedSenders, Authentication, Encryption, IpAllowRangeSelection, SmtpRelaySetting,

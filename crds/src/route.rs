@@ -85,28 +85,48 @@ pub struct RateLimit {
 }
 
 /// Outbound SMTP AUTH of a route: which mechanism, and the Secret holding the credentials.
+/// An `XOAuth2` route either reads a ready access token (`token` key) or has the relay fetch
+/// one with exactly one OAuth 2.0 grant: `clientCredentials`, `refreshToken` or
+/// `serviceAccount`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = kube::core::Rule::new("!has(self.clientCredentials) || self.mechanism == 'XOAuth2'").message("auth.clientCredentials fetches an OAuth 2.0 token, which only mechanism XOAuth2 uses"))]
+#[x_kube(validation = kube::core::Rule::new("(!has(self.clientCredentials) && !has(self.refreshToken) && !has(self.serviceAccount)) || self.mechanism == 'XOAuth2'").message(GRANT_NEEDS_XOAUTH2))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.clientCredentials) ? 1 : 0) + (has(self.refreshToken) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) <= 1").message(ONE_GRANT))]
 pub struct RouteAuth {
     /// Secret in the route's namespace. `Plain` and `Login` read the keys `username` and
-    /// `password`; `XOAuth2` reads `username` and `token` (an OAuth 2.0 access token), or
-    /// with `clientCredentials`, `username` and `clientSecret`.
-    /// The relay reads the mounted keys at each delivery, so a rotated Secret takes effect
-    /// without a restart.
+    /// `password`. `XOAuth2` reads `username` and: `token` (an OAuth 2.0 access token kept
+    /// fresh by something else); with `clientCredentials`, `clientSecret`; with
+    /// `refreshToken`, `clientSecret` and `refreshToken`; with `serviceAccount`,
+    /// `serviceAccountKey` (the service account's JSON key file).
+    /// The relay reads the mounted keys at each delivery (the OAuth keys at each token
+    /// refresh), so a rotated Secret takes effect without a restart.
     pub secret_ref: SecretRef,
     /// SASL mechanism: `Plain`, `Login` or `XOAuth2`. The upstream must offer it in its EHLO
     /// reply, or delivery fails with that reason.
     pub mechanism: AuthMechanism,
-    /// `XOAuth2` only: the relay fetches the access token itself from an OAuth 2.0 token
-    /// endpoint (client-credentials grant, as Microsoft 365 and Google service accounts
-    /// offer) and refreshes it before it expires, instead of reading the `token` key.
+    /// `XOAuth2` only: the relay fetches the access token itself with the OAuth 2.0
+    /// client-credentials grant (Microsoft 365 / Exchange Online app registrations with
+    /// `SMTP.SendAsApp`) and refreshes it before it expires, instead of reading the `token`
+    /// key. Google does not offer this grant for Gmail: use `refreshToken` or
+    /// `serviceAccount` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_credentials: Option<ClientCredentials>,
+    /// `XOAuth2` only: the relay trades a long-lived refresh token (Secret keys
+    /// `clientSecret` and `refreshToken`) for access tokens with the OAuth 2.0
+    /// refresh-token grant: Gmail and Google Workspace mailboxes through an OAuth client
+    /// the mailbox owner consented to once (scope `https://mail.google.com/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshTokenGrant>,
+    /// `XOAuth2` only: the relay signs a JWT with a Google service account's key (Secret
+    /// key `serviceAccountKey`) and trades it for an access token (JWT bearer grant,
+    /// RFC 7523), impersonating the mailbox in the `username` key: Google Workspace with
+    /// domain-wide delegation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountGrant>,
 }
 
-/// OAuth 2.0 client-credentials settings; the client secret is the `clientSecret` key of
-/// the auth Secret.
+/// OAuth 2.0 client-credentials settings (Microsoft 365); the client secret is the
+/// `clientSecret` key of the auth Secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientCredentials {
@@ -125,6 +145,62 @@ pub struct ClientCredentials {
     pub scope: Option<String>,
 }
 
+/// Google's OAuth 2.0 token endpoint, the default of `refreshToken.tokenEndpoint`.
+pub const GOOGLE_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+
+/// The scope Gmail's SMTP server asks of an XOAUTH2 token, the default of
+/// `serviceAccount.scope`.
+pub const GMAIL_SCOPE: &str = "https://mail.google.com/";
+
+/// OAuth 2.0 refresh-token settings (Gmail with an OAuth client); the client secret and
+/// the refresh token are the `clientSecret` and `refreshToken` keys of the auth Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshTokenGrant {
+    /// `https://` URL of the token endpoint; Google's, `https://oauth2.googleapis.com/token`,
+    /// when left out. Its certificate is checked like the route's (public roots plus
+    /// `tls.trustedCaSecretRef`). At most 2,048 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::URL_MAX))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') && size(self) > 8").message("tokenEndpoint must be an https:// URL"))]
+    pub token_endpoint: Option<String>,
+    /// OAuth client id (Google Cloud console: APIs & Services, Credentials, OAuth client
+    /// ID), e.g. `1234-abc.apps.googleusercontent.com`.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("clientId must not be empty"))]
+    pub client_id: String,
+}
+
+impl RefreshTokenGrant {
+    /// The token endpoint used: the one given, else Google's.
+    pub fn endpoint(&self) -> &str {
+        self.token_endpoint
+            .as_deref()
+            .unwrap_or(GOOGLE_TOKEN_ENDPOINT)
+    }
+}
+
+/// Google service-account settings (JWT bearer grant with domain-wide delegation). The
+/// key is the `serviceAccountKey` key of the auth Secret (the JSON file Google's console
+/// downloads); the token endpoint is the key's `token_uri`; the mailbox impersonated is the
+/// Secret's `username`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountGrant {
+    /// Scope to request; `https://mail.google.com/` (what Gmail's SMTP server needs) when
+    /// left out. The service account's client id must be granted it in the Workspace
+    /// admin console (domain-wide delegation). At most 2,048 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::bounds::URL_MAX))]
+    pub scope: Option<String>,
+}
+
+impl ServiceAccountGrant {
+    /// The scope requested: the one given, else Gmail's.
+    pub fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(GMAIL_SCOPE)
+    }
+}
+
 /// SASL mechanism for outbound AUTH.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMechanism {
@@ -132,8 +208,38 @@ pub enum AuthMechanism {
     Plain,
     /// `AUTH LOGIN` with `username` and `password`.
     Login,
-    /// `AUTH XOAUTH2` (Gmail, Microsoft 365) with `username` and an access `token`.
+    /// `AUTH XOAUTH2` (Gmail, Microsoft 365) with `username` and an OAuth 2.0 access token:
+    /// the Secret's `token`, or one the relay fetches (`clientCredentials`, `refreshToken`,
+    /// `serviceAccount`).
     XOAuth2,
+}
+
+/// Message of the CEL rule on an OAuth grant with a mechanism other than `XOAuth2`.
+pub const GRANT_NEEDS_XOAUTH2: &str = "auth.clientCredentials, auth.refreshToken and auth.serviceAccount fetch an OAuth 2.0 token, which only mechanism XOAuth2 uses";
+/// Message of the CEL rule on more than one OAuth grant.
+pub const ONE_GRANT: &str = "choose one OAuth 2.0 grant: set at most one of auth.clientCredentials, auth.refreshToken and auth.serviceAccount";
+
+impl RouteAuth {
+    /// The rules of `auth` in Rust, mirroring its CEL rules (a test proves both refuse the
+    /// same objects): the messages of the rules this `auth` breaks.
+    pub fn rule_violations(&self) -> Vec<&'static str> {
+        let grants = [
+            self.client_credentials.is_some(),
+            self.refresh_token.is_some(),
+            self.service_account.is_some(),
+        ]
+        .into_iter()
+        .filter(|g| *g)
+        .count();
+        let mut out = Vec::new();
+        if grants > 0 && self.mechanism != AuthMechanism::XOAuth2 {
+            out.push(GRANT_NEEDS_XOAUTH2);
+        }
+        if grants > 1 {
+            out.push(ONE_GRANT);
+        }
+        out
+    }
 }
 
 /// Message of the CEL rule on port 465 without `tls.implicit`.
@@ -361,6 +467,24 @@ impl MailRoute {
                     &cc.token_endpoint,
                     bounds::URL_MAX,
                 );
+            }
+            if let Some(endpoint) = auth
+                .refresh_token
+                .as_ref()
+                .and_then(|rt| rt.token_endpoint.as_ref())
+            {
+                v.len(
+                    "spec.auth.refreshToken.tokenEndpoint",
+                    endpoint,
+                    bounds::URL_MAX,
+                );
+            }
+            if let Some(scope) = auth
+                .service_account
+                .as_ref()
+                .and_then(|sa| sa.scope.as_ref())
+            {
+                v.len("spec.auth.serviceAccount.scope", scope, bounds::URL_MAX);
             }
         }
         v.0

@@ -600,6 +600,20 @@ fn bounds() -> Vec<Bound> {
             json!({"mechanism": "XOAuth2", "secretRef": {"name": "m365"}, "clientCredentials": {"clientId": "app", "tokenEndpoint": format!("https://{}", s(URL_MAX - 7))}}),
             &too_long("spec.auth.clientCredentials.tokenEndpoint", URL_MAX),
         ),
+        bound(
+            route,
+            "/spec/auth",
+            json!({"mechanism": "XOAuth2", "secretRef": {"name": "gmail"}, "refreshToken": {"clientId": "app", "tokenEndpoint": format!("https://{}", s(URL_MAX - 8))}}),
+            json!({"mechanism": "XOAuth2", "secretRef": {"name": "gmail"}, "refreshToken": {"clientId": "app", "tokenEndpoint": format!("https://{}", s(URL_MAX - 7))}}),
+            &too_long("spec.auth.refreshToken.tokenEndpoint", URL_MAX),
+        ),
+        bound(
+            route,
+            "/spec/auth",
+            json!({"mechanism": "XOAuth2", "secretRef": {"name": "gmail"}, "serviceAccount": {"scope": s(URL_MAX)}}),
+            json!({"mechanism": "XOAuth2", "secretRef": {"name": "gmail"}, "serviceAccount": {"scope": s(URL_MAX + 1)}}),
+            &too_long("spec.auth.serviceAccount.scope", URL_MAX),
+        ),
         // RelayExpectation
         bound(
             expectation,
@@ -663,7 +677,7 @@ fn at_the_bound_validates_and_past_it_is_refused_with_the_fields_message() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(bounds.len(), 46);
+    assert_eq!(bounds.len(), 48);
 }
 
 #[test]

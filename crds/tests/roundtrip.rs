@@ -250,6 +250,8 @@ fn route() -> impl Strategy<Value = MailRoute> {
                             client_id: "relay".into(),
                             scope: t1.then(|| "smtp".into()),
                         }),
+                        refresh_token: None,
+                        service_account: None,
                     }),
                 };
                 named(MailRoute::new("x", spec), name, None)

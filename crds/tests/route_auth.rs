@@ -3,7 +3,9 @@
 //! messages that say why.
 
 use crds::manifest::validate_object;
-use crds::{AUTH_NEEDS_TLS_CHECKS, MailRoute, PORT_465_NEEDS_IMPLICIT};
+use crds::{
+    AUTH_NEEDS_TLS_CHECKS, GRANT_NEEDS_XOAUTH2, MailRoute, ONE_GRANT, PORT_465_NEEDS_IMPLICIT,
+};
 
 fn route(hosts: &str, tls: &str, auth: bool) -> MailRoute {
     let auth = if auth {
@@ -161,4 +163,87 @@ fn the_rules_are_in_the_published_crd() {
     ] {
         assert!(yaml.contains(needle), "{needle} missing from the CRDs");
     }
+}
+
+/// `auth` with the given mechanism and grant fields, as a MailRoute manifest.
+fn with_grants(mechanism: &str, grants: &str) -> String {
+    format!(
+        "apiVersion: smtprelay.dev/v1alpha1
+kind: MailRoute
+metadata: {{name: gmail, namespace: acme}}
+spec:
+  description: provider
+  match: {{default: true}}
+  singleHost: {{host: smtp.gmail.com, port: 587}}
+  auth: {{mechanism: {mechanism}, secretRef: {{name: gmail}}{grants}}}
+"
+    )
+}
+
+const CLIENT_CREDENTIALS: &str =
+    ", clientCredentials: {tokenEndpoint: 'https://login.example.com/token', clientId: app}";
+const REFRESH_TOKEN: &str = ", refreshToken: {clientId: 1234-app.apps.googleusercontent.com}";
+const SERVICE_ACCOUNT: &str = ", serviceAccount: {}";
+
+/// Every mechanism with every set of grants: the CEL rules and their Rust mirror
+/// (`RouteAuth::rule_violations`) agree, and each refusal says why.
+#[test]
+fn cel_and_rust_agree_on_the_grant_rules() {
+    let grants = [CLIENT_CREDENTIALS, REFRESH_TOKEN, SERVICE_ACCOUNT];
+    let (mut refused, mut accepted) = (0, 0);
+    for mechanism in ["Plain", "Login", "XOAuth2"] {
+        for bits in 0..8u8 {
+            let chosen: String = (0..3)
+                .filter(|i| bits & (1 << i) != 0)
+                .map(|i| grants[i])
+                .collect();
+            let route: MailRoute = yaml_serde::from_str(&with_grants(mechanism, &chosen)).unwrap();
+            let errors = validate_object(&route).err().unwrap_or_default();
+            let cel: Vec<&str> = [GRANT_NEEDS_XOAUTH2, ONE_GRANT]
+                .into_iter()
+                .filter(|m| errors.iter().any(|e| e.contains(m)))
+                .collect();
+            let rust = route.spec.auth.as_ref().unwrap().rule_violations();
+            assert_eq!(cel, rust, "{mechanism}{chosen}: {errors:?}");
+            let expected_ok = bits == 0 || (mechanism == "XOAuth2" && bits.count_ones() == 1);
+            assert_eq!(
+                errors.is_empty(),
+                expected_ok,
+                "{mechanism}{chosen}: {errors:?}"
+            );
+            if expected_ok {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((accepted, refused), (6, 18));
+}
+
+#[test]
+fn a_refresh_token_endpoint_must_be_https_and_defaults_to_googles() {
+    let route: MailRoute = yaml_serde::from_str(&with_grants(
+        "XOAuth2",
+        ", refreshToken: {clientId: app, tokenEndpoint: 'http://oauth2.example.com/token'}",
+    ))
+    .unwrap();
+    let errors = validate_object(&route).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("tokenEndpoint must be an https:// URL")),
+        "{errors:?}"
+    );
+    let route: MailRoute = yaml_serde::from_str(&with_grants("XOAuth2", REFRESH_TOKEN)).unwrap();
+    let auth = route.spec.auth.unwrap();
+    assert_eq!(
+        auth.refresh_token.unwrap().endpoint(),
+        "https://oauth2.googleapis.com/token"
+    );
+    let route: MailRoute = yaml_serde::from_str(&with_grants("XOAuth2", SERVICE_ACCOUNT)).unwrap();
+    assert_eq!(
+        route.spec.auth.unwrap().service_account.unwrap().scope(),
+        "https://mail.google.com/"
+    );
 }

@@ -150,8 +150,8 @@ impl LocalOptions {
                     }
                     SecretUse::RouteAuth => {
                         let dir = Path::new(&env.route_auth_dir()).join(&mounted.name);
-                        // As in a pod: the keys the Secret has (`password` or `token`).
-                        for key in ["username", "password", "token", "clientSecret"] {
+                        // As in a pod: the keys the Secret has of those pods mount.
+                        for key in crate::render::ROUTE_AUTH_KEYS.iter().copied() {
                             if secret_value(secret, key).is_some() {
                                 write_key(secret, key, &dir.join(key), "route credentials")?;
                             }

@@ -82,8 +82,8 @@ impl RenderEnv {
     }
 
     /// Directory under which each route's `auth.secretRef` Secret is mounted as
-    /// `<secret>/username`, `<secret>/password` and `<secret>/token`: `route-auth` next to
-    /// the TLS directory (`/etc/smtprelay/route-auth` in a pod).
+    /// `<secret>/<key>` for each of [`ROUTE_AUTH_KEYS`] it has: `route-auth` next to the TLS
+    /// directory (`/etc/smtprelay/route-auth` in a pod).
     pub fn route_auth_dir(&self) -> String {
         let tls = std::path::Path::new(&self.tls_dir);
         tls.parent()
@@ -121,6 +121,34 @@ impl RenderEnv {
 
 /// The key of a DKIM Secret that holds the PEM private key.
 pub const DKIM_SECRET_KEY: &str = "private.key";
+
+/// The keys of a route's `auth.secretRef` Secret that render names files for.
+pub mod route_auth_key {
+    /// The SMTP user name (every mechanism; the impersonated user of a service account).
+    pub const USERNAME: &str = "username";
+    /// `Plain` and `Login`.
+    pub const PASSWORD: &str = "password";
+    /// `XOAuth2` with an access token kept fresh outside the relay.
+    pub const TOKEN: &str = "token";
+    /// `XOAuth2` with `clientCredentials` or `refreshToken`.
+    pub const CLIENT_SECRET: &str = "clientSecret";
+    /// `XOAuth2` with `refreshToken`.
+    pub const REFRESH_TOKEN: &str = "refreshToken";
+    /// `XOAuth2` with `serviceAccount`: the service account's JSON key.
+    pub const SERVICE_ACCOUNT_KEY: &str = "serviceAccountKey";
+}
+
+/// Every key of a route's auth Secret a relay may read: what relay pods mount (each
+/// optional, as a Secret holds only those of its mechanism and grant) and what `relayctl
+/// run` copies. One list, so a key render names is a key pods mount.
+pub const ROUTE_AUTH_KEYS: &[&str] = &[
+    route_auth_key::USERNAME,
+    route_auth_key::PASSWORD,
+    route_auth_key::TOKEN,
+    route_auth_key::CLIENT_SECRET,
+    route_auth_key::REFRESH_TOKEN,
+    route_auth_key::SERVICE_ACCOUNT_KEY,
+];
 
 /// The kind of object a [`Finding`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -594,6 +622,7 @@ pub fn render(
                 });
             }
             let dir = format!("{}/{}", env.route_auth_dir(), a.secret_ref.name);
+            let file = |key: &str| format!("{dir}/{key}");
             RouteAuthConfig {
                 mechanism: match a.mechanism {
                     crds::AuthMechanism::Plain => relay::config::AuthMechanism::Plain,
@@ -601,17 +630,33 @@ pub fn render(
                     crds::AuthMechanism::XOAuth2 => relay::config::AuthMechanism::XOAuth2,
                 },
                 secret_name: a.secret_ref.name.clone(),
-                username_file: format!("{dir}/username"),
+                username_file: file(route_auth_key::USERNAME),
                 secret_file: match a.mechanism {
-                    crds::AuthMechanism::XOAuth2 => format!("{dir}/token"),
-                    _ => format!("{dir}/password"),
+                    crds::AuthMechanism::XOAuth2 => file(route_auth_key::TOKEN),
+                    _ => file(route_auth_key::PASSWORD),
                 },
                 client_credentials: a.client_credentials.as_ref().map(|cc| {
                     relay::config::ClientCredentialsConfig {
                         token_endpoint: cc.token_endpoint.clone(),
                         client_id: cc.client_id.clone(),
                         scope: cc.scope.clone(),
-                        client_secret_file: format!("{dir}/clientSecret"),
+                        client_secret_file: file(route_auth_key::CLIENT_SECRET),
+                        ca_file: extra_ca_file.clone(),
+                    }
+                }),
+                refresh_token: a.refresh_token.as_ref().map(|rt| {
+                    relay::config::RefreshTokenConfig {
+                        token_endpoint: rt.endpoint().to_string(),
+                        client_id: rt.client_id.clone(),
+                        client_secret_file: file(route_auth_key::CLIENT_SECRET),
+                        refresh_token_file: file(route_auth_key::REFRESH_TOKEN),
+                        ca_file: extra_ca_file.clone(),
+                    }
+                }),
+                service_account: a.service_account.as_ref().map(|sa| {
+                    relay::config::ServiceAccountConfig {
+                        key_file: file(route_auth_key::SERVICE_ACCOUNT_KEY),
+                        scope: sa.scope().to_string(),
                         ca_file: extra_ca_file.clone(),
                     }
                 }),

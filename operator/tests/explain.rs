@@ -412,6 +412,8 @@ fn every_example_passes_its_expectations() {
         "ses-plain-587",
         "smarthost-implicit-tls-465",
         "microsoft-365-xoauth2",
+        "gmail-xoauth2",
+        "google-service-account",
     ] {
         let (code, out, err) = relayctl(&["test", scenario]);
         assert_eq!(code, 0, "{scenario}:\n{out}\n{err}");

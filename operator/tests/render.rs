@@ -49,7 +49,7 @@ fn quickstart_renders_loopback_ranges_and_one_default_route() {
 
 #[test]
 fn every_example_renders_with_the_expected_findings() {
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 10] = [
         (
             "on-premise-ip-range",
             &["TlsSecretMissing", "NoRelayCertificate"],
@@ -64,6 +64,8 @@ fn every_example_renders_with_the_expected_findings() {
         ("ses-plain-587", &[]),
         ("smarthost-implicit-tls-465", &[]),
         ("microsoft-365-xoauth2", &[]),
+        ("gmail-xoauth2", &[]),
+        ("google-service-account", &[]),
     ];
     for (name, expected) in cases {
         let r =
@@ -450,4 +452,46 @@ fn dkim_keys_render_as_mounted_file_paths_and_a_missing_secret_is_a_finding() {
         .map(|m| m.name.as_str())
         .collect();
     assert_eq!(dkim_mounts, ["dkim-acme"]);
+}
+
+/// Gmail's grants render as the Secret's files and Google's defaults: the refresh token
+/// goes to Google's token endpoint, the service account asks for Gmail's scope; no value
+/// of the Secrets is in the config.
+#[test]
+fn google_grants_render_file_paths_and_googles_defaults() {
+    let r = render_set(&example("gmail-xoauth2"), &RenderEnv::pod()).unwrap();
+    let auth = r.config.routes[0].auth.clone().unwrap();
+    assert_eq!(auth.client_credentials, None);
+    assert_eq!(auth.service_account, None);
+    assert_eq!(
+        auth.refresh_token,
+        Some(relay::config::RefreshTokenConfig {
+            token_endpoint: "https://oauth2.googleapis.com/token".into(),
+            client_id: "1234567890-abcdefghijklmnopqrstuvwxyz012345.apps.googleusercontent.com"
+                .into(),
+            client_secret_file: "/etc/smtprelay/route-auth/gmail-oauth/clientSecret".into(),
+            refresh_token_file: "/etc/smtprelay/route-auth/gmail-oauth/refreshToken".into(),
+            ca_file: None,
+        })
+    );
+    let json = r.config.to_json();
+    assert!(!json.contains("replace-with-the-refresh-token"), "{json}");
+
+    let r = render_set(&example("google-service-account"), &RenderEnv::pod()).unwrap();
+    let auth = r.config.routes[0].auth.clone().unwrap();
+    assert_eq!(auth.refresh_token, None);
+    assert_eq!(
+        auth.service_account,
+        Some(relay::config::ServiceAccountConfig {
+            key_file: "/etc/smtprelay/route-auth/google-service-account/serviceAccountKey".into(),
+            scope: "https://mail.google.com/".into(),
+            ca_file: None,
+        })
+    );
+    assert_eq!(
+        auth.username_file,
+        "/etc/smtprelay/route-auth/google-service-account/username"
+    );
+    let json = r.config.to_json();
+    assert!(!json.contains("PRIVATE KEY"), "{json}");
 }

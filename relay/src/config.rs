@@ -317,6 +317,93 @@ pub struct RouteAuthConfig {
     /// credentials) instead of reading `secret_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_credentials: Option<ClientCredentialsConfig>,
+    /// `XOAuth2` only: trade a refresh token for access tokens (OAuth 2.0 refresh-token
+    /// grant, Gmail) instead of reading `secret_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshTokenConfig>,
+    /// `XOAuth2` only: sign a JWT with a service account's key and trade it for an access
+    /// token for the user in `username_file` (JWT bearer grant, Google service accounts)
+    /// instead of reading `secret_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountConfig>,
+}
+
+/// How an XOAUTH2 route gets its access token, when the relay fetches it: at most one
+/// grant per route (the CRD admits one; [`RouteAuthConfig::grant`] takes the first set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OAuthGrant<'a> {
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4).
+    ClientCredentials(&'a ClientCredentialsConfig),
+    /// OAuth 2.0 refresh token (RFC 6749 §6).
+    RefreshToken(&'a RefreshTokenConfig),
+    /// JWT bearer assertion signed with a service account's key (RFC 7523).
+    ServiceAccount(&'a ServiceAccountConfig),
+}
+
+impl RouteAuthConfig {
+    /// The OAuth 2.0 grant the relay fetches this route's access token with, if any.
+    pub fn grant(&self) -> Option<OAuthGrant<'_>> {
+        self.client_credentials
+            .as_ref()
+            .map(OAuthGrant::ClientCredentials)
+            .or_else(|| self.refresh_token.as_ref().map(OAuthGrant::RefreshToken))
+            .or_else(|| {
+                self.service_account
+                    .as_ref()
+                    .map(OAuthGrant::ServiceAccount)
+            })
+    }
+
+    /// The Secret files the route's credentials come from besides the user name: the
+    /// password or token, or those of its OAuth grant, each with what it holds.
+    pub fn secret_files(&self) -> Vec<(&'static str, &str)> {
+        match self.grant() {
+            None => vec![("route AUTH secret", self.secret_file.as_str())],
+            Some(OAuthGrant::ClientCredentials(cc)) => {
+                vec![("route OAuth client secret", cc.client_secret_file.as_str())]
+            }
+            Some(OAuthGrant::RefreshToken(rt)) => vec![
+                ("route OAuth client secret", rt.client_secret_file.as_str()),
+                ("route OAuth refresh token", rt.refresh_token_file.as_str()),
+            ],
+            Some(OAuthGrant::ServiceAccount(sa)) => {
+                vec![("route service account key", sa.key_file.as_str())]
+            }
+        }
+    }
+}
+
+/// OAuth 2.0 refresh-token settings of an XOAUTH2 route (Gmail): the relay trades the
+/// refresh token for access tokens and fetches a new one before each expires.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshTokenConfig {
+    /// `https://` URL of the token endpoint.
+    pub token_endpoint: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// File holding the client secret (the Secret's `clientSecret` key).
+    pub client_secret_file: String,
+    /// File holding the refresh token (the Secret's `refreshToken` key).
+    pub refresh_token_file: String,
+    /// PEM file of extra CA roots for the endpoint's certificate (the route's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// Google service-account settings of an XOAUTH2 route: the relay signs a JWT (RS256) with
+/// the key, for the user in the route's `username_file`, and posts it to the key's
+/// `token_uri`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountConfig {
+    /// File holding the service account's JSON key (the Secret's `serviceAccountKey` key).
+    pub key_file: String,
+    /// Scope requested (`https://mail.google.com/` for Gmail).
+    pub scope: String,
+    /// PEM file of extra CA roots for the endpoint's certificate (the route's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// OAuth 2.0 client-credentials settings of an XOAUTH2 route; the relay fetches the token

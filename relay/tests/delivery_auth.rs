@@ -61,6 +61,8 @@ impl Pki {
             username_file: folder.join("username").display().to_string(),
             secret_file: folder.join(key).display().to_string(),
             client_credentials: None,
+            refresh_token: None,
+            service_account: None,
         }
     }
 

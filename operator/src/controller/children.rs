@@ -199,8 +199,9 @@ pub fn mounted_secrets(
 }
 
 /// The keys of a Secret its volume's items name and a relay needs: a Secret without
-/// one of them is not put into a pod template. A route's auth Secret holds `password` or
-/// `token` or `clientSecret`, never all: it needs none in particular.
+/// one of them is not put into a pod template. A route's auth Secret holds only the keys of
+/// its mechanism and grant (`password`, `token`, `clientSecret`, …): it needs none in
+/// particular.
 pub fn required_keys(usage: SecretUse) -> &'static [&'static str] {
     match usage {
         SecretUse::Tls => &["tls.crt", "tls.key"],
@@ -382,7 +383,7 @@ fn secret_mount(m: &MountedSecret) -> (String, String, &'static [&'static str]) 
         SecretUse::RouteAuth => (
             route_auth_volume_name(&m.name),
             format!("{}/{}", env.route_auth_dir(), m.name),
-            &["username", "password", "token", "clientSecret"],
+            crate::render::ROUTE_AUTH_KEYS,
         ),
         SecretUse::Dkim => {
             let file = env.dkim_key_file(&m.name);
@@ -779,8 +780,8 @@ fn stateful_set(
                 // Optional: a pod starts whatever happens to the Secret later (deleted to
                 // revoke it, a key removed), and a running pod's files follow it; the
                 // relay reports a missing file. Keys are checked before a Secret enters
-                // the template (`secret_mounts`). A route's auth Secret holds `password`
-                // or `token`, not both: the missing one is skipped.
+                // the template (`secret_mounts`). A route's auth Secret holds only some of
+                // `ROUTE_AUTH_KEYS`: the missing ones are skipped.
                 optional: Some(true),
                 items: Some(
                     keys.iter()

@@ -304,7 +304,8 @@ impl Transport {
         let tls_config = match self.tls_config(&policy) {
             Ok(c) => c,
             Err(e) => {
-                result.outcomes = defer_all(rcpt_to, &format!("route {}: {e}", route.name));
+                // 4.7.0: a security matter on this side, to be retried (RFC 3463).
+                result.outcomes = defer_all(rcpt_to, &format!("4.7.0 route {}: {e}", route.name));
                 return result;
             }
         };
@@ -316,7 +317,8 @@ impl Transport {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(route = %route.name, "{e}");
-                result.outcomes = defer_all(rcpt_to, &format!("route {}: {e}", route.name));
+                // 4.7.0: a security matter on this side, to be retried (RFC 3463).
+                result.outcomes = defer_all(rcpt_to, &format!("4.7.0 route {}: {e}", route.name));
                 return result;
             }
         };
@@ -537,8 +539,9 @@ impl Transport {
     }
 }
 
-/// The route's credentials, read from the mounted Secret's files now. The error names the
-/// file, never its content.
+/// The route's credentials, read from the mounted Secret's files now, the access token of an
+/// OAuth grant from the cache or its endpoint. The error names the file or the endpoint's
+/// answer, never a secret.
 async fn read_credentials(
     auth: &RouteAuthConfig,
     tokens: &TokenCache,
@@ -554,8 +557,11 @@ async fn read_credentials(
             })
     };
     let username = read(&auth.username_file)?;
-    let secret = match &auth.client_credentials {
-        Some(cc) => tokens.token(cc).await?,
+    let secret = match auth.grant() {
+        Some(grant) => tokens
+            .token(grant, &username)
+            .await
+            .map_err(|e| format!("no XOAUTH2 access token: {e}"))?,
         None => read(&auth.secret_file)?,
     };
     Ok(AuthCredentials {

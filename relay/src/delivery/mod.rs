@@ -3,8 +3,9 @@
 //! It owns route choice ([`route`]), weighted host pools with health ([`pool`]), MX lookup
 //! ([`mx`]), the network and loop guards ([`guard`]), the per-route TLS policy and its
 //! certificate verifiers ([`tls`]), the outbound SMTP client with its stage timeouts, its
-//! outbound AUTH and its connection cache ([`client`]), OAuth 2.0 client-credentials tokens
-//! for XOAUTH2 routes ([`oauth`]), one delivery attempt over a route ([`attempt`]), the
+//! outbound AUTH and its connection cache ([`client`]), OAuth 2.0 access tokens for XOAUTH2
+//! routes by client credentials, refresh token or service account ([`oauth`]), one
+//! delivery attempt over a route ([`attempt`]), the
 //! route TLS probe ([`probe`]), the retry schedule ([`retry`]), RFC 3464 bounces ([`dsn`])
 //! and the queue manager that schedules attempts per destination and ties them together
 //! ([`queue`]), and DKIM signing of what leaves ([`dkim`]). Layers read top-down: queue →

@@ -105,12 +105,7 @@ pub fn named_files(config: &RelayConfig) -> Vec<(&'static str, &str)> {
         }
         if let Some(auth) = &route.auth {
             files.push(("route AUTH user name", auth.username_file.as_str()));
-            match &auth.client_credentials {
-                Some(cc) => {
-                    files.push(("route OAuth client secret", cc.client_secret_file.as_str()))
-                }
-                None => files.push(("route AUTH secret", auth.secret_file.as_str())),
-            }
+            files.extend(auth.secret_files());
         }
     }
     files

@@ -12,5 +12,6 @@ pub mod manifests;
 pub mod plan;
 pub mod quantity;
 pub mod queue_admin;
+pub mod queue_cluster;
 pub mod render;
 pub mod secrets;

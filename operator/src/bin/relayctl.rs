@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use operator::manifests::render_set;
+use operator::queue_admin::QueueAction;
 use operator::render::RenderEnv;
 
 #[derive(Parser)]
@@ -131,15 +132,22 @@ enum Command {
         /// Files or directories of manifests (default: the current directory).
         paths: Vec<PathBuf>,
     },
-    /// Administer a relay's queue through its admin endpoint: list, show, hold, release,
+    /// Administer relay queues through their admin endpoint: list, show, hold, release,
     /// flush, delete.
     ///
-    /// The admin endpoint is `relayctl run`'s (found in the state directory) unless
-    /// `--admin` names one (for a pod: `kubectl port-forward pod/NAME 9090` then
-    /// `--admin http://127.0.0.1:9090`). The token is read from `--token-file`, else from
-    /// `SMTPRELAY_ADMIN_TOKEN`, else from `relayctl run`'s state directory.
+    /// One endpoint: `relayctl run`'s (found in the state directory) unless `--url` names
+    /// one. The token is read from `--token-file`, else from `SMTPRELAY_ADMIN_TOKEN`, else
+    /// from `relayctl run`'s state directory.
     ///
-    /// Exit code 0: done; 1: the relay refused or could not be reached; 2: bad arguments.
+    /// Every relay pod of a namespace: `-n NAMESPACE` (with `--context`, `--kubeconfig`)
+    /// finds the pods through the Kubernetes API with your credentials, port-forwards to
+    /// each pod's admin port and reads the token from the Secret the pods mount. `list`
+    /// shows one table with a POD column; `show`, `hold`, `release` and `delete` act on the
+    /// pod that holds the message; `flush` on every pod. Your RBAC needs, in the namespace:
+    /// `list` pods, `get` secrets, `create` pods/portforward.
+    ///
+    /// Exit code 0: done; 1: the relay or the cluster refused, or could not be reached;
+    /// 2: bad arguments.
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -174,40 +182,45 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Clone, Debug)]
-enum QueueAction {
-    /// Every queued message: id, state, attempts, age, next attempt, size, sender,
-    /// recipients, last error.
-    List,
-    /// One message: envelope, state per recipient and header section (never the body).
-    Show { id: String },
-    /// Keep a message from being attempted until released (survives restarts).
-    Hold { id: String },
-    /// Let a held message be attempted again on its schedule.
-    Release { id: String },
-    /// Attempt queued messages now instead of on their retry schedule (held ones stay held).
-    Flush {
-        /// Only messages waiting for this MailRoute (`namespace/name`).
-        #[arg(long)]
-        route: Option<String>,
-    },
-    /// Remove a message from the queue and the spool without delivering it (no bounce).
-    Delete { id: String },
-}
-
 /// Which relay `relayctl queue` talks to, and how.
 #[derive(clap::Args, Clone, Debug)]
 struct AdminTarget {
     /// The relay's admin endpoint, `http://HOST:PORT` (default: the one `relayctl run`
     /// recorded in the state directory).
-    #[arg(long, global = true, value_name = "URL")]
-    admin: Option<String>,
+    #[arg(long = "url", alias = "admin", global = true, value_name = "URL")]
+    url: Option<String>,
     /// File holding the admin token.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "namespace")]
     token_file: Option<PathBuf>,
     /// `relayctl run`'s state directory (for its admin address and token).
     #[arg(long, global = true, default_value = ".relayctl")]
     state_dir: PathBuf,
+    /// Every relay pod of this namespace, through the Kubernetes API.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        conflicts_with = "url"
+    )]
+    namespace: Option<String>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, global = true, value_name = "NAME", requires = "namespace")]
+    context: Option<String>,
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
+    #[arg(long, global = true, value_name = "PATH", requires = "namespace")]
+    kubeconfig: Option<PathBuf>,
+    /// Only the relays of this Organization (when a namespace holds several).
+    #[arg(
+        long = "org",
+        global = true,
+        value_name = "NAME",
+        requires = "namespace"
+    )]
+    organization: Option<String>,
+    /// Only this relay pod.
+    #[arg(long, global = true, value_name = "NAME", requires = "namespace")]
+    pod: Option<String>,
     /// Print the relay's JSON answer instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -583,18 +596,29 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `relayctl queue`.
 async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
-    use operator::queue_admin::{escape, list_table, request, show_text};
+    use operator::queue_admin::{action_request, list_table, request, show_text};
+    if let Some(namespace) = &target.namespace {
+        let cluster = operator::queue_cluster::ClusterTarget {
+            namespace: namespace.clone(),
+            context: target.context.clone(),
+            kubeconfig: target.kubeconfig.clone(),
+            organization: target.organization.clone(),
+            pod: target.pod.clone(),
+            pod_timeout: None,
+        };
+        return queue_on_cluster(action, &cluster, target.json).await;
+    }
     let local = operator::local::LocalOptions {
         state_dir: target.state_dir.clone(),
         ..Default::default()
     };
-    let admin = match &target.admin {
+    let admin = match &target.url {
         Some(url) => url.clone(),
         None => match std::fs::read_to_string(local.admin_address_path()) {
             Ok(url) => url.trim().to_string(),
             Err(_) => {
                 eprintln!(
-                    "error: no --admin URL given and no `relayctl run` admin address in {}",
+                    "error: no --url or -n NAMESPACE given and no `relayctl run` admin address in {}",
                     local.admin_address_path().display()
                 );
                 return ExitCode::from(2);
@@ -619,17 +643,7 @@ async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (method, path) = match &action {
-        QueueAction::List => ("GET", "/queue".to_string()),
-        QueueAction::Show { id } => ("GET", format!("/queue/{}", escape(id))),
-        QueueAction::Hold { id } => ("POST", format!("/queue/{}/hold", escape(id))),
-        QueueAction::Release { id } => ("POST", format!("/queue/{}/release", escape(id))),
-        QueueAction::Flush { route: None } => ("POST", "/queue/flush".to_string()),
-        QueueAction::Flush { route: Some(r) } => {
-            ("POST", format!("/queue/flush?route={}", escape(r)))
-        }
-        QueueAction::Delete { id } => ("DELETE", format!("/queue/{}", escape(id))),
-    };
+    let (method, path) = action_request(&action);
     let answer = match request(&admin, &token, method, &path).await {
         Ok(v) => v,
         Err(e) => {
@@ -656,6 +670,117 @@ async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `relayctl queue -n NAMESPACE`: every relay pod of the namespace, through the API server.
+/// What some pods answered is printed even when others failed (exit code 1).
+async fn queue_on_cluster(
+    action: QueueAction,
+    target: &operator::queue_cluster::ClusterTarget,
+    json: bool,
+) -> ExitCode {
+    use operator::queue_admin::{pods_list_table, show_text};
+    use operator::queue_cluster::Relays;
+    let fail = |e: operator::queue_cluster::ClusterError| {
+        eprintln!("error: {e}");
+        ExitCode::from(e.exit_code())
+    };
+    let client = match target.client().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let relays = match Relays::find(client, target).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    for skipped in &relays.skipped {
+        eprintln!("note: pod {skipped}, not asked");
+    }
+    let answers = match &action {
+        QueueAction::List | QueueAction::Flush { .. } => relays.ask_all(&action).await,
+        _ => match relays.act_on_holder(&action).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        },
+    };
+    let mut code = ExitCode::SUCCESS;
+    let mut answered = Vec::new();
+    for (pod, answer) in answers {
+        match answer {
+            Ok(v) => answered.push((pod, v)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = ExitCode::from(e.exit_code());
+            }
+        }
+    }
+    let with_pod = |pod: &str, mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("pod".into(), pod.into());
+        }
+        v
+    };
+    if json {
+        let out = match &action {
+            QueueAction::List => {
+                let total: u64 = answered
+                    .iter()
+                    .map(|(_, v)| v["total"].as_u64().unwrap_or(0))
+                    .sum();
+                let messages: Vec<serde_json::Value> = answered
+                    .iter()
+                    .flat_map(|(pod, v)| {
+                        v["messages"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|m| with_pod(pod, m.clone()))
+                    })
+                    .collect();
+                serde_json::json!({"total": total, "messages": messages})
+            }
+            QueueAction::Flush { .. } => answered
+                .into_iter()
+                .map(|(pod, v)| with_pod(&pod, v))
+                .collect(),
+            _ => match <[_; 1]>::try_from(answered) {
+                Ok([(pod, v)]) => with_pod(&pod, v),
+                Err(several) => several
+                    .into_iter()
+                    .map(|(pod, v)| with_pod(&pod, v))
+                    .collect(),
+            },
+        };
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return code;
+    }
+    match &action {
+        // No table when no pod answered: the errors say why.
+        QueueAction::List if answered.is_empty() => {}
+        QueueAction::List => print!("{}", pods_list_table(&answered)),
+        QueueAction::Show { .. } => {
+            for (pod, v) in &answered {
+                print!("{:<12} {pod}\n{}", "pod", show_text(v));
+            }
+        }
+        QueueAction::Flush { .. } => {
+            for (pod, v) in &answered {
+                println!(
+                    "{pod}: {} message(s) due now (held messages stay held)",
+                    v["flushed"]
+                );
+            }
+        }
+        QueueAction::Hold { id } | QueueAction::Release { id } | QueueAction::Delete { id } => {
+            for (pod, v) in &answered {
+                println!(
+                    "{id}: {} (pod {pod})",
+                    v["result"].as_str().unwrap_or("done")
+                );
+            }
+        }
+    }
+    code
 }
 
 fn init_logs() {

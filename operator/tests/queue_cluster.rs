@@ -706,3 +706,57 @@ async fn a_silent_pod_is_named_after_its_time_out_and_the_others_still_answer() 
     assert_eq!(e.to_string(), "pod acme-relay-1: no answer within 1s");
     zero.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_on_two_pods_is_acted_on_only_once_a_pod_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = start_relay(dir.path(), "zero").await;
+    let id = submit(zero.smtp_addr(), "ann@example.net", "twice").await;
+    deferred(&zero, &id).await;
+    // Two pods answering with the same spool: the same id on both.
+    let mock = Arc::new(Mock {
+        pods: ["acme-relay-0", "acme-relay-1"]
+            .into_iter()
+            .map(|name| MockPod {
+                name,
+                app: "smtprelay",
+                phase: "Running",
+                admin: Some(zero.admin_addr()),
+            })
+            .collect(),
+        requests: Mutex::new(Vec::new()),
+    });
+    let kc = kubeconfig(dir.path(), serve_mock(mock).await);
+    let kc = kc.to_str().unwrap();
+    let d = dir.path();
+    let out = relayctl(d, &["queue", "hold", &id, "-n", NS, "--kubeconfig", kc]).await;
+    let (said, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(
+        err,
+        format!(
+            "error: message {id} is queued on several pods (acme-relay-0, acme-relay-1); nothing was done: name one with --pod\n"
+        )
+    );
+    assert_eq!(deferred(&zero, &id).await["state"], "pending");
+    let out = relayctl(
+        d,
+        &[
+            "queue",
+            "hold",
+            &id,
+            "-n",
+            NS,
+            "--kubeconfig",
+            kc,
+            "--pod",
+            "acme-relay-1",
+        ],
+    )
+    .await;
+    let (said, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(said, format!("{id}: held (pod acme-relay-1)\n"));
+    assert_eq!(deferred(&zero, &id).await["state"], "held");
+    zero.shutdown().await;
+}

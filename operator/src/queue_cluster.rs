@@ -37,6 +37,33 @@ use crate::queue_admin::{AdminConnection, QueueAction, QueueClientError, action_
 /// How long one pod has for its port-forward and every request made to it.
 pub const POD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the API server has to answer the pod list and the Secret read.
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The answer to `call`, an API call that would `verb` `resource` (`what`, in words), or
+/// why there is none; at most [`API_TIMEOUT`].
+async fn within<T>(
+    call: impl Future<Output = Result<T, kube::Error>>,
+    verb: &'static str,
+    resource: &'static str,
+    what: String,
+    namespace: &str,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(ClusterError::api(e, verb, resource, what, namespace)),
+        Err(_) => Err(ClusterError::Api {
+            verb,
+            what,
+            namespace: namespace.into(),
+            reason: format!("the API server did not answer within {API_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// How long a broken port-forward's reason is waited for.
+const ERROR_GRACE: Duration = Duration::from_secs(1);
+
 /// Key of the admin token in its Secret.
 const TOKEN_KEY: &str = "token";
 
@@ -184,6 +211,8 @@ struct RelayPod {
     token: String,
     /// The Secret the token came from, for errors.
     token_secret: String,
+    /// Why the pod cannot be asked (no admin port, no token Secret), if it cannot.
+    unusable: Option<String>,
 }
 
 /// The relay pods of a namespace, found and ready to be asked.
@@ -220,10 +249,14 @@ impl Relays {
         let ns = target.namespace.as_str();
         let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
         let selector = identity::relay_pods_selector(target.organization.as_deref());
-        let listed = pods_api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| ClusterError::api(e, "list", "pods", "pods".into(), ns))?;
+        let listed = within(
+            pods_api.list(&ListParams::default().labels(&selector)),
+            "list",
+            "pods",
+            "pods".into(),
+            ns,
+        )
+        .await?;
         let mut skipped = Vec::new();
         let mut found = Vec::new();
         for pod in listed.items {
@@ -241,19 +274,8 @@ impl Relays {
                 continue;
             }
             let spec = pod.spec.as_ref();
-            let Some(port) = spec.and_then(admin_port_in) else {
-                return Err(ClusterError::Pod {
-                    pod: name,
-                    reason: "its container has no port named `admin`".into(),
-                });
-            };
-            let Some(secret) = spec.and_then(admin_token_secret_in) else {
-                return Err(ClusterError::Pod {
-                    pod: name,
-                    reason: "it mounts no admin token Secret, so its queue administration is off"
-                        .into(),
-                });
-            };
+            let port = spec.and_then(admin_port_in);
+            let secret = spec.and_then(admin_token_secret_in);
             found.push((name, port, secret));
         }
         if found.is_empty() {
@@ -270,13 +292,18 @@ impl Relays {
         }
         let secrets: Api<Secret> = Api::namespaced(client, ns);
         let mut tokens: BTreeMap<String, String> = BTreeMap::new();
-        for (_, _, secret) in &found {
+        for secret in found.iter().filter_map(|(_, _, s)| s.as_ref()) {
             if tokens.contains_key(secret) {
                 continue;
             }
-            let s = secrets.get(secret).await.map_err(|e| {
-                ClusterError::api(e, "get", "secrets", format!("secret {secret}"), ns)
-            })?;
+            let s = within(
+                secrets.get(secret),
+                "get",
+                "secrets",
+                format!("secret {secret}"),
+                ns,
+            )
+            .await?;
             let token = s
                 .data
                 .as_ref()
@@ -297,11 +324,23 @@ impl Relays {
         }
         let mut pods: Vec<RelayPod> = found
             .into_iter()
-            .map(|(name, admin_port, secret)| RelayPod {
-                name,
-                admin_port,
-                token: tokens.get(&secret).cloned().unwrap_or_default(),
-                token_secret: secret,
+            .map(|(name, port, secret)| {
+                let unusable = match (port, &secret) {
+                    (None, _) => Some("its container has no port named `admin`".to_string()),
+                    (_, None) => Some(
+                        "it mounts no admin token Secret, so its queue administration is off"
+                            .to_string(),
+                    ),
+                    _ => None,
+                };
+                let secret = secret.unwrap_or_default();
+                RelayPod {
+                    name,
+                    admin_port: port.unwrap_or_default(),
+                    token: tokens.get(&secret).cloned().unwrap_or_default(),
+                    token_secret: secret,
+                    unusable,
+                }
             })
             .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
@@ -366,19 +405,30 @@ impl Relays {
             pod: pod.name.clone(),
             reason,
         };
+        let forward_failed = |message: String| {
+            failed(format!(
+                "the port-forward to port {} failed: {message}",
+                pod.admin_port
+            ))
+        };
         let answer = match c.error.as_mut() {
             None => c.conn.request(method, path).await,
             Some(error) => tokio::select! {
                 answer = c.conn.request(method, path) => answer,
                 Some(message) = error => {
                     c.error = None;
-                    return Err(failed(format!(
-                        "the port-forward to port {} failed: {message}",
-                        pod.admin_port
-                    )));
+                    return Err(forward_failed(message));
                 }
             },
         };
+        // The connection broke: the API server's reason may follow on the error channel
+        // a moment after the stream closed.
+        if let (Err(QueueClientError::Connect { .. }), Some(error)) = (&answer, c.error.as_mut())
+            && let Ok(Some(message)) = tokio::time::timeout(ERROR_GRACE, error).await
+        {
+            c.error = None;
+            return Err(forward_failed(message));
+        }
         answer.map_err(|e| match e {
             QueueClientError::Unauthorized => failed(format!(
                 "the relay refused the token of Secret {} (401)",
@@ -396,6 +446,12 @@ impl Relays {
     where
         F: AsyncFnOnce(&mut PodConnection) -> Result<T, ClusterError>,
     {
+        if let Some(why) = &pod.unusable {
+            return Err(ClusterError::Pod {
+                pod: pod.name.clone(),
+                reason: why.clone(),
+            });
+        }
         let work = async {
             let mut c = self.connect(pod).await?;
             f(&mut c).await

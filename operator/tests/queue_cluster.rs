@@ -36,6 +36,8 @@ struct MockPod {
     app: &'static str,
     phase: &'static str,
     admin: Option<SocketAddr>,
+    /// Mounts the admin token Secret (as every pod the operator makes does).
+    mounts_token: bool,
 }
 
 /// What users may not do: (bearer token of the user, verb, resource).
@@ -68,6 +70,12 @@ fn ok(body: Value) -> Response<Full<Bytes>> {
 }
 
 fn pod_json(p: &MockPod) -> Value {
+    let mut volumes = vec![json!({"name": "config", "configMap": {"name": "acme-relay-config"}})];
+    if p.mounts_token {
+        volumes.push(
+            json!({"name": "admin", "secret": {"secretName": "acme-relay-admin", "optional": true}}),
+        );
+    }
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": p.name, "namespace": NS, "labels": {
@@ -80,10 +88,7 @@ fn pod_json(p: &MockPod) -> Value {
                 {"name": "smtp", "containerPort": 25},
                 {"name": "admin", "containerPort": ADMIN_PORT},
             ]}],
-            "volumes": [
-                {"name": "config", "configMap": {"name": "acme-relay-config"}},
-                {"name": "admin", "secret": {"secretName": "acme-relay-admin", "optional": true}},
-            ],
+            "volumes": volumes,
         },
         "status": {"phase": p.phase},
     })
@@ -234,7 +239,19 @@ async fn bridge(upgraded: hyper::upgrade::Upgraded, target: SocketAddr, port: u1
     let [lo, hi] = port.to_le_bytes();
     sink.send(Message::binary(vec![0, lo, hi])).await.unwrap();
     sink.send(Message::binary(vec![1, lo, hi])).await.unwrap();
-    let tcp = TcpStream::connect(target).await.unwrap();
+    let tcp = match TcpStream::connect(target).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            // As the kubelet reports it, on the port's error channel.
+            let mut frame = vec![1];
+            frame.extend_from_slice(
+                format!("error forwarding port {port} to pod: dial tcp {target}: {e}").as_bytes(),
+            );
+            let _ = sink.send(Message::binary(frame)).await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
     let (mut from_pod, mut to_pod) = tcp.into_split();
     let up = async move {
         while let Some(Ok(msg)) = stream.next().await {
@@ -311,19 +328,27 @@ fn kubeconfig(dir: &Path, server: SocketAddr) -> std::path::PathBuf {
     path
 }
 
-/// A port nothing listens on: the downstream is down and mail is deferred.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A downstream that closes every connection at once: mail to it is deferred. (A port
+/// found free and let go could be taken by another relay's listener in the meantime,
+/// which would then take the mail.)
+async fn closing_downstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
+    port
 }
 
 async fn start_relay(dir: &Path, name: &str) -> relay::RelayHandle {
     let token = dir.join(format!("{name}.token"));
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let mut config = relay::RelayConfig::loopback(&dir.join(name).to_string_lossy(), free_port());
+    let mut config = relay::RelayConfig::loopback(
+        &dir.join(name).to_string_lossy(),
+        closing_downstream().await,
+    );
     config.admin_token_file = Some(token.to_string_lossy().into_owned());
     relay::start(config, relay::StartOptions::default())
         .await
@@ -370,13 +395,14 @@ async fn submit(smtp: SocketAddr, to: &str, subject: &str) -> String {
 }
 
 /// The message as the relay itself reports it, once its first attempt has failed (so that
-/// it is not being delivered when the test acts on it).
+/// it is not being delivered when the test acts on it). Panics if that never happens.
 async fn deferred(relay: &relay::RelayHandle, id: &str) -> Value {
     let url = format!("http://{}", relay.admin_addr());
     for _ in 0..200 {
+        // Right after the `250` the message may not be in the delivery queue yet (404).
         let m = operator::queue_admin::request(&url, TOKEN, "GET", &format!("/queue/{id}"))
             .await
-            .unwrap();
+            .unwrap_or_default();
         if m["state"] != "delivering" && m["attempts"].as_u64().unwrap_or(0) >= 1 {
             return m;
         }
@@ -425,12 +451,14 @@ async fn queue_commands_reach_every_relay_pod_through_the_api_server() {
                 app: "smtprelay",
                 phase: "Running",
                 admin: Some(zero.admin_addr()),
+                mounts_token: true,
             },
             MockPod {
                 name: "acme-relay-1",
                 app: "smtprelay",
                 phase: "Running",
                 admin: Some(one.admin_addr()),
+                mounts_token: true,
             },
             // Not yet running: named, not asked.
             MockPod {
@@ -438,6 +466,7 @@ async fn queue_commands_reach_every_relay_pod_through_the_api_server() {
                 app: "smtprelay",
                 phase: "Pending",
                 admin: None,
+                mounts_token: true,
             },
             // A drain Job's pod: not a relay, never selected.
             MockPod {
@@ -445,6 +474,7 @@ async fn queue_commands_reach_every_relay_pod_through_the_api_server() {
                 app: "smtprelay-drain",
                 phase: "Running",
                 admin: None,
+                mounts_token: true,
             },
         ],
         requests: Mutex::new(Vec::new()),
@@ -651,7 +681,7 @@ async fn queue_commands_reach_every_relay_pod_through_the_api_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_pod_is_named_after_its_time_out_and_the_others_still_answer() {
+async fn a_pod_that_is_silent_refuses_or_has_no_token_is_named_and_the_others_still_answer() {
     use operator::queue_admin::QueueAction;
     use operator::queue_cluster::{ClusterTarget, Relays};
     let dir = tempfile::tempdir().unwrap();
@@ -661,6 +691,8 @@ async fn a_silent_pod_is_named_after_its_time_out_and_the_others_still_answer() 
     // Accepts connections and never answers.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    // Port 1 (tcpmux): outside the ports the system hands out, nothing listens there.
+    let closed = SocketAddr::from(([127, 0, 0, 1], 1));
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = silent.accept().await {
@@ -674,12 +706,30 @@ async fn a_silent_pod_is_named_after_its_time_out_and_the_others_still_answer() 
                 app: "smtprelay",
                 phase: "Running",
                 admin: Some(zero.admin_addr()),
+                mounts_token: true,
             },
             MockPod {
                 name: "acme-relay-1",
                 app: "smtprelay",
                 phase: "Running",
                 admin: Some(silent_addr),
+                mounts_token: true,
+            },
+            // Its admin port refuses connections.
+            MockPod {
+                name: "acme-relay-3",
+                app: "smtprelay",
+                phase: "Running",
+                admin: Some(closed),
+                mounts_token: true,
+            },
+            // Its queue administration is off: named, the others still asked.
+            MockPod {
+                name: "acme-relay-2",
+                app: "smtprelay",
+                phase: "Running",
+                admin: None,
+                mounts_token: false,
             },
         ],
         requests: Mutex::new(Vec::new()),
@@ -697,13 +747,25 @@ async fn a_silent_pod_is_named_after_its_time_out_and_the_others_still_answer() 
     let started = std::time::Instant::now();
     let answers = relays.ask_all(&QueueAction::List).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(answers.len(), 2);
+    assert_eq!(answers.len(), 4);
     assert_eq!(answers[0].0, "acme-relay-0");
     let list = answers[0].1.as_ref().unwrap();
     assert_eq!(list["messages"][0]["queueId"], id.as_str());
     assert_eq!(answers[1].0, "acme-relay-1");
     let e = answers[1].1.as_ref().unwrap_err();
     assert_eq!(e.to_string(), "pod acme-relay-1: no answer within 1s");
+    let e = answers[2].1.as_ref().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "pod acme-relay-2: it mounts no admin token Secret, so its queue administration is off"
+    );
+    let e = answers[3].1.as_ref().unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "pod acme-relay-3: the port-forward to port 9090 failed: error forwarding port 9090 to pod: dial tcp {closed}: "
+        )),
+        "{e}"
+    );
     zero.shutdown().await;
 }
 
@@ -722,6 +784,7 @@ async fn an_id_on_two_pods_is_acted_on_only_once_a_pod_is_named() {
                 app: "smtprelay",
                 phase: "Running",
                 admin: Some(zero.admin_addr()),
+                mounts_token: true,
             })
             .collect(),
         requests: Mutex::new(Vec::new()),

@@ -5,12 +5,12 @@
 //! context ([`ClusterTarget::client`]), finding the relay pods by the labels the operator
 //! puts on them ([`identity::relay_pods_selector`]), the admin port and the admin token
 //! Secret each pod mounts, reading that token, a port-forward to each pod through the API
-//! server, and merging the pods' answers: one list with the pod of each message, an id
-//! acted on by the pod that holds it, a flush on every pod.
+//! server ([`Relays`]), and merging the pods' answers into what the command prints
+//! ([`run`]): one list with the pod of each message, an id acted on by the pod that holds
+//! it, a flush on every pod.
 //!
-//! Not here: what each request asks and how answers are printed ([`crate::queue_admin`],
-//! which also speaks HTTP over the forwarded stream), what the relay does with them
-//! (`relay::admin::queue`).
+//! Not here: what each request asks, HTTP over the forwarded stream and the tables
+//! ([`crate::queue_admin`]), what the relay does with a request (`relay::admin::queue`).
 //!
 //! The user needs, in the namespace: `list` on `pods`, `get` on `secrets` (the token
 //! Secret, `<organization>-relay-admin`), `create` on `pods/portforward`. A refusal names
@@ -32,7 +32,9 @@ use serde_json::Value;
 
 use crate::controller::children::{admin_port_in, admin_token_secret_in};
 use crate::controller::identity;
-use crate::queue_admin::{AdminConnection, QueueAction, QueueClientError, action_request};
+use crate::queue_admin::{
+    AdminConnection, QueueAction, QueueClientError, action_request, pods_list_table, show_text,
+};
 
 /// How long one pod has for its port-forward and every request made to it.
 pub const POD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -554,4 +556,134 @@ impl Relays {
                 .join(", "),
         })
     }
+}
+
+/// What `relayctl queue -n` prints and its exit code.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Standard output: the table, the message, the JSON.
+    pub output: String,
+    /// Standard error, one line each: skipped pods, what failed.
+    pub notes: Vec<String>,
+    /// SPEC §4: 0 done, 1 refused or unreachable (also when only some pods answered),
+    /// 2 invalid input.
+    pub exit_code: u8,
+}
+
+/// `relayctl queue ACTION -n NAMESPACE`: finds the relay pods, asks them, and says what
+/// they answered (as JSON with `json`), what some pods answered even when others failed.
+pub async fn run(action: &QueueAction, target: &ClusterTarget, json: bool) -> Report {
+    let mut report = Report::default();
+    let failed = |mut report: Report, e: ClusterError| {
+        report.notes.push(format!("error: {e}"));
+        report.exit_code = report.exit_code.max(e.exit_code());
+        report
+    };
+    let relays = match target.client().await {
+        Ok(client) => Relays::find(client, target).await,
+        Err(e) => Err(e),
+    };
+    let relays = match relays {
+        Ok(r) => r,
+        Err(e) => return failed(report, e),
+    };
+    for skipped in &relays.skipped {
+        report.notes.push(format!("note: pod {skipped}, not asked"));
+    }
+    let answers = match action {
+        QueueAction::List | QueueAction::Flush { .. } => relays.ask_all(action).await,
+        _ => match relays.act_on_holder(action).await {
+            Ok(a) => a,
+            Err(e) => return failed(report, e),
+        },
+    };
+    let mut answered = Vec::new();
+    for (pod, answer) in answers {
+        match answer {
+            Ok(v) => answered.push((pod, v)),
+            Err(e) => report = failed(report, e),
+        }
+    }
+    report.output = if json {
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json_answer(action, answered)).unwrap_or_default()
+        )
+    } else {
+        text_answer(action, &answered)
+    };
+    report
+}
+
+/// The answers as JSON: a list's messages merged, each naming its `pod`; a flush's answers
+/// in a list; one message's answer as is (a list when several pods hold the id), with `pod`.
+fn json_answer(action: &QueueAction, answered: Vec<(String, Value)>) -> Value {
+    let with_pod = |pod: &str, mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("pod".into(), pod.into());
+        }
+        v
+    };
+    match action {
+        QueueAction::List => {
+            let total: u64 = answered
+                .iter()
+                .map(|(_, v)| v["total"].as_u64().unwrap_or(0))
+                .sum();
+            let messages: Vec<Value> = answered
+                .iter()
+                .flat_map(|(pod, v)| {
+                    v["messages"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| with_pod(pod, m.clone()))
+                })
+                .collect();
+            serde_json::json!({"total": total, "messages": messages})
+        }
+        QueueAction::Flush { .. } => answered
+            .into_iter()
+            .map(|(pod, v)| with_pod(&pod, v))
+            .collect(),
+        _ => match <[_; 1]>::try_from(answered) {
+            Ok([(pod, v)]) => with_pod(&pod, v),
+            Err(several) => several
+                .into_iter()
+                .map(|(pod, v)| with_pod(&pod, v))
+                .collect(),
+        },
+    }
+}
+
+/// The answers for people: one table for a list (none when no pod answered), a line per
+/// pod for the rest.
+fn text_answer(action: &QueueAction, answered: &[(String, Value)]) -> String {
+    let mut out = String::new();
+    match action {
+        QueueAction::List if answered.is_empty() => {}
+        QueueAction::List => out = pods_list_table(answered),
+        QueueAction::Show { .. } => {
+            for (pod, v) in answered {
+                out.push_str(&format!("{:<12} {pod}\n{}", "pod", show_text(v)));
+            }
+        }
+        QueueAction::Flush { .. } => {
+            for (pod, v) in answered {
+                out.push_str(&format!(
+                    "{pod}: {} message(s) due now (held messages stay held)\n",
+                    v["flushed"]
+                ));
+            }
+        }
+        QueueAction::Hold { id } | QueueAction::Release { id } | QueueAction::Delete { id } => {
+            for (pod, v) in answered {
+                out.push_str(&format!(
+                    "{id}: {} (pod {pod})\n",
+                    v["result"].as_str().unwrap_or("done")
+                ));
+            }
+        }
+    }
+    out
 }

@@ -673,114 +673,17 @@ async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
 }
 
 /// `relayctl queue -n NAMESPACE`: every relay pod of the namespace, through the API server.
-/// What some pods answered is printed even when others failed (exit code 1).
 async fn queue_on_cluster(
     action: QueueAction,
     target: &operator::queue_cluster::ClusterTarget,
     json: bool,
 ) -> ExitCode {
-    use operator::queue_admin::{pods_list_table, show_text};
-    use operator::queue_cluster::Relays;
-    let fail = |e: operator::queue_cluster::ClusterError| {
-        eprintln!("error: {e}");
-        ExitCode::from(e.exit_code())
-    };
-    let client = match target.client().await {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let relays = match Relays::find(client, target).await {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    for skipped in &relays.skipped {
-        eprintln!("note: pod {skipped}, not asked");
+    let report = operator::queue_cluster::run(&action, target, json).await;
+    for line in &report.notes {
+        eprintln!("{line}");
     }
-    let answers = match &action {
-        QueueAction::List | QueueAction::Flush { .. } => relays.ask_all(&action).await,
-        _ => match relays.act_on_holder(&action).await {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        },
-    };
-    let mut code = ExitCode::SUCCESS;
-    let mut answered = Vec::new();
-    for (pod, answer) in answers {
-        match answer {
-            Ok(v) => answered.push((pod, v)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                code = ExitCode::from(e.exit_code());
-            }
-        }
-    }
-    let with_pod = |pod: &str, mut v: serde_json::Value| {
-        if let Some(o) = v.as_object_mut() {
-            o.insert("pod".into(), pod.into());
-        }
-        v
-    };
-    if json {
-        let out = match &action {
-            QueueAction::List => {
-                let total: u64 = answered
-                    .iter()
-                    .map(|(_, v)| v["total"].as_u64().unwrap_or(0))
-                    .sum();
-                let messages: Vec<serde_json::Value> = answered
-                    .iter()
-                    .flat_map(|(pod, v)| {
-                        v["messages"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|m| with_pod(pod, m.clone()))
-                    })
-                    .collect();
-                serde_json::json!({"total": total, "messages": messages})
-            }
-            QueueAction::Flush { .. } => answered
-                .into_iter()
-                .map(|(pod, v)| with_pod(&pod, v))
-                .collect(),
-            _ => match <[_; 1]>::try_from(answered) {
-                Ok([(pod, v)]) => with_pod(&pod, v),
-                Err(several) => several
-                    .into_iter()
-                    .map(|(pod, v)| with_pod(&pod, v))
-                    .collect(),
-            },
-        };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return code;
-    }
-    match &action {
-        // No table when no pod answered: the errors say why.
-        QueueAction::List if answered.is_empty() => {}
-        QueueAction::List => print!("{}", pods_list_table(&answered)),
-        QueueAction::Show { .. } => {
-            for (pod, v) in &answered {
-                print!("{:<12} {pod}\n{}", "pod", show_text(v));
-            }
-        }
-        QueueAction::Flush { .. } => {
-            for (pod, v) in &answered {
-                println!(
-                    "{pod}: {} message(s) due now (held messages stay held)",
-                    v["flushed"]
-                );
-            }
-        }
-        QueueAction::Hold { id } | QueueAction::Release { id } | QueueAction::Delete { id } => {
-            for (pod, v) in &answered {
-                println!(
-                    "{id}: {} (pod {pod})",
-                    v["result"].as_str().unwrap_or("done")
-                );
-            }
-        }
-    }
-    code
+    print!("{}", report.output);
+    ExitCode::from(report.exit_code)
 }
 
 fn init_logs() {

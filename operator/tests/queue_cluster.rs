@@ -646,6 +646,29 @@ async fn queue_commands_reach_every_relay_pod_through_the_api_server() {
             .any(|r| r.contains("portforward")),
     );
 
+    // Another Organization's relays: none here.
+    let out = relayctl(
+        d,
+        &[
+            "queue",
+            "list",
+            "-n",
+            NS,
+            "--kubeconfig",
+            kc,
+            "--org",
+            "other",
+        ],
+    )
+    .await;
+    let (table, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(table, "");
+    assert_eq!(
+        err,
+        "error: no running relay pod in namespace mail (pods labelled app.kubernetes.io/instance=other,app.kubernetes.io/name=smtprelay)\n"
+    );
+
     // A context the kubeconfig lacks, or both --url and -n: invalid input.
     let out = relayctl(
         d,

@@ -13,5 +13,6 @@ pub mod output;
 pub mod plan;
 pub mod quantity;
 pub mod queue_admin;
+pub mod queue_cluster;
 pub mod render;
 pub mod secrets;

@@ -377,7 +377,7 @@ fn queue_in_every_format_with_every_exit_code() {
     };
     for format in ["text", "json", "yaml"] {
         let args = |admin: &str| -> Vec<String> {
-            ["queue", "list", "--token-file", "token", "--admin", admin]
+            ["queue", "list", "--token-file", "token", "--url", admin]
                 .iter()
                 .map(|s| s.to_string())
                 .collect()
@@ -399,7 +399,11 @@ fn queue_in_every_format_with_every_exit_code() {
         // No admin address recorded and none given: invalid input.
         let run = relayctl_in(dir.path(), &["queue", "list", "-o", format]);
         assert_eq!((run.code, run.out.as_str()), (2, ""), "{}", run.err);
-        assert!(run.err.contains("no --admin URL given"), "{}", run.err);
+        assert!(
+            run.err.contains("no --url or -n NAMESPACE given"),
+            "{}",
+            run.err
+        );
     }
 }
 

@@ -225,7 +225,7 @@ fn version_names_the_crate_version_and_the_git_revision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_commands_against_an_in_process_relay_with_admin_and_token_flags() {
+async fn queue_commands_against_an_in_process_relay_with_url_and_token_flags() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "in-process-token\n").unwrap();
@@ -247,7 +247,7 @@ async fn queue_commands_against_an_in_process_relay_with_admin_and_token_flags()
     let flags = |cmd: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         v.extend([
-            "--admin".into(),
+            "--url".into(),
             admin.clone(),
             "--token-file".into(),
             "token".into(),
@@ -274,11 +274,31 @@ async fn queue_commands_against_an_in_process_relay_with_admin_and_token_flags()
     let out = run(flags(&["queue", "show", "12345"])).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
-    // Without any token source: a usage error, nothing sent.
+    // `--admin`, the flag's earlier name, still works.
     let out = run(vec![
         "queue".into(),
         "list".into(),
         "--admin".into(),
+        admin.clone(),
+        "--token-file".into(),
+        "token".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("0 messages queued\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both one endpoint and a namespace: a usage error.
+    let out = run(flags(&["queue", "list", "-n", "mail"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    // Without any token source: a usage error, nothing sent.
+    let out = run(vec![
+        "queue".into(),
+        "list".into(),
+        "--url".into(),
         admin.clone(),
     ])
     .await

@@ -18,6 +18,7 @@ use operator::output::{
     self, DONE, Format, INVALID, NO, ObjectsFormat, ReviewFormat, note_deprecated, warn_findings,
 };
 use operator::plan::FailOn;
+use operator::queue_admin::QueueAction;
 use operator::render::RenderEnv;
 use serde::Serialize;
 
@@ -77,8 +78,9 @@ const PLAN_HELP: &str = "Exit status:
   2  invalid manifests or arguments, or a Git error";
 const QUEUE_HELP: &str = "Exit status:
   0  done
-  1  the relay refused or could not be reached
-  2  invalid arguments, or no admin address or token";
+  1  the relay or the cluster refused, or could not be reached (with -n: also when only
+     some pods answered; their answers are printed)
+  2  invalid arguments, or no admin address or token, or an unusable kubeconfig/context";
 const DKIM_HELP: &str = "Exit status:
   0  printed
   2  the key cannot be read or is not a usable key of the algorithm (an RSA key needs 2048
@@ -220,13 +222,19 @@ enum Command {
         /// Files or directories of manifests (default: the current directory).
         paths: Vec<PathBuf>,
     },
-    /// Administer a relay's queue through its admin endpoint: list, show, hold, release,
+    /// Administer relay queues through their admin endpoint: list, show, hold, release,
     /// flush, delete.
     ///
-    /// The admin endpoint is `relayctl run`'s (found in the state directory) unless
-    /// `--admin` names one (for a pod: `kubectl port-forward pod/NAME 9090` then
-    /// `--admin http://127.0.0.1:9090`). The token is read from `--token-file`, else from
-    /// `SMTPRELAY_ADMIN_TOKEN`, else from `relayctl run`'s state directory.
+    /// One endpoint: `relayctl run`'s (found in the state directory) unless `--url` names
+    /// one. The token is read from `--token-file`, else from `SMTPRELAY_ADMIN_TOKEN`, else
+    /// from `relayctl run`'s state directory.
+    ///
+    /// Every relay pod of a namespace: `-n NAMESPACE` (with `--context`, `--kubeconfig`)
+    /// finds the pods through the Kubernetes API with your credentials, port-forwards to
+    /// each pod's admin port and reads the token from the Secret the pods mount. `list`
+    /// shows one table with a POD column; `show`, `hold`, `release` and `delete` act on the
+    /// pod that holds the message; `flush` on every pod. Your RBAC needs, in the namespace:
+    /// `list` pods, `get` secrets, `create` pods/portforward.
     #[command(after_help = QUEUE_HELP)]
     Queue {
         #[command(subcommand)]
@@ -315,40 +323,45 @@ impl From<DkimAlgorithmArg> for relay::config::DkimAlgorithm {
     }
 }
 
-#[derive(Subcommand, Clone, Debug)]
-enum QueueAction {
-    /// Every queued message: id, state, attempts, age, next attempt, size, sender,
-    /// recipients, last error.
-    List,
-    /// One message: envelope, state per recipient and header section (never the body).
-    Show { id: String },
-    /// Keep a message from being attempted until released (survives restarts).
-    Hold { id: String },
-    /// Let a held message be attempted again on its schedule.
-    Release { id: String },
-    /// Attempt queued messages now instead of on their retry schedule (held ones stay held).
-    Flush {
-        /// Only messages waiting for this MailRoute (`namespace/name`).
-        #[arg(long)]
-        route: Option<String>,
-    },
-    /// Remove a message from the queue and the spool without delivering it (no bounce).
-    Delete { id: String },
-}
-
 /// Which relay `relayctl queue` talks to, and how.
 #[derive(clap::Args, Clone, Debug)]
 struct AdminTarget {
     /// The relay's admin endpoint, `http://HOST:PORT` (default: the one `relayctl run`
     /// recorded in the state directory).
-    #[arg(long, global = true, value_name = "URL")]
-    admin: Option<String>,
+    #[arg(long = "url", alias = "admin", global = true, value_name = "URL")]
+    url: Option<String>,
     /// File holding the admin token.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "namespace")]
     token_file: Option<PathBuf>,
     /// `relayctl run`'s state directory (for its admin address and token).
     #[arg(long, global = true, default_value = ".relayctl")]
     state_dir: PathBuf,
+    /// Every relay pod of this namespace, through the Kubernetes API.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        conflicts_with = "url"
+    )]
+    namespace: Option<String>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, global = true, value_name = "NAME", requires = "namespace")]
+    context: Option<String>,
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`).
+    #[arg(long, global = true, value_name = "PATH", requires = "namespace")]
+    kubeconfig: Option<PathBuf>,
+    /// Only the relays of this Organization (when a namespace holds several).
+    #[arg(
+        long = "org",
+        global = true,
+        value_name = "NAME",
+        requires = "namespace"
+    )]
+    organization: Option<String>,
+    /// Only this relay pod.
+    #[arg(long, global = true, value_name = "NAME", requires = "namespace")]
+    pod: Option<String>,
     /// `text` (a table), or the relay's answer as `json` or `yaml`.
     #[arg(
         short = 'o',
@@ -910,18 +923,29 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `relayctl queue`.
 async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
-    use operator::queue_admin::{escape, list_table, request, show_text};
+    use operator::queue_admin::{action_request, list_table, request, show_text};
+    if let Some(namespace) = &target.namespace {
+        let cluster = operator::queue_cluster::ClusterTarget {
+            namespace: namespace.clone(),
+            context: target.context.clone(),
+            kubeconfig: target.kubeconfig.clone(),
+            organization: target.organization.clone(),
+            pod: target.pod.clone(),
+            pod_timeout: None,
+        };
+        return queue_on_cluster(action, &cluster, target.output).await;
+    }
     let local = operator::local::LocalOptions {
         state_dir: target.state_dir.clone(),
         ..Default::default()
     };
-    let admin = match &target.admin {
+    let admin = match &target.url {
         Some(url) => url.clone(),
         None => match std::fs::read_to_string(local.admin_address_path()) {
             Ok(url) => url.trim().to_string(),
             Err(_) => {
                 eprintln!(
-                    "error: no --admin URL given and no `relayctl run` admin address in {}",
+                    "error: no --url or -n NAMESPACE given and no `relayctl run` admin address in {}",
                     local.admin_address_path().display()
                 );
                 return output::exit(INVALID);
@@ -946,17 +970,7 @@ async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
             return output::exit(INVALID);
         }
     };
-    let (method, path) = match &action {
-        QueueAction::List => ("GET", "/queue".to_string()),
-        QueueAction::Show { id } => ("GET", format!("/queue/{}", escape(id))),
-        QueueAction::Hold { id } => ("POST", format!("/queue/{}/hold", escape(id))),
-        QueueAction::Release { id } => ("POST", format!("/queue/{}/release", escape(id))),
-        QueueAction::Flush { route: None } => ("POST", "/queue/flush".to_string()),
-        QueueAction::Flush { route: Some(r) } => {
-            ("POST", format!("/queue/flush?route={}", escape(r)))
-        }
-        QueueAction::Delete { id } => ("DELETE", format!("/queue/{}", escape(id))),
-    };
+    let (method, path) = action_request(&action);
     let answer = match request(&admin, &token, method, &path).await {
         Ok(v) => v,
         Err(e) => {
@@ -980,6 +994,30 @@ async fn queue(action: QueueAction, target: AdminTarget) -> ExitCode {
         },
         DONE,
     )
+}
+
+/// `relayctl queue -n NAMESPACE`: every relay pod of the namespace, through the API server.
+async fn queue_on_cluster(
+    action: QueueAction,
+    target: &operator::queue_cluster::ClusterTarget,
+    format: Format,
+) -> ExitCode {
+    let report = operator::queue_cluster::run(&action, target, format != Format::Text).await;
+    for line in &report.notes {
+        eprintln!("{line}");
+    }
+    if format == Format::Yaml && !report.output.is_empty() {
+        // The cluster answer is built as JSON; YAML is the same value.
+        return match serde_json::from_str::<serde_json::Value>(&report.output) {
+            Ok(value) => output::print(Format::Yaml, &value, String::new, report.exit_code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                output::exit(NO)
+            }
+        };
+    }
+    print!("{}", report.output);
+    output::exit(report.exit_code)
 }
 
 /// Loads and prepares the manifests, printing what is wrong.

@@ -1038,15 +1038,25 @@ fn service(org: &Organization) -> Service {
 
 /// The admin port of the relay pods of `set` (their container port `admin`).
 pub fn admin_port_of(set: &StatefulSet) -> Option<u16> {
-    set.spec
-        .template
-        .spec
-        .as_ref()?
-        .containers
+    admin_port_in(set.spec.template.spec.as_ref()?)
+}
+
+/// The admin port of a relay pod (or pod template): its container port named `admin`.
+pub fn admin_port_in(spec: &PodSpec) -> Option<u16> {
+    spec.containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some("admin"))
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
         .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+/// The Secret a relay pod (or pod template) mounts its admin token from, if it mounts one.
+pub fn admin_token_secret_in(spec: &PodSpec) -> Option<String> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == ADMIN_VOLUME)
+        .and_then(|v| v.secret.as_ref()?.secret_name.clone())
 }
 
 #[cfg(test)]
@@ -1210,6 +1220,59 @@ spec:
             c.pods_service.metadata.name.as_deref(),
             Some("acme-relay-pods")
         );
+    }
+
+    #[test]
+    fn relayctl_queue_finds_the_relay_pods_their_admin_port_and_token_secret() {
+        let admin = Secret {
+            metadata: ObjectMeta {
+                name: Some(admin_secret_name("acme")),
+                namespace: Some("acme".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "token".into(),
+                ByteString(b"t".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let c = children_for(&org(ORG), &[admin]);
+        let spec = pod_spec(&c);
+        assert_eq!(
+            admin_token_secret_in(&spec).as_deref(),
+            Some("acme-relay-admin")
+        );
+        assert_eq!(admin_port_in(&spec), Some(9090));
+        let labels = c
+            .stateful_set
+            .spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap();
+        let selects = |selector: String| {
+            selector.split(',').all(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                labels.get(k).map(String::as_str) == Some(v)
+            })
+        };
+        assert!(selects(crate::controller::identity::relay_pods_selector(
+            Some("acme")
+        )));
+        assert!(selects(crate::controller::identity::relay_pods_selector(
+            None
+        )));
+        assert!(!selects(crate::controller::identity::relay_pods_selector(
+            Some("other")
+        )));
+        let drain = crate::controller::identity::drain_selector_labels("acme");
+        assert_ne!(
+            drain.get("app.kubernetes.io/name"),
+            labels.get("app.kubernetes.io/name")
+        );
+        // Without the Secret there is no token to read, and relayctl says so.
+        let bare = children_for(&org(ORG), &[]);
+        assert_eq!(admin_token_secret_in(&pod_spec(&bare)), None);
     }
 
     #[test]

@@ -59,6 +59,20 @@ pub fn selector_labels(org: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The label selector (`key=value,…`) of the relay pods of one Organization, or of every
+/// Organization of the namespace when `org` is `None`. Drain pods are not selected.
+pub fn relay_pods_selector(org: Option<&str>) -> String {
+    let mut labels = selector_labels(org.unwrap_or_default());
+    if org.is_none() {
+        labels.remove("app.kubernetes.io/instance");
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The controller owner reference every child carries, so that deleting the Organization
 /// garbage-collects its relay.
 pub fn owner_reference(org: &Organization) -> OwnerReference {

@@ -26,10 +26,19 @@ fuzz_target!(|data: &[u8]| {
                 let v1 = v1_header(source, dest);
                 assert_eq!(
                     parse(v1.as_bytes()),
-                    Parsed::Header { source, consumed: v1.len() }
+                    Parsed::Header {
+                        source,
+                        consumed: v1.len()
+                    }
                 );
                 let v2 = v2_header(source, dest, &[]);
-                assert_eq!(parse(&v2), Parsed::Header { source, consumed: v2.len() });
+                assert_eq!(
+                    parse(&v2),
+                    Parsed::Header {
+                        source,
+                        consumed: v2.len()
+                    }
+                );
             }
         }
     }

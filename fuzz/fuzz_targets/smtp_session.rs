@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use relay::config::*;
+use relay::ingress::session::{Action, Session, SessionConfig};
 use relay::limits::{LimitHit, LimitStoreError};
 use relay::policy::Policy;
-use relay::ingress::session::{Action, Session, SessionConfig};
 use relay::smtp::Reply;
 
 fn config() -> RelayConfig {
@@ -91,7 +91,10 @@ fuzz_target!(|input: &[u8]| {
             rest = &rest[used..];
             run(&mut session, actions, answer);
         } else {
-            let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+            let end = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
             let line = &rest[..end];
             rest = &rest[end..];
             let line = line.strip_suffix(b"\n").unwrap_or(line);

@@ -17,6 +17,9 @@ use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+/// How long a turn waits for its other groups before saving what one finished group did.
+const GROUP_SAVE_GRACE: Duration = Duration::from_millis(200);
+
 use crate::config::{RouteConfig, RouteHosts, RouteTlsConfig};
 
 use crate::clock::Clock;
@@ -348,12 +351,19 @@ impl<S: MessageStore> Inner<S> {
         // Destinations that were full: their recipients wait for a free slot.
         let mut busy: Vec<String> = Vec::new();
         let mut attempted = false;
+        // Destinations an earlier group of this turn already goes to: a later group for one
+        // of them (the archive copy beside the recipients' copy, on the same route) waits
+        // for a slot rather than leaving the turn. Skipped, it would come back in a turn of
+        // its own, reading and saving the message again, for every message while the
+        // destination stays busy.
+        let mut started: Vec<String> = Vec::new();
         for (choice, rcpts, part) in route_groups {
             let route = resolve_choice(routes, &choice);
             let destination = destination_of(&choice, &route.name);
+            let shared_in_turn = started.contains(&destination);
             let slot = match reserved.iter().position(|s| s.key == destination) {
                 Some(i) => Some(reserved.swap_remove(i)),
-                None if wait => None,
+                None if wait || shared_in_turn => None,
                 None => match DestinationSlot::try_take(&self.shared, &destination) {
                     Some(slot) => Some(slot),
                     None => {
@@ -362,6 +372,7 @@ impl<S: MessageStore> Inner<S> {
                     }
                 },
             };
+            started.push(destination.clone());
             let this = self.clone();
             // The archive copy goes whatever the loop guard or a DKIM key says: it is the
             // organization's own record, not mail leaving it.
@@ -430,15 +441,31 @@ impl<S: MessageStore> Inner<S> {
         // Slots taken for destinations this message no longer has.
         drop(reserved);
 
-        while let Some(done) = groups.join_next().await {
+        // A finished group is saved only when another group of the turn is still out after
+        // GROUP_SAVE_GRACE: groups that finish together (the recipients' copy and the
+        // archive copy, typically) leave one save at the end of the turn, or none when
+        // the message is done, instead of an fsync'd write per group.
+        let mut unsaved_groups = false;
+        loop {
+            let done = if unsaved_groups {
+                match tokio::time::timeout(GROUP_SAVE_GRACE, groups.join_next()).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        state_on_disk |= self.persist(&queue_id, &state).await;
+                        unsaved_groups = false;
+                        continue;
+                    }
+                }
+            } else {
+                groups.join_next().await
+            };
+            let Some(done) = done else { break };
             let Ok((route_name, metric_host, tls, result, archive)) = done else {
                 continue;
             };
             if archive {
                 self.archive_result(&queue_id, &envelope, &mut state, &route_name, &result, now);
-                if save_each_group {
-                    state_on_disk |= self.persist(&queue_id, &state).await;
-                }
+                unsaved_groups |= save_each_group;
                 continue;
             }
             let in_queue = now
@@ -486,9 +513,7 @@ impl<S: MessageStore> Inner<S> {
                 };
                 state.recipients.insert(rcpt.clone(), new_state);
             }
-            if save_each_group {
-                state_on_disk |= self.persist(&queue_id, &state).await;
-            }
+            unsaved_groups |= save_each_group;
         }
 
         // Temporary failures: retry on the schedule, or bounce once the lifetime is over.

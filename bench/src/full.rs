@@ -9,7 +9,7 @@ use crate::stats::median;
 use crate::args::{Args, GeneratorChoice};
 use crate::report::{order, print_run, print_source_table, print_table};
 use crate::rounds::{Driver, Run, Shape, System, default_relayctl, loadavg, run_system};
-use crate::{big, downstream, idle, ours, postfix, reload, scaling, source, tarpit};
+use crate::{big, downstream, filter, idle, ours, postfix, reload, scaling, source, tarpit};
 
 pub(crate) async fn bench(args: Args) -> Result<(), String> {
     if args.postfix && !postfix::available() {
@@ -18,7 +18,11 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
                 .into(),
         );
     }
-    if !args.scaling && args.generator != GeneratorChoice::Ours && !source::available() {
+    if !args.scaling
+        && !args.filter
+        && args.generator != GeneratorChoice::Ours
+        && !source::available()
+    {
         return Err(
             "smtp-source is not installed: run bench/scripts/setup-postfix.sh (or pass --generator ours)"
                 .into(),
@@ -38,6 +42,9 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
             "not run".into()
         }
     );
+    if args.filter {
+        return filter::run(&args).await;
+    }
     if args.scaling {
         let sink = Sink::start()?;
         let rows = scaling::run(&args, &sink).await?;
@@ -70,7 +77,7 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
             let shape = Shape::from_args(&args, *driver);
             for system in order(args.postfix, round) {
                 let run = run_system(system, &shape, &args, sink).await?;
-                print_run(system, *driver, round, &run);
+                print_run(system.name(), *driver, round, &run);
                 match system {
                     System::Ours => ours_runs.push(run),
                     System::Postfix => pf_runs.push(run),

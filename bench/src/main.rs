@@ -34,6 +34,7 @@
 
 mod args;
 mod big;
+mod dns;
 mod downstream;
 mod filter;
 mod full;

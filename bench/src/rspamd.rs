@@ -3,7 +3,8 @@
 //! with `docker run --network host` so that neither system pays for a userland port
 //! proxy, its milter (the proxy worker) bound to `127.0.0.1:11332` only (the image binds
 //! every address of its own network namespace; here a mounted `worker-proxy.inc` says
-//! loopback). Its other workers bind `localhost` as Debian ships them.
+//! loopback). Its other workers bind `localhost` as Debian ships them. Its DNS goes to
+//! the bench's own resolver (`dns`), which answers every query at once.
 //!
 //! The container is removed when the [`Rspamd`] value is dropped, on error and on Ctrl-C
 //! too. Not here: configuring either system to use it (see `filter` and `postfix`).
@@ -31,6 +32,11 @@ upstream \"local\" {
   self_scan = yes;
 }
 ";
+
+/// DNS settings: the image's, with the bench's resolver as the name server.
+fn options(resolver: std::net::SocketAddr) -> String {
+    format!("dns {{\n  nameserver = [\"{resolver}\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}}\n")
+}
 
 /// A running rspamd container; removed on drop.
 pub struct Rspamd {
@@ -109,9 +115,13 @@ fn parse_rspamc(text: &str) -> Option<Verdict> {
 }
 
 impl Rspamd {
-    /// Starts rspamd from `image` and waits (at most 120 s) until its milter accepts
-    /// connections; `work_dir` holds the mounted proxy worker settings.
-    pub fn start(image: &str, work_dir: &Path) -> Result<Rspamd, String> {
+    /// Starts rspamd from `image`, asking `resolver` for names, and waits (at most 120 s)
+    /// until its milter accepts connections; `work_dir` holds the mounted settings.
+    pub fn start(
+        image: &str,
+        work_dir: &Path,
+        resolver: std::net::SocketAddr,
+    ) -> Result<Rspamd, String> {
         for port in [MILTER_PORT, NORMAL_PORT, CONTROLLER_PORT] {
             std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
                 format!("rspamd needs 127.0.0.1:{port}, which is taken ({e}): is another rspamd running?")
@@ -120,12 +130,16 @@ impl Rspamd {
         let settings = work_dir.join("rspamd-worker-proxy.inc");
         std::fs::write(&settings, WORKER_PROXY)
             .map_err(|e| format!("cannot write {}: {e}", settings.display()))?;
+        let dns = work_dir.join("rspamd-options.inc");
+        std::fs::write(&dns, options(resolver))
+            .map_err(|e| format!("cannot write {}: {e}", dns.display()))?;
         let name = format!("relay-bench-rspamd-{}", std::process::id());
         let _ = docker(&["rm", "-f", &name]);
         let mount = format!(
             "{}:/etc/rspamd/override.d/worker-proxy.inc:ro",
             settings.display()
         );
+        let dns_mount = format!("{}:/etc/rspamd/local.d/options.inc:ro", dns.display());
         docker(&[
             "run",
             "-d",
@@ -135,6 +149,8 @@ impl Rspamd {
             "host",
             "-v",
             &mount,
+            "-v",
+            &dns_mount,
             image,
             "rspamd",
         ])?;
@@ -167,6 +183,26 @@ impl Rspamd {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// How many of rspamd's DNS questions timed out so far, from its log (each one adds
+    /// its 0.2 s timeout to a message).
+    pub fn dns_timeouts(&self) -> usize {
+        Command::new("docker")
+            .args(["logs", &self.name])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                [o.stdout, o.stderr]
+                    .iter()
+                    .map(|b| {
+                        String::from_utf8_lossy(b)
+                            .matches("query timed out")
+                            .count()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// rspamd's version, as `rspamd --version` prints it.
@@ -224,6 +260,19 @@ impl Rspamd {
             }
         }
         parse_rspamc(&last).ok_or_else(|| format!("rspamc said: {last}"))
+    }
+}
+
+impl Rspamd {
+    /// Writes rspamd's log to `path` (kept for a look after the run).
+    pub fn save_log(&self, path: &Path) {
+        if let Ok(o) = Command::new("docker")
+            .args(["logs", &self.name])
+            .stdin(Stdio::null())
+            .output()
+        {
+            let _ = std::fs::write(path, [o.stdout, o.stderr].concat());
+        }
     }
 }
 

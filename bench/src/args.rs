@@ -29,6 +29,12 @@ pub(crate) struct Args {
     /// Only archiving's cost: our relay without and with an archive address.
     pub(crate) archive: bool,
     pub(crate) scaling_messages: usize,
+    /// `--filter`: only the content-filter comparison (rspamd as a milter).
+    pub(crate) filter: bool,
+    /// Messages per measured run of `--filter`; `None`: `messages`.
+    pub(crate) filter_messages: Option<usize>,
+    /// The filters image; `None`: the conformance suite's `build.sh filters` names it.
+    pub(crate) filter_image: Option<String>,
     pub(crate) work_dir: PathBuf,
     pub(crate) timeout: Duration,
 }
@@ -65,6 +71,9 @@ impl Default for Args {
             scaling: false,
             archive: false,
             scaling_messages: 5000,
+            filter: false,
+            filter_messages: None,
+            filter_image: None,
             work_dir: PathBuf::from("/var/tmp/relay-bench"),
             timeout: Duration::from_secs(600),
         }
@@ -125,6 +134,9 @@ pub(crate) fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--scaling" => a.scaling = true,
             "--archive" => a.archive = true,
             "--scaling-messages" => a.scaling_messages = num(value()?)?.max(1),
+            "--filter" => a.filter = true,
+            "--filter-messages" => a.filter_messages = Some(num(value()?)?.max(1)),
+            "--filter-image" => a.filter_image = Some(value()?),
             "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "--timeout-secs" => a.timeout = Duration::from_secs(num(value()?)? as u64),
             "-h" | "--help" => return Err(String::new()),
@@ -132,4 +144,38 @@ pub(crate) fn parse_args(argv: &[String]) -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_filter_run_keeps_the_default_shape_unless_told() {
+        let a = parse_args(&argv("--filter")).expect("parses");
+        assert!(a.filter);
+        assert_eq!((a.sessions, a.messages, a.size), (20, 10_000, 1024));
+        assert_eq!(a.filter_messages, None);
+        let a = parse_args(&argv(
+            "--filter --filter-messages 3000 --filter-image img:tag",
+        ))
+        .expect("parses");
+        assert_eq!(a.filter_messages, Some(3000));
+        assert_eq!(a.filter_image.as_deref(), Some("img:tag"));
+        assert!(!parse_args(&[]).expect("parses").filter);
+    }
+
+    #[test]
+    fn a_filter_message_count_must_be_a_number() {
+        let e = parse_args(&argv("--filter --filter-messages many")).expect_err("refused");
+        assert_eq!(e, "--filter-messages: \"many\" is not a number");
+        assert_eq!(
+            parse_args(&argv("--filter-messages")).expect_err("refused"),
+            "--filter-messages needs a value"
+        );
+    }
 }

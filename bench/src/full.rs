@@ -9,7 +9,9 @@ use crate::stats::median;
 use crate::args::{Args, GeneratorChoice};
 use crate::report::{order, print_run, print_source_table, print_table};
 use crate::rounds::{Driver, Run, Shape, System, default_relayctl, loadavg, run_system};
-use crate::{archive, big, downstream, idle, ours, postfix, reload, scaling, source, tarpit};
+use crate::{
+    archive, big, downstream, filter, idle, ours, postfix, reload, scaling, source, tarpit,
+};
 
 pub(crate) async fn bench(args: Args) -> Result<(), String> {
     if args.postfix && !args.archive && !postfix::available() {
@@ -20,6 +22,7 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
     }
     if !args.scaling
         && !args.archive
+        && !args.filter
         && args.generator != GeneratorChoice::Ours
         && !source::available()
     {
@@ -42,6 +45,9 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
             "not run".into()
         }
     );
+    if args.filter {
+        return filter::run(&args).await;
+    }
     if args.archive {
         let sink = Sink::start()?;
         archive::run(&args, &sink).await?;
@@ -80,7 +86,7 @@ pub(crate) async fn bench(args: Args) -> Result<(), String> {
             let shape = Shape::from_args(&args, *driver);
             for system in order(args.postfix, round) {
                 let run = run_system(system, &shape, &args, sink).await?;
-                print_run(system, *driver, round, &run);
+                print_run(system.name(), *driver, round, &run);
                 match system {
                     System::Ours => ours_runs.push(run),
                     System::Postfix => pf_runs.push(run),

@@ -37,6 +37,10 @@ pub struct LoadResult {
     /// When each `250` arrived.
     pub accepted_at: Vec<Instant>,
     pub errors: usize,
+    /// Messages whose DATA was answered `4xx` (counted in `errors` too).
+    pub tempfailed: usize,
+    /// Messages whose DATA was answered `5xx` (counted in `errors` too).
+    pub rejected: usize,
     pub first_error: Option<String>,
 }
 
@@ -112,6 +116,18 @@ impl Client {
         }
         Ok(())
     }
+
+    /// The reply to the end of DATA: `Ok` on `250`; otherwise the code, if the server
+    /// answered at all, and what it said.
+    async fn expect_accepted(&mut self) -> Result<(), (Option<u16>, String)> {
+        let (got, text) = read_reply(&mut self.r, &mut self.line)
+            .await
+            .map_err(|e| (None, e))?;
+        if got != 250 {
+            return Err((Some(got), format!("expected 250, got: {text}")));
+        }
+        Ok(())
+    }
 }
 
 async fn session(spec: Arc<LoadSpec>, body: Arc<Vec<u8>>, n: usize, index: usize) -> LoadResult {
@@ -139,18 +155,22 @@ async fn session(spec: Arc<LoadSpec>, body: Arc<Vec<u8>>, n: usize, index: usize
             envelope.push_str(&format!("RCPT TO:<s{index}m{m}r{r}@example.net>\r\n"));
         }
         envelope.push_str("DATA\r\n");
-        let result: Result<(Duration, Duration, Instant), String> = async {
+        let result: Result<(Duration, Duration, Instant), (Option<u16>, String)> = async {
             let start = Instant::now();
-            c.send(envelope.as_bytes()).await?;
-            c.expect(250).await?;
-            for _ in 0..spec.recipients {
+            let before_data = async {
+                c.send(envelope.as_bytes()).await?;
                 c.expect(250).await?;
-            }
-            c.expect(354).await?;
-            let envelope_done = Instant::now();
-            c.send(&body).await?;
+                for _ in 0..spec.recipients {
+                    c.expect(250).await?;
+                }
+                c.expect(354).await?;
+                let envelope_done = Instant::now();
+                c.send(&body).await?;
+                Ok::<_, String>(envelope_done)
+            };
+            let envelope_done = before_data.await.map_err(|e| (None, e))?;
             let sent = Instant::now();
-            c.expect(250).await?;
+            c.expect_accepted().await?;
             let at = Instant::now();
             Ok((envelope_done - start, at - sent, at))
         }
@@ -162,8 +182,13 @@ async fn session(spec: Arc<LoadSpec>, body: Arc<Vec<u8>>, n: usize, index: usize
                 out.latencies.push(latency);
                 out.accepted_at.push(at);
             }
-            Err(e) => {
+            Err((code, e)) => {
                 out.errors += 1;
+                match code {
+                    Some(400..=499) => out.tempfailed += 1,
+                    Some(500..=599) => out.rejected += 1,
+                    _ => {}
+                }
                 out.first_error.get_or_insert(e);
                 client = None;
             }
@@ -194,6 +219,8 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
                 total.envelope_latencies.extend(r.envelope_latencies);
                 total.accepted_at.extend(r.accepted_at);
                 total.errors += r.errors;
+                total.tempfailed += r.tempfailed;
+                total.rejected += r.rejected;
                 if total.first_error.is_none() {
                     total.first_error = r.first_error;
                 }
@@ -216,6 +243,77 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// A loopback SMTP server that answers the end of DATA with `replies` in turn (then
+    /// `250`), one connection at a time.
+    async fn scripted_server(replies: Vec<&'static str>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut replies = replies.into_iter();
+            while let Ok((s, _)) = listener.accept().await {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 test\r\n").await;
+                let mut line = String::new();
+                let mut in_data = false;
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let reply: &str = if in_data {
+                        if line != ".\r\n" {
+                            continue;
+                        }
+                        in_data = false;
+                        replies.next().unwrap_or("250 ok")
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        "354 go on"
+                    } else if line.starts_with("QUIT") {
+                        break;
+                    } else {
+                        "250 ok"
+                    };
+                    let _ = w.write_all(format!("{reply}\r\n").as_bytes()).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn counts_tempfails_and_rejects_at_the_end_of_data_apart() {
+        let addr = scripted_server(vec![
+            "250 ok",
+            "451 4.7.1 try later",
+            "554 5.7.1 Gtube pattern",
+            "250 ok",
+        ])
+        .await;
+        let r = super::run(super::LoadSpec {
+            addr,
+            sessions: 1,
+            messages: 4,
+            size: 300,
+            recipients: 1,
+            per_connection: 100,
+            timeout: Duration::from_secs(10),
+        })
+        .await;
+        assert_eq!(r.latencies.len(), 2, "{:?}", r.first_error);
+        assert_eq!((r.errors, r.tempfailed, r.rejected), (2, 1, 1));
+        assert_eq!(
+            r.first_error.as_deref(),
+            Some("expected 250, got: 451 4.7.1 try later")
+        );
+    }
+
     #[test]
     fn message_body_has_the_requested_size_and_ends_with_the_dot() {
         for size in [200, 1024, 10_000] {

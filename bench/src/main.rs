@@ -15,6 +15,8 @@
 //!             [--work-dir /var/tmp/relay-bench] [--timeout-secs 600]
 //! relay-bench --scaling [--scaling-messages 5000] [--no-postfix] [--work-dir DIR]
 //! relay-bench --archive [--rounds 3] [--messages N] [--sessions N]   (archiving's cost)
+//! relay-bench --filter [--filter-messages 10000] [--filter-image IMAGE] [--rounds 3]
+//!             [--no-postfix] [--work-dir DIR]
 //! relay-bench serve-relay CONFIG.json      (internal: our relay as a child process)
 //! ```
 //!
@@ -22,6 +24,9 @@
 //! `smtp-source` too, one message per connection and reused connections. `--scaling`
 //! runs only the scaling table: one axis at a time away from 20 sessions × 1 KiB × 1
 //! recipient (sessions, message size, recipients per message), ours next to Postfix.
+//! `--filter` runs only the content-filter comparison: one rspamd (the conformance
+//! suite's filters image, in docker, on loopback) as Postfix's milter and as our relay's
+//! content filter, and our relay without a filter, under the default bench shape.
 //!
 //! Postfix comes from `bench/scripts/setup-postfix.sh`. Everything runs on loopback; every
 //! child (sink, our relay, relayctl) and Postfix itself are stopped when the run ends,
@@ -31,7 +36,9 @@
 mod archive;
 mod args;
 mod big;
+mod dns;
 mod downstream;
+mod filter;
 mod full;
 mod idle;
 mod load;
@@ -41,6 +48,7 @@ mod procfs;
 mod reload;
 mod report;
 mod rounds;
+mod rspamd;
 mod scaling;
 mod sink;
 mod source;
@@ -84,7 +92,7 @@ fn main() -> ExitCode {
                 eprintln!("relay-bench: {e}");
             }
             eprintln!(
-                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both] [--scaling] [--scaling-messages N] [--archive] [--work-dir DIR] [--timeout-secs N]"
+                "usage: relay-bench [--sessions N] [--messages N] [--size BYTES] [--recipients N] [--rounds N] [--per-connection N] [--idle-sessions N] [--big-sessions N] [--big-size BYTES] [--tarpit-messages N] [--tarpit-rate N] [--tarpit-every N] [--tarpit-mode drip|silent] [--tarpit-rounds N] [--reload-edits N] [--relayctl PATH] [--no-postfix] [--generator ours|smtp-source|both] [--scaling] [--scaling-messages N] [--filter] [--filter-messages N] [--filter-image IMAGE] [--archive] [--work-dir DIR] [--timeout-secs N]"
             );
             return ExitCode::from(2);
         }

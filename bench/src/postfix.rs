@@ -121,3 +121,50 @@ impl Drop for Postfix {
         }
     }
 }
+
+/// Postfix's milter settings for one run (`smtpd_milters` and friends, set with
+/// `postconf -e`); what `main.cf` said before is put back on drop, on error too.
+pub struct MilterSettings {
+    /// Each parameter and its explicit value before, `None` when it was not set.
+    saved: Vec<(&'static str, Option<String>)>,
+}
+
+impl MilterSettings {
+    /// Every message Postfix receives goes through the milter at `127.0.0.1:port`;
+    /// when it cannot answer, the message is tempfailed (as our relay's `TempFail`).
+    pub fn apply(port: u16) -> Result<MilterSettings, String> {
+        let wanted = [
+            ("smtpd_milters", format!("inet:127.0.0.1:{port}")),
+            ("milter_default_action", "tempfail".to_string()),
+            ("milter_protocol", "6".to_string()),
+        ];
+        let mut settings = MilterSettings { saved: Vec::new() };
+        for (name, _) in &wanted {
+            // `-n`: only what main.cf sets explicitly; nothing when it is a default.
+            let before = run("postconf", &["-n", "-h", name])?;
+            let before = before.trim_end_matches('\n');
+            settings
+                .saved
+                .push((name, (!before.is_empty()).then(|| before.to_string())));
+        }
+        let assignments: Vec<String> = wanted.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+        let mut argv = vec!["-e"];
+        argv.extend(assignments.iter().map(String::as_str));
+        run("postconf", &argv)?;
+        Ok(settings)
+    }
+}
+
+impl Drop for MilterSettings {
+    fn drop(&mut self) {
+        for (name, before) in &self.saved {
+            let restored = match before {
+                Some(v) => run("postconf", &["-e", &format!("{name} = {v}")]),
+                None => run("postconf", &["-X", name]),
+            };
+            if let Err(e) = restored {
+                eprintln!("warning: could not restore postfix's {name}: {e}");
+            }
+        }
+    }
+}

@@ -172,10 +172,9 @@ pub(crate) fn print_source_table(args: &Args, runs: &[&(Driver, Vec<Run>, Vec<Ru
     }
 }
 
-pub(crate) fn print_run(system: System, driver: Driver, round: usize, r: &Run) {
+pub(crate) fn print_run(system: &str, driver: Driver, round: usize, r: &Run) {
     eprintln!(
-        "round {round} {:7} ({}): accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
-        system.name(),
+        "round {round} {system:7} ({}): accepted {} delivered {} errors {} | e2e {:.0}/s accept {:.0}/s | p50 {:.2} ms p99 {:.2} ms mean {:.2} ms envelope p50 {:.2} ms | lag p99 {:.1} ms | cpu {:.3} s/1000 | rss {:.1} MiB | load {}",
         driver.name(),
         r.accepted,
         r.delivered,

@@ -33,6 +33,9 @@ pub(crate) struct Run {
     pub(crate) accepted: usize,
     pub(crate) delivered: usize,
     pub(crate) errors: usize,
+    /// DATA answered `4xx` / `5xx` (among `errors`).
+    pub(crate) tempfailed: usize,
+    pub(crate) rejected: usize,
     pub(crate) accept_rate: f64,
     pub(crate) e2e_rate: f64,
     pub(crate) p50_ms: f64,
@@ -41,6 +44,9 @@ pub(crate) struct Run {
     pub(crate) mean_ms: f64,
     pub(crate) lag_p99_ms: f64,
     pub(crate) cpu_per_1000: f64,
+    /// CPU seconds per 1,000 messages of a process the system uses but does not own (the
+    /// content filter), over the same window; NaN when there is none.
+    pub(crate) companion_cpu_per_1000: f64,
     pub(crate) peak_rss_mib: f64,
     /// Load average over 1 minute when the run ended.
     pub(crate) load1: f64,
@@ -171,22 +177,36 @@ pub(crate) async fn run_system(
         }
         System::Postfix => Running::Postfix(postfix::Postfix::start(sink.port())?),
     };
+    measure(running, system.name(), shape, args, sink, None).await
+}
+
+/// Warms `running` up with a little of `shape`, then measures `shape` from the first
+/// message sent to the last one at the sink (CPU of `companion` too, if given); `running`
+/// is stopped before returning. `name` names it in errors.
+pub(crate) async fn measure(
+    running: Running,
+    name: &str,
+    shape: &Shape,
+    args: &Args,
+    sink: &Sink,
+    companion: Option<u32>,
+) -> Result<Run, String> {
     let (pid, addr) = match &running {
         Running::Ours(r) => (r.pid(), r.smtp),
         Running::Postfix(p) => (p.master_pid, postfix::addr()),
     };
     // Postfix hands the relayhost at most `smtp_destination_recipient_limit` recipients
     // per transaction; the sink counts transactions.
-    let per_message = match system {
-        System::Ours => 1,
-        System::Postfix => postfix::transactions_per_message(shape.recipients),
+    let per_message = match &running {
+        Running::Ours(_) => 1,
+        Running::Postfix(_) => postfix::transactions_per_message(shape.recipients),
     };
     let base = sink.count();
     let (warm, warm_result) = drive(&shape.warm_up(), addr, args, Duration::from_secs(120)).await;
     if warm_result.errors > 0 {
         return Err(format!(
             "{}: warm-up failed: {}",
-            system.name(),
+            name,
             warm_result.first_error.unwrap_or_default()
         ));
     }
@@ -197,15 +217,13 @@ pub(crate) async fn run_system(
         )
         .await
     {
-        return Err(format!(
-            "{}: warm-up mail not delivered in 120 s",
-            system.name()
-        ));
+        return Err(format!("{}: warm-up mail not delivered in 120 s", name));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let base = sink.count();
     let cpu0 = procfs::tree_cpu_seconds(pid);
+    let companion0 = companion.map(procfs::tree_cpu_seconds);
     let rss = procfs::PeakRss::start(pid);
     let t0 = Instant::now();
     let (accepted, result) = drive(shape, addr, args, args.timeout).await;
@@ -215,6 +233,9 @@ pub(crate) async fn run_system(
     let mut arrivals = sink.arrivals_since(base);
     arrivals.truncate(accepted * per_message);
     let cpu1 = procfs::tree_cpu_seconds(pid);
+    let companion_cpu = companion
+        .zip(companion0)
+        .map(|(c, before)| procfs::tree_cpu_seconds(c) - before);
     let peak_kib = rss.finish();
     let t_end = arrivals.last().copied().unwrap_or_else(Instant::now);
     let delivered = arrivals.len() / per_message;
@@ -238,6 +259,8 @@ pub(crate) async fn run_system(
         accepted,
         delivered,
         errors: result.errors,
+        tempfailed: result.tempfailed,
+        rejected: result.rejected,
         accept_rate: accepted as f64 / (t_load - t0).as_secs_f64(),
         e2e_rate: delivered.min(accepted) as f64 / (t_end - t0).as_secs_f64(),
         p50_ms: ms(percentile(&result.latencies, 50.0)),
@@ -250,6 +273,7 @@ pub(crate) async fn run_system(
             .checked_div(result.latencies.len() as u32)),
         lag_p99_ms: ms(percentile(&lags, 99.0)),
         cpu_per_1000: (cpu1 - cpu0) / n * 1000.0,
+        companion_cpu_per_1000: companion_cpu.map_or(f64::NAN, |c| c / n * 1000.0),
         peak_rss_mib: peak_kib as f64 / 1024.0,
         load1: load1(),
     })
@@ -257,7 +281,7 @@ pub(crate) async fn run_system(
         if r.errors > 0 {
             eprintln!(
                 "warning: {}: {} messages failed: {}",
-                system.name(),
+                name,
                 r.errors,
                 result.first_error.as_deref().unwrap_or("")
             );

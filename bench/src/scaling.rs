@@ -119,7 +119,7 @@ pub async fn run(args: &Args, sink: &Sink) -> Result<Vec<Row>, String> {
         for system in order(args.postfix, i + 1) {
             let run = run_system(system, &shape, args, sink).await?;
             eprint!("{axis} {value}: ");
-            print_run(system, shape.driver, i + 1, &run);
+            print_run(system.name(), shape.driver, i + 1, &run);
             match system {
                 System::Ours => ours = Some(run),
                 System::Postfix => postfix = Some(run),

@@ -59,9 +59,18 @@ pub async fn dns(records: &[Rec<'_>]) -> (SocketAddr, Server<Catalog>) {
     }
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(origin), vec![Arc::new(zone)]);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // The UDP port is free; the same TCP port may not be (another test's connection): try
+    // another port, a bounded number of times.
+    let mut bound = None;
+    for _ in 0..64 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            bound = Some((udp, addr, tcp));
+            break;
+        }
+    }
+    let (udp, addr, tcp) = bound.expect("a loopback port free for both UDP and TCP");
     let mut server = Server::new(catalog);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 4096);

@@ -69,6 +69,7 @@ static_binary() {
 # stage_context NAME BINARY DIR: the Dockerfile and rootfs.tar of image NAME in DIR.
 stage_context() {
   local name=$1 bin=$2 dir=$3
+  need_ca_roots "$ca_roots"
   [ -r "$ca_roots" ] || { log "no CA roots at $ca_roots (install ca-certificates, or set SMTPRELAY_CA_ROOTS)"; exit 1; }
   rm -rf "$dir" && mkdir -p "$dir"
   local fs="$dir/rootfs"

@@ -17,6 +17,15 @@ mirror() {
 }
 
 # Installs debootstrap when it is missing, so a fresh machine needs nothing beforehand.
+# The host's CA roots, which the production images carry: installed when missing, as the
+# test command must get them by itself on a fresh machine.
+need_ca_roots() {
+  if [ ! -r "$1" ] && [ "$1" = /etc/ssl/certs/ca-certificates.crt ]; then
+    log "installing ca-certificates"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >&2
+  fi
+}
+
 need_debootstrap() {
   if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
